@@ -1,0 +1,919 @@
+//! The incremental event-stream parser.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::event::{ByteStr, Event};
+
+/// UTF-8 byte order mark, stripped once at the very start of a stream.
+const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+
+/// The type of an event without an `event:` field.
+const MESSAGE: &[u8] = b"message";
+
+/// The LF that joins the values of several `data:` lines.
+const LF: Bytes = Bytes::from_static(b"\n");
+
+/// Segments of a line split across chunks shorter than this are copied rather than sliced, so
+/// that a long line fed in tiny chunks does not cost a `Bytes` handle per chunk.
+const COPY_BELOW: usize = 256;
+
+/// What the buffer of copied line pieces grows by.
+const TAIL_ROOM: usize = 4096;
+
+/// Size bounds of a [`Parser`].
+///
+/// The parser keeps at most one unfinished line and one event's data. A line or an event over
+/// its bound is skipped: the parser reports [`Skipped`] once, ignores the rest of that event up
+/// to the next blank line, and goes on with the next event.
+///
+/// | bound | default | what it counts |
+/// |---|---|---|
+/// | [`max_line_len`](Limits::max_line_len) | 1 MiB | bytes of one line as received, without its line ending |
+/// | [`max_event_len`](Limits::max_event_len) | 4 MiB | bytes of one event's data as received: every `data:` value plus one LF each |
+///
+/// The bounds apply to the stream, whatever its chunking: a line counts as too long whether it
+/// arrived whole or in pieces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    max_line_len: usize,
+    max_event_len: usize,
+}
+
+impl Limits {
+    /// Default for [`max_line_len`](Limits::max_line_len): 1 MiB.
+    pub const DEFAULT_MAX_LINE_LEN: usize = 1 << 20;
+    /// Default for [`max_event_len`](Limits::max_event_len): 4 MiB.
+    pub const DEFAULT_MAX_EVENT_LEN: usize = 4 << 20;
+
+    /// The default bounds (see the table above).
+    pub const fn new() -> Self {
+        Limits {
+            max_line_len: Self::DEFAULT_MAX_LINE_LEN,
+            max_event_len: Self::DEFAULT_MAX_EVENT_LEN,
+        }
+    }
+
+    /// Sets the longest line accepted, in bytes, not counting its line ending.
+    pub const fn with_max_line_len(mut self, bytes: usize) -> Self {
+        self.max_line_len = bytes;
+        self
+    }
+
+    /// Sets the largest event data accepted, in bytes (each `data:` value plus one LF).
+    pub const fn with_max_event_len(mut self, bytes: usize) -> Self {
+        self.max_event_len = bytes;
+        self
+    }
+
+    /// The longest line accepted, in bytes, not counting its line ending.
+    pub const fn max_line_len(&self) -> usize {
+        self.max_line_len
+    }
+
+    /// The largest event data accepted, in bytes (each `data:` value plus one LF).
+    pub const fn max_event_len(&self) -> usize {
+        self.max_event_len
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::new()
+    }
+}
+
+/// Why the parser skipped an event.
+///
+/// Returned in place of the event by [`Parser::next_event`]; the stream goes on after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Skipped {
+    /// A line was longer than [`Limits::max_line_len`].
+    #[error("sse line longer than {limit} bytes; event skipped")]
+    LineTooLong {
+        /// The bound that was exceeded.
+        limit: usize,
+    },
+    /// The event's data grew beyond [`Limits::max_event_len`].
+    #[error("sse event data larger than {limit} bytes; event skipped")]
+    EventTooLarge {
+        /// The bound that was exceeded.
+        limit: usize,
+    },
+}
+
+/// A contiguous run of bytes: a range of the chunk being read, or held on its own (a slice of
+/// an earlier chunk, a copy, or a static).
+///
+/// Ranges cost nothing; they are turned into held slices only when their chunk is left.
+#[derive(Clone, Debug)]
+enum Span {
+    Cur { start: usize, end: usize },
+    Held(Bytes),
+}
+
+impl Span {
+    const EMPTY: Span = Span::Held(Bytes::new());
+    const MESSAGE: Span = Span::Held(Bytes::from_static(MESSAGE));
+
+    fn bytes<'a>(&'a self, cur: &'a Bytes) -> &'a [u8] {
+        match self {
+            Span::Cur { start, end } => &cur[*start..*end],
+            Span::Held(bytes) => bytes,
+        }
+    }
+
+    fn to_bytes(&self, cur: &Bytes) -> Bytes {
+        match self {
+            Span::Cur { start, end } => cur.slice(*start..*end),
+            Span::Held(bytes) => bytes.clone(),
+        }
+    }
+
+    /// Makes the span independent of the current chunk, which is about to be left.
+    fn hold(&mut self, cur: &Bytes) {
+        if let Span::Cur { start, end } = *self {
+            *self = Span::Held(cur.slice(start..end));
+        }
+    }
+}
+
+/// An event's data: its `data:` values joined by LF (the final LF is never added).
+#[derive(Debug, Default)]
+enum Rope {
+    /// No `data:` line: nothing to dispatch.
+    #[default]
+    None,
+    /// One value in one piece, the common case: no copy.
+    One(Span),
+    /// Several pieces: values split across chunks, and values joined by [`LF`] pieces.
+    Many(Vec<Bytes>),
+}
+
+impl Rope {
+    fn push(&mut self, value: Value, cur: &Bytes) {
+        *self = match (std::mem::take(self), value) {
+            (Rope::None, Value::Span(span)) => Rope::One(span),
+            (Rope::None, Value::Pieces(pieces)) => Rope::Many(pieces),
+            (Rope::One(first), value) => {
+                let mut pieces = vec![first.to_bytes(cur), LF];
+                value.append_to(&mut pieces, cur);
+                Rope::Many(pieces)
+            }
+            (Rope::Many(mut pieces), value) => {
+                pieces.push(LF);
+                value.append_to(&mut pieces, cur);
+                Rope::Many(pieces)
+            }
+        }
+    }
+
+    fn hold(&mut self, cur: &Bytes) {
+        if let Rope::One(span) = self {
+            span.hold(cur);
+        }
+    }
+}
+
+/// A field value, before it joins the event.
+enum Value {
+    /// Within one chunk (or held).
+    Span(Span),
+    /// Split across chunks.
+    Pieces(Vec<Bytes>),
+}
+
+impl Value {
+    fn append_to(self, pieces: &mut Vec<Bytes>, cur: &Bytes) {
+        match self {
+            Value::Span(span) => pieces.push(span.to_bytes(cur)),
+            Value::Pieces(more) => pieces.extend(more),
+        }
+    }
+}
+
+/// The fields the parser acts on; every other name is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Data,
+    Event,
+    Id,
+    Retry,
+}
+
+/// Recognises a known field at the start of `line` and returns it with the offset of its
+/// value (after the colon and one optional space). `line` may be cut after 7 bytes: no known
+/// name, colon and space take more.
+#[inline]
+fn field_of(line: &[u8]) -> Option<(Field, usize)> {
+    let (field, name_len) = match line.first()? {
+        b'd' if line.starts_with(b"data") => (Field::Data, 4),
+        b'e' if line.starts_with(b"event") => (Field::Event, 5),
+        b'i' if line.starts_with(b"id") => (Field::Id, 2),
+        b'r' if line.starts_with(b"retry") => (Field::Retry, 5),
+        _ => return None,
+    };
+    match line.get(name_len) {
+        None => Some((field, name_len)),
+        Some(b':') => {
+            let space = usize::from(line.get(name_len + 1) == Some(&b' '));
+            Some((field, name_len + 1 + space))
+        }
+        Some(_) => None,
+    }
+}
+
+/// The reconnection time of a `retry` value: one or more ASCII digits, saturating.
+fn retry_of(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    }))
+}
+
+/// Whether an `id` value contains U+0000 (as a raw byte: no other sequence decodes to it).
+#[inline]
+fn has_nul(value: &[u8]) -> bool {
+    if value.len() < 64 {
+        // Branch-free, so the compiler vectorises it; `contains` is slower on short ids.
+        value.iter().fold(false, |nul, &b| nul | (b == 0))
+    } else {
+        memchr::memchr(0, value).is_some()
+    }
+}
+
+/// The offset of the first CR or LF. Many lines are short (blank lines, `event:` lines), where
+/// checking two 8-byte words at once beats setting up a vector search; longer ones go to
+/// `memchr2`.
+#[inline]
+fn find_eol(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    while at < 16 && at + 8 <= bytes.len() {
+        let word = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let lf = word ^ (ONES * u64::from(b'\n'));
+        let cr = word ^ (ONES * u64::from(b'\r'));
+        // The lowest byte flagged is exactly the first zero byte of `lf` or `cr`.
+        let hits = ((lf.wrapping_sub(ONES) & !lf) | (cr.wrapping_sub(ONES) & !cr)) & HIGHS;
+        if hits != 0 {
+            return Some(at + hits.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    memchr::memchr2(b'\n', b'\r', &bytes[at..]).map(|i| at + i)
+}
+
+/// Where the parser stands with respect to the stream's leading byte order mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bom {
+    /// At the start of the stream; this many bytes of a BOM were seen (and held back).
+    Pending(u8),
+    /// Past the start: any further U+FEFF is content.
+    Done,
+}
+
+/// An incremental, sans-IO parser for `text/event-stream` bodies.
+///
+/// Push chunks of any size with [`push`](Parser::push), pull events with
+/// [`next_event`](Parser::next_event) until it returns `None`, and call
+/// [`finish`](Parser::finish) when the stream ends. The parser follows the WHATWG HTML
+/// *event stream interpretation*:
+///
+/// ```text
+/// stream        = [ bom ] *event
+/// event         = *( comment / field ) end-of-line
+/// comment       = colon *any-char end-of-line
+/// field         = 1*name-char [ colon [ space ] *any-char ] end-of-line
+/// end-of-line   = ( cr lf / cr / lf )
+/// ```
+///
+/// - The stream is UTF-8 whatever the headers say; invalid sequences become U+FFFD. Lines are
+///   split on raw bytes and values decoded whole, so a character split across chunks decodes
+///   correctly.
+/// - One leading U+FEFF is dropped, even when it arrives a byte at a time; a later one is content.
+/// - A line ends at CRLF, LF or CR. A CR ends its line at once, so an event completed by a CR at
+///   the end of a chunk is available before the next chunk arrives; an LF right after it (even in
+///   the next chunk) is swallowed.
+/// - `data` appends its value and an LF; at dispatch the last LF is removed. A block whose data
+///   buffer is empty (no `data` line) dispatches nothing, but its `id` is still committed.
+/// - `event` sets the type of the current block only; empty or absent means `message`.
+/// - `id` sets the last event ID (an empty value resets it) unless the value contains U+0000; the
+///   last event ID persists across events and is reported with each one.
+/// - `retry` sets the reconnection time when its value is one or more ASCII digits (too large a
+///   value saturates at `u64::MAX` ms); it takes effect when its line is read.
+/// - Unknown fields are ignored, and so are comments. At the end of the stream an unfinished
+///   event is discarded.
+///
+/// # Cost
+///
+/// The parser finds line endings with `memchr` and does nothing else per byte: it neither copies
+/// nor decodes while parsing. An event is handed out as an [`EventRef`] that borrows the chunk it
+/// lies in; values are decoded (UTF-8, U+FFFD for invalid input) only when you ask for text, in
+/// [`EventRef::to_event`]. A line split across chunks is kept as slices of those chunks (short
+/// pieces are copied), so a long line costs no more fed in pieces than whole, beyond a small
+/// cost per chunk.
+///
+/// # Bounded memory
+///
+/// The parser holds at most one unfinished line ([`Limits::max_line_len`]) and one event's data
+/// ([`Limits::max_event_len`]); beyond either, the event is skipped (see [`Skipped`]). Held
+/// slices keep their chunks alive: at most the chunks the unfinished line and event lie in.
+///
+/// # Warning
+///
+/// Chunks you [`push`](Parser::push) are queued until [`next_event`](Parser::next_event)
+/// consumes them; the queue is yours to bound. Drain the parser after each push.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use mcp_affinity::sse::Parser;
+///
+/// let mut parser = Parser::new();
+/// parser.push(Bytes::from_static(b"event: endpoint\r\ndata: /messages/?session_"));
+/// assert!(parser.next_event().is_none()); // needs more bytes
+/// parser.push(Bytes::from_static(b"id=4f2a\r\n\r"));
+///
+/// let event = parser.next_event().unwrap().unwrap(); // the final CR completed the event
+/// assert_eq!(event.event_type(), b"endpoint");
+/// assert_eq!(&*event.data(), b"/messages/?session_id=4f2a");
+///
+/// let owned = event.to_event(); // decoded text, sharing the chunk's memory
+/// assert_eq!(owned.data(), "/messages/?session_id=4f2a");
+/// assert!(parser.next_event().is_none());
+/// assert!(!parser.finish()); // nothing unfinished was dropped
+/// ```
+#[derive(Debug)]
+pub struct Parser {
+    limits: Limits,
+    /// The chunk being read, and the read position in it.
+    cur: Bytes,
+    pos: usize,
+    /// Chunks pushed behind `cur`.
+    queue: VecDeque<Bytes>,
+    bom: Bom,
+    /// The previous line ended with CR: an LF next is part of that line ending.
+    after_cr: bool,
+    /// The start of a line that began in an earlier chunk: `line` then `line_tail`.
+    line: Vec<Bytes>,
+    line_tail: BytesMut,
+    line_len: usize,
+    /// Skipping the rest of an over-limit event: `Some(mid_line)` until the next blank line.
+    skipping: Option<bool>,
+    /// A field line was read since the last blank line.
+    block_started: bool,
+    // The event under construction.
+    data: Rope,
+    data_len: usize,
+    event_type: Option<Span>,
+    id_buffer: Span,
+    // What persists across events.
+    last_event_id: Span,
+    retry: Option<u64>,
+    // The event last dispatched, read by `EventRef`.
+    out_type: Span,
+    out_data: Rope,
+}
+
+impl Default for Parser {
+    fn default() -> Self {
+        Parser::new()
+    }
+}
+
+impl Parser {
+    /// A parser with the default [`Limits`].
+    pub fn new() -> Self {
+        Parser::with_limits(Limits::new())
+    }
+
+    /// A parser with the given [`Limits`].
+    pub fn with_limits(limits: Limits) -> Self {
+        Parser {
+            limits,
+            cur: Bytes::new(),
+            pos: 0,
+            queue: VecDeque::new(),
+            bom: Bom::Pending(0),
+            after_cr: false,
+            line: Vec::new(),
+            line_tail: BytesMut::new(),
+            line_len: 0,
+            skipping: None,
+            block_started: false,
+            data: Rope::None,
+            data_len: 0,
+            event_type: None,
+            id_buffer: Span::EMPTY,
+            last_event_id: Span::EMPTY,
+            retry: None,
+            out_type: Span::EMPTY,
+            out_data: Rope::None,
+        }
+    }
+
+    /// The parser's bounds.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Queues the next chunk of the stream. Empty chunks are ignored.
+    pub fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        if self.pos == self.cur.len() && self.queue.is_empty() {
+            self.leave_chunk();
+            self.cur = chunk;
+            self.pos = 0;
+        } else {
+            self.queue.push_back(chunk);
+        }
+    }
+
+    /// The next complete event, `Some(Err(_))` for an event skipped because it exceeded the
+    /// [`Limits`], or `None` when the pushed bytes hold no further complete event.
+    ///
+    /// The event borrows the parser; drop it before the next call.
+    pub fn next_event(&mut self) -> Option<Result<EventRef<'_>, Skipped>> {
+        if let Rope::Many(mut pieces) = std::mem::take(&mut self.out_data) {
+            // Reuse the last event's piece list for the next line split across chunks.
+            pieces.clear();
+            if self.line.capacity() < pieces.capacity() {
+                self.line = pieces;
+            }
+        }
+        loop {
+            if self.pos == self.cur.len() {
+                self.leave_chunk();
+                self.cur = self.queue.pop_front().unwrap_or_default();
+                self.pos = 0;
+                if self.cur.is_empty() {
+                    return None;
+                }
+            }
+            if let Bom::Pending(held) = self.bom {
+                self.strip_bom(held);
+                continue;
+            }
+            if self.after_cr {
+                self.after_cr = false;
+                if self.cur[self.pos] == b'\n' {
+                    self.pos += 1;
+                    continue;
+                }
+            }
+            match self.read_line() {
+                None => {}
+                Some(Ok(())) => return Some(Ok(EventRef { parser: self })),
+                Some(Err(skipped)) => return Some(Err(skipped)),
+            }
+        }
+    }
+
+    /// Ends the stream: drops the unfinished line and event, if any, and returns whether
+    /// anything of them was dropped. Pushed chunks not yet read by
+    /// [`next_event`](Parser::next_event) are dropped too (and count).
+    ///
+    /// The parser is then ready for a new stream (a reconnection): the per-stream buffers,
+    /// including the last event ID *buffer*, start empty as the standard says, while
+    /// [`last_event_id`](Parser::last_event_id) and
+    /// [`reconnection_time`](Parser::reconnection_time) keep their values.
+    pub fn finish(&mut self) -> bool {
+        let dropped = self.block_started
+            || self.line_len > 0
+            || self.skipping.is_some()
+            || matches!(self.bom, Bom::Pending(held) if held > 0)
+            || self.pos < self.cur.len()
+            || !self.queue.is_empty();
+        self.last_event_id.hold(&self.cur);
+        self.cur = Bytes::new();
+        self.pos = 0;
+        self.queue.clear();
+        self.bom = Bom::Pending(0);
+        self.after_cr = false;
+        self.line = Vec::new();
+        self.line_tail = BytesMut::new();
+        self.line_len = 0;
+        self.skipping = None;
+        self.clear_block();
+        self.id_buffer = Span::EMPTY;
+        self.out_type = Span::EMPTY;
+        self.out_data = Rope::None;
+        dropped
+    }
+
+    /// The stream's last event ID as received: the value committed by the most recent blank
+    /// line. This is what a client sends as `Last-Event-ID` when it reconnects.
+    pub fn last_event_id(&self) -> &[u8] {
+        self.last_event_id.bytes(&self.cur)
+    }
+
+    /// The reconnection time set by the last valid `retry:` field read, if any.
+    pub fn reconnection_time(&self) -> Option<Duration> {
+        self.retry.map(Duration::from_millis)
+    }
+
+    /// Bytes of the unfinished line and event (not counting queued chunks).
+    ///
+    /// Never more than [`Limits::max_line_len`] plus [`Limits::max_event_len`].
+    pub fn buffered_len(&self) -> usize {
+        self.line_len + self.data_len
+    }
+
+    /// Turns every range of the current chunk into a held slice: the chunk is being left.
+    fn leave_chunk(&mut self) {
+        if self.cur.is_empty() {
+            return;
+        }
+        // The last event handed out is gone by now (`EventRef` borrows the parser).
+        self.out_type = Span::EMPTY;
+        self.out_data = Rope::None;
+        let cur = &self.cur;
+        self.data.hold(cur);
+        if let Some(span) = &mut self.event_type {
+            span.hold(cur);
+        }
+        self.id_buffer.hold(cur);
+        self.last_event_id.hold(cur);
+    }
+
+    /// Handles the start of the stream, where a BOM may be pending.
+    fn strip_bom(&mut self, held: u8) {
+        let held = usize::from(held);
+        let avail = &self.cur[self.pos..];
+        let want = &BOM[held..];
+        let n = want.len().min(avail.len());
+        if avail[..n] == want[..n] {
+            self.pos += n;
+            self.bom = if held + n == BOM.len() {
+                Bom::Done
+            } else {
+                // The chunk ended inside the BOM: hold those bytes until the next chunk decides.
+                Bom::Pending((held + n) as u8)
+            };
+        } else {
+            self.bom = Bom::Done;
+            if held > 0 {
+                // The held bytes were content after all: read them before the current chunk.
+                let rest = self.cur.slice(self.pos..);
+                self.queue.push_front(rest);
+                self.cur = Bytes::from_static(&BOM[..held]);
+                self.pos = 0;
+            }
+        }
+    }
+
+    /// Reads from the current chunk up to the next line ending, or to its end. `Some(Ok(()))`
+    /// means an event was dispatched into `out_*`.
+    fn read_line(&mut self) -> Option<Result<(), Skipped>> {
+        let start = self.pos;
+        let Some(offset) = find_eol(&self.cur[start..]) else {
+            self.pos = self.cur.len();
+            return self.hold_partial_line(start);
+        };
+        let end = start + offset;
+        self.pos = end + 1;
+        self.after_cr = self.cur[end] == b'\r';
+
+        if let Some(mid_line) = self.skipping {
+            if !mid_line && end == start {
+                self.end_skip();
+            } else {
+                self.skipping = Some(false);
+            }
+            return None;
+        }
+        if self.line_len == 0 {
+            if end - start > self.limits.max_line_len {
+                return self.skip(Skipped::LineTooLong {
+                    limit: self.limits.max_line_len,
+                });
+            }
+            return self.line_in_chunk(start, end);
+        }
+        if self.line_len + (end - start) > self.limits.max_line_len {
+            self.drop_line();
+            return self.skip(Skipped::LineTooLong {
+                limit: self.limits.max_line_len,
+            });
+        }
+        self.append_segment(start, end);
+        self.line_across_chunks()
+    }
+
+    /// Keeps the unterminated rest of the chunk, from `start`, as part of the current line.
+    fn hold_partial_line(&mut self, start: usize) -> Option<Result<(), Skipped>> {
+        if self.skipping.is_some() {
+            self.skipping = Some(true);
+            return None;
+        }
+        let len = self.cur.len() - start;
+        if self.line_len + len > self.limits.max_line_len {
+            self.drop_line();
+            self.clear_block();
+            self.skipping = Some(true);
+            return Some(Err(Skipped::LineTooLong {
+                limit: self.limits.max_line_len,
+            }));
+        }
+        if len < COPY_BELOW {
+            self.append_segment(start, self.cur.len());
+        } else {
+            // The rest of the chunk joins the line: move the chunk in rather than slice it.
+            self.leave_chunk();
+            let mut rest = std::mem::take(&mut self.cur);
+            rest.advance(start);
+            self.flush_line_tail();
+            self.line.push(rest);
+            self.line_len += len;
+            self.pos = 0;
+        }
+        None
+    }
+
+    /// Adds `cur[start..end]` to the line being assembled across chunks.
+    fn append_segment(&mut self, start: usize, end: usize) {
+        let len = end - start;
+        if len < COPY_BELOW {
+            if self.line_tail.capacity() - self.line_tail.len() < len {
+                // Room for many short pieces: split-off pieces share this allocation.
+                self.line_tail.reserve(TAIL_ROOM);
+            }
+            self.line_tail.extend_from_slice(&self.cur[start..end]);
+        } else {
+            self.flush_line_tail();
+            self.line.push(self.cur.slice(start..end));
+        }
+        self.line_len += end - start;
+    }
+
+    fn flush_line_tail(&mut self) {
+        if !self.line_tail.is_empty() {
+            self.line.push(self.line_tail.split().freeze());
+        }
+    }
+
+    fn drop_line(&mut self) {
+        self.line.clear();
+        self.line_tail.clear();
+        self.line_len = 0;
+    }
+
+    /// Interprets `cur[start..end]`, a complete line within the current chunk: the hot path,
+    /// where values stay ranges of the chunk.
+    #[inline]
+    fn line_in_chunk(&mut self, start: usize, end: usize) -> Option<Result<(), Skipped>> {
+        let line = &self.cur[start..end];
+        let Some(&first) = line.first() else {
+            return self.dispatch();
+        };
+        if first == b':' {
+            return None; // a comment
+        }
+        self.block_started = true;
+        let (field, offset) = field_of(line)?;
+        let value = &line[offset..];
+        let span = Span::Cur {
+            start: start + offset,
+            end,
+        };
+        match field {
+            Field::Data => return self.append_data(value.len(), Value::Span(span)),
+            Field::Event => self.event_type = Some(span),
+            Field::Id => {
+                if !has_nul(value) {
+                    self.id_buffer = span;
+                }
+            }
+            Field::Retry => self.retry = retry_of(value).or(self.retry),
+        }
+        None
+    }
+
+    /// Interprets the line assembled across chunks (never empty).
+    fn line_across_chunks(&mut self) -> Option<Result<(), Skipped>> {
+        self.flush_line_tail();
+        self.line_len = 0;
+        let mut pieces = std::mem::take(&mut self.line);
+        let item = self.interpret_pieces(&mut pieces);
+        // Keep the vector's allocation for the next line, unless the data took it.
+        pieces.clear();
+        self.line = pieces;
+        item
+    }
+
+    /// Interprets a line made of `pieces` (never empty); may take them for the event data.
+    fn interpret_pieces(&mut self, pieces: &mut Vec<Bytes>) -> Option<Result<(), Skipped>> {
+        // A known name, its colon and one space fit in 7 bytes.
+        let mut head = [0u8; 7];
+        let mut head_len = 0;
+        for piece in pieces.iter() {
+            let n = piece.len().min(head.len() - head_len);
+            head[head_len..head_len + n].copy_from_slice(&piece[..n]);
+            head_len += n;
+            if head_len == head.len() {
+                break;
+            }
+        }
+        if head[0] == b':' {
+            return None;
+        }
+        self.block_started = true;
+        let (field, mut offset) = field_of(&head[..head_len])?;
+        // Drop the name from the front of the pieces.
+        pieces.retain_mut(|piece| {
+            let n = offset.min(piece.len());
+            piece.advance(n);
+            offset -= n;
+            !piece.is_empty()
+        });
+        if field == Field::Data {
+            let len = pieces.iter().map(Bytes::len).sum();
+            let value = match pieces.len() {
+                0 => Value::Span(Span::EMPTY),
+                1 => Value::Span(Span::Held(pieces.pop().expect("one piece"))),
+                _ => Value::Pieces(std::mem::take(pieces)),
+            };
+            return self.append_data(len, value);
+        }
+        let value = match pieces.len() {
+            0 => Bytes::new(),
+            1 => pieces.pop().expect("one piece"),
+            _ => Bytes::from(pieces.concat()),
+        };
+        match field {
+            Field::Data => unreachable!("handled above"),
+            Field::Event => self.event_type = Some(Span::Held(value)),
+            Field::Id => {
+                if !has_nul(&value) {
+                    self.id_buffer = Span::Held(value);
+                }
+            }
+            Field::Retry => self.retry = retry_of(&value).or(self.retry),
+        }
+        None
+    }
+
+    fn append_data(&mut self, len: usize, value: Value) -> Option<Result<(), Skipped>> {
+        let grown = self.data_len + len + 1;
+        if grown > self.limits.max_event_len {
+            return self.skip(Skipped::EventTooLarge {
+                limit: self.limits.max_event_len,
+            });
+        }
+        self.data_len = grown;
+        match (&self.data, value) {
+            (Rope::None, Value::Span(span)) => self.data = Rope::One(span),
+            (_, value) => self.data.push(value, &self.cur),
+        }
+        None
+    }
+
+    /// A blank line: commit the last event ID and dispatch the event, if it has data.
+    fn dispatch(&mut self) -> Option<Result<(), Skipped>> {
+        self.last_event_id = self.id_buffer.clone();
+        let event_type = self.event_type.take();
+        self.data_len = 0;
+        self.block_started = false;
+        if matches!(self.data, Rope::None) {
+            return None;
+        }
+        self.out_data = std::mem::take(&mut self.data);
+        self.out_type = match event_type {
+            Some(span) if !span.bytes(&self.cur).is_empty() => span,
+            _ => Span::MESSAGE,
+        };
+        Some(Ok(()))
+    }
+
+    /// Starts skipping the current event up to the next blank line, and reports why.
+    fn skip(&mut self, why: Skipped) -> Option<Result<(), Skipped>> {
+        self.skipping = Some(false);
+        self.clear_block();
+        Some(Err(why))
+    }
+
+    /// The blank line after a skipped event: the block's `id`, if any, is still committed.
+    fn end_skip(&mut self) {
+        self.skipping = None;
+        self.last_event_id = self.id_buffer.clone();
+    }
+
+    fn clear_block(&mut self) {
+        self.data = Rope::None;
+        self.data_len = 0;
+        self.event_type = None;
+        self.block_started = false;
+    }
+}
+
+/// An event just dispatched by [`Parser::next_event`], borrowed from the parser.
+///
+/// Its fields are the bytes as received, not yet decoded: compare them with byte strings
+/// (`event.event_type() == b"endpoint"`), hand the data to a JSON parser, or call
+/// [`to_event`](EventRef::to_event) for an owned [`Event`] of decoded text. The data may lie in
+/// several pieces when its line straddled chunks or when the event had several `data:` lines;
+/// [`data_chunks`](EventRef::data_chunks) walks them without copying.
+#[derive(Clone, Copy)]
+pub struct EventRef<'a> {
+    parser: &'a Parser,
+}
+
+impl<'a> EventRef<'a> {
+    /// The event type as received: `message` unless the block had a non-empty `event:` field.
+    pub fn event_type(&self) -> &'a [u8] {
+        self.parser.out_type.bytes(&self.parser.cur)
+    }
+
+    /// The stream's last event ID at dispatch, as received (empty if none).
+    pub fn last_event_id(&self) -> &'a [u8] {
+        self.parser.last_event_id()
+    }
+
+    /// The data as received: borrowed when it lies in one piece, else joined into a copy.
+    pub fn data(&self) -> Cow<'a, [u8]> {
+        match &self.parser.out_data {
+            Rope::One(span) => Cow::Borrowed(span.bytes(&self.parser.cur)),
+            Rope::Many(pieces) => Cow::Owned(pieces.concat()),
+            Rope::None => Cow::Borrowed(b""),
+        }
+    }
+
+    /// The length of the data in bytes, as received.
+    pub fn data_len(&self) -> usize {
+        self.data_chunks().map(<[u8]>::len).sum()
+    }
+
+    /// The pieces of the data, in order, without copying.
+    pub fn data_chunks(&self) -> DataChunks<'a> {
+        let (one, many): (&'a [u8], &'a [Bytes]) = match &self.parser.out_data {
+            Rope::One(span) => (span.bytes(&self.parser.cur), &[]),
+            Rope::Many(pieces) => (b"", pieces),
+            Rope::None => (b"", &[]),
+        };
+        DataChunks {
+            one: Some(one).filter(|s| !s.is_empty()),
+            many: many.iter(),
+        }
+    }
+
+    /// An owned event of decoded text (invalid UTF-8 replaced by U+FFFD). Fields that lie in
+    /// one piece of valid UTF-8 share the chunk's memory; others are copied.
+    pub fn to_event(&self) -> Event {
+        let cur = &self.parser.cur;
+        let data = match &self.parser.out_data {
+            Rope::One(span) => span.to_bytes(cur),
+            Rope::Many(pieces) => Bytes::from(pieces.concat()),
+            Rope::None => Bytes::new(),
+        };
+        Event {
+            event_type: decode(self.parser.out_type.to_bytes(cur)),
+            data: decode(data),
+            last_event_id: decode(self.parser.last_event_id.to_bytes(cur)),
+        }
+    }
+}
+
+impl fmt::Debug for EventRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventRef")
+            .field("event_type", &String::from_utf8_lossy(self.event_type()))
+            .field("data", &String::from_utf8_lossy(&self.data()))
+            .field(
+                "last_event_id",
+                &String::from_utf8_lossy(self.last_event_id()),
+            )
+            .finish()
+    }
+}
+
+/// The pieces of an event's data; see [`EventRef::data_chunks`].
+#[derive(Debug, Clone)]
+pub struct DataChunks<'a> {
+    one: Option<&'a [u8]>,
+    many: std::slice::Iter<'a, Bytes>,
+}
+
+impl<'a> Iterator for DataChunks<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        self.one.take().or_else(|| self.many.next().map(|b| &b[..]))
+    }
+}
+
+/// Decodes received bytes as UTF-8, replacing invalid sequences with U+FFFD.
+fn decode(bytes: Bytes) -> ByteStr {
+    ByteStr::from_utf8(bytes)
+        .unwrap_or_else(|bytes| ByteStr::from(String::from_utf8_lossy(&bytes).into_owned()))
+}
