@@ -8,15 +8,24 @@
 //! # Modules
 //!
 //! - [`sse`]: an incremental, WHATWG-conformant server-sent events parser over `bytes`.
+//! - [`table`]: the session table (affinity key → owning backend): the [`table::SessionTable`]
+//!   trait, its sharded, bounded in-memory default, and a contract test suite.
 //!
 //! # Crate features
 //!
 //! - `stream`: [`sse::EventStream`], a `futures_core::Stream` adapter.
+//! - `test-util`: [`table::contract`], the checks any `SessionTable` implementation must pass.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backend;
 pub mod sse;
+pub mod table;
+mod tenant;
+
+pub use backend::BackendId;
+pub use tenant::TenantId;
 
 // The README's example is compiled and run as a doctest, so it cannot rot.
 #[cfg(doctest)]

@@ -1,0 +1,364 @@
+//! Session table lookups, side by side in one run, with the same keys (36-byte UUID-like ids)
+//! and `u32`-sized owners:
+//!
+//! - `mcp-affinity`: `MemoryTable` (64 shards, foldhash), each lookup validating its `Key`;
+//! - `dashmap`: `DashMap<String, u32>` (the sharded map a proxy author would pick);
+//! - `rwlock-hashmap`: `std::sync::RwLock<std::collections::HashMap<String, u32>>`;
+//! - `hashbrown-ceiling`: an unlocked `hashbrown::HashMap<String, u32>` (foldhash) read by one
+//!   thread: the least a lookup costs.
+//!
+//! Groups: `table/hit` and `table/miss` at 10^3, 10^4 and 10^6 entries (keys visited in a
+//! scrambled order, each id freshly copied outside the timing, as a proxy holds the id of the
+//! request it just parsed: the id is in cache, the table is not); `table/2-readers` (two threads looking up at once, time per lookup per
+//! thread); `table/mix-95-5` (two threads, 95 % lookups, 5 % insert of a new key plus removal
+//! of an old one). After the timed groups, the bench prints the memory per entry of each table
+//! at 10^5 and 10^6 entries, each measured in a fresh child process as the growth of its
+//! resident set divided by the entries.
+//!
+//! Run with `cargo bench --bench session_table`. Results: see the CHANGELOG / issue note; the
+//! ratios are what matters on a shared machine.
+#![allow(clippy::disallowed_methods)] // benches may read the clock
+
+use std::collections::HashMap as StdHashMap;
+use std::hint::black_box;
+use std::sync::RwLock as StdRwLock;
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
+use dashmap::DashMap;
+use mcp_affinity::table::{Key, KeyKind, MemoryTable, MemoryTableConfig, SessionTable};
+use mcp_affinity::{BackendId, TenantId};
+
+const PROBE_ENV: &str = "MCP_AFFINITY_MEMORY_PROBE";
+
+/// Deterministic UUID-like ids (36 bytes, lowercase hex and hyphens).
+fn ids(n: usize, salt: u64) -> Vec<String> {
+    let mut state = 0x2545_F491_4F6C_DD1D ^ salt;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n)
+        .map(|_| {
+            let (a, b) = (next(), next());
+            format!(
+                "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+                a >> 32,
+                (a >> 16) & 0xffff,
+                a & 0xfff,
+                (b >> 48) | 0x8000,
+                b & 0xffff_ffff_ffff
+            )
+        })
+        .collect()
+}
+
+/// A visiting order that jumps around the keys (a stride coprime with `n`).
+fn scrambled(n: usize) -> Vec<usize> {
+    let stride = (n / 2 + 1..).find(|s| gcd(*s, n) == 1).unwrap_or(1);
+    (0..n).map(|i| (i * stride) % n).collect()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn owner(i: usize) -> u32 {
+    (i % 8) as u32
+}
+
+/// The tables under test, behind one interface for the bench loops.
+trait Table: Sync {
+    fn build(ids: &[String]) -> Self
+    where
+        Self: Sized;
+    fn lookup(&self, id: &str) -> Option<u32>;
+    fn insert(&self, id: &str, owner: u32);
+    fn remove(&self, id: &str);
+}
+
+struct Ours {
+    table: MemoryTable,
+    now: Instant,
+}
+
+fn key(id: &str) -> Key<'_> {
+    Key::new(TenantId::DEFAULT, KeyKind::Session, id.as_bytes()).expect("valid id")
+}
+
+impl Table for Ours {
+    fn build(ids: &[String]) -> Self {
+        let table = MemoryTable::with_config(MemoryTableConfig::new().with_capacity(1 << 21));
+        let now = Instant::now();
+        for (i, id) in ids.iter().enumerate() {
+            let _ = table.insert(&key(id), BackendId::from_bits(owner(i)), None, now);
+        }
+        Ours { table, now }
+    }
+    fn lookup(&self, id: &str) -> Option<u32> {
+        self.table
+            .get(&key(id), self.now)
+            .map(|e| e.owner.to_bits())
+    }
+    fn insert(&self, id: &str, owner: u32) {
+        let _ = self
+            .table
+            .insert(&key(id), BackendId::from_bits(owner), None, self.now);
+    }
+    fn remove(&self, id: &str) {
+        self.table.remove(&key(id), None);
+    }
+}
+
+impl Table for DashMap<String, u32> {
+    fn build(ids: &[String]) -> Self {
+        let map = DashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            map.insert(id.clone(), owner(i));
+        }
+        map
+    }
+    fn lookup(&self, id: &str) -> Option<u32> {
+        self.get(id).map(|v| *v)
+    }
+    fn insert(&self, id: &str, owner: u32) {
+        DashMap::insert(self, id.to_owned(), owner);
+    }
+    fn remove(&self, id: &str) {
+        DashMap::remove(self, id);
+    }
+}
+
+impl Table for StdRwLock<StdHashMap<String, u32>> {
+    fn build(ids: &[String]) -> Self {
+        let map = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), owner(i)))
+            .collect();
+        StdRwLock::new(map)
+    }
+    fn lookup(&self, id: &str) -> Option<u32> {
+        self.read().unwrap().get(id).copied()
+    }
+    fn insert(&self, id: &str, owner: u32) {
+        self.write().unwrap().insert(id.to_owned(), owner);
+    }
+    fn remove(&self, id: &str) {
+        self.write().unwrap().remove(id);
+    }
+}
+
+/// The ceiling: no lock at all, so it only serves single-threaded lookups.
+struct Ceiling(hashbrown::HashMap<String, u32>);
+
+impl Table for Ceiling {
+    fn build(ids: &[String]) -> Self {
+        Ceiling(
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| (id.clone(), owner(i)))
+                .collect(),
+        )
+    }
+    fn lookup(&self, id: &str) -> Option<u32> {
+        self.0.get(id).copied()
+    }
+    fn insert(&self, _: &str, _: u32) {
+        unreachable!("the ceiling is read-only")
+    }
+    fn remove(&self, _: &str) {
+        unreachable!("the ceiling is read-only")
+    }
+}
+
+fn bench_lookups<T: Table>(c: &mut Criterion, who: &str, sizes: &[usize]) {
+    for &n in sizes {
+        let present = ids(n, 1);
+        let absent = ids(n.min(100_000), 2);
+        let table = T::build(&present);
+        let order = scrambled(n);
+        assert!(table.lookup(&present[0]).is_some() && table.lookup(&absent[0]).is_none());
+
+        // Each lookup gets its id freshly copied, as a proxy has it from the request it just
+        // parsed: the id is in cache, the table is not. Copying happens outside the timing.
+        let mut group = c.benchmark_group("table/hit");
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(BenchmarkId::new(who, n), |b| {
+            let mut at = 0;
+            b.iter_batched_ref(
+                || {
+                    at = if at + 1 == n { 0 } else { at + 1 };
+                    present[order[at]].clone()
+                },
+                |id| black_box(table.lookup(id)),
+                BatchSize::NumIterations(256),
+            )
+        });
+        group.finish();
+
+        let mut group = c.benchmark_group("table/miss");
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(BenchmarkId::new(who, n), |b| {
+            let mut at = 0;
+            b.iter_batched_ref(
+                || {
+                    at = if at + 1 == absent.len() { 0 } else { at + 1 };
+                    absent[at].clone()
+                },
+                |id| black_box(table.lookup(id)),
+                BatchSize::NumIterations(256),
+            )
+        });
+        group.finish();
+    }
+}
+
+/// Two threads doing `iters` operations each; returns the wall time (so the reported time is
+/// per operation per thread).
+fn two_threads(iters: u64, op: impl Fn(usize, u64) + Sync) -> Duration {
+    let barrier = std::sync::Barrier::new(2);
+    let start = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let (op, barrier) = (&op, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        op(t, i);
+                    }
+                    start
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .min()
+            .unwrap()
+    });
+    start.elapsed()
+}
+
+fn bench_concurrent<T: Table>(c: &mut Criterion, who: &str, n: usize) {
+    let present = ids(n, 1);
+    let order = scrambled(n);
+    let table = T::build(&present);
+    let mut group = c.benchmark_group("table/2-readers");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(BenchmarkId::new(who, n), |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, |t, i| {
+                let at = order[(i as usize * 2 + t) % n];
+                black_box(table.lookup(&present[at]));
+            })
+        })
+    });
+    group.finish();
+
+    // Writers insert fresh keys and remove them again later, so the size stays near `n`.
+    let fresh = ids(1 << 16, 3);
+    let mut group = c.benchmark_group("table/mix-95-5");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(BenchmarkId::new(who, n), |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, |t, i| {
+                let i = i as usize;
+                if i % 20 == 19 {
+                    let j = (i / 20 * 2 + t) % fresh.len();
+                    table.insert(&fresh[j], owner(j));
+                    table.remove(&fresh[(j + fresh.len() - 64) % fresh.len()]);
+                } else {
+                    black_box(table.lookup(&present[order[(i * 2 + t) % n]]));
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+fn timed(c: &mut Criterion) {
+    let sizes = [1_000, 10_000, 1_000_000];
+    bench_lookups::<Ours>(c, "mcp-affinity", &sizes);
+    bench_lookups::<DashMap<String, u32>>(c, "dashmap", &sizes);
+    bench_lookups::<StdRwLock<StdHashMap<String, u32>>>(c, "rwlock-hashmap", &sizes);
+    bench_lookups::<Ceiling>(c, "hashbrown-ceiling", &sizes);
+    for n in [10_000, 1_000_000] {
+        bench_concurrent::<Ours>(c, "mcp-affinity", n);
+        bench_concurrent::<DashMap<String, u32>>(c, "dashmap", n);
+        bench_concurrent::<StdRwLock<StdHashMap<String, u32>>>(c, "rwlock-hashmap", n);
+    }
+}
+
+/// Resident set size of this process, in bytes (Linux).
+fn rss() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// In a child process: build one table of `n` entries and print its bytes per entry.
+fn probe(spec: &str) {
+    let (who, n) = spec.split_once(':').expect("who:n");
+    let n: usize = n.parse().expect("n");
+    let keys = ids(n, 1);
+    let before = rss().expect("/proc/self/statm");
+    let per_entry = |after: usize| (after - before) as f64 / n as f64;
+    let after = match who {
+        "mcp-affinity" => {
+            let t = Ours::build(&keys);
+            let after = rss().unwrap();
+            black_box(&t);
+            after
+        }
+        "dashmap" => {
+            let t = <DashMap<String, u32> as Table>::build(&keys);
+            let after = rss().unwrap();
+            black_box(&t);
+            after
+        }
+        "rwlock-hashmap" => {
+            let t = <StdRwLock<StdHashMap<String, u32>> as Table>::build(&keys);
+            let after = rss().unwrap();
+            black_box(&t);
+            after
+        }
+        other => panic!("unknown table {other}"),
+    };
+    println!("{:.1}", per_entry(after));
+}
+
+fn memory() {
+    let exe = std::env::current_exe().expect("own path");
+    println!("\nmemory per entry (RSS growth / entries, fresh process each):");
+    println!("{:<16} {:>12} {:>12}", "table", "10^5", "10^6");
+    for who in ["mcp-affinity", "dashmap", "rwlock-hashmap"] {
+        let mut row = format!("{who:<16}");
+        for n in [100_000, 1_000_000] {
+            let out = std::process::Command::new(&exe)
+                .env(PROBE_ENV, format!("{who}:{n}"))
+                .output()
+                .expect("run the probe");
+            let bytes = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            row += &format!(" {:>10} B", bytes);
+        }
+        println!("{row}");
+    }
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(PROBE_ENV) {
+        probe(&spec);
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    timed(&mut c);
+    c.final_summary();
+    // Only when benchmarking for real (not under `cargo test --benches`).
+    if std::env::args().any(|a| a == "--bench") {
+        memory();
+    }
+}

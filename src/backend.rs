@@ -1,0 +1,54 @@
+//! Backend identity.
+
+use std::fmt;
+
+/// The identity of one incarnation of a backend replica: a slot number and a generation.
+///
+/// The router hands out a `BackendId` when a backend is added. Removing the backend and adding
+/// it again (a restarted replica) yields the same slot with the next generation: a *different*
+/// owner, so the new incarnation inherits none of the old one's sessions.
+///
+/// It packs into a `u32` (16-bit slot, 16-bit generation): a router holds at most 65,536
+/// backend slots, and a slot's generation wraps after 65,536 re-adds (the router purges a
+/// removed backend's keys, so a wrapped generation finds nothing to inherit).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(u32);
+
+impl BackendId {
+    /// The id of `slot` at `generation`.
+    pub const fn new(slot: u16, generation: u16) -> Self {
+        BackendId(((slot as u32) << 16) | generation as u32)
+    }
+
+    /// The slot number, stable across generations.
+    pub const fn slot(self) -> u16 {
+        (self.0 >> 16) as u16
+    }
+
+    /// The generation of the slot this id names.
+    pub const fn generation(self) -> u16 {
+        self.0 as u16
+    }
+
+    /// The packed form, for storage.
+    pub const fn to_bits(self) -> u32 {
+        self.0
+    }
+
+    /// The id from its packed form.
+    pub const fn from_bits(bits: u32) -> Self {
+        BackendId(bits)
+    }
+}
+
+impl fmt::Debug for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BackendId({}g{})", self.slot(), self.generation())
+    }
+}
+
+impl fmt::Display for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}g{}", self.slot(), self.generation())
+    }
+}

@@ -1,0 +1,837 @@
+//! The default table: in memory, sharded, bounded.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+use parking_lot::RwLock;
+
+use super::{
+    Entry, Eviction, Insert, InsertError, Key, KeyKind, Occupancy, OwnedKey, Principal, Scope,
+    SessionTable, SetOwnerError, TICK,
+};
+use crate::{BackendId, TenantId};
+
+/// Ids up to this many bytes are stored inside the entry; longer ones get a heap allocation.
+/// 37 covers the ids MCP SDKs mint: UUIDs with hyphens (36), hex UUIDs (32), ULIDs (26).
+const INLINE: usize = 37;
+/// `Slot::id_len` of an id stored out of line.
+const LONG: u8 = u8::MAX;
+/// No slot (end of an owner list).
+const NIL: u32 = u32::MAX;
+/// Entries sampled when looking for one to evict.
+const SAMPLES: usize = 16;
+/// Entries scanned, after sampling failed, for an idle entry of a full tenant.
+const TENANT_SCAN: usize = 256;
+/// `Slot::flags` bit: the entry has a principal in `Shard::principals`.
+const HAS_PRINCIPAL: u8 = 1;
+
+/// Bounds and shape of a [`MemoryTable`].
+///
+/// | setting | default | meaning |
+/// |---|---|---|
+/// | [`capacity`](MemoryTableConfig::with_capacity) | 1,048,576 | entries in the whole table |
+/// | [`tenant_capacity`](MemoryTableConfig::with_tenant_capacity) | 1,048,576 | entries of one tenant |
+/// | [`idle_ttl`](MemoryTableConfig::with_idle_ttl) | 1 hour | life of an entry with no open stream and no use |
+/// | [`shards`](MemoryTableConfig::with_shards) | 64 | independently locked parts (a power of two) |
+///
+/// When an insert finds the table (or the key's tenant) full, it samples 16 entries of the
+/// key's shard and evicts the least recently used one that has no open stream (for a full
+/// tenant, one of that tenant, scanning up to 256 more entries if the sample had none); if there
+/// is none, the insert is refused with [`InsertError::Full`]. A tenant at its capacity never
+/// evicts another tenant's entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryTableConfig {
+    capacity: usize,
+    tenant_capacity: usize,
+    idle_ttl: Option<Duration>,
+    shards: usize,
+}
+
+impl MemoryTableConfig {
+    /// The defaults (see the table above).
+    pub fn new() -> Self {
+        MemoryTableConfig {
+            capacity: 1 << 20,
+            tenant_capacity: 1 << 20,
+            idle_ttl: Some(Duration::from_secs(3600)),
+            shards: 64,
+        }
+    }
+
+    /// Sets the most entries the table holds.
+    pub fn with_capacity(mut self, entries: usize) -> Self {
+        self.capacity = entries;
+        self
+    }
+
+    /// Sets the most entries one tenant holds.
+    pub fn with_tenant_capacity(mut self, entries: usize) -> Self {
+        self.tenant_capacity = entries;
+        self
+    }
+
+    /// Sets how long an entry with no open stream lives without use (`None`: forever). Kept to
+    /// 100 ms.
+    pub fn with_idle_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// Sets the number of shards, rounded up to a power of two between 1 and 65,536.
+    pub fn with_shards(mut self, shards: usize) -> Self {
+        self.shards = shards.clamp(1, 1 << 16).next_power_of_two();
+        self
+    }
+
+    /// The most entries the table holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The most entries one tenant holds.
+    pub fn tenant_capacity(&self) -> usize {
+        self.tenant_capacity
+    }
+
+    /// How long an entry with no open stream lives without use.
+    pub fn idle_ttl(&self) -> Option<Duration> {
+        self.idle_ttl
+    }
+
+    /// The number of shards.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+}
+
+impl Default for MemoryTableConfig {
+    fn default() -> Self {
+        MemoryTableConfig::new()
+    }
+}
+
+/// One entry: 64 bytes, ids up to [`INLINE`] bytes included, aligned so that an entry is
+/// exactly one cache line (a lookup that reaches it costs one memory access, not two).
+#[repr(align(64))]
+struct Slot {
+    /// The id, or for a long id the index of its box in `Shard::long_ids` (first 4 bytes).
+    id: [u8; INLINE],
+    /// The id's length, or [`LONG`].
+    id_len: u8,
+    kind: u8,
+    flags: u8,
+    tenant: u16,
+    streams: u16,
+    owner: u32,
+    learned: u32,
+    /// Written by readers, at most once per tick.
+    used: AtomicU32,
+    /// Neighbours in the owner's list.
+    prev: u32,
+    next: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+
+/// One independently locked part of the table.
+///
+/// Entries live densely in `slots`; `index` maps key hashes to slot numbers; each owner's
+/// entries form a doubly linked list through `prev`/`next`, so an owner's keys are found in
+/// time proportional to their number. Removal swaps the last slot into the hole.
+struct Shard {
+    index: HashTable<u32>,
+    slots: Vec<Slot>,
+    /// Parallel to `slots` once any entry had a principal (`tracks_principals`); empty before.
+    principals: Vec<u64>,
+    tracks_principals: bool,
+    long_ids: Vec<Box<[u8]>>,
+    long_free: Vec<u32>,
+    /// Each owner's first slot.
+    heads: HashMap<u32, u32>,
+    /// Where the idle sweep goes on.
+    cursor: usize,
+    /// State of the eviction sampler (xorshift).
+    rng: u64,
+}
+
+/// A shard alone on its cache lines, so that locking one does not slow its neighbours.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// The default [`SessionTable`]: in memory, sharded, bounded.
+///
+/// - **Fast**: a lookup hashes the key with a seeded fast hash (`foldhash` by default; pass a
+///   hardened `BuildHasher` such as `std::collections::hash_map::RandomState` with
+///   [`with_hasher`](MemoryTable::with_hasher)), takes one shard's read lock and allocates
+///   nothing. Readers write only the entry's last-use time, and only when it moved by a tick
+///   (100 ms).
+/// - **Lean**: entries are 64 bytes with ids up to 37 bytes inline (every SDK's session id
+///   fits), stored densely, indexed by 4-byte slot numbers.
+/// - **Bounded**: capacity in total and per tenant, idle expiry, eviction policy: see
+///   [`MemoryTableConfig`].
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use mcp_affinity::{BackendId, TenantId};
+/// use mcp_affinity::table::{Insert, Key, KeyKind, MemoryTable, SessionTable};
+///
+/// let table = MemoryTable::new();
+/// let now = Instant::now();
+/// let key = Key::new(TenantId::DEFAULT, KeyKind::Session, b"9b1f0c2e").unwrap();
+/// let owner = BackendId::new(1, 0);
+///
+/// assert_eq!(table.insert(&key, owner, None, now), Ok(Insert::Added { evicted: false }));
+/// assert_eq!(table.get(&key, now).unwrap().owner, owner);
+///
+/// // An hour and a bit later, unused and with no open stream, it expires.
+/// let later = now + Duration::from_secs(3601);
+/// assert_eq!(table.evict_idle(later, 1000).evicted, 1);
+/// assert!(table.get(&key, later).is_none());
+/// ```
+pub struct MemoryTable<S = DefaultHashBuilder> {
+    shards: Box<[Padded<RwLock<Shard>>]>,
+    shard_mask: usize,
+    hasher: S,
+    config: MemoryTableConfig,
+    /// The instant of tick 0: the first `now` the table was given.
+    epoch: OnceLock<Instant>,
+    len: AtomicUsize,
+    owners: RwLock<HashMap<u32, AtomicUsize>>,
+    tenants: RwLock<HashMap<u16, AtomicUsize>>,
+    /// The shard the next idle sweep starts with.
+    sweep: AtomicUsize,
+}
+
+impl MemoryTable {
+    /// A table with the default [`MemoryTableConfig`].
+    pub fn new() -> Self {
+        MemoryTable::with_config(MemoryTableConfig::new())
+    }
+
+    /// A table with the given bounds.
+    pub fn with_config(config: MemoryTableConfig) -> Self {
+        MemoryTable::with_hasher(config, DefaultHashBuilder::default())
+    }
+}
+
+impl Default for MemoryTable {
+    fn default() -> Self {
+        MemoryTable::new()
+    }
+}
+
+impl<S: BuildHasher> MemoryTable<S> {
+    /// A table with the given bounds, hashing keys with `hasher`.
+    pub fn with_hasher(config: MemoryTableConfig, hasher: S) -> Self {
+        let config = MemoryTableConfig {
+            shards: config.shards.clamp(1, 1 << 16).next_power_of_two(),
+            ..config
+        };
+        let shards = (0..config.shards)
+            .map(|i| {
+                Padded(RwLock::new(Shard {
+                    index: HashTable::new(),
+                    slots: Vec::new(),
+                    principals: Vec::new(),
+                    tracks_principals: false,
+                    long_ids: Vec::new(),
+                    long_free: Vec::new(),
+                    heads: HashMap::new(),
+                    cursor: 0,
+                    rng: 0x9E37_79B9_7F4A_7C15 ^ (i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+                }))
+            })
+            .collect();
+        MemoryTable {
+            shard_mask: config.shards - 1,
+            shards,
+            hasher,
+            config,
+            epoch: OnceLock::new(),
+            len: AtomicUsize::new(0),
+            owners: RwLock::new(HashMap::new()),
+            tenants: RwLock::new(HashMap::new()),
+            sweep: AtomicUsize::new(0),
+        }
+    }
+
+    /// The table's bounds.
+    pub fn config(&self) -> &MemoryTableConfig {
+        &self.config
+    }
+
+    fn hash(&self, key: &Key<'_>) -> u64 {
+        hash_parts(
+            &self.hasher,
+            key.tenant().get(),
+            key.kind().to_u8(),
+            key.id_bytes(),
+        )
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        // hashbrown uses the low bits (bucket) and the top 7 (tag); pick shards in between.
+        &self.shards[(hash >> 40) as usize & self.shard_mask].0
+    }
+
+    fn tick(&self, now: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_init(|| now);
+        let since = now.saturating_duration_since(epoch);
+        // Integer math on u64 (`as_millis` is u128, and u128 division is slow).
+        let ticks = since.as_secs() * 10 + u64::from(since.subsec_millis() / 100);
+        u32::try_from(ticks).unwrap_or(u32::MAX)
+    }
+
+    fn entry(&self, shard: &Shard, i: usize) -> Entry {
+        let slot = &shard.slots[i];
+        let principal =
+            (slot.flags & HAS_PRINCIPAL != 0).then(|| Principal::new(shard.principals[i]));
+        let epoch = *self
+            .epoch
+            .get()
+            .expect("an entry exists, so time was given");
+        Entry::ticked(
+            BackendId::from_bits(slot.owner),
+            epoch,
+            slot.learned,
+            slot.used.load(Relaxed),
+        )
+        .with_principal(principal)
+        .with_streams(u32::from(slot.streams))
+    }
+
+    /// Adds `delta` to a counter of `map`, creating it if needed; returns the previous value.
+    fn bump<K: std::hash::Hash + Eq + Copy>(
+        map: &RwLock<HashMap<K, AtomicUsize>>,
+        key: K,
+        add: bool,
+    ) -> usize {
+        let apply = |counter: &AtomicUsize| {
+            if add {
+                counter.fetch_add(1, Relaxed)
+            } else {
+                counter.fetch_sub(1, Relaxed)
+            }
+        };
+        if let Some(counter) = map.read().get(&key) {
+            return apply(counter);
+        }
+        apply(map.write().entry(key).or_default())
+    }
+
+    fn read_count<K: std::hash::Hash + Eq>(
+        map: &RwLock<HashMap<K, AtomicUsize>>,
+        key: &K,
+    ) -> usize {
+        map.read().get(key).map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// Updates the counters for a slot that left the table.
+    fn forget_counts(&self, slot: &Slot) {
+        self.len.fetch_sub(1, Relaxed);
+        Self::bump(&self.owners, slot.owner, false);
+        Self::bump(&self.tenants, slot.tenant, false);
+    }
+}
+
+/// Hashes a key's parts the same way for lookups and for rehashing stored slots.
+fn hash_parts<S: BuildHasher>(hasher: &S, tenant: u16, kind: u8, id: &[u8]) -> u64 {
+    let mut state = hasher.build_hasher();
+    state.write_u32((u32::from(tenant) << 8) | u32::from(kind));
+    state.write(id);
+    state.finish()
+}
+
+impl Shard {
+    fn id<'a>(&'a self, slot: &'a Slot) -> &'a [u8] {
+        if slot.id_len == LONG {
+            let at = u32::from_le_bytes(slot.id[..4].try_into().expect("4 bytes"));
+            &self.long_ids[at as usize]
+        } else {
+            &slot.id[..usize::from(slot.id_len)]
+        }
+    }
+
+    fn slot_hash<S: BuildHasher>(&self, hasher: &S, i: usize) -> u64 {
+        let slot = &self.slots[i];
+        hash_parts(hasher, slot.tenant, slot.kind, self.id(slot))
+    }
+
+    fn find(&self, hash: u64, key: &Key<'_>) -> Option<usize> {
+        let (tenant, kind, id) = (key.tenant().get(), key.kind().to_u8(), key.id_bytes());
+        self.index
+            .find(hash, |&i| {
+                let slot = &self.slots[i as usize];
+                slot.tenant == tenant && slot.kind == kind && self.id(slot) == id
+            })
+            .map(|&i| i as usize)
+    }
+
+    /// Appends a slot for `key` and indexes it; returns its number.
+    fn push<S: BuildHasher>(
+        &mut self,
+        hasher: &S,
+        hash: u64,
+        key: &Key<'_>,
+        owner: u32,
+        principal: Option<Principal>,
+        tick: u32,
+    ) -> usize {
+        let i = self.slots.len();
+        let id = key.id_bytes();
+        let mut slot = Slot {
+            id: [0; INLINE],
+            id_len: 0,
+            kind: key.kind().to_u8(),
+            flags: 0,
+            tenant: key.tenant().get(),
+            streams: 0,
+            owner,
+            learned: tick,
+            used: AtomicU32::new(tick),
+            prev: NIL,
+            next: NIL,
+        };
+        if id.len() <= INLINE {
+            slot.id[..id.len()].copy_from_slice(id);
+            slot.id_len = id.len() as u8;
+        } else {
+            let boxed: Box<[u8]> = id.into();
+            let at = match self.long_free.pop() {
+                Some(at) => {
+                    self.long_ids[at as usize] = boxed;
+                    at
+                }
+                None => {
+                    self.long_ids.push(boxed);
+                    (self.long_ids.len() - 1) as u32
+                }
+            };
+            slot.id[..4].copy_from_slice(&at.to_le_bytes());
+            slot.id_len = LONG;
+        }
+        if principal.is_some() {
+            slot.flags |= HAS_PRINCIPAL;
+            if !self.tracks_principals {
+                self.principals.resize(i, 0);
+                self.tracks_principals = true;
+            }
+        }
+        if self.tracks_principals {
+            self.principals
+                .push(principal.map_or(0, Principal::fingerprint));
+        }
+        self.slots.push(slot);
+        self.link(i);
+        let Shard {
+            index,
+            slots,
+            long_ids,
+            ..
+        } = self;
+        index.insert_unique(hash, i as u32, |&j| {
+            let slot = &slots[j as usize];
+            let id = if slot.id_len == LONG {
+                let at = u32::from_le_bytes(slot.id[..4].try_into().expect("4 bytes"));
+                &long_ids[at as usize][..]
+            } else {
+                &slot.id[..usize::from(slot.id_len)]
+            };
+            hash_parts(hasher, slot.tenant, slot.kind, id)
+        });
+        i
+    }
+
+    /// Puts slot `i` at the head of its owner's list.
+    fn link(&mut self, i: usize) {
+        let owner = self.slots[i].owner;
+        let old = self.heads.insert(owner, i as u32).unwrap_or(NIL);
+        self.slots[i].prev = NIL;
+        self.slots[i].next = old;
+        if old != NIL {
+            self.slots[old as usize].prev = i as u32;
+        }
+    }
+
+    /// Takes slot `i` out of its owner's list.
+    fn unlink(&mut self, i: usize) {
+        let (prev, next, owner) = {
+            let slot = &self.slots[i];
+            (slot.prev, slot.next, slot.owner)
+        };
+        if prev == NIL {
+            if next == NIL {
+                self.heads.remove(&owner);
+            } else {
+                self.heads.insert(owner, next);
+            }
+        } else {
+            self.slots[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.slots[next as usize].prev = prev;
+        }
+    }
+
+    /// Removes slot `i`, moving the last slot into its place; returns the removed slot and its
+    /// principal.
+    fn remove_at<S: BuildHasher>(&mut self, hasher: &S, i: usize) -> (Slot, Option<u64>) {
+        self.unlink(i);
+        let hash = self.slot_hash(hasher, i);
+        match self.index.find_entry(hash, |&j| j as usize == i) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => unreachable!("every slot is indexed"),
+        }
+        let last = self.slots.len() - 1;
+        let removed = self.slots.swap_remove(i);
+        let principal = if !self.tracks_principals {
+            None
+        } else {
+            let p = self.principals.swap_remove(i);
+            (removed.flags & HAS_PRINCIPAL != 0).then_some(p)
+        };
+        if i != last {
+            // The former last slot now lives at `i`: re-point its index entry and neighbours.
+            let hash = self.slot_hash(hasher, i);
+            *self
+                .index
+                .find_mut(hash, |&j| j as usize == last)
+                .expect("every slot is indexed") = i as u32;
+            let (prev, next, owner) = {
+                let slot = &self.slots[i];
+                (slot.prev, slot.next, slot.owner)
+            };
+            if prev == NIL {
+                self.heads.insert(owner, i as u32);
+            } else {
+                self.slots[prev as usize].next = i as u32;
+            }
+            if next != NIL {
+                self.slots[next as usize].prev = i as u32;
+            }
+        }
+        if removed.id_len == LONG {
+            let at = u32::from_le_bytes(removed.id[..4].try_into().expect("4 bytes"));
+            self.long_ids[at as usize] = Box::default();
+            self.long_free.push(at);
+        }
+        (removed, principal)
+    }
+
+    /// Looks at up to `budget` slots, each at most once, from the cursor on and around,
+    /// removing those `expired` says; returns (examined, removed).
+    fn sweep<S: BuildHasher>(
+        &mut self,
+        hasher: &S,
+        budget: usize,
+        expired: impl Fn(&Slot) -> bool,
+        mut gone: impl FnMut(&Slot),
+    ) -> (usize, usize) {
+        let (mut examined, mut removed) = (0, 0);
+        let start = self.cursor.min(self.slots.len());
+        // First from the cursor to the end. A removal moves the last slot, not yet looked at,
+        // into the hole: look at the same position again.
+        let mut i = start;
+        while i < self.slots.len() && examined < budget {
+            examined += 1;
+            if expired(&self.slots[i]) {
+                gone(&self.remove_at(hasher, i).0);
+                removed += 1;
+            } else {
+                i += 1;
+            }
+        }
+        if examined >= budget {
+            self.cursor = i;
+            return (examined, removed);
+        }
+        // Then the positions before the cursor, `[0, end)`. Everything from `end` on was looked
+        // at above, so a slot moved from there into a hole is skipped, not looked at twice.
+        let (mut i, mut end) = (0, start);
+        while i < end && examined < budget {
+            examined += 1;
+            if expired(&self.slots[i]) {
+                let last = self.slots.len() - 1;
+                gone(&self.remove_at(hasher, i).0);
+                removed += 1;
+                if last >= end {
+                    i += 1;
+                } else {
+                    end -= 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.cursor = i;
+        (examined, removed)
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64: deterministic, no dependency, good enough to sample slots.
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    /// The least recently used slot with no open stream among a random sample (of `tenant`
+    /// only, if given).
+    fn lru_victim(&mut self, tenant: Option<u16>) -> Option<usize> {
+        let n = self.slots.len();
+        if n == 0 {
+            return None;
+        }
+        let eligible = |slot: &Slot| slot.streams == 0 && tenant.is_none_or(|t| slot.tenant == t);
+        // Keeps the least recently used eligible slot seen so far.
+        let consider = |best: Option<(u32, usize)>, slots: &[Slot], i: usize| {
+            let slot = &slots[i];
+            let used = slot.used.load(Relaxed);
+            match best {
+                _ if !eligible(slot) => best,
+                Some((u, _)) if u <= used => best,
+                _ => Some((used, i)),
+            }
+        };
+        let mut best = None;
+        for _ in 0..SAMPLES {
+            let i = (self.random() % n as u64) as usize;
+            best = consider(best, &self.slots, i);
+        }
+        if best.is_none() && tenant.is_some() {
+            let start = (self.random() % n as u64) as usize;
+            for k in 0..n.min(TENANT_SCAN) {
+                best = consider(best, &self.slots, (start + k) % n);
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+}
+
+impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
+    fn get(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
+        let hash = self.hash(key);
+        let tick = self.tick(now);
+        let shard = self.shard(hash).read();
+        let i = shard.find(hash, key)?;
+        let used = &shard.slots[i].used;
+        if used.load(Relaxed) < tick {
+            used.store(tick, Relaxed);
+        }
+        Some(self.entry(&shard, i))
+    }
+
+    fn insert(
+        &self,
+        key: &Key<'_>,
+        owner: BackendId,
+        principal: Option<Principal>,
+        now: Instant,
+    ) -> Result<Insert, InsertError> {
+        let hash = self.hash(key);
+        let tick = self.tick(now);
+        let mut shard = self.shard(hash).write();
+        if let Some(i) = shard.find(hash, key) {
+            return Ok(Insert::Exists(self.entry(&shard, i)));
+        }
+        // Reserve room first, so that concurrent inserts never overshoot a bound.
+        let tenant = key.tenant().get();
+        let global_ok = self.len.fetch_add(1, Relaxed) < self.config.capacity;
+        let tenant_ok = Self::bump(&self.tenants, tenant, true) < self.config.tenant_capacity;
+        let mut evicted = false;
+        if !(global_ok && tenant_ok) {
+            let scope = if tenant_ok {
+                Scope::Global
+            } else {
+                Scope::Tenant
+            };
+            match shard.lru_victim((!tenant_ok).then_some(tenant)) {
+                Some(victim) => {
+                    let (slot, _) = shard.remove_at(&self.hasher, victim);
+                    self.forget_counts(&slot);
+                    evicted = true;
+                }
+                None => {
+                    self.len.fetch_sub(1, Relaxed);
+                    Self::bump(&self.tenants, tenant, false);
+                    return Err(InsertError::Full { scope });
+                }
+            }
+        }
+        shard.push(&self.hasher, hash, key, owner.to_bits(), principal, tick);
+        Self::bump(&self.owners, owner.to_bits(), true);
+        Ok(Insert::Added { evicted })
+    }
+
+    fn set_owner(
+        &self,
+        key: &Key<'_>,
+        expected: BackendId,
+        new: BackendId,
+        now: Instant,
+    ) -> Result<Entry, SetOwnerError> {
+        let hash = self.hash(key);
+        let tick = self.tick(now);
+        let mut shard = self.shard(hash).write();
+        let i = shard.find(hash, key).ok_or(SetOwnerError::NotFound)?;
+        if shard.slots[i].owner != expected.to_bits() {
+            return Err(SetOwnerError::OwnerChanged(self.entry(&shard, i)));
+        }
+        if expected != new {
+            shard.unlink(i);
+            shard.slots[i].owner = new.to_bits();
+            shard.link(i);
+            Self::bump(&self.owners, expected.to_bits(), false);
+            Self::bump(&self.owners, new.to_bits(), true);
+        }
+        shard.slots[i].used.store(tick, Relaxed);
+        Ok(self.entry(&shard, i))
+    }
+
+    fn remove(&self, key: &Key<'_>, owner: Option<BackendId>) -> Option<Entry> {
+        let hash = self.hash(key);
+        let mut shard = self.shard(hash).write();
+        let i = shard.find(hash, key)?;
+        if owner.is_some_and(|o| shard.slots[i].owner != o.to_bits()) {
+            return None;
+        }
+        let entry = self.entry(&shard, i);
+        let (slot, _) = shard.remove_at(&self.hasher, i);
+        self.forget_counts(&slot);
+        Some(entry)
+    }
+
+    fn open_stream(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
+        let hash = self.hash(key);
+        let tick = self.tick(now);
+        let mut shard = self.shard(hash).write();
+        let i = shard.find(hash, key)?;
+        let slot = &mut shard.slots[i];
+        slot.streams = slot.streams.saturating_add(1);
+        slot.used.store(tick, Relaxed);
+        Some(self.entry(&shard, i))
+    }
+
+    fn close_stream(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
+        let hash = self.hash(key);
+        let tick = self.tick(now);
+        let mut shard = self.shard(hash).write();
+        let i = shard.find(hash, key)?;
+        let slot = &mut shard.slots[i];
+        slot.streams = slot.streams.saturating_sub(1);
+        slot.used.store(tick, Relaxed);
+        Some(self.entry(&shard, i))
+    }
+
+    fn remove_owner(&self, owner: BackendId) -> usize {
+        let bits = owner.to_bits();
+        let mut removed = 0;
+        let mut doomed = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.0.write();
+            doomed.clear();
+            let mut i = shard.heads.get(&bits).copied().unwrap_or(NIL);
+            while i != NIL {
+                doomed.push(i as usize);
+                i = shard.slots[i as usize].next;
+            }
+            // Highest first: a swap-removal then only moves slots this loop is done with.
+            doomed.sort_unstable_by(|a, b| b.cmp(a));
+            for &i in &doomed {
+                let (slot, _) = shard.remove_at(&self.hasher, i);
+                self.forget_counts(&slot);
+            }
+            removed += doomed.len();
+        }
+        let mut owners = self.owners.write();
+        if owners.get(&bits).is_some_and(|c| c.load(Relaxed) == 0) {
+            owners.remove(&bits);
+        }
+        removed
+    }
+
+    fn keys_of(&self, owner: BackendId, max: usize) -> Vec<OwnedKey> {
+        let bits = owner.to_bits();
+        let mut keys = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.0.read();
+            let mut i = shard.heads.get(&bits).copied().unwrap_or(NIL);
+            while i != NIL && keys.len() < max {
+                let slot = &shard.slots[i as usize];
+                let kind = KeyKind::from_u8(slot.kind).expect("stored kinds are valid");
+                let key = OwnedKey::new(TenantId::new(slot.tenant), kind, shard.id(slot))
+                    .expect("stored ids are valid");
+                keys.push(key);
+                i = slot.next;
+            }
+            if keys.len() >= max {
+                break;
+            }
+        }
+        keys
+    }
+
+    fn evict_idle(&self, now: Instant, max_work: usize) -> Eviction {
+        let mut out = Eviction::default();
+        let Some(ttl) = self.config.idle_ttl else {
+            return out;
+        };
+        let now = self.tick(now);
+        let ttl = u32::try_from(ttl.as_millis().div_ceil(TICK.as_millis())).unwrap_or(u32::MAX);
+        let n = self.shards.len();
+        let start = self.sweep.load(Relaxed);
+        for k in 0..n {
+            if out.examined >= max_work {
+                self.sweep.store((start + k) % n, Relaxed);
+                return out;
+            }
+            let mut shard = self.shards[(start + k) % n].0.write();
+            let (examined, evicted) = shard.sweep(
+                &self.hasher,
+                max_work - out.examined,
+                |slot| slot.streams == 0 && now.saturating_sub(slot.used.load(Relaxed)) >= ttl,
+                |slot| self.forget_counts(slot),
+            );
+            out.examined += examined;
+            out.evicted += evicted;
+        }
+        self.sweep.store(start, Relaxed);
+        out
+    }
+
+    fn count_owner(&self, owner: BackendId) -> usize {
+        Self::read_count(&self.owners, &owner.to_bits())
+    }
+
+    fn count_tenant(&self, tenant: TenantId) -> usize {
+        Self::read_count(&self.tenants, &tenant.get())
+    }
+
+    fn occupancy(&self) -> Occupancy {
+        Occupancy {
+            len: self.len.load(Relaxed),
+            capacity: Some(self.config.capacity),
+        }
+    }
+
+    fn idle_ttl(&self) -> Option<Duration> {
+        self.config.idle_ttl
+    }
+}
+
+impl<S> fmt::Debug for MemoryTable<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryTable")
+            .field("config", &self.config)
+            .field("len", &self.len.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,378 @@
+//! The session table: the learned map from affinity key to owning backend.
+//!
+//! Every routing decision for a keyed request is one [`SessionTable::get`]. The router learns
+//! keys only from backend responses ([`SessionTable::insert`]), forgets them when a conversation
+//! ends ([`SessionTable::remove`]), and sweeps idle ones ([`SessionTable::evict_idle`]).
+//!
+//! - [`MemoryTable`] is the default: sharded, bounded, no allocation on lookups.
+//! - [`NullTable`] stores nothing (affinity off), and says so.
+//! - Your own store implements [`SessionTable`] and checks itself with
+//!   [`contract::check`] (feature `test-util`).
+//!
+//! # Keys
+//!
+//! A [`Key`] is a tenant, a [`KeyKind`] and an id of visible ASCII, validated once where it
+//! enters (an [`InvalidKey`] otherwise). Equal ids of different tenants or kinds are different
+//! keys, so one tenant's id can never select another tenant's backend.
+
+use std::time::{Duration, Instant};
+
+use crate::{BackendId, TenantId};
+
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod contract;
+mod key;
+mod memory;
+mod null;
+
+pub use key::{InvalidKey, Key, KeyKind, OwnedKey};
+pub use memory::{MemoryTable, MemoryTableConfig};
+pub use null::NullTable;
+
+/// A fingerprint of the authenticated principal (for example a hash of the bearer token) that
+/// a key was learned under. The router rejects the key when another principal presents it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Principal(u64);
+
+impl Principal {
+    /// The principal with this fingerprint.
+    pub const fn new(fingerprint: u64) -> Self {
+        Principal(fingerprint)
+    }
+
+    /// The fingerprint.
+    pub const fn fingerprint(self) -> u64 {
+        self.0
+    }
+}
+
+/// The resolution of the times [`MemoryTable`] keeps.
+pub(crate) const TICK: Duration = Duration::from_millis(100);
+
+/// What the table knows of a key: returned by value, no lock held.
+///
+/// Tables may keep times at a coarser resolution than `Instant`: [`MemoryTable`] rounds them
+/// down to 100 ms, and turns them into `Instant`s only when asked.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Entry {
+    /// The backend that owns the key.
+    pub owner: BackendId,
+    /// The principal the key was learned under, if the router binds principals.
+    pub principal: Option<Principal>,
+    /// Streams open on the key (long-lived GETs); an entry with an open stream does not expire.
+    pub streams: u32,
+    times: Times,
+}
+
+/// When an entry was learned and last used.
+#[derive(Clone, Copy, Debug)]
+enum Times {
+    Exact {
+        learned: Instant,
+        used: Instant,
+    },
+    /// Counted in [`TICK`]s from `epoch`: computed only when asked.
+    Ticked {
+        epoch: Instant,
+        learned: u32,
+        used: u32,
+    },
+}
+
+impl Entry {
+    /// An entry for a key just learned at `now`, with no principal and no stream (for table
+    /// implementations).
+    pub fn new(owner: BackendId, now: Instant) -> Self {
+        Entry {
+            owner,
+            principal: None,
+            streams: 0,
+            times: Times::Exact {
+                learned: now,
+                used: now,
+            },
+        }
+    }
+
+    /// An entry whose times are counted in [`TICK`]s since `epoch`.
+    pub(crate) fn ticked(owner: BackendId, epoch: Instant, learned: u32, used: u32) -> Self {
+        Entry {
+            owner,
+            principal: None,
+            streams: 0,
+            times: Times::Ticked {
+                epoch,
+                learned,
+                used,
+            },
+        }
+    }
+
+    /// Sets the principal.
+    pub fn with_principal(mut self, principal: Option<Principal>) -> Self {
+        self.principal = principal;
+        self
+    }
+
+    /// Sets the number of open streams.
+    pub fn with_streams(mut self, streams: u32) -> Self {
+        self.streams = streams;
+        self
+    }
+
+    /// Sets when the key was last used.
+    pub fn with_last_used(mut self, last_used: Instant) -> Self {
+        self.times = Times::Exact {
+            learned: self.learned_at(),
+            used: last_used,
+        };
+        self
+    }
+
+    /// When the key was learned.
+    pub fn learned_at(&self) -> Instant {
+        match self.times {
+            Times::Exact { learned, .. } => learned,
+            Times::Ticked { epoch, learned, .. } => epoch + TICK * learned,
+        }
+    }
+
+    /// When the key was last used (looked up, learned, or a stream opened or closed on it).
+    pub fn last_used(&self) -> Instant {
+        match self.times {
+            Times::Exact { used, .. } => used,
+            Times::Ticked { epoch, used, .. } => epoch + TICK * used,
+        }
+    }
+}
+
+/// Entries are equal when they say the same things, however their times are kept.
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.owner == other.owner
+            && self.principal == other.principal
+            && self.streams == other.streams
+            && self.learned_at() == other.learned_at()
+            && self.last_used() == other.last_used()
+    }
+}
+
+impl Eq for Entry {}
+
+/// The outcome of [`SessionTable::insert`].
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Insert {
+    /// The key was unknown and is now bound to the owner.
+    Added {
+        /// The table was full and evicted its least recently used idle entry to make room.
+        evicted: bool,
+    },
+    /// The key is already bound; nothing changed. This is the existing entry, whose owner may
+    /// differ from the one offered: learning never overwrites an owner.
+    Exists(Entry),
+}
+
+/// Which bound a full table hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The table's total capacity.
+    Global,
+    /// The capacity of the key's tenant.
+    Tenant,
+}
+
+/// Why [`SessionTable::insert`] did not store a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InsertError {
+    /// The table (or the key's tenant) is at capacity and no idle entry could be evicted.
+    #[error("session table full ({scope:?} capacity)")]
+    Full {
+        /// The bound that was hit.
+        scope: Scope,
+    },
+    /// The table stores nothing (the [`NullTable`]).
+    #[error("session table disabled")]
+    Disabled,
+}
+
+/// Why [`SessionTable::set_owner`] changed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetOwnerError {
+    /// The key is not in the table.
+    #[error("no such key")]
+    NotFound,
+    /// The key is owned by another backend than expected; this is its entry.
+    #[error("key owned by {} instead", .0.owner)]
+    OwnerChanged(Entry),
+}
+
+/// What one [`SessionTable::evict_idle`] call did.
+#[must_use]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Eviction {
+    /// Entries looked at.
+    pub examined: usize,
+    /// Entries removed because they were idle beyond the table's TTL with no open stream.
+    pub evicted: usize,
+}
+
+/// How full a table is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Entries stored.
+    pub len: usize,
+    /// The most entries the table holds, if it has a bound.
+    pub capacity: Option<usize>,
+}
+
+/// The learned map `affinity key → owner` that every routing decision reads.
+///
+/// The router holds one table behind `&self` and calls it from every worker thread, so
+/// implementations are `Send + Sync` and return owned values: no lock guard escapes. No method
+/// reads the clock; those that use time take `now`.
+///
+/// The router *learns* keys only from backend responses: a key taken from a client request is
+/// only ever looked up. Implementations store what they are given and keep these contracts,
+/// which [`contract::check`] verifies (feature `test-util`):
+///
+/// - keys are compared whole: tenant, kind and id; nothing else matches;
+/// - [`insert`](SessionTable::insert) never replaces an existing owner;
+/// - an entry with an open stream never expires, and an entry is never reported after it
+///   was removed;
+/// - counts ([`count_owner`](SessionTable::count_owner),
+///   [`count_tenant`](SessionTable::count_tenant), [`occupancy`](SessionTable::occupancy))
+///   agree with the entries stored once concurrent calls have returned.
+///
+/// A table may refuse to store (capacity, or the [`NullTable`] that stores nothing); it then
+/// says so with an [`InsertError`] and the router rejects or degrades as documented there.
+pub trait SessionTable: Send + Sync {
+    /// Looks `key` up and marks it used at `now`.
+    ///
+    /// The router calls this for every request that carries a key. It is the hot path:
+    /// implementations should not allocate or take exclusive locks here.
+    fn get(&self, key: &Key<'_>, now: Instant) -> Option<Entry>;
+
+    /// Binds `key` to `owner` (and `principal`) if the key is unknown.
+    ///
+    /// The router calls this when a backend response reveals a new key. If the key exists,
+    /// nothing changes and the existing entry comes back as [`Insert::Exists`]. A table at
+    /// capacity may evict an idle entry ([`Insert::Added`] says so) or refuse
+    /// ([`InsertError::Full`]).
+    fn insert(
+        &self,
+        key: &Key<'_>,
+        owner: BackendId,
+        principal: Option<Principal>,
+        now: Instant,
+    ) -> Result<Insert, InsertError>;
+
+    /// Moves `key` from `expected` to `new`, if `expected` still owns it (compare-and-set).
+    ///
+    /// Used by fleet operations that hand keys over between incarnations; plain routing never
+    /// moves a key.
+    fn set_owner(
+        &self,
+        key: &Key<'_>,
+        expected: BackendId,
+        new: BackendId,
+        now: Instant,
+    ) -> Result<Entry, SetOwnerError>;
+
+    /// Removes `key`, only if `owner` owns it when `owner` is given; returns the removed entry.
+    ///
+    /// The router calls this when a conversation ends: a `DELETE` answered 2xx or 404, a 404
+    /// to a keyed request, the end of a legacy SSE stream.
+    fn remove(&self, key: &Key<'_>, owner: Option<BackendId>) -> Option<Entry>;
+
+    /// Counts one more stream open on `key` and marks it used; `None` if the key is unknown.
+    fn open_stream(&self, key: &Key<'_>, now: Instant) -> Option<Entry>;
+
+    /// Counts one stream fewer on `key` (never below zero) and marks it used; `None` if the key
+    /// is unknown.
+    fn close_stream(&self, key: &Key<'_>, now: Instant) -> Option<Entry>;
+
+    /// Removes every key `owner` owns and returns how many; used when a backend is removed.
+    fn remove_owner(&self, owner: BackendId) -> usize;
+
+    /// Lists up to `max` keys that `owner` owns, in no particular order.
+    fn keys_of(&self, owner: BackendId, max: usize) -> Vec<OwnedKey>;
+
+    /// Removes entries idle for longer than [`idle_ttl`](SessionTable::idle_ttl) with no open
+    /// stream, looking at no more than `max_work` entries. The embedder calls this periodically
+    /// (for example every second with a budget of a few thousand): there is no stop-the-world
+    /// sweep.
+    fn evict_idle(&self, now: Instant, max_work: usize) -> Eviction;
+
+    /// How many keys `owner` owns.
+    fn count_owner(&self, owner: BackendId) -> usize;
+
+    /// How many keys `tenant` has.
+    fn count_tenant(&self, tenant: TenantId) -> usize;
+
+    /// How many entries the table holds, and its bound.
+    fn occupancy(&self) -> Occupancy;
+
+    /// How long an entry with no open stream lives without use; `None` if entries never
+    /// expire.
+    fn idle_ttl(&self) -> Option<Duration>;
+}
+
+impl<T: SessionTable + ?Sized> SessionTable for std::sync::Arc<T> {
+    fn get(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
+        (**self).get(key, now)
+    }
+    fn insert(
+        &self,
+        key: &Key<'_>,
+        owner: BackendId,
+        principal: Option<Principal>,
+        now: Instant,
+    ) -> Result<Insert, InsertError> {
+        (**self).insert(key, owner, principal, now)
+    }
+    fn set_owner(
+        &self,
+        key: &Key<'_>,
+        expected: BackendId,
+        new: BackendId,
+        now: Instant,
+    ) -> Result<Entry, SetOwnerError> {
+        (**self).set_owner(key, expected, new, now)
+    }
+    fn remove(&self, key: &Key<'_>, owner: Option<BackendId>) -> Option<Entry> {
+        (**self).remove(key, owner)
+    }
+    fn open_stream(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
+        (**self).open_stream(key, now)
+    }
+    fn close_stream(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
+        (**self).close_stream(key, now)
+    }
+    fn remove_owner(&self, owner: BackendId) -> usize {
+        (**self).remove_owner(owner)
+    }
+    fn keys_of(&self, owner: BackendId, max: usize) -> Vec<OwnedKey> {
+        (**self).keys_of(owner, max)
+    }
+    fn evict_idle(&self, now: Instant, max_work: usize) -> Eviction {
+        (**self).evict_idle(now, max_work)
+    }
+    fn count_owner(&self, owner: BackendId) -> usize {
+        (**self).count_owner(owner)
+    }
+    fn count_tenant(&self, tenant: TenantId) -> usize {
+        (**self).count_tenant(tenant)
+    }
+    fn occupancy(&self) -> Occupancy {
+        (**self).occupancy()
+    }
+    fn idle_ttl(&self) -> Option<Duration> {
+        (**self).idle_ttl()
+    }
+}

@@ -1,0 +1,132 @@
+//! Readers look keys up while writers insert, remove and expire others: nothing stable is lost,
+//! nothing deadlocks, and the counts add up once every thread is done.
+#![allow(clippy::disallowed_methods)] // tests may read the clock; the crate may not
+
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mcp_affinity::table::{Insert, Key, KeyKind, MemoryTable, MemoryTableConfig, SessionTable};
+use mcp_affinity::{BackendId, TenantId};
+
+const STABLE: usize = 2_000;
+const READ_ROUNDS: u64 = 20;
+const MAX_CHURN_ROUNDS: usize = 1_000_000;
+const OWNERS: u16 = 4;
+
+fn id(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i:08x}-7b1d-4c6f-9e7a-0123456789ab")
+}
+
+fn key(id: &str) -> Key<'_> {
+    Key::new(
+        TenantId::new((id.len() % 3) as u16),
+        KeyKind::Session,
+        id.as_bytes(),
+    )
+    .unwrap()
+}
+
+fn owner_of(i: usize) -> BackendId {
+    BackendId::new((i % OWNERS as usize) as u16, 0)
+}
+
+#[test]
+fn readers_never_lose_stable_keys_while_writers_churn() {
+    let table = MemoryTable::with_config(
+        MemoryTableConfig::new()
+            .with_shards(8)
+            .with_idle_ttl(Some(Duration::from_secs(60))),
+    );
+    let start = Instant::now();
+    let stable: Vec<String> = (0..STABLE).map(|i| id("stable", i)).collect();
+    for (i, id) in stable.iter().enumerate() {
+        assert!(matches!(
+            table.insert(&key(id), owner_of(i), None, start),
+            Ok(Insert::Added { .. })
+        ));
+        // An open stream: the sweeper must never take these.
+        table.open_stream(&key(id), start).unwrap();
+    }
+
+    // The writers go on until both readers are done (bounded by MAX_CHURN_ROUNDS), so every
+    // read overlaps with writes.
+    let readers_done = AtomicUsize::new(0);
+    let barrier = Barrier::new(4);
+    std::thread::scope(|s| {
+        for reader in 0..2 {
+            let (table, stable, readers_done, barrier) = (&table, &stable, &readers_done, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                for round in 0..READ_ROUNDS {
+                    for (i, id) in stable.iter().enumerate().skip(reader).step_by(2) {
+                        let now = start + Duration::from_secs(round);
+                        let entry = table.get(&key(id), now).expect("a stable key vanished");
+                        assert_eq!(entry.owner, owner_of(i));
+                    }
+                }
+                readers_done.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        let (table, barrier, readers_done) = (&table, &barrier, &readers_done);
+        let writer = s.spawn(move || {
+            barrier.wait();
+            let mut live = Vec::new();
+            let mut round = 0;
+            while readers_done.load(Ordering::Relaxed) < 2 && round < MAX_CHURN_ROUNDS {
+                let now = start + Duration::from_millis(round as u64 * 10);
+                let churn = id("churn", round);
+                assert!(matches!(
+                    table.insert(&key(&churn), owner_of(round), None, now),
+                    Ok(Insert::Added { .. })
+                ));
+                live.push(churn);
+                if round % 3 == 0 {
+                    let gone = live.swap_remove(round % live.len());
+                    table.remove(&key(&gone), None);
+                }
+                round += 1;
+            }
+            round
+        });
+        let sweeper = s.spawn(move || {
+            barrier.wait();
+            let mut evicted = 0;
+            let mut round = 0;
+            while readers_done.load(Ordering::Relaxed) < 2 && round < MAX_CHURN_ROUNDS {
+                // Time runs faster here: churn keys expire while stable ones are streaming.
+                let now = start + Duration::from_secs(round as u64);
+                evicted += table.evict_idle(now, 64).evicted;
+                round += 1;
+            }
+            evicted
+        });
+        let rounds = writer.join().unwrap();
+        let evicted = sweeper.join().unwrap();
+        assert!(
+            rounds > 0 && evicted > 0,
+            "the writers did run ({rounds} rounds, {evicted} evicted)"
+        );
+    });
+
+    // Every stable key is there, with its owner.
+    for (i, id) in stable.iter().enumerate() {
+        assert_eq!(
+            table.get(&key(id), start).map(|e| e.owner),
+            Some(owner_of(i))
+        );
+    }
+    // The counts add up: per owner, per tenant, and in total, and they match what is listed.
+    let len = table.occupancy().len;
+    let by_owner: usize = (0..OWNERS)
+        .map(|o| table.count_owner(BackendId::new(o, 0)))
+        .sum();
+    let by_tenant: usize = (0..3).map(|t| table.count_tenant(TenantId::new(t))).sum();
+    let listed: usize = (0..OWNERS)
+        .map(|o| table.keys_of(BackendId::new(o, 0), usize::MAX).len())
+        .sum();
+    assert_eq!(by_owner, len);
+    assert_eq!(by_tenant, len);
+    assert_eq!(listed, len);
+    assert!(len >= STABLE);
+}
