@@ -8,11 +8,16 @@
 //! # Modules
 //!
 //! - [`sse`]: an incremental, WHATWG-conformant server-sent events parser over `bytes`.
+//! - [`router`]: the routing decision engine, [`router::Router`]; start there.
+//! - [`body`]: [`body::ObservedBody`], an `http_body::Body` wrapper that drives an exchange as
+//!   a response streams through.
 //! - [`table`]: the session table (affinity key → owning backend): the [`table::SessionTable`]
 //!   trait, its sharded, bounded in-memory default, and a contract test suite.
 //!
 //! # Crate features
 //!
+//! - `tasks` (default): learning 2026-07-28 task ids from `CreateTaskResult` response bodies,
+//!   with `serde_json`.
 //! - `stream`: [`sse::EventStream`], a `futures_core::Stream` adapter.
 //! - `test-util`: [`table::contract`], the checks any `SessionTable` implementation must pass.
 #![forbid(unsafe_code)]
@@ -20,6 +25,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+pub mod body;
+pub mod router;
 pub mod sse;
 pub mod table;
 mod tenant;

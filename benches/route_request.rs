@@ -1,0 +1,202 @@
+//! The whole routing decision (request head → `Routed`), side by side in one run with the bare
+//! table lookup it is built on:
+//!
+//! - `streamable-session`: a `POST` with a known `Mcp-Session-Id` (and
+//!   `MCP-Protocol-Version: 2025-11-25`), at 10^4 and 10^6 sessions: `hot` cycles through 256
+//!   prebuilt requests (a cache-resident working set), `cold` builds each request for a random
+//!   session outside the timing (the table and the request are out of cache);
+//! - `sse-session`: a legacy `POST /messages/?session_id=…`, at 10^4 sessions;
+//! - `modern-stateless`: a 2026-07-28 `tools/list` call, placed round robin on 3 backends;
+//! - `table-lookup`: reading `Mcp-Session-Id` from the same request heads and
+//!   `MemoryTable::get` of the key: the ceiling the router's decision adds to.
+//!
+//! Each request head is built outside the timing (as a proxy's HTTP stack hands it over);
+//! the router's answer is dropped inside it. Run with `cargo bench --bench route_request`.
+#![allow(clippy::disallowed_methods)] // benches may read the clock
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use http::{Request, request};
+use mcp_affinity::TenantId;
+use mcp_affinity::router::{End, HeadOutcome, Routed, Router};
+use mcp_affinity::table::{Key, KeyKind, MemoryTableConfig, SessionTable};
+
+fn ids(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            format!(
+                "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+                x >> 32,
+                (x >> 16) & 0xffff,
+                x & 0xfff,
+                (x >> 52) & 0xfff,
+                i
+            )
+        })
+        .collect()
+}
+
+fn parts(builder: http::request::Builder) -> request::Parts {
+    builder.body(()).unwrap().into_parts().0
+}
+
+/// A router whose single default tenant has 3 backends and `n` sessions of `kind`.
+fn router_with(n: usize, sse: bool) -> (Router, Vec<String>) {
+    let router = Router::builder()
+        .table_config(MemoryTableConfig::new().with_capacity(n.max(1 << 20)))
+        .build();
+    for label in ["a", "b", "c"] {
+        router.add_backend(TenantId::DEFAULT, label, 1).unwrap();
+    }
+    let now = Instant::now();
+    let ids = ids(n);
+    for id in &ids {
+        let (request, mut head) = if sse {
+            let request = parts(Request::get("/sse"));
+            let head = http::Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0;
+            (request, head)
+        } else {
+            let head = http::Response::builder()
+                .header("mcp-session-id", id.as_str())
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0;
+            (parts(Request::post("/mcp")), head)
+        };
+        let Routed::Forward(mut exchange) = router.route(&request, now) else {
+            panic!("placed")
+        };
+        let outcome = router.on_response_head(&mut exchange, &mut head, now);
+        if sse {
+            assert!(matches!(outcome, HeadOutcome::Observe));
+            let event = format!("event: endpoint\r\ndata: /messages/?session_id={id}\r\n\r\n");
+            let _ = router.on_response_chunk(&mut exchange, &event.into(), now);
+            // Keep the stream (and its binding) open: forget the exchange without ending it.
+            std::mem::forget(exchange);
+        } else {
+            router.on_exchange_end(exchange, End::Completed, now);
+        }
+    }
+    (router, ids)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route");
+    group.throughput(Throughput::Elements(1));
+    let now = Instant::now();
+
+    for n in [10_000, 1_000_000] {
+        let (router, ids) = router_with(n, false);
+        let request = |id: &str| {
+            parts(
+                Request::post("/mcp")
+                    .header("mcp-session-id", id)
+                    .header("mcp-protocol-version", "2025-11-25")
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream"),
+            )
+        };
+        let lookup = |request: &request::Parts| {
+            let id = request.headers.get("mcp-session-id").unwrap().as_bytes();
+            let key = Key::new(TenantId::DEFAULT, KeyKind::Session, id).unwrap();
+            router.table().get(&key, now)
+        };
+        let decide = |request: &request::Parts| {
+            let routed = router.route(request, now);
+            assert!(matches!(routed, Routed::Forward(_)));
+            routed
+        };
+
+        // Cache-resident: 256 requests of 256 sessions, built once, visited in turn.
+        let hot: Vec<_> = ids
+            .iter()
+            .step_by(n / 256)
+            .take(256)
+            .map(|id| request(id))
+            .collect();
+        let mut at = 0;
+        let mut next_hot = || {
+            at = (at + 1) % hot.len();
+            &hot[at]
+        };
+        group.bench_function(BenchmarkId::new("streamable-session/hot", n), |b| {
+            b.iter(|| black_box(decide(next_hot())))
+        });
+        group.bench_function(BenchmarkId::new("table-lookup/hot", n), |b| {
+            b.iter(|| black_box(lookup(next_hot())))
+        });
+
+        // Cold: each request freshly built for a random session of the whole table, as a
+        // proxy's HTTP stack hands it over (built outside the timing).
+        let stride = n / 2 + 1;
+        let mut at = 0;
+        let mut next = move || {
+            at = (at + stride) % n;
+            at
+        };
+        group.bench_function(BenchmarkId::new("streamable-session/cold", n), |b| {
+            b.iter_batched_ref(
+                || request(&ids[next()]),
+                |r| black_box(decide(r)),
+                BatchSize::NumIterations(256),
+            )
+        });
+        group.bench_function(BenchmarkId::new("table-lookup/cold", n), |b| {
+            b.iter_batched_ref(
+                || request(&ids[next()]),
+                |r| black_box(lookup(r)),
+                BatchSize::NumIterations(256),
+            )
+        });
+    }
+
+    let n = 10_000;
+    let (router, ids) = router_with(n, true);
+    let mut at = 0;
+    group.bench_function(BenchmarkId::new("sse-session", n), |b| {
+        b.iter_batched_ref(
+            || {
+                at = (at + 7919) % n;
+                parts(Request::post(format!("/messages/?session_id={}", ids[at])))
+            },
+            |request| {
+                let routed = router.route(request, now);
+                assert!(matches!(routed, Routed::Forward(_)));
+                black_box(routed)
+            },
+            BatchSize::NumIterations(256),
+        )
+    });
+
+    group.bench_function("modern-stateless", |b| {
+        b.iter_batched_ref(
+            || {
+                parts(
+                    Request::post("/mcp")
+                        .header("mcp-protocol-version", "2026-07-28")
+                        .header("mcp-method", "tools/list")
+                        .header("content-type", "application/json"),
+                )
+            },
+            |request| {
+                let routed = router.route(request, now);
+                assert!(matches!(routed, Routed::Forward(_)));
+                black_box(routed)
+            },
+            BatchSize::NumIterations(256),
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,193 @@
+//! An `http_body::Body` that drives a [`Router`] exchange as a response streams through.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::router::{ChunkOutcome, End, Exchange, Router};
+use crate::table::{MemoryTable, SessionTable};
+
+/// Where an adapter gets the time it hands the router (the crate never reads the clock).
+///
+/// Implemented for every `Fn() -> Instant`, so `std::time::Instant::now` (or a test's manual
+/// clock) is a clock.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> Instant;
+}
+
+impl<F: Fn() -> Instant + Send + Sync + 'static> Clock for F {
+    fn now(&self) -> Instant {
+        self()
+    }
+}
+
+pin_project! {
+    /// A response body that shows its data frames to the router while passing every frame on
+    /// unchanged, and ends the exchange when the body ends, fails or is dropped.
+    ///
+    /// - It polls the inner body only when it is polled, and never holds a frame back, so a
+    ///   slow client slows the backend (backpressure) and nothing is buffered.
+    /// - Data frames are shown to [`Router::on_response_chunk`] only while the router is
+    ///   observing; after that the wrapper only forwards.
+    /// - The end of the body ends the exchange as [`End::Completed`]; an error from the inner
+    ///   body, or dropping the wrapper first (a client that went away), as [`End::Aborted`].
+    ///   Dropping the wrapper drops the inner body at once: the backend sees the cancellation.
+    /// - Trailers, [`size_hint`](Body::size_hint) and [`is_end_stream`](Body::is_end_stream)
+    ///   pass through.
+    ///
+    /// ```
+    /// # futures_executor::block_on(async {
+    /// use std::sync::Arc;
+    /// use std::time::Instant;
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use mcp_affinity::TenantId;
+    /// use mcp_affinity::body::ObservedBody;
+    /// use mcp_affinity::router::{HeadOutcome, Routed, Router};
+    ///
+    /// let router = Arc::new(Router::builder().build());
+    /// router.add_backend(TenantId::DEFAULT, "http://127.0.0.1:9001", 1).unwrap();
+    ///
+    /// // A legacy SSE connect: the session is in the body's `endpoint` event.
+    /// let (req, _) = Request::get("/sse").body(()).unwrap().into_parts();
+    /// let Routed::Forward(mut exchange) = router.route(&req, Instant::now()) else { panic!() };
+    /// let response = Response::builder()
+    ///     .header("content-type", "text/event-stream")
+    ///     .body(Full::new(Bytes::from_static(b"event: endpoint\ndata: /messages?sessionId=s1\n\n")))
+    ///     .unwrap();
+    /// let (mut head, body) = response.into_parts();
+    /// assert!(matches!(router.on_response_head(&mut exchange, &mut head, Instant::now()), HeadOutcome::Observe));
+    ///
+    /// let body = ObservedBody::new(body, router.clone(), exchange, Instant::now);
+    /// let bytes = body.collect().await.unwrap().to_bytes(); // what the client receives, unchanged
+    /// assert!(bytes.starts_with(b"event: endpoint"));
+    /// assert_eq!(router.metrics().keys_learned, 1);
+    /// assert_eq!(router.metrics().keys_released, 1); // the stream ended: the session with it
+    /// # });
+    /// ```
+    #[must_use = "bodies do nothing unless polled"]
+    pub struct ObservedBody<B, C, T = MemoryTable>
+    where
+        T: SessionTable,
+        C: Clock,
+    {
+        #[pin]
+        inner: B,
+        router: Arc<Router<T>>,
+        exchange: Option<Exchange>,
+        observing: bool,
+        clock: C,
+    }
+
+    impl<B, C, T> PinnedDrop for ObservedBody<B, C, T>
+    where
+        T: SessionTable,
+        C: Clock,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(exchange) = this.exchange.take() {
+                this.router.on_exchange_end(exchange, End::Aborted, this.clock.now());
+            }
+        }
+    }
+}
+
+impl<B, C: Clock, T: SessionTable> ObservedBody<B, C, T> {
+    /// Wraps `inner`, the body of the response whose head was shown to
+    /// [`Router::on_response_head`] for `exchange`.
+    pub fn new(inner: B, router: Arc<Router<T>>, exchange: Exchange, clock: C) -> Self {
+        let observing = exchange.is_observing();
+        ObservedBody {
+            inner,
+            router,
+            exchange: Some(exchange),
+            observing,
+            clock,
+        }
+    }
+
+    /// The inner body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The inner body, mutably.
+    pub fn get_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
+    /// Whether the router is still reading the body.
+    pub fn is_observing(&self) -> bool {
+        self.observing
+    }
+}
+
+impl<B, C, T> Body for ObservedBody<B, C, T>
+where
+    B: Body<Data = Bytes>,
+    C: Clock,
+    T: SessionTable,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if *this.observing {
+                    if let (Some(data), Some(exchange)) = (frame.data_ref(), this.exchange.as_mut())
+                    {
+                        let outcome =
+                            this.router
+                                .on_response_chunk(exchange, data, this.clock.now());
+                        *this.observing = outcome == ChunkOutcome::More;
+                    }
+                }
+            }
+            Poll::Ready(end) => {
+                let end = match end {
+                    None => End::Completed,
+                    Some(_) => End::Aborted,
+                };
+                *this.observing = false;
+                if let Some(exchange) = this.exchange.take() {
+                    this.router.on_exchange_end(exchange, end, this.clock.now());
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: fmt::Debug, C: Clock, T: SessionTable> fmt::Debug for ObservedBody<B, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObservedBody")
+            .field("inner", &self.inner)
+            .field("exchange", &self.exchange)
+            .field("observing", &self.observing)
+            .finish_non_exhaustive()
+    }
+}

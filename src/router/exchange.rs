@@ -1,0 +1,211 @@
+//! The per-request state a forwarded request carries, and the outcomes of the calls that
+//! drive it.
+
+use std::fmt;
+
+use super::classify::{Era, Intent};
+use super::observe::Observer;
+use super::reject::Rejection;
+use crate::table::{Key, KeyKind, Principal};
+use crate::{BackendId, TenantId};
+
+/// Ids up to this many bytes are kept inside the exchange (every SDK's ids fit): routing a
+/// keyed request does not allocate.
+const INLINE: usize = 46;
+
+/// An owned copy of a key's id, inline when short.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum IdBuf {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl IdBuf {
+    pub(crate) fn new(id: &[u8]) -> Self {
+        if id.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..id.len()].copy_from_slice(id);
+            IdBuf::Inline {
+                len: id.len() as u8,
+                bytes,
+            }
+        } else {
+            IdBuf::Heap(id.into())
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            IdBuf::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            IdBuf::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl fmt::Debug for IdBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&String::from_utf8_lossy(self.as_bytes()), f)
+    }
+}
+
+/// How the backend of an exchange was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    /// The request's key is owned by this backend.
+    Pinned,
+    /// The placement policy chose this backend for a request without a known owner.
+    Placed,
+}
+
+/// The state of one forwarded request, owned by the task that proxies it.
+///
+/// [`Router::route`](super::Router::route) creates it; pass it to
+/// [`on_response_head`](super::Router::on_response_head), to
+/// [`on_response_chunk`](super::Router::on_response_chunk) while observing the body, and
+/// finally, by value, to [`on_exchange_end`](super::Router::on_exchange_end). Dropping it
+/// without ending it leaks what it holds (an open stream keeps its session from expiring; a
+/// legacy SSE binding stays until its TTL).
+pub struct Exchange {
+    pub(crate) tenant: TenantId,
+    pub(crate) backend: BackendId,
+    pub(crate) how: How,
+    pub(crate) intent: Intent,
+    /// The key the request was routed by.
+    pub(crate) key: Option<(KeyKind, IdBuf)>,
+    /// An operator key to bind to the backend when it answers 2xx (rare: boxed, so that the
+    /// exchange stays small).
+    pub(crate) bind_operator: Option<Box<IdBuf>>,
+    pub(crate) principal: Option<Principal>,
+    pub(crate) observer: Option<Box<Observer>>,
+    /// A key learned from this response that lives only as long as the response stream
+    /// (legacy SSE; boxed like `bind_operator`).
+    pub(crate) stream_binding: Option<Box<IdBuf>>,
+    /// `open_stream` was called on `key`: close it at the end.
+    pub(crate) stream_open: bool,
+    /// The response gets an affinity cookie.
+    pub(crate) set_cookie: bool,
+}
+
+impl Exchange {
+    pub(crate) fn new(
+        tenant: TenantId,
+        backend: BackendId,
+        how: How,
+        intent: Intent,
+        principal: Option<Principal>,
+    ) -> Self {
+        Exchange {
+            tenant,
+            backend,
+            how,
+            intent,
+            key: None,
+            bind_operator: None,
+            principal,
+            observer: None,
+            stream_binding: None,
+            stream_open: false,
+            set_cookie: false,
+        }
+    }
+
+    /// The backend to forward the request to.
+    pub fn backend(&self) -> BackendId {
+        self.backend
+    }
+
+    /// The tenant of the request.
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// Whether the backend owns the request's key or was chosen by placement.
+    pub fn how(&self) -> How {
+        self.how
+    }
+
+    /// The MCP era the request belongs to.
+    pub fn era(&self) -> Era {
+        self.intent.era()
+    }
+
+    /// The kind and id of the key the request was routed by, if any.
+    pub fn key(&self) -> Option<(KeyKind, &str)> {
+        self.key.as_ref().map(|(kind, id)| {
+            let id = std::str::from_utf8(id.as_bytes()).expect("keys are visible ASCII");
+            (*kind, id)
+        })
+    }
+
+    /// Whether the router is still reading the response body.
+    pub fn is_observing(&self) -> bool {
+        self.observer.is_some()
+    }
+
+    pub(crate) fn routed_key(&self) -> Option<Key<'_>> {
+        self.key.as_ref().map(|(kind, id)| self.key_of(*kind, id))
+    }
+
+    pub(crate) fn key_of<'a>(&self, kind: KeyKind, id: &'a IdBuf) -> Key<'a> {
+        Key::with_max_len(self.tenant, kind, id.as_bytes(), usize::MAX)
+            .expect("stored keys were validated")
+    }
+}
+
+impl fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exchange")
+            .field("tenant", &self.tenant)
+            .field("backend", &self.backend)
+            .field("how", &self.how)
+            .field("intent", &self.intent)
+            .field("key", &self.key)
+            .field("observing", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Router::route`](super::Router::route) decided.
+#[must_use = "a request must be forwarded or rejected"]
+#[derive(Debug)]
+pub enum Routed {
+    /// Forward the request to [`Exchange::backend`], and drive the exchange with the response.
+    Forward(Exchange),
+    /// Answer with the rejection; do not forward.
+    Reject(Rejection),
+}
+
+/// What to do with a response, once its head was shown to
+/// [`Router::on_response_head`](super::Router::on_response_head).
+#[must_use]
+#[derive(Debug)]
+pub enum HeadOutcome {
+    /// Forward the response; the router needs nothing of its body.
+    Forward,
+    /// Forward the response and show its body chunks to
+    /// [`Router::on_response_chunk`](super::Router::on_response_chunk) as they pass.
+    Observe,
+    /// Do not forward this response: the backend created a conversation the router cannot
+    /// record (table full, or an id another backend owns). Answer with the rejection instead,
+    /// so the client retries.
+    Replace(Rejection),
+}
+
+/// Whether the router wants more of a body.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// Keep showing chunks.
+    More,
+    /// The router needs nothing more of this body; stop inspecting it.
+    Done,
+}
+
+/// How an exchange ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The response was delivered to its end.
+    Completed,
+    /// The response, or its stream, was cut short (client gone, backend error, timeout).
+    Aborted,
+}

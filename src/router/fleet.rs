@@ -1,0 +1,481 @@
+//! Backends, their tenants and states, and placement.
+//!
+//! Each backend slot publishes a packed atomic word (generation, state flags, drain deadline),
+//! so that routing a pinned request checks its owner without a lock. Everything else sits
+//! behind a read-mostly lock taken by placement and by out-of-band fleet changes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use hashbrown::HashMap;
+use parking_lot::RwLock;
+
+use crate::table::SessionTable;
+use crate::{BackendId, TenantId};
+
+const OCCUPIED: u64 = 1 << 16;
+const DRAINING: u64 = 1 << 17;
+const UNHEALTHY: u64 = 1 << 18;
+/// A draining backend whose deadline passed and whose keys were revoked.
+const REVOKED: u64 = 1 << 19;
+
+/// How the router chooses a backend for a request without a known owner.
+///
+/// Conversation starts (a legacy `initialize`, a legacy SSE connect) use this policy; keyless
+/// stateless calls (2026-07-28 era, non-MCP paths) always use weighted round robin, since they
+/// leave no session behind to balance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Placement {
+    /// The ready backend with the fewest live keys; ties go round robin. The default.
+    #[default]
+    LeastSessions,
+    /// Two ready backends picked at random; the one with fewer live keys wins.
+    PowerOfTwoChoices,
+    /// Ready backends in turn, each as often as its weight.
+    WeightedRoundRobin,
+}
+
+/// What a fleet operation was given that does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// No such backend: never added, removed, or an older generation of its slot.
+    #[error("no backend {0}")]
+    NotFound(BackendId),
+    /// Every backend slot is taken.
+    #[error("no free backend slot ({0} in use)")]
+    Full(usize),
+}
+
+/// A backend as the router sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendInfo {
+    /// Its identity (slot and generation).
+    pub id: BackendId,
+    /// The tenant whose fleet it belongs to.
+    pub tenant: TenantId,
+    /// The embedder's label (for example its base URL).
+    pub label: Arc<str>,
+    /// Its weight for weighted round robin.
+    pub weight: u32,
+    /// Draining: keeps its keys, gets nothing new.
+    pub draining: bool,
+    /// When a draining backend's remaining keys are revoked, if set.
+    pub drain_deadline: Option<Instant>,
+    /// Its keys were revoked at the drain deadline.
+    pub revoked: bool,
+    /// As last reported by the embedder's health checks (after the flip thresholds).
+    pub healthy: bool,
+    /// Keys it owns in the session table.
+    pub sessions: usize,
+}
+
+impl BackendInfo {
+    /// Ready for new conversations: healthy and not draining.
+    pub fn ready(&self) -> bool {
+        self.healthy && !self.draining
+    }
+}
+
+/// Whether the owner of a key can still serve it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OwnerStatus {
+    /// Ready, draining before its deadline, or unhealthy: it holds the state, forward.
+    Live,
+    /// Removed, or another generation.
+    Gone,
+    /// Draining past its deadline.
+    Revoked,
+}
+
+#[derive(Debug)]
+struct Meta {
+    tenant: TenantId,
+    label: Arc<str>,
+    weight: u32,
+    generation: u16,
+    occupied: bool,
+    draining: bool,
+    deadline: Option<Instant>,
+    revoked: bool,
+    healthy: bool,
+    /// Consecutive health results contrary to `healthy`.
+    streak: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    slots: Vec<Meta>,
+    free: Vec<u16>,
+    tenants: HashMap<TenantId, Vec<u16>>,
+}
+
+/// The backends of every tenant.
+#[derive(Debug)]
+pub(crate) struct Fleet {
+    hot: Box<[AtomicU64]>,
+    state: RwLock<State>,
+    epoch: OnceLock<Instant>,
+    turn: AtomicU64,
+    unhealthy_after: u32,
+    healthy_after: u32,
+}
+
+impl Fleet {
+    pub(crate) fn new(max_backends: usize, unhealthy_after: u32, healthy_after: u32) -> Self {
+        let max = max_backends.clamp(1, 1 << 16);
+        Fleet {
+            hot: (0..max).map(|_| AtomicU64::new(0)).collect(),
+            state: RwLock::new(State::default()),
+            epoch: OnceLock::new(),
+            turn: AtomicU64::new(0),
+            unhealthy_after: unhealthy_after.max(1),
+            healthy_after: healthy_after.max(1),
+        }
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_init(|| at);
+        let since = at.saturating_duration_since(epoch);
+        since.as_secs() * 1000 + u64::from(since.subsec_millis())
+    }
+
+    fn publish(&self, slot: u16, meta: &Meta) {
+        let mut word = u64::from(meta.generation);
+        if meta.occupied {
+            word |= OCCUPIED;
+        }
+        if meta.draining {
+            word |= DRAINING;
+        }
+        if !meta.healthy {
+            word |= UNHEALTHY;
+        }
+        if meta.revoked {
+            word |= REVOKED;
+        }
+        if let Some(deadline) = meta.deadline {
+            // Milliseconds since the epoch, plus one so that zero means "no deadline".
+            let ms = self
+                .millis(deadline)
+                .saturating_add(1)
+                .min(u64::from(u32::MAX));
+            word |= ms << 32;
+        }
+        self.hot[usize::from(slot)].store(word, Ordering::Release);
+    }
+
+    /// Whether `owner` can still serve its keys at `now`. Lock-free.
+    pub(crate) fn owner_status(&self, owner: BackendId, now: Instant) -> OwnerStatus {
+        let Some(hot) = self.hot.get(usize::from(owner.slot())) else {
+            return OwnerStatus::Gone;
+        };
+        let word = hot.load(Ordering::Acquire);
+        if word & OCCUPIED == 0 || word as u16 != owner.generation() {
+            return OwnerStatus::Gone;
+        }
+        if word & REVOKED != 0 {
+            return OwnerStatus::Revoked;
+        }
+        let deadline = word >> 32;
+        if word & DRAINING != 0 && deadline != 0 && self.millis(now) + 1 >= deadline {
+            return OwnerStatus::Revoked;
+        }
+        OwnerStatus::Live
+    }
+
+    /// The tenant of a live backend.
+    pub(crate) fn tenant_of(&self, id: BackendId) -> Option<TenantId> {
+        let state = self.state.read();
+        let meta = state.slots.get(usize::from(id.slot()))?;
+        (meta.occupied && meta.generation == id.generation()).then_some(meta.tenant)
+    }
+
+    pub(crate) fn add(
+        &self,
+        tenant: TenantId,
+        label: Arc<str>,
+        weight: u32,
+    ) -> Result<BackendId, FleetError> {
+        let mut state = self.state.write();
+        let slot = match state.free.pop() {
+            Some(slot) => {
+                let meta = &mut state.slots[usize::from(slot)];
+                *meta = Meta {
+                    tenant,
+                    label,
+                    weight,
+                    generation: meta.generation.wrapping_add(1),
+                    occupied: true,
+                    draining: false,
+                    deadline: None,
+                    revoked: false,
+                    healthy: true,
+                    streak: 0,
+                };
+                slot
+            }
+            None => {
+                if state.slots.len() >= self.hot.len() {
+                    return Err(FleetError::Full(state.slots.len()));
+                }
+                state.slots.push(Meta {
+                    tenant,
+                    label,
+                    weight,
+                    generation: 0,
+                    occupied: true,
+                    draining: false,
+                    deadline: None,
+                    revoked: false,
+                    healthy: true,
+                    streak: 0,
+                });
+                (state.slots.len() - 1) as u16
+            }
+        };
+        state.tenants.entry(tenant).or_default().push(slot);
+        let meta = &state.slots[usize::from(slot)];
+        self.publish(slot, meta);
+        Ok(BackendId::new(slot, meta.generation))
+    }
+
+    /// Applies `change` to a live backend and publishes its new state.
+    fn update<R>(
+        &self,
+        id: BackendId,
+        change: impl FnOnce(&mut Meta) -> R,
+    ) -> Result<R, FleetError> {
+        let mut state = self.state.write();
+        let meta = state
+            .slots
+            .get_mut(usize::from(id.slot()))
+            .filter(|m| m.occupied && m.generation == id.generation())
+            .ok_or(FleetError::NotFound(id))?;
+        let out = change(meta);
+        self.publish(id.slot(), meta);
+        Ok(out)
+    }
+
+    pub(crate) fn remove(&self, id: BackendId) -> Result<(), FleetError> {
+        let mut state = self.state.write();
+        let meta = state
+            .slots
+            .get_mut(usize::from(id.slot()))
+            .filter(|m| m.occupied && m.generation == id.generation())
+            .ok_or(FleetError::NotFound(id))?;
+        meta.occupied = false;
+        let tenant = meta.tenant;
+        self.publish(id.slot(), meta);
+        state.free.push(id.slot());
+        if let Some(slots) = state.tenants.get_mut(&tenant) {
+            slots.retain(|&s| s != id.slot());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn drain(
+        &self,
+        id: BackendId,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> Result<(), FleetError> {
+        // Deadlines are kept relative to an epoch that must be a "now", never a deadline.
+        self.epoch.get_or_init(|| now);
+        self.update(id, |meta| {
+            meta.draining = true;
+            meta.deadline = deadline;
+        })
+    }
+
+    pub(crate) fn undrain(&self, id: BackendId) -> Result<(), FleetError> {
+        self.update(id, |meta| {
+            meta.draining = false;
+            meta.deadline = None;
+            meta.revoked = false;
+        })
+    }
+
+    pub(crate) fn set_weight(&self, id: BackendId, weight: u32) -> Result<(), FleetError> {
+        self.update(id, |meta| meta.weight = weight)
+    }
+
+    /// Records one health check result; the backend's health flips after enough consecutive
+    /// contrary results. Returns the health after this result.
+    pub(crate) fn report_health(&self, id: BackendId, ok: bool) -> Result<bool, FleetError> {
+        let (unhealthy_after, healthy_after) = (self.unhealthy_after, self.healthy_after);
+        self.update(id, |meta| {
+            if ok == meta.healthy {
+                meta.streak = 0;
+            } else {
+                meta.streak += 1;
+                let needed = if ok { healthy_after } else { unhealthy_after };
+                if meta.streak >= needed {
+                    meta.healthy = ok;
+                    meta.streak = 0;
+                }
+            }
+            meta.healthy
+        })
+    }
+
+    /// Draining backends whose deadline passed and whose keys are not yet revoked; marks them
+    /// revoked.
+    pub(crate) fn take_due_revocations(&self, now: Instant) -> Vec<BackendId> {
+        let mut due = Vec::new();
+        let mut state = self.state.write();
+        for (slot, meta) in state.slots.iter_mut().enumerate() {
+            let passed = meta.deadline.is_some_and(|d| now >= d);
+            if meta.occupied && meta.draining && passed && !meta.revoked {
+                meta.revoked = true;
+                self.publish(slot as u16, meta);
+                due.push(BackendId::new(slot as u16, meta.generation));
+            }
+        }
+        due
+    }
+
+    pub(crate) fn infos(&self, table: &dyn SessionTable) -> Vec<BackendInfo> {
+        let state = self.state.read();
+        state
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, meta)| meta.occupied)
+            .map(|(slot, meta)| {
+                let id = BackendId::new(slot as u16, meta.generation);
+                BackendInfo {
+                    id,
+                    tenant: meta.tenant,
+                    label: meta.label.clone(),
+                    weight: meta.weight,
+                    draining: meta.draining,
+                    drain_deadline: meta.deadline,
+                    revoked: meta.revoked,
+                    healthy: meta.healthy,
+                    sessions: table.count_owner(id),
+                }
+            })
+            .collect()
+    }
+
+    /// Chooses a ready backend of `tenant`'s fleet that `accept` takes, trying the policy's
+    /// candidates in order; `None` if none is ready or every one was vetoed. Counts vetoes in
+    /// `vetoed`.
+    pub(crate) fn place(
+        &self,
+        tenant: TenantId,
+        policy: Placement,
+        table: &dyn SessionTable,
+        mut accept: impl FnMut(BackendId) -> bool,
+        vetoed: &mut u64,
+    ) -> Option<BackendId> {
+        let state = self.state.read();
+        let slots = state.tenants.get(&tenant).filter(|s| !s.is_empty())?;
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let n = slots.len();
+        // Where ties start this turn: the tenant's backends take turns at being preferred.
+        let start = (turn % n as u64) as usize;
+        // Ready candidates as (rank, id, weight); the list is short, the walk allocation-free.
+        let ready = |i: usize| -> Option<Candidate> {
+            let slot = slots[i];
+            let word = self.hot[usize::from(slot)].load(Ordering::Acquire);
+            let usable = word & OCCUPIED != 0 && word & (DRAINING | UNHEALTHY) == 0;
+            let meta = &state.slots[usize::from(slot)];
+            let rank = (i + n - start) % n;
+            usable.then(|| Candidate {
+                rank,
+                id: BackendId::new(slot, word as u16),
+                weight: meta.weight,
+            })
+        };
+        let mut refused: Vec<BackendId> = Vec::new();
+        loop {
+            let candidates = (0..n)
+                .filter_map(ready)
+                .filter(|c| !refused.contains(&c.id));
+            let choice = match policy {
+                Placement::WeightedRoundRobin => weighted_turn(candidates, turn),
+                Placement::LeastSessions => least_sessions(candidates, table),
+                Placement::PowerOfTwoChoices => {
+                    let all: Vec<_> = candidates.collect();
+                    two_choices(&all, turn, table)
+                }
+            }?;
+            if accept(choice) {
+                return Some(choice);
+            }
+            *vetoed += 1;
+            refused.push(choice);
+        }
+    }
+}
+
+/// A ready backend offered to a placement policy.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    /// Its position in the tenant's list, counted from this turn's start (for ties).
+    rank: usize,
+    id: BackendId,
+    weight: u32,
+}
+
+/// Weighted round robin: turn `turn` lands in the weight range of one candidate.
+fn weighted_turn(
+    candidates: impl Iterator<Item = Candidate> + Clone,
+    turn: u64,
+) -> Option<BackendId> {
+    let total: u64 = candidates.clone().map(|c| u64::from(c.weight.max(1))).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut at = turn % total;
+    for c in candidates {
+        let weight = u64::from(c.weight.max(1));
+        if at < weight {
+            return Some(c.id);
+        }
+        at -= weight;
+    }
+    None
+}
+
+/// The candidate with the fewest live keys; among equals, the first from this turn's start.
+fn least_sessions(
+    candidates: impl Iterator<Item = Candidate>,
+    table: &dyn SessionTable,
+) -> Option<BackendId> {
+    candidates
+        .map(|c| (table.count_owner(c.id), c.rank, c.id))
+        .min()
+        .map(|(_, _, id)| id)
+}
+
+/// Two pseudo-random candidates; the one with fewer live keys.
+fn two_choices(all: &[Candidate], turn: u64, table: &dyn SessionTable) -> Option<BackendId> {
+    match all.len() {
+        0 => None,
+        1 => Some(all[0].id),
+        n => {
+            let mix = splitmix(turn);
+            let a = (mix % n as u64) as usize;
+            let b = (a + 1 + ((mix >> 32) % (n as u64 - 1)) as usize) % n;
+            let (a, b) = (all[a].id, all[b].id);
+            Some(if table.count_owner(b) < table.count_owner(a) {
+                b
+            } else {
+                a
+            })
+        }
+    }
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,154 @@
+//! Counters: striped atomics (no lock, no shared cache line between threads on the hot path),
+//! summed into a [`Metrics`] snapshot on demand.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use super::fleet::BackendInfo;
+use super::reject::Reason;
+use crate::table::Occupancy;
+
+const STRIPES: usize = 8;
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+/// A counter spread over cache lines; each thread adds to its own stripe.
+#[derive(Default)]
+pub(crate) struct Counter([Padded; STRIPES]);
+
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, Relaxed) % STRIPES);
+        }
+        s.get()
+    })
+}
+
+impl Counter {
+    pub(crate) fn add(&self, n: u64) {
+        self.0[stripe()].0.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn incr(&self) {
+        self.add(1);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Relaxed)).sum()
+    }
+}
+
+/// The router's counters.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) pinned: Counter,
+    pub(crate) placed: Counter,
+    pub(crate) rejected: [Counter; Reason::NAMES.len()],
+    pub(crate) learned: Counter,
+    pub(crate) forgotten: Counter,
+    pub(crate) expired: Counter,
+    pub(crate) revoked: Counter,
+    pub(crate) purged: Counter,
+    pub(crate) evicted: Counter,
+    pub(crate) released: Counter,
+    pub(crate) conflicts: Counter,
+    pub(crate) id_mismatches: Counter,
+    pub(crate) unlearned: Counter,
+    pub(crate) observed: Counter,
+    pub(crate) observe_limit: Counter,
+    pub(crate) vetoed: Counter,
+}
+
+/// A snapshot of the router's counters and state: decisions by outcome and reason, keys by
+/// fate, backends, table occupancy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Requests forwarded to the owner of their key.
+    pub pinned: u64,
+    /// Requests placed on a backend chosen by the placement policy.
+    pub placed: u64,
+    /// Requests rejected, by reason ([`Reason::as_str`] names, in [`Reason::NAMES`] order).
+    pub rejected: Vec<(&'static str, u64)>,
+    /// Keys learned from backend responses (and operator keys bound on a 2xx).
+    pub keys_learned: u64,
+    /// Keys forgotten because the conversation ended (`DELETE`, a 404 to a keyed request).
+    pub keys_forgotten: u64,
+    /// Keys expired after the idle TTL.
+    pub keys_expired: u64,
+    /// Keys revoked when a draining backend's deadline passed.
+    pub keys_revoked: u64,
+    /// Keys purged because their owner was removed or restarted.
+    pub keys_purged: u64,
+    /// Keys evicted to make room in a full table.
+    pub keys_evicted: u64,
+    /// Legacy SSE bindings released when their stream ended.
+    pub keys_released: u64,
+    /// New keys a backend minted that another backend already owned (refused).
+    pub key_conflicts: u64,
+    /// Responses to a keyed request that presented another session id (not learned).
+    pub id_mismatches: u64,
+    /// Keys a backend minted that the table could not store.
+    pub keys_unlearned: u64,
+    /// Response bodies observed for a key.
+    pub bodies_observed: u64,
+    /// Observations stopped at the byte bound before finding a key.
+    pub observe_limit_hits: u64,
+    /// Placement choices the caller vetoed.
+    pub vetoes: u64,
+    /// Every backend, with its state and live keys.
+    pub backends: Vec<BackendInfo>,
+    /// How full the session table is.
+    pub table: Occupancy,
+}
+
+impl Metrics {
+    /// How many requests were rejected for the reason named `name` ([`Reason::as_str`]).
+    pub fn rejected(&self, name: &str) -> u64 {
+        self.rejected
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+
+    /// All rejections.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(|(_, v)| v).sum()
+    }
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self, backends: Vec<BackendInfo>, table: Occupancy) -> Metrics {
+        Metrics {
+            pinned: self.pinned.get(),
+            placed: self.placed.get(),
+            rejected: Reason::NAMES
+                .iter()
+                .zip(&self.rejected)
+                .map(|(name, c)| (*name, c.get()))
+                .collect(),
+            keys_learned: self.learned.get(),
+            keys_forgotten: self.forgotten.get(),
+            keys_expired: self.expired.get(),
+            keys_revoked: self.revoked.get(),
+            keys_purged: self.purged.get(),
+            keys_evicted: self.evicted.get(),
+            keys_released: self.released.get(),
+            key_conflicts: self.conflicts.get(),
+            id_mismatches: self.id_mismatches.get(),
+            keys_unlearned: self.unlearned.get(),
+            bodies_observed: self.observed.get(),
+            observe_limit_hits: self.observe_limit.get(),
+            vetoes: self.vetoed.get(),
+            backends,
+            table,
+        }
+    }
+}

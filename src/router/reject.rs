@@ -1,0 +1,259 @@
+//! Rejections: the typed reason, and the response a client understands.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, SET_COOKIE};
+use http::{Response, StatusCode};
+
+use crate::table::{InvalidKey, KeyKind, Scope};
+
+/// Why the router refused to forward a request. Never a re-hash: each reason is answered with
+/// the status a client of that era acts on.
+///
+/// | reason | status | JSON-RPC code | what the client does |
+/// |---|---|---|---|
+/// | [`UnknownKey`](Reason::UnknownKey) | 404 | -32001 | re-initializes (legacy eras) |
+/// | [`OwnerGone`](Reason::OwnerGone) | 404 | -32001 | re-initializes |
+/// | [`OwnerRevoked`](Reason::OwnerRevoked) | 404 | -32001 | re-initializes |
+/// | [`WrongPrincipal`](Reason::WrongPrincipal) | 404 | -32001 | exactly as for an unknown key |
+/// | [`UnknownTenant`](Reason::UnknownTenant) | 404 | -32001 | — |
+/// | [`InvalidKey`](Reason::InvalidKey) | 400 | -32600 | fixes its request |
+/// | [`BadEra`](Reason::BadEra) | 400 | -32600 | fixes its request |
+/// | [`TableFull`](Reason::TableFull) | 503 + `Retry-After` | -32000 | retries later |
+/// | [`KeyConflict`](Reason::KeyConflict) | 503 + `Retry-After` | -32000 | retries (gets a new id) |
+/// | [`NoReadyBackend`](Reason::NoReadyBackend) | 503 + `Retry-After` | -32000 | retries later |
+///
+/// Task keys (2026-07-28 era) that are unknown, gone or revoked answer 404 with code -32602
+/// ("Task not found"): in that era a 404 alone would read as *method not found*, so the body
+/// says what is missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The request carried a key the router never learned (or forgot, or that belongs to
+    /// another tenant: keys are namespaced, so the two cannot be told apart).
+    UnknownKey(KeyKind),
+    /// The key's owner was removed (or restarted: a new generation is a new owner).
+    OwnerGone(KeyKind),
+    /// The key's owner was draining and its deadline passed: its keys were revoked.
+    OwnerRevoked(KeyKind),
+    /// The key was learned under another principal (anti-hijack binding).
+    WrongPrincipal(KeyKind),
+    /// The request maps to no tenant.
+    UnknownTenant,
+    /// The request carried a key that is not a valid id.
+    InvalidKey(KeyKind, InvalidKey),
+    /// The request does not fit the path it was sent to (for example a legacy SSE message
+    /// without its session parameter).
+    BadEra(&'static str),
+    /// A new conversation could not be recorded: the session table is full.
+    TableFull(Scope),
+    /// A backend minted a key that another backend already owns; the response was not
+    /// forwarded, so the client retries and gets a fresh id.
+    KeyConflict(KeyKind),
+    /// A new conversation found no ready backend in its tenant's fleet.
+    NoReadyBackend,
+}
+
+impl Reason {
+    /// A stable lowercase name, for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::UnknownKey(_) => "unknown_key",
+            Reason::OwnerGone(_) => "owner_gone",
+            Reason::OwnerRevoked(_) => "owner_revoked",
+            Reason::WrongPrincipal(_) => "wrong_principal",
+            Reason::UnknownTenant => "unknown_tenant",
+            Reason::InvalidKey(..) => "invalid_key",
+            Reason::BadEra(_) => "bad_era",
+            Reason::TableFull(_) => "table_full",
+            Reason::KeyConflict(_) => "key_conflict",
+            Reason::NoReadyBackend => "no_ready_backend",
+        }
+    }
+
+    /// Every reason's name ([`as_str`](Reason::as_str)), in the order [`Metrics::rejected`](super::Metrics::rejected) lists them.
+    pub const NAMES: [&'static str; 10] = [
+        "unknown_key",
+        "owner_gone",
+        "owner_revoked",
+        "wrong_principal",
+        "unknown_tenant",
+        "invalid_key",
+        "bad_era",
+        "table_full",
+        "key_conflict",
+        "no_ready_backend",
+    ];
+
+    /// A dense index, for counters.
+    pub(crate) fn index(&self) -> usize {
+        match self {
+            Reason::UnknownKey(_) => 0,
+            Reason::OwnerGone(_) => 1,
+            Reason::OwnerRevoked(_) => 2,
+            Reason::WrongPrincipal(_) => 3,
+            Reason::UnknownTenant => 4,
+            Reason::InvalidKey(..) => 5,
+            Reason::BadEra(_) => 6,
+            Reason::TableFull(_) => 7,
+            Reason::KeyConflict(_) => 8,
+            Reason::NoReadyBackend => 9,
+        }
+    }
+
+    fn kind(&self) -> Option<KeyKind> {
+        match *self {
+            Reason::UnknownKey(kind)
+            | Reason::OwnerGone(kind)
+            | Reason::OwnerRevoked(kind)
+            | Reason::WrongPrincipal(kind)
+            | Reason::InvalidKey(kind, _)
+            | Reason::KeyConflict(kind) => Some(kind),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::UnknownKey(kind) => write!(f, "unknown {kind} key"),
+            Reason::OwnerGone(kind) => write!(f, "owner of the {kind} key is gone"),
+            Reason::OwnerRevoked(kind) => write!(f, "{kind} key revoked after its owner drained"),
+            Reason::WrongPrincipal(kind) => write!(f, "{kind} key learned under another principal"),
+            Reason::UnknownTenant => f.write_str("request maps to no tenant"),
+            Reason::InvalidKey(kind, why) => write!(f, "invalid {kind} key: {why}"),
+            Reason::BadEra(why) => f.write_str(why),
+            Reason::TableFull(scope) => write!(f, "session table full ({scope:?})"),
+            Reason::KeyConflict(kind) => write!(f, "{kind} key minted by two backends"),
+            Reason::NoReadyBackend => f.write_str("no ready backend"),
+        }
+    }
+}
+
+/// A refused request: its [`Reason`], and the response to send instead of forwarding it.
+///
+/// The body is a JSON-RPC error with `id: null` (the router does not read request bodies),
+/// in the style MCP servers use, for example
+/// `{"jsonrpc":"2.0","error":{"code":-32001,"message":"Session not found"},"id":null}`.
+/// [`RouterBuilder::rejection_body`](super::RouterBuilder::rejection_body) replaces it.
+#[derive(Clone, Debug)]
+#[must_use = "a rejection must be answered"]
+pub struct Rejection {
+    reason: Reason,
+    retry_after: u32,
+    body: Option<Bytes>,
+    clear_cookie: Option<HeaderValue>,
+}
+
+impl Rejection {
+    pub(crate) fn new(reason: Reason, retry_after: u32) -> Self {
+        Rejection {
+            reason,
+            retry_after,
+            body: None,
+            clear_cookie: None,
+        }
+    }
+
+    pub(crate) fn with_body(mut self, body: Option<Bytes>) -> Self {
+        self.body = body;
+        self
+    }
+
+    pub(crate) fn with_clear_cookie(mut self, cookie: HeaderValue) -> Self {
+        self.clear_cookie = Some(cookie);
+        self
+    }
+
+    /// Why.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// The HTTP status (see the table on [`Reason`]).
+    pub fn status(&self) -> StatusCode {
+        match self.reason {
+            Reason::UnknownKey(_)
+            | Reason::OwnerGone(_)
+            | Reason::OwnerRevoked(_)
+            | Reason::WrongPrincipal(_)
+            | Reason::UnknownTenant => StatusCode::NOT_FOUND,
+            Reason::InvalidKey(..) | Reason::BadEra(_) => StatusCode::BAD_REQUEST,
+            Reason::TableFull(_) | Reason::KeyConflict(_) | Reason::NoReadyBackend => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// Seconds for `Retry-After`, on 503 answers.
+    pub fn retry_after(&self) -> Option<u32> {
+        (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(self.retry_after)
+    }
+
+    /// The response headers: `Content-Type: application/json`, `Retry-After` on 503, and a
+    /// `Set-Cookie` that clears a stale affinity cookie when one led here.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(3);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(seconds) = self.retry_after() {
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(cookie) = &self.clear_cookie {
+            headers.insert(SET_COOKIE, cookie.clone());
+        }
+        headers
+    }
+
+    /// The JSON-RPC error code of the body.
+    pub fn code(&self) -> i32 {
+        match (self.reason, self.reason.kind()) {
+            (Reason::InvalidKey(..) | Reason::BadEra(_), _) => -32600,
+            (Reason::TableFull(_) | Reason::KeyConflict(_) | Reason::NoReadyBackend, _) => -32000,
+            (_, Some(KeyKind::Task)) => -32602,
+            _ => -32001,
+        }
+    }
+
+    /// The message of the body.
+    pub fn message(&self) -> &'static str {
+        match (self.reason, self.reason.kind()) {
+            (Reason::InvalidKey(..), Some(KeyKind::Task)) => "Invalid task id",
+            (Reason::InvalidKey(..), _) => "Invalid session id",
+            (Reason::BadEra(why), _) => why,
+            (Reason::TableFull(_), _) => "Too many sessions; retry later",
+            (Reason::KeyConflict(_), _) => "Session id conflict; retry",
+            (Reason::NoReadyBackend, _) => "No backend available; retry later",
+            (Reason::UnknownTenant, _) => "Unknown tenant",
+            (_, Some(KeyKind::Task)) => "Task not found",
+            _ => "Session not found",
+        }
+    }
+
+    /// The response body: the embedder's, if it set one, else a JSON-RPC error.
+    pub fn body(&self) -> Bytes {
+        if let Some(body) = &self.body {
+            return body.clone();
+        }
+        Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","error":{{"code":{},"message":"{}"}},"id":null}}"#,
+            self.code(),
+            self.message()
+        ))
+    }
+
+    /// The whole response.
+    pub fn to_response(&self) -> Response<Bytes> {
+        let mut response = Response::new(self.body());
+        *response.status_mut() = self.status();
+        *response.headers_mut() = self.headers();
+        response
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.reason, self.status())
+    }
+}

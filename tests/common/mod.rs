@@ -1,0 +1,163 @@
+//! Builders for router scenario tests: request and response heads, a manual clock, and
+//! one-line drivers for the call protocol.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, request, response};
+use mcp_affinity::router::{ChunkOutcome, End, Exchange, HeadOutcome, Rejection, Routed, Router};
+use mcp_affinity::table::SessionTable;
+
+/// A manual clock: time moves only when the test says so.
+pub struct Clock {
+    start: Instant,
+    now: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        #[allow(clippy::disallowed_methods)] // the one real reading a test starts from
+        let start = Instant::now();
+        Clock { start, now: start }
+    }
+
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    pub fn advance(&mut self, by: Duration) -> Instant {
+        self.now += by;
+        self.now
+    }
+
+    pub fn at(&self, secs: u64) -> Instant {
+        self.start + Duration::from_secs(secs)
+    }
+}
+
+/// A request head.
+pub fn req(method: Method, uri: &str, headers: &[(&str, &str)]) -> request::Parts {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(()).unwrap().into_parts().0
+}
+
+pub fn post(uri: &str, headers: &[(&str, &str)]) -> request::Parts {
+    req(Method::POST, uri, headers)
+}
+
+pub fn get(uri: &str, headers: &[(&str, &str)]) -> request::Parts {
+    req(Method::GET, uri, headers)
+}
+
+pub fn delete(uri: &str, headers: &[(&str, &str)]) -> request::Parts {
+    req(Method::DELETE, uri, headers)
+}
+
+/// A response head.
+pub fn resp(status: u16, headers: &[(&str, &str)]) -> response::Parts {
+    let mut builder = Response::builder().status(StatusCode::from_u16(status).unwrap());
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(()).unwrap().into_parts().0
+}
+
+pub const SSE: (&str, &str) = ("content-type", "text/event-stream");
+pub const JSON: (&str, &str) = ("content-type", "application/json");
+pub const MODERN: (&str, &str) = ("mcp-protocol-version", "2026-07-28");
+pub const LEGACY: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
+
+#[track_caller]
+pub fn forward(routed: Routed) -> Exchange {
+    match routed {
+        Routed::Forward(exchange) => exchange,
+        Routed::Reject(rejection) => panic!("expected Forward, got {rejection}"),
+    }
+}
+
+#[track_caller]
+pub fn rejected(routed: Routed) -> Rejection {
+    match routed {
+        Routed::Forward(exchange) => panic!("expected Reject, got {exchange:?}"),
+        Routed::Reject(rejection) => rejection,
+    }
+}
+
+/// Routes a request, answers it with `status` and `headers`, feeds `body` in `chunks`, and
+/// ends the exchange: the whole protocol for one request. Returns the exchange's head
+/// outcome (`Replace` rejections included) and its backend.
+pub fn exchange<T: SessionTable>(
+    router: &Router<T>,
+    request: &request::Parts,
+    status: u16,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+    now: Instant,
+) -> (mcp_affinity::BackendId, HeadOutcome) {
+    let mut ex = forward(router.route(request, now));
+    let backend = ex.backend();
+    let outcome = respond(router, &mut ex, status, headers, chunks, now);
+    router.on_exchange_end(ex, End::Completed, now);
+    (backend, outcome)
+}
+
+/// The response half of [`exchange`], leaving the exchange open (for streams).
+pub fn respond<T: SessionTable>(
+    router: &Router<T>,
+    ex: &mut Exchange,
+    status: u16,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+    now: Instant,
+) -> HeadOutcome {
+    let mut head = resp(status, headers);
+    let outcome = router.on_response_head(ex, &mut head, now);
+    if let HeadOutcome::Observe = outcome {
+        for chunk in chunks {
+            if router.on_response_chunk(ex, &Bytes::copy_from_slice(chunk), now)
+                == ChunkOutcome::Done
+            {
+                break;
+            }
+        }
+    }
+    outcome
+}
+
+/// Opens a Streamable HTTP session on whichever backend the router places it, minting `id`.
+pub fn initialize<T: SessionTable>(
+    router: &Router<T>,
+    id: &str,
+    now: Instant,
+) -> mcp_affinity::BackendId {
+    let (backend, outcome) = exchange(
+        router,
+        &post("/mcp", &[]),
+        200,
+        &[("mcp-session-id", id), SSE],
+        &[],
+        now,
+    );
+    assert!(matches!(outcome, HeadOutcome::Forward), "{outcome:?}");
+    backend
+}
+
+/// The backend a request with this session goes to, or the rejection.
+pub fn route_session<T: SessionTable>(
+    router: &Router<T>,
+    id: &str,
+    now: Instant,
+) -> Result<mcp_affinity::BackendId, Rejection> {
+    match router.route(&post("/mcp", &[("mcp-session-id", id), LEGACY]), now) {
+        Routed::Forward(ex) => {
+            let backend = ex.backend();
+            router.on_exchange_end(ex, End::Completed, now);
+            Ok(backend)
+        }
+        Routed::Reject(rejection) => Err(rejection),
+    }
+}

@@ -1,0 +1,112 @@
+//! Principle 6: routing a request of a known session allocates nothing. A counting global
+//! allocator proves it for the whole round trip of a pinned request: route, response head,
+//! end.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use common::*;
+use mcp_affinity::TenantId;
+use mcp_affinity::router::{End, HeadOutcome, Router};
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the thread-locals are
+// const-initialised `Cell`s, so touching them never allocates (no recursion).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn allocations_in(f: impl FnOnce()) -> usize {
+    ALLOCATIONS.with(|n| n.set(0));
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn routing_a_request_of_a_known_session_allocates_nothing() {
+    let router = Router::builder().build();
+    for i in 0..4 {
+        router
+            .add_backend(TenantId::DEFAULT, &format!("b{i}"), 1)
+            .unwrap();
+    }
+    let clock = Clock::new();
+    let ids: Vec<String> = (0..100)
+        .map(|i| format!("{i:08x}-77b0-4c1a-9d3e-2b8f6a0c5d11"))
+        .collect();
+    for id in &ids {
+        initialize(&router, id, clock.now());
+    }
+    // The request and response heads come from the embedder's HTTP stack; build them first.
+    let requests: Vec<_> = ids
+        .iter()
+        .map(|id| post("/mcp", &[("mcp-session-id", id.as_str()), LEGACY]))
+        .collect();
+    let mut responses: Vec<_> = ids.iter().map(|_| resp(200, &[SSE])).collect();
+    // Warm up lazily initialised state (clock epochs, counter stripes).
+    let _ = route_session(&router, &ids[0], clock.at(1));
+
+    let mut pinned = 0;
+    let allocations = allocations_in(|| {
+        for round in 0..10 {
+            for (request, response) in requests.iter().zip(&mut responses) {
+                let now = clock.at(2 + round);
+                let routed = router.route(request, now);
+                let mcp_affinity::router::Routed::Forward(mut exchange) = routed else {
+                    panic!("known session rejected");
+                };
+                let outcome = router.on_response_head(&mut exchange, response, now);
+                assert!(matches!(outcome, HeadOutcome::Forward));
+                router.on_exchange_end(exchange, End::Completed, now);
+                pinned += 1;
+            }
+        }
+    });
+    assert_eq!(pinned, 1000);
+    assert_eq!(
+        allocations, 0,
+        "allocations while routing {pinned} pinned requests"
+    );
+}
+
+#[test]
+fn the_counting_allocator_does_count() {
+    // Guards the test above against a counter that cannot see allocations.
+    let n = allocations_in(|| {
+        let v: Vec<u8> = Vec::with_capacity(64);
+        std::hint::black_box(v);
+    });
+    assert_eq!(n, 1);
+}

@@ -1,0 +1,267 @@
+//! Model test: random sequences of requests, responses, backend changes and clock steps,
+//! checked against a plain model of ownership. The router must never pin a key to a backend
+//! other than the one that minted it, never route to a removed backend, never place on a
+//! backend that is not ready, and must pin every key whose minter is alive.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use mcp_affinity::router::{End, HeadOutcome, How, Routed, Router};
+use mcp_affinity::table::MemoryTableConfig;
+use mcp_affinity::{BackendId, TenantId};
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+enum Op {
+    AddBackend,
+    RemoveBackend(usize),
+    RestartBackend(usize),
+    Drain(usize),
+    Undrain(usize),
+    Health(usize, bool),
+    /// A keyless POST whose answer mints session `id` (or fails with `status`).
+    Initialize {
+        id: usize,
+        status: u16,
+    },
+    /// A request with session `id`, answered with `status`.
+    Request {
+        id: usize,
+        status: u16,
+    },
+    Delete {
+        id: usize,
+        status: u16,
+    },
+    /// A legacy SSE stream learning `id`, used by `messages` POSTs, then ended.
+    SseSession {
+        id: usize,
+        messages: usize,
+    },
+    /// A modern call creating task `id`, then `polls` tasks/get.
+    Task {
+        id: usize,
+        polls: usize,
+    },
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let backend = 0usize..6;
+    let id = 0usize..12;
+    let status = prop::sample::select(vec![200u16, 200, 200, 202, 204, 400, 404, 500]);
+    prop_oneof![
+        2 => Just(Op::AddBackend),
+        1 => backend.clone().prop_map(Op::RemoveBackend),
+        1 => backend.clone().prop_map(Op::RestartBackend),
+        1 => backend.clone().prop_map(Op::Drain),
+        1 => backend.clone().prop_map(Op::Undrain),
+        1 => (backend, any::<bool>()).prop_map(|(b, ok)| Op::Health(b, ok)),
+        4 => (id.clone(), status.clone()).prop_map(|(id, status)| Op::Initialize { id, status }),
+        6 => (id.clone(), status.clone()).prop_map(|(id, status)| Op::Request { id, status }),
+        1 => (id.clone(), status).prop_map(|(id, status)| Op::Delete { id, status }),
+        1 => (id.clone(), 0usize..3).prop_map(|(id, messages)| Op::SseSession { id, messages }),
+        1 => (id, 0usize..3).prop_map(|(id, polls)| Op::Task { id, polls }),
+        1 => (0u64..120).prop_map(Op::Advance),
+    ]
+}
+
+/// The model: which backends live, and who minted each key.
+#[derive(Default)]
+struct Model {
+    backends: Vec<BackendId>,
+    removed: Vec<BackendId>,
+    minted: HashMap<String, BackendId>,
+}
+
+impl Model {
+    fn pick(&self, i: usize) -> Option<BackendId> {
+        (!self.backends.is_empty()).then(|| self.backends[i % self.backends.len()])
+    }
+}
+
+fn check_forward(
+    model: &Model,
+    router: &Router,
+    routed: &Routed,
+    key: Option<&str>,
+) -> Result<(), TestCaseError> {
+    match (routed, key) {
+        (Routed::Forward(ex), Some(key)) => {
+            prop_assert_eq!(ex.how(), How::Pinned);
+            prop_assert_eq!(
+                Some(&ex.backend()),
+                model.minted.get(key),
+                "pinned {} elsewhere",
+                key
+            );
+            prop_assert!(
+                !model.removed.contains(&ex.backend()),
+                "routed to a removed backend"
+            );
+        }
+        (Routed::Forward(ex), None) => {
+            prop_assert!(
+                model.backends.contains(&ex.backend()),
+                "placed on an unknown backend"
+            );
+            let info = router
+                .backends()
+                .into_iter()
+                .find(|b| b.id == ex.backend())
+                .unwrap();
+            prop_assert!(
+                info.ready(),
+                "placed on a backend that is not ready: {:?}",
+                info
+            );
+        }
+        (Routed::Reject(r), Some(key)) => {
+            // A key whose minter lives must be routed.
+            let owner = model.minted.get(key);
+            prop_assert!(
+                owner.is_none_or(|o| !model.backends.contains(o)),
+                "rejected {}: {}",
+                key,
+                r
+            );
+        }
+        (Routed::Reject(_), None) => {}
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn the_router_follows_the_model_of_ownership(ops in prop::collection::vec(op(), 1..80)) {
+        // No idle expiry here, so that the model is exact about who owns what.
+        let router = Router::builder()
+            .table_config(MemoryTableConfig::new().with_idle_ttl(None))
+            .health_thresholds(1, 1)
+            .build();
+        let mut model = Model::default();
+        let mut clock = Clock::new();
+        for op in ops {
+            let now = clock.now();
+            match op {
+                Op::AddBackend => {
+                    model.backends.push(router.add_backend(TenantId::DEFAULT, "b", 1).unwrap());
+                }
+                Op::RemoveBackend(i) => if let Some(b) = model.pick(i) {
+                    router.remove_backend(b).unwrap();
+                    model.backends.retain(|x| *x != b);
+                    model.removed.push(b);
+                    model.minted.retain(|_, owner| *owner != b);
+                },
+                Op::RestartBackend(i) => if let Some(b) = model.pick(i) {
+                    let reborn = router.restart_backend(b).unwrap();
+                    prop_assert_ne!(reborn, b);
+                    model.backends.retain(|x| *x != b);
+                    model.backends.push(reborn);
+                    model.removed.push(b);
+                    model.minted.retain(|_, owner| *owner != b);
+                },
+                Op::Drain(i) => if let Some(b) = model.pick(i) {
+                    router.drain_backend(b, None, now).unwrap();
+                },
+                Op::Undrain(i) => if let Some(b) = model.pick(i) {
+                    router.undrain_backend(b).unwrap();
+                },
+                Op::Health(i, ok) => if let Some(b) = model.pick(i) {
+                    router.report_health(b, ok).unwrap();
+                },
+                Op::Initialize { id, status } => {
+                    let key = format!("s{id}");
+                    let routed = router.route(&post("/mcp", &[]), now);
+                    check_forward(&model, &router, &routed, None)?;
+                    if let Routed::Forward(mut ex) = routed {
+                        let outcome = respond(&router, &mut ex, status, &[("mcp-session-id", &key)], &[], now);
+                        let backend = ex.backend();
+                        router.on_exchange_end(ex, End::Completed, now);
+                        let ok = (200..300).contains(&status);
+                        match model.minted.get(&key) {
+                            Some(owner) if ok && *owner != backend => {
+                                prop_assert!(matches!(outcome, HeadOutcome::Replace(_)), "conflict forwarded");
+                            }
+                            None if ok => { model.minted.insert(key, backend); }
+                            _ => {}
+                        }
+                    }
+                }
+                Op::Request { id, status } => {
+                    let key = format!("s{id}");
+                    let routed = router.route(&post("/mcp", &[("mcp-session-id", &key)]), now);
+                    check_forward(&model, &router, &routed, Some(&key))?;
+                    if let Routed::Forward(mut ex) = routed {
+                        let _ = respond(&router, &mut ex, status, &[], &[], now);
+                        router.on_exchange_end(ex, End::Completed, now);
+                        if status == 404 {
+                            model.minted.remove(&key);
+                        }
+                    }
+                }
+                Op::Delete { id, status } => {
+                    let key = format!("s{id}");
+                    let routed = router.route(&delete("/mcp", &[("mcp-session-id", &key)]), now);
+                    check_forward(&model, &router, &routed, Some(&key))?;
+                    if let Routed::Forward(mut ex) = routed {
+                        let _ = respond(&router, &mut ex, status, &[], &[], now);
+                        router.on_exchange_end(ex, End::Completed, now);
+                        if (200..300).contains(&status) || status == 404 {
+                            model.minted.remove(&key);
+                        }
+                    }
+                }
+                Op::SseSession { id, messages } => {
+                    let key = format!("sse{id}");
+                    let routed = router.route(&get("/sse", &[]), now);
+                    check_forward(&model, &router, &routed, None)?;
+                    if let Routed::Forward(mut stream) = routed {
+                        let event = format!("event: endpoint\r\ndata: /messages/?session_id={key}\r\n\r\n");
+                        let _ = respond(&router, &mut stream, 200, &[SSE], &[event.as_bytes()], now);
+                        model.minted.entry(key.clone()).or_insert(stream.backend());
+                        let uri = format!("/messages/?session_id={key}");
+                        for _ in 0..messages {
+                            let routed = router.route(&post(&uri, &[]), now);
+                            check_forward(&model, &router, &routed, Some(&key))?;
+                            if let Routed::Forward(ex) = routed {
+                                router.on_exchange_end(ex, End::Completed, now);
+                            }
+                        }
+                        let owner = stream.backend();
+                        router.on_exchange_end(stream, End::Aborted, now);
+                        if model.minted.get(&key) == Some(&owner) {
+                            model.minted.remove(&key);
+                        }
+                    }
+                }
+                Op::Task { id, polls } => {
+                    let key = format!("t{id}");
+                    let call = post("/mcp", &[MODERN, ("mcp-method", "tools/call"), ("mcp-name", "job")]);
+                    let routed = router.route(&call, now);
+                    check_forward(&model, &router, &routed, None)?;
+                    if let Routed::Forward(mut ex) = routed {
+                        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"resultType":"task","taskId":"{key}"}}}}"#);
+                        let _ = respond(&router, &mut ex, 200, &[JSON], &[body.as_bytes()], now);
+                        model.minted.entry(key.clone()).or_insert(ex.backend());
+                        router.on_exchange_end(ex, End::Completed, now);
+                    }
+                    for _ in 0..polls {
+                        let poll = post("/mcp", &[MODERN, ("mcp-method", "tasks/get"), ("mcp-name", &key)]);
+                        let routed = router.route(&poll, now);
+                        check_forward(&model, &router, &routed, Some(&key))?;
+                        if let Routed::Forward(ex) = routed {
+                            router.on_exchange_end(ex, End::Completed, now);
+                        }
+                    }
+                }
+                Op::Advance(secs) => { clock.advance(Duration::from_secs(secs)); }
+            }
+        }
+    }
+}

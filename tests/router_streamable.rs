@@ -1,0 +1,267 @@
+//! Streamable HTTP (2025-03-26 … 2025-11-25): sessions learned from `Mcp-Session-Id`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use mcp_affinity::TenantId;
+use mcp_affinity::router::{End, HeadOutcome, Reason, Router};
+use mcp_affinity::table::{KeyKind, MemoryTableConfig};
+
+fn two_backends() -> (Router, [mcp_affinity::BackendId; 2]) {
+    let router = Router::builder().build();
+    let a = router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    let b = router.add_backend(TenantId::DEFAULT, "b", 1).unwrap();
+    (router, [a, b])
+}
+
+#[test]
+fn every_request_of_a_session_reaches_the_backend_that_minted_it() {
+    let (router, _) = two_backends();
+    let clock = Clock::new();
+    let sessions: Vec<_> = (0..20)
+        .map(|i| {
+            let id = format!("session-{i:02}");
+            let owner = initialize(&router, &id, clock.now());
+            (id, owner)
+        })
+        .collect();
+    // Placement spread them over both backends…
+    let on_first = sessions.iter().filter(|(_, o)| *o == sessions[0].1).count();
+    assert!(
+        (5..=15).contains(&on_first),
+        "{on_first} of 20 on one backend"
+    );
+    // …and each one's requests go to its minter, every time.
+    for round in 0..3 {
+        for (id, owner) in &sessions {
+            assert_eq!(route_session(&router, id, clock.at(round)).unwrap(), *owner);
+        }
+    }
+    let metrics = router.metrics();
+    assert_eq!(metrics.keys_learned, 20);
+    assert_eq!(metrics.pinned, 60);
+    assert_eq!(metrics.placed, 20);
+}
+
+#[test]
+fn unknown_session_is_rejected_with_404_and_a_jsonrpc_body() {
+    let (router, _) = two_backends();
+    let rejection = route_session(&router, "never-minted", Clock::new().now()).unwrap_err();
+    assert_eq!(rejection.reason(), Reason::UnknownKey(KeyKind::Session));
+    assert_eq!(rejection.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        rejection.body(),
+        r#"{"jsonrpc":"2.0","error":{"code":-32001,"message":"Session not found"},"id":null}"#
+    );
+    let response = rejection.to_response();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert!(response.headers().get("retry-after").is_none());
+    assert_eq!(router.metrics().rejected("unknown_key"), 1);
+}
+
+#[test]
+fn delete_answered_200_202_204_or_404_forgets_the_session() {
+    let (router, _) = two_backends();
+    let now = Clock::new().now();
+    for (i, status) in [200, 202, 204, 404].into_iter().enumerate() {
+        let id = format!("s{i}");
+        let owner = initialize(&router, &id, now);
+        let (to, _) = exchange(
+            &router,
+            &delete("/mcp", &[("mcp-session-id", &id)]),
+            status,
+            &[],
+            &[],
+            now,
+        );
+        assert_eq!(to, owner, "DELETE goes to the owner");
+        let rejection = route_session(&router, &id, now).unwrap_err();
+        assert_eq!(
+            rejection.status(),
+            StatusCode::NOT_FOUND,
+            "after DELETE {status}"
+        );
+    }
+    assert_eq!(router.metrics().keys_forgotten, 4);
+}
+
+#[test]
+fn delete_answered_otherwise_keeps_the_session() {
+    let (router, _) = two_backends();
+    let now = Clock::new().now();
+    let owner = initialize(&router, "s1", now);
+    let _ = exchange(
+        &router,
+        &delete("/mcp", &[("mcp-session-id", "s1")]),
+        405,
+        &[],
+        &[],
+        now,
+    );
+    assert_eq!(route_session(&router, "s1", now).unwrap(), owner);
+}
+
+#[test]
+fn any_404_to_a_keyed_request_forgets_the_session() {
+    let (router, _) = two_backends();
+    let now = Clock::new().now();
+    initialize(&router, "s1", now);
+    let request = post("/mcp", &[("mcp-session-id", "s1"), LEGACY]);
+    let _ = exchange(&router, &request, 404, &[JSON], &[], now);
+    assert_eq!(
+        route_session(&router, "s1", now).unwrap_err().reason(),
+        Reason::UnknownKey(KeyKind::Session)
+    );
+}
+
+#[test]
+fn only_a_2xx_answer_to_an_initialize_teaches_a_session() {
+    // Python answers a sessionless non-initialize POST with 400, and a fresh id on it.
+    let (router, _) = two_backends();
+    let now = Clock::new().now();
+    let _ = exchange(
+        &router,
+        &post("/mcp", &[]),
+        400,
+        &[("mcp-session-id", "minted-on-400")],
+        &[],
+        now,
+    );
+    assert!(route_session(&router, "minted-on-400", now).is_err());
+    // A 2xx without the header teaches nothing either.
+    let _ = exchange(&router, &post("/mcp", &[]), 200, &[JSON], &[], now);
+    assert_eq!(router.metrics().keys_learned, 0);
+}
+
+#[test]
+fn a_response_presenting_another_id_for_a_session_is_not_learned_and_is_counted() {
+    let (router, _) = two_backends();
+    let now = Clock::new().now();
+    initialize(&router, "s1", now);
+    let request = post("/mcp", &[("mcp-session-id", "s1"), LEGACY]);
+    let _ = exchange(
+        &router,
+        &request,
+        200,
+        &[("mcp-session-id", "s2"), SSE],
+        &[],
+        now,
+    );
+    assert!(
+        route_session(&router, "s2", now).is_err(),
+        "s2 was not learned"
+    );
+    assert!(route_session(&router, "s1", now).is_ok());
+    assert_eq!(router.metrics().id_mismatches, 1);
+}
+
+#[test]
+fn get_and_last_event_id_resumption_are_routed_by_session() {
+    let (router, _) = two_backends();
+    let now = Clock::new().now();
+    let owner = initialize(&router, "s1", now);
+    for headers in [
+        &[("mcp-session-id", "s1")][..],
+        &[("mcp-session-id", "s1"), ("last-event-id", "0/7")][..],
+    ] {
+        let ex = forward(router.route(&get("/mcp", headers), now));
+        assert_eq!(ex.backend(), owner);
+        router.on_exchange_end(ex, End::Aborted, now);
+    }
+}
+
+#[test]
+fn idle_sessions_expire_after_the_ttl() {
+    let router = Router::builder()
+        .table_config(MemoryTableConfig::new().with_idle_ttl(Some(Duration::from_secs(60))))
+        .build();
+    router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    let mut clock = Clock::new();
+    initialize(&router, "idle", clock.now());
+    initialize(&router, "busy", clock.now());
+    for _ in 0..4 {
+        let now = clock.advance(Duration::from_secs(20));
+        route_session(&router, "busy", now).unwrap();
+        let _ = router.maintain(now, 1000);
+    }
+    // 80 s without use: expired; used every 20 s: alive.
+    assert!(route_session(&router, "idle", clock.now()).is_err());
+    assert!(route_session(&router, "busy", clock.now()).is_ok());
+    assert_eq!(router.metrics().keys_expired, 1);
+}
+
+#[test]
+fn an_open_get_stream_keeps_its_session_alive_past_the_ttl() {
+    let router = Router::builder()
+        .table_config(MemoryTableConfig::new().with_idle_ttl(Some(Duration::from_secs(60))))
+        .build();
+    router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    let mut clock = Clock::new();
+    initialize(&router, "s1", clock.now());
+    let mut stream = forward(router.route(&get("/mcp", &[("mcp-session-id", "s1")]), clock.now()));
+    let outcome = respond(&router, &mut stream, 200, &[SSE], &[], clock.now());
+    assert!(matches!(outcome, HeadOutcome::Forward));
+
+    let later = clock.advance(Duration::from_secs(600));
+    let _ = router.maintain(later, 1000);
+    assert!(
+        route_session(&router, "s1", later).is_ok(),
+        "the stream kept it"
+    );
+
+    // Once the stream ends, the session is idle from then on.
+    router.on_exchange_end(stream, End::Aborted, later);
+    let _ = router.maintain(clock.advance(Duration::from_secs(61)), 1000);
+    assert!(route_session(&router, "s1", clock.now()).is_err());
+}
+
+#[test]
+fn invalid_session_ids_are_rejected_with_400() {
+    let (router, _) = two_backends();
+    let now = Clock::new().now();
+    let long = "x".repeat(257);
+    for (id, reason) in [("has space", "invalid byte"), (long.as_str(), "too long")] {
+        let routed = router.route(&post("/mcp", &[("mcp-session-id", id)]), now);
+        let rejection = rejected(routed);
+        assert_eq!(rejection.status(), StatusCode::BAD_REQUEST, "{reason}");
+        assert!(matches!(
+            rejection.reason(),
+            Reason::InvalidKey(KeyKind::Session, _)
+        ));
+        assert!(
+            rejection
+                .body()
+                .as_ref()
+                .windows(18)
+                .any(|w| w == b"Invalid session id")
+        );
+    }
+    // An empty header value is an empty id.
+    let rejection = rejected(router.route(&post("/mcp", &[("mcp-session-id", "")]), now));
+    assert_eq!(rejection.status(), StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn a_session_id_the_router_cannot_route_is_counted_not_learned() {
+    let (router, _) = two_backends();
+    let now = Clock::new().now();
+    let long = "y".repeat(300);
+    let _ = exchange(
+        &router,
+        &post("/mcp", &[]),
+        200,
+        &[("mcp-session-id", &long)],
+        &[],
+        now,
+    );
+    assert_eq!(router.metrics().keys_unlearned, 1);
+    // With a higher bound it is learned.
+    let router = Router::builder().max_key_len(512).build();
+    router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    initialize(&router, &long, now);
+    let ok = router.route(&post("/mcp", &[("mcp-session-id", &long)]), now);
+    assert!(matches!(ok, mcp_affinity::router::Routed::Forward(_)));
+}
