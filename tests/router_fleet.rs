@@ -302,3 +302,105 @@ fn placement_never_crosses_tenants() {
     let routed = router.route(&post("/mcp", &[]), now);
     assert!(matches!(routed, Routed::Reject(r) if r.reason() == Reason::UnknownTenant));
 }
+
+#[test]
+fn a_drain_deadline_holds_after_months_of_uptime() {
+    // Deadlines used to be kept in 32 bits of milliseconds: after 49.7 days every deadline
+    // looked past and revoked at once.
+    let (router, ids) = fleet(2);
+    let mut clock = Clock::new();
+    // The fleet's epoch is set by the first time it is given.
+    router.drain_backend(ids[1], None, clock.now()).unwrap();
+    router.undrain_backend(ids[1]).unwrap();
+    let later = clock.advance(Duration::from_secs(120 * 86_400));
+    let kept = session_on(&router, ids[0], "kept", later);
+    router
+        .drain_backend(ids[0], Some(later + Duration::from_secs(3600)), later)
+        .unwrap();
+    let before = clock.advance(Duration::from_secs(3000));
+    assert_eq!(route_session(&router, &kept, before).unwrap(), ids[0]);
+    let _ = router.maintain(before, 100);
+    assert_eq!(route_session(&router, &kept, before).unwrap(), ids[0]);
+    let after = clock.advance(Duration::from_secs(601));
+    assert_eq!(
+        route_session(&router, &kept, after).unwrap_err().reason(),
+        Reason::OwnerRevoked(KeyKind::Session)
+    );
+}
+
+#[test]
+fn the_veto_closure_may_call_back_into_the_router() {
+    // The fleet lock is not held while the caller's closure runs: calls that take it for
+    // writing (health reports, drains) must not deadlock.
+    let (router, ids) = fleet(2);
+    let now = Clock::new().now();
+    let routed = router.route_with(&post("/mcp", &[]), now, |b| {
+        let _ = router.backends();
+        router.report_health(b, true).unwrap();
+        router.drain_backend(b, None, now).unwrap();
+        false
+    });
+    assert_eq!(rejected(routed).reason(), Reason::NoReadyBackend);
+    assert!(router.backends().iter().all(|b| b.draining));
+    let _ = ids;
+}
+
+#[test]
+fn tenants_take_round_robin_turns_of_their_own() {
+    // One turn counter shared by all tenants let strictly alternating tenants always land on
+    // the same backend.
+    let router = Router::builder()
+        .tenant(|req: &http::request::Parts| {
+            Some(TenantId::new(
+                req.headers.get("x-tenant")?.to_str().ok()?.parse().ok()?,
+            ))
+        })
+        .build();
+    let a: Vec<_> = (0..2)
+        .map(|i| {
+            router
+                .add_backend(TenantId::new(1), &format!("a{i}"), 1)
+                .unwrap()
+        })
+        .collect();
+    let _b: Vec<_> = (0..2)
+        .map(|i| {
+            router
+                .add_backend(TenantId::new(2), &format!("b{i}"), 1)
+                .unwrap()
+        })
+        .collect();
+    let now = Clock::new().now();
+    let mut on_a = std::collections::HashMap::new();
+    for _ in 0..100 {
+        for tenant in ["1", "2"] {
+            let request = post(
+                "/mcp",
+                &[("x-tenant", tenant), MODERN, ("mcp-method", "tools/list")],
+            );
+            let ex = forward(router.route(&request, now));
+            if tenant == "1" {
+                *on_a.entry(ex.backend()).or_insert(0) += 1;
+            }
+            router.on_exchange_end(ex, End::Completed, now);
+        }
+    }
+    assert_eq!(on_a.get(&a[0]), Some(&50));
+    assert_eq!(on_a.get(&a[1]), Some(&50));
+}
+
+#[test]
+fn weight_zero_takes_a_backend_out_of_placement_but_not_off_its_keys() {
+    let (router, ids) = fleet(2);
+    let now = Clock::new().now();
+    let kept = session_on(&router, ids[0], "kept", now);
+    router.set_weight(ids[0], 0).unwrap();
+    for i in 0..6 {
+        assert_eq!(initialize(&router, &format!("w{i}"), now), ids[1]);
+        let ex = forward(router.route(&post("/mcp", &[MODERN, ("mcp-method", "tools/list")]), now));
+        assert_eq!(ex.backend(), ids[1]);
+        router.on_exchange_end(ex, End::Completed, now);
+    }
+    assert_eq!(route_session(&router, &kept, now).unwrap(), ids[0]);
+    assert!(!router.backends()[0].ready());
+}

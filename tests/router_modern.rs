@@ -41,7 +41,7 @@ fn modern_calls_are_placed_in_turn_learn_nothing_and_ignore_session_headers() {
         );
         let ex = forward(router.route(&request, now));
         assert_eq!(ex.how(), How::Placed);
-        assert_eq!(ex.era(), mcp_affinity::router::Era::Modern);
+        assert_eq!(ex.era(), Some(mcp_affinity::router::Era::Modern));
         seen.push(ex.backend());
         router.on_exchange_end(ex, End::Completed, now);
     }
@@ -184,4 +184,55 @@ fn legacy_protocol_versions_keep_their_sessions() {
         assert_eq!(ex.backend(), owner, "{version}");
         router.on_exchange_end(ex, End::Completed, now);
     }
+}
+
+#[test]
+fn a_task_json_body_in_tiny_chunks_without_length_is_learned() {
+    // The JSON observer used to re-parse the whole body on every chunk.
+    let (router, _) = router();
+    let now = Clock::new().now();
+    let chunks: Vec<&[u8]> = TASK.chunks(3).collect();
+    let (creator, _) = exchange(
+        &router,
+        &call("tools/call", "job"),
+        200,
+        &[JSON],
+        &chunks,
+        now,
+    );
+    let ex = forward(router.route(&call("tasks/get", "p1-25db68eb"), now));
+    assert_eq!(ex.backend(), creator);
+}
+
+#[test]
+fn a_request_naming_two_tasks_is_refused() {
+    let (router, _) = router();
+    let request = post(
+        "/mcp",
+        &[
+            MODERN,
+            ("mcp-method", "tasks/get"),
+            ("mcp-name", "t1"),
+            ("mcp-name", "t2"),
+        ],
+    );
+    let rejection = rejected(router.route(&request, Clock::new().now()));
+    assert_eq!(rejection.reason(), Reason::AmbiguousKey(KeyKind::Task));
+}
+
+#[test]
+fn a_compressed_response_is_not_observed() {
+    let (router, _) = router();
+    let now = Clock::new().now();
+    let (_, outcome) = exchange(
+        &router,
+        &call("tools/call", "job"),
+        200,
+        &[JSON, ("content-encoding", "br")],
+        &[TASK],
+        now,
+    );
+    assert!(matches!(outcome, HeadOutcome::Forward));
+    assert_eq!(router.metrics().bodies_encoded, 1);
+    assert_eq!(router.metrics().keys_learned, 0);
 }

@@ -142,6 +142,21 @@ fn an_operator_key_binds_on_the_first_2xx_then_pins() {
     assert!(ids.contains(&rebound));
     let ex = forward(router.route(&request, now));
     assert_eq!(ex.backend(), rebound);
+    // A binding that fails does not turn the (already executed) call into an error.
+    let full = Router::builder()
+        .table_config(MemoryTableConfig::new().with_shards(1).with_capacity(1))
+        .operator_key(key_fn(|req| {
+            req.headers.get("mcp-param-workspace").map(|v| v.as_bytes())
+        }))
+        .build();
+    full.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    initialize(&full, "occupant", now);
+    let mut hold = forward(full.route(&get("/mcp", &[("mcp-session-id", "occupant")]), now));
+    let _ = respond(&full, &mut hold, 200, &[SSE], &[], now);
+    let (_, outcome) = exchange(&full, &request, 200, &[JSON], &[], now);
+    assert!(!matches!(outcome, HeadOutcome::Replace(_)), "{outcome:?}");
+    assert_eq!(full.metrics().keys_unlearned, 1);
+    full.on_exchange_end(hold, End::Completed, now);
     // An invalid operator key is a bad request.
     let bad = post("/mcp", &[("mcp-param-workspace", "has space")]);
     assert!(matches!(
@@ -150,41 +165,83 @@ fn an_operator_key_binds_on_the_first_2xx_then_pins() {
     ));
 }
 
-#[test]
-fn the_affinity_cookie_routes_keyless_requests_and_is_cleared_when_its_backend_is_gone() {
-    let router = Router::builder().affinity_cookie("mcp-affinity").build();
-    let a = router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
-    let b = router.add_backend(TenantId::DEFAULT, "b", 1).unwrap();
+fn initialize_with_cookie(router: &Router, cookie: Option<&str>) -> (BackendId, Option<String>) {
     let now = Clock::new().now();
-    let mut ex = forward(router.route(&post("/mcp", &[]), now));
-    let mut head = resp(200, &[("mcp-session-id", "s1")]);
+    let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", *c)).collect();
+    let mut ex = forward(router.route(&post("/mcp", &headers), now));
+    let mut head = resp(200, &[]);
     let _ = router.on_response_head(&mut ex, &mut head, now);
-    let placed = ex.backend();
+    let backend = ex.backend();
     router.on_exchange_end(ex, End::Completed, now);
-    let set_cookie = head.headers["set-cookie"].to_str().unwrap().to_owned();
-    assert!(set_cookie.starts_with("mcp-affinity="), "{set_cookie}");
-    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let set = head.headers.get("set-cookie").map(|v| {
+        let v = v.to_str().unwrap();
+        v.split(';').next().unwrap().to_owned()
+    });
+    (backend, set)
+}
 
-    // Keyless requests with the cookie follow it, whatever the placement would say.
-    for _ in 0..4 {
-        let ex = forward(router.route(
-            &get("/mcp", &[("cookie", &format!("theme=dark; {cookie}"))]),
-            now,
-        ));
+#[test]
+fn the_affinity_cookie_routes_keyless_requests_to_its_ready_backend() {
+    let router = Router::builder().affinity_cookie("mcp-affinity").build();
+    let _ = ["a", "b", "c"].map(|l| router.add_backend(TenantId::DEFAULT, l, 1).unwrap());
+    let now = Clock::new().now();
+    let (placed, cookie) = initialize_with_cookie(&router, None);
+    let cookie = cookie.expect("a placed conversation start sets the cookie");
+    assert!(cookie.starts_with("mcp-affinity="), "{cookie}");
+    // Keyless requests with the cookie follow it, whatever placement would say.
+    for _ in 0..6 {
+        let headers = [("cookie", format!("theme=dark; {cookie}"))];
+        let headers: Vec<_> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let ex = forward(router.route(&get("/mcp", &headers), now));
         assert_eq!(ex.backend(), placed);
         router.on_exchange_end(ex, End::Completed, now);
     }
-    // Its backend removed: 404, and the cookie is cleared so the retry is placed afresh.
-    router.remove_backend(placed).unwrap();
-    let rejection = rejected(router.route(&get("/mcp", &[("cookie", &cookie)]), now));
-    assert_eq!(rejection.reason(), Reason::OwnerGone(KeyKind::Cookie));
-    assert!(
-        rejection.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .contains("Max-Age=0")
-    );
-    let _ = (a, b);
+}
+
+#[test]
+fn a_cookie_naming_a_draining_unhealthy_or_removed_backend_is_no_hint() {
+    let router = Router::builder()
+        .affinity_cookie("mcp-affinity")
+        .health_thresholds(1, 1)
+        .build();
+    let _ = ["a", "b"].map(|l| router.add_backend(TenantId::DEFAULT, l, 1).unwrap());
+    let now = Clock::new().now();
+    type Spoil = fn(&Router, BackendId, std::time::Instant);
+    let spoilers: [(&str, Spoil); 3] = [
+        ("draining", |r, b, now| {
+            r.drain_backend(b, None, now).unwrap()
+        }),
+        ("unhealthy", |r, b, _| {
+            assert!(!r.report_health(b, false).unwrap())
+        }),
+        ("removed", |r, b, _| {
+            r.remove_backend(b).unwrap();
+            r.add_backend(TenantId::DEFAULT, "again", 1).unwrap();
+        }),
+    ];
+    for (what, spoil) in spoilers {
+        let (first, cookie) = initialize_with_cookie(&router, None);
+        let cookie = cookie.unwrap();
+        spoil(&router, first, now);
+        // A new conversation with the stale cookie is placed on a ready backend, and told so.
+        let (second, fresh) = initialize_with_cookie(&router, Some(&cookie));
+        assert_ne!(
+            second, first,
+            "{what}: a new conversation went to a {what} backend"
+        );
+        assert!(
+            fresh.is_some_and(|f| f != cookie),
+            "{what}: no fresh cookie"
+        );
+        // Reset for the next case.
+        for b in router.backends() {
+            let _ = router.undrain_backend(b.id);
+            let _ = router.report_health(b.id, true);
+        }
+    }
+    // A malformed cookie is no hint either.
+    let (_, _) = initialize_with_cookie(&router, Some("mcp-affinity=not.a.backend"));
+    assert_eq!(router.metrics().rejected_total(), 0);
 }
 
 #[test]

@@ -208,3 +208,59 @@ fn legacy_sse_paths_are_configurable_and_can_be_turned_off() {
         HeadOutcome::Forward
     ));
 }
+
+#[test]
+fn an_endpoint_event_with_an_unroutable_session_is_counted_not_a_panic() {
+    // A backend's empty or non-ASCII session id used to panic inside the body observer.
+    let (router, _) = router();
+    let now = Clock::new().now();
+    for url in [
+        "/messages?sessionId=",
+        "/messages?sessionId=caf\u{e9}",
+        "/messages?sessionId=a b",
+    ] {
+        let mut stream = forward(router.route(&get("/sse", &[]), now));
+        let event = format!("event: endpoint\ndata: {url}\n\n");
+        let _ = respond(&router, &mut stream, 200, &[SSE], &[event.as_bytes()], now);
+        assert!(!stream.is_observing());
+        router.on_exchange_end(stream, End::Completed, now);
+    }
+    assert_eq!(router.metrics().keys_learned, 0);
+}
+
+#[test]
+fn a_message_naming_two_sessions_is_refused() {
+    // Starlette reads the last `session_id`, the router the first: a request naming two
+    // sessions could pass the router's checks for one and reach the other.
+    let (router, _) = router();
+    let now = Clock::new().now();
+    for uri in [
+        "/messages/?session_id=mine&session_id=victim",
+        "/messages?sessionId=mine&session_id=victim",
+    ] {
+        let rejection = rejected(router.route(&post(uri, &[]), now));
+        assert_eq!(
+            rejection.reason(),
+            Reason::AmbiguousKey(KeyKind::SseSession)
+        );
+        assert_eq!(rejection.status(), StatusCode::BAD_REQUEST);
+    }
+}
+
+#[test]
+fn a_compressed_stream_is_not_observed() {
+    let (router, _) = router();
+    let now = Clock::new().now();
+    let mut stream = forward(router.route(&get("/sse", &[]), now));
+    let outcome = respond(
+        &router,
+        &mut stream,
+        200,
+        &[SSE, ("content-encoding", "gzip")],
+        &[],
+        now,
+    );
+    assert!(matches!(outcome, HeadOutcome::Forward));
+    assert_eq!(router.metrics().bodies_encoded, 1);
+    router.on_exchange_end(stream, End::Completed, now);
+}

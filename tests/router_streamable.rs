@@ -245,11 +245,13 @@ fn invalid_session_ids_are_rejected_with_400() {
 }
 
 #[test]
-fn a_session_id_the_router_cannot_route_is_counted_not_learned() {
+fn a_session_id_the_router_cannot_route_is_refused_with_502_at_once() {
+    // Forwarding it would leave the client with 400s on every later request, which do not
+    // tell it to start over; refusing the initialize says what is wrong.
     let (router, _) = two_backends();
     let now = Clock::new().now();
     let long = "y".repeat(300);
-    let _ = exchange(
+    let (_, outcome) = exchange(
         &router,
         &post("/mcp", &[]),
         200,
@@ -257,6 +259,11 @@ fn a_session_id_the_router_cannot_route_is_counted_not_learned() {
         &[],
         now,
     );
+    let HeadOutcome::Replace(rejection) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(rejection.reason(), Reason::UnroutableKey(KeyKind::Session));
+    assert_eq!(rejection.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(router.metrics().keys_unlearned, 1);
     // With a higher bound it is learned.
     let router = Router::builder().max_key_len(512).build();
@@ -264,4 +271,44 @@ fn a_session_id_the_router_cannot_route_is_counted_not_learned() {
     initialize(&router, &long, now);
     let ok = router.route(&post("/mcp", &[("mcp-session-id", &long)]), now);
     assert!(matches!(ok, mcp_affinity::router::Routed::Forward(_)));
+}
+
+#[test]
+fn a_request_naming_two_sessions_is_refused() {
+    let (router, _) = two_backends();
+    let now = Clock::new().now();
+    initialize(&router, "mine", now);
+    let request = post(
+        "/mcp",
+        &[("mcp-session-id", "mine"), ("mcp-session-id", "victim")],
+    );
+    let rejection = rejected(router.route(&request, now));
+    assert_eq!(rejection.reason(), Reason::AmbiguousKey(KeyKind::Session));
+    assert_eq!(rejection.status(), StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn non_mcp_paths_neither_pin_nor_forget_sessions() {
+    let (router, _) = two_backends();
+    let now = Clock::new().now();
+    let owner = initialize(&router, "s1", now);
+    // OAuth discovery with the session header: placed, and its 404 forgets nothing.
+    let discovery = get(
+        "/.well-known/oauth-authorization-server",
+        &[("mcp-session-id", "s1")],
+    );
+    let mut ex = forward(router.route(&discovery, now));
+    assert_eq!(ex.how(), mcp_affinity::router::How::Placed);
+    assert_eq!(ex.era(), None);
+    let _ = respond(&router, &mut ex, 404, &[], &[], now);
+    router.on_exchange_end(ex, End::Completed, now);
+    assert_eq!(route_session(&router, "s1", now).unwrap(), owner);
+
+    // With explicit MCP paths, only those are endpoints.
+    let router = Router::builder().mcp_paths(["/mcp"]).build();
+    router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    initialize(&router, "s2", now);
+    let elsewhere = post("/api/other", &[("mcp-session-id", "s2")]);
+    let (_, _) = exchange(&router, &elsewhere, 404, &[], &[], now);
+    assert!(route_session(&router, "s2", now).is_ok());
 }

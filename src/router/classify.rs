@@ -4,6 +4,7 @@ use http::Method;
 use http::header::HeaderName;
 use http::request::Parts;
 
+use super::reject::{BadEra, Reason};
 use crate::table::KeyKind;
 
 /// The MCP transport eras a request can belong to.
@@ -47,11 +48,13 @@ pub(crate) enum Intent {
 }
 
 impl Intent {
-    pub(crate) fn era(self) -> Era {
+    /// The era of an MCP request; `None` for what the router routes as plain HTTP.
+    pub(crate) fn era(self) -> Option<Era> {
         match self {
-            Intent::SseConnect | Intent::SseMessage => Era::HttpSse,
-            Intent::ModernCall { .. } | Intent::TaskRequest => Era::Modern,
-            _ => Era::Streamable,
+            Intent::SseConnect | Intent::SseMessage => Some(Era::HttpSse),
+            Intent::ModernCall { .. } | Intent::TaskRequest => Some(Era::Modern),
+            Intent::Stateless => None,
+            _ => Some(Era::Streamable),
         }
     }
 
@@ -69,11 +72,14 @@ pub(crate) struct Classified<'a> {
     pub(crate) key: Option<(KeyKind, &'a [u8])>,
 }
 
-/// Where legacy HTTP+SSE lives, and which `Mcp-Method`s may create tasks.
+/// Where legacy HTTP+SSE lives, which paths are MCP endpoints, and which `Mcp-Method`s may
+/// create tasks.
 #[derive(Clone, Debug)]
 pub(crate) struct Paths {
     pub(crate) sse: Option<String>,
     pub(crate) messages: Vec<String>,
+    /// The Streamable HTTP / 2026-07-28 endpoints; `None`: every path but `/.well-known/…`.
+    pub(crate) mcp: Option<Vec<String>>,
     pub(crate) task_creating: Vec<String>,
 }
 
@@ -89,13 +95,30 @@ const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 /// The first protocol version of the modern era.
 const MODERN: &[u8; 10] = b"2026-07-28";
 
-/// The raw value of the legacy SSE session parameter in a query string, if present.
-pub(crate) fn sse_session_param(query: &str) -> Option<&str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| SSE_PARAMS.contains(name))
-        .map(|(_, value)| value)
+/// The raw value of the legacy SSE session parameter in a query string, if present;
+/// `Err(())` if the query holds more than one (backends differ on which they use, so a
+/// request naming two sessions is refused rather than guessed at).
+pub(crate) fn sse_session_param(query: &str) -> Result<Option<&str>, ()> {
+    let mut found = None;
+    for (name, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        if SSE_PARAMS.contains(&name) {
+            if found.is_some() {
+                return Err(());
+            }
+            found = Some(value);
+        }
+    }
+    Ok(found)
+}
+
+/// The value of a header that may appear once; `Err(())` if it appears more than once.
+fn single<'a>(req: &'a Parts, name: &HeaderName) -> Result<Option<&'a [u8]>, ()> {
+    let mut values = req.headers.get_all(name).iter();
+    let first = values.next().map(|v| v.as_bytes());
+    match values.next() {
+        Some(_) => Err(()),
+        None => Ok(first),
+    }
 }
 
 /// Whether `MCP-Protocol-Version` names the modern era: a well-formed `YYYY-MM-DD` on or after
@@ -116,8 +139,12 @@ pub(crate) fn is_modern(version: Option<&[u8]>) -> bool {
 }
 
 /// Classifies a request head.
-pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'a>, &'static str> {
+pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'a>, Reason> {
     let path = req.uri.path();
+    let stateless = Ok(Classified {
+        intent: Intent::Stateless,
+        key: None,
+    });
 
     // Legacy HTTP+SSE: the SSE path (GET connects; Go also POSTs there with `sessionid`) and
     // the message paths.
@@ -125,32 +152,46 @@ pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'
         let on_sse = path == sse;
         let on_messages = paths.messages.iter().any(|p| p == path);
         if on_sse || on_messages {
-            if let Some(id) = req.uri.query().and_then(sse_session_param) {
-                return Ok(Classified {
-                    intent: Intent::SseMessage,
-                    key: Some((KeyKind::SseSession, id.as_bytes())),
-                });
-            }
-            if on_sse && req.method == Method::GET {
-                return Ok(Classified {
-                    intent: Intent::SseConnect,
-                    key: None,
-                });
-            }
-            if on_messages {
-                return Err("Legacy SSE message without its session parameter");
+            let param = req.uri.query().map_or(Ok(None), sse_session_param);
+            match param {
+                Err(()) => return Err(Reason::AmbiguousKey(KeyKind::SseSession)),
+                Ok(Some(id)) => {
+                    return Ok(Classified {
+                        intent: Intent::SseMessage,
+                        key: Some((KeyKind::SseSession, id.as_bytes())),
+                    });
+                }
+                Ok(None) if on_sse && req.method == Method::GET => {
+                    return Ok(Classified {
+                        intent: Intent::SseConnect,
+                        key: None,
+                    });
+                }
+                Ok(None) if on_messages => return Err(Reason::BadEra(BadEra::MissingSseSession)),
+                Ok(None) => {}
             }
         }
+    }
+
+    // Paths that are not MCP endpoints are routed statelessly, whatever headers they carry:
+    // OAuth discovery and the like must neither pin nor forget a session.
+    let mcp_path = match &paths.mcp {
+        Some(mcp) => mcp.iter().any(|p| p == path),
+        None => !path.starts_with("/.well-known/"),
+    };
+    if !mcp_path {
+        return stateless;
     }
 
     let header = |name: &HeaderName| req.headers.get(name).map(|v| v.as_bytes());
     if is_modern(header(&MCP_PROTOCOL_VERSION)) {
         let method = header(&MCP_METHOD).unwrap_or_default();
         if matches!(method, b"tasks/get" | b"tasks/update" | b"tasks/cancel") {
+            let name = single(req, &MCP_NAME).map_err(|()| Reason::AmbiguousKey(KeyKind::Task))?;
             // A missing Mcp-Name is an empty (invalid) key.
             return Ok(Classified {
                 intent: Intent::TaskRequest,
-                key: Some((KeyKind::Task, header(&MCP_NAME).unwrap_or_default())),
+                key: Some((KeyKind::Task, name.unwrap_or_default())),
             });
         }
         let may_create_task = req.method == Method::POST
@@ -161,7 +202,9 @@ pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'
         });
     }
 
-    let Some(session) = header(&MCP_SESSION_ID) else {
+    let session =
+        single(req, &MCP_SESSION_ID).map_err(|()| Reason::AmbiguousKey(KeyKind::Session))?;
+    let Some(session) = session else {
         let intent = if req.method == Method::POST {
             Intent::SessionStart
         } else {
@@ -186,12 +229,18 @@ mod tests {
 
     #[test]
     fn sse_session_params_of_every_sdk_are_found() {
-        assert_eq!(sse_session_param("sessionId=a1"), Some("a1"));
-        assert_eq!(sse_session_param("x=1&session_id=b2"), Some("b2"));
-        assert_eq!(sse_session_param("sessionid=c3&x=1"), Some("c3"));
-        assert_eq!(sse_session_param("SessionId=d4"), None);
-        assert_eq!(sse_session_param("session=e5"), None);
-        assert_eq!(sse_session_param("sessionId"), None);
+        assert_eq!(sse_session_param("sessionId=a1"), Ok(Some("a1")));
+        assert_eq!(sse_session_param("x=1&session_id=b2"), Ok(Some("b2")));
+        assert_eq!(sse_session_param("sessionid=c3&x=1"), Ok(Some("c3")));
+        assert_eq!(sse_session_param("SessionId=d4"), Ok(None));
+        assert_eq!(sse_session_param("session=e5"), Ok(None));
+        assert_eq!(sse_session_param("sessionId"), Ok(None));
+    }
+
+    #[test]
+    fn two_session_params_are_ambiguous_whatever_their_spelling() {
+        assert_eq!(sse_session_param("session_id=a&session_id=b"), Err(()));
+        assert_eq!(sse_session_param("sessionId=a&session_id=a"), Err(()));
     }
 
     #[test]

@@ -62,9 +62,11 @@ pub enum How {
 /// [`Router::route`](super::Router::route) creates it; pass it to
 /// [`on_response_head`](super::Router::on_response_head), to
 /// [`on_response_chunk`](super::Router::on_response_chunk) while observing the body, and
-/// finally, by value, to [`on_exchange_end`](super::Router::on_exchange_end). Dropping it
-/// without ending it leaks what it holds (an open stream keeps its session from expiring; a
-/// legacy SSE binding stays until its TTL).
+/// finally, by value, to [`on_exchange_end`](super::Router::on_exchange_end) (or hand it to
+/// [`ObservedBody`](crate::body::ObservedBody), which does all that). Dropping it without
+/// ending it leaks what it holds: an open stream keeps its session from expiring, a legacy
+/// SSE binding stays until its owner is removed.
+#[must_use = "an exchange must be ended with Router::on_exchange_end"]
 pub struct Exchange {
     pub(crate) tenant: TenantId,
     pub(crate) backend: BackendId,
@@ -124,8 +126,9 @@ impl Exchange {
         self.how
     }
 
-    /// The MCP era the request belongs to.
-    pub fn era(&self) -> Era {
+    /// The MCP era the request belongs to; `None` for a request routed as plain HTTP (a
+    /// non-MCP path, or a keyless legacy `GET`).
+    pub fn era(&self) -> Option<Era> {
         self.intent.era()
     }
 
@@ -179,6 +182,7 @@ pub enum Routed {
 /// [`Router::on_response_head`](super::Router::on_response_head).
 #[must_use]
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum HeadOutcome {
     /// Forward the response; the router needs nothing of its body.
     Forward,

@@ -1,8 +1,9 @@
 //! Backends, their tenants and states, and placement.
 //!
-//! Each backend slot publishes a packed atomic word (generation, state flags, drain deadline),
-//! so that routing a pinned request checks its owner without a lock. Everything else sits
-//! behind a read-mostly lock taken by placement and by out-of-band fleet changes.
+//! Each backend slot publishes a packed atomic word (generation and state flags) and its drain
+//! deadline, so that routing a pinned request checks its owner without a lock. Everything else
+//! sits behind a read-mostly lock taken by placement and by out-of-band fleet changes; no
+//! caller code ever runs under that lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -37,6 +38,14 @@ pub enum Placement {
     WeightedRoundRobin,
 }
 
+/// A tenant's fleet: its backend slots, in the order they were added, and its own turn
+/// counter (tenants do not share turns, or one tenant's traffic would skew another's).
+#[derive(Debug, Default)]
+struct Tenant {
+    slots: Vec<u16>,
+    turn: AtomicU64,
+}
+
 /// What a fleet operation was given that does not exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -59,7 +68,7 @@ pub struct BackendInfo {
     pub tenant: TenantId,
     /// The embedder's label (for example its base URL).
     pub label: Arc<str>,
-    /// Its weight for weighted round robin.
+    /// Its weight for weighted round robin; 0 takes it out of every placement.
     pub weight: u32,
     /// Draining: keeps its keys, gets nothing new.
     pub draining: bool,
@@ -74,9 +83,9 @@ pub struct BackendInfo {
 }
 
 impl BackendInfo {
-    /// Ready for new conversations: healthy and not draining.
+    /// Ready for new conversations: healthy, not draining, and weighted above zero.
     pub fn ready(&self) -> bool {
-        self.healthy && !self.draining
+        self.healthy && !self.draining && self.weight > 0
     }
 }
 
@@ -110,16 +119,18 @@ struct Meta {
 struct State {
     slots: Vec<Meta>,
     free: Vec<u16>,
-    tenants: HashMap<TenantId, Vec<u16>>,
+    tenants: HashMap<TenantId, Tenant>,
 }
 
 /// The backends of every tenant.
 #[derive(Debug)]
 pub(crate) struct Fleet {
+    /// Per slot: generation (low 16 bits) and state flags.
     hot: Box<[AtomicU64]>,
+    /// Per slot: the drain deadline in milliseconds since `epoch`, plus one (0: none).
+    deadlines: Box<[AtomicU64]>,
     state: RwLock<State>,
     epoch: OnceLock<Instant>,
-    turn: AtomicU64,
     unhealthy_after: u32,
     healthy_after: u32,
 }
@@ -129,9 +140,9 @@ impl Fleet {
         let max = max_backends.clamp(1, 1 << 16);
         Fleet {
             hot: (0..max).map(|_| AtomicU64::new(0)).collect(),
+            deadlines: (0..max).map(|_| AtomicU64::new(0)).collect(),
             state: RwLock::new(State::default()),
             epoch: OnceLock::new(),
-            turn: AtomicU64::new(0),
             unhealthy_after: unhealthy_after.max(1),
             healthy_after: healthy_after.max(1),
         }
@@ -157,14 +168,12 @@ impl Fleet {
         if meta.revoked {
             word |= REVOKED;
         }
-        if let Some(deadline) = meta.deadline {
-            // Milliseconds since the epoch, plus one so that zero means "no deadline".
-            let ms = self
-                .millis(deadline)
-                .saturating_add(1)
-                .min(u64::from(u32::MAX));
-            word |= ms << 32;
-        }
+        // Milliseconds since the epoch (a u64: no wrap in any uptime), plus one so that zero
+        // means "no deadline". Stored before the flags, which readers load first.
+        let deadline = meta
+            .deadline
+            .map_or(0, |d| self.millis(d).saturating_add(1));
+        self.deadlines[usize::from(slot)].store(deadline, Ordering::Release);
         self.hot[usize::from(slot)].store(word, Ordering::Release);
     }
 
@@ -180,18 +189,26 @@ impl Fleet {
         if word & REVOKED != 0 {
             return OwnerStatus::Revoked;
         }
-        let deadline = word >> 32;
-        if word & DRAINING != 0 && deadline != 0 && self.millis(now) + 1 >= deadline {
-            return OwnerStatus::Revoked;
+        if word & DRAINING != 0 {
+            let deadline = self.deadlines[usize::from(owner.slot())].load(Ordering::Acquire);
+            if deadline != 0 && self.millis(now) + 1 >= deadline {
+                return OwnerStatus::Revoked;
+            }
         }
         OwnerStatus::Live
     }
 
-    /// The tenant of a live backend.
-    pub(crate) fn tenant_of(&self, id: BackendId) -> Option<TenantId> {
+    /// Whether `id` is a ready backend (as placement means it) of `tenant`'s fleet.
+    pub(crate) fn is_ready_in(&self, id: BackendId, tenant: TenantId) -> bool {
         let state = self.state.read();
-        let meta = state.slots.get(usize::from(id.slot()))?;
-        (meta.occupied && meta.generation == id.generation()).then_some(meta.tenant)
+        state.slots.get(usize::from(id.slot())).is_some_and(|meta| {
+            meta.occupied
+                && meta.generation == id.generation()
+                && meta.tenant == tenant
+                && !meta.draining
+                && meta.healthy
+                && meta.weight > 0
+        })
     }
 
     pub(crate) fn add(
@@ -237,7 +254,7 @@ impl Fleet {
                 (state.slots.len() - 1) as u16
             }
         };
-        state.tenants.entry(tenant).or_default().push(slot);
+        state.tenants.entry(tenant).or_default().slots.push(slot);
         let meta = &state.slots[usize::from(slot)];
         self.publish(slot, meta);
         Ok(BackendId::new(slot, meta.generation))
@@ -271,8 +288,8 @@ impl Fleet {
         let tenant = meta.tenant;
         self.publish(id.slot(), meta);
         state.free.push(id.slot());
-        if let Some(slots) = state.tenants.get_mut(&tenant) {
-            slots.retain(|&s| s != id.slot());
+        if let Some(fleet) = state.tenants.get_mut(&tenant) {
+            fleet.slots.retain(|&s| s != id.slot());
         }
         Ok(())
     }
@@ -362,54 +379,45 @@ impl Fleet {
             .collect()
     }
 
-    /// Chooses a ready backend of `tenant`'s fleet that `accept` takes, trying the policy's
-    /// candidates in order; `None` if none is ready or every one was vetoed. Counts vetoes in
-    /// `vetoed`.
-    pub(crate) fn place(
+    /// The policy's choice among `tenant`'s ready backends, skipping `refused`; `None` if
+    /// none is left. Takes the fleet lock only for the choice: the caller's veto runs outside.
+    ///
+    /// Ready means healthy, not draining, and a weight above zero (weight 0 takes a backend
+    /// out of every placement while it keeps serving its keys).
+    pub(crate) fn pick(
         &self,
         tenant: TenantId,
         policy: Placement,
         table: &dyn SessionTable,
-        mut accept: impl FnMut(BackendId) -> bool,
-        vetoed: &mut u64,
+        refused: &[BackendId],
     ) -> Option<BackendId> {
         let state = self.state.read();
-        let slots = state.tenants.get(&tenant).filter(|s| !s.is_empty())?;
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let fleet = state.tenants.get(&tenant).filter(|f| !f.slots.is_empty())?;
+        let slots = &fleet.slots;
+        let turn = fleet.turn.fetch_add(1, Ordering::Relaxed);
         let n = slots.len();
         // Where ties start this turn: the tenant's backends take turns at being preferred.
         let start = (turn % n as u64) as usize;
-        // Ready candidates as (rank, id, weight); the list is short, the walk allocation-free.
-        let ready = |i: usize| -> Option<Candidate> {
+        // Ready candidates; the list is short, the walk allocation-free.
+        let candidates = (0..n).filter_map(|i| {
             let slot = slots[i];
             let word = self.hot[usize::from(slot)].load(Ordering::Acquire);
-            let usable = word & OCCUPIED != 0 && word & (DRAINING | UNHEALTHY) == 0;
-            let meta = &state.slots[usize::from(slot)];
-            let rank = (i + n - start) % n;
-            usable.then(|| Candidate {
-                rank,
-                id: BackendId::new(slot, word as u16),
-                weight: meta.weight,
+            let weight = state.slots[usize::from(slot)].weight;
+            let ready = word & OCCUPIED != 0 && word & (DRAINING | UNHEALTHY) == 0 && weight > 0;
+            let id = BackendId::new(slot, word as u16);
+            (ready && !refused.contains(&id)).then_some(Candidate {
+                rank: (i + n - start) % n,
+                id,
+                weight,
             })
-        };
-        let mut refused: Vec<BackendId> = Vec::new();
-        loop {
-            let candidates = (0..n)
-                .filter_map(ready)
-                .filter(|c| !refused.contains(&c.id));
-            let choice = match policy {
-                Placement::WeightedRoundRobin => weighted_turn(candidates, turn),
-                Placement::LeastSessions => least_sessions(candidates, table),
-                Placement::PowerOfTwoChoices => {
-                    let all: Vec<_> = candidates.collect();
-                    two_choices(&all, turn, table)
-                }
-            }?;
-            if accept(choice) {
-                return Some(choice);
+        });
+        match policy {
+            Placement::WeightedRoundRobin => weighted_turn(candidates, turn),
+            Placement::LeastSessions => least_sessions(candidates, table),
+            Placement::PowerOfTwoChoices => {
+                let all: Vec<_> = candidates.collect();
+                two_choices(&all, turn, table)
             }
-            *vetoed += 1;
-            refused.push(choice);
         }
     }
 }
@@ -428,13 +436,13 @@ fn weighted_turn(
     candidates: impl Iterator<Item = Candidate> + Clone,
     turn: u64,
 ) -> Option<BackendId> {
-    let total: u64 = candidates.clone().map(|c| u64::from(c.weight.max(1))).sum();
+    let total: u64 = candidates.clone().map(|c| u64::from(c.weight)).sum();
     if total == 0 {
         return None;
     }
     let mut at = turn % total;
     for c in candidates {
-        let weight = u64::from(c.weight.max(1));
+        let weight = u64::from(c.weight);
         if at < weight {
             return Some(c.id);
         }

@@ -63,6 +63,7 @@ pub(crate) struct Counters {
     pub(crate) unlearned: Counter,
     pub(crate) observed: Counter,
     pub(crate) observe_limit: Counter,
+    pub(crate) encoded: Counter,
     pub(crate) vetoed: Counter,
 }
 
@@ -95,12 +96,15 @@ pub struct Metrics {
     pub key_conflicts: u64,
     /// Responses to a keyed request that presented another session id (not learned).
     pub id_mismatches: u64,
-    /// Keys a backend minted that the table could not store.
+    /// Keys a backend revealed that could not be stored: not routable (too long, bad bytes),
+    /// or the table full.
     pub keys_unlearned: u64,
     /// Response bodies observed for a key.
     pub bodies_observed: u64,
     /// Observations stopped at the byte bound before finding a key.
     pub observe_limit_hits: u64,
+    /// Bodies that would have been observed but were content-encoded (compressed).
+    pub bodies_encoded: u64,
     /// Placement choices the caller vetoed.
     pub vetoes: u64,
     /// Every backend, with its state and live keys.
@@ -146,6 +150,7 @@ impl Counters {
             keys_unlearned: self.unlearned.get(),
             bodies_observed: self.observed.get(),
             observe_limit_hits: self.observe_limit.get(),
+            bodies_encoded: self.encoded.get(),
             vetoes: self.vetoed.get(),
             backends,
             table,

@@ -24,7 +24,7 @@ pub use exchange::{ChunkOutcome, End, Exchange, HeadOutcome, How, Routed};
 pub use extract::{KeyExtractor, KeyFn, PrincipalExtractor, TenantExtractor, key_fn};
 pub use fleet::{BackendInfo, FleetError, Placement};
 pub use metrics::Metrics;
-pub use reject::{Reason, Rejection};
+pub use reject::{BadEra, Reason, Rejection};
 
 use classify::{Intent, Paths, classify};
 use exchange::IdBuf;
@@ -207,6 +207,7 @@ impl Router {
             paths: Paths {
                 sse: Some("/sse".into()),
                 messages: vec!["/messages".into(), "/messages/".into()],
+                mcp: None,
                 task_creating: vec!["tools/call".into()],
             },
             max_key_len: Key::DEFAULT_MAX_LEN,
@@ -265,6 +266,15 @@ impl<T> RouterBuilder<T> {
         self
     }
 
+    /// The paths of the Streamable HTTP / 2026-07-28 endpoints (for example `/mcp`). Requests
+    /// to other paths are routed as plain HTTP: placed, their keys neither looked up nor
+    /// learned nor forgotten. By default every path is an endpoint except `/.well-known/…`
+    /// (OAuth discovery and the like).
+    pub fn mcp_paths<I: IntoIterator<Item = S>, S: Into<String>>(mut self, paths: I) -> Self {
+        self.paths.mcp = Some(paths.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// The `Mcp-Method`s whose 2026-07-28 responses may hold a `CreateTaskResult` and are
     /// observed for one (default `tools/call`).
     pub fn task_creating_methods<I: IntoIterator<Item = S>, S: Into<String>>(
@@ -316,8 +326,10 @@ impl<T> RouterBuilder<T> {
     }
 
     /// Opt-in cookie fallback: conversation starts placed by the router set a cookie of this
-    /// name naming their backend, and a request carrying no key but this cookie is routed by
-    /// it (for clients with cookie jars: browsers, Python clients). Off by default.
+    /// name naming their backend, and a request carrying no key but this cookie goes to that
+    /// backend while it is ready (for clients with cookie jars: browsers, Python clients); a
+    /// cookie naming a backend that is gone or not ready is ignored and the request placed.
+    /// Off by default.
     pub fn affinity_cookie(mut self, name: &str) -> Self {
         self.cookie = Some(name.into());
         self
@@ -376,6 +388,7 @@ impl<T> RouterBuilder<T> {
 /// What one [`Router::maintain`] call did.
 #[must_use]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Maintenance {
     /// Table entries looked at for idle expiry.
     pub examined: usize,
@@ -383,6 +396,29 @@ pub struct Maintenance {
     pub expired: usize,
     /// Keys revoked because their draining owner's deadline passed.
     pub revoked: usize,
+}
+
+/// Whether the body is sent as is (no `Content-Encoding`, or `identity`).
+fn identity_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// How learning a key a backend revealed went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Learned {
+    /// Bound to the backend (or already was).
+    Bound,
+    /// Not an id this router can route by (too long, or not visible ASCII).
+    Unroutable,
+    /// Another backend owns it.
+    Conflict,
+    /// The table is full.
+    Full(crate::table::Scope),
+    /// The table stores nothing.
+    Refused,
 }
 
 fn content_type_is(headers: &HeaderMap, prefix: &str) -> bool {
@@ -432,7 +468,7 @@ impl<T: SessionTable> Router<T> {
     ) -> Routed {
         let class = match classify(req, &self.paths) {
             Ok(class) => class,
-            Err(why) => return Routed::Reject(self.reject(Reason::BadEra(why))),
+            Err(reason) => return Routed::Reject(self.reject(reason)),
         };
         let principal = self.principal.as_ref().and_then(|p| p.principal(req));
         if let Some((kind, id)) = class.key {
@@ -453,8 +489,15 @@ impl<T: SessionTable> Router<T> {
                 }
             };
         }
-        if let Some(owner) = self.cookie_owner(req) {
-            return self.route_cookie(tenant, owner, class.intent, principal, now);
+        if let Some(backend) = self.cookie_backend(tenant, req) {
+            self.counters.pinned.incr();
+            return Routed::Forward(Exchange::new(
+                tenant,
+                backend,
+                How::Pinned,
+                class.intent,
+                principal,
+            ));
         }
         self.place(tenant, class.intent, principal, accept, None)
     }
@@ -529,12 +572,7 @@ impl<T: SessionTable> Router<T> {
         } else {
             Placement::WeightedRoundRobin
         };
-        let mut vetoed = 0;
-        let chosen = self
-            .fleet
-            .place(tenant, policy, &self.table, accept, &mut vetoed);
-        self.counters.vetoed.add(vetoed);
-        let Some(backend) = chosen else {
+        let Some(backend) = self.choose(tenant, policy, accept) else {
             return Routed::Reject(self.reject(Reason::NoReadyBackend));
         };
         self.counters.placed.incr();
@@ -544,8 +582,32 @@ impl<T: SessionTable> Router<T> {
         Routed::Forward(exchange)
     }
 
-    /// The backend named by the request's affinity cookie, if the fallback is on.
-    fn cookie_owner(&self, req: &request::Parts) -> Option<Option<BackendId>> {
+    /// The policy's first choice that `accept` takes. The fleet lock is not held while
+    /// `accept` runs, so it may call back into the router.
+    fn choose(
+        &self,
+        tenant: TenantId,
+        policy: Placement,
+        mut accept: impl FnMut(BackendId) -> bool,
+    ) -> Option<BackendId> {
+        let mut refused: Vec<BackendId> = Vec::new();
+        loop {
+            let choice = self.fleet.pick(tenant, policy, &self.table, &refused)?;
+            if accept(choice) {
+                return Some(choice);
+            }
+            self.counters.vetoed.incr();
+            refused.push(choice);
+        }
+    }
+
+    /// The backend named by the request's affinity cookie, if the fallback is on and the
+    /// cookie names a ready backend of the tenant. Anything else (no cookie, a malformed one,
+    /// a backend gone, draining, unhealthy or of another tenant) is no hint at all: the
+    /// request is placed like any keyless request, and a conversation start gets a fresh
+    /// cookie. A client can name any ready backend of its tenant this way, which is no more
+    /// than placement could have given it.
+    fn cookie_backend(&self, tenant: TenantId, req: &request::Parts) -> Option<BackendId> {
         let name = self.cookie.as_deref()?;
         let value = req
             .headers
@@ -556,45 +618,9 @@ impl<T: SessionTable> Router<T> {
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v)?;
-        let parsed = value.split_once('.').and_then(|(slot, generation)| {
-            Some(BackendId::new(slot.parse().ok()?, generation.parse().ok()?))
-        });
-        Some(parsed)
-    }
-
-    fn route_cookie(
-        &self,
-        tenant: TenantId,
-        owner: Option<BackendId>,
-        intent: Intent,
-        principal: Option<Principal>,
-        now: Instant,
-    ) -> Routed {
-        let live = owner.filter(|&id| {
-            self.fleet.tenant_of(id) == Some(tenant)
-                && self.fleet.owner_status(id, now) == OwnerStatus::Live
-        });
-        match live {
-            Some(backend) => {
-                self.counters.pinned.incr();
-                Routed::Forward(Exchange::new(
-                    tenant,
-                    backend,
-                    How::Pinned,
-                    intent,
-                    principal,
-                ))
-            }
-            None => {
-                let name = self.cookie.as_deref().unwrap_or_default();
-                let clear = HeaderValue::from_str(&format!("{name}=; Path=/; Max-Age=0"))
-                    .unwrap_or_else(|_| HeaderValue::from_static(""));
-                Routed::Reject(
-                    self.reject(Reason::OwnerGone(KeyKind::Cookie))
-                        .with_clear_cookie(clear),
-                )
-            }
-        }
+        let (slot, generation) = value.split_once('.')?;
+        let id = BackendId::new(slot.parse().ok()?, generation.parse().ok()?);
+        self.fleet.is_ready_in(id, tenant).then_some(id)
     }
 
     fn reject(&self, reason: Reason) -> Rejection {
@@ -624,10 +650,9 @@ impl<T: SessionTable> Router<T> {
         let ok = status.is_success();
         if let Some(id) = exchange.bind_operator.take() {
             if ok {
-                let outcome = self.learn(exchange, KeyKind::Operator, id.as_bytes(), now);
-                if let HeadOutcome::Replace(_) = outcome {
-                    return outcome;
-                }
+                // The call already ran: a binding that fails is counted, never turned into an
+                // error the client would retry (and repeat a call that was not idempotent).
+                let _ = self.learn(exchange, KeyKind::Operator, id.as_bytes(), false, now);
             }
         }
         if exchange.set_cookie && ok {
@@ -644,13 +669,24 @@ impl<T: SessionTable> Router<T> {
             }
         }
         match exchange.intent {
+            Intent::SseConnect | Intent::ModernCall { .. }
+                if ok && !identity_encoded(&response.headers) =>
+            {
+                // A compressed body cannot be read for its key (proxies should not ask
+                // backends for compression on these paths): counted, not observed.
+                self.counters.encoded.incr();
+                HeadOutcome::Forward
+            }
             Intent::SseConnect if ok && content_type_is(&response.headers, "text/event-stream") => {
                 exchange.observer = Some(Box::new(Observer::endpoint(self.max_observe)));
                 self.counters.observed.incr();
                 HeadOutcome::Observe
             }
             Intent::SessionStart if ok => match response.headers.get(&MCP_SESSION_ID) {
-                Some(id) => self.learn(exchange, KeyKind::Session, id.as_bytes(), now),
+                Some(id) => {
+                    let learned = self.learn(exchange, KeyKind::Session, id.as_bytes(), false, now);
+                    self.learned_head(learned, KeyKind::Session)
+                }
                 None => HeadOutcome::Forward,
             },
             Intent::SessionPost
@@ -719,34 +755,54 @@ impl<T: SessionTable> Router<T> {
         }
     }
 
-    /// Binds a key a backend revealed to that backend.
-    fn learn(&self, exchange: &Exchange, kind: KeyKind, id: &[u8], now: Instant) -> HeadOutcome {
+    /// Binds a key a backend revealed to that backend; with `stream`, the binding holds one
+    /// open stream from the start (a legacy SSE session, bound while its stream lives).
+    fn learn(
+        &self,
+        exchange: &Exchange,
+        kind: KeyKind,
+        id: &[u8],
+        stream: bool,
+        now: Instant,
+    ) -> Learned {
         let Ok(key) = Key::with_max_len(exchange.tenant, kind, id, self.max_key_len) else {
-            // Not an id this router can route by: clients will be refused with InvalidKey.
             self.counters.unlearned.incr();
-            return HeadOutcome::Forward;
+            return Learned::Unroutable;
         };
-        match self
-            .table
-            .insert(&key, exchange.backend, exchange.principal, now)
-        {
+        let (backend, principal) = (exchange.backend, exchange.principal);
+        let inserted = if stream {
+            self.table.insert_streaming(&key, backend, principal, now)
+        } else {
+            self.table.insert(&key, backend, principal, now)
+        };
+        match inserted {
             Ok(Insert::Added { evicted }) => {
                 self.counters.learned.incr();
                 if evicted {
                     self.counters.evicted.incr();
                 }
-                HeadOutcome::Forward
+                Learned::Bound
             }
-            Ok(Insert::Exists(entry)) if entry.owner == exchange.backend => HeadOutcome::Forward,
+            Ok(Insert::Exists(entry)) if entry.owner == backend => Learned::Bound,
             Ok(_) => {
                 self.counters.conflicts.incr();
-                HeadOutcome::Replace(self.reject(Reason::KeyConflict(kind)))
+                Learned::Conflict
             }
             Err(InsertError::Full { scope }) => {
                 self.counters.unlearned.incr();
-                HeadOutcome::Replace(self.reject(Reason::TableFull(scope)))
+                Learned::Full(scope)
             }
-            Err(_) => HeadOutcome::Forward,
+            Err(_) => Learned::Refused,
+        }
+    }
+
+    /// What to do with a response whose head revealed a new conversation's key.
+    fn learned_head(&self, learned: Learned, kind: KeyKind) -> HeadOutcome {
+        match learned {
+            Learned::Bound | Learned::Refused => HeadOutcome::Forward,
+            Learned::Unroutable => HeadOutcome::Replace(self.reject(Reason::UnroutableKey(kind))),
+            Learned::Conflict => HeadOutcome::Replace(self.reject(Reason::KeyConflict(kind))),
+            Learned::Full(scope) => HeadOutcome::Replace(self.reject(Reason::TableFull(scope))),
         }
     }
 
@@ -774,18 +830,16 @@ impl<T: SessionTable> Router<T> {
     }
 
     fn learn_from_body(&self, exchange: &mut Exchange, id: &IdBuf, now: Instant) {
-        let kind = match exchange.intent {
-            Intent::SseConnect => KeyKind::SseSession,
-            _ => KeyKind::Task,
+        // The headers are gone: a refusal can only be counted (clients get a clear 404).
+        let sse = exchange.intent == Intent::SseConnect;
+        let kind = if sse {
+            KeyKind::SseSession
+        } else {
+            KeyKind::Task
         };
-        // Headers are gone: a refusal can only be counted (clients will get a clear 404).
-        if let HeadOutcome::Forward = self.learn(exchange, kind, id.as_bytes(), now) {
-            if kind == KeyKind::SseSession {
-                let key = exchange.key_of(kind, id);
-                if self.table.open_stream(&key, now).is_some() {
-                    exchange.stream_binding = Some(Box::new(id.clone()));
-                }
-            }
+        let learned = self.learn(exchange, kind, id.as_bytes(), sse, now);
+        if sse && learned == Learned::Bound {
+            exchange.stream_binding = Some(Box::new(id.clone()));
         }
     }
 
@@ -862,7 +916,8 @@ impl<T: SessionTable> Router<T> {
         self.fleet.add(info.tenant, info.label, info.weight)
     }
 
-    /// Sets a backend's weight for weighted round robin.
+    /// Sets a backend's weight for weighted round robin; 0 takes it out of every placement
+    /// (it keeps serving its keys).
     pub fn set_weight(&self, id: BackendId, weight: u32) -> Result<(), FleetError> {
         self.fleet.set_weight(id, weight)
     }

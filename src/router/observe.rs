@@ -31,12 +31,10 @@ pub(crate) enum Observer {
     /// `CreateTaskResult`.
     #[cfg(feature = "tasks")]
     TaskEvents { events: sse::Parser, seen: usize },
-    /// A 2026-07-28 call answered with JSON, gathered up to the bound.
+    /// A 2026-07-28 call answered with JSON, gathered up to the bound and parsed once its
+    /// top-level value is complete.
     #[cfg(feature = "tasks")]
-    TaskJson {
-        body: BytesMut,
-        expected: Option<usize>,
-    },
+    TaskJson { body: BytesMut, framing: Framing },
 }
 
 fn parser(max: usize) -> sse::Parser {
@@ -67,7 +65,7 @@ impl Observer {
     pub(crate) fn task_json(expected: Option<usize>, max: usize) -> Self {
         Observer::TaskJson {
             body: BytesMut::with_capacity(expected.unwrap_or(1024).min(max)),
-            expected,
+            framing: Framing::default(),
         }
     }
 
@@ -103,21 +101,63 @@ impl Observer {
                 if *seen > max { Seen::Limit } else { Seen::More }
             }
             #[cfg(feature = "tasks")]
-            Observer::TaskJson { body, expected } => {
+            Observer::TaskJson { body, framing } => {
                 if body.len() + chunk.len() > max {
                     return Seen::Limit;
                 }
                 body.extend_from_slice(chunk);
-                if expected.is_some_and(|n| body.len() < n) {
+                // Each byte is scanned once for the end of the value; it is parsed once.
+                let Some(end) = framing.scan(chunk) else {
                     return Seen::More;
-                }
-                match task::classify_json(body) {
+                };
+                let value = &body[..body.len() - chunk.len() + end];
+                match task::classify_json(value) {
                     Some(task::Message::Task(id)) => Seen::Key(id),
-                    Some(_) => Seen::Nothing,
-                    None => Seen::More,
+                    _ => Seen::Nothing,
                 }
             }
         }
+    }
+}
+
+/// Finds where a JSON document's top-level object or array ends, a chunk at a time, so that
+/// it is parsed once instead of on every chunk (which would be quadratic in the chunks).
+#[cfg(feature = "tasks")]
+#[derive(Debug, Default)]
+pub(crate) struct Framing {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+}
+
+#[cfg(feature = "tasks")]
+impl Framing {
+    /// Reads the next chunk; the offset just past the end of the top-level value, if it ends
+    /// in this chunk.
+    fn scan(&mut self, chunk: &[u8]) -> Option<usize> {
+        for (i, &b) in chunk.iter().enumerate() {
+            if self.in_string {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
     }
 }
 
@@ -128,9 +168,13 @@ fn endpoint_session(url: &[u8]) -> Seen {
     };
     let url = url.trim();
     let url = url.split_once('#').map_or(url, |(before, _)| before);
-    url.split_once('?')
-        .and_then(|(_, query)| sse_session_param(query))
-        .map_or(Seen::Nothing, |id| Seen::Key(IdBuf::new(id.as_bytes())))
+    match url
+        .split_once('?')
+        .map(|(_, query)| sse_session_param(query))
+    {
+        Some(Ok(Some(id))) => Seen::Key(IdBuf::new(id.as_bytes())),
+        _ => Seen::Nothing,
+    }
 }
 
 /// Recognising a `CreateTaskResult` in a JSON-RPC message, with `serde_json`.
@@ -186,14 +230,9 @@ mod task {
         serde_json::from_slice::<Envelope<'_>>(data).map_or(Message::Other, of)
     }
 
-    /// A JSON body that may still be incomplete: `None` until it parses (or fails for another
-    /// reason than ending early, which is `Some(Other)`).
+    /// A complete JSON body; `None` if it is not a JSON-RPC message.
     pub(super) fn classify_json(body: &[u8]) -> Option<Message> {
-        match serde_json::from_slice::<Envelope<'_>>(body) {
-            Ok(envelope) => Some(of(envelope)),
-            Err(e) if e.is_eof() => None,
-            Err(_) => Some(Message::Other),
-        }
+        serde_json::from_slice::<Envelope<'_>>(body).ok().map(of)
     }
 }
 
@@ -243,13 +282,19 @@ mod tests {
         assert!(matches!(task::classify(error), Message::Response));
         let note = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
         assert!(matches!(task::classify(note), Message::Other));
-        assert!(
-            task::classify_json(&task[..20]).is_none(),
-            "incomplete JSON waits"
-        );
-        assert!(matches!(
-            task::classify_json(b"not json"),
-            Some(Message::Other)
-        ));
+        assert!(task::classify_json(b"not json").is_none());
+    }
+
+    #[cfg(feature = "tasks")]
+    #[test]
+    fn json_framing_finds_the_end_of_the_value_across_chunks_and_strings() {
+        let body = br#"{"a":"x}\"]{","b":[1,{"c":2}]}  "#;
+        let mut whole = Framing::default();
+        assert_eq!(whole.scan(body), Some(body.len() - 2));
+        // Byte by byte: the end is found at the same place, strings with brackets and
+        // escaped quotes included.
+        let mut bytes = Framing::default();
+        let end = (0..body.len()).find_map(|i| bytes.scan(&body[i..=i]).map(|_| i + 1));
+        assert_eq!(end, Some(body.len() - 2));
     }
 }

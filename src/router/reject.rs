@@ -3,7 +3,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, SET_COOKIE};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use crate::table::{InvalidKey, KeyKind, Scope};
@@ -20,8 +20,10 @@ use crate::table::{InvalidKey, KeyKind, Scope};
 /// | [`UnknownTenant`](Reason::UnknownTenant) | 404 | -32001 | — |
 /// | [`InvalidKey`](Reason::InvalidKey) | 400 | -32600 | fixes its request |
 /// | [`BadEra`](Reason::BadEra) | 400 | -32600 | fixes its request |
+/// | [`AmbiguousKey`](Reason::AmbiguousKey) | 400 | -32600 | fixes its request |
 /// | [`TableFull`](Reason::TableFull) | 503 + `Retry-After` | -32000 | retries later |
 /// | [`KeyConflict`](Reason::KeyConflict) | 503 + `Retry-After` | -32000 | retries (gets a new id) |
+/// | [`UnroutableKey`](Reason::UnroutableKey) | 502 | -32603 | reports it (the operator raises [`max_key_len`](super::RouterBuilder::max_key_len)) |
 /// | [`NoReadyBackend`](Reason::NoReadyBackend) | 503 + `Retry-After` | -32000 | retries later |
 ///
 /// Task keys (2026-07-28 era) that are unknown, gone or revoked answer 404 with code -32602
@@ -43,14 +45,20 @@ pub enum Reason {
     UnknownTenant,
     /// The request carried a key that is not a valid id.
     InvalidKey(KeyKind, InvalidKey),
-    /// The request does not fit the path it was sent to (for example a legacy SSE message
-    /// without its session parameter).
-    BadEra(&'static str),
+    /// The request does not fit the era of the path it was sent to.
+    BadEra(BadEra),
+    /// The request names more than one key (a repeated `Mcp-Session-Id` or `Mcp-Name`, or
+    /// two session query parameters): backends differ on which one they use, so the router
+    /// does not guess.
+    AmbiguousKey(KeyKind),
     /// A new conversation could not be recorded: the session table is full.
     TableFull(Scope),
     /// A backend minted a key that another backend already owns; the response was not
     /// forwarded, so the client retries and gets a fresh id.
     KeyConflict(KeyKind),
+    /// A backend minted a key this router cannot route by (longer than its bound, or not
+    /// visible ASCII): the conversation could never be routed, so it is refused at once.
+    UnroutableKey(KeyKind),
     /// A new conversation found no ready backend in its tenant's fleet.
     NoReadyBackend,
 }
@@ -66,14 +74,16 @@ impl Reason {
             Reason::UnknownTenant => "unknown_tenant",
             Reason::InvalidKey(..) => "invalid_key",
             Reason::BadEra(_) => "bad_era",
+            Reason::AmbiguousKey(_) => "ambiguous_key",
             Reason::TableFull(_) => "table_full",
             Reason::KeyConflict(_) => "key_conflict",
+            Reason::UnroutableKey(_) => "unroutable_key",
             Reason::NoReadyBackend => "no_ready_backend",
         }
     }
 
     /// Every reason's name ([`as_str`](Reason::as_str)), in the order [`Metrics::rejected`](super::Metrics::rejected) lists them.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: &'static [&'static str] = &[
         "unknown_key",
         "owner_gone",
         "owner_revoked",
@@ -81,8 +91,10 @@ impl Reason {
         "unknown_tenant",
         "invalid_key",
         "bad_era",
+        "ambiguous_key",
         "table_full",
         "key_conflict",
+        "unroutable_key",
         "no_ready_backend",
     ];
 
@@ -96,9 +108,11 @@ impl Reason {
             Reason::UnknownTenant => 4,
             Reason::InvalidKey(..) => 5,
             Reason::BadEra(_) => 6,
-            Reason::TableFull(_) => 7,
-            Reason::KeyConflict(_) => 8,
-            Reason::NoReadyBackend => 9,
+            Reason::AmbiguousKey(_) => 7,
+            Reason::TableFull(_) => 8,
+            Reason::KeyConflict(_) => 9,
+            Reason::UnroutableKey(_) => 10,
+            Reason::NoReadyBackend => 11,
         }
     }
 
@@ -109,7 +123,9 @@ impl Reason {
             | Reason::OwnerRevoked(kind)
             | Reason::WrongPrincipal(kind)
             | Reason::InvalidKey(kind, _)
-            | Reason::KeyConflict(kind) => Some(kind),
+            | Reason::AmbiguousKey(kind)
+            | Reason::KeyConflict(kind)
+            | Reason::UnroutableKey(kind) => Some(kind),
             _ => None,
         }
     }
@@ -124,11 +140,35 @@ impl fmt::Display for Reason {
             Reason::WrongPrincipal(kind) => write!(f, "{kind} key learned under another principal"),
             Reason::UnknownTenant => f.write_str("request maps to no tenant"),
             Reason::InvalidKey(kind, why) => write!(f, "invalid {kind} key: {why}"),
-            Reason::BadEra(why) => f.write_str(why),
+            Reason::BadEra(why) => fmt::Display::fmt(why, f),
+            Reason::AmbiguousKey(kind) => write!(f, "more than one {kind} key"),
             Reason::TableFull(scope) => write!(f, "session table full ({scope:?})"),
             Reason::KeyConflict(kind) => write!(f, "{kind} key minted by two backends"),
+            Reason::UnroutableKey(kind) => write!(f, "backend minted an unroutable {kind} key"),
             Reason::NoReadyBackend => f.write_str("no ready backend"),
         }
+    }
+}
+
+/// How a request misfits the era of its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BadEra {
+    /// A request on a legacy SSE message path without the session query parameter.
+    MissingSseSession,
+}
+
+impl BadEra {
+    fn message(self) -> &'static str {
+        match self {
+            BadEra::MissingSseSession => "Legacy SSE message without its session parameter",
+        }
+    }
+}
+
+impl fmt::Display for BadEra {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
     }
 }
 
@@ -144,7 +184,6 @@ pub struct Rejection {
     reason: Reason,
     retry_after: u32,
     body: Option<Bytes>,
-    clear_cookie: Option<HeaderValue>,
 }
 
 impl Rejection {
@@ -153,17 +192,11 @@ impl Rejection {
             reason,
             retry_after,
             body: None,
-            clear_cookie: None,
         }
     }
 
     pub(crate) fn with_body(mut self, body: Option<Bytes>) -> Self {
         self.body = body;
-        self
-    }
-
-    pub(crate) fn with_clear_cookie(mut self, cookie: HeaderValue) -> Self {
-        self.clear_cookie = Some(cookie);
         self
     }
 
@@ -180,10 +213,13 @@ impl Rejection {
             | Reason::OwnerRevoked(_)
             | Reason::WrongPrincipal(_)
             | Reason::UnknownTenant => StatusCode::NOT_FOUND,
-            Reason::InvalidKey(..) | Reason::BadEra(_) => StatusCode::BAD_REQUEST,
+            Reason::InvalidKey(..) | Reason::BadEra(_) | Reason::AmbiguousKey(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Reason::TableFull(_) | Reason::KeyConflict(_) | Reason::NoReadyBackend => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Reason::UnroutableKey(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -192,16 +228,12 @@ impl Rejection {
         (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(self.retry_after)
     }
 
-    /// The response headers: `Content-Type: application/json`, `Retry-After` on 503, and a
-    /// `Set-Cookie` that clears a stale affinity cookie when one led here.
+    /// The response headers: `Content-Type: application/json`, and `Retry-After` on 503.
     pub fn headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(3);
+        let mut headers = HeaderMap::with_capacity(2);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(seconds) = self.retry_after() {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        if let Some(cookie) = &self.clear_cookie {
-            headers.insert(SET_COOKIE, cookie.clone());
         }
         headers
     }
@@ -209,8 +241,9 @@ impl Rejection {
     /// The JSON-RPC error code of the body.
     pub fn code(&self) -> i32 {
         match (self.reason, self.reason.kind()) {
-            (Reason::InvalidKey(..) | Reason::BadEra(_), _) => -32600,
+            (Reason::InvalidKey(..) | Reason::BadEra(_) | Reason::AmbiguousKey(_), _) => -32600,
             (Reason::TableFull(_) | Reason::KeyConflict(_) | Reason::NoReadyBackend, _) => -32000,
+            (Reason::UnroutableKey(_), _) => -32603,
             (_, Some(KeyKind::Task)) => -32602,
             _ => -32001,
         }
@@ -221,9 +254,11 @@ impl Rejection {
         match (self.reason, self.reason.kind()) {
             (Reason::InvalidKey(..), Some(KeyKind::Task)) => "Invalid task id",
             (Reason::InvalidKey(..), _) => "Invalid session id",
-            (Reason::BadEra(why), _) => why,
+            (Reason::BadEra(why), _) => why.message(),
+            (Reason::AmbiguousKey(_), _) => "More than one session id",
             (Reason::TableFull(_), _) => "Too many sessions; retry later",
             (Reason::KeyConflict(_), _) => "Session id conflict; retry",
+            (Reason::UnroutableKey(_), _) => "Backend minted an unroutable session id",
             (Reason::NoReadyBackend, _) => "No backend available; retry later",
             (Reason::UnknownTenant, _) => "Unknown tenant",
             (_, Some(KeyKind::Task)) => "Task not found",

@@ -325,7 +325,8 @@ enum Bom {
 ///
 /// The parser holds at most one unfinished line ([`Limits::max_line_len`]) and one event's data
 /// ([`Limits::max_event_len`]); beyond either, the event is skipped (see [`Skipped`]). Held
-/// slices keep their chunks alive: at most the chunks the unfinished line and event lie in.
+/// slices keep their chunks alive: the chunks the unfinished line and event lie in, and the
+/// chunk the last event ID came from (which can outlive many events, until the next `id:`).
 ///
 /// # Warning
 ///

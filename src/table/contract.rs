@@ -54,6 +54,10 @@ const CHECKS: &[(&str, Check)] = &[
         set_owner_is_compare_and_set,
     ),
     ("streams are counted, never below zero", streams_are_counted),
+    (
+        "insert_streaming counts a stream from the start",
+        insert_streaming_counts_a_stream,
+    ),
     ("get marks the entry used", get_marks_use),
     (
         "idle entries expire, open streams keep them",
@@ -261,6 +265,36 @@ fn streams_are_counted(t: &dyn SessionTable, now: Instant) {
     assert_eq!(t.close_stream(&k, now).map(|e| e.streams), Some(1));
     assert_eq!(t.close_stream(&k, now).map(|e| e.streams), Some(0));
     assert_eq!(t.close_stream(&k, now).map(|e| e.streams), Some(0));
+}
+
+fn insert_streaming_counts_a_stream(t: &dyn SessionTable, now: Instant) {
+    let k = key(0, KeyKind::SseSession, "s1");
+    match t.insert_streaming(&k, A, None, now) {
+        Ok(Insert::Added { .. }) => {}
+        Err(InsertError::Disabled) => {
+            assert!(t.get(&k, now).is_none());
+            return;
+        }
+        other => panic!("insert_streaming of a new key answered {other:?}"),
+    }
+    assert_eq!(t.get(&k, now).map(|e| e.streams), Some(1));
+    // Again by the same owner: one more stream; by another: nothing changes.
+    assert!(matches!(
+        t.insert_streaming(&k, A, None, now),
+        Ok(Insert::Exists(_))
+    ));
+    assert_eq!(t.get(&k, now).map(|e| e.streams), Some(2));
+    assert!(matches!(t.insert_streaming(&k, B, None, now), Ok(Insert::Exists(e)) if e.owner == A));
+    assert_eq!(t.get(&k, now).map(|e| (e.owner, e.streams)), Some((A, 2)));
+    // It does not expire while its streams are open.
+    if let Some(ttl) = t.idle_ttl() {
+        let later = now + 3 * ttl + 2 * RESOLUTION;
+        let _ = t.evict_idle(later, 1000);
+        assert!(
+            t.get(&k, later).is_some(),
+            "an entry with open streams expired"
+        );
+    }
 }
 
 fn get_marks_use(t: &dyn SessionTable, now: Instant) {

@@ -17,18 +17,15 @@ pub enum KeyKind {
     Task,
     /// A key chosen by the operator's own extractor (an `Mcp-Param-*` header, a principal, …).
     Operator,
-    /// An affinity cookie set by the router on a placed response (opt-in fallback).
-    Cookie,
 }
 
 impl KeyKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [KeyKind; 5] = [
+    pub const ALL: &'static [KeyKind] = &[
         KeyKind::SseSession,
         KeyKind::Session,
         KeyKind::Task,
         KeyKind::Operator,
-        KeyKind::Cookie,
     ];
 
     /// A stable small number for storage.
@@ -38,7 +35,6 @@ impl KeyKind {
             KeyKind::Session => 2,
             KeyKind::Task => 3,
             KeyKind::Operator => 4,
-            KeyKind::Cookie => 5,
         }
     }
 
@@ -49,19 +45,17 @@ impl KeyKind {
             2 => KeyKind::Session,
             3 => KeyKind::Task,
             4 => KeyKind::Operator,
-            5 => KeyKind::Cookie,
             _ => return None,
         })
     }
 
-    /// A short lowercase name (`sse-session`, `session`, `task`, `operator`, `cookie`).
+    /// A short lowercase name (`sse-session`, `session`, `task`, `operator`).
     pub const fn as_str(self) -> &'static str {
         match self {
             KeyKind::SseSession => "sse-session",
             KeyKind::Session => "session",
             KeyKind::Task => "task",
             KeyKind::Operator => "operator",
-            KeyKind::Cookie => "cookie",
         }
     }
 }
@@ -318,7 +312,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_u8() {
-        for kind in KeyKind::ALL {
+        for &kind in KeyKind::ALL {
             assert_eq!(KeyKind::from_u8(kind.to_u8()), Some(kind));
         }
         assert_eq!(KeyKind::from_u8(0), None);

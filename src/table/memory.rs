@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use parking_lot::RwLock;
+use std::hash::Hash;
 
 use super::{
     Entry, Eviction, Insert, InsertError, Key, KeyKind, Occupancy, OwnedKey, Principal, Scope,
@@ -114,6 +115,61 @@ impl Default for MemoryTableConfig {
     }
 }
 
+/// The default hash of a [`MemoryTable`]: fast, seeded at random per table (`foldhash`, the
+/// default of `hashbrown`). Not a keyed cryptographic hash: where keys come from untrusted
+/// clients and collision flooding is a concern, build the table
+/// [`with_hasher`](MemoryTable::with_hasher) and a hardened `BuildHasher` such as
+/// `std::collections::hash_map::RandomState`.
+#[derive(Clone, Default)]
+pub struct FastHash(DefaultHashBuilder);
+
+impl fmt::Debug for FastHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FastHash")
+    }
+}
+
+impl BuildHasher for FastHash {
+    type Hasher = FastHasher;
+
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(self.0.build_hasher())
+    }
+}
+
+/// The hasher [`FastHash`] builds.
+pub struct FastHasher(<DefaultHashBuilder as BuildHasher>::Hasher);
+
+impl fmt::Debug for FastHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FastHasher")
+    }
+}
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.0.write_u8(n);
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.0.write_u16(n);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0.write_u32(n);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0.write_u64(n);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0.write_usize(n);
+    }
+}
+
 /// One entry: 64 bytes, ids up to [`INLINE`] bytes included, aligned so that an entry is
 /// exactly one cache line (a lookup that reaches it costs one memory access, not two).
 #[repr(align(64))]
@@ -164,8 +220,8 @@ struct Padded<T>(T);
 
 /// The default [`SessionTable`]: in memory, sharded, bounded.
 ///
-/// - **Fast**: a lookup hashes the key with a seeded fast hash (`foldhash` by default; pass a
-///   hardened `BuildHasher` such as `std::collections::hash_map::RandomState` with
+/// - **Fast**: a lookup hashes the key with a seeded fast hash ([`FastHash`]; pass a hardened
+///   `BuildHasher` such as `std::collections::hash_map::RandomState` with
 ///   [`with_hasher`](MemoryTable::with_hasher)), takes one shard's read lock and allocates
 ///   nothing. Readers write only the entry's last-use time, and only when it moved by a tick
 ///   (100 ms).
@@ -192,7 +248,7 @@ struct Padded<T>(T);
 /// assert_eq!(table.evict_idle(later, 1000).evicted, 1);
 /// assert!(table.get(&key, later).is_none());
 /// ```
-pub struct MemoryTable<S = DefaultHashBuilder> {
+pub struct MemoryTable<S = FastHash> {
     shards: Box<[Padded<RwLock<Shard>>]>,
     shard_mask: usize,
     hasher: S,
@@ -214,7 +270,7 @@ impl MemoryTable {
 
     /// A table with the given bounds.
     pub fn with_config(config: MemoryTableConfig) -> Self {
-        MemoryTable::with_hasher(config, DefaultHashBuilder::default())
+        MemoryTable::with_hasher(config, FastHash::default())
     }
 }
 
@@ -305,7 +361,7 @@ impl<S: BuildHasher> MemoryTable<S> {
     }
 
     /// Adds `delta` to a counter of `map`, creating it if needed; returns the previous value.
-    fn bump<K: std::hash::Hash + Eq + Copy>(
+    fn bump<K: Hash + Eq + Copy>(
         map: &RwLock<HashMap<K, AtomicUsize>>,
         key: K,
         add: bool,
@@ -323,10 +379,7 @@ impl<S: BuildHasher> MemoryTable<S> {
         apply(map.write().entry(key).or_default())
     }
 
-    fn read_count<K: std::hash::Hash + Eq>(
-        map: &RwLock<HashMap<K, AtomicUsize>>,
-        key: &K,
-    ) -> usize {
+    fn read_count<K: Hash + Eq>(map: &RwLock<HashMap<K, AtomicUsize>>, key: &K) -> usize {
         map.read().get(key).map_or(0, |c| c.load(Relaxed))
     }
 
@@ -335,6 +388,75 @@ impl<S: BuildHasher> MemoryTable<S> {
         self.len.fetch_sub(1, Relaxed);
         Self::bump(&self.owners, slot.owner, false);
         Self::bump(&self.tenants, slot.tenant, false);
+    }
+}
+
+impl<S: BuildHasher> MemoryTable<S> {
+    /// Inserts `key` with `streams` open, or counts `streams` more on it if it exists with
+    /// the same owner: one critical section, so nothing can evict it in between.
+    fn insert_with_streams(
+        &self,
+        key: &Key<'_>,
+        owner: BackendId,
+        principal: Option<Principal>,
+        now: Instant,
+        streams: u16,
+    ) -> Result<Insert, InsertError> {
+        let hash = self.hash(key);
+        let tick = self.tick(now);
+        let mut shard = self.shard(hash).write();
+        if let Some(i) = shard.find(hash, key) {
+            let existing = self.entry(&shard, i);
+            if streams > 0 && existing.owner == owner {
+                let slot = &mut shard.slots[i];
+                slot.streams = add_streams(slot.streams, streams);
+                slot.used.store(tick, Relaxed);
+            }
+            return Ok(Insert::Exists(existing));
+        }
+        // Reserve room first, so that concurrent inserts never overshoot a bound.
+        let tenant = key.tenant().get();
+        let global_ok = self.len.fetch_add(1, Relaxed) < self.config.capacity;
+        let tenant_ok = Self::bump(&self.tenants, tenant, true) < self.config.tenant_capacity;
+        let mut evicted = false;
+        if !(global_ok && tenant_ok) {
+            let scope = if tenant_ok {
+                Scope::Global
+            } else {
+                Scope::Tenant
+            };
+            match shard.lru_victim((!tenant_ok).then_some(tenant)) {
+                Some(victim) => {
+                    let (slot, _) = shard.remove_at(&self.hasher, victim);
+                    self.forget_counts(&slot);
+                    evicted = true;
+                }
+                None => {
+                    self.len.fetch_sub(1, Relaxed);
+                    Self::bump(&self.tenants, tenant, false);
+                    return Err(InsertError::Full { scope });
+                }
+            }
+        }
+        let i = shard.push(&self.hasher, hash, key, owner.to_bits(), principal, tick);
+        shard.slots[i].streams = streams;
+        Self::bump(&self.owners, owner.to_bits(), true);
+        Ok(Insert::Added { evicted })
+    }
+}
+
+/// Counts more open streams. At the top of the count it sticks: a session with 65,535 open
+/// streams never expires by idleness (it ends by `DELETE`, a 404, or its owner's removal).
+fn add_streams(streams: u16, more: u16) -> u16 {
+    streams.saturating_add(more)
+}
+
+/// Counts one stream fewer, never below zero, and not down from a stuck top count.
+fn close_one(streams: u16) -> u16 {
+    if streams == u16::MAX {
+        streams
+    } else {
+        streams.saturating_sub(1)
     }
 }
 
@@ -636,39 +758,17 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         principal: Option<Principal>,
         now: Instant,
     ) -> Result<Insert, InsertError> {
-        let hash = self.hash(key);
-        let tick = self.tick(now);
-        let mut shard = self.shard(hash).write();
-        if let Some(i) = shard.find(hash, key) {
-            return Ok(Insert::Exists(self.entry(&shard, i)));
-        }
-        // Reserve room first, so that concurrent inserts never overshoot a bound.
-        let tenant = key.tenant().get();
-        let global_ok = self.len.fetch_add(1, Relaxed) < self.config.capacity;
-        let tenant_ok = Self::bump(&self.tenants, tenant, true) < self.config.tenant_capacity;
-        let mut evicted = false;
-        if !(global_ok && tenant_ok) {
-            let scope = if tenant_ok {
-                Scope::Global
-            } else {
-                Scope::Tenant
-            };
-            match shard.lru_victim((!tenant_ok).then_some(tenant)) {
-                Some(victim) => {
-                    let (slot, _) = shard.remove_at(&self.hasher, victim);
-                    self.forget_counts(&slot);
-                    evicted = true;
-                }
-                None => {
-                    self.len.fetch_sub(1, Relaxed);
-                    Self::bump(&self.tenants, tenant, false);
-                    return Err(InsertError::Full { scope });
-                }
-            }
-        }
-        shard.push(&self.hasher, hash, key, owner.to_bits(), principal, tick);
-        Self::bump(&self.owners, owner.to_bits(), true);
-        Ok(Insert::Added { evicted })
+        self.insert_with_streams(key, owner, principal, now, 0)
+    }
+
+    fn insert_streaming(
+        &self,
+        key: &Key<'_>,
+        owner: BackendId,
+        principal: Option<Principal>,
+        now: Instant,
+    ) -> Result<Insert, InsertError> {
+        self.insert_with_streams(key, owner, principal, now, 1)
     }
 
     fn set_owner(
@@ -715,7 +815,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         let mut shard = self.shard(hash).write();
         let i = shard.find(hash, key)?;
         let slot = &mut shard.slots[i];
-        slot.streams = slot.streams.saturating_add(1);
+        slot.streams = add_streams(slot.streams, 1);
         slot.used.store(tick, Relaxed);
         Some(self.entry(&shard, i))
     }
@@ -726,7 +826,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         let mut shard = self.shard(hash).write();
         let i = shard.find(hash, key)?;
         let slot = &mut shard.slots[i];
-        slot.streams = slot.streams.saturating_sub(1);
+        slot.streams = close_one(slot.streams);
         slot.used.store(tick, Relaxed);
         Some(self.entry(&shard, i))
     }
@@ -800,8 +900,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
                 |slot| slot.streams == 0 && now.saturating_sub(slot.used.load(Relaxed)) >= ttl,
                 |slot| self.forget_counts(slot),
             );
-            out.examined += examined;
-            out.evicted += evicted;
+            out = Eviction::new(out.examined + examined, out.evicted + evicted);
         }
         self.sweep.store(start, Relaxed);
         out
@@ -816,10 +915,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
     }
 
     fn occupancy(&self) -> Occupancy {
-        Occupancy {
-            len: self.len.load(Relaxed),
-            capacity: Some(self.config.capacity),
-        }
+        Occupancy::new(self.len.load(Relaxed), Some(self.config.capacity))
     }
 
     fn idle_ttl(&self) -> Option<Duration> {

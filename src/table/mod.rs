@@ -27,7 +27,7 @@ mod memory;
 mod null;
 
 pub use key::{InvalidKey, Key, KeyKind, OwnedKey};
-pub use memory::{MemoryTable, MemoryTableConfig};
+pub use memory::{FastHash, FastHasher, MemoryTable, MemoryTableConfig};
 pub use null::NullTable;
 
 /// A fingerprint of the authenticated principal (for example a hash of the bearer token) that
@@ -178,6 +178,7 @@ pub enum Insert {
 
 /// Which bound a full table hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Scope {
     /// The table's total capacity.
     Global,
@@ -215,6 +216,7 @@ pub enum SetOwnerError {
 /// What one [`SessionTable::evict_idle`] call did.
 #[must_use]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Eviction {
     /// Entries looked at.
     pub examined: usize,
@@ -222,8 +224,9 @@ pub struct Eviction {
     pub evicted: usize,
 }
 
-/// How full a table is.
+/// How full a table is (see [`Occupancy::new`] for table implementations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Occupancy {
     /// Entries stored.
     pub len: usize,
@@ -272,6 +275,32 @@ pub trait SessionTable: Send + Sync {
         now: Instant,
     ) -> Result<Insert, InsertError>;
 
+    /// [`insert`](SessionTable::insert), with one stream open on the entry from the start, so
+    /// that it can neither expire nor be evicted before its stream is counted; if the key
+    /// exists with the same owner, one more stream is counted on it.
+    ///
+    /// The router calls this for a legacy SSE session, bound while its stream lives. The
+    /// default implementation calls `insert` then [`open_stream`](SessionTable::open_stream),
+    /// which leaves a window between the two; implementations should override it to do both
+    /// at once, as [`MemoryTable`] does.
+    fn insert_streaming(
+        &self,
+        key: &Key<'_>,
+        owner: BackendId,
+        principal: Option<Principal>,
+        now: Instant,
+    ) -> Result<Insert, InsertError> {
+        let inserted = self.insert(key, owner, principal, now)?;
+        let ours = match inserted {
+            Insert::Added { .. } => true,
+            Insert::Exists(entry) => entry.owner == owner,
+        };
+        if ours {
+            let _ = self.open_stream(key, now);
+        }
+        Ok(inserted)
+    }
+
     /// Moves `key` from `expected` to `new`, if `expected` still owns it (compare-and-set).
     ///
     /// Used by fleet operations that hand keys over between incarnations; plain routing never
@@ -287,7 +316,8 @@ pub trait SessionTable: Send + Sync {
     /// Removes `key`, only if `owner` owns it when `owner` is given; returns the removed entry.
     ///
     /// The router calls this when a conversation ends: a `DELETE` answered 2xx or 404, a 404
-    /// to a keyed request, the end of a legacy SSE stream.
+    /// to a request carrying a legacy-era session, the end of a legacy SSE stream; when a key's
+    /// owner turns out gone; and for [`Router::evict_key`](crate::router::Router::evict_key).
     fn remove(&self, key: &Key<'_>, owner: Option<BackendId>) -> Option<Entry>;
 
     /// Counts one more stream open on `key` and marks it used; `None` if the key is unknown.
@@ -323,6 +353,20 @@ pub trait SessionTable: Send + Sync {
     fn idle_ttl(&self) -> Option<Duration>;
 }
 
+impl Eviction {
+    /// A report of `examined` entries looked at and `evicted` removed (for implementations).
+    pub fn new(examined: usize, evicted: usize) -> Self {
+        Eviction { examined, evicted }
+    }
+}
+
+impl Occupancy {
+    /// `len` entries out of `capacity` (for implementations).
+    pub fn new(len: usize, capacity: Option<usize>) -> Self {
+        Occupancy { len, capacity }
+    }
+}
+
 impl<T: SessionTable + ?Sized> SessionTable for std::sync::Arc<T> {
     fn get(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
         (**self).get(key, now)
@@ -335,6 +379,15 @@ impl<T: SessionTable + ?Sized> SessionTable for std::sync::Arc<T> {
         now: Instant,
     ) -> Result<Insert, InsertError> {
         (**self).insert(key, owner, principal, now)
+    }
+    fn insert_streaming(
+        &self,
+        key: &Key<'_>,
+        owner: BackendId,
+        principal: Option<Principal>,
+        now: Instant,
+    ) -> Result<Insert, InsertError> {
+        (**self).insert_streaming(key, owner, principal, now)
     }
     fn set_owner(
         &self,
