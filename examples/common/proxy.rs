@@ -1,0 +1,876 @@
+//! A reverse proxy for MCP on hyper 1, tokio and hyper-util, driving
+//! [`mcp_affinity::router::Router`]: the code shared by `examples/proxy.rs`, the demo, the load
+//! generator and the end-to-end tests (each includes this file with `#[path]`).
+//!
+//! Per request: `route` → forward to the chosen backend through a pooled hyper-util client (or
+//! answer the rejection) → `on_response_head` → stream the body back through an
+//! [`ObservedBody`] that shows chunks to the router and ends the exchange. Bodies are never
+//! collected; `text/event-stream` answers get `X-Accel-Buffering: no`; there is no timeout on
+//! a response stream; a client that goes away drops the backend's body at once.
+//!
+//! Out of band: an admin listener (metrics, add/drain/undrain/remove/restart backends), a
+//! maintenance task (`Router::maintain` every second, TCP health checks), graceful shutdown.
+
+// The proxy owns the clock: it hands `Instant::now()` to the sans-IO router.
+#![allow(clippy::disallowed_methods)]
+// Each includer uses part of this module.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use mcp_affinity::body::ObservedBody;
+use mcp_affinity::router::{
+    BackendInfo, End, Exchange, HeadOutcome, Metrics, Rejection, Routed, Router,
+};
+use mcp_affinity::table::MemoryTableConfig;
+use mcp_affinity::{BackendId, TenantId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// The body of every response the proxy sends.
+pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// How the proxy is set up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Backend base URLs (`http://host:port[/prefix]`).
+    pub backends: Vec<String>,
+    /// The legacy HTTP+SSE stream path; `None` turns legacy SSE handling off.
+    pub sse_path: Option<String>,
+    /// The legacy HTTP+SSE message path; both the given and the trailing-slash form (or the
+    /// form without it) are routed as messages.
+    pub message_path: String,
+    /// Idle time after which a learned key is forgotten (`None`: never).
+    pub idle_ttl: Option<Duration>,
+    /// How long an idle pooled backend connection is kept. Below the 5 s keep-alive of
+    /// uvicorn (Python MCP servers), so the proxy never reuses a connection the backend is
+    /// closing.
+    pub pool_idle_timeout: Duration,
+    /// Send the backend's authority as `Host` instead of the client's.
+    pub rewrite_host: bool,
+    /// TCP health checks of every backend at this interval (`None`: off).
+    pub health_interval: Option<Duration>,
+    /// On shutdown, how long in-flight requests get to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backends: Vec::new(),
+            sse_path: Some("/sse".into()),
+            message_path: "/messages".into(),
+            idle_ttl: Some(Duration::from_secs(3600)),
+            pool_idle_timeout: Duration::from_secs(4),
+            rewrite_host: false,
+            health_interval: Some(Duration::from_secs(1)),
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One backend as the proxy knows it: where to send, and a switch that ends its open streams
+/// when it is removed.
+struct Upstream {
+    id: BackendId,
+    url: Arc<str>,
+    scheme: Scheme,
+    authority: Authority,
+    /// A path prefix (no trailing slash; empty for none).
+    prefix: String,
+    /// Flipped to `true` when the backend is removed or restarted.
+    gone: watch::Sender<bool>,
+}
+
+/// The proxy: a [`Router`], the backends' addresses by slot, a pooled client.
+pub struct Proxy {
+    router: Arc<Router>,
+    upstreams: RwLock<Vec<Option<Upstream>>>,
+    client: Client<HttpConnector, Incoming>,
+    rewrite_host: bool,
+    health_interval: Option<Duration>,
+    shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("router", &self.router)
+            .finish_non_exhaustive()
+    }
+}
+
+fn message_paths(path: &str) -> Vec<String> {
+    let trimmed = path.trim_end_matches('/');
+    vec![trimmed.to_string(), format!("{trimmed}/")]
+}
+
+impl Proxy {
+    /// A proxy with `config`'s router settings and backends.
+    pub fn new(config: &Config) -> Result<Arc<Proxy>, String> {
+        let table = MemoryTableConfig::new().with_idle_ttl(config.idle_ttl);
+        let router = Router::builder()
+            .table_config(table)
+            .sse_path(config.sse_path.as_deref())
+            .message_paths(message_paths(&config.message_path))
+            .build();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .build(connector);
+        let proxy = Arc::new(Proxy {
+            router: Arc::new(router),
+            upstreams: RwLock::new(Vec::new()),
+            client,
+            rewrite_host: config.rewrite_host,
+            health_interval: config.health_interval,
+            shutdown_grace: config.shutdown_grace,
+        });
+        for url in &config.backends {
+            proxy.add_backend(url)?;
+        }
+        Ok(proxy)
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Adds a backend by base URL (`http://host:port[/prefix]`).
+    pub fn add_backend(&self, url: &str) -> Result<BackendId, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("backend {url:?}: {e}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or(format!("backend {url:?}: no scheme"))?;
+        if scheme != Scheme::HTTP {
+            return Err(format!(
+                "backend {url:?}: only http:// backends are supported"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or(format!("backend {url:?}: no host"))?;
+        let prefix = uri.path().trim_end_matches('/').to_string();
+        let mut upstreams = self.upstreams.write().unwrap();
+        let id = self
+            .router
+            .add_backend(TenantId::DEFAULT, url, 1)
+            .map_err(|e| e.to_string())?;
+        let slot = usize::from(id.slot());
+        if upstreams.len() <= slot {
+            upstreams.resize_with(slot + 1, || None);
+        }
+        upstreams[slot] = Some(Upstream {
+            id,
+            url: url.into(),
+            scheme,
+            authority,
+            prefix,
+            gone: watch::Sender::new(false),
+        });
+        Ok(id)
+    }
+
+    /// The current id of a backend slot.
+    pub fn backend_id(&self, slot: u16) -> Option<BackendId> {
+        let upstreams = self.upstreams.read().unwrap();
+        upstreams.get(usize::from(slot))?.as_ref().map(|u| u.id)
+    }
+
+    fn by_slot(&self, slot: u16) -> Result<BackendId, String> {
+        self.backend_id(slot)
+            .ok_or(format!("no backend in slot {slot}"))
+    }
+
+    /// Stops placing new conversations on a backend; with a deadline, its keys are revoked
+    /// then.
+    pub fn drain(&self, slot: u16, deadline: Option<Duration>) -> Result<BackendId, String> {
+        let id = self.by_slot(slot)?;
+        let now = Instant::now();
+        self.router
+            .drain_backend(id, deadline.map(|d| now + d), now)
+            .map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
+    /// Makes a draining backend ready again.
+    pub fn undrain(&self, slot: u16) -> Result<BackendId, String> {
+        let id = self.by_slot(slot)?;
+        self.router.undrain_backend(id).map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
+    /// Removes a backend: the router purges its keys (their requests get 404) and the proxy
+    /// ends the streams still open to it. Returns the number of keys purged.
+    pub fn remove(&self, slot: u16) -> Result<usize, String> {
+        let mut upstreams = self.upstreams.write().unwrap();
+        let upstream = upstreams
+            .get_mut(usize::from(slot))
+            .and_then(Option::take)
+            .ok_or(format!("no backend in slot {slot}"))?;
+        let purged = self
+            .router
+            .remove_backend(upstream.id)
+            .map_err(|e| e.to_string())?;
+        upstream.gone.send_replace(true);
+        Ok(purged)
+    }
+
+    /// A backend restarted: a new generation in the same slot that inherits nothing; the
+    /// streams open to the old one are ended.
+    pub fn restart(&self, slot: u16) -> Result<BackendId, String> {
+        let mut upstreams = self.upstreams.write().unwrap();
+        let upstream = upstreams
+            .get_mut(usize::from(slot))
+            .and_then(Option::as_mut)
+            .ok_or(format!("no backend in slot {slot}"))?;
+        let id = self
+            .router
+            .restart_backend(upstream.id)
+            .map_err(|e| e.to_string())?;
+        let old = std::mem::replace(&mut upstream.gone, watch::Sender::new(false));
+        old.send_replace(true);
+        upstream.id = id;
+        Ok(id)
+    }
+
+    /// The router's metrics.
+    pub fn metrics(&self) -> Metrics {
+        self.router.metrics()
+    }
+
+    /// The backend's base URL by id (current generation only).
+    pub fn url_of(&self, id: BackendId) -> Option<Arc<str>> {
+        let upstreams = self.upstreams.read().unwrap();
+        let upstream = upstreams.get(usize::from(id.slot()))?.as_ref()?;
+        (upstream.id == id).then(|| upstream.url.clone())
+    }
+
+    /// The request URI on the backend, its authority, and its removal switch.
+    fn target(&self, id: BackendId, uri: &Uri) -> Option<(Uri, Authority, watch::Receiver<bool>)> {
+        let upstreams = self.upstreams.read().unwrap();
+        let upstream = upstreams.get(usize::from(id.slot()))?.as_ref()?;
+        if upstream.id != id {
+            return None;
+        }
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path_and_query: PathAndQuery = if upstream.prefix.is_empty() {
+            path.parse().ok()?
+        } else {
+            format!("{}{path}", upstream.prefix).parse().ok()?
+        };
+        let uri = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .ok()?;
+        Some((uri, upstream.authority.clone(), upstream.gone.subscribe()))
+    }
+
+    /// Proxies one request.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        let exchange = match self.router.route(&parts, Instant::now()) {
+            Routed::Forward(exchange) => exchange,
+            Routed::Reject(rejection) => return rejection_response(&rejection),
+        };
+        // Ends the exchange if this future is dropped (the client left before the head came).
+        let mut guard = ExchangeGuard {
+            router: &self.router,
+            exchange: Some(exchange),
+        };
+        let backend = guard.exchange().backend();
+        let Some((uri, authority, gone)) = self.target(backend, &parts.uri) else {
+            // Removed between routing and here.
+            return bad_gateway("backend removed");
+        };
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        if self.rewrite_host || !parts.headers.contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
+            parts
+                .headers
+                .append(HeaderName::from_static("x-forwarded-for"), ip);
+        }
+
+        let response = match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(response) => response,
+            Err(e) => {
+                if e.is_connect() {
+                    let _ = self.router.report_health(backend, false);
+                }
+                return bad_gateway("backend unreachable");
+            }
+        };
+        let (mut head, body) = response.into_parts();
+        let mut exchange = guard.take();
+        match self
+            .router
+            .on_response_head(&mut exchange, &mut head, Instant::now())
+        {
+            HeadOutcome::Replace(rejection) => {
+                drop(body);
+                self.router
+                    .on_exchange_end(exchange, End::Aborted, Instant::now());
+                return rejection_response(&rejection);
+            }
+            HeadOutcome::Forward | HeadOutcome::Observe => {}
+            // `HeadOutcome` may grow; forwarding is the safe default.
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+        strip_hop_by_hop(&mut head.headers);
+        let event_stream = is_event_stream(&head.headers);
+        let clock: fn() -> Instant = Instant::now;
+        let observed = ObservedBody::new(body, self.router.clone(), exchange, clock);
+        let body = if event_stream {
+            head.headers.insert(
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            );
+            // A stream may live for hours: end it when its backend is removed.
+            UntilGone::new(observed, gone).boxed_unsync()
+        } else {
+            observed.boxed_unsync()
+        };
+        Response::from_parts(head, body)
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes, then stops accepting and
+    /// gives in-flight requests the grace period.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let grace = self.shutdown_grace;
+        let proxy = self;
+        serve_with(listener, shutdown, grace, move |req, peer| {
+            let proxy = proxy.clone();
+            async move { proxy.handle(req, peer).await }
+        })
+        .await;
+    }
+
+    /// Serves the admin API on `listener` until `shutdown` completes.
+    pub async fn serve_admin(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let proxy = self;
+        serve_with(listener, shutdown, Duration::ZERO, move |req, _| {
+            let proxy = proxy.clone();
+            async move { proxy.admin(req) }
+        })
+        .await;
+    }
+
+    /// Calls `Router::maintain` every second and, if on, checks every backend's TCP port,
+    /// until `shutdown` completes.
+    pub async fn maintain(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_check = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut shutdown => return,
+            }
+            let _ = self.router.maintain(Instant::now(), 4096);
+            if let Some(every) = self.health_interval {
+                if last_check.elapsed() >= every {
+                    last_check = Instant::now();
+                    self.check_health().await;
+                }
+            }
+        }
+    }
+
+    /// One round of TCP connect checks, all backends at once (500 ms each at most).
+    async fn check_health(&self) {
+        let targets: Vec<(BackendId, String)> = {
+            let upstreams = self.upstreams.read().unwrap();
+            upstreams
+                .iter()
+                .flatten()
+                .map(|u| {
+                    let port = u.authority.port_u16().unwrap_or(80);
+                    (u.id, format!("{}:{port}", u.authority.host()))
+                })
+                .collect()
+        };
+        let checks = targets.into_iter().map(|(id, addr)| async move {
+            let connect = TcpStream::connect(addr);
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_millis(500), connect).await,
+                Ok(Ok(_))
+            );
+            (id, ok)
+        });
+        let mut set = tokio::task::JoinSet::new();
+        for check in checks {
+            set.spawn(check);
+        }
+        while let Some(Ok((id, ok))) = set.join_next().await {
+            let _ = self.router.report_health(id, ok);
+        }
+    }
+
+    /// The admin API.
+    ///
+    /// - `GET /metrics`: the router's metrics as JSON (`?format=text`: `name value` lines)
+    /// - `GET /backends`: the backends as JSON
+    /// - `POST /backends?url=http://host:port`: adds a backend
+    /// - `POST /backends/<slot>/drain[?deadline=<seconds>]`, `.../undrain`, `.../remove`
+    ///   (also `DELETE /backends/<slot>`), `.../restart`
+    pub fn admin(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let path = req.uri().path().trim_end_matches('/');
+        let query = req.uri().query().unwrap_or("");
+        let param = |name: &str| {
+            query
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        };
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let method = req.method().clone();
+        let result: Result<serde_json::Value, (StatusCode, String)> =
+            match (&method, segments.as_slice()) {
+                (&Method::GET, ["metrics"]) => {
+                    if param("format").as_deref() == Some("text") {
+                        return text(StatusCode::OK, metrics_text(&self.metrics()));
+                    }
+                    Ok(metrics_json(&self.metrics(), self))
+                }
+                (&Method::GET, ["backends"]) => Ok(backends_json(&self.router.backends(), self)),
+                (&Method::POST, ["backends"]) => match param("url") {
+                    Some(url) => self
+                        .add_backend(&url)
+                        .map(id_json)
+                        .map_err(|e| (StatusCode::BAD_REQUEST, e)),
+                    None => Err((StatusCode::BAD_REQUEST, "missing ?url=".into())),
+                },
+                (_, ["backends", slot, rest @ ..]) => {
+                    let Ok(slot) = slot.parse::<u16>() else {
+                        return text(StatusCode::BAD_REQUEST, format!("bad slot {slot:?}\n"));
+                    };
+                    let not_found = |e: String| (StatusCode::NOT_FOUND, e);
+                    match (&method, rest) {
+                        (&Method::POST, ["drain"]) => {
+                            let deadline = match param("deadline").map(|s| s.parse::<f64>()) {
+                                None => None,
+                                Some(Ok(s)) if s >= 0.0 && s.is_finite() => {
+                                    Some(Duration::from_secs_f64(s))
+                                }
+                                Some(_) => {
+                                    return text(StatusCode::BAD_REQUEST, "bad deadline\n".into());
+                                }
+                            };
+                            self.drain(slot, deadline).map(id_json).map_err(not_found)
+                        }
+                        (&Method::POST, ["undrain"]) => {
+                            self.undrain(slot).map(id_json).map_err(not_found)
+                        }
+                        (&Method::POST, ["remove"]) | (&Method::DELETE, []) => self
+                            .remove(slot)
+                            .map(|purged| serde_json::json!({ "purged": purged }))
+                            .map_err(not_found),
+                        (&Method::POST, ["restart"]) => {
+                            self.restart(slot).map(id_json).map_err(not_found)
+                        }
+                        _ => Err((StatusCode::NOT_FOUND, "no such admin action".into())),
+                    }
+                }
+                _ => Err((StatusCode::NOT_FOUND, "no such admin resource".into())),
+            };
+        match result {
+            Ok(value) => json(StatusCode::OK, &value),
+            Err((status, message)) => json(status, &serde_json::json!({ "error": message })),
+        }
+    }
+}
+
+fn id_json(id: BackendId) -> serde_json::Value {
+    serde_json::json!({ "slot": id.slot(), "generation": id.generation(), "id": id.to_string() })
+}
+
+fn backends_json(backends: &[BackendInfo], proxy: &Proxy) -> serde_json::Value {
+    backends
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "slot": b.id.slot(),
+                "generation": b.id.generation(),
+                "id": b.id.to_string(),
+                "url": &*b.label,
+                "live": proxy.url_of(b.id).is_some(),
+                "ready": b.ready(),
+                "healthy": b.healthy,
+                "draining": b.draining,
+                "revoked": b.revoked,
+                "sessions": b.sessions,
+            })
+        })
+        .collect()
+}
+
+/// The metrics as a JSON object.
+pub fn metrics_json(m: &Metrics, proxy: &Proxy) -> serde_json::Value {
+    let rejected: serde_json::Map<String, serde_json::Value> = m
+        .rejected
+        .iter()
+        .map(|(name, n)| ((*name).to_string(), (*n).into()))
+        .collect();
+    serde_json::json!({
+        "pinned": m.pinned,
+        "placed": m.placed,
+        "rejected": rejected,
+        "rejected_total": m.rejected_total(),
+        "keys_learned": m.keys_learned,
+        "keys_forgotten": m.keys_forgotten,
+        "keys_expired": m.keys_expired,
+        "keys_revoked": m.keys_revoked,
+        "keys_purged": m.keys_purged,
+        "keys_evicted": m.keys_evicted,
+        "keys_released": m.keys_released,
+        "key_conflicts": m.key_conflicts,
+        "id_mismatches": m.id_mismatches,
+        "keys_unlearned": m.keys_unlearned,
+        "bodies_observed": m.bodies_observed,
+        "observe_limit_hits": m.observe_limit_hits,
+        "vetoes": m.vetoes,
+        "table": { "len": m.table.len, "capacity": m.table.capacity },
+        "backends": backends_json(&m.backends, proxy),
+    })
+}
+
+/// The metrics as `name value` lines.
+pub fn metrics_text(m: &Metrics) -> String {
+    let mut out = String::new();
+    for (name, value) in [
+        ("pinned", m.pinned),
+        ("placed", m.placed),
+        ("keys_learned", m.keys_learned),
+        ("keys_forgotten", m.keys_forgotten),
+        ("keys_expired", m.keys_expired),
+        ("keys_revoked", m.keys_revoked),
+        ("keys_purged", m.keys_purged),
+        ("keys_evicted", m.keys_evicted),
+        ("keys_released", m.keys_released),
+        ("key_conflicts", m.key_conflicts),
+        ("id_mismatches", m.id_mismatches),
+        ("keys_unlearned", m.keys_unlearned),
+        ("bodies_observed", m.bodies_observed),
+        ("observe_limit_hits", m.observe_limit_hits),
+        ("vetoes", m.vetoes),
+        ("table_len", m.table.len as u64),
+    ] {
+        let _ = writeln!(out, "mcp_affinity_{name} {value}");
+    }
+    for (reason, n) in &m.rejected {
+        let _ = writeln!(out, "mcp_affinity_rejected{{reason=\"{reason}\"}} {n}");
+    }
+    for b in &m.backends {
+        let _ = writeln!(
+            out,
+            "mcp_affinity_backend_sessions{{id=\"{}\",url=\"{}\",ready=\"{}\",draining=\"{}\"}} {}",
+            b.id,
+            b.label,
+            b.ready(),
+            b.draining,
+            b.sessions
+        );
+    }
+    out
+}
+
+/// Ends the exchange as aborted if it was not handed on.
+struct ExchangeGuard<'a> {
+    router: &'a Router,
+    exchange: Option<Exchange>,
+}
+
+impl ExchangeGuard<'_> {
+    fn exchange(&self) -> &Exchange {
+        self.exchange
+            .as_ref()
+            .expect("exchange present until taken")
+    }
+
+    fn take(&mut self) -> Exchange {
+        self.exchange.take().expect("exchange taken once")
+    }
+}
+
+impl Drop for ExchangeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(exchange) = self.exchange.take() {
+            self.router
+                .on_exchange_end(exchange, End::Aborted, Instant::now());
+        }
+    }
+}
+
+/// A response body that ends (cleanly, so the client reconnects) when its backend is removed,
+/// dropping the inner body and with it the backend connection.
+struct UntilGone<B> {
+    inner: Option<Pin<Box<B>>>,
+    gone: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl<B> UntilGone<B> {
+    fn new(inner: B, mut gone: watch::Receiver<bool>) -> Self {
+        UntilGone {
+            inner: Some(Box::pin(inner)),
+            gone: Box::pin(async move {
+                // Resolves on `true`, or never if the switch is dropped without flipping.
+                if gone.wait_for(|g| *g).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for UntilGone<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(frame) = inner.as_mut().poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if this.gone.as_mut().poll(cx).is_ready() {
+            this.inner = None;
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// Accepts connections until `shutdown`, serving each with `handler`; then waits up to `grace`
+/// for in-flight requests.
+async fn serve_with<H, F>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    eprintln!("proxy: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let response = handler(req, peer);
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        // No timer, so no timeout: an SSE stream may stay idle for as long as both ends like.
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+/// The hop-by-hop headers (RFC 9110 §7.6.1), and those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// The router's rejection, as the response a client acts on.
+pub fn rejection_response(rejection: &Rejection) -> Response<ProxyBody> {
+    rejection.to_response().map(full)
+}
+
+/// 502 with a plain-text body. Not a JSON-RPC error: the proxy has not read the request's
+/// id, and a JSON-RPC error with `"id": null` leaves clients that parse error bodies (rmcp)
+/// waiting for an answer to their request forever.
+fn bad_gateway(why: &str) -> Response<ProxyBody> {
+    text(StatusCode::BAD_GATEWAY, format!("Bad gateway: {why}\n"))
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    let mut response = Response::new(full(format!("{value:#}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A proxy running in this process (tests, the demo, the load generator).
+pub struct Running {
+    /// The proxy.
+    pub proxy: Arc<Proxy>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Where its admin API listens.
+    pub admin: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Starts `config`'s proxy, its admin API and its maintenance task, on 127.0.0.1 with
+    /// OS-assigned ports.
+    pub async fn start(config: &Config) -> Result<Running, String> {
+        let proxy = Proxy::new(config)?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let admin = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = futures_util::FutureExt::shared(async move {
+            let _ = stopped.await;
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(proxy.clone().serve(listener, stopped.clone()));
+        tasks.spawn(proxy.clone().serve_admin(admin, stopped.clone()));
+        tasks.spawn(proxy.clone().maintain(stopped));
+        Ok(Running {
+            proxy,
+            addr,
+            admin: admin_addr,
+            stop: Some(stop),
+            tasks,
+        })
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://<admin><path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Stops accepting, lets in-flight requests finish for the grace period, and waits.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,165 @@
+//! A reverse proxy for MCP servers that keeps every conversation on the replica that owns it.
+//!
+//! ```sh
+//! cargo run --release --example proxy -- --listen 127.0.0.1:8080 \
+//!     --backend http://127.0.0.1:9001 --backend http://127.0.0.1:9002 \
+//!     --admin 127.0.0.1:8081 --idle-ttl 3600
+//! curl -s 127.0.0.1:8081/metrics                      # the router's metrics (JSON)
+//! curl -s '127.0.0.1:8081/metrics?format=text'        # … as text
+//! curl -s -X POST 127.0.0.1:8081/backends/1/drain     # no new sessions on slot 1
+//! curl -s -X POST 127.0.0.1:8081/backends/1/remove    # its sessions get 404 (clients re-initialize)
+//! ```
+//!
+//! Flags are parsed by hand (no crate). Run with `--help` for all of them. Ctrl-C stops
+//! accepting, gives in-flight requests a moment, and exits 0.
+
+// The proxy owns the clock and the sockets.
+#![allow(clippy::disallowed_methods)]
+
+#[path = "common/proxy.rs"]
+mod proxy;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use proxy::{Config, Proxy};
+
+const USAGE: &str = "\
+usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
+
+  --listen ADDR              where to accept MCP clients (e.g. 127.0.0.1:8080)
+  --backend URL              a backend replica, http://host:port[/prefix] (repeatable)
+  --admin ADDR               admin API: GET /metrics[?format=text], GET /backends,
+                             POST /backends?url=URL, POST /backends/<slot>/{drain,undrain,remove,restart}
+  --sse-path PATH            legacy HTTP+SSE stream path (default /sse; \"none\" turns it off)
+  --message-path PATH        legacy HTTP+SSE message path (default /messages; /messages/ too)
+  --idle-ttl SECONDS         forget a session idle this long (default 3600; 0 = never)
+  --pool-idle-timeout SECS   keep idle backend connections this long (default 4)
+  --health-interval SECS     TCP health check period (default 1; 0 = off)
+  --rewrite-host             send the backend's host:port as Host (default: the client's Host)
+  --shutdown-grace SECS      on Ctrl-C, time given to in-flight requests (default 2)
+";
+
+struct Args {
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    config: Config,
+}
+
+fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or(format!("{flag}: not a number of seconds: {value:?}"))
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut listen = None;
+    let mut admin = None;
+    let mut config = Config::default();
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(String::new());
+        }
+        if flag == "--rewrite-host" {
+            config.rewrite_host = true;
+            continue;
+        }
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--listen" => listen = Some(value.parse().map_err(|e| format!("--listen: {e}"))?),
+            "--admin" => admin = Some(value.parse().map_err(|e| format!("--admin: {e}"))?),
+            "--backend" => config.backends.push(value),
+            "--sse-path" => config.sse_path = (value != "none").then_some(value),
+            "--message-path" => config.message_path = value,
+            "--idle-ttl" => {
+                let ttl = seconds(&flag, &value)?;
+                config.idle_ttl = (!ttl.is_zero()).then_some(ttl);
+            }
+            "--pool-idle-timeout" => config.pool_idle_timeout = seconds(&flag, &value)?,
+            "--health-interval" => {
+                let every = seconds(&flag, &value)?;
+                config.health_interval = (!every.is_zero()).then_some(every);
+            }
+            "--shutdown-grace" => config.shutdown_grace = seconds(&flag, &value)?,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    let listen = listen.ok_or("--listen is required")?;
+    if config.backends.is_empty() {
+        return Err("at least one --backend is required".into());
+    }
+    Ok(Args {
+        listen,
+        admin,
+        config,
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) if e.is_empty() => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("proxy: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let proxy = match Proxy::new(&args.config) {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("proxy: listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = args.admin {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(admin) => {
+                eprintln!("proxy: admin API on http://{addr}");
+                tasks.spawn(proxy.clone().serve_admin(admin, stopped()));
+            }
+            Err(e) => {
+                eprintln!("proxy: admin listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    tasks.spawn(proxy.clone().maintain(stopped()));
+    eprintln!(
+        "proxy: listening on http://{} for {} backend(s): {}",
+        args.listen,
+        args.config.backends.len(),
+        args.config.backends.join(", ")
+    );
+    tasks.spawn(proxy.clone().serve(listener, stopped()));
+
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        eprintln!("proxy: cannot wait for Ctrl-C: {e}");
+    }
+    eprintln!("proxy: shutting down");
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    ExitCode::SUCCESS
+}
