@@ -1,0 +1,503 @@
+//! End to end with `rmcp` (the official Rust SDK) servers and clients through the proxy of
+//! `examples/proxy.rs`: affinity under concurrency (proved by per-session counters), DELETE,
+//! removed, killed, drained and restarted backends, the admin API, and the proxy's streaming
+//! (no buffering, client disconnects reach the backend).
+
+#![allow(clippy::disallowed_methods)]
+
+mod e2e;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::proxy::{Config, Running};
+use e2e::rmcp_peers::{self, Replica, Session, Track};
+use e2e::{admin, raw_client, raw_session, raw_whoami};
+
+async fn fleet(n: usize) -> (Vec<Replica>, Running) {
+    let mut replicas = Vec::new();
+    for i in 1..=n {
+        replicas.push(
+            Replica::start(&format!("r{i}"))
+                .await
+                .expect("replica starts"),
+        );
+    }
+    let config = Config {
+        backends: replicas.iter().map(Replica::url).collect(),
+        shutdown_grace: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let running = Running::start(&config).await.expect("proxy starts");
+    (replicas, running)
+}
+
+/// The admin slot of the backend named `name`.
+fn slot_of(running: &Running, replicas: &[Replica], name: &str) -> u16 {
+    let url = replicas
+        .iter()
+        .find(|r| r.name == name)
+        .expect("replica")
+        .url();
+    running
+        .proxy
+        .router()
+        .backends()
+        .iter()
+        .find(|b| *b.label == url)
+        .expect("backend")
+        .id
+        .slot()
+}
+
+struct Client {
+    session: Session,
+    track: Track,
+}
+
+/// Opens `n` sessions at once and calls `whoami` `calls` times in each.
+async fn clients(url: &str, n: usize, calls: usize, reinit: bool) -> Vec<Client> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let url = url.to_string();
+        set.spawn(async move {
+            let session = rmcp_peers::connect(&url, reinit).await?;
+            let mut track = Track::default();
+            for _ in 0..calls {
+                track.record(&rmcp_peers::whoami(&session).await?);
+            }
+            Ok::<_, String>(Client { session, track })
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        out.push(joined.expect("client task").expect("client"));
+    }
+    out
+}
+
+fn owner(client: &Client) -> &str {
+    client.track.replica.as_deref().expect("a first reply")
+}
+
+fn per_replica(clients: &[Client]) -> BTreeMap<String, usize> {
+    let mut map = BTreeMap::new();
+    for c in clients {
+        *map.entry(owner(c).to_string()).or_default() += 1;
+    }
+    map
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_stay_on_the_replica_that_minted_them_and_delete_releases_them() {
+    let (replicas, running) = fleet(3).await;
+    let (n, calls) = (30, 6);
+    let clients = clients(&running.url("/mcp"), n, calls, false).await;
+
+    for c in &clients {
+        assert_eq!(c.track.violations, 0, "affinity violation: {:?}", c.track);
+        assert_eq!(c.track.count, calls as u64);
+    }
+    let spread = per_replica(&clients);
+    assert_eq!(spread.len(), 3, "sessions on every replica: {spread:?}");
+    // Each replica created exactly the sessions whose replies it gave: no request of a
+    // session ever reached another replica (rmcp would have answered 404 there).
+    for r in &replicas {
+        let created = r.sessions.load(std::sync::atomic::Ordering::SeqCst) as usize;
+        assert_eq!(
+            created,
+            spread.get(&r.name).copied().unwrap_or(0),
+            "{}",
+            r.name
+        );
+    }
+    let m = running.proxy.metrics();
+    assert_eq!(m.keys_learned, n as u64, "{m:?}");
+    assert_eq!(m.rejected_total(), 0, "{m:?}");
+    assert_eq!(m.table.len, n, "{m:?}");
+
+    // rmcp's cancel sends DELETE: the router forgets each session.
+    for c in clients {
+        c.session.cancel().await.expect("cancel");
+    }
+    let m = running.proxy.metrics();
+    assert_eq!(m.keys_forgotten, n as u64, "{m:?}");
+    assert_eq!(m.table.len, 0, "{m:?}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_backend_sessions_get_404_while_the_others_are_untouched() {
+    let (replicas, running) = fleet(3).await;
+    let url = running.url("/mcp");
+    let clients = clients(&url, 9, 2, false).await;
+    let raw = raw_client();
+    let raw_sessions = {
+        let mut s = Vec::new();
+        for _ in 0..6 {
+            let session = raw_session(&raw, &url).await;
+            let (status, reply, body) = raw_whoami(&raw, &url, &session).await;
+            assert_eq!(status, 200, "{body}");
+            s.push((session, reply.expect("reply").replica));
+        }
+        s
+    };
+
+    let victim = owner(&clients[0]).to_string();
+    let slot = slot_of(&running, &replicas, &victim);
+    let (status, answer) = admin(
+        &running.admin_url(&format!("/backends/{slot}/remove")),
+        "POST",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let victims = clients.iter().filter(|c| owner(c) == victim).count()
+        + raw_sessions.iter().filter(|(_, r)| *r == victim).count();
+    assert_eq!(answer["purged"], victims, "{answer}");
+
+    for c in &clients {
+        let result = rmcp_peers::whoami(&c.session).await;
+        if owner(c) == victim {
+            let e = result.expect_err("the removed backend's session is gone");
+            assert!(e.contains("404"), "rmcp sees a 404: {e}");
+        } else {
+            let reply = result.expect("the others are untouched");
+            assert_eq!((reply.replica.as_str(), reply.count), (owner(c), 3));
+        }
+    }
+    for (session, replica) in &raw_sessions {
+        let (status, reply, body) = raw_whoami(&raw, &url, session).await;
+        if *replica == victim {
+            assert_eq!(status, 404, "{body}");
+            assert!(
+                body.contains("-32001") && body.contains("Session not found"),
+                "{body}"
+            );
+        } else {
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(reply.expect("reply").count, 2);
+        }
+    }
+    let m = running.proxy.metrics();
+    assert!(
+        m.backends
+            .iter()
+            .all(|b| b.label.as_ref() != replicas.iter().find(|r| r.name == victim).unwrap().url())
+    );
+    assert_eq!(m.keys_purged, victims as u64, "{m:?}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_is_never_rehashed_and_rmcp_reinitializes_once_it_is_removed() {
+    let (mut replicas, running) = fleet(3).await;
+    let url = running.url("/mcp");
+    let clients = clients(&url, 9, 2, true).await;
+    let victim = owner(&clients[0]).to_string();
+    let slot = slot_of(&running, &replicas, &victim);
+
+    // Kill it: its sessions are answered 502 (never sent to a replica that does not know them).
+    let index = replicas.iter().position(|r| r.name == victim).unwrap();
+    replicas.remove(index).kill().await;
+    for c in clients.iter().filter(|c| owner(c) == victim) {
+        let e = tokio::time::timeout(Duration::from_secs(10), rmcp_peers::whoami(&c.session))
+            .await
+            .expect("the client is answered")
+            .expect_err("its owner is dead");
+        assert!(e.contains("502"), "a 502, not a re-hash: {e}");
+    }
+    let m = running.proxy.metrics();
+    assert_eq!(m.rejected_total(), 0, "{m:?}");
+
+    // Remove it: now they get 404, and rmcp re-initializes on a live replica (count from 1).
+    let (status, _) = admin(
+        &running.admin_url(&format!("/backends/{slot}/remove")),
+        "POST",
+    )
+    .await;
+    assert_eq!(status, 200);
+    for c in &clients {
+        let reply = rmcp_peers::whoami(&c.session).await.expect("call succeeds");
+        if owner(c) == victim {
+            assert_ne!(reply.replica, victim);
+            assert_eq!(reply.count, 1, "a new session: {reply:?}");
+        } else {
+            assert_eq!((reply.replica.as_str(), reply.count), (owner(c), 3));
+        }
+    }
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_backend_keeps_its_sessions_and_gets_no_new_ones() {
+    let (replicas, running) = fleet(3).await;
+    let url = running.url("/mcp");
+    let before = clients(&url, 9, 2, false).await;
+    let drained = owner(&before[0]).to_string();
+    let slot = slot_of(&running, &replicas, &drained);
+    let (status, answer) = admin(
+        &running.admin_url(&format!("/backends/{slot}/drain")),
+        "POST",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let drained_replica = replicas.iter().find(|r| r.name == drained).unwrap();
+    let created = drained_replica
+        .sessions
+        .load(std::sync::atomic::Ordering::SeqCst);
+
+    // Its sessions carry on.
+    for c in &before {
+        let reply = rmcp_peers::whoami(&c.session).await.expect("call");
+        assert_eq!((reply.replica.as_str(), reply.count), (owner(c), 3));
+    }
+    // New sessions go elsewhere.
+    let after = clients(&url, 12, 1, false).await;
+    let spread = per_replica(&after);
+    assert!(
+        !spread.contains_key(&drained),
+        "{drained} is draining: {spread:?}"
+    );
+    assert_eq!(spread.len(), 2, "{spread:?}");
+    assert_eq!(
+        drained_replica
+            .sessions
+            .load(std::sync::atomic::Ordering::SeqCst),
+        created
+    );
+
+    let (_, backends) = admin(&running.admin_url("/backends"), "GET").await;
+    let entry = backends
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["slot"] == slot)
+        .unwrap()
+        .clone();
+    assert_eq!(entry["draining"], true, "{entry}");
+    assert_eq!(entry["ready"], false, "{entry}");
+    let theirs = before.iter().filter(|c| owner(c) == drained).count();
+    assert_eq!(entry["sessions"], theirs, "{entry}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_backend_inherits_nothing() {
+    let (mut replicas, running) = fleet(2).await;
+    let url = running.url("/mcp");
+    let raw = raw_client();
+    let mut old = Vec::new();
+    for _ in 0..6 {
+        let session = raw_session(&raw, &url).await;
+        let (_, reply, _) = raw_whoami(&raw, &url, &session).await;
+        old.push((session, reply.expect("reply").replica));
+    }
+    let victim = old[0].1.clone();
+    let slot = slot_of(&running, &replicas, &victim);
+
+    // The replica restarts on the same address (a new process would mint new sessions)…
+    let index = replicas.iter().position(|r| r.name == victim).unwrap();
+    let dead = replicas.remove(index);
+    let addr = dead.addr;
+    dead.kill().await;
+    let reborn = Replica::start_on(&victim, addr)
+        .await
+        .expect("restart on the same port");
+    replicas.push(reborn);
+    // …and the operator tells the router: a new generation in the same slot.
+    let (status, answer) = admin(
+        &running.admin_url(&format!("/backends/{slot}/restart")),
+        "POST",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["slot"], slot);
+    assert_eq!(answer["generation"], 1, "{answer}");
+
+    for (session, replica) in &old {
+        let (status, reply, body) = raw_whoami(&raw, &url, session).await;
+        if *replica == victim {
+            assert_eq!(
+                status, 404,
+                "the old generation's session is not inherited: {body}"
+            );
+        } else {
+            assert_eq!((status, reply.map(|r| r.count)), (200, Some(2)), "{body}");
+        }
+    }
+    let reborn = replicas.iter().find(|r| r.name == victim).unwrap();
+    assert_eq!(
+        reborn.sessions.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no old session reached the new process"
+    );
+    // New sessions are placed on the new generation as on any ready backend.
+    let fresh = clients(&url, 6, 2, false).await;
+    assert!(
+        fresh.iter().any(|c| owner(c) == victim),
+        "{:?}",
+        per_replica(&fresh)
+    );
+    assert!(fresh.iter().all(|c| c.track.violations == 0));
+    let m = running.proxy.metrics();
+    let theirs = old.iter().filter(|(_, r)| *r == victim).count() as u64;
+    assert_eq!(m.keys_purged, theirs, "{m:?}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_serves_metrics_and_adds_backends() {
+    let (mut replicas, running) = fleet(1).await;
+    let url = running.url("/mcp");
+    let (status, metrics) = admin(&running.admin_url("/metrics"), "GET").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        metrics["backends"].as_array().unwrap().len(),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(metrics["rejected"]["unknown_key"], 0, "{metrics}");
+
+    let extra = Replica::start("r2").await.expect("replica");
+    let (status, added) = admin(
+        &running.admin_url(&format!("/backends?url={}", extra.url())),
+        "POST",
+    )
+    .await;
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(added["slot"], 1, "{added}");
+    replicas.push(extra);
+    let fresh = clients(&url, 6, 2, false).await;
+    assert_eq!(
+        per_replica(&fresh).len(),
+        2,
+        "the added backend takes sessions"
+    );
+
+    let (status, _) = admin(&running.admin_url("/backends/7/drain"), "POST").await;
+    assert_eq!(status, 404);
+    let (status, _) = admin(&running.admin_url("/nothing"), "GET").await;
+    assert_eq!(status, 404);
+    let (status, _) = admin(&running.admin_url("/metrics"), "GET").await;
+    assert_eq!(status, 200);
+    let text = text_of(&running.admin_url("/metrics?format=text")).await;
+    assert!(text.contains("mcp_affinity_keys_learned 6"), "{text}");
+    running.shutdown().await;
+}
+
+async fn text_of(url: &str) -> String {
+    use http_body_util::BodyExt;
+    let client = raw_client();
+    let response = client.get(url.parse().unwrap()).await.expect("GET");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A backend whose `/stream` answers an SSE stream that sends one event and then stays open;
+/// `dropped` fires when the backend's response body is dropped (its client went away).
+mod endless {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use hyper::body::{Body, Frame};
+    use tokio::sync::oneshot;
+
+    pub struct Endless {
+        pub sent: bool,
+        pub dropped: Option<oneshot::Sender<()>>,
+    }
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.sent {
+                return Poll::Pending;
+            }
+            self.sent = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                b"event: message\ndata: one\n\n",
+            )))))
+        }
+    }
+
+    impl Drop for Endless {
+        fn drop(&mut self) {
+            if let Some(tx) = self.dropped.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_is_streamed_unbuffered_and_a_client_disconnect_reaches_the_backend_at_once() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (tx, dropped) = tokio::sync::oneshot::channel::<()>();
+    let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let service = hyper::service::service_fn(move |_req| {
+            let tx = tx.clone();
+            async move {
+                let body = endless::Endless {
+                    sent: false,
+                    dropped: tx.lock().unwrap().take(),
+                };
+                let response = http::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+    let config = Config {
+        backends: vec![format!("http://{backend}")],
+        ..Config::default()
+    };
+    let running = Running::start(&config).await.unwrap();
+
+    let client = raw_client();
+    let request = http::Request::get(running.url("/stream"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    let mut body = response.into_body();
+    // The first event arrives while the backend's body is still open: nothing is buffered.
+    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first event is not held back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), "event: message\ndata: one\n\n");
+
+    // The client goes away: the backend's body is dropped at once.
+    drop(body);
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(2), dropped)
+        .await
+        .expect("the backend saw the disconnect within 2 s")
+        .unwrap();
+    server.abort();
+    running.shutdown().await;
+}
