@@ -460,3 +460,82 @@ pub fn reply_in(body: &str) -> Option<rmcp_peers::Reply> {
     let text = value["result"]["content"][0]["text"].as_str()?;
     rmcp_peers::parse_reply(text).ok()
 }
+
+/// A Node script of `tests/e2e/`, copied next to the `node_modules` it imports from.
+fn node_script(name: &str) -> PathBuf {
+    let dir = node_dir();
+    let target = dir.join(name);
+    // Copy, then rename: tests running at once never see a half-written script.
+    let temp = dir.join(format!(
+        ".{name}.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::copy(here().join(name), &temp).expect("copy the node script");
+    std::fs::rename(&temp, &target).expect("move the node script");
+    target
+}
+
+/// A TypeScript SDK server replica (`tests/e2e/ts_replica.mjs`): Streamable HTTP at `/mcp`,
+/// legacy HTTP+SSE at `/sse` and `/messages`.
+pub struct TsReplica {
+    pub name: String,
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl TsReplica {
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Starts TypeScript replicas `<prefix>1..=n` and waits until each listens.
+pub async fn node_replicas(prefix: &str, n: usize) -> Vec<TsReplica> {
+    let script = node_script("ts_replica.mjs");
+    let mut replicas = Vec::new();
+    let procs: Vec<(String, Proc)> = (1..=n)
+        .map(|i| {
+            let name = format!("{prefix}{i}");
+            let proc = Proc::spawn(
+                &format!("ts-{name}"),
+                Command::new(node()).arg(&script).arg(&name),
+            );
+            (name, proc)
+        })
+        .collect();
+    for (name, mut proc) in procs {
+        let line = proc.read_line(Duration::from_secs(30)).await;
+        let port = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"));
+        replicas.push(TsReplica { name, port, proc });
+    }
+    replicas
+}
+
+/// Runs `tests/e2e/ts_clients.mjs` against `url` and returns its JSON lines.
+pub async fn node_clients(
+    url: &str,
+    mode: &str,
+    sessions: usize,
+    calls: usize,
+) -> Vec<serde_json::Value> {
+    let script = node_script("ts_clients.mjs");
+    let proc = Proc::spawn(
+        &format!("ts-clients-{mode}"),
+        Command::new(node()).arg(script).args([
+            url,
+            "--mode",
+            mode,
+            "--sessions",
+            &sessions.to_string(),
+            "--calls",
+            &calls.to_string(),
+        ]),
+    );
+    json_lines(&proc.output(Duration::from_secs(60)).await)
+}
