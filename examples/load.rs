@@ -1,0 +1,418 @@
+//! A bounded load generator: N concurrent MCP sessions call `whoami` directly against one
+//! backend and through the proxy, in the same run, and print calls/s and p50/p99 latency for
+//! both, so the proxy's overhead is a measured ratio.
+//!
+//! ```sh
+//! cargo run --release --example load                       # in-process rmcp replica + proxy
+//! cargo run --release --example load -- --sessions 64 --calls 2000 --max-seconds 20
+//! cargo run --release --example load -- --direct http://127.0.0.1:9001/mcp \
+//!     --proxy http://127.0.0.1:8080/mcp                    # measure running servers instead
+//! ```
+//!
+//! Each session is a real Streamable HTTP session opened by hand: raw HTTP POSTs (hyper-util,
+//! pooled keep-alive connections) of `initialize`, `notifications/initialized`, then
+//! `tools/call whoami` with its `Mcp-Session-Id`, each answer read to its end (rmcp answers
+//! with a short SSE stream) and checked: right replica, next count. Raw requests rather than
+//! rmcp clients, because rmcp's client opens a new TCP connection per request, which would
+//! measure the client more than the proxy. Every phase is bounded in calls and in time.
+
+#![allow(clippy::disallowed_methods)]
+
+#[path = "common/proxy.rs"]
+mod proxy;
+#[path = "common/rmcp_peers.rs"]
+mod rmcp_peers;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+const USAGE: &str = "\
+usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--direct URL --proxy URL]
+
+  --sessions N       concurrent sessions per phase (default 32)
+  --calls C          whoami calls per session (default 1000)
+  --max-seconds S    a phase stops after S seconds (default 15)
+  --rounds R         direct/proxied rounds, alternated; the best of each is kept (default 3)
+  --direct URL       a backend's MCP endpoint (default: an in-process rmcp replica)
+  --proxy URL        the proxy's MCP endpoint in front of it (default: the in-process proxy)
+";
+
+struct Args {
+    sessions: usize,
+    calls: usize,
+    max: Duration,
+    rounds: usize,
+    direct: Option<String>,
+    proxy: Option<String>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        sessions: 32,
+        calls: 1000,
+        max: Duration::from_secs(15),
+        rounds: 3,
+        direct: None,
+        proxy: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(String::new());
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let number = || value.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--sessions" => args.sessions = number()?.max(1),
+            "--calls" => args.calls = number()?.max(1),
+            "--rounds" => args.rounds = number()?.max(1),
+            "--max-seconds" => args.max = Duration::from_secs(number()? as u64),
+            "--direct" => args.direct = Some(value),
+            "--proxy" => args.proxy = Some(value),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if args.direct.is_some() != args.proxy.is_some() {
+        return Err("--direct and --proxy go together".into());
+    }
+    Ok(args)
+}
+
+/// What one phase measured.
+#[derive(Default)]
+struct Phase {
+    calls: usize,
+    errors: usize,
+    violations: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i]
+    }
+}
+
+async fn post(
+    http: &Http,
+    url: &str,
+    session: Option<&str>,
+    body: &'static str,
+) -> Result<(u16, Option<String>, Bytes), String> {
+    let mut request = http::Request::post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json");
+    if let Some(session) = session {
+        request = request
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    let request = request
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .map_err(|e| e.to_string())?;
+    let response = http.request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, session, body))
+}
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"load","version":"0"}}}"#;
+const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+const WHOAMI: &str =
+    r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
+
+/// The `whoami` reply in a JSON or SSE answer.
+fn reply_of(body: &[u8]) -> Option<rmcp_peers::Reply> {
+    let text = std::str::from_utf8(body).ok()?;
+    let json = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .find(|d| d.contains("\"result\""))
+        .unwrap_or(text.trim());
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    rmcp_peers::parse_reply(value["result"]["content"][0]["text"].as_str()?).ok()
+}
+
+/// One session: initialize, then `calls` whoami calls until `deadline`; DELETE at the end.
+async fn session(http: Http, url: Arc<str>, calls: usize, deadline: Instant) -> Phase {
+    let mut phase = Phase::default();
+    let id = match post(&http, &url, None, INITIALIZE).await {
+        Ok((200, Some(id), _)) => id,
+        _ => {
+            phase.errors += 1;
+            return phase;
+        }
+    };
+    if !matches!(
+        post(&http, &url, Some(&id), INITIALIZED).await,
+        Ok((202, ..))
+    ) {
+        phase.errors += 1;
+        return phase;
+    }
+    let mut track = rmcp_peers::Track::default();
+    for _ in 0..calls {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let started = Instant::now();
+        match post(&http, &url, Some(&id), WHOAMI).await {
+            Ok((200, _, body)) => {
+                phase.latencies.push(started.elapsed());
+                phase.calls += 1;
+                match reply_of(&body) {
+                    Some(reply) => {
+                        if !track.record(&reply) {
+                            phase.violations += 1;
+                        }
+                    }
+                    None => phase.errors += 1,
+                }
+            }
+            _ => phase.errors += 1,
+        }
+    }
+    let delete = http::Request::delete(&*url)
+        .header("mcp-session-id", &id)
+        .body(Full::new(Bytes::new()))
+        .expect("a request");
+    if let Ok(response) = http.request(delete).await {
+        let _ = response.into_body().collect().await;
+    }
+    phase
+}
+
+async fn run_phase(url: &str, sessions: usize, calls: usize, max: Duration) -> Phase {
+    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+    let url: Arc<str> = url.into();
+    let started = Instant::now();
+    let deadline = started + max;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..sessions {
+        set.spawn(session(http.clone(), url.clone(), calls, deadline));
+    }
+    let mut total = Phase::default();
+    while let Some(joined) = set.join_next().await {
+        let phase = joined.unwrap_or_else(|_| Phase {
+            errors: 1,
+            ..Phase::default()
+        });
+        total.calls += phase.calls;
+        total.errors += phase.errors;
+        total.violations += phase.violations;
+        total.latencies.extend(phase.latencies);
+    }
+    total.elapsed = started.elapsed();
+    total.latencies.sort_unstable();
+    total
+}
+
+/// The same hyper server + pooled hyper-util client hop as the proxy, without the router: the
+/// floor any proxy pays for the extra HTTP hop. Serves until the process exits.
+async fn plain_proxy(backend: std::net::SocketAddr) -> std::io::Result<String> {
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let client: Client<HttpConnector, hyper::body::Incoming> =
+        Client::builder(TokioExecutor::new()).build_http();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            let service =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    let client = client.clone();
+                    async move {
+                        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                        *req.uri_mut() = format!("http://{backend}{path}").parse().expect("a URI");
+                        client.request(req).await
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    Ok(format!("http://{addr}/mcp"))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn row(name: &str, sessions: usize, p: &Phase) {
+    println!(
+        "{name:<8} {sessions:>8} {:>7} {:>6.2} {:>9.0} {:>8.3} {:>8.3} {:>6} {:>10}",
+        p.calls,
+        p.elapsed.as_secs_f64(),
+        p.rate(),
+        ms(p.percentile(0.50)),
+        ms(p.percentile(0.99)),
+        p.errors,
+        p.violations
+    );
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(e) if e.is_empty() => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("load: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    // In-process by default: one rmcp replica, and the proxy in front of it alone, so both
+    // phases reach the same server and differ only by the proxy hop.
+    let mut local = None;
+    let mut plain = None;
+    let (direct, proxied) = match (&args.direct, &args.proxy) {
+        (Some(direct), Some(proxy)) => (direct.clone(), proxy.clone()),
+        _ => {
+            let replica = match rmcp_peers::Replica::start("r1").await {
+                Ok(replica) => replica,
+                Err(e) => {
+                    eprintln!("load: start replica: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let config = proxy::Config {
+                backends: vec![replica.url()],
+                shutdown_grace: Duration::from_millis(100),
+                ..proxy::Config::default()
+            };
+            let running = match proxy::Running::start(&config).await {
+                Ok(running) => running,
+                Err(e) => {
+                    eprintln!("load: start proxy: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let urls = (format!("{}/mcp", replica.url()), running.url("/mcp"));
+            plain = plain_proxy(replica.addr).await.ok();
+            local = Some((replica, running));
+            urls
+        }
+    };
+    println!(
+        "{} sessions x {} whoami calls per phase (max {} s), {} round(s); raw HTTP/1.1 POSTs, pooled",
+        args.sessions,
+        args.calls,
+        args.max.as_secs(),
+        args.rounds
+    );
+    println!("direct:  {direct}\nproxied: {proxied} (the router's proxy)");
+    if let Some(plain) = &plain {
+        println!("plain:   {plain} (the same hyper hop without a router)");
+    }
+
+    // Warm up both paths (connections, allocator, caches).
+    let _ = run_phase(&direct, 4, 20, Duration::from_secs(2)).await;
+    let _ = run_phase(&proxied, 4, 20, Duration::from_secs(2)).await;
+
+    let mut targets = vec![("direct", direct.clone()), ("proxied", proxied.clone())];
+    if let Some(plain) = &plain {
+        targets.push(("plain", plain.clone()));
+    }
+    let mut best: Vec<Option<Phase>> = targets.iter().map(|_| None).collect();
+    let mut failed = false;
+    println!(
+        "\n{:<8} {:>8} {:>7} {:>6} {:>9} {:>8} {:>8} {:>6} {:>10}",
+        "target",
+        "sessions",
+        "calls",
+        "secs",
+        "calls/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "violations"
+    );
+    for _ in 0..args.rounds {
+        for (i, (name, url)) in targets.iter().enumerate() {
+            let phase = run_phase(url, args.sessions, args.calls, args.max).await;
+            row(name, args.sessions, &phase);
+            failed |= phase.errors > 0 || phase.violations > 0;
+            if best[i].as_ref().is_none_or(|b| phase.rate() > b.rate()) {
+                best[i] = Some(phase);
+            }
+        }
+    }
+    let (Some(d), Some(p)) = (&best[0], &best[1]) else {
+        return ExitCode::FAILURE;
+    };
+    if let Some(Some(plain)) = best.get(2) {
+        println!(
+            "\nplain hop (no router): {:.0} calls/s, p50 {:.3} ms, p99 {:.3} ms -> router proxy / plain hop throughput {:.2}",
+            plain.rate(),
+            ms(plain.percentile(0.5)),
+            ms(plain.percentile(0.99)),
+            p.rate() / plain.rate()
+        );
+    }
+    println!(
+        "best rounds: direct {:.0} calls/s, proxied {:.0} calls/s -> proxied/direct throughput {:.2}; \
+         p50 {:.3} -> {:.3} ms (+{:.3}), p99 {:.3} -> {:.3} ms (+{:.3})",
+        d.rate(),
+        p.rate(),
+        p.rate() / d.rate(),
+        ms(d.percentile(0.5)),
+        ms(p.percentile(0.5)),
+        ms(p.percentile(0.5)) - ms(d.percentile(0.5)),
+        ms(d.percentile(0.99)),
+        ms(p.percentile(0.99)),
+        ms(p.percentile(0.99)) - ms(d.percentile(0.99)),
+    );
+    if let Some((replica, running)) = local {
+        let m = running.proxy.metrics();
+        println!(
+            "router: placed {} pinned {} learned {} forgotten {} rejected {}",
+            m.placed,
+            m.pinned,
+            m.keys_learned,
+            m.keys_forgotten,
+            m.rejected_total()
+        );
+        running.shutdown().await;
+        replica.kill().await;
+    }
+    if failed {
+        eprintln!("load: errors or affinity violations");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
