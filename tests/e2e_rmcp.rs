@@ -501,3 +501,64 @@ async fn sse_is_streamed_unbuffered_and_a_client_disconnect_reaches_the_backend_
     server.abort();
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_deadline_revokes_the_sessions_left_and_rmcp_clients_move() {
+    let (replicas, running) = fleet(3).await;
+    let url = running.url("/mcp");
+    let clients = clients(&url, 9, 2, true).await;
+    let drained = owner(&clients[0]).to_string();
+    let slot = slot_of(&running, &replicas, &drained);
+    let victims = clients.iter().filter(|c| owner(c) == drained).count();
+
+    let drain = format!("/backends/{slot}/drain?deadline=0.3");
+    let (status, answer) = admin(&running.admin_url(&drain), "POST").await;
+    assert_eq!(status, 200, "{answer}");
+    // Past the deadline (and a maintenance tick), the sessions left on it are revoked.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for c in &clients {
+        let reply = rmcp_peers::whoami(&c.session).await.expect("call succeeds");
+        if owner(c) == drained {
+            assert_ne!(
+                reply.replica, drained,
+                "revoked, then re-initialized elsewhere"
+            );
+            assert_eq!(reply.count, 1, "{reply:?}");
+        } else {
+            assert_eq!((reply.replica.as_str(), reply.count), (owner(c), 3));
+        }
+    }
+    let m = running.proxy.metrics();
+    assert_eq!(m.keys_revoked, victims as u64, "{m:?}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_expire_after_the_idle_ttl() {
+    let replica = Replica::start("r1").await.expect("replica");
+    let config = Config {
+        backends: vec![replica.url()],
+        idle_ttl: Some(Duration::from_millis(500)),
+        shutdown_grace: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let running = Running::start(&config).await.expect("proxy");
+    let url = running.url("/mcp");
+    let raw = raw_client();
+    let idle = raw_session(&raw, &url).await;
+    let busy = raw_session(&raw, &url).await;
+    // `busy` is used every 200 ms; `idle` is not used for 2 s (maintenance runs every second).
+    for _ in 0..10 {
+        let (status, _, body) = raw_whoami(&raw, &url, &busy).await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _, body) = raw_whoami(&raw, &url, &idle).await;
+    assert_eq!(status, 404, "the idle session expired: {body}");
+    let (status, _, body) = raw_whoami(&raw, &url, &busy).await;
+    assert_eq!(status, 200, "the busy one did not: {body}");
+    let m = running.proxy.metrics();
+    assert_eq!(m.keys_expired, 1, "{m:?}");
+    running.shutdown().await;
+    drop(replica);
+}
