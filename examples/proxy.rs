@@ -32,6 +32,7 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
   --backend URL              a backend replica, http://host:port[/prefix] (repeatable)
   --admin ADDR               admin API: GET /metrics[?format=text], GET /backends,
                              POST /backends?url=URL, POST /backends/<slot>/{drain,undrain,remove,restart}
+                             (drain takes ?deadline=SECONDS); no authentication: keep it on loopback
   --sse-path PATH            legacy HTTP+SSE stream path (default /sse; \"none\" turns it off)
   --message-path PATH        legacy HTTP+SSE message path (default /messages; /messages/ too)
   --idle-ttl SECONDS         forget a session idle this long (default 3600; 0 = never)
