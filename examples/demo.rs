@@ -136,7 +136,7 @@ async fn run() -> Result<bool, String> {
         .ok_or("victim not in the router")?;
     let purged = running.proxy.remove(slot)?;
     println!(
-        "\nphase 2: remove_backend({victim}) purged {purged} sessions; their clients get 404 and re-initialize"
+        "\nphase 2: remove_backend({victim}) took {purged} sessions away; their clients get 404 and re-initialize"
     );
     let mut set = tokio::task::JoinSet::new();
     for mut client in clients {

@@ -60,7 +60,7 @@
 //! router.on_exchange_end(exchange, End::Completed, now);
 //!
 //! // 4. …until its owner goes away: then the client gets the 404 that makes it start over.
-//! router.remove_backend(owner).unwrap();
+//! router.remove_backend(owner, now).unwrap();
 //! let Routed::Reject(rejection) = router.route(&call, now) else { unreachable!() };
 //! assert_eq!(rejection.status(), StatusCode::NOT_FOUND);
 //! # let _ = (a, b);

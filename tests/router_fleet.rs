@@ -95,20 +95,66 @@ fn a_removed_backend_s_sessions_get_404_and_the_others_are_untouched() {
     let safe: Vec<_> = (0..3)
         .map(|i| session_on(&router, ids[1], &format!("s{i}"), now))
         .collect();
-    let purged = router.remove_backend(ids[0]).unwrap();
-    assert!(purged >= 3);
+    let owned = router.remove_backend(ids[0], now).unwrap();
+    assert!(owned >= 3);
+    // Its clients are told the owner is gone (not "unknown"), each key purged as it is seen.
     for id in &doomed {
         let rejection = route_session(&router, id, now).unwrap_err();
+        assert_eq!(rejection.reason(), Reason::OwnerGone(KeyKind::Session));
         assert_eq!(rejection.status(), StatusCode::NOT_FOUND);
     }
     for id in &safe {
         assert_eq!(route_session(&router, id, now).unwrap(), ids[1]);
     }
     assert_eq!(
-        router.remove_backend(ids[0]),
+        router.remove_backend(ids[0], now),
         Err(FleetError::NotFound(ids[0]))
     );
-    assert_eq!(router.metrics().keys_purged, purged as u64);
+    assert_eq!(router.metrics().keys_purged, 3);
+    // The rest are purged by maintenance once the removal grace has passed.
+    let _ = router.maintain(now + Duration::from_secs(59), 0);
+    assert_eq!(router.metrics().keys_purged, 3);
+    let _ = router.maintain(now + Duration::from_secs(61), 0);
+    assert_eq!(router.metrics().keys_purged, owned as u64);
+    assert!(router.keys_of(ids[0], 100).is_empty());
+}
+
+#[test]
+fn without_removal_grace_a_removed_backend_s_keys_are_purged_at_once() {
+    let router = Router::builder().removal_grace(Duration::ZERO).build();
+    let a = router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    let now = Clock::new().now();
+    initialize(&router, "s1", now);
+    assert_eq!(router.remove_backend(a, now).unwrap(), 1);
+    assert_eq!(router.metrics().keys_purged, 1);
+    assert_eq!(
+        route_session(&router, "s1", now).unwrap_err().reason(),
+        Reason::UnknownKey(KeyKind::Session)
+    );
+}
+
+#[test]
+fn a_burst_of_conversation_starts_spreads_before_any_answer() {
+    // Pending starts count with live keys: nine initializes routed before any answer used to
+    // all go to the emptiest backend.
+    let (router, ids) = fleet(3);
+    let now = Clock::new().now();
+    session_on(&router, ids[0], "x", now);
+    session_on(&router, ids[1], "y", now);
+    let exchanges: Vec<_> = (0..9)
+        .map(|_| forward(router.route(&post("/mcp", &[]), now)))
+        .collect();
+    let mut per_backend = std::collections::HashMap::new();
+    for ex in &exchanges {
+        *per_backend.entry(ex.backend()).or_insert(0) += 1;
+    }
+    assert!(per_backend.values().all(|n| *n <= 5), "{per_backend:?}");
+    assert_eq!(per_backend.len(), 3, "{per_backend:?}");
+    for ex in exchanges {
+        router.on_exchange_end(ex, End::Aborted, now);
+    }
+    // Unanswered starts stop counting once they end: the emptiest backend is first again.
+    assert_eq!(initialize(&router, "n0", now), ids[2]);
 }
 
 #[test]
@@ -121,7 +167,7 @@ fn a_key_left_behind_by_a_removed_owner_is_rejected_as_owner_gone() {
     use mcp_affinity::table::{Key, SessionTable};
     let key = Key::new(TenantId::DEFAULT, KeyKind::Session, b"s1").unwrap();
     let entry = router.table().remove(&key, None).unwrap();
-    router.remove_backend(ids[0]).unwrap();
+    router.remove_backend(ids[0], now).unwrap();
     let _ = router.table().insert(&key, entry.owner, None, now);
     let rejection = route_session(&router, "s1", now).unwrap_err();
     assert_eq!(rejection.reason(), Reason::OwnerGone(KeyKind::Session));
@@ -133,7 +179,7 @@ fn a_restarted_backend_inherits_nothing() {
     let (router, ids) = fleet(1);
     let now = Clock::new().now();
     initialize(&router, "before", now);
-    let reborn = router.restart_backend(ids[0]).unwrap();
+    let reborn = router.restart_backend(ids[0], now).unwrap();
     assert_eq!(reborn.slot(), ids[0].slot());
     assert_ne!(reborn.generation(), ids[0].generation());
     assert!(route_session(&router, "before", now).is_err());

@@ -153,13 +153,13 @@ proptest! {
                     model.backends.push(router.add_backend(TenantId::DEFAULT, "b", 1).unwrap());
                 }
                 Op::RemoveBackend(i) => if let Some(b) = model.pick(i) {
-                    router.remove_backend(b).unwrap();
+                    router.remove_backend(b, now).unwrap();
                     model.backends.retain(|x| *x != b);
                     model.removed.push(b);
                     model.minted.retain(|_, owner| *owner != b);
                 },
                 Op::RestartBackend(i) => if let Some(b) = model.pick(i) {
-                    let reborn = router.restart_backend(b).unwrap();
+                    let reborn = router.restart_backend(b, now).unwrap();
                     prop_assert_ne!(reborn, b);
                     model.backends.retain(|x| *x != b);
                     model.backends.push(reborn);

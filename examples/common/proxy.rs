@@ -224,8 +224,9 @@ impl Proxy {
         Ok(id)
     }
 
-    /// Removes a backend: the router purges its keys (their requests get 404) and the proxy
-    /// ends the streams still open to it. Returns the number of keys purged.
+    /// Removes a backend: the router rejects its keys from now on (404, owner gone) and purges
+    /// them after its removal grace, and the proxy ends the streams still open to it. Returns
+    /// the number of keys the backend owned.
     pub fn remove(&self, slot: u16) -> Result<usize, String> {
         let mut upstreams = self.upstreams.write().unwrap();
         let upstream = upstreams
@@ -234,7 +235,7 @@ impl Proxy {
             .ok_or(format!("no backend in slot {slot}"))?;
         let purged = self
             .router
-            .remove_backend(upstream.id)
+            .remove_backend(upstream.id, Instant::now())
             .map_err(|e| e.to_string())?;
         upstream.gone.send_replace(true);
         Ok(purged)
@@ -250,7 +251,7 @@ impl Proxy {
             .ok_or(format!("no backend in slot {slot}"))?;
         let id = self
             .router
-            .restart_backend(upstream.id)
+            .restart_backend(upstream.id, Instant::now())
             .map_err(|e| e.to_string())?;
         let old = std::mem::replace(&mut upstream.gone, watch::Sender::new(false));
         old.send_replace(true);

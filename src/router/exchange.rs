@@ -86,6 +86,8 @@ pub struct Exchange {
     pub(crate) stream_open: bool,
     /// The response gets an affinity cookie.
     pub(crate) set_cookie: bool,
+    /// A placed conversation start counted as pending on its backend until answered.
+    pub(crate) pending: bool,
 }
 
 impl Exchange {
@@ -108,6 +110,7 @@ impl Exchange {
             stream_binding: None,
             stream_open: false,
             set_cookie: false,
+            pending: false,
         }
     }
 

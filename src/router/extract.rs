@@ -48,8 +48,8 @@ where
 /// request carrying it is placed, and a 2xx answer binds the key to the backend that gave it.
 /// Later requests with the key are pinned there. That is the trade-off: a client can choose a
 /// key, but only ever reaches a backend of its own tenant that accepted it. When the owner is
-/// removed, its keys are purged with it and the next request binds afresh; the key expires
-/// after the table's idle TTL like any other.
+/// removed (or revoked), the next request with the key binds it afresh, as its first did; the
+/// key expires after the table's idle TTL like any other.
 ///
 /// A closure borrowing from the request becomes an extractor with [`key_fn`]:
 ///

@@ -5,7 +5,7 @@
 //! sits behind a read-mostly lock taken by placement and by out-of-band fleet changes; no
 //! caller code ever runs under that lock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -29,10 +29,12 @@ const REVOKED: u64 = 1 << 19;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Placement {
-    /// The ready backend with the fewest live keys; ties go round robin. The default.
+    /// The ready backend with the fewest live keys (counting conversations placed on it and
+    /// not answered yet, so that a burst of starts spreads); ties go round robin. The default.
     #[default]
     LeastSessions,
-    /// Two ready backends picked at random; the one with fewer live keys wins.
+    /// Two ready backends picked at random; the one with fewer live keys (and pending starts)
+    /// wins.
     PowerOfTwoChoices,
     /// Ready backends in turn, each as often as its weight.
     WeightedRoundRobin,
@@ -129,6 +131,9 @@ pub(crate) struct Fleet {
     hot: Box<[AtomicU64]>,
     /// Per slot: the drain deadline in milliseconds since `epoch`, plus one (0: none).
     deadlines: Box<[AtomicU64]>,
+    /// Per slot: conversations placed there whose answer has not come yet. Counted with the
+    /// live keys when balancing, so that a burst of starts does not herd onto one backend.
+    pending: Box<[AtomicU32]>,
     state: RwLock<State>,
     epoch: OnceLock<Instant>,
     unhealthy_after: u32,
@@ -141,6 +146,7 @@ impl Fleet {
         Fleet {
             hot: (0..max).map(|_| AtomicU64::new(0)).collect(),
             deadlines: (0..max).map(|_| AtomicU64::new(0)).collect(),
+            pending: (0..max).map(|_| AtomicU32::new(0)).collect(),
             state: RwLock::new(State::default()),
             epoch: OnceLock::new(),
             unhealthy_after: unhealthy_after.max(1),
@@ -255,6 +261,7 @@ impl Fleet {
             }
         };
         state.tenants.entry(tenant).or_default().slots.push(slot);
+        self.pending[usize::from(slot)].store(0, Ordering::Relaxed);
         let meta = &state.slots[usize::from(slot)];
         self.publish(slot, meta);
         Ok(BackendId::new(slot, meta.generation))
@@ -379,6 +386,28 @@ impl Fleet {
             .collect()
     }
 
+    /// Counts a conversation placed on `id` and not answered yet.
+    pub(crate) fn start_pending(&self, id: BackendId) {
+        if let Some(pending) = self.pending.get(usize::from(id.slot())) {
+            pending.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The answer to a conversation placed on `id` came (or never will).
+    pub(crate) fn end_pending(&self, id: BackendId) {
+        if let Some(pending) = self.pending.get(usize::from(id.slot())) {
+            // Never below zero: a slot reused since the placement starts again at zero.
+            let _ =
+                pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Live keys plus conversations placed and not answered yet: the load balancing looks at.
+    fn load(&self, table: &dyn SessionTable, id: BackendId) -> usize {
+        let pending = self.pending[usize::from(id.slot())].load(Ordering::Relaxed);
+        table.count_owner(id) + pending as usize
+    }
+
     /// The policy's choice among `tenant`'s ready backends, skipping `refused`; `None` if
     /// none is left. Takes the fleet lock only for the choice: the caller's veto runs outside.
     ///
@@ -411,12 +440,13 @@ impl Fleet {
                 weight,
             })
         });
+        let load = |id| self.load(table, id);
         match policy {
             Placement::WeightedRoundRobin => weighted_turn(candidates, turn),
-            Placement::LeastSessions => least_sessions(candidates, table),
+            Placement::LeastSessions => least_loaded(candidates, load),
             Placement::PowerOfTwoChoices => {
                 let all: Vec<_> = candidates.collect();
-                two_choices(&all, turn, table)
+                two_choices(&all, turn, load)
             }
         }
     }
@@ -451,19 +481,23 @@ fn weighted_turn(
     None
 }
 
-/// The candidate with the fewest live keys; among equals, the first from this turn's start.
-fn least_sessions(
+/// The least loaded candidate; among equals, the first from this turn's start.
+fn least_loaded(
     candidates: impl Iterator<Item = Candidate>,
-    table: &dyn SessionTable,
+    load: impl Fn(BackendId) -> usize,
 ) -> Option<BackendId> {
     candidates
-        .map(|c| (table.count_owner(c.id), c.rank, c.id))
+        .map(|c| (load(c.id), c.rank, c.id))
         .min()
         .map(|(_, _, id)| id)
 }
 
-/// Two pseudo-random candidates; the one with fewer live keys.
-fn two_choices(all: &[Candidate], turn: u64, table: &dyn SessionTable) -> Option<BackendId> {
+/// Two pseudo-random candidates; the less loaded one.
+fn two_choices(
+    all: &[Candidate],
+    turn: u64,
+    load: impl Fn(BackendId) -> usize,
+) -> Option<BackendId> {
     match all.len() {
         0 => None,
         1 => Some(all[0].id),
@@ -472,11 +506,7 @@ fn two_choices(all: &[Candidate], turn: u64, table: &dyn SessionTable) -> Option
             let a = (mix % n as u64) as usize;
             let b = (a + 1 + ((mix >> 32) % (n as u64 - 1)) as usize) % n;
             let (a, b) = (all[a].id, all[b].id);
-            Some(if table.count_owner(b) < table.count_owner(a) {
-                b
-            } else {
-                a
-            })
+            Some(if load(b) < load(a) { b } else { a })
         }
     }
 }

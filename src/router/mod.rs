@@ -13,11 +13,12 @@ mod reject;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, COOKIE, HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
 use http::{StatusCode, request, response};
+use parking_lot::Mutex;
 
 pub use classify::Era;
 pub use exchange::{ChunkOutcome, End, Exchange, HeadOutcome, How, Routed};
@@ -89,8 +90,8 @@ type BodyOverride = dyn Fn(&Rejection) -> Option<Bytes> + Send + Sync;
 ///
 /// Out of band, from any thread: [`add_backend`](Router::add_backend),
 /// [`drain_backend`](Router::drain_backend) (optionally with a deadline after which the
-/// backend's keys are revoked), [`remove_backend`](Router::remove_backend) (its keys are
-/// purged; requests for them get 404), [`restart_backend`](Router::restart_backend) (a new
+/// backend's keys are revoked), [`remove_backend`](Router::remove_backend) (requests for its
+/// keys get 404 and the keys are purged), [`restart_backend`](Router::restart_backend) (a new
 /// generation: it inherits nothing), [`report_health`](Router::report_health) (health flips
 /// after N consecutive results), [`maintain`](Router::maintain) (call periodically: expires
 /// idle keys under a work budget, revokes keys past drain deadlines),
@@ -173,6 +174,9 @@ pub struct Router<T = MemoryTable> {
     max_observe: usize,
     placement: Placement,
     retry_after: u32,
+    removal_grace: Duration,
+    /// Removed backends whose keys are to be purged, and when.
+    purges: Mutex<Vec<(BackendId, Instant)>>,
     cookie: Option<Arc<str>>,
     tenant: Option<Box<dyn TenantExtractor>>,
     operator: Option<Box<dyn KeyExtractor>>,
@@ -191,6 +195,7 @@ pub struct RouterBuilder<T = MemoryTable> {
     unhealthy_after: u32,
     healthy_after: u32,
     retry_after: u32,
+    removal_grace: Duration,
     cookie: Option<Arc<str>>,
     tenant: Option<Box<dyn TenantExtractor>>,
     operator: Option<Box<dyn KeyExtractor>>,
@@ -217,6 +222,7 @@ impl Router {
             unhealthy_after: 3,
             healthy_after: 2,
             retry_after: 1,
+            removal_grace: Duration::from_secs(60),
             cookie: None,
             tenant: None,
             operator: None,
@@ -246,6 +252,7 @@ impl<T> RouterBuilder<T> {
             unhealthy_after: self.unhealthy_after,
             healthy_after: self.healthy_after,
             retry_after: self.retry_after,
+            removal_grace: self.removal_grace,
             cookie: self.cookie,
             tenant: self.tenant,
             operator: self.operator,
@@ -319,6 +326,14 @@ impl<T> RouterBuilder<T> {
         self
     }
 
+    /// How long the keys of a removed backend are kept, so that their clients are told
+    /// [`OwnerGone`](Reason::OwnerGone) rather than "unknown" (default 60 s; zero purges at
+    /// once). Nothing is ever routed to a removed backend meanwhile.
+    pub fn removal_grace(mut self, grace: Duration) -> Self {
+        self.removal_grace = grace;
+        self
+    }
+
     /// Seconds in `Retry-After` on 503 rejections (default 1).
     pub fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = seconds;
@@ -376,6 +391,8 @@ impl<T> RouterBuilder<T> {
             max_observe: self.max_observe,
             placement: self.placement,
             retry_after: self.retry_after,
+            removal_grace: self.removal_grace,
+            purges: Mutex::new(Vec::new()),
             cookie: self.cookie,
             tenant: self.tenant,
             operator: self.operator,
@@ -481,13 +498,18 @@ impl<T: SessionTable> Router<T> {
                     return Routed::Reject(self.reject(Reason::InvalidKey(KeyKind::Operator, why)));
                 }
             };
-            return match self.table.get(&key, now) {
-                Some(entry) => self.forward_owned(&key, entry, class.intent, principal, now),
-                None => {
-                    let bind = Some(Box::new(IdBuf::new(id)));
-                    self.place(tenant, class.intent, principal, accept, bind)
+            if let Some(entry) = self.table.get(&key, now) {
+                if self.fleet.owner_status(entry.owner, now) == OwnerStatus::Live {
+                    return self.forward_owned(&key, entry, class.intent, principal, now);
                 }
-            };
+                // A client cannot start an operator key over: when its owner is gone, the key
+                // is bound afresh, as on its first request.
+                if self.table.remove(&key, Some(entry.owner)).is_some() {
+                    self.counters.purged.incr();
+                }
+            }
+            let bind = Some(Box::new(IdBuf::new(id)));
+            return self.place(tenant, class.intent, principal, accept, bind);
         }
         if let Some(backend) = self.cookie_backend(tenant, req) {
             self.counters.pinned.incr();
@@ -577,6 +599,10 @@ impl<T: SessionTable> Router<T> {
         };
         self.counters.placed.incr();
         let mut exchange = Exchange::new(tenant, backend, How::Placed, intent, principal);
+        if policy != Placement::WeightedRoundRobin {
+            self.fleet.start_pending(backend);
+            exchange.pending = true;
+        }
         exchange.bind_operator = bind_operator;
         exchange.set_cookie = self.cookie.is_some() && intent.starts_conversation();
         Routed::Forward(exchange)
@@ -648,6 +674,9 @@ impl<T: SessionTable> Router<T> {
     ) -> HeadOutcome {
         let status = response.status;
         let ok = status.is_success();
+        if std::mem::take(&mut exchange.pending) {
+            self.fleet.end_pending(exchange.backend);
+        }
         if let Some(id) = exchange.bind_operator.take() {
             if ok {
                 // The call already ran: a binding that fails is counted, never turned into an
@@ -770,11 +799,26 @@ impl<T: SessionTable> Router<T> {
             return Learned::Unroutable;
         };
         let (backend, principal) = (exchange.backend, exchange.principal);
-        let inserted = if stream {
-            self.table.insert_streaming(&key, backend, principal, now)
-        } else {
-            self.table.insert(&key, backend, principal, now)
+        let insert = || {
+            if stream {
+                self.table.insert_streaming(&key, backend, principal, now)
+            } else {
+                self.table.insert(&key, backend, principal, now)
+            }
         };
+        let mut inserted = insert();
+        if let Ok(Insert::Exists(stale)) = inserted {
+            // The id is held for an owner that is gone or revoked (its keys await their
+            // purge): the backend that minted it now is its owner.
+            let dead = self.fleet.owner_status(stale.owner, now) != OwnerStatus::Live;
+            if stale.owner != backend
+                && dead
+                && self.table.remove(&key, Some(stale.owner)).is_some()
+            {
+                self.counters.purged.incr();
+                inserted = insert();
+            }
+        }
         match inserted {
             Ok(Insert::Added { evicted }) => {
                 self.counters.learned.incr();
@@ -849,6 +893,9 @@ impl<T: SessionTable> Router<T> {
     /// Completed and aborted exchanges release alike; `end` is there for the record.
     pub fn on_exchange_end(&self, exchange: Exchange, end: End, now: Instant) {
         let _ = end;
+        if exchange.pending {
+            self.fleet.end_pending(exchange.backend);
+        }
         if let Some(id) = &exchange.stream_binding {
             // A legacy SSE session lives exactly as long as its stream.
             let key = exchange.key_of(KeyKind::SseSession, id);
@@ -893,26 +940,39 @@ impl<T: SessionTable> Router<T> {
         self.fleet.undrain(id)
     }
 
-    /// Removes a backend: its keys are purged (requests for them get 404, the signal to start
-    /// over) and its slot may be reused by a later backend, with a new generation. Returns the
-    /// number of keys purged.
-    pub fn remove_backend(&self, id: BackendId) -> Result<usize, FleetError> {
+    /// Removes a backend: nothing is routed to it any more, and its slot may be reused by a
+    /// later backend, with a new generation. Its keys are rejected as
+    /// [`OwnerGone`](Reason::OwnerGone) (404, the signal to start over) and purged: one by one
+    /// as they are presented, the rest by [`maintain`](Router::maintain) once the removal grace
+    /// has passed (see [`RouterBuilder::removal_grace`]; with no grace, at once). Returns how
+    /// many keys it owned.
+    pub fn remove_backend(&self, id: BackendId, now: Instant) -> Result<usize, FleetError> {
         self.fleet.remove(id)?;
-        let purged = self.table.remove_owner(id);
-        self.counters.purged.add(purged as u64);
-        Ok(purged)
+        let owned = self.table.count_owner(id);
+        if self.removal_grace.is_zero() {
+            self.purge(id);
+        } else {
+            self.purges.lock().push((id, now + self.removal_grace));
+        }
+        Ok(owned)
     }
 
-    /// A backend restarted: removes it (purging its keys) and adds it again with the same
-    /// tenant, label and weight, as a new generation that inherits nothing.
-    pub fn restart_backend(&self, id: BackendId) -> Result<BackendId, FleetError> {
+    fn purge(&self, id: BackendId) {
+        let purged = self.table.remove_owner(id);
+        self.counters.purged.add(purged as u64);
+    }
+
+    /// A backend restarted: removes it (see [`remove_backend`](Router::remove_backend)) and
+    /// adds it again with the same tenant, label and weight, as a new generation that inherits
+    /// nothing.
+    pub fn restart_backend(&self, id: BackendId, now: Instant) -> Result<BackendId, FleetError> {
         let info = self
             .fleet
             .infos(&self.table)
             .into_iter()
             .find(|b| b.id == id)
             .ok_or(FleetError::NotFound(id))?;
-        self.remove_backend(id)?;
+        self.remove_backend(id, now)?;
         self.fleet.add(info.tenant, info.label, info.weight)
     }
 
@@ -931,8 +991,8 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// Periodic upkeep (call it every second or so): expires idle keys, looking at no more
-    /// than `budget` table entries, and revokes the keys of draining backends past their
-    /// deadline.
+    /// than `budget` table entries; revokes the keys of draining backends past their
+    /// deadline; purges the keys of removed backends past the removal grace.
     pub fn maintain(&self, now: Instant, budget: usize) -> Maintenance {
         let eviction = self.table.evict_idle(now, budget);
         self.counters.expired.add(eviction.evicted as u64);
@@ -941,6 +1001,15 @@ impl<T: SessionTable> Router<T> {
             revoked += self.table.remove_owner(id);
         }
         self.counters.revoked.add(revoked as u64);
+        let due: Vec<BackendId> = {
+            let mut purges = self.purges.lock();
+            let (due, later) = purges.drain(..).partition(|(_, at)| *at <= now);
+            *purges = later;
+            due.into_iter().map(|(id, _)| id).collect()
+        };
+        for id in due {
+            self.purge(id);
+        }
         Maintenance {
             examined: eviction.examined,
             expired: eviction.evicted,

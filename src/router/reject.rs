@@ -174,10 +174,19 @@ impl fmt::Display for BadEra {
 
 /// A refused request: its [`Reason`], and the response to send instead of forwarding it.
 ///
-/// The body is a JSON-RPC error with `id: null` (the router does not read request bodies),
-/// in the style MCP servers use, for example
-/// `{"jsonrpc":"2.0","error":{"code":-32001,"message":"Session not found"},"id":null}`.
-/// [`RouterBuilder::rejection_body`](super::RouterBuilder::rejection_body) replaces it.
+/// A lost legacy session (a `Mcp-Session-Id` or legacy SSE session that is unknown, gone,
+/// revoked or another principal's) is answered as MCP servers answer it: 404 with a JSON-RPC
+/// error, `{"jsonrpc":"2.0","error":{"code":-32001,"message":"Session not found"},"id":null}`,
+/// which every SDK reads as "start a new session" (rmcp re-initializes on its own).
+///
+/// Every other rejection has a plain-text body (`text/plain`, [`message`](Rejection::message))
+/// and the status says it all. The router does not read request bodies, so it cannot echo the
+/// request's JSON-RPC `id`, and some clients wait forever for the answer to their request when
+/// handed an error with `id: null` on a request that is not about a session (rmcp 3.9 does,
+/// for a 503 or a 400 inside a session, or a task's 404); a text body fails those requests at
+/// once. [`jsonrpc_body`](Rejection::jsonrpc_body) is there for embedders that know better,
+/// and [`RouterBuilder::rejection_body`](super::RouterBuilder::rejection_body) replaces bodies
+/// wholesale.
 #[derive(Clone, Debug)]
 #[must_use = "a rejection must be answered"]
 pub struct Rejection {
@@ -228,10 +237,32 @@ impl Rejection {
         (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(self.retry_after)
     }
 
-    /// The response headers: `Content-Type: application/json`, and `Retry-After` on 503.
+    /// Whether the default body is a JSON-RPC error: for lost legacy sessions (see the type's
+    /// docs).
+    pub fn is_jsonrpc(&self) -> bool {
+        let lost = matches!(
+            self.reason,
+            Reason::UnknownKey(_)
+                | Reason::OwnerGone(_)
+                | Reason::OwnerRevoked(_)
+                | Reason::WrongPrincipal(_)
+        );
+        lost && matches!(
+            self.reason.kind(),
+            Some(KeyKind::Session | KeyKind::SseSession)
+        )
+    }
+
+    /// The response headers: `Content-Type` (`application/json` or `text/plain;
+    /// charset=utf-8`), and `Retry-After` on 503.
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(2);
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let content_type = if self.is_jsonrpc() {
+            "application/json"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         if let Some(seconds) = self.retry_after() {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
@@ -266,11 +297,22 @@ impl Rejection {
         }
     }
 
-    /// The response body: the embedder's, if it set one, else a JSON-RPC error.
+    /// The response body: the embedder's, if it set one; else a JSON-RPC error for a lost
+    /// legacy session and the [`message`](Rejection::message) for anything else.
     pub fn body(&self) -> Bytes {
         if let Some(body) = &self.body {
             return body.clone();
         }
+        if self.is_jsonrpc() {
+            self.jsonrpc_body()
+        } else {
+            Bytes::from_static(self.message().as_bytes())
+        }
+    }
+
+    /// The rejection as a JSON-RPC error with `id: null`, whatever the reason:
+    /// `{"jsonrpc":"2.0","error":{"code":…,"message":"…"},"id":null}`.
+    pub fn jsonrpc_body(&self) -> Bytes {
         Bytes::from(format!(
             r#"{{"jsonrpc":"2.0","error":{{"code":{},"message":"{}"}},"id":null}}"#,
             self.code(),
