@@ -224,39 +224,30 @@ impl Fleet {
         weight: u32,
     ) -> Result<BackendId, FleetError> {
         let mut state = self.state.write();
+        let fresh = |generation| Meta {
+            tenant,
+            label,
+            weight,
+            generation,
+            occupied: true,
+            draining: false,
+            deadline: None,
+            revoked: false,
+            healthy: true,
+            streak: 0,
+        };
         let slot = match state.free.pop() {
             Some(slot) => {
+                // The slot's next generation: a new owner that inherits nothing.
                 let meta = &mut state.slots[usize::from(slot)];
-                *meta = Meta {
-                    tenant,
-                    label,
-                    weight,
-                    generation: meta.generation.wrapping_add(1),
-                    occupied: true,
-                    draining: false,
-                    deadline: None,
-                    revoked: false,
-                    healthy: true,
-                    streak: 0,
-                };
+                *meta = fresh(meta.generation.wrapping_add(1));
                 slot
             }
             None => {
                 if state.slots.len() >= self.hot.len() {
                     return Err(FleetError::Full(state.slots.len()));
                 }
-                state.slots.push(Meta {
-                    tenant,
-                    label,
-                    weight,
-                    generation: 0,
-                    occupied: true,
-                    draining: false,
-                    deadline: None,
-                    revoked: false,
-                    healthy: true,
-                    streak: 0,
-                });
+                state.slots.push(fresh(0));
                 (state.slots.len() - 1) as u16
             }
         };

@@ -259,15 +259,19 @@ pub async fn python_replicas(prefix: &str, n: usize, mode: PyMode) -> Vec<PyRepl
         .collect();
     let mut replicas = Vec::new();
     for (name, mut proc) in procs.drain(..) {
-        let line = proc.read_line(Duration::from_secs(30)).await;
-        let port = line
-            .trim()
-            .strip_prefix("LISTENING ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"));
+        let port = listening_port(&mut proc, &name).await;
         replicas.push(PyReplica { name, port, proc });
     }
     replicas
+}
+
+/// The port a peer reports on its first line (`LISTENING <port>`), waited for up to 30 s.
+async fn listening_port(proc: &mut Proc, name: &str) -> u16 {
+    let line = proc.read_line(Duration::from_secs(30)).await;
+    line.trim()
+        .strip_prefix("LISTENING ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
 }
 
 /// Runs `tests/e2e/py_clients.py` against `url` and returns its JSON lines.
@@ -506,12 +510,7 @@ pub async fn node_replicas(prefix: &str, n: usize) -> Vec<TsReplica> {
         })
         .collect();
     for (name, mut proc) in procs {
-        let line = proc.read_line(Duration::from_secs(30)).await;
-        let port = line
-            .trim()
-            .strip_prefix("LISTENING ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"));
+        let port = listening_port(&mut proc, &name).await;
         replicas.push(TsReplica { name, port, proc });
     }
     replicas
