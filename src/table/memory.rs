@@ -6,10 +6,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+use hashbrown::{DefaultHashBuilder, HashMap};
 use parking_lot::RwLock;
 use std::hash::Hash;
 
+use super::index::Index;
 use super::{
     Entry, Eviction, Insert, InsertError, Key, KeyKind, Occupancy, OwnedKey, Principal, Scope,
     SessionTable, SetOwnerError, TICK,
@@ -195,11 +196,12 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
 /// One independently locked part of the table.
 ///
-/// Entries live densely in `slots`; `index` maps key hashes to slot numbers; each owner's
+/// Entries live densely in `slots`; `index` maps key hashes to slot numbers (see
+/// [`Index`]: a probe reads one cache line, a hit one more for the slot); each owner's
 /// entries form a doubly linked list through `prev`/`next`, so an owner's keys are found in
 /// time proportional to their number. Removal swaps the last slot into the hole.
 struct Shard {
-    index: HashTable<u32>,
+    index: Index,
     slots: Vec<Slot>,
     /// Parallel to `slots` once any entry had a principal (`tracks_principals`); empty before.
     principals: Vec<u64>,
@@ -290,7 +292,7 @@ impl<S: BuildHasher> MemoryTable<S> {
         let shards = (0..config.shards)
             .map(|i| {
                 Padded(RwLock::new(Shard {
-                    index: HashTable::new(),
+                    index: Index::default(),
                     slots: Vec::new(),
                     principals: Vec::new(),
                     tracks_principals: false,
@@ -330,8 +332,8 @@ impl<S: BuildHasher> MemoryTable<S> {
     }
 
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
-        // hashbrown uses the low bits (bucket) and the top 7 (tag); pick shards in between.
-        &self.shards[(hash >> 40) as usize & self.shard_mask].0
+        // The low bits pick the shard; the shard's index keeps the upper 32.
+        &self.shards[hash as usize & self.shard_mask].0
     }
 
     fn tick(&self, now: Instant) -> u32 {
@@ -438,7 +440,7 @@ impl<S: BuildHasher> MemoryTable<S> {
                 }
             }
         }
-        let i = shard.push(&self.hasher, hash, key, owner.to_bits(), principal, tick);
+        let i = shard.push(hash, key, owner.to_bits(), principal, tick);
         shard.slots[i].streams = streams;
         Self::bump(&self.owners, owner.to_bits(), true);
         Ok(Insert::Added { evicted })
@@ -486,17 +488,16 @@ impl Shard {
     fn find(&self, hash: u64, key: &Key<'_>) -> Option<usize> {
         let (tenant, kind, id) = (key.tenant().get(), key.kind().to_u8(), key.id_bytes());
         self.index
-            .find(hash, |&i| {
+            .find(hash, |i| {
                 let slot = &self.slots[i as usize];
                 slot.tenant == tenant && slot.kind == kind && self.id(slot) == id
             })
-            .map(|&i| i as usize)
+            .map(|i| i as usize)
     }
 
     /// Appends a slot for `key` and indexes it; returns its number.
-    fn push<S: BuildHasher>(
+    fn push(
         &mut self,
-        hasher: &S,
         hash: u64,
         key: &Key<'_>,
         owner: u32,
@@ -549,22 +550,7 @@ impl Shard {
         }
         self.slots.push(slot);
         self.link(i);
-        let Shard {
-            index,
-            slots,
-            long_ids,
-            ..
-        } = self;
-        index.insert_unique(hash, i as u32, |&j| {
-            let slot = &slots[j as usize];
-            let id = if slot.id_len == LONG {
-                let at = u32::from_le_bytes(slot.id[..4].try_into().expect("4 bytes"));
-                &long_ids[at as usize][..]
-            } else {
-                &slot.id[..usize::from(slot.id_len)]
-            };
-            hash_parts(hasher, slot.tenant, slot.kind, id)
-        });
+        self.index.insert(hash, i as u32);
         i
     }
 
@@ -604,12 +590,7 @@ impl Shard {
     fn remove_at<S: BuildHasher>(&mut self, hasher: &S, i: usize) -> (Slot, Option<u64>) {
         self.unlink(i);
         let hash = self.slot_hash(hasher, i);
-        match self.index.find_entry(hash, |&j| j as usize == i) {
-            Ok(entry) => {
-                entry.remove();
-            }
-            Err(_) => unreachable!("every slot is indexed"),
-        }
+        self.index.remove(hash, i as u32);
         let last = self.slots.len() - 1;
         let removed = self.slots.swap_remove(i);
         let principal = if !self.tracks_principals {
@@ -621,10 +602,7 @@ impl Shard {
         if i != last {
             // The former last slot now lives at `i`: re-point its index entry and neighbours.
             let hash = self.slot_hash(hasher, i);
-            *self
-                .index
-                .find_mut(hash, |&j| j as usize == last)
-                .expect("every slot is indexed") = i as u32;
+            self.index.repoint(hash, last as u32, i as u32);
             let (prev, next, owner) = {
                 let slot = &self.slots[i];
                 (slot.prev, slot.next, slot.owner)
@@ -741,9 +719,10 @@ impl Shard {
 impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
     fn get(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
         let hash = self.hash(key);
-        let tick = self.tick(now);
         let shard = self.shard(hash).read();
         let i = shard.find(hash, key)?;
+        // Only a hit pays for reading the clock value.
+        let tick = self.tick(now);
         let used = &shard.slots[i].used;
         if used.load(Relaxed) < tick {
             used.store(tick, Relaxed);

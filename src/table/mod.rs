@@ -22,6 +22,7 @@ use crate::{BackendId, TenantId};
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod contract;
+mod index;
 mod key;
 mod memory;
 mod null;
