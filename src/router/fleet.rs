@@ -117,11 +117,28 @@ struct Meta {
     streak: u32,
 }
 
+impl Meta {
+    /// Ready for new conversations: present, healthy, not draining, weighted above zero.
+    fn ready(&self) -> bool {
+        self.occupied && !self.draining && self.healthy && self.weight > 0
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     slots: Vec<Meta>,
     free: Vec<u16>,
     tenants: HashMap<TenantId, Tenant>,
+}
+
+impl State {
+    /// The metadata of `id` if it is the current generation of its slot.
+    fn live_mut(&mut self, id: BackendId) -> Result<&mut Meta, FleetError> {
+        self.slots
+            .get_mut(usize::from(id.slot()))
+            .filter(|m| m.occupied && m.generation == id.generation())
+            .ok_or(FleetError::NotFound(id))
+    }
 }
 
 /// The backends of every tenant.
@@ -208,12 +225,7 @@ impl Fleet {
     pub(crate) fn is_ready_in(&self, id: BackendId, tenant: TenantId) -> bool {
         let state = self.state.read();
         state.slots.get(usize::from(id.slot())).is_some_and(|meta| {
-            meta.occupied
-                && meta.generation == id.generation()
-                && meta.tenant == tenant
-                && !meta.draining
-                && meta.healthy
-                && meta.weight > 0
+            meta.ready() && meta.generation == id.generation() && meta.tenant == tenant
         })
     }
 
@@ -265,11 +277,7 @@ impl Fleet {
         change: impl FnOnce(&mut Meta) -> R,
     ) -> Result<R, FleetError> {
         let mut state = self.state.write();
-        let meta = state
-            .slots
-            .get_mut(usize::from(id.slot()))
-            .filter(|m| m.occupied && m.generation == id.generation())
-            .ok_or(FleetError::NotFound(id))?;
+        let meta = state.live_mut(id)?;
         let out = change(meta);
         self.publish(id.slot(), meta);
         Ok(out)
@@ -277,11 +285,7 @@ impl Fleet {
 
     pub(crate) fn remove(&self, id: BackendId) -> Result<(), FleetError> {
         let mut state = self.state.write();
-        let meta = state
-            .slots
-            .get_mut(usize::from(id.slot()))
-            .filter(|m| m.occupied && m.generation == id.generation())
-            .ok_or(FleetError::NotFound(id))?;
+        let meta = state.live_mut(id)?;
         meta.occupied = false;
         let tenant = meta.tenant;
         self.publish(id.slot(), meta);
@@ -420,15 +424,14 @@ impl Fleet {
         let start = (turn % n as u64) as usize;
         // Ready candidates; the list is short, the walk allocation-free.
         let candidates = (0..n).filter_map(|i| {
+            // Under the lock the metadata is current: the hot words are for lock-free readers.
             let slot = slots[i];
-            let word = self.hot[usize::from(slot)].load(Ordering::Acquire);
-            let weight = state.slots[usize::from(slot)].weight;
-            let ready = word & OCCUPIED != 0 && word & (DRAINING | UNHEALTHY) == 0 && weight > 0;
-            let id = BackendId::new(slot, word as u16);
-            (ready && !refused.contains(&id)).then_some(Candidate {
+            let meta = &state.slots[usize::from(slot)];
+            let id = BackendId::new(slot, meta.generation);
+            (meta.ready() && !refused.contains(&id)).then_some(Candidate {
                 rank: (i + n - start) % n,
                 id,
-                weight,
+                weight: meta.weight,
             })
         });
         let load = |id| self.load(table, id);

@@ -73,33 +73,23 @@ impl Observer {
     pub(crate) fn feed(&mut self, chunk: &Bytes, max: usize) -> Seen {
         match self {
             Observer::Endpoint { events, seen } => {
-                *seen += chunk.len();
-                events.push(chunk.clone());
-                while let Some(event) = events.next_event() {
-                    let Ok(event) = event else { continue };
-                    if event.event_type() == b"endpoint" {
-                        return endpoint_session(&event.data());
-                    }
-                }
-                if *seen > max { Seen::Limit } else { Seen::More }
+                read_events(events, seen, chunk, max, b"endpoint", |data| {
+                    Some(endpoint_session(data))
+                })
             }
             #[cfg(feature = "tasks")]
-            Observer::TaskEvents { events, seen } => {
-                *seen += chunk.len();
-                events.push(chunk.clone());
-                while let Some(event) = events.next_event() {
-                    let Ok(event) = event else { continue };
-                    if event.event_type() != b"message" {
-                        continue;
-                    }
-                    match task::classify(&event.data()) {
-                        task::Message::Task(id) => return Seen::Key(id),
-                        task::Message::Response => return Seen::Nothing,
-                        task::Message::Other => {}
-                    }
-                }
-                if *seen > max { Seen::Limit } else { Seen::More }
-            }
+            Observer::TaskEvents { events, seen } => read_events(
+                events,
+                seen,
+                chunk,
+                max,
+                b"message",
+                |data| match task::classify(data) {
+                    task::Message::Task(id) => Some(Seen::Key(id)),
+                    task::Message::Response => Some(Seen::Nothing),
+                    task::Message::Other => None,
+                },
+            ),
             #[cfg(feature = "tasks")]
             Observer::TaskJson { body, framing } => {
                 if body.len() + chunk.len() > max {
@@ -118,6 +108,29 @@ impl Observer {
             }
         }
     }
+}
+
+/// Feeds `chunk` to an observed event stream and shows the data of each event of type `kind`
+/// to `judge`, until it concludes; past `max` bytes seen, gives up.
+fn read_events(
+    events: &mut sse::Parser,
+    seen: &mut usize,
+    chunk: &Bytes,
+    max: usize,
+    kind: &[u8],
+    mut judge: impl FnMut(&[u8]) -> Option<Seen>,
+) -> Seen {
+    *seen += chunk.len();
+    events.push(chunk.clone());
+    while let Some(event) = events.next_event() {
+        let Ok(event) = event else { continue };
+        if event.event_type() == kind {
+            if let Some(conclusion) = judge(&event.data()) {
+                return conclusion;
+            }
+        }
+    }
+    if *seen > max { Seen::Limit } else { Seen::More }
 }
 
 /// Finds where a JSON document's top-level object or array ends, a chunk at a time, so that
