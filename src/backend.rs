@@ -8,13 +8,19 @@ use std::fmt;
 /// it again (a restarted replica) yields the same slot with the next generation: a *different*
 /// owner, so the new incarnation inherits none of the old one's sessions.
 ///
-/// It packs into a `u32` (16-bit slot, 16-bit generation): a router holds at most 65,536
-/// backend slots, and a slot's generation wraps after 65,536 re-adds (the router purges a
-/// removed backend's keys, so a wrapped generation finds nothing to inherit).
+/// It packs into a `u32` (16-bit slot, 16-bit generation): a router holds at most 65,535
+/// backend slots, and a slot's generation wraps after 65,536 re-adds (before a generation is
+/// reused, the router purges whatever keys it left, so a wrapped generation inherits
+/// nothing).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendId(u32);
 
 impl BackendId {
+    /// The owner the session table records for a key that two backends minted: it names no
+    /// backend, so requests for such a key reach neither (they are answered as unknown) until
+    /// the claim lapses. Its slot, 65,535, is never given to a backend.
+    pub const CONTESTED: BackendId = BackendId(u32::MAX);
+
     /// The id of `slot` at `generation`.
     pub const fn new(slot: u16, generation: u16) -> Self {
         BackendId(((slot as u32) << 16) | generation as u32)

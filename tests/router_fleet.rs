@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use mcp_affinity::router::{End, FleetError, Placement, Reason, Routed, Router};
+use mcp_affinity::router::{End, FleetError, Health, Placement, Reason, Routed, Router};
 use mcp_affinity::table::KeyKind;
 use mcp_affinity::{BackendId, TenantId};
 
@@ -199,17 +199,19 @@ fn health_flips_after_consecutive_results() {
     let b = router.add_backend(TenantId::DEFAULT, "b", 1).unwrap();
     let now = Clock::new().now();
     let kept = session_on(&router, a, "kept", now);
-    assert!(router.report_health(a, false).unwrap());
-    assert!(router.report_health(a, false).unwrap());
+    let healthy = |h: Health| h == Health::Healthy;
+    assert!(healthy(router.report_health(a, false).unwrap()));
+    assert!(healthy(router.report_health(a, false).unwrap()));
     assert!(
-        router.report_health(a, true).unwrap(),
+        healthy(router.report_health(a, true).unwrap()),
         "a success resets the streak"
     );
     for _ in 0..2 {
         router.report_health(a, false).unwrap();
     }
-    assert!(
-        !router.report_health(a, false).unwrap(),
+    assert_eq!(
+        router.report_health(a, false).unwrap(),
+        Health::Unhealthy,
         "third failure in a row"
     );
     // Unhealthy: no new conversations, but its sessions still go to it.
@@ -217,9 +219,9 @@ fn health_flips_after_consecutive_results() {
         assert_eq!(initialize(&router, &format!("n{i}"), now), b);
     }
     assert_eq!(route_session(&router, &kept, now).unwrap(), a);
-    assert!(!router.report_health(a, true).unwrap());
+    assert!(!healthy(router.report_health(a, true).unwrap()));
     assert!(
-        router.report_health(a, true).unwrap(),
+        healthy(router.report_health(a, true).unwrap()),
         "second success in a row"
     );
 }

@@ -1,7 +1,9 @@
-//! Model test: random sequences of requests, responses, backend changes and clock steps,
-//! checked against a plain model of ownership. The router must never pin a key to a backend
-//! other than the one that minted it, never route to a removed backend, never place on a
-//! backend that is not ready, and must pin every key whose minter is alive.
+//! Model test: random sequences of requests, responses, backend changes (removals, restarts,
+//! drains, failed checks, crashes and comebacks), failed deliveries and clock steps, checked
+//! against a plain model of ownership. The router must never pin a key to a backend other than
+//! the incarnation that minted it, never pin an id two backends minted, never route to a
+//! removed or down backend, never place on a backend that is not ready, and must pin every
+//! key whose minter is alive.
 
 mod common;
 
@@ -9,7 +11,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use mcp_affinity::router::{End, HeadOutcome, How, Routed, Router};
+use mcp_affinity::router::{
+    End, HeadOutcome, Health, How, Probe, Reason, Routed, Router, Undelivered,
+};
+use mcp_affinity::table::KeyKind;
 use mcp_affinity::table::MemoryTableConfig;
 use mcp_affinity::{BackendId, TenantId};
 use proptest::prelude::*;
@@ -22,6 +27,18 @@ enum Op {
     Drain(usize),
     Undrain(usize),
     Health(usize, bool),
+    /// The backend's process dies: refused health checks declare it down.
+    Crash(usize),
+    /// A crashed backend answers again: good health checks bring it back.
+    Comeback(usize),
+    /// A request with session `id` finds its owner's port closed.
+    Refused {
+        id: usize,
+    },
+    /// An initialize finds its backend's port closed, and is placed again.
+    RefusedStart {
+        id: usize,
+    },
     /// A keyless POST whose answer mints session `id` (or fails with `status`).
     Initialize {
         id: usize,
@@ -59,7 +76,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => backend.clone().prop_map(Op::RestartBackend),
         1 => backend.clone().prop_map(Op::Drain),
         1 => backend.clone().prop_map(Op::Undrain),
-        1 => (backend, any::<bool>()).prop_map(|(b, ok)| Op::Health(b, ok)),
+        1 => (backend.clone(), any::<bool>()).prop_map(|(b, ok)| Op::Health(b, ok)),
+        1 => backend.clone().prop_map(Op::Crash),
+        1 => backend.clone().prop_map(Op::Comeback),
+        1 => id.clone().prop_map(|id| Op::Refused { id }),
+        1 => id.clone().prop_map(|id| Op::RefusedStart { id }),
         4 => (id.clone(), status.clone()).prop_map(|(id, status)| Op::Initialize { id, status }),
         6 => (id.clone(), status.clone()).prop_map(|(id, status)| Op::Request { id, status }),
         1 => (id.clone(), status).prop_map(|(id, status)| Op::Delete { id, status }),
@@ -69,17 +90,62 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The model: which backends live, and who minted each key.
+/// Who a key belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// The backend (incarnation) that minted it.
+    Minter(BackendId),
+    /// Two live backends minted it: it must reach neither.
+    Contested,
+}
+
+/// The model: which backends live, which are down, and who minted each key.
 #[derive(Default)]
 struct Model {
     backends: Vec<BackendId>,
     removed: Vec<BackendId>,
-    minted: HashMap<String, BackendId>,
+    down: Vec<BackendId>,
+    minted: HashMap<String, Owner>,
 }
 
 impl Model {
     fn pick(&self, i: usize) -> Option<BackendId> {
         (!self.backends.is_empty()).then(|| self.backends[i % self.backends.len()])
+    }
+
+    /// The live minter of `key`, if any.
+    fn owner(&self, key: &str) -> Option<BackendId> {
+        match self.minted.get(key)? {
+            Owner::Minter(b) if self.backends.contains(b) && !self.down.contains(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// `b` is down: every key it held is lost with it.
+    fn crash(&mut self, b: BackendId) {
+        if !self.down.contains(&b) {
+            self.down.push(b);
+        }
+        self.lose(b);
+    }
+
+    /// Every key of `b` is lost with it.
+    fn lose(&mut self, b: BackendId) {
+        self.minted.retain(|_, owner| *owner != Owner::Minter(b));
+    }
+
+    /// `backend` revealed `key` in a body, whose client already has it.
+    fn minted_in_body(&mut self, key: &str, backend: BackendId) {
+        match self.owner(key) {
+            None if self.minted.get(key) == Some(&Owner::Contested) => {}
+            None => {
+                self.minted.insert(key.to_string(), Owner::Minter(backend));
+            }
+            Some(owner) if owner == backend => {}
+            Some(_) => {
+                self.minted.insert(key.to_string(), Owner::Contested);
+            }
+        }
     }
 }
 
@@ -93,10 +159,11 @@ fn check_forward(
         (Routed::Forward(ex), Some(key)) => {
             prop_assert_eq!(ex.how(), How::Pinned);
             prop_assert_eq!(
-                Some(&ex.backend()),
-                model.minted.get(key),
-                "pinned {} elsewhere",
-                key
+                Some(ex.backend()),
+                model.owner(key),
+                "pinned {} elsewhere (minted: {:?})",
+                key,
+                model.minted.get(key)
             );
             prop_assert!(
                 !model.removed.contains(&ex.backend()),
@@ -121,13 +188,7 @@ fn check_forward(
         }
         (Routed::Reject(r), Some(key)) => {
             // A key whose minter lives must be routed.
-            let owner = model.minted.get(key);
-            prop_assert!(
-                owner.is_none_or(|o| !model.backends.contains(o)),
-                "rejected {}: {}",
-                key,
-                r
-            );
+            prop_assert!(model.owner(key).is_none(), "rejected {}: {}", key, r);
         }
         (Routed::Reject(_), None) => {}
     }
@@ -155,16 +216,70 @@ proptest! {
                 Op::RemoveBackend(i) => if let Some(b) = model.pick(i) {
                     router.remove_backend(b, now).unwrap();
                     model.backends.retain(|x| *x != b);
+                    model.down.retain(|x| *x != b);
                     model.removed.push(b);
-                    model.minted.retain(|_, owner| *owner != b);
+                    model.lose(b);
                 },
                 Op::RestartBackend(i) => if let Some(b) = model.pick(i) {
                     let reborn = router.restart_backend(b, now).unwrap();
                     prop_assert_ne!(reborn, b);
                     model.backends.retain(|x| *x != b);
+                    model.down.retain(|x| *x != b);
                     model.backends.push(reborn);
                     model.removed.push(b);
-                    model.minted.retain(|_, owner| *owner != b);
+                    model.lose(b);
+                },
+                Op::Crash(i) => if let Some(b) = model.pick(i) {
+                    prop_assert_eq!(router.report_health(b, Probe::Refused).unwrap(), Health::Down);
+                    model.crash(b);
+                },
+                Op::Comeback(i) => if let Some(b) = model.pick(i) {
+                    prop_assert_eq!(router.report_health(b, Probe::Up).unwrap(), Health::Healthy);
+                    model.down.retain(|x| *x != b);
+                },
+                Op::Refused { id } => {
+                    let key = format!("s{id}");
+                    let request = post("/mcp", &[("mcp-session-id", &key)]);
+                    let routed = router.route(&request, now);
+                    check_forward(&model, &router, &routed, Some(&key))?;
+                    if let Routed::Forward(ex) = routed {
+                        let b = ex.backend();
+                        let rejection = rejected(router.on_undelivered(ex, Undelivered::Refused, now));
+                        prop_assert_eq!(rejection.reason(), Reason::OwnerDown(KeyKind::Session));
+                        model.crash(b);
+                    }
+                },
+                Op::RefusedStart { id } => {
+                    let key = format!("s{id}");
+                    let routed = router.route(&post("/mcp", &[]), now);
+                    check_forward(&model, &router, &routed, None)?;
+                    if let Routed::Forward(ex) = routed {
+                        let first = ex.backend();
+                        model.crash(first);
+                        let routed = router.on_undelivered(ex, Undelivered::Refused, now);
+                        check_forward(&model, &router, &routed, None)?;
+                        match routed {
+                            Routed::Forward(mut ex) => {
+                                prop_assert_ne!(ex.backend(), first, "placed again on the same backend");
+                                let outcome = respond(&router, &mut ex, 200, &[("mcp-session-id", &key)], &[], now);
+                                let backend = ex.backend();
+                                router.on_exchange_end(ex, End::Completed, now);
+                                match (model.owner(&key), model.minted.get(&key)) {
+                                    (Some(owner), _) if owner != backend => {
+                                        prop_assert!(matches!(outcome, HeadOutcome::Replace(_)), "conflict forwarded");
+                                    }
+                                    (None, Some(Owner::Contested)) => {
+                                        prop_assert!(matches!(outcome, HeadOutcome::Replace(_)), "contested id bound");
+                                    }
+                                    (None, _) => { model.minted.insert(key, Owner::Minter(backend)); }
+                                    _ => {}
+                                }
+                            }
+                            Routed::Reject(r) => {
+                                prop_assert_eq!(r.reason(), Reason::NoReadyBackend);
+                            }
+                        }
+                    }
                 },
                 Op::Drain(i) => if let Some(b) = model.pick(i) {
                     router.drain_backend(b, None, now).unwrap();
@@ -173,7 +288,9 @@ proptest! {
                     router.undrain_backend(b).unwrap();
                 },
                 Op::Health(i, ok) => if let Some(b) = model.pick(i) {
-                    router.report_health(b, ok).unwrap();
+                    if router.report_health(b, ok).unwrap() == Health::Healthy {
+                        model.down.retain(|x| *x != b);
+                    }
                 },
                 Op::Initialize { id, status } => {
                     let key = format!("s{id}");
@@ -184,11 +301,14 @@ proptest! {
                         let backend = ex.backend();
                         router.on_exchange_end(ex, End::Completed, now);
                         let ok = (200..300).contains(&status);
-                        match model.minted.get(&key) {
-                            Some(owner) if ok && *owner != backend => {
+                        match (model.owner(&key), model.minted.get(&key)) {
+                            (Some(owner), _) if ok && owner != backend => {
                                 prop_assert!(matches!(outcome, HeadOutcome::Replace(_)), "conflict forwarded");
                             }
-                            None if ok => { model.minted.insert(key, backend); }
+                            (None, Some(Owner::Contested)) if ok => {
+                                prop_assert!(matches!(outcome, HeadOutcome::Replace(_)), "contested id bound");
+                            }
+                            (None, _) if ok => { model.minted.insert(key, Owner::Minter(backend)); }
                             _ => {}
                         }
                     }
@@ -224,7 +344,7 @@ proptest! {
                     if let Routed::Forward(mut stream) = routed {
                         let event = format!("event: endpoint\r\ndata: /messages/?session_id={key}\r\n\r\n");
                         let _ = respond(&router, &mut stream, 200, &[SSE], &[event.as_bytes()], now);
-                        model.minted.entry(key.clone()).or_insert(stream.backend());
+                        model.minted_in_body(&key, stream.backend());
                         let uri = format!("/messages/?session_id={key}");
                         for _ in 0..messages {
                             let routed = router.route(&post(&uri, &[]), now);
@@ -235,7 +355,8 @@ proptest! {
                         }
                         let owner = stream.backend();
                         router.on_exchange_end(stream, End::Aborted, now);
-                        if model.minted.get(&key) == Some(&owner) {
+                        // The session lives as long as its stream.
+                        if model.minted.get(&key) == Some(&Owner::Minter(owner)) {
                             model.minted.remove(&key);
                         }
                     }
@@ -248,7 +369,7 @@ proptest! {
                     if let Routed::Forward(mut ex) = routed {
                         let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"resultType":"task","taskId":"{key}"}}}}"#);
                         let _ = respond(&router, &mut ex, 200, &[JSON], &[body.as_bytes()], now);
-                        model.minted.entry(key.clone()).or_insert(ex.backend());
+                        model.minted_in_body(&key, ex.backend());
                         router.on_exchange_end(ex, End::Completed, now);
                     }
                     for _ in 0..polls {

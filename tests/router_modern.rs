@@ -166,7 +166,7 @@ fn an_unknown_task_is_rejected_with_404_task_not_found() {
 }
 
 #[test]
-fn tasks_get_without_mcp_name_is_a_bad_request() {
+fn tasks_get_without_mcp_name_is_answered_task_not_found() {
     let (router, _) = router();
     let request = post("/mcp", &[MODERN, ("mcp-method", "tasks/get")]);
     let rejection = rejected(router.route(&request, Clock::new().now()));
@@ -174,7 +174,46 @@ fn tasks_get_without_mcp_name_is_a_bad_request() {
         rejection.reason(),
         Reason::InvalidKey(KeyKind::Task, _)
     ));
-    assert_eq!(rejection.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(rejection.status(), StatusCode::NOT_FOUND);
+    assert_eq!(rejection.code(), -32602);
+    assert_eq!(rejection.message(), "Task not found");
+}
+
+#[test]
+fn a_task_id_no_backend_could_have_minted_here_is_answered_task_not_found() {
+    // A backend that minted a task id the router cannot route by (a space, 10 KB) got its
+    // CreateTaskResult through; its client must hear "not found", which it can act on, never
+    // a 400 it cannot.
+    let (router, _) = router();
+    let now = Clock::new().now();
+    let long = "t".repeat(10_000);
+    for id in ["has space", long.as_str()] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":2,"result":{{"resultType":"task","taskId":"{id}"}}}}"#
+        );
+        let (_, outcome) = exchange(
+            &router,
+            &call("tools/call", "job"),
+            200,
+            &[JSON],
+            &[body.as_bytes()],
+            now,
+        );
+        assert!(matches!(outcome, HeadOutcome::Observe));
+        let poll = post(
+            "/mcp",
+            &[MODERN, ("mcp-method", "tasks/get"), ("mcp-name", "x")],
+        );
+        let mut poll = poll;
+        poll.headers.insert(
+            "mcp-name",
+            http::HeaderValue::from_bytes(id.as_bytes()).unwrap(),
+        );
+        let rejection = rejected(router.route(&poll, now));
+        assert_eq!(rejection.status(), StatusCode::NOT_FOUND, "{}", &id[..9]);
+        assert_eq!(rejection.message(), "Task not found");
+    }
+    assert_eq!(router.metrics().keys_unlearned, 2);
 }
 
 #[test]

@@ -219,29 +219,30 @@ fn an_open_get_stream_keeps_its_session_alive_past_the_ttl() {
 }
 
 #[test]
-fn invalid_session_ids_are_rejected_with_400() {
+fn invalid_session_ids_are_answered_as_unknown_sessions() {
+    // No backend can have minted such an id for this router: the client is told to start
+    // over (404, the JSON-RPC "Session not found"), which every SDK acts on; a 400 would
+    // leave it stuck.
     let (router, _) = two_backends();
     let now = Clock::new().now();
+    let unknown = rejected(router.route(&post("/mcp", &[("mcp-session-id", "nobody")]), now));
     let long = "x".repeat(257);
-    for (id, reason) in [("has space", "invalid byte"), (long.as_str(), "too long")] {
+    for (id, reason) in [
+        ("has space", "invalid byte"),
+        (long.as_str(), "too long"),
+        ("", "empty"),
+    ] {
         let routed = router.route(&post("/mcp", &[("mcp-session-id", id)]), now);
         let rejection = rejected(routed);
-        assert_eq!(rejection.status(), StatusCode::BAD_REQUEST, "{reason}");
+        assert_eq!(rejection.status(), StatusCode::NOT_FOUND, "{reason}");
         assert!(matches!(
             rejection.reason(),
             Reason::InvalidKey(KeyKind::Session, _)
         ));
-        assert!(
-            rejection
-                .body()
-                .as_ref()
-                .windows(18)
-                .any(|w| w == b"Invalid session id")
-        );
+        assert_eq!(rejection.body(), unknown.body(), "{reason}");
+        assert_eq!(rejection.headers(), unknown.headers(), "{reason}");
     }
-    // An empty header value is an empty id.
-    let rejection = rejected(router.route(&post("/mcp", &[("mcp-session-id", "")]), now));
-    assert_eq!(rejection.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(router.metrics().rejected("invalid_key"), 3);
 }
 
 #[test]

@@ -4,6 +4,7 @@ use http::Method;
 use http::header::HeaderName;
 use http::request::Parts;
 
+use super::path;
 use super::reject::{BadEra, Reason};
 use crate::table::KeyKind;
 
@@ -64,12 +65,36 @@ impl Intent {
     }
 }
 
-/// A classified request: its intent and the protocol key it carries, if any (not yet
-/// validated).
+/// A classified request: its intent, the protocol key that routes it, if any, and the legacy
+/// session keys it carries without being routed by them (keys are not yet validated).
 #[derive(Debug)]
 pub(crate) struct Classified<'a> {
     pub(crate) intent: Intent,
     pub(crate) key: Option<(KeyKind, &'a [u8])>,
+    pub(crate) carried: Carried<'a>,
+}
+
+/// Legacy session keys a request carries on a path or in an era where they do not route it
+/// (an `Mcp-Session-Id` on a non-endpoint path or with a 2026-07-28 version, a session query
+/// parameter off the legacy SSE paths). A backend that reads paths or versions differently
+/// may still take the request as one of that session's, so the router checks them against
+/// the principal all the same.
+#[derive(Debug, Default)]
+pub(crate) struct Carried<'a> {
+    pub(crate) session: Option<&'a [u8]>,
+    pub(crate) sse: Option<&'a [u8]>,
+}
+
+impl Carried<'_> {
+    /// The carried keys, by kind.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = (KeyKind, &[u8])> {
+        [
+            self.session.map(|id| (KeyKind::Session, id)),
+            self.sse.map(|id| (KeyKind::SseSession, id)),
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 /// Where legacy HTTP+SSE lives, which paths are MCP endpoints, and which `Mcp-Method`s may
@@ -121,106 +146,117 @@ fn single<'a>(req: &'a Parts, name: &HeaderName) -> Result<Option<&'a [u8]>, ()>
     }
 }
 
-/// Whether `MCP-Protocol-Version` names the modern era: a well-formed `YYYY-MM-DD` on or after
-/// 2026-07-28. Absent, malformed or older versions are legacy.
-pub(crate) fn is_modern(version: Option<&[u8]>) -> bool {
+/// Whether `MCP-Protocol-Version` names the modern era (a date on or after 2026-07-28);
+/// absent or older versions are legacy. A value that is not a date (`YYYY-MM-DD`, month
+/// 01–12, day 01–31) is refused: which era it means cannot be told.
+pub(crate) fn is_modern(version: Option<&[u8]>) -> Result<bool, BadEra> {
     let Some(v) = version else {
-        return false;
+        return Ok(false);
     };
-    let well_formed = v.len() == 10
-        && v.iter().enumerate().all(|(i, b)| {
-            if i == 4 || i == 7 {
-                *b == b'-'
-            } else {
-                b.is_ascii_digit()
-            }
-        });
-    well_formed && v >= &MODERN[..]
+    let digits = |range: std::ops::Range<usize>| {
+        v[range].iter().try_fold(0u32, |n, b| {
+            b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
+        })
+    };
+    let valid = v.len() == 10
+        && v[4] == b'-'
+        && v[7] == b'-'
+        && digits(0..4).is_some()
+        && digits(5..7).is_some_and(|m| (1..=12).contains(&m))
+        && digits(8..10).is_some_and(|d| (1..=31).contains(&d));
+    if !valid {
+        return Err(BadEra::InvalidProtocolVersion);
+    }
+    Ok(v >= &MODERN[..])
 }
 
 /// Classifies a request head.
+///
+/// Legacy session keys are read whatever the path: a request that carries one is either
+/// routed by it or checked against it (see [`Carried`]). Paths are compared as a generous
+/// backend would read them ([`path::normalize`]).
 pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'a>, Reason> {
-    let path = req.uri.path();
-    let stateless = Ok(Classified {
+    let session =
+        single(req, &MCP_SESSION_ID).map_err(|()| Reason::AmbiguousKey(KeyKind::Session))?;
+    let sse = match req.uri.query() {
+        Some(query) => sse_session_param(query)
+            .map_err(|()| Reason::AmbiguousKey(KeyKind::SseSession))?
+            .map(str::as_bytes),
+        None => None,
+    };
+    let path = path::normalize(req.uri.path());
+    let mut class = Classified {
         intent: Intent::Stateless,
         key: None,
-    });
+        carried: Carried { session, sse },
+    };
 
     // Legacy HTTP+SSE: the SSE path (GET connects; Go also POSTs there with `sessionid`) and
     // the message paths.
-    if let Some(sse) = &paths.sse {
-        let on_sse = path == sse;
-        let on_messages = paths.messages.iter().any(|p| p == path);
+    if let Some(sse_path) = &paths.sse {
+        let on_sse = path::matches(&path, sse_path);
+        let on_messages = paths.messages.iter().any(|p| path::matches(&path, p));
         if on_sse || on_messages {
-            let param = req.uri.query().map_or(Ok(None), sse_session_param);
-            match param {
-                Err(()) => return Err(Reason::AmbiguousKey(KeyKind::SseSession)),
-                Ok(Some(id)) => {
-                    return Ok(Classified {
-                        intent: Intent::SseMessage,
-                        key: Some((KeyKind::SseSession, id.as_bytes())),
-                    });
+            match sse {
+                Some(id) => {
+                    class.intent = Intent::SseMessage;
+                    class.key = Some((KeyKind::SseSession, id));
+                    class.carried.sse = None;
+                    return Ok(class);
                 }
-                Ok(None) if on_sse && req.method == Method::GET => {
-                    return Ok(Classified {
-                        intent: Intent::SseConnect,
-                        key: None,
-                    });
+                None if on_sse && req.method == Method::GET => {
+                    class.intent = Intent::SseConnect;
+                    return Ok(class);
                 }
-                Ok(None) if on_messages => return Err(Reason::BadEra(BadEra::MissingSseSession)),
-                Ok(None) => {}
+                None if on_messages => return Err(Reason::BadEra(BadEra::MissingSseSession)),
+                None => {}
             }
         }
     }
 
-    // Paths that are not MCP endpoints are routed statelessly, whatever headers they carry:
-    // OAuth discovery and the like must neither pin nor forget a session.
-    let mcp_path = match &paths.mcp {
-        Some(mcp) => mcp.iter().any(|p| p == path),
-        None => !path.starts_with("/.well-known/"),
+    // Paths that are not MCP endpoints are routed statelessly: OAuth discovery and the like
+    // must neither pin nor forget a session (the keys they carry are still checked).
+    let endpoint = match &paths.mcp {
+        Some(mcp) => mcp.iter().any(|p| path::matches(&path, p)),
+        None => !path::is_under(&path, "/.well-known/"),
     };
-    if !mcp_path {
-        return stateless;
+    if !endpoint {
+        return Ok(class);
     }
 
-    let header = |name: &HeaderName| req.headers.get(name).map(|v| v.as_bytes());
-    if is_modern(header(&MCP_PROTOCOL_VERSION)) {
-        let method = header(&MCP_METHOD).unwrap_or_default();
+    let version = single(req, &MCP_PROTOCOL_VERSION)
+        .map_err(|()| Reason::BadEra(BadEra::AmbiguousProtocolVersion))?;
+    if is_modern(version).map_err(Reason::BadEra)? {
+        let method = single(req, &MCP_METHOD)
+            .map_err(|()| Reason::BadEra(BadEra::AmbiguousMethod))?
+            .unwrap_or_default();
         if matches!(method, b"tasks/get" | b"tasks/update" | b"tasks/cancel") {
             let name = single(req, &MCP_NAME).map_err(|()| Reason::AmbiguousKey(KeyKind::Task))?;
             // A missing Mcp-Name is an empty (invalid) key.
-            return Ok(Classified {
-                intent: Intent::TaskRequest,
-                key: Some((KeyKind::Task, name.unwrap_or_default())),
-            });
+            class.intent = Intent::TaskRequest;
+            class.key = Some((KeyKind::Task, name.unwrap_or_default()));
+            return Ok(class);
         }
         let may_create_task = req.method == Method::POST
             && paths.task_creating.iter().any(|m| m.as_bytes() == method);
-        return Ok(Classified {
-            intent: Intent::ModernCall { may_create_task },
-            key: None,
-        });
+        class.intent = Intent::ModernCall { may_create_task };
+        return Ok(class);
     }
 
-    let session =
-        single(req, &MCP_SESSION_ID).map_err(|()| Reason::AmbiguousKey(KeyKind::Session))?;
     let Some(session) = session else {
-        let intent = if req.method == Method::POST {
-            Intent::SessionStart
-        } else {
-            Intent::Stateless
-        };
-        return Ok(Classified { intent, key: None });
+        if req.method == Method::POST {
+            class.intent = Intent::SessionStart;
+        }
+        return Ok(class);
     };
-    let intent = match req.method {
+    class.intent = match req.method {
         Method::GET => Intent::SessionStream,
         Method::DELETE => Intent::SessionDelete,
         _ => Intent::SessionPost,
     };
-    Ok(Classified {
-        intent,
-        key: Some((KeyKind::Session, session)),
-    })
+    class.key = Some((KeyKind::Session, session));
+    class.carried.session = None;
+    Ok(class)
 }
 
 #[cfg(test)]
@@ -245,14 +281,34 @@ mod tests {
 
     #[test]
     fn protocol_versions_split_the_eras_at_2026_07_28() {
-        assert!(!is_modern(None));
-        assert!(!is_modern(Some(b"2025-11-25")));
-        assert!(!is_modern(Some(b"2025-03-26")));
-        assert!(!is_modern(Some(b"2026-07-27")));
-        assert!(is_modern(Some(b"2026-07-28")));
-        assert!(is_modern(Some(b"2027-01-01")));
-        assert!(!is_modern(Some(b"draft")));
-        assert!(!is_modern(Some(b"9999-99-9x")));
-        assert!(!is_modern(Some(b"2026-07-28 ")));
+        assert_eq!(is_modern(None), Ok(false));
+        assert_eq!(is_modern(Some(b"2025-11-25")), Ok(false));
+        assert_eq!(is_modern(Some(b"2025-03-26")), Ok(false));
+        assert_eq!(is_modern(Some(b"2026-07-27")), Ok(false));
+        assert_eq!(is_modern(Some(b"2026-07-28")), Ok(true));
+        assert_eq!(is_modern(Some(b"2027-01-01")), Ok(true));
+    }
+
+    #[test]
+    fn protocol_versions_that_are_not_dates_are_refused() {
+        for bad in [
+            &b"draft"[..],
+            b"9999-99-99",
+            b"2026-13-01",
+            b"2026-00-10",
+            b"2026-07-00",
+            b"2026-07-32",
+            b"9999-99-9x",
+            b"2026-07-28 ",
+            b"2026-07-28, 2025-11-25",
+            b"",
+        ] {
+            assert_eq!(
+                is_modern(Some(bad)),
+                Err(BadEra::InvalidProtocolVersion),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::classify::{Era, Intent};
+use super::fleet::PendingStart;
 use super::observe::Observer;
 use super::reject::Rejection;
 use crate::table::{Key, KeyKind, Principal};
@@ -31,6 +32,22 @@ impl IdBuf {
             }
         } else {
             IdBuf::Heap(id.into())
+        }
+    }
+
+    /// `prefix` then `id`, as one id.
+    pub(crate) fn prefixed(prefix: &[u8], id: &[u8]) -> Self {
+        let len = prefix.len() + id.len();
+        if len <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..prefix.len()].copy_from_slice(prefix);
+            bytes[prefix.len()..len].copy_from_slice(id);
+            IdBuf::Inline {
+                len: len as u8,
+                bytes,
+            }
+        } else {
+            IdBuf::Heap([prefix, id].concat().into())
         }
     }
 
@@ -63,9 +80,13 @@ pub enum How {
 /// [`on_response_head`](super::Router::on_response_head), to
 /// [`on_response_chunk`](super::Router::on_response_chunk) while observing the body, and
 /// finally, by value, to [`on_exchange_end`](super::Router::on_exchange_end) (or hand it to
-/// [`ObservedBody`](crate::body::ObservedBody), which does all that). Dropping it without
-/// ending it leaks what it holds: an open stream keeps its session from expiring, a legacy
-/// SSE binding stays until its owner is removed.
+/// [`ObservedBody`](crate::body::ObservedBody), which does all that). If the request could
+/// not be delivered, hand it to [`on_undelivered`](super::Router::on_undelivered) instead.
+///
+/// Dropping an exchange without ending it releases the placement it counted on its backend,
+/// but nothing the response made it hold: an open `GET` stream keeps its session from
+/// expiring, and a legacy SSE binding stays until its owner is removed or down. Those stay
+/// bounded by the table's capacity; end every exchange.
 #[must_use = "an exchange must be ended with Router::on_exchange_end"]
 pub struct Exchange {
     pub(crate) tenant: TenantId,
@@ -86,8 +107,10 @@ pub struct Exchange {
     pub(crate) stream_open: bool,
     /// The response gets an affinity cookie.
     pub(crate) set_cookie: bool,
-    /// A placed conversation start counted as pending on its backend until answered.
-    pub(crate) pending: bool,
+    /// A placed conversation start, counted on its backend until answered (or dropped).
+    pub(crate) pending: Option<PendingStart>,
+    /// Backends a placement was tried on and could not be delivered to (rarely any).
+    pub(crate) tried: Vec<BackendId>,
 }
 
 impl Exchange {
@@ -110,7 +133,8 @@ impl Exchange {
             stream_binding: None,
             stream_open: false,
             set_cookie: false,
-            pending: false,
+            pending: None,
+            tried: Vec::new(),
         }
     }
 
@@ -206,6 +230,21 @@ pub enum ChunkOutcome {
     More,
     /// The router needs nothing more of this body; stop inspecting it.
     Done,
+}
+
+/// Why a request never reached its backend: nothing of it was written (see
+/// [`Router::on_undelivered`](super::Router::on_undelivered)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Undelivered {
+    /// The connection was refused (or the host is unreachable): nothing listens at the
+    /// backend's address, so its process, and every session it held, is gone.
+    Refused,
+    /// The connection attempt timed out: the backend may be alive but overloaded, and may
+    /// still hold its sessions.
+    TimedOut,
+    /// Any other failure before a byte of the request was written.
+    Failed,
 }
 
 /// How an exchange ended.

@@ -48,8 +48,12 @@ where
 /// request carrying it is placed, and a 2xx answer binds the key to the backend that gave it.
 /// Later requests with the key are pinned there. That is the trade-off: a client can choose a
 /// key, but only ever reaches a backend of its own tenant that accepted it. When the owner is
-/// removed (or revoked), the next request with the key binds it afresh, as its first did; the
-/// key expires after the table's idle TTL like any other.
+/// removed, revoked or down, the next request with the key binds it afresh, as its first did;
+/// the key expires after the table's idle TTL like any other.
+///
+/// With principal binding on ([`RouterBuilder::principal`](super::RouterBuilder::principal)),
+/// [`OperatorScope`] says whose a key is: by default each principal has its own keys, so that
+/// no principal can squat on a key another will present.
 ///
 /// A closure borrowing from the request becomes an extractor with [`key_fn`]:
 ///
@@ -64,6 +68,25 @@ where
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The key's id (validated like any key: visible ASCII, bounded length), or `None`.
     fn key<'a>(&self, req: &'a Parts) -> Option<&'a [u8]>;
+}
+
+/// Whose operator keys are whose, when principals are bound.
+///
+/// Without principal binding every operator key is shared, and this setting changes nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OperatorScope {
+    /// Each principal (and the anonymous one) has its own namespace of operator keys: two
+    /// principals presenting `acme` hold two bindings, possibly on two backends, and neither
+    /// can keep the other from binding it. The default.
+    #[default]
+    Principal,
+    /// Operator keys are shared by every principal of a tenant, and not checked against the
+    /// principal: whoever presents `acme` reaches the backend `acme` was bound to. Use it when
+    /// the key names something principals share (a team's workspace) and the backend
+    /// authorizes each request itself: the key is a placement hint, like the affinity cookie,
+    /// never a credential.
+    Shared,
 }
 
 /// A [`KeyExtractor`] made of a closure; see [`key_fn`].

@@ -4,9 +4,23 @@
 //! deadline, so that routing a pinned request checks its owner without a lock. Everything else
 //! sits behind a read-mostly lock taken by placement and by out-of-band fleet changes; no
 //! caller code ever runs under that lock.
+//!
+//! # States
+//!
+//! A backend is *ready* (healthy, not draining, weighted above zero: placement may choose it),
+//! or it is one or more of:
+//!
+//! - *draining*: keeps serving its keys, gets nothing new; past a deadline its keys are
+//!   revoked;
+//! - *unhealthy*: it answers but fails checks (overloaded, slow). It still holds its sessions,
+//!   so its keys keep routing to it; it gets nothing new;
+//! - *down*: nothing accepts connections at its address, so its in-memory sessions are gone.
+//!   Its keys are answered as owner gone at once and purged; when it answers again it is a
+//!   new incarnation that inherits no key.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use hashbrown::HashMap;
@@ -20,6 +34,7 @@ const DRAINING: u64 = 1 << 17;
 const UNHEALTHY: u64 = 1 << 18;
 /// A draining backend whose deadline passed and whose keys were revoked.
 const REVOKED: u64 = 1 << 19;
+const DOWN: u64 = 1 << 20;
 
 /// How the router chooses a backend for a request without a known owner.
 ///
@@ -38,6 +53,42 @@ pub enum Placement {
     PowerOfTwoChoices,
     /// Ready backends in turn, each as often as its weight.
     WeightedRoundRobin,
+}
+
+/// What one health check of a backend found (see
+/// [`Router::report_health`](super::Router::report_health)).
+///
+/// `true` and `false` convert to [`Probe::Up`] and [`Probe::Failed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Probe {
+    /// It answered as expected.
+    Up,
+    /// It answered but failed the check (an error status, too slow), or the check timed out:
+    /// the process may be alive and still hold its sessions.
+    Failed,
+    /// Nothing accepted the connection (refused, host unreachable): its process is gone, and
+    /// its in-memory sessions with it.
+    Refused,
+}
+
+impl From<bool> for Probe {
+    fn from(ok: bool) -> Self {
+        if ok { Probe::Up } else { Probe::Failed }
+    }
+}
+
+/// A backend's health, as the router sees it after the embedder's reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Answers its checks.
+    Healthy,
+    /// Answers, but failed its recent checks: keeps its sessions, gets nothing new.
+    Unhealthy,
+    /// Refuses connections: its sessions are gone, and it gets nothing new until it answers
+    /// again, as a new incarnation.
+    Down,
 }
 
 /// A tenant's fleet: its backend slots, in the order they were added, and its own turn
@@ -78,7 +129,10 @@ pub struct BackendInfo {
     pub drain_deadline: Option<Instant>,
     /// Its keys were revoked at the drain deadline.
     pub revoked: bool,
-    /// As last reported by the embedder's health checks (after the flip thresholds).
+    /// Its health after the embedder's reports.
+    pub health: Health,
+    /// Healthy, as last reported by the embedder's health checks (after the flip
+    /// thresholds): `health == Health::Healthy`.
     pub healthy: bool,
     /// Keys it owns in the session table.
     pub sessions: usize,
@@ -100,6 +154,8 @@ pub(crate) enum OwnerStatus {
     Gone,
     /// Draining past its deadline.
     Revoked,
+    /// Refusing connections: its sessions died with its process.
+    Down,
 }
 
 #[derive(Debug)]
@@ -112,15 +168,18 @@ struct Meta {
     draining: bool,
     deadline: Option<Instant>,
     revoked: bool,
-    healthy: bool,
-    /// Consecutive health results contrary to `healthy`.
+    health: Health,
+    /// Consecutive health results of kind `streak_of` that would change `health`.
     streak: u32,
+    streak_of: Option<Probe>,
+    /// Down, and the keys of its lost incarnation are not purged yet.
+    purge_pending: bool,
 }
 
 impl Meta {
     /// Ready for new conversations: present, healthy, not draining, weighted above zero.
     fn ready(&self) -> bool {
-        self.occupied && !self.draining && self.healthy && self.weight > 0
+        self.occupied && !self.draining && self.health == Health::Healthy && self.weight > 0
     }
 }
 
@@ -132,6 +191,33 @@ struct State {
 }
 
 impl State {
+    /// `tenant`'s ready backends (healthy, not draining, weighted above zero), each with its
+    /// rank from this turn's start (so that ties take turns), and the turn; `None` if the
+    /// tenant has no backend. Under the lock the metadata is current: the hot words are for
+    /// lock-free readers.
+    fn ready_in(
+        &self,
+        tenant: TenantId,
+    ) -> Option<(impl Iterator<Item = Candidate> + Clone + '_, u64)> {
+        let fleet = self.tenants.get(&tenant).filter(|f| !f.slots.is_empty())?;
+        let turn = fleet.turn.fetch_add(1, Ordering::Relaxed);
+        let n = fleet.slots.len();
+        let start = (turn % n as u64) as usize;
+        let ready = fleet
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, &slot)| {
+                let meta = &self.slots[usize::from(slot)];
+                meta.ready().then(|| Candidate {
+                    rank: (i + n - start) % n,
+                    id: BackendId::new(slot, meta.generation),
+                    weight: meta.weight,
+                })
+            });
+        Some((ready, turn))
+    }
+
     /// The metadata of `id` if it is the current generation of its slot.
     fn live_mut(&mut self, id: BackendId) -> Result<&mut Meta, FleetError> {
         self.slots
@@ -141,6 +227,45 @@ impl State {
     }
 }
 
+/// Per slot: conversations placed there whose answer has not come yet, tagged with the
+/// generation they count for (bits 48..64; the count is bits 0..48), so that a start placed
+/// on an older generation never counts against, or is released from, a newer one.
+type PendingCounters = Arc<[AtomicU64]>;
+
+/// A conversation placed on a backend and not answered yet: counted in the backend's load
+/// while it lives, so that a burst of starts does not herd onto one backend. Released when
+/// dropped (the exchange was answered, ended, or dropped by an embedder that forgot it).
+pub(crate) struct PendingStart {
+    counters: PendingCounters,
+    id: BackendId,
+}
+
+impl Drop for PendingStart {
+    fn drop(&mut self) {
+        let tag = u64::from(self.id.generation()) << 48;
+        let counter = &self.counters[usize::from(self.id.slot())];
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+            (word >> 48 << 48 == tag && word & COUNT_MASK > 0).then(|| word - 1)
+        });
+    }
+}
+
+impl std::fmt::Debug for PendingStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PendingStart({})", self.id)
+    }
+}
+
+const COUNT_MASK: u64 = (1 << 48) - 1;
+
+/// What a health report changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reported {
+    pub(crate) health: Health,
+    /// The backend was declared down by this report.
+    pub(crate) went_down: bool,
+}
+
 /// The backends of every tenant.
 #[derive(Debug)]
 pub(crate) struct Fleet {
@@ -148,9 +273,7 @@ pub(crate) struct Fleet {
     hot: Box<[AtomicU64]>,
     /// Per slot: the drain deadline in milliseconds since `epoch`, plus one (0: none).
     deadlines: Box<[AtomicU64]>,
-    /// Per slot: conversations placed there whose answer has not come yet. Counted with the
-    /// live keys when balancing, so that a burst of starts does not herd onto one backend.
-    pending: Box<[AtomicU32]>,
+    pending: PendingCounters,
     state: RwLock<State>,
     epoch: OnceLock<Instant>,
     unhealthy_after: u32,
@@ -158,12 +281,16 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
+    /// The most slots a fleet holds: slot numbers are 16-bit, and the last one is reserved
+    /// (see [`BackendId::CONTESTED`]).
+    pub(crate) const MAX_SLOTS: usize = (1 << 16) - 1;
+
     pub(crate) fn new(max_backends: usize, unhealthy_after: u32, healthy_after: u32) -> Self {
-        let max = max_backends.clamp(1, 1 << 16);
+        let max = max_backends.clamp(1, Self::MAX_SLOTS);
         Fleet {
             hot: (0..max).map(|_| AtomicU64::new(0)).collect(),
             deadlines: (0..max).map(|_| AtomicU64::new(0)).collect(),
-            pending: (0..max).map(|_| AtomicU32::new(0)).collect(),
+            pending: (0..max).map(|_| AtomicU64::new(0)).collect(),
             state: RwLock::new(State::default()),
             epoch: OnceLock::new(),
             unhealthy_after: unhealthy_after.max(1),
@@ -171,28 +298,33 @@ impl Fleet {
         }
     }
 
+    /// Milliseconds from the epoch to `at`, saturating (a deadline centuries away is simply
+    /// never reached).
     fn millis(&self, at: Instant) -> u64 {
         let epoch = *self.epoch.get_or_init(|| at);
         let since = at.saturating_duration_since(epoch);
-        since.as_secs() * 1000 + u64::from(since.subsec_millis())
+        since
+            .as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(since.subsec_millis()))
     }
 
     fn publish(&self, slot: u16, meta: &Meta) {
         let mut word = u64::from(meta.generation);
-        if meta.occupied {
-            word |= OCCUPIED;
+        for (set, flag) in [
+            (meta.occupied, OCCUPIED),
+            (meta.draining, DRAINING),
+            (meta.health != Health::Healthy, UNHEALTHY),
+            (meta.revoked, REVOKED),
+            (meta.health == Health::Down, DOWN),
+        ] {
+            if set {
+                word |= flag;
+            }
         }
-        if meta.draining {
-            word |= DRAINING;
-        }
-        if !meta.healthy {
-            word |= UNHEALTHY;
-        }
-        if meta.revoked {
-            word |= REVOKED;
-        }
-        // Milliseconds since the epoch (a u64: no wrap in any uptime), plus one so that zero
-        // means "no deadline". Stored before the flags, which readers load first.
+        // Milliseconds since the epoch (saturating: no wrap in any uptime or any deadline),
+        // plus one so that zero means "no deadline". Stored before the flags, which readers
+        // load first.
         let deadline = meta
             .deadline
             .map_or(0, |d| self.millis(d).saturating_add(1));
@@ -209,12 +341,15 @@ impl Fleet {
         if word & OCCUPIED == 0 || word as u16 != owner.generation() {
             return OwnerStatus::Gone;
         }
+        if word & DOWN != 0 {
+            return OwnerStatus::Down;
+        }
         if word & REVOKED != 0 {
             return OwnerStatus::Revoked;
         }
         if word & DRAINING != 0 {
             let deadline = self.deadlines[usize::from(owner.slot())].load(Ordering::Acquire);
-            if deadline != 0 && self.millis(now) + 1 >= deadline {
+            if deadline != 0 && self.millis(now).saturating_add(1) >= deadline {
                 return OwnerStatus::Revoked;
             }
         }
@@ -229,11 +364,15 @@ impl Fleet {
         })
     }
 
+    /// Adds a backend. `purge` is called with the new id before it is published: a slot's
+    /// generation wraps after 65,536 re-adds, and keys an old generation left behind must be
+    /// gone before the same id names a new backend.
     pub(crate) fn add(
         &self,
         tenant: TenantId,
         label: Arc<str>,
         weight: u32,
+        purge: impl FnOnce(BackendId),
     ) -> Result<BackendId, FleetError> {
         let mut state = self.state.write();
         let fresh = |generation| Meta {
@@ -245,8 +384,10 @@ impl Fleet {
             draining: false,
             deadline: None,
             revoked: false,
-            healthy: true,
+            health: Health::Healthy,
             streak: 0,
+            streak_of: None,
+            purge_pending: false,
         };
         let slot = match state.free.pop() {
             Some(slot) => {
@@ -263,11 +404,12 @@ impl Fleet {
                 (state.slots.len() - 1) as u16
             }
         };
+        let id = BackendId::new(slot, state.slots[usize::from(slot)].generation);
+        purge(id);
         state.tenants.entry(tenant).or_default().slots.push(slot);
-        self.pending[usize::from(slot)].store(0, Ordering::Relaxed);
-        let meta = &state.slots[usize::from(slot)];
-        self.publish(slot, meta);
-        Ok(BackendId::new(slot, meta.generation))
+        self.pending[usize::from(slot)].store(u64::from(id.generation()) << 48, Ordering::Relaxed);
+        self.publish(slot, &state.slots[usize::from(slot)]);
+        Ok(id)
     }
 
     /// Applies `change` to a live backend and publishes its new state.
@@ -281,6 +423,17 @@ impl Fleet {
         let out = change(meta);
         self.publish(id.slot(), meta);
         Ok(out)
+    }
+
+    /// The tenant, label and weight of a live backend.
+    pub(crate) fn describe(&self, id: BackendId) -> Result<(TenantId, Arc<str>, u32), FleetError> {
+        let state = self.state.read();
+        state
+            .slots
+            .get(usize::from(id.slot()))
+            .filter(|m| m.occupied && m.generation == id.generation())
+            .map(|m| (m.tenant, m.label.clone(), m.weight))
+            .ok_or(FleetError::NotFound(id))
     }
 
     pub(crate) fn remove(&self, id: BackendId) -> Result<(), FleetError> {
@@ -322,23 +475,88 @@ impl Fleet {
         self.update(id, |meta| meta.weight = weight)
     }
 
-    /// Records one health check result; the backend's health flips after enough consecutive
-    /// contrary results. Returns the health after this result.
-    pub(crate) fn report_health(&self, id: BackendId, ok: bool) -> Result<bool, FleetError> {
+    /// Records one health check result. Health changes after enough consecutive results of
+    /// one kind: `unhealthy_after` failed checks make a healthy backend unhealthy,
+    /// `unhealthy_after` refused connections make any backend down, `healthy_after` good
+    /// checks make it healthy again. A down backend that comes back is a new incarnation:
+    /// `purge` is called (under the fleet lock, before anything can be placed on it) to drop
+    /// whatever keys its previous incarnation left.
+    pub(crate) fn report(
+        &self,
+        id: BackendId,
+        probe: Probe,
+        purge: impl FnOnce(BackendId),
+    ) -> Result<Reported, FleetError> {
         let (unhealthy_after, healthy_after) = (self.unhealthy_after, self.healthy_after);
         self.update(id, |meta| {
-            if ok == meta.healthy {
-                meta.streak = 0;
-            } else {
-                meta.streak += 1;
-                let needed = if ok { healthy_after } else { unhealthy_after };
-                if meta.streak >= needed {
-                    meta.healthy = ok;
+            let next = match (meta.health, probe) {
+                (Health::Healthy, Probe::Up) => None,
+                (Health::Down, Probe::Refused) => None,
+                (_, Probe::Up) => Some((Health::Healthy, healthy_after)),
+                (_, Probe::Refused) => Some((Health::Down, unhealthy_after)),
+                (Health::Healthy, Probe::Failed) => Some((Health::Unhealthy, unhealthy_after)),
+                // A failed check changes nothing for an unhealthy or down backend, and breaks
+                // a down backend's run of good checks.
+                (_, Probe::Failed) => None,
+            };
+            let before = meta.health;
+            match next {
+                None => {
                     meta.streak = 0;
+                    meta.streak_of = None;
+                }
+                Some((health, needed)) => {
+                    if meta.streak_of != Some(probe) {
+                        meta.streak = 0;
+                        meta.streak_of = Some(probe);
+                    }
+                    meta.streak += 1;
+                    if meta.streak >= needed {
+                        if before == Health::Down && std::mem::take(&mut meta.purge_pending) {
+                            purge(id);
+                        }
+                        if health == Health::Down {
+                            meta.purge_pending = true;
+                        }
+                        meta.health = health;
+                        meta.streak = 0;
+                        meta.streak_of = None;
+                    }
                 }
             }
-            meta.healthy
+            Reported {
+                health: meta.health,
+                went_down: before != Health::Down && meta.health == Health::Down,
+            }
         })
+    }
+
+    /// Declares a backend down at once (a request's connection was refused). Returns whether
+    /// it was up until now.
+    pub(crate) fn mark_down(&self, id: BackendId) -> Result<bool, FleetError> {
+        self.update(id, |meta| {
+            let was_up = meta.health != Health::Down;
+            meta.health = Health::Down;
+            meta.streak = 0;
+            meta.streak_of = None;
+            meta.purge_pending = true;
+            was_up
+        })
+    }
+
+    /// Purges the keys of every down backend whose lost incarnation still has some, under the
+    /// fleet lock, so that none can come back (and learn keys) while it runs. Returns how many
+    /// `purge` removed.
+    pub(crate) fn purge_down(&self, mut purge: impl FnMut(BackendId) -> usize) -> usize {
+        let mut state = self.state.write();
+        let mut purged = 0;
+        for (slot, meta) in state.slots.iter_mut().enumerate() {
+            if meta.occupied && meta.health == Health::Down && meta.purge_pending {
+                meta.purge_pending = false;
+                purged += purge(BackendId::new(slot as u16, meta.generation));
+            }
+        }
+        purged
     }
 
     /// Draining backends whose deadline passed and whose keys are not yet revoked; marks them
@@ -374,66 +592,51 @@ impl Fleet {
                     draining: meta.draining,
                     drain_deadline: meta.deadline,
                     revoked: meta.revoked,
-                    healthy: meta.healthy,
+                    health: meta.health,
+                    healthy: meta.health == Health::Healthy,
                     sessions: table.count_owner(id),
                 }
             })
             .collect()
     }
 
-    /// Counts a conversation placed on `id` and not answered yet.
-    pub(crate) fn start_pending(&self, id: BackendId) {
-        if let Some(pending) = self.pending.get(usize::from(id.slot())) {
-            pending.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The answer to a conversation placed on `id` came (or never will).
-    pub(crate) fn end_pending(&self, id: BackendId) {
-        if let Some(pending) = self.pending.get(usize::from(id.slot())) {
-            // Never below zero: a slot reused since the placement starts again at zero.
-            let _ =
-                pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        }
+    /// Counts a conversation placed on `id` and not answered yet, until the returned guard is
+    /// dropped.
+    pub(crate) fn start_pending(&self, id: BackendId) -> Option<PendingStart> {
+        let counter = self.pending.get(usize::from(id.slot()))?;
+        let tag = u64::from(id.generation()) << 48;
+        counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                (word >> 48 << 48 == tag).then(|| word + 1)
+            })
+            .ok()?;
+        Some(PendingStart {
+            counters: self.pending.clone(),
+            id,
+        })
     }
 
     /// Live keys plus conversations placed and not answered yet: the load balancing looks at.
     fn load(&self, table: &dyn SessionTable, id: BackendId) -> usize {
-        let pending = self.pending[usize::from(id.slot())].load(Ordering::Relaxed);
+        let word = self.pending[usize::from(id.slot())].load(Ordering::Relaxed);
+        let pending = if word >> 48 == u64::from(id.generation()) {
+            word & COUNT_MASK
+        } else {
+            0
+        };
         table.count_owner(id) + pending as usize
     }
 
-    /// The policy's choice among `tenant`'s ready backends, skipping `refused`; `None` if
-    /// none is left. Takes the fleet lock only for the choice: the caller's veto runs outside.
-    ///
-    /// Ready means healthy, not draining, and a weight above zero (weight 0 takes a backend
-    /// out of every placement while it keeps serving its keys).
+    /// The policy's choice among `tenant`'s ready backends; `None` if none is ready. Takes the
+    /// fleet lock only for the choice, and allocates nothing (but for two choices).
     pub(crate) fn pick(
         &self,
         tenant: TenantId,
         policy: Placement,
         table: &dyn SessionTable,
-        refused: &[BackendId],
     ) -> Option<BackendId> {
         let state = self.state.read();
-        let fleet = state.tenants.get(&tenant).filter(|f| !f.slots.is_empty())?;
-        let slots = &fleet.slots;
-        let turn = fleet.turn.fetch_add(1, Ordering::Relaxed);
-        let n = slots.len();
-        // Where ties start this turn: the tenant's backends take turns at being preferred.
-        let start = (turn % n as u64) as usize;
-        // Ready candidates; the list is short, the walk allocation-free.
-        let candidates = (0..n).filter_map(|i| {
-            // Under the lock the metadata is current: the hot words are for lock-free readers.
-            let slot = slots[i];
-            let meta = &state.slots[usize::from(slot)];
-            let id = BackendId::new(slot, meta.generation);
-            (meta.ready() && !refused.contains(&id)).then_some(Candidate {
-                rank: (i + n - start) % n,
-                id,
-                weight: meta.weight,
-            })
-        });
+        let (candidates, turn) = state.ready_in(tenant)?;
         let load = |id| self.load(table, id);
         match policy {
             Placement::WeightedRoundRobin => weighted_turn(candidates, turn),
@@ -441,6 +644,39 @@ impl Fleet {
             Placement::PowerOfTwoChoices => {
                 let all: Vec<_> = candidates.collect();
                 two_choices(&all, turn, load)
+            }
+        }
+    }
+
+    /// Every ready backend of `tenant`, in the order the policy prefers them: for a caller
+    /// whose first choice was vetoed. One pass and one sort: O(n log n) in the fleet's size.
+    pub(crate) fn ranked(
+        &self,
+        tenant: TenantId,
+        policy: Placement,
+        table: &dyn SessionTable,
+    ) -> Vec<BackendId> {
+        let state = self.state.read();
+        let Some((candidates, turn)) = state.ready_in(tenant) else {
+            return Vec::new();
+        };
+        let mut all: Vec<Candidate> = candidates.collect();
+        drop(state);
+        match policy {
+            Placement::WeightedRoundRobin => {
+                // From this turn's weighted choice on, in the tenant's order.
+                let first = weighted_turn(all.iter().copied(), turn);
+                let at = all.iter().position(|c| Some(c.id) == first).unwrap_or(0);
+                all.rotate_left(at);
+                all.into_iter().map(|c| c.id).collect()
+            }
+            Placement::LeastSessions | Placement::PowerOfTwoChoices => {
+                let mut loaded: Vec<_> = all
+                    .iter()
+                    .map(|c| (self.load(table, c.id), c.rank, c.id))
+                    .collect();
+                loaded.sort_unstable();
+                loaded.into_iter().map(|(_, _, id)| id).collect()
             }
         }
     }

@@ -65,6 +65,9 @@ pub(crate) struct Counters {
     pub(crate) observe_limit: Counter,
     pub(crate) encoded: Counter,
     pub(crate) vetoed: Counter,
+    pub(crate) down: Counter,
+    pub(crate) lost: Counter,
+    pub(crate) retried: Counter,
 }
 
 /// A snapshot of the router's counters and state: decisions by outcome and reason, keys by
@@ -107,6 +110,12 @@ pub struct Metrics {
     pub bodies_encoded: u64,
     /// Placement choices the caller vetoed.
     pub vetoes: u64,
+    /// Times a backend was declared down (a refused connection, or refused health checks).
+    pub owners_down: u64,
+    /// Keys whose owner went down: sessions that died with their backend's process.
+    pub keys_lost: u64,
+    /// Conversation starts placed again on another backend after a failed delivery.
+    pub placements_retried: u64,
     /// Every backend, with its state and live keys.
     pub backends: Vec<BackendInfo>,
     /// How full the session table is.
@@ -152,6 +161,9 @@ impl Counters {
             observe_limit_hits: self.observe_limit.get(),
             bodies_encoded: self.encoded.get(),
             vetoes: self.vetoed.get(),
+            owners_down: self.down.get(),
+            keys_lost: self.lost.get(),
+            placements_retried: self.retried.get(),
             backends,
             table,
         }

@@ -191,12 +191,19 @@ fn endpoint_session(url: &[u8]) -> Seen {
 }
 
 /// Recognising a `CreateTaskResult` in a JSON-RPC message, with `serde_json`.
+///
+/// Only a JSON-RPC 2.0 response counts: an object with `"jsonrpc": "2.0"`, an `id` that is a
+/// string or a number, no `method`, and exactly one of `result` and `error`. A task is a
+/// `result` object with `"resultType": "task"` and a string `taskId`. Anything else (arrays
+/// read as objects, a request that also carries a result, repeated members) is not taken
+/// for a response at all: serde's derived impls accept more shapes than the schema does, so
+/// the message is read by hand.
 #[cfg(feature = "tasks")]
 mod task {
     use std::borrow::Cow;
+    use std::fmt;
 
-    use serde::Deserialize;
-    use serde::de::IgnoredAny;
+    use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 
     use super::IdBuf;
 
@@ -210,31 +217,239 @@ mod task {
         Other,
     }
 
-    #[derive(Deserialize)]
+    /// The members of a message that matter, each read at most once.
+    #[derive(Default)]
     struct Envelope<'a> {
-        #[serde(default, borrow)]
-        result: Option<TaskResult<'a>>,
-        #[serde(default)]
-        error: Option<IgnoredAny>,
+        version_ok: bool,
+        id_ok: bool,
+        method: bool,
+        result: Option<Outcome<'a>>,
+        error: bool,
     }
 
-    #[derive(Deserialize)]
-    struct TaskResult<'a> {
-        #[serde(rename = "resultType", default, borrow)]
-        result_type: Option<Cow<'a, str>>,
-        #[serde(rename = "taskId", default, borrow)]
-        task_id: Option<Cow<'a, str>>,
+    /// A `result` member: a task's id, or any other result.
+    enum Outcome<'a> {
+        Task(Cow<'a, str>),
+        Other,
+    }
+
+    /// Fails on a member seen twice.
+    fn once<E: de::Error>(seen: &mut bool, name: &'static str) -> Result<(), E> {
+        if std::mem::replace(seen, true) {
+            return Err(E::duplicate_field(name));
+        }
+        Ok(())
+    }
+
+    impl<'de> Deserialize<'de> for Envelope<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Members;
+            impl<'de> Visitor<'de> for Members {
+                type Value = Envelope<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON-RPC message object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut out = Envelope::default();
+                    let (mut version, mut id, mut result) = (false, false, false);
+                    while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                        match &*name {
+                            "jsonrpc" => {
+                                once(&mut version, "jsonrpc")?;
+                                out.version_ok = map.next_value::<Cow<'de, str>>()? == "2.0";
+                            }
+                            "id" => {
+                                once(&mut id, "id")?;
+                                out.id_ok = map.next_value::<Id>()?.0;
+                            }
+                            "method" => {
+                                once(&mut out.method, "method")?;
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                            "result" => {
+                                once(&mut result, "result")?;
+                                out.result = Some(map.next_value::<Outcome<'de>>()?);
+                            }
+                            "error" => {
+                                once(&mut out.error, "error")?;
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                            _ => {
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    Ok(out)
+                }
+            }
+            d.deserialize_map(Members)
+        }
+    }
+
+    /// Whether an `id` is a string or a number.
+    struct Id(bool);
+
+    impl<'de> Deserialize<'de> for Id {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Kind;
+            impl<'de> Visitor<'de> for Kind {
+                type Value = Id;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON-RPC id")
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Id, E> {
+                    Ok(Id(true))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Id, E> {
+                    Ok(Id(true))
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Id, E> {
+                    Ok(Id(true))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Id, E> {
+                    Ok(Id(true))
+                }
+                fn visit_unit<E>(self) -> Result<Id, E> {
+                    Ok(Id(false))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Id, A::Error> {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(Id(false))
+                }
+                fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Id, A::Error> {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Id(false))
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Id, E> {
+                    Ok(Id(false))
+                }
+            }
+            d.deserialize_any(Kind)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Outcome<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Result_;
+            impl<'de> Visitor<'de> for Result_ {
+                type Value = Outcome<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON-RPC result")
+                }
+                fn visit_map<A: MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Outcome<'de>, A::Error> {
+                    let (mut kind, mut id): (Option<Cow<'de, str>>, Option<Cow<'de, str>>) =
+                        (None, None);
+                    let (mut seen_kind, mut seen_id) = (false, false);
+                    while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                        match &*name {
+                            "resultType" => {
+                                once(&mut seen_kind, "resultType")?;
+                                kind = map.next_value::<Text<'de>>()?.0;
+                            }
+                            "taskId" => {
+                                once(&mut seen_id, "taskId")?;
+                                id = map.next_value::<Text<'de>>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    Ok(match (kind, id) {
+                        (Some(kind), Some(id)) if kind == "task" => Outcome::Task(id),
+                        _ => Outcome::Other,
+                    })
+                }
+                fn visit_seq<A: de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Outcome<'de>, A::Error> {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Outcome::Other)
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Outcome<'de>, E> {
+                    Ok(Outcome::Other)
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Outcome<'de>, E> {
+                    Ok(Outcome::Other)
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Outcome<'de>, E> {
+                    Ok(Outcome::Other)
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Outcome<'de>, E> {
+                    Ok(Outcome::Other)
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Outcome<'de>, E> {
+                    Ok(Outcome::Other)
+                }
+                fn visit_unit<E>(self) -> Result<Outcome<'de>, E> {
+                    Ok(Outcome::Other)
+                }
+            }
+            d.deserialize_any(Result_)
+        }
+    }
+
+    /// A string member, or `None` for any other value.
+    struct Text<'a>(Option<Cow<'a, str>>);
+
+    impl<'de> Deserialize<'de> for Text<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Kind;
+            impl<'de> Visitor<'de> for Kind {
+                type Value = Text<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
+                    Ok(Text(Some(Cow::Borrowed(s))))
+                }
+                fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
+                    Ok(Text(Some(Cow::Owned(s.to_owned()))))
+                }
+                fn visit_string<E>(self, s: String) -> Result<Text<'de>, E> {
+                    Ok(Text(Some(Cow::Owned(s))))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text<'de>, A::Error> {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(Text(None))
+                }
+                fn visit_seq<A: de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Text<'de>, A::Error> {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Text(None))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Text<'de>, E> {
+                    Ok(Text(None))
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Text<'de>, E> {
+                    Ok(Text(None))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Text<'de>, E> {
+                    Ok(Text(None))
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Text<'de>, E> {
+                    Ok(Text(None))
+                }
+                fn visit_unit<E>(self) -> Result<Text<'de>, E> {
+                    Ok(Text(None))
+                }
+            }
+            d.deserialize_any(Kind)
+        }
     }
 
     fn of(envelope: Envelope<'_>) -> Message {
-        match envelope.result {
-            Some(TaskResult {
-                result_type: Some(kind),
-                task_id: Some(id),
-            }) if kind == "task" => Message::Task(IdBuf::new(id.as_bytes())),
-            Some(_) => Message::Response,
-            None if envelope.error.is_some() => Message::Response,
-            None => Message::Other,
+        let response = envelope.version_ok && envelope.id_ok && !envelope.method;
+        match (response, envelope.result, envelope.error) {
+            (true, Some(Outcome::Task(id)), false) => Message::Task(IdBuf::new(id.as_bytes())),
+            (true, Some(Outcome::Other), false) | (true, None, true) => Message::Response,
+            _ => Message::Other,
         }
     }
 
@@ -243,7 +458,7 @@ mod task {
         serde_json::from_slice::<Envelope<'_>>(data).map_or(Message::Other, of)
     }
 
-    /// A complete JSON body; `None` if it is not a JSON-RPC message.
+    /// A complete JSON body; `None` if it is not a JSON object.
     pub(super) fn classify_json(body: &[u8]) -> Option<Message> {
         serde_json::from_slice::<Envelope<'_>>(body).ok().map(of)
     }
@@ -296,6 +511,69 @@ mod tests {
         let note = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
         assert!(matches!(task::classify(note), Message::Other));
         assert!(task::classify_json(b"not json").is_none());
+    }
+
+    #[cfg(feature = "tasks")]
+    #[test]
+    fn only_a_jsonrpc_response_with_a_task_result_object_creates_a_task() {
+        use task::Message;
+        let is_task = |json: &str| matches!(task::classify(json.as_bytes()), Message::Task(_));
+        // The schema's shape, with members in any order and an escaped id.
+        assert!(is_task(
+            r#"{"result":{"taskId":"t\u0031","resultType":"task"},"id":"a","jsonrpc":"2.0"}"#
+        ));
+        for (json, why) in [
+            (
+                r#"[["2.0",1,{"resultType":"task","taskId":"x"}]]"#,
+                "an array read as a struct",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":[["task","x"]]}"#,
+                "a result array read as a struct",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","result":{"resultType":"task","taskId":"x"}}"#,
+                "a request carrying a result",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"task","taskId":"x"},"error":{}}"#,
+                "a result and an error",
+            ),
+            (
+                r#"{"id":1,"result":{"resultType":"task","taskId":"x"}}"#,
+                "no jsonrpc member",
+            ),
+            (
+                r#"{"jsonrpc":"1.0","id":1,"result":{"resultType":"task","taskId":"x"}}"#,
+                "another version",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","result":{"resultType":"task","taskId":"x"}}"#,
+                "no id",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":null,"result":{"resultType":"task","taskId":"x"}}"#,
+                "a null id",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"task","taskId":7}}"#,
+                "a number for taskId",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"task","taskId":"x","taskId":"y"}}"#,
+                "two task ids",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"id":2,"result":{"resultType":"task","taskId":"x"}}"#,
+                "two ids",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","taskId":"x"}}"#,
+                "not a task",
+            ),
+        ] {
+            assert!(!is_task(json), "{why}: {json}");
+        }
     }
 
     #[cfg(feature = "tasks")]

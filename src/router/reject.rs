@@ -16,9 +16,11 @@ use crate::table::{InvalidKey, KeyKind, Scope};
 /// | [`UnknownKey`](Reason::UnknownKey) | 404 | -32001 | re-initializes (legacy eras) |
 /// | [`OwnerGone`](Reason::OwnerGone) | 404 | -32001 | re-initializes |
 /// | [`OwnerRevoked`](Reason::OwnerRevoked) | 404 | -32001 | re-initializes |
+/// | [`OwnerDown`](Reason::OwnerDown) | 404 | -32001 | re-initializes |
+/// | [`OwnerUnreachable`](Reason::OwnerUnreachable) | 503 + `Retry-After` | -32000 | retries later (its session may live) |
 /// | [`WrongPrincipal`](Reason::WrongPrincipal) | 404 | -32001 | exactly as for an unknown key |
 /// | [`UnknownTenant`](Reason::UnknownTenant) | 404 | -32001 | — |
-/// | [`InvalidKey`](Reason::InvalidKey) | 400 | -32600 | fixes its request |
+/// | [`InvalidKey`](Reason::InvalidKey) | 404 (400 for an operator key) | -32001 (-32600) | exactly as for an unknown key |
 /// | [`BadEra`](Reason::BadEra) | 400 | -32600 | fixes its request |
 /// | [`AmbiguousKey`](Reason::AmbiguousKey) | 400 | -32600 | fixes its request |
 /// | [`TableFull`](Reason::TableFull) | 503 + `Retry-After` | -32000 | retries later |
@@ -26,9 +28,13 @@ use crate::table::{InvalidKey, KeyKind, Scope};
 /// | [`UnroutableKey`](Reason::UnroutableKey) | 502 | -32603 | reports it (the operator raises [`max_key_len`](super::RouterBuilder::max_key_len)) |
 /// | [`NoReadyBackend`](Reason::NoReadyBackend) | 503 + `Retry-After` | -32000 | retries later |
 ///
-/// Task keys (2026-07-28 era) that are unknown, gone or revoked answer 404 with code -32602
-/// ("Task not found"): in that era a 404 alone would read as *method not found*, so the body
-/// says what is missing.
+/// Task keys (2026-07-28 era) that are unknown, gone, revoked or invalid answer 404 with code
+/// -32602 ("Task not found"): in that era a 404 alone would read as *method not found*, so the
+/// body says what is missing.
+///
+/// A protocol key that is not a valid id (too long, a byte outside visible ASCII, empty) is
+/// answered exactly as an unknown one: no backend can have minted it for this router, and a
+/// 400 would leave the client with no way to recover, where a 404 makes it start over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Reason {
@@ -39,11 +45,18 @@ pub enum Reason {
     OwnerGone(KeyKind),
     /// The key's owner was draining and its deadline passed: its keys were revoked.
     OwnerRevoked(KeyKind),
+    /// The key's owner is down: it refused connections, so its sessions died with its process
+    /// (see [`Health::Down`](super::Health::Down)).
+    OwnerDown(KeyKind),
+    /// The key's owner could not be reached in time: it may be alive and hold the session,
+    /// so the client is asked to retry rather than to start over.
+    OwnerUnreachable(KeyKind),
     /// The key was learned under another principal (anti-hijack binding).
     WrongPrincipal(KeyKind),
     /// The request maps to no tenant.
     UnknownTenant,
-    /// The request carried a key that is not a valid id.
+    /// The request carried a key that is not a valid id (answered as an unknown key, except
+    /// for operator keys, which the client chose: 400).
     InvalidKey(KeyKind, InvalidKey),
     /// The request does not fit the era of the path it was sent to.
     BadEra(BadEra),
@@ -70,6 +83,8 @@ impl Reason {
             Reason::UnknownKey(_) => "unknown_key",
             Reason::OwnerGone(_) => "owner_gone",
             Reason::OwnerRevoked(_) => "owner_revoked",
+            Reason::OwnerDown(_) => "owner_down",
+            Reason::OwnerUnreachable(_) => "owner_unreachable",
             Reason::WrongPrincipal(_) => "wrong_principal",
             Reason::UnknownTenant => "unknown_tenant",
             Reason::InvalidKey(..) => "invalid_key",
@@ -87,6 +102,8 @@ impl Reason {
         "unknown_key",
         "owner_gone",
         "owner_revoked",
+        "owner_down",
+        "owner_unreachable",
         "wrong_principal",
         "unknown_tenant",
         "invalid_key",
@@ -98,21 +115,27 @@ impl Reason {
         "no_ready_backend",
     ];
 
-    /// A dense index, for counters.
+    /// A dense index, for counters: the position of [`as_str`](Reason::as_str) in
+    /// [`NAMES`](Reason::NAMES).
     pub(crate) fn index(&self) -> usize {
-        match self {
-            Reason::UnknownKey(_) => 0,
-            Reason::OwnerGone(_) => 1,
-            Reason::OwnerRevoked(_) => 2,
-            Reason::WrongPrincipal(_) => 3,
-            Reason::UnknownTenant => 4,
-            Reason::InvalidKey(..) => 5,
-            Reason::BadEra(_) => 6,
-            Reason::AmbiguousKey(_) => 7,
-            Reason::TableFull(_) => 8,
-            Reason::KeyConflict(_) => 9,
-            Reason::UnroutableKey(_) => 10,
-            Reason::NoReadyBackend => 11,
+        let name = self.as_str();
+        Reason::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .expect("every reason is named")
+    }
+
+    /// The request's key names no conversation this router can serve: answered as "session
+    /// (or task) not found".
+    fn lost(&self) -> bool {
+        match *self {
+            Reason::UnknownKey(_)
+            | Reason::OwnerGone(_)
+            | Reason::OwnerRevoked(_)
+            | Reason::OwnerDown(_)
+            | Reason::WrongPrincipal(_) => true,
+            Reason::InvalidKey(kind, _) => kind != KeyKind::Operator,
+            _ => false,
         }
     }
 
@@ -121,6 +144,8 @@ impl Reason {
             Reason::UnknownKey(kind)
             | Reason::OwnerGone(kind)
             | Reason::OwnerRevoked(kind)
+            | Reason::OwnerDown(kind)
+            | Reason::OwnerUnreachable(kind)
             | Reason::WrongPrincipal(kind)
             | Reason::InvalidKey(kind, _)
             | Reason::AmbiguousKey(kind)
@@ -137,6 +162,10 @@ impl fmt::Display for Reason {
             Reason::UnknownKey(kind) => write!(f, "unknown {kind} key"),
             Reason::OwnerGone(kind) => write!(f, "owner of the {kind} key is gone"),
             Reason::OwnerRevoked(kind) => write!(f, "{kind} key revoked after its owner drained"),
+            Reason::OwnerDown(kind) => write!(f, "owner of the {kind} key is down"),
+            Reason::OwnerUnreachable(kind) => {
+                write!(f, "owner of the {kind} key could not be reached")
+            }
             Reason::WrongPrincipal(kind) => write!(f, "{kind} key learned under another principal"),
             Reason::UnknownTenant => f.write_str("request maps to no tenant"),
             Reason::InvalidKey(kind, why) => write!(f, "invalid {kind} key: {why}"),
@@ -156,12 +185,21 @@ impl fmt::Display for Reason {
 pub enum BadEra {
     /// A request on a legacy SSE message path without the session query parameter.
     MissingSseSession,
+    /// `MCP-Protocol-Version` is not a date (`YYYY-MM-DD`): its era cannot be told.
+    InvalidProtocolVersion,
+    /// `MCP-Protocol-Version` appears more than once: backends differ on which one they read.
+    AmbiguousProtocolVersion,
+    /// `Mcp-Method` appears more than once.
+    AmbiguousMethod,
 }
 
 impl BadEra {
     fn message(self) -> &'static str {
         match self {
             BadEra::MissingSseSession => "Legacy SSE message without its session parameter",
+            BadEra::InvalidProtocolVersion => "Invalid MCP-Protocol-Version",
+            BadEra::AmbiguousProtocolVersion => "More than one MCP-Protocol-Version",
+            BadEra::AmbiguousMethod => "More than one Mcp-Method",
         }
     }
 }
@@ -216,19 +254,17 @@ impl Rejection {
 
     /// The HTTP status (see the table on [`Reason`]).
     pub fn status(&self) -> StatusCode {
+        if self.reason.lost() {
+            return StatusCode::NOT_FOUND;
+        }
         match self.reason {
-            Reason::UnknownKey(_)
-            | Reason::OwnerGone(_)
-            | Reason::OwnerRevoked(_)
-            | Reason::WrongPrincipal(_)
-            | Reason::UnknownTenant => StatusCode::NOT_FOUND,
-            Reason::InvalidKey(..) | Reason::BadEra(_) | Reason::AmbiguousKey(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            Reason::TableFull(_) | Reason::KeyConflict(_) | Reason::NoReadyBackend => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Reason::UnknownTenant => StatusCode::NOT_FOUND,
+            Reason::TableFull(_)
+            | Reason::KeyConflict(_)
+            | Reason::NoReadyBackend
+            | Reason::OwnerUnreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UnroutableKey(_) => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -240,17 +276,11 @@ impl Rejection {
     /// Whether the default body is a JSON-RPC error: for lost legacy sessions (see the type's
     /// docs).
     pub fn is_jsonrpc(&self) -> bool {
-        let lost = matches!(
-            self.reason,
-            Reason::UnknownKey(_)
-                | Reason::OwnerGone(_)
-                | Reason::OwnerRevoked(_)
-                | Reason::WrongPrincipal(_)
-        );
-        lost && matches!(
-            self.reason.kind(),
-            Some(KeyKind::Session | KeyKind::SseSession)
-        )
+        self.reason.lost()
+            && matches!(
+                self.reason.kind(),
+                Some(KeyKind::Session | KeyKind::SseSession)
+            )
     }
 
     /// The response headers: `Content-Type` (`application/json` or `text/plain;
@@ -272,28 +302,36 @@ impl Rejection {
     /// The JSON-RPC error code of the body.
     pub fn code(&self) -> i32 {
         match (self.reason, self.reason.kind()) {
-            (Reason::InvalidKey(..) | Reason::BadEra(_) | Reason::AmbiguousKey(_), _) => -32600,
-            (Reason::TableFull(_) | Reason::KeyConflict(_) | Reason::NoReadyBackend, _) => -32000,
+            (reason, Some(KeyKind::Task)) if reason.lost() => -32602,
+            (reason, _) if reason.lost() => -32001,
+            (Reason::UnknownTenant, _) => -32001,
+            (
+                Reason::TableFull(_)
+                | Reason::KeyConflict(_)
+                | Reason::NoReadyBackend
+                | Reason::OwnerUnreachable(_),
+                _,
+            ) => -32000,
             (Reason::UnroutableKey(_), _) => -32603,
-            (_, Some(KeyKind::Task)) => -32602,
-            _ => -32001,
+            _ => -32600,
         }
     }
 
     /// The message of the body.
     pub fn message(&self) -> &'static str {
         match (self.reason, self.reason.kind()) {
-            (Reason::InvalidKey(..), Some(KeyKind::Task)) => "Invalid task id",
-            (Reason::InvalidKey(..), _) => "Invalid session id",
+            (reason, Some(KeyKind::Task)) if reason.lost() => "Task not found",
+            (reason, _) if reason.lost() => "Session not found",
+            (Reason::InvalidKey(..), _) => "Invalid key",
             (Reason::BadEra(why), _) => why.message(),
             (Reason::AmbiguousKey(_), _) => "More than one session id",
             (Reason::TableFull(_), _) => "Too many sessions; retry later",
             (Reason::KeyConflict(_), _) => "Session id conflict; retry",
             (Reason::UnroutableKey(_), _) => "Backend minted an unroutable session id",
             (Reason::NoReadyBackend, _) => "No backend available; retry later",
+            (Reason::OwnerUnreachable(_), _) => "Backend unreachable; retry later",
             (Reason::UnknownTenant, _) => "Unknown tenant",
-            (_, Some(KeyKind::Task)) => "Task not found",
-            _ => "Session not found",
+            _ => "Bad request",
         }
     }
 

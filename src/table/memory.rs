@@ -810,6 +810,25 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         Some(self.entry(&shard, i))
     }
 
+    fn release_stream(&self, key: &Key<'_>, owner: BackendId, now: Instant) -> Option<Entry> {
+        let hash = self.hash(key);
+        let tick = self.tick(now);
+        let mut shard = self.shard(hash).write();
+        let i = shard.find(hash, key)?;
+        if shard.slots[i].owner != owner.to_bits() {
+            return None;
+        }
+        let slot = &mut shard.slots[i];
+        slot.streams = close_one(slot.streams);
+        slot.used.store(tick, Relaxed);
+        let entry = self.entry(&shard, i);
+        if entry.streams == 0 {
+            let (slot, _) = shard.remove_at(&self.hasher, i);
+            self.forget_counts(&slot);
+        }
+        Some(entry)
+    }
+
     fn remove_owner(&self, owner: BackendId) -> usize {
         let bits = owner.to_bits();
         let mut removed = 0;
@@ -846,8 +865,12 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
             while i != NIL && keys.len() < max {
                 let slot = &shard.slots[i as usize];
                 let kind = KeyKind::from_u8(slot.kind).expect("stored kinds are valid");
-                let key = OwnedKey::new(TenantId::new(slot.tenant), kind, shard.id(slot))
-                    .expect("stored ids are valid");
+                // Stored ids were validated against the bound they were inserted with, which
+                // may be above the default: only their bytes are checked again.
+                let key =
+                    Key::with_max_len(TenantId::new(slot.tenant), kind, shard.id(slot), usize::MAX)
+                        .expect("stored ids are valid")
+                        .to_owned();
                 keys.push(key);
                 i = slot.next;
             }

@@ -328,6 +328,25 @@ pub trait SessionTable: Send + Sync {
     /// is unknown.
     fn close_stream(&self, key: &Key<'_>, now: Instant) -> Option<Entry>;
 
+    /// Closes one stream on `key` if `owner` owns it, and removes the key when that was its
+    /// last stream; returns the entry as it is afterwards (zero streams: removed), or `None`
+    /// if the key is unknown or another backend owns it.
+    ///
+    /// The router calls this when a legacy SSE stream ends: its session lives exactly as long
+    /// as its streams (a backend that mints one id for two streams keeps it until both end).
+    /// The default implementation calls [`get`](SessionTable::get),
+    /// [`close_stream`](SessionTable::close_stream) and [`remove`](SessionTable::remove) in
+    /// turn, which leaves windows between them; implementations should override it to do it
+    /// at once, as [`MemoryTable`] does.
+    fn release_stream(&self, key: &Key<'_>, owner: BackendId, now: Instant) -> Option<Entry> {
+        self.get(key, now).filter(|entry| entry.owner == owner)?;
+        let closed = self.close_stream(key, now)?;
+        if closed.streams == 0 {
+            self.remove(key, Some(owner))?;
+        }
+        Some(closed)
+    }
+
     /// Removes every key `owner` owns and returns how many; used when a backend is removed.
     fn remove_owner(&self, owner: BackendId) -> usize;
 
@@ -407,6 +426,9 @@ impl<T: SessionTable + ?Sized> SessionTable for std::sync::Arc<T> {
     }
     fn close_stream(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
         (**self).close_stream(key, now)
+    }
+    fn release_stream(&self, key: &Key<'_>, owner: BackendId, now: Instant) -> Option<Entry> {
+        (**self).release_stream(key, owner, now)
     }
     fn remove_owner(&self, owner: BackendId) -> usize {
         (**self).remove_owner(owner)

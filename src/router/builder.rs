@@ -1,0 +1,234 @@
+//! Building a [`Router`]: its table, paths, bounds, policies and extractors.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::classify::Paths;
+use super::extract::{KeyExtractor, OperatorScope, PrincipalExtractor, TenantExtractor};
+use super::fleet::{Fleet, Placement};
+use super::metrics::Counters;
+use super::reject::Rejection;
+use super::{Config, Router};
+use crate::table::{Key, MemoryTable, MemoryTableConfig, SessionTable};
+
+/// Builds a [`Router`]; see each method for its default.
+pub struct RouterBuilder<T = MemoryTable> {
+    table: T,
+    config: Config,
+    max_backends: usize,
+    unhealthy_after: u32,
+    healthy_after: u32,
+}
+
+impl Router {
+    /// A builder with every default: a [`MemoryTable`] with its defaults, legacy SSE on `/sse`
+    /// and `/messages`, least-sessions placement.
+    pub fn builder() -> RouterBuilder<MemoryTable> {
+        RouterBuilder {
+            table: MemoryTable::new(),
+            config: Config {
+                paths: Paths {
+                    sse: Some("/sse".into()),
+                    messages: vec!["/messages".into(), "/messages/".into()],
+                    mcp: None,
+                    task_creating: vec!["tools/call".into()],
+                },
+                max_key_len: Key::DEFAULT_MAX_LEN,
+                max_observe: 64 * 1024,
+                placement: Placement::default(),
+                placement_attempts: 3,
+                retry_after: 1,
+                removal_grace: Duration::from_secs(60),
+                cookie: None,
+                tenant: None,
+                operator: None,
+                operator_scope: OperatorScope::default(),
+                principal: None,
+                rejection_body: None,
+            },
+            max_backends: 4096,
+            unhealthy_after: 3,
+            healthy_after: 2,
+        }
+    }
+}
+
+impl RouterBuilder<MemoryTable> {
+    /// Uses a [`MemoryTable`] with this configuration (idle TTL, capacities, shards).
+    pub fn table_config(self, config: MemoryTableConfig) -> Self {
+        self.table(MemoryTable::with_config(config))
+    }
+}
+
+impl<T> RouterBuilder<T> {
+    /// Uses `table` as the session table (default: [`MemoryTable::new`]).
+    pub fn table<U: SessionTable>(self, table: U) -> RouterBuilder<U> {
+        RouterBuilder {
+            table,
+            config: self.config,
+            max_backends: self.max_backends,
+            unhealthy_after: self.unhealthy_after,
+            healthy_after: self.healthy_after,
+        }
+    }
+
+    /// The legacy HTTP+SSE stream path (default `/sse`); `None` turns legacy SSE handling off.
+    pub fn sse_path(mut self, path: Option<&str>) -> Self {
+        self.config.paths.sse = path.map(Into::into);
+        self
+    }
+
+    /// The legacy HTTP+SSE message paths (default `/messages` and `/messages/`).
+    pub fn message_paths<I: IntoIterator<Item = S>, S: Into<String>>(mut self, paths: I) -> Self {
+        self.config.paths.messages = paths.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The paths of the Streamable HTTP / 2026-07-28 endpoints (for example `/mcp`). Requests
+    /// to other paths are routed as plain HTTP: placed, their keys neither looked up nor
+    /// learned nor forgotten. By default every path is an endpoint except `/.well-known/…`
+    /// (OAuth discovery and the like).
+    pub fn mcp_paths<I: IntoIterator<Item = S>, S: Into<String>>(mut self, paths: I) -> Self {
+        self.config.paths.mcp = Some(paths.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The `Mcp-Method`s whose 2026-07-28 responses may hold a `CreateTaskResult` and are
+    /// observed for one (default `tools/call`).
+    pub fn task_creating_methods<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        methods: I,
+    ) -> Self {
+        self.config.paths.task_creating = methods.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The longest key id accepted, in bytes (default 256); a longer one presented by a client
+    /// is answered as an unknown key ([`Reason::InvalidKey`](super::Reason::InvalidKey)), and one minted by a backend is
+    /// refused at once ([`Reason::UnroutableKey`](super::Reason::UnroutableKey)).
+    pub fn max_key_len(mut self, bytes: usize) -> Self {
+        self.config.max_key_len = bytes;
+        self
+    }
+
+    /// The most bytes of a response body observed for a key (default 64 KiB); past it the
+    /// router stops observing.
+    pub fn max_observed_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_observe = bytes;
+        self
+    }
+
+    /// How conversations are placed (default [`Placement::LeastSessions`]).
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.config.placement = placement;
+        self
+    }
+
+    /// The most backend slots, up to 65,535 (default 4,096).
+    pub fn max_backends(mut self, slots: usize) -> Self {
+        self.max_backends = slots;
+        self
+    }
+
+    /// Consecutive results that change a backend's [`Health`](super::Health) (see
+    /// [`Router::report_health`]): `unhealthy_after` failed checks make it unhealthy, and as
+    /// many refused connections make it down (default 3); `healthy_after` good checks make it
+    /// healthy again (default 2).
+    pub fn health_thresholds(mut self, unhealthy_after: u32, healthy_after: u32) -> Self {
+        self.unhealthy_after = unhealthy_after;
+        self.healthy_after = healthy_after;
+        self
+    }
+
+    /// How long the keys of a removed backend are kept, so that their clients are told
+    /// [`OwnerGone`](super::Reason::OwnerGone) rather than "unknown" (default 60 s; zero purges at
+    /// once). Nothing is ever routed to a removed backend meanwhile.
+    pub fn removal_grace(mut self, grace: Duration) -> Self {
+        self.config.removal_grace = grace;
+        self
+    }
+
+    /// How many backends a conversation start may be placed on before it is refused with
+    /// [`Reason::NoReadyBackend`](super::Reason::NoReadyBackend), when the embedder reports that it could not deliver it
+    /// (see [`Router::on_undelivered`]); default 3, at least 1.
+    pub fn placement_attempts(mut self, attempts: usize) -> Self {
+        self.config.placement_attempts = attempts.max(1);
+        self
+    }
+
+    /// Seconds in `Retry-After` on 503 rejections (default 1).
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.config.retry_after = seconds;
+        self
+    }
+
+    /// Opt-in cookie fallback: conversation starts placed by the router set a cookie of this
+    /// name naming their backend, and a request carrying no key but this cookie goes to that
+    /// backend while it is ready (for clients with cookie jars: browsers, Python clients); a
+    /// cookie naming a backend that is gone or not ready is ignored and the request placed.
+    /// Off by default.
+    pub fn affinity_cookie(mut self, name: &str) -> Self {
+        self.config.cookie = Some(name.into());
+        self
+    }
+
+    /// Finds each request's tenant (default: every request is [`TenantId::DEFAULT`](crate::TenantId::DEFAULT)).
+    pub fn tenant(mut self, extractor: impl TenantExtractor) -> Self {
+        self.config.tenant = Some(Box::new(extractor));
+        self
+    }
+
+    /// Extracts an operator-defined key from requests without a protocol key (see
+    /// [`KeyExtractor`] for the trade-off). Off by default.
+    pub fn operator_key(mut self, extractor: impl KeyExtractor) -> Self {
+        self.config.operator = Some(Box::new(extractor));
+        self
+    }
+
+    /// Whose operator keys are whose when principals are bound (default
+    /// [`OperatorScope::Principal`]: each principal has its own namespace of operator keys).
+    pub fn operator_scope(mut self, scope: OperatorScope) -> Self {
+        self.config.operator_scope = scope;
+        self
+    }
+
+    /// Binds keys to the principal that learned them (see [`PrincipalExtractor`]). Off by
+    /// default.
+    pub fn principal(mut self, extractor: impl PrincipalExtractor) -> Self {
+        self.config.principal = Some(Box::new(extractor));
+        self
+    }
+
+    /// Replaces rejection bodies: `body(&rejection)` returns the body to send, or `None` for
+    /// the default JSON-RPC error.
+    pub fn rejection_body(
+        mut self,
+        body: impl Fn(&Rejection) -> Option<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.rejection_body = Some(Box::new(body));
+        self
+    }
+
+    /// The router.
+    pub fn build(self) -> Router<T> {
+        Router {
+            table: self.table,
+            fleet: Fleet::new(self.max_backends, self.unhealthy_after, self.healthy_after),
+            counters: Counters::default(),
+            purges: Mutex::new(Default::default()),
+            config: self.config,
+        }
+    }
+}
+
+impl<T> fmt::Debug for RouterBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouterBuilder")
+            .field("paths", &self.config.paths)
+            .field("placement", &self.config.placement)
+            .finish_non_exhaustive()
+    }
+}

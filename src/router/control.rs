@@ -1,0 +1,207 @@
+//! Out of band: backends come, go, drain, fail their checks and come back; upkeep; metrics.
+
+use std::time::Instant;
+
+use super::Router;
+use super::fleet::{BackendInfo, FleetError, Health, Probe};
+use super::metrics::Metrics;
+use crate::table::{Entry, Key, OwnedKey, SessionTable};
+use crate::{BackendId, TenantId};
+
+/// What one [`Router::maintain`] call did.
+#[must_use]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Maintenance {
+    /// Table entries looked at for idle expiry.
+    pub examined: usize,
+    /// Keys expired after the idle TTL.
+    pub expired: usize,
+    /// Keys revoked because their draining owner's deadline passed.
+    pub revoked: usize,
+    /// Keys purged because their owner was removed (past the removal grace) or is down.
+    pub purged: usize,
+}
+
+impl<T: SessionTable> Router<T> {
+    /// Adds a backend to `tenant`'s fleet, ready for new conversations. `label` is yours (for
+    /// example its base URL); `weight` counts for weighted round robin.
+    pub fn add_backend(
+        &self,
+        tenant: TenantId,
+        label: &str,
+        weight: u32,
+    ) -> Result<BackendId, FleetError> {
+        self.fleet.add(tenant, label.into(), weight, |id| {
+            // Only after 65,536 generations of one slot can an id come back: whatever keys
+            // or scheduled purge its last holder left go first.
+            self.purges.lock().remove(&id);
+            if self.table.count_owner(id) > 0 {
+                self.purge(id);
+            }
+        })
+    }
+
+    /// Stops placing new conversations on a backend; it keeps serving its keys. With a
+    /// deadline, keys still on it at that time are revoked (requests for them get 404, and
+    /// [`maintain`](Router::maintain) purges them). A deadline too far to count in
+    /// milliseconds is never reached.
+    pub fn drain_backend(
+        &self,
+        id: BackendId,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> Result<(), FleetError> {
+        self.fleet.drain(id, deadline, now)
+    }
+
+    /// Makes a draining backend ready again.
+    pub fn undrain_backend(&self, id: BackendId) -> Result<(), FleetError> {
+        self.fleet.undrain(id)
+    }
+
+    /// Removes a backend: nothing is routed to it any more, and its slot may be reused by a
+    /// later backend, with a new generation. Its keys are rejected as
+    /// [`OwnerGone`](super::Reason::OwnerGone) (404, the signal to start over) and purged:
+    /// one by one as they are presented, the rest by [`maintain`](Router::maintain) once the
+    /// removal grace has passed (see
+    /// [`RouterBuilder::removal_grace`](super::RouterBuilder::removal_grace); with no grace, at
+    /// once). Keys learned from answers that arrive after the removal are not kept. Returns
+    /// how many keys it owned.
+    pub fn remove_backend(&self, id: BackendId, now: Instant) -> Result<usize, FleetError> {
+        self.fleet.remove(id)?;
+        let owned = self.table.count_owner(id);
+        match now.checked_add(self.config.removal_grace) {
+            _ if self.config.removal_grace.is_zero() => {
+                self.purge(id);
+            }
+            Some(due) => {
+                self.purges.lock().insert(id, due);
+            }
+            // A grace too long to count: the keys go as they are presented or expire.
+            None => {}
+        }
+        Ok(owned)
+    }
+
+    fn purge(&self, id: BackendId) -> usize {
+        let purged = self.table.remove_owner(id);
+        self.counters.purged.add(purged as u64);
+        purged
+    }
+
+    /// A backend restarted: removes it (see [`remove_backend`](Router::remove_backend)) and
+    /// adds it again with the same tenant, label and weight, as a new generation that inherits
+    /// nothing.
+    pub fn restart_backend(&self, id: BackendId, now: Instant) -> Result<BackendId, FleetError> {
+        let (tenant, label, weight) = self.fleet.describe(id)?;
+        self.remove_backend(id, now)?;
+        self.add_backend(tenant, &label, weight)
+    }
+
+    /// Sets a backend's weight for weighted round robin; 0 takes it out of every placement
+    /// (it keeps serving its keys).
+    pub fn set_weight(&self, id: BackendId, weight: u32) -> Result<(), FleetError> {
+        self.fleet.set_weight(id, weight)
+    }
+
+    /// Records a health check result from the embedder (`true`/`false` are
+    /// [`Probe::Up`]/[`Probe::Failed`]) and returns the backend's health now. Health changes
+    /// after consecutive results of one kind (see
+    /// [`RouterBuilder::health_thresholds`](super::RouterBuilder::health_thresholds)):
+    ///
+    /// - failed checks make a healthy backend [unhealthy](Health::Unhealthy): no new
+    ///   conversations, but its keys still route to it, since it still holds them;
+    /// - refused connections make it [down](Health::Down): its keys are answered as
+    ///   [`OwnerDown`](super::Reason::OwnerDown) (404) at once and purged by
+    ///   [`maintain`](Router::maintain);
+    /// - good checks make it healthy again; a down backend comes back as a new incarnation,
+    ///   keeping its [`BackendId`] but none of its keys.
+    pub fn report_health(
+        &self,
+        id: BackendId,
+        probe: impl Into<Probe>,
+    ) -> Result<Health, FleetError> {
+        let reported = self.fleet.report(id, probe.into(), |id| {
+            self.purge(id);
+        })?;
+        if reported.went_down {
+            self.count_down(id);
+        }
+        Ok(reported.health)
+    }
+
+    /// A request's connection to `id` was refused: it is down from now on.
+    pub(super) fn declare_down(&self, id: BackendId) {
+        if self.fleet.mark_down(id) == Ok(true) {
+            self.count_down(id);
+        }
+    }
+
+    fn count_down(&self, id: BackendId) {
+        self.counters.down.incr();
+        self.counters.lost.add(self.table.count_owner(id) as u64);
+    }
+
+    /// Periodic upkeep (call it every second or so): expires idle keys, looking at no more
+    /// than `budget` table entries; revokes the keys of draining backends past their
+    /// deadline; purges the keys of removed backends past the removal grace, and of down
+    /// backends.
+    pub fn maintain(&self, now: Instant, budget: usize) -> Maintenance {
+        let eviction = self.table.evict_idle(now, budget);
+        self.counters.expired.add(eviction.evicted as u64);
+        let mut revoked = 0;
+        for id in self.fleet.take_due_revocations(now) {
+            revoked += self.table.remove_owner(id);
+        }
+        self.counters.revoked.add(revoked as u64);
+        let due: Vec<BackendId> = {
+            let mut purges = self.purges.lock();
+            let due = purges
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            purges.retain(|_, at| *at > now);
+            due
+        };
+        let mut purged: usize = due.into_iter().map(|id| self.purge(id)).sum();
+        purged += self.fleet.purge_down(|id| self.purge(id));
+        Maintenance {
+            examined: eviction.examined,
+            expired: eviction.evicted,
+            revoked,
+            purged,
+        }
+    }
+
+    /// Every backend, with its state and live keys.
+    pub fn backends(&self) -> Vec<BackendInfo> {
+        self.fleet.infos(&self.table)
+    }
+
+    /// A snapshot of the counters and state.
+    pub fn metrics(&self) -> Metrics {
+        self.counters
+            .snapshot(self.fleet.infos(&self.table), self.table.occupancy())
+    }
+
+    /// Up to `max` keys that `backend` owns.
+    pub fn keys_of(&self, backend: BackendId, max: usize) -> Vec<OwnedKey> {
+        self.table.keys_of(backend, max)
+    }
+
+    /// Forgets one key (an operator's eviction); its next request is rejected as unknown.
+    pub fn evict_key(&self, key: &Key<'_>) -> Option<Entry> {
+        let removed = self.table.remove(key, None);
+        if removed.is_some() {
+            self.counters.forgotten.incr();
+        }
+        removed
+    }
+
+    /// The session table.
+    pub fn table(&self) -> &T {
+        &self.table
+    }
+}

@@ -1,0 +1,373 @@
+//! Steps 2 to 4 of the call protocol: what the router learns and forgets from a response's
+//! head and body, and what an exchange releases when it ends.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
+use http::{StatusCode, response};
+
+use super::classify::Intent;
+use super::exchange::{ChunkOutcome, End, Exchange, HeadOutcome, IdBuf};
+use super::fleet::OwnerStatus;
+use super::observe::{Observer, Seen};
+use super::reject::Reason;
+use super::{Router, content_type_is, identity_encoded};
+use crate::BackendId;
+use crate::table::{Insert, InsertError, Key, KeyKind, Scope, SessionTable, SetOwnerError};
+
+/// The response header that carries a Streamable HTTP session.
+const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+
+/// How learning a key a backend revealed went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Learned {
+    /// Bound to the backend (or already was).
+    Bound,
+    /// Not an id this router can route by (too long, or not visible ASCII).
+    Unroutable,
+    /// Another backend owns it (or two did already: [`BackendId::CONTESTED`]).
+    Conflict(BackendId),
+    /// The table is full.
+    Full(Scope),
+    /// The table stores nothing.
+    Refused,
+    /// The backend that revealed it is removed or down: its keys are not kept.
+    OwnerGone,
+}
+
+impl<T: SessionTable> Router<T> {
+    /// Learns and forgets from a response head, and says whether to observe its body: see the
+    /// [call protocol](Router#the-call-protocol). May add a `Set-Cookie` header (affinity
+    /// cookie fallback).
+    pub fn on_response_head(
+        &self,
+        exchange: &mut Exchange,
+        response: &mut response::Parts,
+        now: Instant,
+    ) -> HeadOutcome {
+        let status = response.status;
+        let ok = status.is_success();
+        // The conversation start was answered: it no longer weighs on its backend's load.
+        exchange.pending = None;
+        if let Some(id) = exchange.bind_operator.take() {
+            if ok {
+                // The call already ran: a binding that fails is counted, never turned into an
+                // error the client would retry (and repeat a call that was not idempotent).
+                let _ = self.learn(exchange, KeyKind::Operator, id.as_bytes(), false, now);
+            }
+        }
+        if exchange.set_cookie && ok {
+            if let Some(name) = &self.config.cookie {
+                let id = exchange.backend;
+                let cookie = format!(
+                    "{name}={}.{}; Path=/; HttpOnly; SameSite=Lax",
+                    id.slot(),
+                    id.generation()
+                );
+                if let Ok(value) = HeaderValue::from_str(&cookie) {
+                    response.headers.append(SET_COOKIE, value);
+                }
+            }
+        }
+        let max_observe = self.config.max_observe;
+        match exchange.intent {
+            Intent::SseConnect | Intent::ModernCall { .. }
+                if ok && !identity_encoded(&response.headers) =>
+            {
+                // A compressed body cannot be read for its key (proxies should not ask
+                // backends for compression on these paths): counted, not observed.
+                self.counters.encoded.incr();
+                HeadOutcome::Forward
+            }
+            Intent::SseConnect if ok && content_type_is(&response.headers, "text/event-stream") => {
+                exchange.observer = Some(Box::new(Observer::endpoint(max_observe)));
+                self.counters.observed.incr();
+                HeadOutcome::Observe
+            }
+            Intent::SessionStart if ok => match response.headers.get(&MCP_SESSION_ID) {
+                Some(id) => {
+                    let learned = self.learn(exchange, KeyKind::Session, id.as_bytes(), false, now);
+                    self.learned_head(learned, KeyKind::Session)
+                }
+                None => HeadOutcome::Forward,
+            },
+            Intent::SessionPost
+            | Intent::SessionStream
+            | Intent::SessionDelete
+            | Intent::SseMessage => {
+                self.session_response(exchange, status, &response.headers, now);
+                HeadOutcome::Forward
+            }
+            #[cfg(feature = "tasks")]
+            Intent::ModernCall {
+                may_create_task: true,
+            } if ok => {
+                let observer = if content_type_is(&response.headers, "application/json") {
+                    let expected = response
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.parse().ok());
+                    Observer::task_json(expected, max_observe)
+                } else if content_type_is(&response.headers, "text/event-stream") {
+                    Observer::task_events(max_observe)
+                } else {
+                    return HeadOutcome::Forward;
+                };
+                exchange.observer = Some(Box::new(observer));
+                self.counters.observed.incr();
+                HeadOutcome::Observe
+            }
+            _ => HeadOutcome::Forward,
+        }
+    }
+
+    /// A response to a request that carried a legacy session.
+    fn session_response(
+        &self,
+        exchange: &mut Exchange,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: Instant,
+    ) {
+        let Some(key) = exchange.routed_key() else {
+            return;
+        };
+        let ended = status == StatusCode::NOT_FOUND
+            || (exchange.intent == Intent::SessionDelete && status.is_success());
+        if ended {
+            if self.table.remove(&key, Some(exchange.backend)).is_some() {
+                self.counters.forgotten.incr();
+            }
+            return;
+        }
+        if key.kind() == KeyKind::Session {
+            if let Some(id) = headers.get(&MCP_SESSION_ID) {
+                if id.as_bytes() != key.id_bytes() {
+                    // Another id for an existing session: not learned.
+                    self.counters.id_mismatches.incr();
+                }
+            }
+        }
+        if exchange.intent == Intent::SessionStream
+            && status.is_success()
+            && content_type_is(headers, "text/event-stream")
+            && self.table.open_stream(&key, now).is_some()
+        {
+            exchange.stream_open = true;
+        }
+    }
+
+    /// Binds a key a backend revealed to that backend; with `stream`, the binding holds one
+    /// open stream from the start (a legacy SSE session, bound while its stream lives).
+    ///
+    /// Only a live backend's keys are kept: one removed or down while its answer was on the
+    /// way would leave a key no purge will find, so the owner is checked before the key goes
+    /// in and again after (if it changed in between, the key is taken out again).
+    fn learn(
+        &self,
+        exchange: &Exchange,
+        kind: KeyKind,
+        id: &[u8],
+        stream: bool,
+        now: Instant,
+    ) -> Learned {
+        let Ok(key) = Key::with_max_len(exchange.tenant, kind, id, self.config.key_bound(kind))
+        else {
+            self.counters.unlearned.incr();
+            return Learned::Unroutable;
+        };
+        let (backend, principal) = (exchange.backend, exchange.principal);
+        let live = || self.fleet.owner_status(backend, now) == OwnerStatus::Live;
+        if !live() {
+            self.counters.unlearned.incr();
+            return Learned::OwnerGone;
+        }
+        let insert = || {
+            if stream {
+                self.table.insert_streaming(&key, backend, principal, now)
+            } else {
+                self.table.insert(&key, backend, principal, now)
+            }
+        };
+        let mut inserted = insert();
+        if let Ok(Insert::Exists(stale)) = inserted {
+            // The id is held for an owner that is gone, down or revoked (its keys await their
+            // purge): the backend that minted it now is its owner. A contested id stays
+            // contested.
+            let dead = stale.owner != BackendId::CONTESTED
+                && self.fleet.owner_status(stale.owner, now) != OwnerStatus::Live;
+            if stale.owner != backend
+                && dead
+                && self.table.remove(&key, Some(stale.owner)).is_some()
+            {
+                self.counters.purged.incr();
+                inserted = insert();
+            }
+        }
+        let learned = match inserted {
+            Ok(Insert::Added { evicted }) => {
+                self.counters.learned.incr();
+                if evicted {
+                    self.counters.evicted.incr();
+                }
+                Learned::Bound
+            }
+            Ok(Insert::Exists(entry)) if entry.owner == backend => Learned::Bound,
+            Ok(Insert::Exists(entry)) => {
+                self.counters.conflicts.incr();
+                Learned::Conflict(entry.owner)
+            }
+            Err(InsertError::Full { scope }) => {
+                self.counters.unlearned.incr();
+                Learned::Full(scope)
+            }
+            Err(_) => Learned::Refused,
+        };
+        if learned == Learned::Bound && !live() {
+            if self.table.remove(&key, Some(backend)).is_some() {
+                self.counters.purged.incr();
+            }
+            return Learned::OwnerGone;
+        }
+        learned
+    }
+
+    /// What to do with a response whose head revealed a new conversation's key.
+    fn learned_head(&self, learned: Learned, kind: KeyKind) -> HeadOutcome {
+        match learned {
+            Learned::Bound | Learned::Refused | Learned::OwnerGone => HeadOutcome::Forward,
+            Learned::Unroutable => HeadOutcome::Replace(self.reject(Reason::UnroutableKey(kind))),
+            Learned::Conflict(_) => HeadOutcome::Replace(self.reject(Reason::KeyConflict(kind))),
+            Learned::Full(scope) => HeadOutcome::Replace(self.reject(Reason::TableFull(scope))),
+        }
+    }
+
+    /// Reads a chunk of an observed response body: see the
+    /// [call protocol](Router#the-call-protocol). Cheap to call when not observing.
+    pub fn on_response_chunk(
+        &self,
+        exchange: &mut Exchange,
+        chunk: &Bytes,
+        now: Instant,
+    ) -> ChunkOutcome {
+        let Some(observer) = exchange.observer.as_mut() else {
+            return ChunkOutcome::Done;
+        };
+        match observer.feed(chunk, self.config.max_observe) {
+            Seen::More => return ChunkOutcome::More,
+            Seen::Key(id) => self.learn_from_body(exchange, &id, now),
+            Seen::Nothing => {}
+            Seen::Limit => self.counters.observe_limit.incr(),
+        }
+        exchange.observer = None;
+        ChunkOutcome::Done
+    }
+
+    /// Learns a key revealed by a body whose head is already on its way to the client: a
+    /// refusal can only be counted (its client gets a clear 404 later), and an id another
+    /// backend holds is contested.
+    fn learn_from_body(&self, exchange: &mut Exchange, id: &IdBuf, now: Instant) {
+        let sse = exchange.intent == Intent::SseConnect;
+        let kind = if sse {
+            KeyKind::SseSession
+        } else {
+            KeyKind::Task
+        };
+        let holds_stream = match self.learn(exchange, kind, id.as_bytes(), sse, now) {
+            Learned::Bound => sse,
+            Learned::Conflict(holder) => self.contest(exchange, kind, id, holder, sse, now),
+            _ => false,
+        };
+        if holds_stream {
+            exchange.stream_binding = Some(Box::new(id.clone()));
+        }
+    }
+
+    /// An id that `holder` owns was minted again by the exchange's backend, and its client
+    /// already has it (the body is on its way): the router cannot tell which conversation a
+    /// later request with that id belongs to, so it sends it to neither. The binding becomes
+    /// [`BackendId::CONTESTED`] (answered as unknown) for as long as any stream that carries
+    /// it lives, then until it idles out. Returns whether a stream of this exchange is
+    /// counted on it (to be released at the end).
+    fn contest(
+        &self,
+        exchange: &Exchange,
+        kind: KeyKind,
+        id: &IdBuf,
+        holder: BackendId,
+        stream: bool,
+        now: Instant,
+    ) -> bool {
+        let key = exchange.key_of(kind, id);
+        // Who holds the binding now; `None` once it vanished (its holder ended meanwhile).
+        let mut holder = Some(holder);
+        for _ in 0..3 {
+            match holder {
+                None => {
+                    // The contest stands on its own.
+                    let added = if stream {
+                        self.table
+                            .insert_streaming(&key, BackendId::CONTESTED, None, now)
+                    } else {
+                        self.table.insert(&key, BackendId::CONTESTED, None, now)
+                    };
+                    match added {
+                        Ok(Insert::Added { .. }) => return stream,
+                        Ok(Insert::Exists(entry)) => holder = Some(entry.owner),
+                        Err(_) => return false,
+                    }
+                    continue;
+                }
+                Some(BackendId::CONTESTED) => {}
+                Some(owner) => match self.table.set_owner(&key, owner, BackendId::CONTESTED, now) {
+                    Ok(_) => {}
+                    Err(SetOwnerError::OwnerChanged(entry)) => {
+                        holder = Some(entry.owner);
+                        continue;
+                    }
+                    Err(_) => {
+                        holder = None;
+                        continue;
+                    }
+                },
+            }
+            if !stream {
+                return false;
+            }
+            match self.table.open_stream(&key, now) {
+                Some(entry) if entry.owner == BackendId::CONTESTED => return true,
+                Some(entry) => {
+                    // Rebound between the two calls: undo, and contest the new holder.
+                    let _ = self.table.close_stream(&key, now);
+                    holder = Some(entry.owner);
+                }
+                None => holder = None,
+            }
+        }
+        false
+    }
+
+    /// Releases what the exchange held: see the [call protocol](Router#the-call-protocol).
+    /// Completed and aborted exchanges release alike; `end` is there for the record.
+    pub fn on_exchange_end(&self, exchange: Exchange, end: End, now: Instant) {
+        let _ = end;
+        if let Some(id) = &exchange.stream_binding {
+            // A legacy SSE session lives exactly as long as its streams.
+            let key = exchange.key_of(KeyKind::SseSession, id);
+            match self.table.release_stream(&key, exchange.backend, now) {
+                Some(entry) if entry.streams == 0 => self.counters.released.incr(),
+                Some(_) => {}
+                None => {
+                    // Contested since: the stream counted on the contest is released.
+                    let _ = self.table.release_stream(&key, BackendId::CONTESTED, now);
+                }
+            }
+        }
+        if exchange.stream_open {
+            if let Some(key) = exchange.routed_key() {
+                let _ = self.table.close_stream(&key, now);
+            }
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Step 1 of the call protocol: a request head becomes a pinned or placed exchange, or a
+//! rejection; and a request that could not be delivered becomes a new decision.
+
+use std::time::Instant;
+
+use http::header::COOKIE;
+use http::request;
+
+use super::classify::{Intent, classify};
+use super::exchange::{Exchange, How, IdBuf, Routed, Undelivered};
+use super::fleet::{OwnerStatus, Placement, Probe};
+use super::reject::{Reason, Rejection};
+use super::{OperatorScope, Router};
+use crate::table::{Entry, Key, KeyKind, Principal, SessionTable};
+use crate::{BackendId, TenantId};
+
+/// `p` and 16 hex digits of the principal's fingerprint, then `.`: the prefix of an operator
+/// key scoped by principal. The anonymous principal's prefix is `a.`.
+pub(super) const PRINCIPAL_PREFIX_LEN: usize = 18;
+
+impl<T: SessionTable> Router<T> {
+    /// Decides where a request goes: see the [call protocol](Router#the-call-protocol).
+    pub fn route(&self, req: &request::Parts, now: Instant) -> Routed {
+        self.route_with(req, now, |_| true)
+    }
+
+    /// [`route`](Router::route), where `accept` may veto a placement choice (for example a
+    /// backend whose connection pool is exhausted): the next candidate of the policy is tried,
+    /// and if every ready backend is vetoed the request is rejected with
+    /// [`Reason::NoReadyBackend`]. Pinned requests are never offered to `accept`: their owner
+    /// is the only backend that can serve them.
+    ///
+    /// The first choice costs what [`route`](Router::route) costs; once it is vetoed, the
+    /// other ready backends are ranked once, in O(n log n) for a fleet of n.
+    pub fn route_with(
+        &self,
+        req: &request::Parts,
+        now: Instant,
+        accept: impl FnMut(BackendId) -> bool,
+    ) -> Routed {
+        let tenant = match &self.config.tenant {
+            None => Some(TenantId::DEFAULT),
+            Some(extractor) => extractor.tenant(req),
+        };
+        match tenant {
+            Some(tenant) => self.route_in(tenant, req, now, accept),
+            None => Routed::Reject(self.reject(Reason::UnknownTenant)),
+        }
+    }
+
+    /// [`route_with`](Router::route_with) for a request whose tenant the caller already knows
+    /// (the tenant extractor is not consulted).
+    pub fn route_in(
+        &self,
+        tenant: TenantId,
+        req: &request::Parts,
+        now: Instant,
+        accept: impl FnMut(BackendId) -> bool,
+    ) -> Routed {
+        let class = match classify(req, &self.config.paths) {
+            Ok(class) => class,
+            Err(reason) => return Routed::Reject(self.reject(reason)),
+        };
+        let principal = self
+            .config
+            .principal
+            .as_ref()
+            .and_then(|p| p.principal(req));
+        if self.config.principal.is_some() {
+            for (kind, id) in class.carried.keys() {
+                if let Some(rejection) = self.check_carried(tenant, kind, id, principal, now) {
+                    return Routed::Reject(rejection);
+                }
+            }
+        }
+        if let Some((kind, id)) = class.key {
+            return self.route_key(tenant, kind, id, class.intent, principal, now);
+        }
+        if let Some(id) = self.config.operator.as_ref().and_then(|op| op.key(req)) {
+            return self.route_operator(tenant, id, class.intent, principal, now, accept);
+        }
+        if let Some(backend) = self.cookie_backend(tenant, req) {
+            self.counters.pinned.incr();
+            return Routed::Forward(Exchange::new(
+                tenant,
+                backend,
+                How::Pinned,
+                class.intent,
+                principal,
+            ));
+        }
+        self.place(
+            Exchange::new(
+                tenant,
+                BackendId::CONTESTED,
+                How::Placed,
+                class.intent,
+                principal,
+            ),
+            accept,
+        )
+    }
+
+    /// A legacy session key the request carries without being routed by it: known under
+    /// another principal, the request is refused exactly as a hijack of that session would be.
+    fn check_carried(
+        &self,
+        tenant: TenantId,
+        kind: KeyKind,
+        id: &[u8],
+        principal: Option<Principal>,
+        now: Instant,
+    ) -> Option<Rejection> {
+        let key = Key::with_max_len(tenant, kind, id, self.config.max_key_len).ok()?;
+        let entry = self.table.get(&key, now)?;
+        (entry.principal != principal).then(|| self.reject(Reason::WrongPrincipal(kind)))
+    }
+
+    fn route_key(
+        &self,
+        tenant: TenantId,
+        kind: KeyKind,
+        id: &[u8],
+        intent: Intent,
+        principal: Option<Principal>,
+        now: Instant,
+    ) -> Routed {
+        let key = match Key::with_max_len(tenant, kind, id, self.config.max_key_len) {
+            Ok(key) => key,
+            Err(why) => return Routed::Reject(self.reject(Reason::InvalidKey(kind, why))),
+        };
+        match self.table.get(&key, now) {
+            Some(entry) => self.forward_owned(&key, entry, intent, principal, now),
+            None => Routed::Reject(self.reject(Reason::UnknownKey(kind))),
+        }
+    }
+
+    /// An operator key: pinned to its owner if it has a live one, else placed, to be bound to
+    /// the backend that answers it 2xx.
+    fn route_operator(
+        &self,
+        tenant: TenantId,
+        id: &[u8],
+        intent: Intent,
+        principal: Option<Principal>,
+        now: Instant,
+        accept: impl FnMut(BackendId) -> bool,
+    ) -> Routed {
+        if let Err(why) = Key::with_max_len(tenant, KeyKind::Operator, id, self.config.max_key_len)
+        {
+            return Routed::Reject(self.reject(Reason::InvalidKey(KeyKind::Operator, why)));
+        }
+        let scoped = if self.config.scoped_operator_keys() {
+            match principal {
+                Some(p) => {
+                    let mut prefix = [0u8; PRINCIPAL_PREFIX_LEN];
+                    prefix[0] = b'p';
+                    hex16(p.fingerprint(), &mut prefix[1..17]);
+                    prefix[17] = b'.';
+                    IdBuf::prefixed(&prefix, id)
+                }
+                None => IdBuf::prefixed(b"a.", id),
+            }
+        } else {
+            IdBuf::new(id)
+        };
+        let key = Key::with_max_len(
+            tenant,
+            KeyKind::Operator,
+            scoped.as_bytes(),
+            self.config.key_bound(KeyKind::Operator),
+        )
+        .expect("a valid id with a visible-ASCII prefix is valid");
+        if let Some(entry) = self.table.get(&key, now) {
+            let live = entry.owner != BackendId::CONTESTED
+                && self.fleet.owner_status(entry.owner, now) == OwnerStatus::Live;
+            if live {
+                return self.forward_owned(&key, entry, intent, principal, now);
+            }
+            // A client cannot start an operator key over: when its owner is gone, the key is
+            // bound afresh, as on its first request.
+            if self.table.remove(&key, Some(entry.owner)).is_some() {
+                self.counters.purged.incr();
+            }
+        }
+        let mut exchange =
+            Exchange::new(tenant, BackendId::CONTESTED, How::Placed, intent, principal);
+        exchange.bind_operator = Some(Box::new(scoped));
+        self.place(exchange, accept)
+    }
+
+    /// Forwards to the owner of `key`, if it may serve it.
+    fn forward_owned(
+        &self,
+        key: &Key<'_>,
+        entry: Entry,
+        intent: Intent,
+        principal: Option<Principal>,
+        now: Instant,
+    ) -> Routed {
+        let kind = key.kind();
+        if entry.owner == BackendId::CONTESTED {
+            // Two backends minted this id: neither is asked to serve it.
+            return Routed::Reject(self.reject(Reason::UnknownKey(kind)));
+        }
+        let shared =
+            kind == KeyKind::Operator && self.config.operator_scope == OperatorScope::Shared;
+        if self.config.principal.is_some() && !shared && entry.principal != principal {
+            return Routed::Reject(self.reject(Reason::WrongPrincipal(kind)));
+        }
+        let (reason, purged) = match self.fleet.owner_status(entry.owner, now) {
+            OwnerStatus::Live => {
+                self.counters.pinned.incr();
+                let mut exchange =
+                    Exchange::new(key.tenant(), entry.owner, How::Pinned, intent, principal);
+                exchange.key = Some((kind, IdBuf::new(key.id_bytes())));
+                return Routed::Forward(exchange);
+            }
+            OwnerStatus::Gone => (Reason::OwnerGone(kind), &self.counters.purged),
+            OwnerStatus::Down => (Reason::OwnerDown(kind), &self.counters.purged),
+            OwnerStatus::Revoked => (Reason::OwnerRevoked(kind), &self.counters.revoked),
+        };
+        if self.table.remove(key, Some(entry.owner)).is_some() {
+            purged.incr();
+        }
+        Routed::Reject(self.reject(reason))
+    }
+
+    /// Places a request on a ready backend of its tenant, skipping those it was already tried
+    /// on; `exchange` carries everything but the backend.
+    fn place(&self, mut exchange: Exchange, accept: impl FnMut(BackendId) -> bool) -> Routed {
+        // Sessions are balanced by the policy; stateless calls, which leave nothing behind to
+        // balance, take turns.
+        let starts = exchange.intent.starts_conversation() || exchange.bind_operator.is_some();
+        let policy = if starts {
+            self.config.placement
+        } else {
+            Placement::WeightedRoundRobin
+        };
+        let Some(backend) = self.choose(exchange.tenant, policy, &exchange.tried, accept) else {
+            return Routed::Reject(self.reject(Reason::NoReadyBackend));
+        };
+        self.counters.placed.incr();
+        exchange.backend = backend;
+        exchange.how = How::Placed;
+        if policy != Placement::WeightedRoundRobin {
+            exchange.pending = self.fleet.start_pending(backend);
+        }
+        exchange.set_cookie = self.config.cookie.is_some() && exchange.intent.starts_conversation();
+        Routed::Forward(exchange)
+    }
+
+    /// The policy's first choice that `accept` takes, never one of `tried`. The fleet lock is
+    /// not held while `accept` runs, so it may call back into the router. The first choice
+    /// allocates nothing; past it, the ready backends are ranked once.
+    fn choose(
+        &self,
+        tenant: TenantId,
+        policy: Placement,
+        tried: &[BackendId],
+        mut accept: impl FnMut(BackendId) -> bool,
+    ) -> Option<BackendId> {
+        let mut vetoed = None;
+        if tried.is_empty() {
+            let first = self.fleet.pick(tenant, policy, &self.table)?;
+            if accept(first) {
+                return Some(first);
+            }
+            self.counters.vetoed.incr();
+            vetoed = Some(first);
+        }
+        for id in self.fleet.ranked(tenant, policy, &self.table) {
+            if Some(id) == vetoed || tried.contains(&id) {
+                continue;
+            }
+            if accept(id) {
+                return Some(id);
+            }
+            self.counters.vetoed.incr();
+        }
+        None
+    }
+
+    /// The backend named by the request's affinity cookie, if the fallback is on and the
+    /// cookie names a ready backend of the tenant. Anything else (no cookie, a malformed one,
+    /// a backend gone, draining, unhealthy or of another tenant) is no hint at all: the
+    /// request is placed like any keyless request, and a conversation start gets a fresh
+    /// cookie. A client can name any ready backend of its tenant this way, which is no more
+    /// than placement could have given it.
+    fn cookie_backend(&self, tenant: TenantId, req: &request::Parts) -> Option<BackendId> {
+        let name = self.config.cookie.as_deref()?;
+        let value = req
+            .headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)?;
+        let (slot, generation) = value.split_once('.')?;
+        let id = BackendId::new(slot.parse().ok()?, generation.parse().ok()?);
+        self.fleet.is_ready_in(id, tenant).then_some(id)
+    }
+
+    pub(super) fn reject(&self, reason: Reason) -> Rejection {
+        self.counters.rejected[reason.index()].incr();
+        let rejection = Rejection::new(reason, self.config.retry_after);
+        match &self.config.rejection_body {
+            Some(body) => {
+                let custom = body(&rejection);
+                rejection.with_body(custom)
+            }
+            None => rejection,
+        }
+    }
+
+    /// The request of `exchange` could not be delivered to [`Exchange::backend`]: nothing of
+    /// it was written. Returns what to do now.
+    ///
+    /// - The backend's health learns from it: a [refused](Undelivered::Refused) connection
+    ///   declares it **down** at once (its sessions died with its process: every key it owns
+    ///   is answered [`OwnerDown`](Reason::OwnerDown), 404, and purged); a
+    ///   [timeout](Undelivered::TimedOut) or [other failure](Undelivered::Failed) counts as
+    ///   one failed [`Probe`].
+    /// - A request **pinned** by a session or task key is never moved: it gets
+    ///   [`OwnerDown`](Reason::OwnerDown) (404, start over) when the owner refused, and
+    ///   [`OwnerUnreachable`](Reason::OwnerUnreachable) (503 + `Retry-After`) when it may
+    ///   still hold the session.
+    /// - A **placed** request (a conversation start, a 2026-07-28 call, an operator key's
+    ///   first request, a cookie hint) is placed again on another ready backend, never one it
+    ///   was already tried on, within
+    ///   [`placement_attempts`](super::RouterBuilder::placement_attempts); when none is left
+    ///   it gets [`NoReadyBackend`](Reason::NoReadyBackend) (503 + `Retry-After`).
+    pub fn on_undelivered(&self, exchange: Exchange, why: Undelivered, now: Instant) -> Routed {
+        self.on_undelivered_with(exchange, why, now, |_| true)
+    }
+
+    /// [`on_undelivered`](Router::on_undelivered), where `accept` may veto the next placement
+    /// choice, as in [`route_with`](Router::route_with).
+    pub fn on_undelivered_with(
+        &self,
+        mut exchange: Exchange,
+        why: Undelivered,
+        now: Instant,
+        accept: impl FnMut(BackendId) -> bool,
+    ) -> Routed {
+        let backend = exchange.backend;
+        match why {
+            Undelivered::Refused => self.declare_down(backend),
+            Undelivered::TimedOut | Undelivered::Failed => {
+                let _ = self.report_health(backend, Probe::Failed);
+            }
+        }
+        match exchange.key.as_ref().map(|(kind, _)| *kind) {
+            Some(kind) if kind != KeyKind::Operator => {
+                let reason = match (why, self.fleet.owner_status(backend, now)) {
+                    (Undelivered::Refused, _) | (_, OwnerStatus::Down) => Reason::OwnerDown(kind),
+                    _ => Reason::OwnerUnreachable(kind),
+                };
+                if reason == Reason::OwnerDown(kind) {
+                    if let Some(key) = exchange.routed_key() {
+                        if self.table.remove(&key, Some(backend)).is_some() {
+                            self.counters.purged.incr();
+                        }
+                    }
+                }
+                Routed::Reject(self.reject(reason))
+            }
+            operator => {
+                // Nothing was sent: safe to place anywhere else. An operator key is bound
+                // afresh, as when its owner is gone.
+                if operator.is_some() {
+                    if let Some(key) = exchange.routed_key() {
+                        if self.table.remove(&key, Some(backend)).is_some() {
+                            self.counters.purged.incr();
+                        }
+                    }
+                    let (_, id) = exchange.key.take().expect("an operator key");
+                    exchange.bind_operator = Some(Box::new(id));
+                }
+                exchange.pending = None;
+                exchange.tried.push(backend);
+                if exchange.tried.len() >= self.config.placement_attempts {
+                    return Routed::Reject(self.reject(Reason::NoReadyBackend));
+                }
+                self.counters.retried.incr();
+                self.place(exchange, accept)
+            }
+        }
+    }
+}
+
+/// Writes `n` as 16 lowercase hex digits.
+fn hex16(n: u64, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in out.iter_mut().enumerate().take(16) {
+        *byte = HEX[((n >> (60 - 4 * i)) & 0xF) as usize];
+    }
+}
