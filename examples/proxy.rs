@@ -10,8 +10,8 @@
 //! curl -s -X POST 127.0.0.1:8081/backends/1/remove    # its sessions get 404 (clients re-initialize)
 //! ```
 //!
-//! Flags are parsed by hand (no crate). Run with `--help` for all of them. Ctrl-C stops
-//! accepting, gives in-flight requests a moment, and exits 0.
+//! Flags are parsed by hand (no crate). Run with `--help` for all of them. Ctrl-C or SIGTERM
+//! (what orchestrators send) stops accepting, gives in-flight requests a moment, and exits 0.
 
 // The proxy owns the clock and the sockets.
 #![allow(clippy::disallowed_methods)]
@@ -39,7 +39,7 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
   --pool-idle-timeout SECS   keep idle backend connections this long (default 4)
   --health-interval SECS     TCP health check period (default 1; 0 = off)
   --rewrite-host             send the backend's host:port as Host (default: the client's Host)
-  --shutdown-grace SECS      on Ctrl-C, time given to in-flight requests (default 2)
+  --shutdown-grace SECS      on Ctrl-C or SIGTERM, time given to in-flight requests (default 2)
 ";
 
 struct Args {
@@ -100,6 +100,20 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     })
 }
 
+/// Ctrl-C, or SIGTERM (how orchestrators stop a process).
+async fn stop_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            ctrl_c = tokio::signal::ctrl_c() => ctrl_c,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = match parse(std::env::args().skip(1)) {
@@ -156,8 +170,8 @@ async fn main() -> ExitCode {
     );
     tasks.spawn(proxy.clone().serve(listener, stopped()));
 
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        eprintln!("proxy: cannot wait for Ctrl-C: {e}");
+    if let Err(e) = stop_signal().await {
+        eprintln!("proxy: cannot wait for Ctrl-C or SIGTERM: {e}");
     }
     eprintln!("proxy: shutting down");
     let _ = stop.send(true);

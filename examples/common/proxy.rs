@@ -30,7 +30,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -39,8 +39,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use mcp_affinity::body::ObservedBody;
 use mcp_affinity::router::{
-    BackendInfo, End, Exchange, HeadOutcome, Metrics, Rejection, Routed, Router,
+    BackendInfo, End, Exchange, HeadOutcome, Metrics, Probe, Rejection, Routed, Router, Undelivered,
 };
+use mcp_affinity::table::KeyKind;
 use mcp_affinity::table::MemoryTableConfig;
 use mcp_affinity::{BackendId, TenantId};
 use tokio::net::{TcpListener, TcpStream};
@@ -105,10 +106,12 @@ struct Upstream {
 pub struct Proxy {
     router: Arc<Router>,
     upstreams: RwLock<Vec<Option<Upstream>>>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, OutBody>,
     rewrite_host: bool,
     health_interval: Option<Duration>,
     shutdown_grace: Duration,
+    /// 502 answers sent (the backend failed and the router could not decide for it).
+    bad_gateways: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -135,6 +138,7 @@ impl Proxy {
             .build();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
@@ -146,6 +150,7 @@ impl Proxy {
             rewrite_host: config.rewrite_host,
             health_interval: config.health_interval,
             shutdown_grace: config.shutdown_grace,
+            bad_gateways: Default::default(),
         });
         for url in &config.backends {
             proxy.add_backend(url)?;
@@ -241,21 +246,29 @@ impl Proxy {
         Ok(purged)
     }
 
-    /// A backend restarted: a new generation in the same slot that inherits nothing; the
-    /// streams open to the old one are ended.
+    /// A backend restarted: a new generation that inherits nothing; the streams open to the
+    /// old one are ended.
     pub fn restart(&self, slot: u16) -> Result<BackendId, String> {
         let mut upstreams = self.upstreams.write().unwrap();
-        let upstream = upstreams
+        let mut upstream = upstreams
             .get_mut(usize::from(slot))
-            .and_then(Option::as_mut)
+            .and_then(Option::take)
             .ok_or(format!("no backend in slot {slot}"))?;
-        let id = self
-            .router
-            .restart_backend(upstream.id, Instant::now())
-            .map_err(|e| e.to_string())?;
+        let id = match self.router.restart_backend(upstream.id, Instant::now()) {
+            Ok(id) => id,
+            Err(e) => {
+                upstreams[usize::from(slot)] = Some(upstream);
+                return Err(e.to_string());
+            }
+        };
         let old = std::mem::replace(&mut upstream.gone, watch::Sender::new(false));
         old.send_replace(true);
         upstream.id = id;
+        let slot = usize::from(id.slot());
+        if upstreams.len() <= slot {
+            upstreams.resize_with(slot + 1, || None);
+        }
+        upstreams[slot] = Some(upstream);
         Ok(id)
     }
 
@@ -294,6 +307,13 @@ impl Proxy {
     }
 
     /// Proxies one request.
+    ///
+    /// A request that could not be delivered is reported to the router, which answers what to
+    /// do: place it again on another backend (a conversation start, a stateless call: its
+    /// body, if small, was kept for that), or reject it (a pinned request whose owner refused
+    /// the connection: its session is gone, 404). A request that failed once on its way, with
+    /// the backend refusing connections since, had an owner that died with it: a pinned one
+    /// gets the same 404, a conversation start is placed again.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         let exchange = match self.router.route(&parts, Instant::now()) {
@@ -305,34 +325,77 @@ impl Proxy {
             router: &self.router,
             exchange: Some(exchange),
         };
-        let backend = guard.exchange().backend();
-        let Some((uri, authority, gone)) = self.target(backend, &parts.uri) else {
-            // Removed between routing and here.
-            return bad_gateway("backend removed");
+        // A request that may be placed again (no protocol key) keeps a small body for that.
+        let mut body = if protocol_key(guard.exchange()) {
+            ReplayBody::Streamed(Some(body))
+        } else {
+            ReplayBody::keep(body).await
         };
-        parts.uri = uri;
+        let uri = parts.uri.clone();
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
-        if self.rewrite_host || !parts.headers.contains_key(header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
         if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
             parts
                 .headers
                 .append(HeaderName::from_static("x-forwarded-for"), ip);
         }
-
-        let response = match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(response) => response,
-            Err(e) => {
-                if e.is_connect() {
-                    let _ = self.router.report_health(backend, false);
+        let client_host = parts.headers.get(header::HOST).cloned();
+        let response = loop {
+            let backend = guard.exchange().backend();
+            let Some((target, authority, gone)) = self.target(backend, &uri) else {
+                // Removed between routing and here.
+                return self.bad_gateway("backend removed");
+            };
+            let Some(attempt) = body.attempt() else {
+                return self.bad_gateway("backend unreachable");
+            };
+            let mut head = parts.clone();
+            head.uri = target;
+            match (&client_host, self.rewrite_host) {
+                (Some(host), false) => {
+                    head.headers.insert(header::HOST, host.clone());
                 }
-                return bad_gateway("backend unreachable");
+                _ => {
+                    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                        head.headers.insert(header::HOST, host);
+                    }
+                }
+            }
+            let error = match self
+                .client
+                .request(Request::from_parts(head, attempt))
+                .await
+            {
+                Ok(response) => break (response, gone),
+                Err(error) => error,
+            };
+            let why = match undelivered(&error) {
+                Some(why) => why,
+                // It may have reached the backend. If the backend refuses connections now, it
+                // died with the request: the session of a pinned request is gone either way,
+                // and a conversation start changed nothing that survived.
+                None if (protocol_key(guard.exchange())
+                    || guard.exchange().starts_conversation())
+                    && self.refuses(backend).await =>
+                {
+                    Undelivered::Refused
+                }
+                // The client's own body failed (it went away mid-request): nobody to tell.
+                None if client_failed(&error) => {
+                    return text(StatusCode::BAD_REQUEST, "request body failed\n".into());
+                }
+                None => {
+                    let why = format!("{} failed: {error:?}", guard.exchange().backend());
+                    return self.bad_gateway(&why);
+                }
+            };
+            let exchange = guard.take();
+            match self.router.on_undelivered(exchange, why, Instant::now()) {
+                Routed::Forward(next) => guard.exchange = Some(next),
+                Routed::Reject(rejection) => return rejection_response(&rejection),
             }
         };
+        let (response, gone) = response;
         let (mut head, body) = response.into_parts();
         let mut exchange = guard.take();
         match self
@@ -365,6 +428,47 @@ impl Proxy {
             observed.boxed_unsync()
         };
         Response::from_parts(head, body)
+    }
+
+    /// How many requests were answered 502.
+    pub fn bad_gateways(&self) -> u64 {
+        self.bad_gateways.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn bad_gateway(&self, why: &str) -> Response<ProxyBody> {
+        self.bad_gateways
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("proxy: 502: {why}");
+        bad_gateway(why)
+    }
+
+    /// Whether the backend refuses connections right now: a few quick TCP connects, 50 ms
+    /// apart (a process killed a moment ago may still have its listening socket while its
+    /// connections are reset).
+    async fn refuses(&self, id: BackendId) -> bool {
+        let Some(addr) = self.address_of(id) else {
+            return false;
+        };
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let connect = TcpStream::connect(&addr);
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_millis(250), connect).await {
+                if refused(&e) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// `host:port` of a backend.
+    fn address_of(&self, id: BackendId) -> Option<String> {
+        let upstreams = self.upstreams.read().unwrap();
+        let upstream = upstreams.get(usize::from(id.slot()))?.as_ref()?;
+        let port = upstream.authority.port_u16().unwrap_or(80);
+        Some(format!("{}:{port}", upstream.authority.host()))
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then stops accepting and
@@ -415,33 +519,32 @@ impl Proxy {
         }
     }
 
-    /// One round of TCP connect checks, all backends at once (500 ms each at most).
+    /// One round of TCP connect checks, all backends at once (500 ms each at most): a
+    /// refused connection is [`Probe::Refused`] (nothing listens: the backend is down after a
+    /// few), a timeout is [`Probe::Failed`] (it may be alive and overloaded).
     async fn check_health(&self) {
-        let targets: Vec<(BackendId, String)> = {
+        let targets: Vec<BackendId> = {
             let upstreams = self.upstreams.read().unwrap();
-            upstreams
-                .iter()
-                .flatten()
-                .map(|u| {
-                    let port = u.authority.port_u16().unwrap_or(80);
-                    (u.id, format!("{}:{port}", u.authority.host()))
-                })
-                .collect()
+            upstreams.iter().flatten().map(|u| u.id).collect()
         };
-        let checks = targets.into_iter().map(|(id, addr)| async move {
-            let connect = TcpStream::connect(addr);
-            let ok = matches!(
-                tokio::time::timeout(Duration::from_millis(500), connect).await,
-                Ok(Ok(_))
-            );
-            (id, ok)
+        let checks = targets.into_iter().filter_map(|id| {
+            let addr = self.address_of(id)?;
+            Some(async move {
+                let connect = TcpStream::connect(addr);
+                let probe = match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                    Ok(Ok(_)) => Probe::Up,
+                    Ok(Err(e)) if refused(&e) => Probe::Refused,
+                    _ => Probe::Failed,
+                };
+                (id, probe)
+            })
         });
         let mut set = tokio::task::JoinSet::new();
         for check in checks {
             set.spawn(check);
         }
-        while let Some(Ok((id, ok))) = set.join_next().await {
-            let _ = self.router.report_health(id, ok);
+        while let Some(Ok((id, probe))) = set.join_next().await {
+            let _ = self.router.report_health(id, probe);
         }
     }
 
@@ -613,6 +716,96 @@ pub fn metrics_text(m: &Metrics) -> String {
     }
     out
 }
+
+/// Why a request that failed never reached its backend, if it surely did not: hyper-util
+/// reports connection failures (nothing written) as connect errors.
+fn undelivered(error: &hyper_util::client::legacy::Error) -> Option<Undelivered> {
+    if !error.is_connect() {
+        return None;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(if refused(io) {
+                Undelivered::Refused
+            } else if io.kind() == std::io::ErrorKind::TimedOut {
+                Undelivered::TimedOut
+            } else {
+                Undelivered::Failed
+            });
+        }
+        source = e.source();
+    }
+    Some(Undelivered::Failed)
+}
+
+/// Whether a failed request failed on the client's side (its body), not the backend's.
+fn client_failed(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+            return hyper.is_user();
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether the exchange is pinned by a protocol key (a session or a task): never placed again.
+fn protocol_key(exchange: &Exchange) -> bool {
+    exchange
+        .key()
+        .is_some_and(|(kind, _)| kind != KeyKind::Operator)
+}
+
+/// Nothing listens at the address: refused, or the host or network is unreachable.
+fn refused(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionRefused, HostUnreachable, NetworkUnreachable};
+    matches!(
+        error.kind(),
+        ConnectionRefused | HostUnreachable | NetworkUnreachable
+    )
+}
+
+/// The most bytes of a placed request's body kept to send it again after a failed delivery.
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// A request body for one or more delivery attempts.
+enum ReplayBody {
+    /// Kept whole (small, and placed): every attempt sends it again.
+    Kept(Bytes),
+    /// Streamed as it comes: one attempt only.
+    Streamed(Option<Incoming>),
+}
+
+impl ReplayBody {
+    /// Keeps `body` if it is known to be small enough; streams it otherwise.
+    async fn keep(body: Incoming) -> ReplayBody {
+        let small = body
+            .size_hint()
+            .upper()
+            .is_some_and(|upper| upper <= REPLAY_LIMIT);
+        if !small {
+            return ReplayBody::Streamed(Some(body));
+        }
+        match body.collect().await {
+            Ok(collected) => ReplayBody::Kept(collected.to_bytes()),
+            // The client's body failed: the one attempt sends nothing more.
+            Err(_) => ReplayBody::Kept(Bytes::new()),
+        }
+    }
+
+    /// The body of the next attempt, or `None` if it was streamed already.
+    fn attempt(&mut self) -> Option<OutBody> {
+        match self {
+            ReplayBody::Kept(bytes) => Some(Either::Left(Full::new(bytes.clone()))),
+            ReplayBody::Streamed(body) => body.take().map(Either::Right),
+        }
+    }
+}
+
+/// What the proxy sends a backend: a kept body or the client's own.
+type OutBody = Either<Full<Bytes>, Incoming>;
 
 /// Ends the exchange as aborted if it was not handed on.
 struct ExchangeGuard<'a> {

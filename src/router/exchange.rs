@@ -167,6 +167,15 @@ impl Exchange {
         })
     }
 
+    /// Whether the request starts a conversation (a legacy `initialize`, a legacy SSE
+    /// connect). Such a request leaves nothing behind that outlives its backend, so an
+    /// embedder may hand it to [`on_undelivered`](super::Router::on_undelivered) to be placed
+    /// again even when it may have reached a backend that has died since (and now refuses
+    /// connections); any other placed request should be reported only when surely undelivered.
+    pub fn starts_conversation(&self) -> bool {
+        self.intent.starts_conversation()
+    }
+
     /// Whether the router is still reading the response body.
     pub fn is_observing(&self) -> bool {
         self.observer.is_some()

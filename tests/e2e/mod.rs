@@ -198,7 +198,47 @@ impl Proc {
         out
     }
 
-    /// Kills and reaps the process.
+    /// Collects every stdout line, as it comes, on a thread of its own (a chatty process never
+    /// blocks on a full pipe): the lines so far are in the returned list.
+    pub fn collect_lines(&mut self) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut stdout = self.stdout.take().expect("stdout");
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while stdout.read_line(&mut line).is_ok_and(|n| n > 0) {
+                sink.lock().unwrap().push(std::mem::take(&mut line));
+            }
+        });
+        lines
+    }
+
+    /// Closes the process's stdin (the peers stop when it closes).
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Waits up to `timeout` for the process to exit; kills it after that. Returns whether it
+    /// exited by itself, successfully.
+    pub async fn exited(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return false;
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills (SIGKILL on Unix) and reaps the process.
     pub fn kill(&mut self) {
         self.stdin.take();
         if let Some(mut child) = self.child.take() {
@@ -265,13 +305,57 @@ pub async fn python_replicas(prefix: &str, n: usize, mode: PyMode) -> Vec<PyRepl
     replicas
 }
 
-/// The port a peer reports on its first line (`LISTENING <port>`), waited for up to 30 s.
-async fn listening_port(proc: &mut Proc, name: &str) -> u16 {
-    let line = proc.read_line(Duration::from_secs(30)).await;
-    line.trim()
-        .strip_prefix("LISTENING ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
+/// The port a peer reports (`LISTENING <port>`, after at most a few other lines), waited for up
+/// to 30 s.
+pub async fn listening_port(proc: &mut Proc, name: &str) -> u16 {
+    for _ in 0..8 {
+        let line = proc.read_line(Duration::from_secs(30)).await;
+        // A test binary running as a peer prints it after its harness's `test … ... `.
+        if let Some((_, port)) = line.trim().split_once("LISTENING ") {
+            return port
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: unexpected line {line:?}"));
+        }
+    }
+    panic!("{name}: no LISTENING line");
+}
+
+/// Starts one Python replica named `name` on `port` (0: any) and waits until it listens.
+pub async fn python_replica(name: &str, mode: PyMode, port: u16) -> PyReplica {
+    let mode = match mode {
+        PyMode::Streamable => "streamable",
+        PyMode::Sse => "sse",
+    };
+    let mut proc = Proc::spawn(
+        &format!("py-{name}-{port}"),
+        Command::new(python())
+            .arg(here().join("py_replica.py"))
+            .args(["--name", name, "--mode", mode, "--port", &port.to_string()]),
+    );
+    let port = listening_port(&mut proc, name).await;
+    PyReplica {
+        name: name.to_string(),
+        port,
+        proc,
+    }
+}
+
+/// Starts one TypeScript replica named `name` on `port` (0: any) and waits until it listens.
+pub async fn node_replica(name: &str, port: u16) -> TsReplica {
+    let script = node_script("ts_replica.mjs");
+    let mut proc = Proc::spawn(
+        &format!("ts-{name}-{port}"),
+        Command::new(node())
+            .arg(&script)
+            .arg(name)
+            .arg(port.to_string()),
+    );
+    let port = listening_port(&mut proc, name).await;
+    TsReplica {
+        name: name.to_string(),
+        port,
+        proc,
+    }
 }
 
 /// Runs `tests/e2e/py_clients.py` against `url` and returns its JSON lines.
@@ -466,7 +550,7 @@ pub fn reply_in(body: &str) -> Option<rmcp_peers::Reply> {
 }
 
 /// A Node script of `tests/e2e/`, copied next to the `node_modules` it imports from.
-fn node_script(name: &str) -> PathBuf {
+pub fn node_script(name: &str) -> PathBuf {
     let dir = node_dir();
     let target = dir.join(name);
     // Copy, then rename: tests running at once never see a half-written script.

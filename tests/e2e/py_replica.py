@@ -1,12 +1,12 @@
 """One MCP server replica built with the Python SDK (`mcp` 2.3.0), for mcp-affinity's e2e tests.
 
-    python py_replica.py --name p1 --mode streamable|sse [--task-seconds 0.6]
+    python py_replica.py --name p1 --mode streamable|sse [--task-seconds 0.6] [--port P]
 
 - streamable: stateful Streamable HTTP at /mcp (legacy-era clients get an Mcp-Session-Id);
   the same endpoint serves 2026-07-28 clients sessionless.
 - sse: legacy HTTP+SSE (2024-11-05): GET /sse, POST /messages/?session_id=<hex>.
 
-Binds 127.0.0.1 on an OS-assigned port and prints `LISTENING <port>` on stdout once the
+Binds 127.0.0.1 on an OS-assigned port (or --port, to come back where a killed replica was) and prints `LISTENING <port>` on stdout once the
 socket listens. Exits when its stdin closes, so it cannot outlive the test that started it.
 
 Tools:
@@ -41,6 +41,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--name", required=True)
 parser.add_argument("--mode", choices=["streamable", "sse"], default="streamable")
 parser.add_argument("--task-seconds", type=float, default=0.6)
+parser.add_argument("--port", type=int, default=0)
 args = parser.parse_args()
 NAME = args.name
 
@@ -141,7 +142,7 @@ def main() -> None:
     app = server.sse_app() if args.mode == "sse" else server.streamable_http_app()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", args.port))
     sock.listen(256)
     threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)

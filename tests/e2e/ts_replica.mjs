@@ -1,12 +1,13 @@
 // One MCP server replica built with the TypeScript SDK (@modelcontextprotocol/sdk 1.32.2), for
 // mcp-affinity's e2e tests.
 //
-//   node ts_replica.mjs NAME
+//   node ts_replica.mjs NAME [PORT]
 //
 // Streamable HTTP at /mcp (sessions from randomUUID) and legacy HTTP+SSE at GET /sse with
 // POST /messages?sessionId=<uuid> (camelCase, LF line endings). Tool `whoami` returns
 // {"replica", "count"}, `count` counting the calls of the session. Listens on 127.0.0.1 with an
-// OS-assigned port, prints `LISTENING <port>`, and exits when its stdin closes.
+// OS-assigned port (or PORT, to come back where a killed replica was), prints
+// `LISTENING <port>`, and exits when its stdin closes.
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
@@ -80,7 +81,7 @@ const server = http.createServer(async (req, res) => {
   }
 });
 
-server.listen(0, '127.0.0.1', () => {
+server.listen(Number(process.argv[3] ?? 0), '127.0.0.1', () => {
   process.stdout.write(`LISTENING ${server.address().port}\n`);
 });
 process.stdin.on('end', () => process.exit(0));

@@ -1,0 +1,113 @@
+// MCP clients under steady load, built with the TypeScript SDK (@modelcontextprotocol/sdk
+// 1.32.2), for mcp-affinity's crash tests.
+//
+//   node ts_soak.mjs URL --mode streamable|sse [--workers N] [--every MS]
+//
+// N workers each open a session and call `whoami` in a loop; when a call fails, the worker
+// reports the error and starts a new session. A starter opens a new short session every MS
+// milliseconds. It runs until its stdin closes, then prints a summary and exits 0. Lines, as
+// JSON: {"worker", "session", "call", "replica", "count"}; {"worker", "session", "error",
+// "kind"} with kind "gone" (404: the session is over; a closed SSE stream) or "other";
+// {"starter", "replica"} or {"starter", "error", "kind", "phase"} (phase "initialize": it failed
+// to start; "call": its replica died after minting it); {"ready": true}; {"summary"} last.
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
+
+const argv = process.argv.slice(2);
+const url = new URL(argv[0]);
+const flag = (name, fallback) => {
+  const i = argv.indexOf(name);
+  return i >= 0 ? argv[i + 1] : fallback;
+};
+const mode = flag('--mode', 'streamable');
+const workers = Number(flag('--workers', '9'));
+const every = Number(flag('--every', '25'));
+const summary = { ok: 0, errors: 0, started: 0 };
+const emit = (fields) => process.stdout.write(JSON.stringify(fields) + '\n');
+let stopping = false;
+
+const kindOf = (e) => {
+  const text = `${e?.constructor?.name}: ${e?.message}`;
+  return e?.code === 404 || /\b404\b|Session not found|Connection closed|SSE stream disconnected/.test(text)
+    ? 'gone'
+    : 'other';
+};
+
+// Whether a session exists on a replica: with SSE, once the stream's endpoint event came (the
+// SDK keeps it in a private field); with Streamable HTTP, once initialize answered.
+const started = (transport) => Boolean(transport?._endpoint || transport?.sessionId);
+
+async function open(onTransport = () => {}) {
+  const transport = mode === 'sse' ? new SSEClientTransport(url) : new StreamableHTTPClientTransport(url);
+  onTransport(transport);
+  const client = new Client({ name: 'e2e-ts-soak', version: '0.0.0' });
+  await client.connect(transport);
+  return client;
+}
+
+async function whoami(client) {
+  const result = await client.callTool({ name: 'whoami', arguments: {} }, undefined, { timeout: 10000 });
+  return JSON.parse(result.content[0].text);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+let pending = workers;
+let markReady;
+const ready = new Promise((resolve) => { markReady = resolve; });
+
+async function worker(no) {
+  for (let session = 0; !stopping; session++) {
+    let client;
+    try {
+      client = await open();
+      for (let call = 0; !stopping; call++) {
+        const reply = await whoami(client);
+        emit({ worker: no, session, call, ...reply });
+        summary.ok++;
+        if (session === 0 && call === 0 && --pending === 0) markReady();
+        await sleep(20);
+      }
+    } catch (e) {
+      if (stopping) return;
+      summary.errors++;
+      emit({ worker: no, session, error: `${e?.constructor?.name}: ${e?.message}`, kind: kindOf(e) });
+    } finally {
+      await client?.close().catch(() => {});
+    }
+  }
+}
+
+async function short(no) {
+  let client;
+  let transport;
+  try {
+    client = await open((t) => { transport = t; });
+    emit({ starter: no, ...(await whoami(client)) });
+    summary.started++;
+  } catch (e) {
+    if (stopping) return;
+    summary.errors++;
+    const phase = started(transport) ? 'call' : 'initialize';
+    emit({ starter: no, error: `${e?.constructor?.name}: ${e?.message}`, kind: kindOf(e), phase });
+  } finally {
+    await client?.close().catch(() => {});
+  }
+}
+
+const running = Array.from({ length: workers }, (_, i) => worker(i));
+await ready;
+emit({ ready: true });
+const starts = [];
+let no = 0;
+const ticker = setInterval(() => starts.push(short(no++)), every);
+await new Promise((resolve) => {
+  process.stdin.on('end', resolve);
+  process.stdin.on('close', resolve);
+  process.stdin.resume();
+});
+stopping = true;
+clearInterval(ticker);
+await Promise.race([Promise.allSettled([...running, ...starts]), sleep(3000)]);
+emit({ summary });
+process.exit(0);
