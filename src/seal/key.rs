@@ -89,9 +89,9 @@ impl SealKey {
     /// The key's hint: 6 bits (0 to 63) that every token it seals carries in the clear, so
     /// that opening tries only the keys that may have sealed it.
     ///
-    /// The hint is derived from the key itself (the top 6 bits of its AES-256-GCM-SIV tag
-    /// over an empty message, an all-zero nonce and a fixed label), never from its place in a
-    /// keyring: reordering a key file never changes which key a token names. Distinct keys
+    /// The hint is derived from the key itself (the top 6 bits of the first byte of its
+    /// AES-256-GCM-SIV tag over an empty message, with an all-zero nonce and the associated
+    /// data `mcp-affinity/seal/v1 key hint`), never from its place in a keyring: reordering a key file never changes which key a token names. Distinct keys
     /// share a hint one time in 64; opening then tries each of them. Log it to tell which key
     /// seals; it reveals nothing about the key.
     pub fn hint(&self) -> u8 {
