@@ -103,9 +103,11 @@
 //!   seeded counter ([`Nonces`]), not from a randomness source inside the crate.
 //! - **A 12-byte nonce** and a 16-byte tag: 28 bytes of overhead, a short token.
 //! - **Hardware speed**: AES-NI and CLMUL on x86-64, the AES and PMULL instructions on ARMv8,
-//!   detected at run time by RustCrypto's `aes-gcm-siv`, a well-kept, audited-lineage crate
-//!   with no `unsafe` on our side. The key schedule is computed once per key, when the keyring
-//!   is built; the per-nonce key derivation (six AES blocks) is part of GCM-SIV itself.
+//!   detected at run time, through RustCrypto's `aes-gcm-siv` (no `unsafe` on our side). That
+//!   crate itself has had no security audit (its README says so); the AES and POLYVAL
+//!   implementations it is built on were audited by NCC Group with `aes-gcm`. The key schedule
+//!   is computed once per key, when the keyring is built; the per-nonce key derivation (six
+//!   AES blocks and a key expansion) is part of GCM-SIV itself.
 //! - 256-bit keys: a margin against multi-key and multi-target attacks on a long-lived fleet key.
 //!
 //! # Keys, hints and rotation

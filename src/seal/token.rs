@@ -37,7 +37,7 @@ pub(crate) const MIN_RAW: usize = CIPHERTEXT_AT + FIXED_LEN + 1 + TAG_LEN;
 /// by id and time. Nothing about the key or the plaintexts leaks and forgery stays
 /// impossible, which is why a counter (not a fresh random nonce per token) is safe here. With
 /// random seeds, two routers share a prefix one time in 2^32, and even then their counters
-/// start 2^64-apart at random.
+/// start at independent random points of a 2^64 cycle.
 pub struct Nonces {
     prefix: [u8; 4],
     counter: AtomicU64,
