@@ -20,9 +20,10 @@ pub(crate) const HINT_BITS: u32 = 6;
 ///
 /// The key never leaves its type: there is no accessor for its bytes, [`Debug`](fmt::Debug)
 /// prints only its [hint](SealKey::hint), and the expanded key (which contains the key) is
-/// wiped when it is dropped. Copies the caller still holds (the array given to
-/// [`new`](SealKey::new), the text given to [`from_hex`](SealKey::from_hex)) are the caller's
-/// to wipe.
+/// wiped when it is dropped. That is best effort, as anywhere in Rust: a move (into a
+/// keyring, say) copies the value and leaves the old bytes unwiped, and copies the caller
+/// still holds (the array given to [`new`](SealKey::new), the text given to
+/// [`from_hex`](SealKey::from_hex)) are the caller's to wipe.
 ///
 /// Generate keys with a CSPRNG, for example `openssl rand -hex 32`. There is no default key.
 pub struct SealKey {
@@ -91,9 +92,10 @@ impl SealKey {
     ///
     /// The hint is derived from the key itself (the top 6 bits of the first byte of its
     /// AES-256-GCM-SIV tag over an empty message, with an all-zero nonce and the associated
-    /// data `mcp-affinity/seal/v1 key hint`), never from its place in a keyring: reordering a key file never changes which key a token names. Distinct keys
-    /// share a hint one time in 64; opening then tries each of them. Log it to tell which key
-    /// seals; it reveals nothing about the key.
+    /// data `mcp-affinity/seal/v1 key hint`), never from its place in a keyring: reordering a
+    /// key file never changes which key a token names. Distinct keys share a hint one time in
+    /// 64; opening then tries each of them. Log it to tell which key seals; it reveals nothing
+    /// about the key.
     pub fn hint(&self) -> u8 {
         self.check[0] >> (8 - HINT_BITS)
     }

@@ -136,7 +136,8 @@
 //! - **Key compromise** lets an attacker mint tokens for any owner and id and read every
 //!   token's claims: rotate the key (a new first key, then drop the old one), and treat
 //!   backend ids as what they are, session handles the backend still checks.
-//! - The keyring's key schedules are wiped from memory when dropped; keys are never printed
+//! - The keyring's key schedules are wiped from memory when dropped (best effort: copies left
+//!   behind by moves are not); keys are never printed
 //!   (their [`Debug`](std::fmt::Debug) shows hints only) and key-file errors name line numbers,
 //!   never contents.
 
