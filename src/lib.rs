@@ -73,6 +73,8 @@
 //! - [`table`]: the session table (affinity key → owning backend): the [`table::SessionTable`]
 //!   trait, its sharded, bounded in-memory default, and a contract test suite.
 //! - [`sse`]: an incremental, WHATWG-conformant server-sent events parser over `bytes`.
+//! - [`seal`] (feature `seal`): sealed session ids for fleets of routers: the owner and the
+//!   backend's id in an AES-256-GCM-SIV token any router holding the keys can open.
 //! - [`body`]: [`body::ObservedBody`], an `http_body::Body` wrapper that drives an exchange as
 //!   a response streams through.
 //!
@@ -80,6 +82,7 @@
 //!
 //! - `tasks` (default): learning 2026-07-28 task ids from `CreateTaskResult` response bodies,
 //!   with `serde_json`.
+//! - `seal` (default): [`seal`], sealed session ids, with RustCrypto's `aes-gcm-siv`.
 //! - `stream`: [`sse::EventStream`], a `futures_core::Stream` adapter.
 //! - `test-util`: [`table::contract`], the checks any `SessionTable` implementation must pass.
 //!
@@ -105,6 +108,9 @@
 mod backend;
 pub mod body;
 pub mod router;
+#[cfg(feature = "seal")]
+#[cfg_attr(docsrs, doc(cfg(feature = "seal")))]
+pub mod seal;
 pub mod sse;
 pub mod table;
 mod tenant;
