@@ -58,3 +58,16 @@ impl fmt::Display for BackendId {
         write!(f, "{}g{}", self.slot(), self.generation())
     }
 }
+
+/// FNV-1a 64 of `bytes`: unseeded and fixed, so every router on every machine and version
+/// computes the same fingerprint of a backend's name (see `seal::owner_fingerprint`).
+pub(crate) const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::router::{ChunkOutcome, End, Exchange, Router};
+use crate::router::{Data, End, Exchange, Router};
 use crate::table::{MemoryTable, SessionTable};
 
 /// Where an adapter gets the time it hands the router (the crate never reads the clock).
@@ -32,10 +32,13 @@ pin_project! {
     /// A response body that shows its data frames to the router while passing every frame on
     /// unchanged, and ends the exchange when the body ends, fails or is dropped.
     ///
-    /// - It polls the inner body only when it is polled, and never holds a frame back, so a
-    ///   slow client slows the backend (backpressure) and nothing is buffered.
-    /// - Data frames are shown to [`Router::on_response_chunk`] only while the router is
-    ///   observing; after that the wrapper only forwards.
+    /// - It polls the inner body only when it is polled, and holds no frame back, so a slow
+    ///   client slows the backend (backpressure) and nothing is buffered, with one bounded
+    ///   exception: when the router rewrites the body's first event
+    ///   ([`HeadOutcome::Rewrite`](crate::router::HeadOutcome::Rewrite), sealed legacy SSE
+    ///   sessions), the bytes up to that event are held and sent rewritten.
+    /// - Data frames go through [`Router::on_response_data`] only while the router is
+    ///   observing or rewriting; after that the wrapper only forwards.
     /// - The end of the body ends the exchange as [`End::Completed`]; an error from the inner
     ///   body, or dropping the wrapper first (a client that went away), as [`End::Aborted`].
     ///   Dropping the wrapper drops the inner body at once: the backend sees the cancellation.
@@ -84,6 +87,10 @@ pin_project! {
         router: Arc<Router<T>>,
         exchange: Option<Exchange>,
         observing: bool,
+        // A frame that came while bytes were held: sent after them.
+        pending: Option<Frame<Bytes>>,
+        // The inner body ended; what was held has been sent.
+        ended: bool,
         clock: C,
     }
 
@@ -111,6 +118,8 @@ impl<B, C: Clock, T: SessionTable> ObservedBody<B, C, T> {
             router,
             exchange: Some(exchange),
             observing,
+            pending: None,
+            ended: false,
             clock,
         }
     }
@@ -144,41 +153,80 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if *this.observing {
-                    if let (Some(data), Some(exchange)) = (frame.data_ref(), this.exchange.as_mut())
-                    {
-                        let outcome =
-                            this.router
-                                .on_response_chunk(exchange, data, this.clock.now());
-                        *this.observing = outcome == ChunkOutcome::More;
-                    }
-                }
-            }
-            Poll::Ready(end) => {
-                let end = match end {
-                    None => End::Completed,
-                    Some(_) => End::Aborted,
-                };
-                *this.observing = false;
-                if let Some(exchange) = this.exchange.take() {
-                    this.router.on_exchange_end(exchange, end, this.clock.now());
-                }
-            }
-            Poll::Pending => {}
+        let mut this = self.project();
+        if let Some(frame) = this.pending.take() {
+            return Poll::Ready(Some(Ok(frame)));
         }
-        polled
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            let frame = match this.inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(end) => {
+                    let how = match end {
+                        None => End::Completed,
+                        Some(_) => End::Aborted,
+                    };
+                    *this.observing = false;
+                    let mut rest = None;
+                    if let Some(mut exchange) = this.exchange.take() {
+                        // An error drops what was held: the stream is broken anyway.
+                        if how == End::Completed {
+                            rest = this.router.on_response_data_end(&mut exchange);
+                        }
+                        this.router.on_exchange_end(exchange, how, this.clock.now());
+                    }
+                    return match (rest, end) {
+                        (Some(rest), None) => {
+                            *this.ended = true;
+                            Poll::Ready(Some(Ok(Frame::data(rest))))
+                        }
+                        (_, end) => Poll::Ready(end),
+                    };
+                }
+            };
+            let exchange = match this.exchange.as_mut() {
+                Some(exchange) if *this.observing => exchange,
+                _ => return Poll::Ready(Some(Ok(frame))),
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    // Trailers: whatever was held goes first.
+                    *this.observing = false;
+                    return match this.router.on_response_data_end(exchange) {
+                        Some(rest) => {
+                            *this.pending = Some(frame);
+                            Poll::Ready(Some(Ok(Frame::data(rest))))
+                        }
+                        None => Poll::Ready(Some(Ok(frame))),
+                    };
+                }
+            };
+            let out = this
+                .router
+                .on_response_data(exchange, data, this.clock.now());
+            *this.observing = exchange.is_observing();
+            match out {
+                Data::Send(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Data::Hold => {}
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Held bytes or a pending frame are still to come.
+        !self.observing && self.pending.is_none() && (self.ended || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        // A rewritten body has another length.
+        match &self.exchange {
+            Some(exchange) if exchange.is_rewriting() => SizeHint::default(),
+            _ => self.inner.size_hint(),
+        }
     }
 }
 

@@ -105,12 +105,12 @@ fn legacy_sse_messages_and_tasks_of_a_down_backend_get_their_era_s_not_found() {
     let task = br#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"task","taskId":"t1"}}"#;
     let _ = exchange(&router, &call, 200, &[JSON], &[task], now);
     assert_eq!(
-        router.report_health(ids[0], Probe::Refused).unwrap(),
+        router.report_health(ids[0], Probe::Refused, now).unwrap(),
         Health::Healthy
     );
-    router.report_health(ids[0], Probe::Refused).unwrap();
+    router.report_health(ids[0], Probe::Refused, now).unwrap();
     assert_eq!(
-        router.report_health(ids[0], Probe::Refused).unwrap(),
+        router.report_health(ids[0], Probe::Refused, now).unwrap(),
         Health::Down
     );
 
@@ -180,7 +180,7 @@ fn every_kind_of_placed_request_is_placed_again_after_a_failed_connect() {
             router.on_exchange_end(again, End::Completed, now);
             // Bring the backend back for the next round.
             for _ in 0..2 {
-                router.report_health(first, Probe::Up).unwrap();
+                router.report_health(first, Probe::Up, now).unwrap();
             }
         }
     }
@@ -238,8 +238,8 @@ fn refused_checks_make_a_backend_down_and_failed_checks_make_it_unhealthy() {
     let slow = session_on(&router, ids[0], "slow", now);
     let dead = session_on(&router, ids[1], "dead", now);
     for _ in 0..3 {
-        router.report_health(ids[0], Probe::Failed).unwrap();
-        router.report_health(ids[1], Probe::Refused).unwrap();
+        router.report_health(ids[0], Probe::Failed, now).unwrap();
+        router.report_health(ids[1], Probe::Refused, now).unwrap();
     }
     assert_eq!(health_of(&router, ids[0]), Health::Unhealthy);
     assert_eq!(health_of(&router, ids[1]), Health::Down);
@@ -252,7 +252,7 @@ fn refused_checks_make_a_backend_down_and_failed_checks_make_it_unhealthy() {
     // Mixed results do not add up: the streak is of one kind.
     let (router, ids) = fleet(1);
     for probe in [Probe::Refused, Probe::Failed, Probe::Refused, Probe::Failed] {
-        router.report_health(ids[0], probe).unwrap();
+        router.report_health(ids[0], probe, now).unwrap();
     }
     assert_ne!(health_of(&router, ids[0]), Health::Down);
 }
@@ -266,11 +266,11 @@ fn a_down_backend_that_answers_again_inherits_no_key_and_takes_new_conversations
     let _ = rejected(router.on_undelivered(ex, Undelivered::Refused, now));
     // It comes back (a restarted process on the same port): two good checks.
     assert_eq!(
-        router.report_health(ids[0], Probe::Up).unwrap(),
+        router.report_health(ids[0], Probe::Up, now).unwrap(),
         Health::Down
     );
     assert_eq!(
-        router.report_health(ids[0], Probe::Up).unwrap(),
+        router.report_health(ids[0], Probe::Up, now).unwrap(),
         Health::Healthy
     );
     // The same id, a new incarnation: the old session is unknown, never routed to it.
@@ -290,7 +290,7 @@ fn maintain_purges_the_keys_of_a_down_backend() {
         session_on(&router, ids[0], &format!("k{i}"), now);
     }
     for _ in 0..3 {
-        router.report_health(ids[0], Probe::Refused).unwrap();
+        router.report_health(ids[0], Probe::Refused, now).unwrap();
     }
     assert_eq!(router.table().count_owner(ids[0]), 3);
     let done = router.maintain(now, 100);
@@ -304,7 +304,7 @@ fn a_key_learned_from_an_answer_that_outlived_its_backend_is_not_kept() {
     let now = Clock::new().now();
     let mut ex = forward(router.route(&post("/mcp", &[]), now));
     for _ in 0..3 {
-        router.report_health(ids[0], Probe::Refused).unwrap();
+        router.report_health(ids[0], Probe::Refused, now).unwrap();
     }
     let _ = respond(
         &router,
@@ -389,13 +389,13 @@ fn a_stream_cut_by_a_dying_backend_then_a_refused_connect_gives_404() {
 #[test]
 fn a_down_backend_is_reported_down_and_not_ready() {
     let (router, ids) = fleet(1);
-    router.report_health(ids[0], Probe::Refused).unwrap();
-    router.report_health(ids[0], Probe::Refused).unwrap();
-    router.report_health(ids[0], Probe::Refused).unwrap();
+    let now = Clock::new().now();
+    router.report_health(ids[0], Probe::Refused, now).unwrap();
+    router.report_health(ids[0], Probe::Refused, now).unwrap();
+    router.report_health(ids[0], Probe::Refused, now).unwrap();
     let info = router.backends().into_iter().next().unwrap();
     assert_eq!(info.health, Health::Down);
     assert!(!info.ready() && !info.healthy);
-    let now = Clock::new().now();
     assert_eq!(
         rejected(router.route(&post("/mcp", &[]), now)).reason(),
         Reason::NoReadyBackend

@@ -200,17 +200,17 @@ fn health_flips_after_consecutive_results() {
     let now = Clock::new().now();
     let kept = session_on(&router, a, "kept", now);
     let healthy = |h: Health| h == Health::Healthy;
-    assert!(healthy(router.report_health(a, false).unwrap()));
-    assert!(healthy(router.report_health(a, false).unwrap()));
+    assert!(healthy(router.report_health(a, false, now).unwrap()));
+    assert!(healthy(router.report_health(a, false, now).unwrap()));
     assert!(
-        healthy(router.report_health(a, true).unwrap()),
+        healthy(router.report_health(a, true, now).unwrap()),
         "a success resets the streak"
     );
     for _ in 0..2 {
-        router.report_health(a, false).unwrap();
+        router.report_health(a, false, now).unwrap();
     }
     assert_eq!(
-        router.report_health(a, false).unwrap(),
+        router.report_health(a, false, now).unwrap(),
         Health::Unhealthy,
         "third failure in a row"
     );
@@ -219,9 +219,9 @@ fn health_flips_after_consecutive_results() {
         assert_eq!(initialize(&router, &format!("n{i}"), now), b);
     }
     assert_eq!(route_session(&router, &kept, now).unwrap(), a);
-    assert!(!healthy(router.report_health(a, true).unwrap()));
+    assert!(!healthy(router.report_health(a, true, now).unwrap()));
     assert!(
-        healthy(router.report_health(a, true).unwrap()),
+        healthy(router.report_health(a, true, now).unwrap()),
         "second success in a row"
     );
 }
@@ -384,7 +384,7 @@ fn the_veto_closure_may_call_back_into_the_router() {
     let now = Clock::new().now();
     let routed = router.route_with(&post("/mcp", &[]), now, |b| {
         let _ = router.backends();
-        router.report_health(b, true).unwrap();
+        router.report_health(b, true, now).unwrap();
         router.drain_backend(b, None, now).unwrap();
         false
     });

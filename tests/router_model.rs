@@ -211,7 +211,8 @@ proptest! {
             let now = clock.now();
             match op {
                 Op::AddBackend => {
-                    model.backends.push(router.add_backend(TenantId::DEFAULT, "b", 1).unwrap());
+                    let name = format!("b{}", model.backends.len() + model.removed.len());
+                    model.backends.push(router.add_backend(TenantId::DEFAULT, &name, 1).unwrap());
                 }
                 Op::RemoveBackend(i) => if let Some(b) = model.pick(i) {
                     router.remove_backend(b, now).unwrap();
@@ -230,11 +231,11 @@ proptest! {
                     model.lose(b);
                 },
                 Op::Crash(i) => if let Some(b) = model.pick(i) {
-                    prop_assert_eq!(router.report_health(b, Probe::Refused).unwrap(), Health::Down);
+                    prop_assert_eq!(router.report_health(b, Probe::Refused, now).unwrap(), Health::Down);
                     model.crash(b);
                 },
                 Op::Comeback(i) => if let Some(b) = model.pick(i) {
-                    prop_assert_eq!(router.report_health(b, Probe::Up).unwrap(), Health::Healthy);
+                    prop_assert_eq!(router.report_health(b, Probe::Up, now).unwrap(), Health::Healthy);
                     model.down.retain(|x| *x != b);
                 },
                 Op::Refused { id } => {
@@ -288,7 +289,7 @@ proptest! {
                     router.undrain_backend(b).unwrap();
                 },
                 Op::Health(i, ok) => if let Some(b) = model.pick(i) {
-                    if router.report_health(b, ok).unwrap() == Health::Healthy {
+                    if router.report_health(b, ok, now).unwrap() == Health::Healthy {
                         model.down.retain(|x| *x != b);
                     }
                 },

@@ -211,9 +211,9 @@ fn a_cookie_naming_a_draining_unhealthy_or_removed_backend_is_no_hint() {
         ("draining", |r, b, now| {
             r.drain_backend(b, None, now).unwrap()
         }),
-        ("unhealthy", |r, b, _| {
+        ("unhealthy", |r, b, now| {
             assert_ne!(
-                r.report_health(b, false).unwrap(),
+                r.report_health(b, false, now).unwrap(),
                 mcp_affinity::router::Health::Healthy
             )
         }),
@@ -239,7 +239,7 @@ fn a_cookie_naming_a_draining_unhealthy_or_removed_backend_is_no_hint() {
         // Reset for the next case.
         for b in router.backends() {
             let _ = router.undrain_backend(b.id);
-            let _ = router.report_health(b.id, true);
+            let _ = router.report_health(b.id, true, now);
         }
     }
     // A malformed cookie is no hint either.

@@ -544,7 +544,7 @@ impl Proxy {
             set.spawn(check);
         }
         while let Some(Ok((id, probe))) = set.join_next().await {
-            let _ = self.router.report_health(id, probe);
+            let _ = self.router.report_health(id, probe, Instant::now());
         }
     }
 

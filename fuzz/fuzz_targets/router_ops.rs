@@ -287,7 +287,8 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
     for op in ops.into_iter().take(64) {
         match op {
             Op::Add => {
-                if let Ok(id) = router.add_backend(TenantId::DEFAULT, "b", 1) {
+                let name = format!("b{}", live.len() + removed.len());
+                if let Ok(id) = router.add_backend(TenantId::DEFAULT, &name, 1) {
                     said.remove(&id);
                     live.push(id);
                 }
@@ -321,7 +322,7 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
                 let probe = pick(&[Probe::Up, Probe::Failed, Probe::Refused], probe);
                 for _ in 0..times % 3 + 1 {
                     let before = health(id);
-                    let after = router.report_health(id, probe).expect("live");
+                    let after = router.report_health(id, probe, now).expect("live");
                     if before == Some(Health::Down) && after != Health::Down {
                         // A new incarnation: it said nothing yet.
                         said.remove(&id);
@@ -451,7 +452,7 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
                         purge_due.push((backend, now + grace));
                     }
                     Some(Meanwhile::Crash) if live.contains(&backend) => {
-                        while router.report_health(backend, Probe::Refused).expect("live") != Health::Down {}
+                        while router.report_health(backend, Probe::Refused, now).expect("live") != Health::Down {}
                         said.remove(&backend);
                     }
                     Some(_) => {}

@@ -48,6 +48,8 @@ impl Router {
                 operator_scope: OperatorScope::default(),
                 principal: None,
                 rejection_body: None,
+                #[cfg(feature = "seal")]
+                sealing: None,
             },
             max_backends: 4096,
             unhealthy_after: 3,
@@ -209,6 +211,17 @@ impl<T> RouterBuilder<T> {
         body: impl Fn(&Rejection) -> Option<Bytes> + Send + Sync + 'static,
     ) -> Self {
         self.config.rejection_body = Some(Box::new(body));
+        self
+    }
+
+    /// Seals the session ids backends mint (Streamable HTTP and legacy SSE) into tokens that
+    /// carry their owner, so that a fleet of routers holding the same keys needs no shared
+    /// state (see [`Sealing`](super::Sealing) and [`crate::seal`]). Off by default: there is
+    /// no default key.
+    #[cfg(feature = "seal")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "seal")))]
+    pub fn sealing(mut self, sealing: super::Sealing) -> Self {
+        self.config.sealing = Some(sealing);
         self
     }
 

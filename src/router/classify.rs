@@ -120,6 +120,11 @@ const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 /// The first protocol version of the modern era.
 const MODERN: &[u8; 10] = b"2026-07-28";
 
+/// Whether a query parameter's name is one SDKs put the legacy SSE session in.
+pub(crate) fn is_sse_param(name: &str) -> bool {
+    SSE_PARAMS.contains(&name)
+}
+
 /// The raw value of the legacy SSE session parameter in a query string, if present;
 /// `Err(())` if the query holds more than one (backends differ on which they use, so a
 /// request naming two sessions is refused rather than guessed at).

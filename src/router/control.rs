@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use super::Router;
-use super::fleet::{BackendInfo, FleetError, Health, Probe};
+use super::fleet::{BackendInfo, FleetError, Health, NewBackend, Probe};
 use super::metrics::Metrics;
 use crate::table::{Entry, Key, OwnedKey, SessionTable};
 use crate::{BackendId, TenantId};
@@ -25,14 +25,21 @@ pub struct Maintenance {
 
 impl<T: SessionTable> Router<T> {
     /// Adds a backend to `tenant`'s fleet, ready for new conversations. `label` is yours (for
-    /// example its base URL); `weight` counts for weighted round robin.
+    /// example its base URL) and is its name too; `weight` counts for weighted round robin.
+    /// [`add`](Router::add) sets a name and an incarnation as well.
     pub fn add_backend(
         &self,
         tenant: TenantId,
         label: &str,
         weight: u32,
     ) -> Result<BackendId, FleetError> {
-        self.fleet.add(tenant, label.into(), weight, |id| {
+        self.add(NewBackend::new(tenant, label).weight(weight))
+    }
+
+    /// Adds a backend, ready for new conversations. Its name must be unique in its tenant
+    /// ([`FleetError::DuplicateName`]).
+    pub fn add(&self, backend: NewBackend) -> Result<BackendId, FleetError> {
+        self.fleet.add(backend, |id| {
             // Only after 65,536 generations of one slot can an id come back: whatever keys
             // or scheduled purge its last holder left go first.
             self.purges.lock().remove(&id);
@@ -69,7 +76,7 @@ impl<T: SessionTable> Router<T> {
     /// once). Keys learned from answers that arrive after the removal are not kept. Returns
     /// how many keys it owned.
     pub fn remove_backend(&self, id: BackendId, now: Instant) -> Result<usize, FleetError> {
-        self.fleet.remove(id)?;
+        self.fleet.remove(id, now)?;
         let owned = self.table.count_owner(id);
         match now.checked_add(self.config.removal_grace) {
             _ if self.config.removal_grace.is_zero() => {
@@ -91,12 +98,29 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// A backend restarted: removes it (see [`remove_backend`](Router::remove_backend)) and
-    /// adds it again with the same tenant, label and weight, as a new generation that inherits
-    /// nothing.
+    /// adds it again with the same tenant, label, name, incarnation and weight, as a new
+    /// generation that inherits nothing (sealed ids issued before the restart, less the clock
+    /// skew of [`Sealing`](super::Sealing), are refused as well).
     pub fn restart_backend(&self, id: BackendId, now: Instant) -> Result<BackendId, FleetError> {
-        let (tenant, label, weight) = self.fleet.describe(id)?;
+        let mut backend = self.fleet.describe(id)?;
+        backend.lost_before = backend.lost_before.max(self.lost_cutoff(now));
         self.remove_backend(id, now)?;
-        self.add_backend(tenant, &label, weight)
+        self.add(backend)
+    }
+
+    /// The backend now runs as `incarnation` (a new process of the replica, as the
+    /// orchestrator numbers them; see [`NewBackend::incarnation`]). Sealed ids naming another
+    /// incarnation are refused from now on: older ones as gone (404), newer ones as a router
+    /// that is behind (503). Keys in the table are untouched: a new process that does not know
+    /// them answers 404 itself.
+    pub fn set_incarnation(
+        &self,
+        id: BackendId,
+        incarnation: u32,
+        now: Instant,
+    ) -> Result<(), FleetError> {
+        self.fleet
+            .set_incarnation(id, incarnation, self.lost_cutoff(now))
     }
 
     /// Sets a backend's weight for weighted round robin; 0 takes it out of every placement
@@ -117,14 +141,20 @@ impl<T: SessionTable> Router<T> {
     ///   [`maintain`](Router::maintain);
     /// - good checks make it healthy again; a down backend comes back as a new incarnation,
     ///   keeping its [`BackendId`] but none of its keys.
+    ///
+    /// `now` dates a change of health: sealed ids issued before a backend went down (less the
+    /// clock skew) are refused once it is back.
     pub fn report_health(
         &self,
         id: BackendId,
         probe: impl Into<Probe>,
+        now: Instant,
     ) -> Result<Health, FleetError> {
-        let reported = self.fleet.report(id, probe.into(), |id| {
-            self.purge(id);
-        })?;
+        let reported = self
+            .fleet
+            .report(id, probe.into(), self.lost_cutoff(now), |id| {
+                self.purge(id);
+            })?;
         if reported.went_down {
             self.count_down(id);
         }
@@ -132,8 +162,8 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// A request's connection to `id` was refused: it is down from now on.
-    pub(super) fn declare_down(&self, id: BackendId) {
-        if self.fleet.mark_down(id) == Ok(true) {
+    pub(super) fn declare_down(&self, id: BackendId, now: Instant) {
+        if self.fleet.mark_down(id, self.lost_cutoff(now)) == Ok(true) {
             self.count_down(id);
         }
     }

@@ -65,6 +65,32 @@ impl fmt::Debug for IdBuf {
     }
 }
 
+const MCP_SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
+
+/// `uri` with the value of its legacy SSE session parameter replaced by `id`.
+fn with_session_param(uri: &http::Uri, id: &[u8]) -> Option<http::Uri> {
+    let query = uri.query()?;
+    let id = std::str::from_utf8(id).ok()?;
+    let mut rewritten = String::with_capacity(query.len() + id.len());
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            rewritten.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if super::classify::is_sse_param(name) => {
+                rewritten.push_str(name);
+                rewritten.push('=');
+                rewritten.push_str(id);
+            }
+            _ => rewritten.push_str(pair),
+        }
+    }
+    let path_and_query = format!("{}?{rewritten}", uri.path());
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
 /// How the backend of an exchange was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum How {
@@ -111,6 +137,13 @@ pub struct Exchange {
     pub(crate) pending: Option<PendingStart>,
     /// Backends a placement was tried on and could not be delivered to (rarely any).
     pub(crate) tried: Vec<BackendId>,
+    /// The sealed token the client presented (the request carries it; the backend must get
+    /// its own id, and answers that echo that id give the client its token back).
+    pub(crate) token: Option<Box<[u8]>>,
+    /// The response body is held back until its first event is rewritten (legacy SSE with
+    /// sealed ids): the body must pass through
+    /// [`on_response_data`](super::Router::on_response_data).
+    pub(crate) rewriting: bool,
 }
 
 impl Exchange {
@@ -135,6 +168,8 @@ impl Exchange {
             set_cookie: false,
             pending: None,
             tried: Vec::new(),
+            token: None,
+            rewriting: false,
         }
     }
 
@@ -181,6 +216,42 @@ impl Exchange {
         self.observer.is_some()
     }
 
+    /// Whether the router may still change the response body: then every data chunk must go
+    /// through [`on_response_data`](super::Router::on_response_data), and what it returns is
+    /// what the client gets.
+    pub fn is_rewriting(&self) -> bool {
+        self.rewriting && self.observer.is_some()
+    }
+
+    /// Whether the client presented a sealed id for this request (see
+    /// [`rewrite_request`](Exchange::rewrite_request)).
+    pub fn is_sealed(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Puts into the request what the backend must see instead of what the client sent: for
+    /// a request that presented a sealed id, the backend's own session id, in the
+    /// `Mcp-Session-Id` header (Streamable HTTP) or the session query parameter (legacy SSE).
+    /// Call it before forwarding; it changes nothing for any other request.
+    pub fn rewrite_request(&self, request: &mut http::request::Parts) {
+        let (Some(_), Some((kind, id))) = (&self.token, &self.key) else {
+            return;
+        };
+        match kind {
+            KeyKind::Session => {
+                if let Ok(value) = http::HeaderValue::from_bytes(id.as_bytes()) {
+                    request.headers.insert(MCP_SESSION_ID, value);
+                }
+            }
+            KeyKind::SseSession => {
+                if let Some(uri) = with_session_param(&request.uri, id.as_bytes()) {
+                    request.uri = uri;
+                }
+            }
+            _ => {}
+        }
+    }
+
     pub(crate) fn routed_key(&self) -> Option<Key<'_>> {
         self.key.as_ref().map(|(kind, id)| self.key_of(*kind, id))
     }
@@ -225,10 +296,27 @@ pub enum HeadOutcome {
     /// Forward the response and show its body chunks to
     /// [`Router::on_response_chunk`](super::Router::on_response_chunk) as they pass.
     Observe,
+    /// Forward the response, but pass each body chunk through
+    /// [`Router::on_response_data`](super::Router::on_response_data) and send what it returns:
+    /// the router rewrites the body's first event (a legacy SSE stream's `endpoint`, whose
+    /// session is sealed), holding back at most the observation bound, then passes everything
+    /// through untouched. [`ObservedBody`](crate::body::ObservedBody) does it.
+    Rewrite,
     /// Do not forward this response: the backend created a conversation the router cannot
     /// record (table full, or an id another backend owns). Answer with the rejection instead,
     /// so the client retries.
     Replace(Rejection),
+}
+
+/// What to send the client of a chunk given to
+/// [`Router::on_response_data`](super::Router::on_response_data).
+#[must_use]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Data {
+    /// Send these bytes (the chunk, or what the router made of it and the chunks it held).
+    Send(bytes::Bytes),
+    /// Send nothing yet: the router holds the chunk until it can rewrite it.
+    Hold,
 }
 
 /// Whether the router wants more of a body.

@@ -91,6 +91,63 @@ pub enum Health {
     Down,
 }
 
+/// A backend to add with [`Router::add`](super::Router::add): its tenant and label, and its
+/// fleet-wide name, incarnation and weight.
+///
+/// The **name** (default: the label, for example the backend's URL) and the **incarnation**
+/// (default 0) are what a fleet of routers agrees on: sealed ids name their owner by them (see
+/// [`Sealing`](super::Sealing)), so every router of a fleet must give a backend the same name,
+/// and a replica that restarts as a new process should come back with a new, higher
+/// incarnation (a pod's start time or restart count, from the orchestrator), so that tokens
+/// of the old process are refused by every router, not only by those that saw it die.
+#[derive(Clone, Debug)]
+pub struct NewBackend {
+    pub(crate) tenant: TenantId,
+    pub(crate) label: Arc<str>,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) weight: u32,
+    pub(crate) incarnation: u32,
+    /// Unix seconds before which tokens of this backend belong to a lost incarnation.
+    pub(crate) lost_before: u32,
+}
+
+impl NewBackend {
+    /// A backend of `tenant` labelled `label` (for example its base URL), weight 1,
+    /// incarnation 0, named by its label.
+    pub fn new(tenant: TenantId, label: &str) -> Self {
+        NewBackend {
+            tenant,
+            label: label.into(),
+            name: None,
+            weight: 1,
+            incarnation: 0,
+            lost_before: 0,
+        }
+    }
+
+    /// Its fleet-wide name (default: the label). Unique within its tenant.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Its weight for weighted round robin (default 1; 0 takes it out of placement).
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Its incarnation (default 0): a new process of the same replica gets a higher one.
+    pub fn incarnation(mut self, incarnation: u32) -> Self {
+        self.incarnation = incarnation;
+        self
+    }
+
+    fn name_or_label(&self) -> &Arc<str> {
+        self.name.as_ref().unwrap_or(&self.label)
+    }
+}
+
 /// A tenant's fleet: its backend slots, in the order they were added, and its own turn
 /// counter (tenants do not share turns, or one tenant's traffic would skew another's).
 #[derive(Debug, Default)]
@@ -109,6 +166,9 @@ pub enum FleetError {
     /// Every backend slot is taken.
     #[error("no free backend slot ({0} in use)")]
     Full(usize),
+    /// Another backend of the tenant has that name (this one).
+    #[error("backend {0} already has that name")]
+    DuplicateName(BackendId),
 }
 
 /// A backend as the router sees it.
@@ -121,6 +181,10 @@ pub struct BackendInfo {
     pub tenant: TenantId,
     /// The embedder's label (for example its base URL).
     pub label: Arc<str>,
+    /// Its fleet-wide name (see [`NewBackend::name`]).
+    pub name: Arc<str>,
+    /// Its incarnation (see [`NewBackend::incarnation`]).
+    pub incarnation: u32,
     /// Its weight for weighted round robin; 0 takes it out of every placement.
     pub weight: u32,
     /// Draining: keeps its keys, gets nothing new.
@@ -162,6 +226,12 @@ pub(crate) enum OwnerStatus {
 struct Meta {
     tenant: TenantId,
     label: Arc<str>,
+    name: Arc<str>,
+    /// The name's fingerprint: how sealed tokens name this backend.
+    owner: u64,
+    incarnation: u32,
+    /// Unix seconds: tokens sealed before belong to an incarnation this router saw die.
+    lost_before: u32,
     weight: u32,
     generation: u16,
     occupied: bool,
@@ -188,6 +258,31 @@ struct State {
     slots: Vec<Meta>,
     free: Vec<u16>,
     tenants: HashMap<TenantId, Tenant>,
+    /// Live backends by tenant and name fingerprint.
+    names: HashMap<(TenantId, u64), u16>,
+    /// Names of backends removed lately, and when: their tokens are answered as gone, not
+    /// as unknown (at most [`REMOVED_NAMES`], the oldest forgotten first).
+    removed: HashMap<(TenantId, u64), Instant>,
+}
+
+/// The most removed backends' names a fleet remembers.
+const REMOVED_NAMES: usize = 4096;
+
+/// Who a sealed token's owner is, as this router knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "seal"), allow(dead_code))]
+pub(crate) enum Named {
+    /// A backend of the tenant: its id, incarnation, and the Unix second before which its
+    /// tokens belong to a lost incarnation.
+    Backend {
+        id: BackendId,
+        incarnation: u32,
+        lost_before: u32,
+    },
+    /// A backend of that name was removed.
+    Removed,
+    /// No backend of that name, ever (to this router's knowledge).
+    Unknown,
 }
 
 impl State {
@@ -369,16 +464,25 @@ impl Fleet {
     /// gone before the same id names a new backend.
     pub(crate) fn add(
         &self,
-        tenant: TenantId,
-        label: Arc<str>,
-        weight: u32,
+        backend: NewBackend,
         purge: impl FnOnce(BackendId),
     ) -> Result<BackendId, FleetError> {
         let mut state = self.state.write();
+        let name = backend.name_or_label().clone();
+        let owner = crate::backend::fnv1a(name.as_bytes());
+        let tenant = backend.tenant;
+        if let Some(&slot) = state.names.get(&(tenant, owner)) {
+            let generation = state.slots[usize::from(slot)].generation;
+            return Err(FleetError::DuplicateName(BackendId::new(slot, generation)));
+        }
         let fresh = |generation| Meta {
             tenant,
-            label,
-            weight,
+            label: backend.label,
+            name,
+            owner,
+            incarnation: backend.incarnation,
+            lost_before: backend.lost_before,
+            weight: backend.weight,
             generation,
             occupied: true,
             draining: false,
@@ -407,6 +511,8 @@ impl Fleet {
         let id = BackendId::new(slot, state.slots[usize::from(slot)].generation);
         purge(id);
         state.tenants.entry(tenant).or_default().slots.push(slot);
+        state.names.insert((tenant, owner), slot);
+        state.removed.remove(&(tenant, owner));
         self.pending[usize::from(slot)].store(u64::from(id.generation()) << 48, Ordering::Relaxed);
         self.publish(slot, &state.slots[usize::from(slot)]);
         Ok(id)
@@ -425,27 +531,91 @@ impl Fleet {
         Ok(out)
     }
 
-    /// The tenant, label and weight of a live backend.
-    pub(crate) fn describe(&self, id: BackendId) -> Result<(TenantId, Arc<str>, u32), FleetError> {
+    /// A live backend as it was added (for a restart).
+    pub(crate) fn describe(&self, id: BackendId) -> Result<NewBackend, FleetError> {
         let state = self.state.read();
         state
             .slots
             .get(usize::from(id.slot()))
             .filter(|m| m.occupied && m.generation == id.generation())
-            .map(|m| (m.tenant, m.label.clone(), m.weight))
+            .map(|m| NewBackend {
+                tenant: m.tenant,
+                label: m.label.clone(),
+                name: Some(m.name.clone()),
+                weight: m.weight,
+                incarnation: m.incarnation,
+                lost_before: m.lost_before,
+            })
             .ok_or(FleetError::NotFound(id))
     }
 
-    pub(crate) fn remove(&self, id: BackendId) -> Result<(), FleetError> {
+    /// The backend a sealed token names.
+    #[cfg_attr(not(feature = "seal"), allow(dead_code))]
+    pub(crate) fn named(&self, tenant: TenantId, owner: u64) -> Named {
+        let state = self.state.read();
+        match state.names.get(&(tenant, owner)) {
+            Some(&slot) => {
+                let meta = &state.slots[usize::from(slot)];
+                Named::Backend {
+                    id: BackendId::new(slot, meta.generation),
+                    incarnation: meta.incarnation,
+                    lost_before: meta.lost_before,
+                }
+            }
+            None if state.removed.contains_key(&(tenant, owner)) => Named::Removed,
+            None => Named::Unknown,
+        }
+    }
+
+    /// The name fingerprint and incarnation a backend seals its tokens with.
+    #[cfg_attr(not(feature = "seal"), allow(dead_code))]
+    pub(crate) fn sealing_identity(&self, id: BackendId) -> Option<(u64, u32)> {
+        let state = self.state.read();
+        state
+            .slots
+            .get(usize::from(id.slot()))
+            .filter(|m| m.occupied && m.generation == id.generation())
+            .map(|m| (m.owner, m.incarnation))
+    }
+
+    /// The backend runs as `incarnation` now; an older incarnation is lost: its tokens are
+    /// refused, and so are those sealed before `lost_before` (Unix seconds).
+    pub(crate) fn set_incarnation(
+        &self,
+        id: BackendId,
+        incarnation: u32,
+        lost_before: u32,
+    ) -> Result<(), FleetError> {
+        self.update(id, |meta| {
+            if incarnation != meta.incarnation {
+                meta.incarnation = incarnation;
+                meta.lost_before = meta.lost_before.max(lost_before);
+            }
+        })
+    }
+
+    pub(crate) fn remove(&self, id: BackendId, now: Instant) -> Result<(), FleetError> {
         let mut state = self.state.write();
         let meta = state.live_mut(id)?;
         meta.occupied = false;
-        let tenant = meta.tenant;
+        let (tenant, owner) = (meta.tenant, meta.owner);
         self.publish(id.slot(), meta);
         state.free.push(id.slot());
         if let Some(fleet) = state.tenants.get_mut(&tenant) {
             fleet.slots.retain(|&s| s != id.slot());
         }
+        state.names.remove(&(tenant, owner));
+        if state.removed.len() >= REMOVED_NAMES {
+            let oldest = state
+                .removed
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| *k);
+            if let Some(oldest) = oldest {
+                state.removed.remove(&oldest);
+            }
+        }
+        state.removed.insert((tenant, owner), now);
         Ok(())
     }
 
@@ -485,6 +655,7 @@ impl Fleet {
         &self,
         id: BackendId,
         probe: Probe,
+        lost_before: u32,
         purge: impl FnOnce(BackendId),
     ) -> Result<Reported, FleetError> {
         let (unhealthy_after, healthy_after) = (self.unhealthy_after, self.healthy_after);
@@ -517,6 +688,7 @@ impl Fleet {
                         }
                         if health == Health::Down {
                             meta.purge_pending = true;
+                            meta.lost_before = meta.lost_before.max(lost_before);
                         }
                         meta.health = health;
                         meta.streak = 0;
@@ -531,11 +703,13 @@ impl Fleet {
         })
     }
 
-    /// Declares a backend down at once (a request's connection was refused). Returns whether
-    /// it was up until now.
-    pub(crate) fn mark_down(&self, id: BackendId) -> Result<bool, FleetError> {
+    /// Declares a backend down at once (a request's connection was refused); tokens sealed
+    /// before `lost_before` (Unix seconds) belong to its lost incarnation. Returns whether it
+    /// was up until now.
+    pub(crate) fn mark_down(&self, id: BackendId, lost_before: u32) -> Result<bool, FleetError> {
         self.update(id, |meta| {
             let was_up = meta.health != Health::Down;
+            meta.lost_before = meta.lost_before.max(lost_before);
             meta.health = Health::Down;
             meta.streak = 0;
             meta.streak_of = None;
@@ -588,6 +762,8 @@ impl Fleet {
                     id,
                     tenant: meta.tenant,
                     label: meta.label.clone(),
+                    name: meta.name.clone(),
+                    incarnation: meta.incarnation,
                     weight: meta.weight,
                     draining: meta.draining,
                     drain_deadline: meta.deadline,

@@ -68,7 +68,16 @@ pub(crate) struct Counters {
     pub(crate) down: Counter,
     pub(crate) lost: Counter,
     pub(crate) retried: Counter,
+    pub(crate) tokens_sealed: Counter,
+    pub(crate) tokens_opened: Counter,
+    pub(crate) token_refused: [Counter; TOKEN_REFUSALS.len()],
 }
+
+/// Why presented tokens were refused, in the order of [`Metrics::tokens_refused`]: not a
+/// token (wrong length, not base64url, an unknown version) and not in the table either; no
+/// key of the ring has its hint; authentication failed (forged, altered, spliced, another
+/// key, tenant, kind or principal); older than the max age, or sealed in the future.
+pub const TOKEN_REFUSALS: [&str; 4] = ["malformed", "unknown_key", "rejected", "expired"];
 
 /// A snapshot of the router's counters and state: decisions by outcome and reason, keys by
 /// fate, backends, table occupancy.
@@ -116,6 +125,13 @@ pub struct Metrics {
     pub keys_lost: u64,
     /// Conversation starts placed again on another backend after a failed delivery.
     pub placements_retried: u64,
+    /// Session ids sealed into tokens (feature `seal`).
+    pub tokens_sealed: u64,
+    /// Requests routed by a token that opened.
+    pub tokens_opened: u64,
+    /// Presented tokens refused, by cause ([`TOKEN_REFUSALS`] names, in that order): each
+    /// answered as an unknown session.
+    pub tokens_refused: Vec<(&'static str, u64)>,
     /// Every backend, with its state and live keys.
     pub backends: Vec<BackendInfo>,
     /// How full the session table is.
@@ -164,6 +180,13 @@ impl Counters {
             owners_down: self.down.get(),
             keys_lost: self.lost.get(),
             placements_retried: self.retried.get(),
+            tokens_sealed: self.tokens_sealed.get(),
+            tokens_opened: self.tokens_opened.get(),
+            tokens_refused: TOKEN_REFUSALS
+                .iter()
+                .zip(&self.token_refused)
+                .map(|(name, c)| (*name, c.get()))
+                .collect(),
             backends,
             table,
         }

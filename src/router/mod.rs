@@ -19,6 +19,8 @@ mod path;
 mod reject;
 mod respond;
 mod route;
+#[cfg(feature = "seal")]
+mod seal;
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,13 +34,16 @@ use parking_lot::Mutex;
 pub use builder::RouterBuilder;
 pub use classify::Era;
 pub use control::Maintenance;
-pub use exchange::{ChunkOutcome, End, Exchange, HeadOutcome, How, Routed, Undelivered};
+pub use exchange::{ChunkOutcome, Data, End, Exchange, HeadOutcome, How, Routed, Undelivered};
 pub use extract::{
     KeyExtractor, KeyFn, OperatorScope, PrincipalExtractor, TenantExtractor, key_fn,
 };
-pub use fleet::{BackendInfo, FleetError, Health, Placement, Probe};
-pub use metrics::Metrics;
+pub use fleet::{BackendInfo, FleetError, Health, NewBackend, Placement, Probe};
+pub use metrics::{Metrics, TOKEN_REFUSALS};
 pub use reject::{BadEra, Reason, Rejection};
+#[cfg(feature = "seal")]
+#[cfg_attr(docsrs, doc(cfg(feature = "seal")))]
+pub use seal::{Sealing, SealingOff};
 
 use classify::Paths;
 use fleet::Fleet;
@@ -225,6 +230,87 @@ struct Config {
     operator_scope: OperatorScope,
     principal: Option<Box<dyn PrincipalExtractor>>,
     rejection_body: Option<Box<BodyOverride>>,
+    #[cfg(feature = "seal")]
+    sealing: Option<Sealing>,
+}
+
+impl<T> Router<T> {
+    /// Unix seconds before which the sealed ids of a backend lost at `now` are refused: now,
+    /// less the clock skew (0 without sealing).
+    fn lost_cutoff(&self, now: Instant) -> u32 {
+        #[cfg(feature = "seal")]
+        if let Some(sealing) = &self.config.sealing {
+            return sealing.lost_cutoff(now);
+        }
+        let _ = now;
+        0
+    }
+}
+
+/// Sealed ids are off in this build (feature `seal`): nothing is sealed, nothing opened.
+#[cfg(not(feature = "seal"))]
+mod seal {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+
+    use super::Router;
+    use super::classify::Intent;
+    use super::exchange::{Exchange, Routed};
+    use super::reject::Reason;
+    use crate::TenantId;
+    use crate::table::{KeyKind, Principal, SessionTable};
+
+    pub(super) enum Presented {
+        #[allow(dead_code)]
+        Routed(Routed),
+        NotAToken,
+    }
+
+    impl<T: SessionTable> Router<T> {
+        pub(super) fn route_sealed(
+            &self,
+            _: TenantId,
+            _: KeyKind,
+            _: &[u8],
+            _: Intent,
+            _: Option<Principal>,
+            _: Instant,
+        ) -> Presented {
+            Presented::NotAToken
+        }
+
+        pub(super) fn seal_minted(
+            &self,
+            _: &Exchange,
+            _: KeyKind,
+            _: &[u8],
+            _: Instant,
+        ) -> Result<Option<Bytes>, Reason> {
+            Ok(None)
+        }
+
+        pub(super) fn seals(&self) -> bool {
+            false
+        }
+
+        pub(super) fn unknown_presented(&self, kind: KeyKind) -> Reason {
+            Reason::UnknownKey(kind)
+        }
+    }
+
+    pub(super) fn splice_endpoint(
+        _: &[u8],
+        _: &[u8],
+        _: std::ops::Range<usize>,
+        _: &[u8],
+    ) -> Option<Bytes> {
+        None
+    }
+
+    pub(super) const fn presented_bound(max_key_len: usize) -> usize {
+        max_key_len
+    }
 }
 
 impl Config {

@@ -1,9 +1,7 @@
 //! Observers of response bodies: they read a proxied body, chunk by chunk, until the key it
 //! reveals is found or a bound is hit, without holding the stream back.
 
-use bytes::Bytes;
-#[cfg(feature = "tasks")]
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::classify::sse_session_param;
 use super::exchange::IdBuf;
@@ -14,8 +12,12 @@ use crate::sse;
 pub(crate) enum Seen {
     /// Nothing yet: feed more.
     More,
-    /// The key the body reveals.
+    /// The key the body reveals (a task's id).
+    #[cfg_attr(not(feature = "tasks"), allow(dead_code))]
     Key(IdBuf),
+    /// A legacy SSE `endpoint` event: its URL (the event's data) and where the session id is
+    /// in it.
+    Endpoint(Box<[u8]>, std::ops::Range<usize>),
     /// The body reveals no key: stop observing.
     Nothing,
     /// The byte bound was hit first: stop observing.
@@ -25,8 +27,13 @@ pub(crate) enum Seen {
 /// Reads one response body for the key it reveals.
 #[derive(Debug)]
 pub(crate) enum Observer {
-    /// A legacy SSE stream: its `endpoint` event carries the session in its URL.
-    Endpoint { events: sse::Parser, seen: usize },
+    /// A legacy SSE stream: its `endpoint` event carries the session in its URL. With sealed
+    /// ids the bytes are held until that event (`held`), to be sent rewritten.
+    Endpoint {
+        events: sse::Parser,
+        seen: usize,
+        held: Option<BytesMut>,
+    },
     /// A 2026-07-28 call answered with an SSE stream: a `message` event may hold a
     /// `CreateTaskResult`.
     #[cfg(feature = "tasks")]
@@ -46,10 +53,20 @@ fn parser(max: usize) -> sse::Parser {
 }
 
 impl Observer {
-    pub(crate) fn endpoint(max: usize) -> Self {
+    pub(crate) fn endpoint(max: usize, hold: bool) -> Self {
         Observer::Endpoint {
             events: parser(max),
             seen: 0,
+            held: hold.then(BytesMut::new),
+        }
+    }
+
+    /// The bytes held back so far (a rewriting endpoint observer), taken.
+    pub(crate) fn take_held(&mut self) -> Option<BytesMut> {
+        match self {
+            Observer::Endpoint { held, .. } => held.take(),
+            #[cfg(feature = "tasks")]
+            _ => None,
         }
     }
 
@@ -72,7 +89,10 @@ impl Observer {
     /// Feeds the next chunk of the body; `max` bounds the bytes observed.
     pub(crate) fn feed(&mut self, chunk: &Bytes, max: usize) -> Seen {
         match self {
-            Observer::Endpoint { events, seen } => {
+            Observer::Endpoint { events, seen, held } => {
+                if let Some(held) = held {
+                    held.extend_from_slice(chunk);
+                }
                 read_events(events, seen, chunk, max, b"endpoint", |data| {
                     Some(endpoint_session(data))
                 })
@@ -174,9 +194,9 @@ impl Framing {
     }
 }
 
-/// The session id in an `endpoint` event's URL (relative or absolute).
-fn endpoint_session(url: &[u8]) -> Seen {
-    let Ok(url) = std::str::from_utf8(url) else {
+/// The session id in an `endpoint` event's URL (relative or absolute), and where it is.
+fn endpoint_session(data: &[u8]) -> Seen {
+    let Ok(url) = std::str::from_utf8(data) else {
         return Seen::Nothing;
     };
     let url = url.trim();
@@ -185,7 +205,11 @@ fn endpoint_session(url: &[u8]) -> Seen {
         .split_once('?')
         .map(|(_, query)| sse_session_param(query))
     {
-        Some(Ok(Some(id))) => Seen::Key(IdBuf::new(id.as_bytes())),
+        Some(Ok(Some(id))) => {
+            // `id` borrows from `data`: its offset there.
+            let at = id.as_ptr() as usize - data.as_ptr() as usize;
+            Seen::Endpoint(data.into(), at..at + id.len())
+        }
         _ => Seen::Nothing,
     }
 }
@@ -471,6 +495,7 @@ mod tests {
     fn found(seen: Seen) -> Option<String> {
         match seen {
             Seen::Key(id) => Some(String::from_utf8(id.as_bytes().to_vec()).unwrap()),
+            Seen::Endpoint(url, at) => Some(String::from_utf8(url[at].to_vec()).unwrap()),
             _ => None,
         }
     }

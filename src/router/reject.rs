@@ -19,6 +19,8 @@ use crate::table::{InvalidKey, KeyKind, Scope};
 /// | [`OwnerDown`](Reason::OwnerDown) | 404 | -32001 | re-initializes |
 /// | [`OwnerUnreachable`](Reason::OwnerUnreachable) | 503 + `Retry-After` | -32000 | retries later (its session may live) |
 /// | [`WrongPrincipal`](Reason::WrongPrincipal) | 404 | -32001 | exactly as for an unknown key |
+/// | [`InvalidToken`](Reason::InvalidToken) | 404 | -32001 | exactly as for an unknown key |
+/// | [`UnknownOwner`](Reason::UnknownOwner) | 503 + `Retry-After` | -32000 | retries (another router may know better) |
 /// | [`UnknownTenant`](Reason::UnknownTenant) | 404 | -32001 | — |
 /// | [`InvalidKey`](Reason::InvalidKey) | 404 (400 for an operator key) | -32001 (-32600) | exactly as for an unknown key |
 /// | [`BadEra`](Reason::BadEra) | 400 | -32600 | fixes its request |
@@ -53,6 +55,13 @@ pub enum Reason {
     OwnerUnreachable(KeyKind),
     /// The key was learned under another principal (anti-hijack binding).
     WrongPrincipal(KeyKind),
+    /// A sealed id that does not open: garbage, truncated, forged, another key, tenant or
+    /// principal, expired (the metrics count each cause:
+    /// [`Metrics::tokens_refused`](super::Metrics::tokens_refused)).
+    InvalidToken(KeyKind),
+    /// A sealed id naming a backend this router does not know, or a newer incarnation of it:
+    /// the router is behind the fleet, and must not decide for the session.
+    UnknownOwner(KeyKind),
     /// The request maps to no tenant.
     UnknownTenant,
     /// The request carried a key that is not a valid id (answered as an unknown key, except
@@ -86,6 +95,8 @@ impl Reason {
             Reason::OwnerDown(_) => "owner_down",
             Reason::OwnerUnreachable(_) => "owner_unreachable",
             Reason::WrongPrincipal(_) => "wrong_principal",
+            Reason::InvalidToken(_) => "invalid_token",
+            Reason::UnknownOwner(_) => "unknown_owner",
             Reason::UnknownTenant => "unknown_tenant",
             Reason::InvalidKey(..) => "invalid_key",
             Reason::BadEra(_) => "bad_era",
@@ -105,6 +116,8 @@ impl Reason {
         "owner_down",
         "owner_unreachable",
         "wrong_principal",
+        "invalid_token",
+        "unknown_owner",
         "unknown_tenant",
         "invalid_key",
         "bad_era",
@@ -133,6 +146,7 @@ impl Reason {
             | Reason::OwnerGone(_)
             | Reason::OwnerRevoked(_)
             | Reason::OwnerDown(_)
+            | Reason::InvalidToken(_)
             | Reason::WrongPrincipal(_) => true,
             Reason::InvalidKey(kind, _) => kind != KeyKind::Operator,
             _ => false,
@@ -146,6 +160,8 @@ impl Reason {
             | Reason::OwnerRevoked(kind)
             | Reason::OwnerDown(kind)
             | Reason::OwnerUnreachable(kind)
+            | Reason::InvalidToken(kind)
+            | Reason::UnknownOwner(kind)
             | Reason::WrongPrincipal(kind)
             | Reason::InvalidKey(kind, _)
             | Reason::AmbiguousKey(kind)
@@ -167,6 +183,13 @@ impl fmt::Display for Reason {
                 write!(f, "owner of the {kind} key could not be reached")
             }
             Reason::WrongPrincipal(kind) => write!(f, "{kind} key learned under another principal"),
+            Reason::InvalidToken(kind) => write!(f, "sealed {kind} id does not open"),
+            Reason::UnknownOwner(kind) => {
+                write!(
+                    f,
+                    "sealed {kind} id names a backend this router does not know"
+                )
+            }
             Reason::UnknownTenant => f.write_str("request maps to no tenant"),
             Reason::InvalidKey(kind, why) => write!(f, "invalid {kind} key: {why}"),
             Reason::BadEra(why) => fmt::Display::fmt(why, f),
@@ -262,7 +285,8 @@ impl Rejection {
             Reason::TableFull(_)
             | Reason::KeyConflict(_)
             | Reason::NoReadyBackend
-            | Reason::OwnerUnreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | Reason::OwnerUnreachable(_)
+            | Reason::UnknownOwner(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UnroutableKey(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -309,7 +333,8 @@ impl Rejection {
                 Reason::TableFull(_)
                 | Reason::KeyConflict(_)
                 | Reason::NoReadyBackend
-                | Reason::OwnerUnreachable(_),
+                | Reason::OwnerUnreachable(_)
+                | Reason::UnknownOwner(_),
                 _,
             ) => -32000,
             (Reason::UnroutableKey(_), _) => -32603,
@@ -330,6 +355,7 @@ impl Rejection {
             (Reason::UnroutableKey(_), _) => "Backend minted an unroutable session id",
             (Reason::NoReadyBackend, _) => "No backend available; retry later",
             (Reason::OwnerUnreachable(_), _) => "Backend unreachable; retry later",
+            (Reason::UnknownOwner(_), _) => "Session owner not known here; retry",
             (Reason::UnknownTenant, _) => "Unknown tenant",
             _ => "Bad request",
         }

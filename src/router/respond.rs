@@ -8,10 +8,11 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
 use http::{StatusCode, response};
 
 use super::classify::Intent;
-use super::exchange::{ChunkOutcome, End, Exchange, HeadOutcome, IdBuf};
+use super::exchange::{ChunkOutcome, Data, End, Exchange, HeadOutcome, IdBuf};
 use super::fleet::OwnerStatus;
 use super::observe::{Observer, Seen};
 use super::reject::Reason;
+use super::seal::splice_endpoint;
 use super::{Router, content_type_is, identity_encoded};
 use crate::BackendId;
 use crate::table::{Insert, InsertError, Key, KeyKind, Scope, SessionTable, SetOwnerError};
@@ -70,6 +71,9 @@ impl<T: SessionTable> Router<T> {
                 }
             }
         }
+        if exchange.token.is_some() && ok {
+            self.reseal_echo(exchange, &mut response.headers, now);
+        }
         let max_observe = self.config.max_observe;
         match exchange.intent {
             Intent::SseConnect | Intent::ModernCall { .. }
@@ -81,14 +85,43 @@ impl<T: SessionTable> Router<T> {
                 HeadOutcome::Forward
             }
             Intent::SseConnect if ok && content_type_is(&response.headers, "text/event-stream") => {
-                exchange.observer = Some(Box::new(Observer::endpoint(max_observe)));
+                // With sealed ids the endpoint event is held and rewritten; otherwise only read.
+                let seals = self.seals();
+                exchange.observer = Some(Box::new(Observer::endpoint(max_observe, seals)));
+                exchange.rewriting = seals;
                 self.counters.observed.incr();
-                HeadOutcome::Observe
+                if seals {
+                    // The body's length changes.
+                    response.headers.remove(http::header::CONTENT_LENGTH);
+                    HeadOutcome::Rewrite
+                } else {
+                    HeadOutcome::Observe
+                }
             }
             Intent::SessionStart if ok => match response.headers.get(&MCP_SESSION_ID) {
                 Some(id) => {
-                    let learned = self.learn(exchange, KeyKind::Session, id.as_bytes(), false, now);
-                    self.learned_head(learned, KeyKind::Session)
+                    match self.seal_minted(exchange, KeyKind::Session, id.as_bytes(), now) {
+                        Ok(None) => {
+                            let id = id.as_bytes();
+                            let learned = self.learn(exchange, KeyKind::Session, id, false, now);
+                            self.learned_head(learned, KeyKind::Session)
+                        }
+                        Ok(Some(token)) => {
+                            let token = HeaderValue::from_maybe_shared(token)
+                                .expect("base64url is a valid header value");
+                            response.headers.insert(MCP_SESSION_ID, token);
+                            HeadOutcome::Forward
+                        }
+                        Err(Reason::UnroutableKey(kind)) => {
+                            self.counters.unlearned.incr();
+                            HeadOutcome::Replace(self.reject(Reason::UnroutableKey(kind)))
+                        }
+                        Err(_) => {
+                            // Its backend was removed or went down meanwhile: nothing to seal for.
+                            self.counters.unlearned.incr();
+                            HeadOutcome::Forward
+                        }
+                    }
                 }
                 None => HeadOutcome::Forward,
             },
@@ -141,7 +174,8 @@ impl<T: SessionTable> Router<T> {
             }
             return;
         }
-        if key.kind() == KeyKind::Session {
+        // (An answer to a sealed request had its echo sealed already.)
+        if key.kind() == KeyKind::Session && exchange.token.is_none() {
             if let Some(id) = headers.get(&MCP_SESSION_ID) {
                 if id.as_bytes() != key.id_bytes() {
                     // Another id for an existing session: not learned.
@@ -257,11 +291,105 @@ impl<T: SessionTable> Router<T> {
         match observer.feed(chunk, self.config.max_observe) {
             Seen::More => return ChunkOutcome::More,
             Seen::Key(id) => self.learn_from_body(exchange, &id, now),
-            Seen::Nothing => {}
+            // With sealed ids an endpoint is rewritten (`on_response_data`), never learned:
+            // read only, its client will present the backend's own id and be told it is
+            // unknown.
+            Seen::Endpoint(url, at) if !self.seals() => {
+                self.learn_from_body(exchange, &IdBuf::new(&url[at]), now);
+            }
+            Seen::Endpoint(..) | Seen::Nothing => {}
             Seen::Limit => self.counters.observe_limit.incr(),
         }
         exchange.observer = None;
         ChunkOutcome::Done
+    }
+
+    /// Passes a chunk of a response body through the router, which may hold it back and
+    /// change it: see [`HeadOutcome::Rewrite`]. Send the client what it returns, in order;
+    /// when the backend's body ends, send what
+    /// [`on_response_data_end`](Router::on_response_data_end) returns. For an exchange that
+    /// is not rewriting, it observes the chunk as
+    /// [`on_response_chunk`](Router::on_response_chunk) does and returns it unchanged.
+    ///
+    /// A rewriting exchange holds back the body until its legacy SSE `endpoint` event (at
+    /// most the observation bound, [`max_observed_bytes`](super::RouterBuilder::max_observed_bytes)),
+    /// then returns everything held, the session id in the endpoint's URL replaced by its
+    /// sealed token, and from then on every chunk as it is.
+    pub fn on_response_data(&self, exchange: &mut Exchange, chunk: Bytes, now: Instant) -> Data {
+        if !exchange.is_rewriting() {
+            if exchange.observer.is_some() {
+                let _ = self.on_response_chunk(exchange, &chunk, now);
+            }
+            return Data::Send(chunk);
+        }
+        let observer = exchange.observer.as_mut().expect("rewriting");
+        let seen = observer.feed(&chunk, self.config.max_observe);
+        if let Seen::More = seen {
+            return Data::Hold;
+        }
+        let held = observer.take_held().unwrap_or_default();
+        exchange.observer = None;
+        exchange.rewriting = false;
+        let sealed = match seen {
+            Seen::Endpoint(url, at) => {
+                match self.seal_minted(exchange, KeyKind::SseSession, &url[at.clone()], now) {
+                    Ok(Some(token)) => splice_endpoint(&held, &url, at, &token),
+                    _ => {
+                        self.counters.unlearned.incr();
+                        None
+                    }
+                }
+            }
+            Seen::Limit => {
+                self.counters.observe_limit.incr();
+                None
+            }
+            _ => None,
+        };
+        Data::Send(sealed.unwrap_or_else(|| held.freeze()))
+    }
+
+    /// The backend's body ended: what is left to send of a rewriting exchange (the bytes held
+    /// back, unchanged: the body ended before its endpoint event), or nothing.
+    pub fn on_response_data_end(&self, exchange: &mut Exchange) -> Option<Bytes> {
+        if !exchange.is_rewriting() {
+            return None;
+        }
+        exchange.rewriting = false;
+        let held = exchange.observer.take()?.take_held()?;
+        (!held.is_empty()).then(|| held.freeze())
+    }
+
+    /// An answer to a request that presented a sealed id echoes the backend's own session id
+    /// (Python and TypeScript servers put it on every answer): the client gets its token back,
+    /// never the backend's id. Another id (a backend that changed its session's id) is sealed
+    /// for the same owner.
+    fn reseal_echo(&self, exchange: &Exchange, headers: &mut HeaderMap, now: Instant) {
+        let Some(echo) = headers.get(&MCP_SESSION_ID) else {
+            return;
+        };
+        let same = exchange
+            .key
+            .as_ref()
+            .is_some_and(|(_, id)| id.as_bytes() == echo.as_bytes());
+        let value = if same {
+            exchange.token.as_deref().map(Bytes::copy_from_slice)
+        } else {
+            self.counters.id_mismatches.incr();
+            let echo = echo.as_bytes().to_vec();
+            self.seal_minted(exchange, KeyKind::Session, &echo, now)
+                .ok()
+                .flatten()
+        };
+        match value.map(HeaderValue::from_maybe_shared) {
+            Some(Ok(token)) => {
+                headers.insert(MCP_SESSION_ID, token);
+            }
+            _ => {
+                // Never hand the client a backend's own id.
+                headers.remove(&MCP_SESSION_ID);
+            }
+        }
     }
 
     /// Learns a key revealed by a body whose head is already on its way to the client: a

@@ -10,6 +10,7 @@ use super::classify::{Intent, classify};
 use super::exchange::{Exchange, How, IdBuf, Routed, Undelivered};
 use super::fleet::{OwnerStatus, Placement, Probe};
 use super::reject::{Reason, Rejection};
+use super::seal::{self, Presented};
 use super::{OperatorScope, Router};
 use crate::table::{Entry, Key, KeyKind, Principal, SessionTable};
 use crate::{BackendId, TenantId};
@@ -125,13 +126,26 @@ impl<T: SessionTable> Router<T> {
         principal: Option<Principal>,
         now: Instant,
     ) -> Routed {
+        if id.len() <= seal::presented_bound(self.config.max_key_len) {
+            if let Presented::Routed(routed) =
+                self.route_sealed(tenant, kind, id, intent, principal, now)
+            {
+                return routed;
+            }
+        }
         let key = match Key::with_max_len(tenant, kind, id, self.config.max_key_len) {
             Ok(key) => key,
-            Err(why) => return Routed::Reject(self.reject(Reason::InvalidKey(kind, why))),
+            Err(why) => {
+                let reason = match self.unknown_presented(kind) {
+                    Reason::UnknownKey(_) => Reason::InvalidKey(kind, why),
+                    sealed => sealed,
+                };
+                return Routed::Reject(self.reject(reason));
+            }
         };
         match self.table.get(&key, now) {
             Some(entry) => self.forward_owned(&key, entry, intent, principal, now),
-            None => Routed::Reject(self.reject(Reason::UnknownKey(kind))),
+            None => Routed::Reject(self.reject(self.unknown_presented(kind))),
         }
     }
 
@@ -347,9 +361,9 @@ impl<T: SessionTable> Router<T> {
     ) -> Routed {
         let backend = exchange.backend;
         match why {
-            Undelivered::Refused => self.declare_down(backend),
+            Undelivered::Refused => self.declare_down(backend, now),
             Undelivered::TimedOut | Undelivered::Failed => {
-                let _ = self.report_health(backend, Probe::Failed);
+                let _ = self.report_health(backend, Probe::Failed, now);
             }
         }
         match exchange.key.as_ref().map(|(kind, _)| *kind) {

@@ -180,15 +180,7 @@ pub const MIN_TOKEN_LEN: usize = base64::encoded_len(token::MIN_RAW);
 /// assert_eq!(mcp_affinity::seal::owner_fingerprint("a"), 0xaf63dc4c8601ec8c);
 /// ```
 pub const fn owner_fingerprint(name: &str) -> u64 {
-    let bytes = name.as_bytes();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut i = 0;
-    while i < bytes.len() {
-        hash ^= bytes[i] as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        i += 1;
-    }
-    hash
+    crate::backend::fnv1a(name.as_bytes())
 }
 
 #[cfg(test)]
