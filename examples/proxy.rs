@@ -10,6 +10,15 @@
 //! curl -s -X POST 127.0.0.1:8081/backends/1/remove    # its sessions get 404 (clients re-initialize)
 //! ```
 //!
+//! A fleet of proxies that share no state: give each the same key file and the same backend
+//! names, and put any load balancer in front.
+//!
+//! ```sh
+//! openssl rand -hex 32 > keys.txt     # or: head -c32 /dev/urandom | xxd -p -c64
+//! proxy --listen 127.0.0.1:8080 --seal-key-file keys.txt \\
+//!     --backend a=http://10.0.0.7:9001 --backend b=http://10.0.0.8:9001
+//! ```
+//!
 //! Flags are parsed by hand (no crate). Run with `--help` for all of them. Ctrl-C or SIGTERM
 //! (what orchestrators send) stops accepting, gives in-flight requests a moment, and exits 0.
 
@@ -29,7 +38,11 @@ const USAGE: &str = "\
 usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
 
   --listen ADDR              where to accept MCP clients (e.g. 127.0.0.1:8080)
-  --backend URL              a backend replica, http://host:port[/prefix] (repeatable)
+  --backend [NAME=]URL       a backend replica, http://host:port[/prefix] (repeatable); NAME is how
+                             every proxy of a fleet names it (default: the URL)
+  --seal-key-file PATH       seal session ids with the keys in PATH (one per line, 64 hex digits;
+                             the first seals, all open; re-read when it changes or on SIGHUP):
+                             proxies sharing the file route each other's sessions
   --admin ADDR               admin API: GET /metrics[?format=text], GET /backends,
                              POST /backends?url=URL, POST /backends/<slot>/{drain,undrain,remove,restart}
                              (drain takes ?deadline=SECONDS); no authentication: keep it on loopback
@@ -74,6 +87,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--listen" => listen = Some(value.parse().map_err(|e| format!("--listen: {e}"))?),
             "--admin" => admin = Some(value.parse().map_err(|e| format!("--admin: {e}"))?),
             "--backend" => config.backends.push(value),
+            "--seal-key-file" => config.seal_key_file = Some(value.into()),
             "--sse-path" => config.sse_path = (value != "none").then_some(value),
             "--message-path" => config.message_path = value,
             "--idle-ttl" => {
@@ -98,6 +112,29 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         admin,
         config,
     })
+}
+
+/// Re-reads the seal key file on SIGHUP, until `stop` completes.
+#[cfg(unix)]
+async fn reload_on_sighup(
+    proxy: std::sync::Arc<Proxy>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match proxy.reload_keys(true) {
+                Ok(true) => eprintln!("proxy: seal keys reloaded"),
+                Ok(false) => {}
+                Err(e) => eprintln!("proxy: seal key file: {e} (keeping the keys in use)"),
+            },
+            _ = &mut stop => return,
+        }
+    }
 }
 
 /// Ctrl-C, or SIGTERM (how orchestrators stop a process).
@@ -169,6 +206,8 @@ async fn main() -> ExitCode {
         args.config.backends.join(", ")
     );
     tasks.spawn(proxy.clone().serve(listener, stopped()));
+    #[cfg(unix)]
+    tasks.spawn(reload_on_sighup(proxy.clone(), stopped()));
 
     if let Err(e) = stop_signal().await {
         eprintln!("proxy: cannot wait for Ctrl-C or SIGTERM: {e}");

@@ -39,8 +39,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use mcp_affinity::body::ObservedBody;
 use mcp_affinity::router::{
-    BackendInfo, End, Exchange, HeadOutcome, Metrics, Probe, Rejection, Routed, Router, Undelivered,
+    BackendInfo, End, Exchange, HeadOutcome, Metrics, NewBackend, Probe, Rejection, Routed, Router,
+    Sealing, Undelivered,
 };
+use mcp_affinity::seal::Keyring;
 use mcp_affinity::table::KeyKind;
 use mcp_affinity::table::MemoryTableConfig;
 use mcp_affinity::{BackendId, TenantId};
@@ -53,8 +55,13 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 /// How the proxy is set up.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Backend base URLs (`http://host:port[/prefix]`).
+    /// Backends: base URLs (`http://host:port[/prefix]`), each optionally named
+    /// `NAME=URL` (the name every proxy of a fleet gives the backend; default: the URL).
     pub backends: Vec<String>,
+    /// A file of sealing keys, one per line as 64 hex digits (the first seals, all open):
+    /// session ids are sealed, so that a fleet of proxies with the same file needs no shared
+    /// state. Re-read when it changes, or on [`Proxy::reload_keys`].
+    pub seal_key_file: Option<std::path::PathBuf>,
     /// The legacy HTTP+SSE stream path; `None` turns legacy SSE handling off.
     pub sse_path: Option<String>,
     /// The legacy HTTP+SSE message path; both the given and the trailing-slash form (or the
@@ -83,6 +90,7 @@ impl Default for Config {
             idle_ttl: Some(Duration::from_secs(3600)),
             pool_idle_timeout: Duration::from_secs(4),
             rewrite_host: false,
+            seal_key_file: None,
             health_interval: Some(Duration::from_secs(1)),
             shutdown_grace: Duration::from_secs(2),
         }
@@ -112,6 +120,11 @@ pub struct Proxy {
     shutdown_grace: Duration,
     /// 502 answers sent (the backend failed and the router could not decide for it).
     bad_gateways: std::sync::atomic::AtomicU64,
+    /// The sealing key file and when it was last read.
+    seal_keys: Option<(
+        std::path::PathBuf,
+        std::sync::Mutex<Option<std::time::SystemTime>>,
+    )>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -131,11 +144,21 @@ impl Proxy {
     /// A proxy with `config`'s router settings and backends.
     pub fn new(config: &Config) -> Result<Arc<Proxy>, String> {
         let table = MemoryTableConfig::new().with_idle_ttl(config.idle_ttl);
-        let router = Router::builder()
+        let mut builder = Router::builder()
             .table_config(table)
             .sse_path(config.sse_path.as_deref())
-            .message_paths(message_paths(&config.message_path))
-            .build();
+            .message_paths(message_paths(&config.message_path));
+        let mut seal_keys = None;
+        if let Some(path) = &config.seal_key_file {
+            let (keyring, modified) = read_keys(path)?;
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| e.to_string())?
+                .as_secs();
+            builder = builder.sealing(Sealing::new(keyring, seed(), Instant::now(), unix));
+            seal_keys = Some((path.clone(), std::sync::Mutex::new(modified)));
+        }
+        let router = builder.build();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -151,9 +174,13 @@ impl Proxy {
             health_interval: config.health_interval,
             shutdown_grace: config.shutdown_grace,
             bad_gateways: Default::default(),
+            seal_keys,
         });
-        for url in &config.backends {
-            proxy.add_backend(url)?;
+        for backend in &config.backends {
+            match backend.split_once('=') {
+                Some((name, url)) if !name.contains("://") => proxy.add_named(name, url)?,
+                _ => proxy.add_backend(backend)?,
+            };
         }
         Ok(proxy)
     }
@@ -163,8 +190,33 @@ impl Proxy {
         &self.router
     }
 
-    /// Adds a backend by base URL (`http://host:port[/prefix]`).
+    /// Adds a backend by base URL (`http://host:port[/prefix]`), named by its URL.
     pub fn add_backend(&self, url: &str) -> Result<BackendId, String> {
+        self.add_named(url, url)
+    }
+
+    /// Re-reads the sealing key file if it changed (or if `force`): the new keyring takes
+    /// effect at once, for every request. A file that does not parse is reported and the
+    /// keys in use are kept.
+    pub fn reload_keys(&self, force: bool) -> Result<bool, String> {
+        let Some((path, read_at)) = &self.seal_keys else {
+            return Ok(false);
+        };
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mut read_at = read_at.lock().unwrap();
+        if !force && modified == *read_at {
+            return Ok(false);
+        }
+        let (keyring, modified) = read_keys(path)?;
+        self.router
+            .set_keyring(keyring)
+            .map_err(|e| e.to_string())?;
+        *read_at = modified;
+        Ok(true)
+    }
+
+    /// Adds a backend by base URL, with the name every proxy of the fleet gives it.
+    pub fn add_named(&self, name: &str, url: &str) -> Result<BackendId, String> {
         let uri: Uri = url.parse().map_err(|e| format!("backend {url:?}: {e}"))?;
         let scheme = uri
             .scheme()
@@ -183,7 +235,7 @@ impl Proxy {
         let mut upstreams = self.upstreams.write().unwrap();
         let id = self
             .router
-            .add_backend(TenantId::DEFAULT, url, 1)
+            .add(NewBackend::new(TenantId::DEFAULT, url).name(name))
             .map_err(|e| e.to_string())?;
         let slot = usize::from(id.slot());
         if upstreams.len() <= slot {
@@ -320,6 +372,8 @@ impl Proxy {
             Routed::Forward(exchange) => exchange,
             Routed::Reject(rejection) => return rejection_response(&rejection),
         };
+        // A sealed session id: the backend gets its own id back.
+        exchange.rewrite_request(&mut parts);
         // Ends the exchange if this future is dropped (the client left before the head came).
         let mut guard = ExchangeGuard {
             router: &self.router,
@@ -510,6 +564,9 @@ impl Proxy {
                 _ = &mut shutdown => return,
             }
             let _ = self.router.maintain(Instant::now(), 4096);
+            if let Err(e) = self.reload_keys(false) {
+                eprintln!("proxy: seal key file: {e} (keeping the keys in use)");
+            }
             if let Some(every) = self.health_interval {
                 if last_check.elapsed() >= every {
                     last_check = Instant::now();
@@ -578,7 +635,7 @@ impl Proxy {
                 (&Method::GET, ["backends"]) => Ok(backends_json(&self.router.backends(), self)),
                 (&Method::POST, ["backends"]) => match param("url") {
                     Some(url) => self
-                        .add_backend(&url)
+                        .add_named(&param("name").unwrap_or_else(|| url.clone()), &url)
                         .map(id_json)
                         .map_err(|e| (StatusCode::BAD_REQUEST, e)),
                     None => Err((StatusCode::BAD_REQUEST, "missing ?url=".into())),
@@ -806,6 +863,30 @@ impl ReplayBody {
 
 /// What the proxy sends a backend: a kept body or the client's own.
 type OutBody = Either<Full<Bytes>, Incoming>;
+
+/// A keyring from a key file (one key per line, 64 hex digits; `#` comments), and when the
+/// file was modified. Errors name the line, never the key.
+fn read_keys(path: &std::path::Path) -> Result<(Keyring, Option<std::time::SystemTime>), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let keyring = Keyring::from_lines(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    Ok((keyring, modified))
+}
+
+/// 12 unpredictable bytes for the nonce sequence, from the standard library's random hash
+/// keys (no crate needed for so little).
+fn seed() -> [u8; 12] {
+    use std::hash::{BuildHasher, Hasher};
+    let word = || {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    let mut seed = [0; 12];
+    seed[..8].copy_from_slice(&word().to_le_bytes());
+    seed[8..].copy_from_slice(&word().to_le_bytes()[..4]);
+    seed
+}
 
 /// Ends the exchange as aborted if it was not handed on.
 struct ExchangeGuard<'a> {
