@@ -50,7 +50,7 @@ fn a_drained_backend_keeps_its_sessions_and_gets_no_new_ones() {
             .any(|b| b.id == ids[0] && b.draining && !b.ready())
     );
     // Undrained, it takes new conversations again.
-    router.undrain_backend(ids[0]).unwrap();
+    router.undrain_backend(ids[0], now).unwrap();
     assert!((0..4).any(|i| initialize(&router, &format!("back-{i}"), now) == ids[0]));
 }
 
@@ -359,7 +359,7 @@ fn a_drain_deadline_holds_after_months_of_uptime() {
     let mut clock = Clock::new();
     // The fleet's epoch is set by the first time it is given.
     router.drain_backend(ids[1], None, clock.now()).unwrap();
-    router.undrain_backend(ids[1]).unwrap();
+    router.undrain_backend(ids[1], clock.now()).unwrap();
     let later = clock.advance(Duration::from_secs(120 * 86_400));
     let kept = session_on(&router, ids[0], "kept", later);
     router

@@ -238,7 +238,7 @@ fn a_cookie_naming_a_draining_unhealthy_or_removed_backend_is_no_hint() {
         );
         // Reset for the next case.
         for b in router.backends() {
-            let _ = router.undrain_backend(b.id);
+            let _ = router.undrain_backend(b.id, now);
             let _ = router.report_health(b.id, true, now);
         }
     }

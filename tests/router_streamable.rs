@@ -63,10 +63,10 @@ fn unknown_session_is_rejected_with_404_and_a_jsonrpc_body() {
 }
 
 #[test]
-fn delete_answered_200_202_204_or_404_forgets_the_session() {
+fn delete_answered_2xx_forgets_the_session() {
     let (router, _) = two_backends();
     let now = Clock::new().now();
-    for (i, status) in [200, 202, 204, 404].into_iter().enumerate() {
+    for (i, status) in [200, 202, 204].into_iter().enumerate() {
         let id = format!("s{i}");
         let owner = initialize(&router, &id, now);
         let (to, _) = exchange(
@@ -85,7 +85,7 @@ fn delete_answered_200_202_204_or_404_forgets_the_session() {
             "after DELETE {status}"
         );
     }
-    assert_eq!(router.metrics().keys_forgotten, 4);
+    assert_eq!(router.metrics().keys_forgotten, 3);
 }
 
 #[test]
@@ -104,17 +104,59 @@ fn delete_answered_otherwise_keeps_the_session() {
     assert_eq!(route_session(&router, "s1", now).unwrap(), owner);
 }
 
+fn bearer(req: &http::request::Parts) -> Option<mcp_affinity::table::Principal> {
+    let token = req.headers.get("authorization")?.as_bytes();
+    Some(mcp_affinity::table::Principal::new(
+        token.iter().map(|b| u64::from(*b)).sum(),
+    ))
+}
+
 #[test]
-fn any_404_to_a_keyed_request_forgets_the_session() {
-    let (router, _) = two_backends();
+fn a_404_forgets_the_session_only_when_the_router_vouches_for_the_principal() {
+    // With principal binding, the 404 was the rightful principal's: the session is over.
+    let router = Router::builder().principal(bearer).build();
+    router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
     let now = Clock::new().now();
-    initialize(&router, "s1", now);
-    let request = post("/mcp", &[("mcp-session-id", "s1"), LEGACY]);
-    let _ = exchange(&router, &request, 404, &[JSON], &[], now);
-    assert_eq!(
-        route_session(&router, "s1", now).unwrap_err().reason(),
-        Reason::UnknownKey(KeyKind::Session)
+    let alice = ("authorization", "Bearer alice");
+    let _ = exchange(
+        &router,
+        &post("/mcp", &[alice]),
+        200,
+        &[("mcp-session-id", "s1")],
+        &[],
+        now,
     );
+    for request in [
+        post("/mcp", &[alice, ("mcp-session-id", "s1"), LEGACY]),
+        delete("/mcp", &[alice, ("mcp-session-id", "s1")]),
+    ] {
+        let _ = exchange(
+            &router,
+            &post("/mcp", &[alice]),
+            200,
+            &[("mcp-session-id", "s1")],
+            &[],
+            now,
+        );
+        let _ = exchange(&router, &request, 404, &[JSON], &[], now);
+        let again = post("/mcp", &[alice, ("mcp-session-id", "s1"), LEGACY]);
+        assert_eq!(
+            rejected(router.route(&again, now)).reason(),
+            Reason::UnknownKey(KeyKind::Session)
+        );
+    }
+    // Without it, the 404 may be the backend refusing a stranger who knows the id (the Python
+    // SDK answers a principal mismatch so): the rightful client keeps its session, and the
+    // backend stays the final arbiter.
+    let (router, _) = two_backends();
+    let owner = initialize(&router, "s2", now);
+    for request in [
+        post("/mcp", &[("mcp-session-id", "s2"), LEGACY]),
+        delete("/mcp", &[("mcp-session-id", "s2")]),
+    ] {
+        let _ = exchange(&router, &request, 404, &[JSON], &[], now);
+        assert_eq!(route_session(&router, "s2", now).unwrap(), owner);
+    }
 }
 
 #[test]

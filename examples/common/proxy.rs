@@ -277,7 +277,9 @@ impl Proxy {
     /// Makes a draining backend ready again.
     pub fn undrain(&self, slot: u16) -> Result<BackendId, String> {
         let id = self.by_slot(slot)?;
-        self.router.undrain_backend(id).map_err(|e| e.to_string())?;
+        self.router
+            .undrain_backend(id, Instant::now())
+            .map_err(|e| e.to_string())?;
         Ok(id)
     }
 

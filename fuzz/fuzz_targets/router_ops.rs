@@ -315,7 +315,7 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
                 router.drain_backend(pick(&live, i), deadline, now).expect("live");
             }
             Op::Undrain(i) if !live.is_empty() => {
-                router.undrain_backend(pick(&live, i)).expect("live");
+                router.undrain_backend(pick(&live, i), now).expect("live");
             }
             Op::Health(i, probe, times) if !live.is_empty() => {
                 let id = pick(&live, i);

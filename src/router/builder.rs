@@ -232,6 +232,7 @@ impl<T> RouterBuilder<T> {
             fleet: Fleet::new(self.max_backends, self.unhealthy_after, self.healthy_after),
             counters: Counters::default(),
             purges: Mutex::new(Default::default()),
+            purge_lock: Mutex::new(()),
             config: self.config,
         }
     }

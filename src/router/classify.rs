@@ -1,5 +1,8 @@
 //! What a request is: its MCP era, what it asks for, and the key it carries.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use http::Method;
 use http::header::HeaderName;
 use http::request::Parts;
@@ -65,24 +68,26 @@ impl Intent {
     }
 }
 
-/// A classified request: its intent, the protocol key that routes it, if any, and the legacy
-/// session keys it carries without being routed by them (keys are not yet validated).
+/// A classified request: its intent, the protocol key that routes it, if any, and the keys it
+/// carries without being routed by them (keys are not yet validated).
 #[derive(Debug)]
 pub(crate) struct Classified<'a> {
     pub(crate) intent: Intent,
-    pub(crate) key: Option<(KeyKind, &'a [u8])>,
+    pub(crate) key: Option<(KeyKind, Cow<'a, [u8]>)>,
     pub(crate) carried: Carried<'a>,
 }
 
-/// Legacy session keys a request carries on a path or in an era where they do not route it
-/// (an `Mcp-Session-Id` on a non-endpoint path or with a 2026-07-28 version, a session query
-/// parameter off the legacy SSE paths). A backend that reads paths or versions differently
-/// may still take the request as one of that session's, so the router checks them against
-/// the principal all the same.
+/// Keys a request carries on a path or in an era where they do not route it: an
+/// `Mcp-Session-Id` on a non-endpoint path or with a 2026-07-28 version, a session query
+/// parameter off the legacy SSE paths, a task's `Mcp-Name` under a legacy version or off the
+/// endpoints. A backend that reads paths or versions differently may still take the request
+/// as one of that session's or task's, so the router checks them against the principal all
+/// the same.
 #[derive(Debug, Default)]
 pub(crate) struct Carried<'a> {
     pub(crate) session: Option<&'a [u8]>,
-    pub(crate) sse: Option<&'a [u8]>,
+    pub(crate) sse: Option<Cow<'a, [u8]>>,
+    pub(crate) task: Option<&'a [u8]>,
 }
 
 impl Carried<'_> {
@@ -90,7 +95,8 @@ impl Carried<'_> {
     pub(crate) fn keys(&self) -> impl Iterator<Item = (KeyKind, &[u8])> {
         [
             self.session.map(|id| (KeyKind::Session, id)),
-            self.sse.map(|id| (KeyKind::SseSession, id)),
+            self.sse.as_deref().map(|id| (KeyKind::SseSession, id)),
+            self.task.map(|id| (KeyKind::Task, id)),
         ]
         .into_iter()
         .flatten()
@@ -120,25 +126,47 @@ const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 /// The first protocol version of the modern era.
 const MODERN: &[u8; 10] = b"2026-07-28";
 
-/// Whether a query parameter's name is one SDKs put the legacy SSE session in.
+/// Whether a raw query parameter's name is one SDKs put the legacy SSE session in.
 pub(crate) fn is_sse_param(name: &str) -> bool {
-    SSE_PARAMS.contains(&name)
+    is_sse_param_bytes(&path::decode_query(name.as_bytes()))
 }
 
-/// The raw value of the legacy SSE session parameter in a query string, if present;
-/// `Err(())` if the query holds more than one (backends differ on which they use, so a
-/// request naming two sessions is refused rather than guessed at).
-pub(crate) fn sse_session_param(query: &str) -> Result<Option<&str>, ()> {
+/// The legacy SSE session parameter of a query string: its value, decoded as servers decode it
+/// (percent-escapes, `+` as a space), and where the raw value is in the query.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SessionParam<'a> {
+    pub(crate) value: Cow<'a, [u8]>,
+    pub(crate) raw: Range<usize>,
+}
+
+/// The legacy SSE session parameter of a query string, if present, its name matched after
+/// decoding (`session%5Fid` is `session_id` to every server); `Err(())` if the query names
+/// more than one (a bare name counts: backends differ on which they use, so a request naming
+/// two sessions is refused rather than guessed at).
+pub(crate) fn sse_session_param(query: &str) -> Result<Option<SessionParam<'_>>, ()> {
     let mut found = None;
-    for (name, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
-        if SSE_PARAMS.contains(&name) {
-            if found.is_some() {
-                return Err(());
-            }
-            found = Some(value);
+    let mut at = 0;
+    for pair in query.split('&') {
+        let start = at;
+        at += pair.len() + 1;
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !is_sse_param_bytes(&path::decode_query(name.as_bytes())) {
+            continue;
         }
+        if found.is_some() {
+            return Err(());
+        }
+        let value_at = start + (pair.len() - value.len());
+        found = Some(SessionParam {
+            value: path::decode_query(value.as_bytes()),
+            raw: value_at..value_at + value.len(),
+        });
     }
     Ok(found)
+}
+
+fn is_sse_param_bytes(name: &[u8]) -> bool {
+    SSE_PARAMS.iter().any(|p| p.as_bytes() == name)
 }
 
 /// The value of a header that may appear once; `Err(())` if it appears more than once.
@@ -186,27 +214,38 @@ pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'
     let sse = match req.uri.query() {
         Some(query) => sse_session_param(query)
             .map_err(|()| Reason::AmbiguousKey(KeyKind::SseSession))?
-            .map(str::as_bytes),
+            .map(|param| param.value),
         None => None,
+    };
+    // A task is named by `Mcp-Name` on a `tasks/*` call, whatever the era or path claims.
+    let method = single(req, &MCP_METHOD).map_err(|()| Reason::BadEra(BadEra::AmbiguousMethod))?;
+    let task = match method {
+        Some(b"tasks/get" | b"tasks/update" | b"tasks/cancel") => {
+            single(req, &MCP_NAME).map_err(|()| Reason::AmbiguousKey(KeyKind::Task))?
+        }
+        _ => None,
     };
     let path = path::normalize(req.uri.path());
     let mut class = Classified {
         intent: Intent::Stateless,
         key: None,
-        carried: Carried { session, sse },
+        carried: Carried { session, sse, task },
     };
 
     // Legacy HTTP+SSE: the SSE path (GET connects; Go also POSTs there with `sessionid`) and
-    // the message paths.
+    // the message paths (one that ends with `/` is a mount: the Python SDK serves every path
+    // under `/messages/`).
     if let Some(sse_path) = &paths.sse {
         let on_sse = path::matches(&path, sse_path);
-        let on_messages = paths.messages.iter().any(|p| path::matches(&path, p));
+        let on_messages = paths
+            .messages
+            .iter()
+            .any(|p| path::matches(&path, p) || (p.ends_with('/') && path::is_under(&path, p)));
         if on_sse || on_messages {
-            match sse {
+            match class.carried.sse.take() {
                 Some(id) => {
                     class.intent = Intent::SseMessage;
                     class.key = Some((KeyKind::SseSession, id));
-                    class.carried.sse = None;
                     return Ok(class);
                 }
                 None if on_sse && req.method == Method::GET => {
@@ -232,14 +271,12 @@ pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'
     let version = single(req, &MCP_PROTOCOL_VERSION)
         .map_err(|()| Reason::BadEra(BadEra::AmbiguousProtocolVersion))?;
     if is_modern(version).map_err(Reason::BadEra)? {
-        let method = single(req, &MCP_METHOD)
-            .map_err(|()| Reason::BadEra(BadEra::AmbiguousMethod))?
-            .unwrap_or_default();
+        let method = method.unwrap_or_default();
         if matches!(method, b"tasks/get" | b"tasks/update" | b"tasks/cancel") {
-            let name = single(req, &MCP_NAME).map_err(|()| Reason::AmbiguousKey(KeyKind::Task))?;
             // A missing Mcp-Name is an empty (invalid) key.
             class.intent = Intent::TaskRequest;
-            class.key = Some((KeyKind::Task, name.unwrap_or_default()));
+            let name = class.carried.task.take().unwrap_or_default();
+            class.key = Some((KeyKind::Task, Cow::Borrowed(name)));
             return Ok(class);
         }
         let may_create_task = req.method == Method::POST
@@ -248,7 +285,7 @@ pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'
         return Ok(class);
     }
 
-    let Some(session) = session else {
+    let Some(session) = class.carried.session.take() else {
         if req.method == Method::POST {
             class.intent = Intent::SessionStart;
         }
@@ -259,8 +296,7 @@ pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'
         Method::DELETE => Intent::SessionDelete,
         _ => Intent::SessionPost,
     };
-    class.key = Some((KeyKind::Session, session));
-    class.carried.session = None;
+    class.key = Some((KeyKind::Session, Cow::Borrowed(session)));
     Ok(class)
 }
 
@@ -268,20 +304,36 @@ pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'
 mod tests {
     use super::*;
 
+    fn value(query: &str) -> Result<Option<Vec<u8>>, ()> {
+        sse_session_param(query).map(|p| p.map(|p| p.value.into_owned()))
+    }
+
     #[test]
     fn sse_session_params_of_every_sdk_are_found() {
-        assert_eq!(sse_session_param("sessionId=a1"), Ok(Some("a1")));
-        assert_eq!(sse_session_param("x=1&session_id=b2"), Ok(Some("b2")));
-        assert_eq!(sse_session_param("sessionid=c3&x=1"), Ok(Some("c3")));
-        assert_eq!(sse_session_param("SessionId=d4"), Ok(None));
-        assert_eq!(sse_session_param("session=e5"), Ok(None));
-        assert_eq!(sse_session_param("sessionId"), Ok(None));
+        assert_eq!(value("sessionId=a1"), Ok(Some(b"a1".to_vec())));
+        assert_eq!(value("x=1&session_id=b2"), Ok(Some(b"b2".to_vec())));
+        assert_eq!(value("sessionid=c3&x=1"), Ok(Some(b"c3".to_vec())));
+        assert_eq!(value("SessionId=d4"), Ok(None));
+        assert_eq!(value("session=e5"), Ok(None));
+        assert_eq!(value("sessionId"), Ok(Some(Vec::new())));
+    }
+
+    #[test]
+    fn session_params_are_decoded_as_servers_decode_them() {
+        assert_eq!(value("session%5Fid=a%2Db+c"), Ok(Some(b"a-b c".to_vec())));
+        assert_eq!(value("%73essionid=x"), Ok(Some(b"x".to_vec())));
+        let param = sse_session_param("x=1&sessionId=ab%2D&y=2")
+            .unwrap()
+            .unwrap();
+        assert_eq!(param.raw, 14..19);
     }
 
     #[test]
     fn two_session_params_are_ambiguous_whatever_their_spelling() {
-        assert_eq!(sse_session_param("session_id=a&session_id=b"), Err(()));
-        assert_eq!(sse_session_param("sessionId=a&session_id=a"), Err(()));
+        assert_eq!(value("session_id=a&session_id=b"), Err(()));
+        assert_eq!(value("sessionId=a&session_id=a"), Err(()));
+        assert_eq!(value("session_id=a&session%5Fid=b"), Err(()));
+        assert_eq!(value("sessionId&sessionId=b"), Err(()));
     }
 
     #[test]

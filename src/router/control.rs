@@ -53,18 +53,34 @@ impl<T: SessionTable> Router<T> {
     /// deadline, keys still on it at that time are revoked (requests for them get 404, and
     /// [`maintain`](Router::maintain) purges them). A deadline too far to count in
     /// milliseconds is never reached.
+    ///
+    /// A deadline that has passed stays passed: draining again with a later deadline, or
+    /// undraining, does not bring back keys that were due for revocation.
     pub fn drain_backend(
         &self,
         id: BackendId,
         deadline: Option<Instant>,
         now: Instant,
     ) -> Result<(), FleetError> {
+        self.revoke_due(now);
         self.fleet.drain(id, deadline, now)
     }
 
-    /// Makes a draining backend ready again.
-    pub fn undrain_backend(&self, id: BackendId) -> Result<(), FleetError> {
+    /// Makes a draining backend ready again (keys whose drain deadline has passed stay
+    /// revoked).
+    pub fn undrain_backend(&self, id: BackendId, now: Instant) -> Result<(), FleetError> {
+        self.revoke_due(now);
         self.fleet.undrain(id)
+    }
+
+    /// Revokes the keys of draining backends past their deadline; returns how many.
+    fn revoke_due(&self, now: Instant) -> usize {
+        let mut revoked = 0;
+        for id in self.fleet.take_due_revocations(now) {
+            revoked += self.table.remove_owner(id);
+        }
+        self.counters.revoked.add(revoked as u64);
+        revoked
     }
 
     /// Removes a backend: nothing is routed to it any more, and its slot may be reused by a
@@ -150,20 +166,24 @@ impl<T: SessionTable> Router<T> {
         probe: impl Into<Probe>,
         now: Instant,
     ) -> Result<Health, FleetError> {
-        let reported = self
-            .fleet
-            .report(id, probe.into(), self.lost_cutoff(now), |id| {
-                self.purge(id);
-            })?;
+        let reported = self.fleet.report(id, probe.into(), self.lost_cutoff(now))?;
         if reported.went_down {
             self.count_down(id);
+        }
+        if reported.comes_back {
+            // Its lost incarnation's keys go first, outside the fleet lock (placement goes on
+            // meanwhile); it is still down, so nothing new can be bound to it.
+            let _purging = self.purge_lock.lock();
+            self.purge(id);
+            return self.fleet.finish_comeback(id, reported.term);
         }
         Ok(reported.health)
     }
 
-    /// A request's connection to `id` was refused: it is down from now on.
-    pub(super) fn declare_down(&self, id: BackendId, now: Instant) {
-        if self.fleet.mark_down(id, self.lost_cutoff(now)) == Ok(true) {
+    /// A request's connection to `id`, routed in `term`, was refused: it is down from now on
+    /// (unless it is in another term already).
+    pub(super) fn declare_down(&self, id: BackendId, term: u32, now: Instant) {
+        if self.fleet.mark_down(id, term, self.lost_cutoff(now)) == Ok(true) {
             self.count_down(id);
         }
     }
@@ -180,11 +200,7 @@ impl<T: SessionTable> Router<T> {
     pub fn maintain(&self, now: Instant, budget: usize) -> Maintenance {
         let eviction = self.table.evict_idle(now, budget);
         self.counters.expired.add(eviction.evicted as u64);
-        let mut revoked = 0;
-        for id in self.fleet.take_due_revocations(now) {
-            revoked += self.table.remove_owner(id);
-        }
-        self.counters.revoked.add(revoked as u64);
+        let revoked = self.revoke_due(now);
         let due: Vec<BackendId> = {
             let mut purges = self.purges.lock();
             let due = purges
@@ -196,7 +212,12 @@ impl<T: SessionTable> Router<T> {
             due
         };
         let mut purged: usize = due.into_iter().map(|id| self.purge(id)).sum();
-        purged += self.fleet.purge_down(|id| self.purge(id));
+        {
+            let _purging = self.purge_lock.lock();
+            for id in self.fleet.take_down_purges() {
+                purged += self.purge(id);
+            }
+        }
         Maintenance {
             examined: eviction.examined,
             expired: eviction.evicted,

@@ -10,9 +10,10 @@ use super::reject::Rejection;
 use crate::table::{Key, KeyKind, Principal};
 use crate::{BackendId, TenantId};
 
-/// Ids up to this many bytes are kept inside the exchange (every SDK's ids fit): routing a
-/// keyed request does not allocate.
-const INLINE: usize = 46;
+/// Ids up to this many bytes are kept inside the exchange (every SDK's ids fit, a 64-digit hex
+/// id, and a UUID operator key with its 18-byte principal prefix): routing a keyed request
+/// does not allocate.
+const INLINE: usize = 70;
 
 /// An owned copy of a key's id, inline when short.
 #[derive(Clone, PartialEq, Eq)]
@@ -80,7 +81,7 @@ fn with_session_param(uri: &http::Uri, id: &[u8]) -> Option<http::Uri> {
             Some((name, _)) if super::classify::is_sse_param(name) => {
                 rewritten.push_str(name);
                 rewritten.push('=');
-                rewritten.push_str(id);
+                rewritten.push_str(&super::path::encode_query(id.as_bytes()));
             }
             _ => rewritten.push_str(pair),
         }
@@ -89,6 +90,15 @@ fn with_session_param(uri: &http::Uri, id: &[u8]) -> Option<http::Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query.parse().ok()?);
     http::Uri::from_parts(parts).ok()
+}
+
+/// Where an exchange's legacy SSE stream is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// On its backend's binding of the id.
+    Own,
+    /// On the contested binding of an id two backends minted.
+    Contest,
 }
 
 /// How the backend of an exchange was chosen.
@@ -117,6 +127,9 @@ pub enum How {
 pub struct Exchange {
     pub(crate) tenant: TenantId,
     pub(crate) backend: BackendId,
+    /// The backend's term when the exchange was routed: what the exchange learns, holds or
+    /// reports counts only while that term lasts.
+    pub(crate) term: u32,
     pub(crate) how: How,
     pub(crate) intent: Intent,
     /// The key the request was routed by.
@@ -128,7 +141,7 @@ pub struct Exchange {
     pub(crate) observer: Option<Box<Observer>>,
     /// A key learned from this response that lives only as long as the response stream
     /// (legacy SSE; boxed like `bind_operator`).
-    pub(crate) stream_binding: Option<Box<IdBuf>>,
+    pub(crate) stream_binding: Option<Box<(IdBuf, Hold)>>,
     /// `open_stream` was called on `key`: close it at the end.
     pub(crate) stream_open: bool,
     /// The response gets an affinity cookie.
@@ -157,6 +170,7 @@ impl Exchange {
         Exchange {
             tenant,
             backend,
+            term: 0,
             how,
             intent,
             key: None,

@@ -224,6 +224,9 @@ pub(crate) enum OwnerStatus {
 
 #[derive(Debug)]
 struct Meta {
+    /// Changes whenever the slot's keys stop being valid (re-added, removed, down, revoked):
+    /// an exchange speaks only for the term it was routed in.
+    term: u32,
     tenant: TenantId,
     label: Arc<str>,
     name: Arc<str>,
@@ -359,6 +362,10 @@ pub(crate) struct Reported {
     pub(crate) health: Health,
     /// The backend was declared down by this report.
     pub(crate) went_down: bool,
+    /// The backend, down, answered enough checks to come back (see [`Fleet::report`]).
+    pub(crate) comes_back: bool,
+    /// Its term after the report.
+    pub(crate) term: u32,
 }
 
 /// The backends of every tenant.
@@ -405,7 +412,7 @@ impl Fleet {
     }
 
     fn publish(&self, slot: u16, meta: &Meta) {
-        let mut word = u64::from(meta.generation);
+        let mut word = u64::from(meta.generation) | u64::from(meta.term) << 32;
         for (set, flag) in [
             (meta.occupied, OCCUPIED),
             (meta.draining, DRAINING),
@@ -429,26 +436,44 @@ impl Fleet {
 
     /// Whether `owner` can still serve its keys at `now`. Lock-free.
     pub(crate) fn owner_status(&self, owner: BackendId, now: Instant) -> OwnerStatus {
+        self.owner_state(owner, now).0
+    }
+
+    /// [`owner_status`](Fleet::owner_status), and the owner's term (read in one load). Lock-free.
+    pub(crate) fn owner_state(&self, owner: BackendId, now: Instant) -> (OwnerStatus, u32) {
         let Some(hot) = self.hot.get(usize::from(owner.slot())) else {
-            return OwnerStatus::Gone;
+            return (OwnerStatus::Gone, 0);
         };
         let word = hot.load(Ordering::Acquire);
+        let term = (word >> 32) as u32;
         if word & OCCUPIED == 0 || word as u16 != owner.generation() {
-            return OwnerStatus::Gone;
+            return (OwnerStatus::Gone, term);
         }
         if word & DOWN != 0 {
-            return OwnerStatus::Down;
+            return (OwnerStatus::Down, term);
         }
         if word & REVOKED != 0 {
-            return OwnerStatus::Revoked;
+            return (OwnerStatus::Revoked, term);
         }
         if word & DRAINING != 0 {
             let deadline = self.deadlines[usize::from(owner.slot())].load(Ordering::Acquire);
             if deadline != 0 && self.millis(now).saturating_add(1) >= deadline {
-                return OwnerStatus::Revoked;
+                return (OwnerStatus::Revoked, term);
             }
         }
-        OwnerStatus::Live
+        (OwnerStatus::Live, term)
+    }
+
+    /// Whether `owner` serves its keys in `term`: live, and its keys not invalidated since.
+    pub(crate) fn live_in(&self, owner: BackendId, term: u32, now: Instant) -> bool {
+        self.owner_state(owner, now) == (OwnerStatus::Live, term)
+    }
+
+    /// The current term of `id`'s slot.
+    pub(crate) fn term(&self, id: BackendId) -> u32 {
+        self.hot
+            .get(usize::from(id.slot()))
+            .map_or(0, |hot| (hot.load(Ordering::Acquire) >> 32) as u32)
     }
 
     /// Whether `id` is a ready backend (as placement means it) of `tenant`'s fleet.
@@ -475,7 +500,8 @@ impl Fleet {
             let generation = state.slots[usize::from(slot)].generation;
             return Err(FleetError::DuplicateName(BackendId::new(slot, generation)));
         }
-        let fresh = |generation| Meta {
+        let fresh = |generation, term| Meta {
+            term,
             tenant,
             label: backend.label,
             name,
@@ -497,14 +523,14 @@ impl Fleet {
             Some(slot) => {
                 // The slot's next generation: a new owner that inherits nothing.
                 let meta = &mut state.slots[usize::from(slot)];
-                *meta = fresh(meta.generation.wrapping_add(1));
+                *meta = fresh(meta.generation.wrapping_add(1), meta.term.wrapping_add(1));
                 slot
             }
             None => {
                 if state.slots.len() >= self.hot.len() {
                     return Err(FleetError::Full(state.slots.len()));
                 }
-                state.slots.push(fresh(0));
+                state.slots.push(fresh(0, 0));
                 (state.slots.len() - 1) as u16
             }
         };
@@ -598,6 +624,7 @@ impl Fleet {
         let mut state = self.state.write();
         let meta = state.live_mut(id)?;
         meta.occupied = false;
+        meta.term = meta.term.wrapping_add(1);
         let (tenant, owner) = (meta.tenant, meta.owner);
         self.publish(id.slot(), meta);
         state.free.push(id.slot());
@@ -648,15 +675,15 @@ impl Fleet {
     /// Records one health check result. Health changes after enough consecutive results of
     /// one kind: `unhealthy_after` failed checks make a healthy backend unhealthy,
     /// `unhealthy_after` refused connections make any backend down, `healthy_after` good
-    /// checks make it healthy again. A down backend that comes back is a new incarnation:
-    /// `purge` is called (under the fleet lock, before anything can be placed on it) to drop
-    /// whatever keys its previous incarnation left.
+    /// checks make it healthy again. A down backend that comes back is a new incarnation: it
+    /// stays down here and [`Reported::comes_back`] says so; the caller purges whatever keys
+    /// its lost incarnation left, outside the fleet lock, then calls
+    /// [`finish_comeback`](Fleet::finish_comeback).
     pub(crate) fn report(
         &self,
         id: BackendId,
         probe: Probe,
         lost_before: u32,
-        purge: impl FnOnce(BackendId),
     ) -> Result<Reported, FleetError> {
         let (unhealthy_after, healthy_after) = (self.unhealthy_after, self.healthy_after);
         self.update(id, |meta| {
@@ -671,6 +698,7 @@ impl Fleet {
                 (_, Probe::Failed) => None,
             };
             let before = meta.health;
+            let mut comes_back = false;
             match next {
                 None => {
                     meta.streak = 0;
@@ -681,34 +709,63 @@ impl Fleet {
                         meta.streak = 0;
                         meta.streak_of = Some(probe);
                     }
-                    meta.streak += 1;
+                    meta.streak = meta.streak.saturating_add(1);
                     if meta.streak >= needed {
-                        if before == Health::Down && std::mem::take(&mut meta.purge_pending) {
-                            purge(id);
+                        if before == Health::Down {
+                            // Healthy once the lost incarnation's keys are gone.
+                            comes_back = true;
+                        } else {
+                            if health == Health::Down {
+                                meta.term = meta.term.wrapping_add(1);
+                                meta.purge_pending = true;
+                                meta.lost_before = meta.lost_before.max(lost_before);
+                            }
+                            meta.health = health;
+                            meta.streak = 0;
+                            meta.streak_of = None;
                         }
-                        if health == Health::Down {
-                            meta.purge_pending = true;
-                            meta.lost_before = meta.lost_before.max(lost_before);
-                        }
-                        meta.health = health;
-                        meta.streak = 0;
-                        meta.streak_of = None;
                     }
                 }
             }
             Reported {
                 health: meta.health,
                 went_down: before != Health::Down && meta.health == Health::Down,
+                comes_back,
+                term: meta.term,
             }
+        })
+    }
+
+    /// A down backend whose lost incarnation's keys were purged comes back healthy, if it is
+    /// still down in `term`.
+    pub(crate) fn finish_comeback(&self, id: BackendId, term: u32) -> Result<Health, FleetError> {
+        self.update(id, |meta| {
+            if meta.health == Health::Down && meta.term == term {
+                meta.health = Health::Healthy;
+                meta.purge_pending = false;
+                meta.streak = 0;
+                meta.streak_of = None;
+            }
+            meta.health
         })
     }
 
     /// Declares a backend down at once (a request's connection was refused); tokens sealed
     /// before `lost_before` (Unix seconds) belong to its lost incarnation. Returns whether it
     /// was up until now.
-    pub(crate) fn mark_down(&self, id: BackendId, lost_before: u32) -> Result<bool, FleetError> {
+    pub(crate) fn mark_down(
+        &self,
+        id: BackendId,
+        term: u32,
+        lost_before: u32,
+    ) -> Result<bool, FleetError> {
         self.update(id, |meta| {
+            // A report from an exchange of an older term speaks for a process long gone.
+            if meta.term != term {
+                return false;
+            }
             let was_up = meta.health != Health::Down;
+            meta.term = meta.term.wrapping_add(1);
             meta.lost_before = meta.lost_before.max(lost_before);
             meta.health = Health::Down;
             meta.streak = 0;
@@ -718,19 +775,19 @@ impl Fleet {
         })
     }
 
-    /// Purges the keys of every down backend whose lost incarnation still has some, under the
-    /// fleet lock, so that none can come back (and learn keys) while it runs. Returns how many
-    /// `purge` removed.
-    pub(crate) fn purge_down(&self, mut purge: impl FnMut(BackendId) -> usize) -> usize {
+    /// The down backends whose lost incarnation's keys are yet to be purged (marked done).
+    /// The caller purges them outside the fleet lock; while down, no key can be learned for
+    /// them, and the router's purge lock keeps a comeback from interleaving.
+    pub(crate) fn take_down_purges(&self) -> Vec<BackendId> {
         let mut state = self.state.write();
-        let mut purged = 0;
+        let mut due = Vec::new();
         for (slot, meta) in state.slots.iter_mut().enumerate() {
             if meta.occupied && meta.health == Health::Down && meta.purge_pending {
                 meta.purge_pending = false;
-                purged += purge(BackendId::new(slot as u16, meta.generation));
+                due.push(BackendId::new(slot as u16, meta.generation));
             }
         }
-        purged
+        due
     }
 
     /// Draining backends whose deadline passed and whose keys are not yet revoked; marks them
@@ -742,6 +799,7 @@ impl Fleet {
             let passed = meta.deadline.is_some_and(|d| now >= d);
             if meta.occupied && meta.draining && passed && !meta.revoked {
                 meta.revoked = true;
+                meta.term = meta.term.wrapping_add(1);
                 self.publish(slot as u16, meta);
                 due.push(BackendId::new(slot as u16, meta.generation));
             }

@@ -96,8 +96,10 @@ type BodyOverride = dyn Fn(&Rejection) -> Option<Bytes> + Send + Sync;
 ///    ready backend, within [`placement_attempts`](RouterBuilder::placement_attempts).
 /// 2. [`on_response_head`](Router::on_response_head) learns and forgets from the response
 ///    head, and may add an affinity cookie to it: a 2xx answer to an `initialize` binds its
-///    `Mcp-Session-Id`; a `DELETE` answered 2xx or 404, or any 404 to a request with a legacy
-///    session, forgets the session; a session `GET` stream keeps its session from expiring.
+///    `Mcp-Session-Id`; a `DELETE` answered 2xx forgets the session, and so does a 404 to a
+///    request with a legacy session when the router binds principals (without binding, a
+///    404 may be the backend refusing a stranger who knows the id: the key stays until it
+///    idles out); a session `GET` stream keeps its session from expiring.
 ///    It answers [`HeadOutcome::Observe`] when the body reveals a key (a legacy SSE stream's
 ///    `endpoint` event, a task created by a 2026-07-28 call) and
 ///    [`HeadOutcome::Replace`] when the backend created a conversation the router cannot
@@ -212,6 +214,9 @@ pub struct Router<T = MemoryTable> {
     counters: Counters,
     /// Removed backends whose keys are to be purged, and when.
     purges: Mutex<HashMap<BackendId, Instant>>,
+    /// Held while the keys of a down backend are purged, so that its comeback (which purges
+    /// too, then makes it healthy) cannot interleave with an upkeep purge.
+    purge_lock: Mutex<()>,
     config: Config,
 }
 

@@ -15,9 +15,13 @@ pub(crate) enum Seen {
     /// The key the body reveals (a task's id).
     #[cfg_attr(not(feature = "tasks"), allow(dead_code))]
     Key(IdBuf),
-    /// A legacy SSE `endpoint` event: its URL (the event's data) and where the session id is
-    /// in it.
-    Endpoint(Box<[u8]>, std::ops::Range<usize>),
+    /// A legacy SSE `endpoint` event: its URL (the event's data), where the session id is in
+    /// it as sent, and the id as the backend reads it (decoded).
+    Endpoint {
+        url: Box<[u8]>,
+        raw: std::ops::Range<usize>,
+        id: IdBuf,
+    },
     /// The body reveals no key: stop observing.
     Nothing,
     /// The byte bound was hit first: stop observing.
@@ -201,14 +205,18 @@ fn endpoint_session(data: &[u8]) -> Seen {
     };
     let url = url.trim();
     let url = url.split_once('#').map_or(url, |(before, _)| before);
-    match url
-        .split_once('?')
-        .map(|(_, query)| sse_session_param(query))
-    {
-        Some(Ok(Some(id))) => {
-            // `id` borrows from `data`: its offset there.
-            let at = id.as_ptr() as usize - data.as_ptr() as usize;
-            Seen::Endpoint(data.into(), at..at + id.len())
+    let Some((_, query)) = url.split_once('?') else {
+        return Seen::Nothing;
+    };
+    match sse_session_param(query) {
+        Ok(Some(param)) => {
+            // `query` borrows from `data`: the raw value's offset there.
+            let at = query.as_ptr() as usize - data.as_ptr() as usize;
+            Seen::Endpoint {
+                url: data.into(),
+                raw: at + param.raw.start..at + param.raw.end,
+                id: IdBuf::new(&param.value),
+            }
         }
         _ => Seen::Nothing,
     }
@@ -495,7 +503,7 @@ mod tests {
     fn found(seen: Seen) -> Option<String> {
         match seen {
             Seen::Key(id) => Some(String::from_utf8(id.as_bytes().to_vec()).unwrap()),
-            Seen::Endpoint(url, at) => Some(String::from_utf8(url[at].to_vec()).unwrap()),
+            Seen::Endpoint { id, .. } => Some(String::from_utf8(id.as_bytes().to_vec()).unwrap()),
             _ => None,
         }
     }

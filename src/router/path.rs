@@ -1,22 +1,29 @@
 //! Request paths as a backend is likely to see them.
 //!
 //! Backends differ in how they read a path: many percent-decode it, resolve `.` and `..`
-//! segments, ignore empty segments and `;` parameters, treat a trailing slash as optional, or
-//! match case-insensitively (Express does by default). The router decides whether a request is
-//! an MCP endpoint by the most generous of these readings, so that no spelling of an endpoint
-//! path slips past the checks a session request gets.
+//! segments, ignore empty segments and `;` parameters, treat a trailing slash as optional,
+//! match case-insensitively (Express does by default), or read `\` as `/` (WHATWG URL parsing:
+//! `new URL(req.url, base)`, Deno, Bun, Workers). The router decides whether a request is an
+//! MCP endpoint by the most generous of these readings, so that no spelling of an endpoint
+//! path slips past the checks a session request gets. Query components are decoded as every
+//! SDK's server decodes them: percent-escapes, and `+` as a space.
 
 use std::borrow::Cow;
 
-/// The path with percent-escapes decoded, `;` parameters, empty and `.` segments dropped and
-/// `..` segments resolved; a trailing slash is kept. Plain paths (the common case) are
-/// returned as they are, without allocating.
+/// The path with percent-escapes decoded, `\` read as `/`, `;` parameters, empty and `.`
+/// segments dropped and `..` segments resolved; a trailing slash is kept. Plain paths (the
+/// common case) are returned as they are, without allocating.
 pub(crate) fn normalize(raw: &str) -> Cow<'_, [u8]> {
     let bytes = raw.as_bytes();
     if is_plain(bytes) {
         return Cow::Borrowed(bytes);
     }
-    let decoded = percent_decode(bytes);
+    let mut decoded = percent_decode(bytes, false);
+    for b in &mut decoded {
+        if *b == b'\\' {
+            *b = b'/';
+        }
+    }
     let mut segments: Vec<&[u8]> = Vec::new();
     for segment in decoded.split(|&b| b == b'/') {
         let segment = match segment.iter().position(|&b| b == b';') {
@@ -65,7 +72,7 @@ fn is_plain(path: &[u8]) -> bool {
     if path.first() != Some(&b'/') {
         return false;
     }
-    if path.iter().any(|&b| b == b'%' || b == b';') {
+    if path.iter().any(|&b| matches!(b, b'%' | b';' | b'\\')) {
         return false;
     }
     // Each segment after a '/' must be non-empty (except a final trailing slash) and not a dot
@@ -86,12 +93,45 @@ fn ends_with_dot_segment(path: &[u8]) -> bool {
     path.ends_with(b"/.") || path.ends_with(b"/..") || path == b"." || path == b".."
 }
 
-/// Decodes every `%XX` escape; malformed escapes stay as they are.
-fn percent_decode(raw: &[u8]) -> Vec<u8> {
+/// A query component (a parameter's name or value) as servers decode it: percent-escapes, and
+/// `+` as a space. Plain components are borrowed.
+pub(crate) fn decode_query(raw: &[u8]) -> Cow<'_, [u8]> {
+    if raw.iter().any(|&b| b == b'%' || b == b'+') {
+        Cow::Owned(percent_decode(raw, true))
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
+/// `value` as a query component: bytes other than `A–Z a–z 0–9 - . _ ~` percent-encoded.
+pub(crate) fn encode_query(value: &[u8]) -> Cow<'_, str> {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    if value.iter().all(|&b| unreserved(b)) {
+        return Cow::Borrowed(std::str::from_utf8(value).expect("ASCII"));
+    }
+    let mut out = String::with_capacity(value.len() * 3);
+    for &b in value {
+        if unreserved(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Decodes every `%XX` escape (and `+` as a space in a query); malformed escapes stay as they
+/// are.
+fn percent_decode(raw: &[u8], query: bool) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
+        if query && raw[i] == b'+' {
+            out.push(b' ');
+            i += 1;
+            continue;
+        }
         if raw[i] == b'%' && i + 2 < raw.len() {
             if let (Some(hi), Some(lo)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
                 out.push(hi << 4 | lo);
@@ -143,9 +183,20 @@ mod tests {
             ("/%", "/%"),
             ("/%4", "/%4"),
             ("/%zz/mcp", "/%zz/mcp"),
+            ("/x\\..\\messages", "/messages"),
+            ("/.well-known\\..\\mcp", "/mcp"),
         ] {
             assert_eq!(norm(raw), expected, "{raw}");
         }
+    }
+
+    #[test]
+    fn query_components_are_decoded_as_servers_decode_them() {
+        assert_eq!(&*decode_query(b"session%5Fid"), b"session_id");
+        assert_eq!(&*decode_query(b"a+b%2Dc"), b"a b-c");
+        assert!(matches!(decode_query(b"plain-id_1"), Cow::Borrowed(_)));
+        assert_eq!(encode_query(b"a b&c=d"), "a%20b%26c%3Dd");
+        assert!(matches!(encode_query(b"5b7c0f6e-2d41"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
 use http::{StatusCode, response};
 
 use super::classify::Intent;
-use super::exchange::{ChunkOutcome, Data, End, Exchange, HeadOutcome, IdBuf};
+use super::exchange::{ChunkOutcome, Data, End, Exchange, HeadOutcome, Hold, IdBuf};
 use super::fleet::OwnerStatus;
 use super::observe::{Observer, Seen};
 use super::reject::Reason;
@@ -166,10 +166,20 @@ impl<T: SessionTable> Router<T> {
         let Some(key) = exchange.routed_key() else {
             return;
         };
-        let ended = status == StatusCode::NOT_FOUND
+        // A 404 ends the session only when the router vouches for whose request it was: a
+        // backend that checks principals itself answers a stranger who knows the id with 404
+        // too, and that must not end the rightful client's session. Without principal binding
+        // the binding stays (the backend answers 404 again; the key expires when idle).
+        //
+        // A binding that a stream still carries is not forgotten at all: a legacy SSE session
+        // ends with its stream, and an id forgotten while a client's stream holds it could be
+        // minted again for another client. It goes when its streams end (or idles out).
+        let vouched = self.config.principal.is_some();
+        let ended = (status == StatusCode::NOT_FOUND && vouched)
             || (exchange.intent == Intent::SessionDelete && status.is_success());
         if ended {
-            if self.table.remove(&key, Some(exchange.backend)).is_some() {
+            let streaming = self.table.get(&key, now).is_some_and(|e| e.streams > 0);
+            if !streaming && self.table.remove(&key, Some(exchange.backend)).is_some() {
                 self.counters.forgotten.incr();
             }
             return;
@@ -212,7 +222,10 @@ impl<T: SessionTable> Router<T> {
             return Learned::Unroutable;
         };
         let (backend, principal) = (exchange.backend, exchange.principal);
-        let live = || self.fleet.owner_status(backend, now) == OwnerStatus::Live;
+        // Only the term the exchange was routed in: an answer that outlived it (its backend
+        // removed, down, revoked or replaced meanwhile, even by a slot's wrapped generation)
+        // binds nothing.
+        let live = || self.fleet.live_in(backend, exchange.term, now);
         if !live() {
             self.counters.unlearned.incr();
             return Learned::OwnerGone;
@@ -227,15 +240,18 @@ impl<T: SessionTable> Router<T> {
         let mut inserted = insert();
         if let Ok(Insert::Exists(stale)) = inserted {
             // The id is held for an owner that is gone, down or revoked (its keys await their
-            // purge): the backend that minted it now is its owner. A contested id stays
-            // contested.
+            // purge): the backend that minted it now is its owner, unless a stream of the old
+            // owner still carries it (its client would be pinned to the new owner: contested
+            // instead). A contested id stays contested.
             let dead = stale.owner != BackendId::CONTESTED
+                && stale.owner != backend
                 && self.fleet.owner_status(stale.owner, now) != OwnerStatus::Live;
-            if stale.owner != backend
-                && dead
-                && self.table.remove(&key, Some(stale.owner)).is_some()
-            {
+            if dead && self.table.remove(&key, Some(stale.owner)).is_some() {
                 self.counters.purged.incr();
+                if stale.streams > 0 {
+                    self.counters.conflicts.incr();
+                    return Learned::Conflict(BackendId::CONTESTED);
+                }
                 inserted = insert();
             }
         }
@@ -294,10 +310,10 @@ impl<T: SessionTable> Router<T> {
             // With sealed ids an endpoint is rewritten (`on_response_data`), never learned:
             // read only, its client will present the backend's own id and be told it is
             // unknown.
-            Seen::Endpoint(url, at) if !self.seals() => {
-                self.learn_from_body(exchange, &IdBuf::new(&url[at]), now);
+            Seen::Endpoint { id, .. } if !self.seals() => {
+                self.learn_from_body(exchange, &id, now);
             }
-            Seen::Endpoint(..) | Seen::Nothing => {}
+            Seen::Endpoint { .. } | Seen::Nothing => {}
             Seen::Limit => self.counters.observe_limit.incr(),
         }
         exchange.observer = None;
@@ -331,9 +347,9 @@ impl<T: SessionTable> Router<T> {
         exchange.observer = None;
         exchange.rewriting = false;
         let sealed = match seen {
-            Seen::Endpoint(url, at) => {
-                match self.seal_minted(exchange, KeyKind::SseSession, &url[at.clone()], now) {
-                    Ok(Some(token)) => splice_endpoint(&held, &url, at, &token),
+            Seen::Endpoint { url, raw, id } => {
+                match self.seal_minted(exchange, KeyKind::SseSession, id.as_bytes(), now) {
+                    Ok(Some(token)) => splice_endpoint(&held, &url, raw, &token),
                     _ => {
                         self.counters.unlearned.incr();
                         None
@@ -402,22 +418,25 @@ impl<T: SessionTable> Router<T> {
         } else {
             KeyKind::Task
         };
-        let holds_stream = match self.learn(exchange, kind, id.as_bytes(), sse, now) {
-            Learned::Bound => sse,
-            Learned::Conflict(holder) => self.contest(exchange, kind, id, holder, sse, now),
-            _ => false,
+        let hold = match self.learn(exchange, kind, id.as_bytes(), sse, now) {
+            Learned::Bound if sse => Some(Hold::Own),
+            Learned::Conflict(holder) => self
+                .contest(exchange, kind, id, holder, sse, now)
+                .then_some(Hold::Contest),
+            _ => None,
         };
-        if holds_stream {
-            exchange.stream_binding = Some(Box::new(id.clone()));
-        }
+        exchange.stream_binding = hold.map(|hold| Box::new((id.clone(), hold)));
     }
 
     /// An id that `holder` owns was minted again by the exchange's backend, and its client
     /// already has it (the body is on its way): the router cannot tell which conversation a
-    /// later request with that id belongs to, so it sends it to neither. The binding becomes
-    /// [`BackendId::CONTESTED`] (answered as unknown) for as long as any stream that carries
-    /// it lives, then until it idles out. Returns whether a stream of this exchange is
-    /// counted on it (to be released at the end).
+    /// later request with that id belongs to, so it sends it to neither. The holder's binding
+    /// gives way to a [`BackendId::CONTESTED`] one (answered as unknown), which counts the
+    /// streams of the contesting exchanges (each releases its own at its end, whatever
+    /// happened to its backend since) and then lives until it idles out (every request for
+    /// it keeps it alive). The holder's own stream is not counted: its client is protected by
+    /// the idle timeout after the last contester ends. Returns whether a stream of this
+    /// exchange is counted on it.
     fn contest(
         &self,
         exchange: &Exchange,
@@ -432,32 +451,35 @@ impl<T: SessionTable> Router<T> {
         let mut holder = Some(holder);
         for _ in 0..3 {
             match holder {
-                None => {
-                    // The contest stands on its own.
-                    let added = if stream {
-                        self.table
-                            .insert_streaming(&key, BackendId::CONTESTED, None, now)
-                    } else {
-                        self.table.insert(&key, BackendId::CONTESTED, None, now)
-                    };
-                    match added {
-                        Ok(Insert::Added { .. }) => return stream,
-                        Ok(Insert::Exists(entry)) => holder = Some(entry.owner),
-                        Err(_) => return false,
-                    }
-                    continue;
-                }
                 Some(BackendId::CONTESTED) => {}
-                Some(owner) => match self.table.set_owner(&key, owner, BackendId::CONTESTED, now) {
-                    Ok(_) => {}
-                    Err(SetOwnerError::OwnerChanged(entry)) => {
+                Some(owner) => {
+                    // The holder's binding turns into the contest in place (no room needed in
+                    // a full table); the holder's own streams are not counted on it.
+                    match self.table.set_owner(&key, owner, BackendId::CONTESTED, now) {
+                        Ok(entry) => {
+                            for _ in 0..entry.streams {
+                                let _ = self.table.close_stream(&key, now);
+                            }
+                        }
+                        Err(SetOwnerError::OwnerChanged(entry)) => {
+                            holder = Some(entry.owner);
+                            continue;
+                        }
+                        Err(_) => {
+                            holder = None;
+                            continue;
+                        }
+                    }
+                }
+                None => match self.table.insert(&key, BackendId::CONTESTED, None, now) {
+                    Ok(Insert::Added { .. }) => self.counters.learned.incr(),
+                    Ok(Insert::Exists(entry)) if entry.owner != BackendId::CONTESTED => {
                         holder = Some(entry.owner);
                         continue;
                     }
-                    Err(_) => {
-                        holder = None;
-                        continue;
-                    }
+                    Ok(Insert::Exists(_)) => {}
+                    // No room: nothing left to protect but nothing to misroute either.
+                    Err(_) => return false,
                 },
             }
             if !stream {
@@ -478,21 +500,55 @@ impl<T: SessionTable> Router<T> {
 
     /// Releases what the exchange held: see the [call protocol](Router#the-call-protocol).
     /// Completed and aborted exchanges release alike; `end` is there for the record.
-    pub fn on_exchange_end(&self, exchange: Exchange, end: End, now: Instant) {
+    pub fn on_exchange_end(&self, mut exchange: Exchange, end: End, now: Instant) {
         let _ = end;
-        if let Some(id) = &exchange.stream_binding {
-            // A legacy SSE session lives exactly as long as its streams.
+        self.release(&mut exchange, now);
+    }
+
+    /// Lets go of what a response made the exchange hold: the stream it counted on a legacy
+    /// SSE binding, the stream it opened on a session.
+    pub(super) fn release(&self, exchange: &mut Exchange, now: Instant) {
+        let own = exchange
+            .stream_binding
+            .as_ref()
+            .is_some_and(|binding| binding.1 == Hold::Own);
+        if (own || exchange.stream_open) && self.fleet.term(exchange.backend) != exchange.term {
+            // Its backend's term is over: what it held there went with it (purged, or taken
+            // over), and the same ids may be held by another term now. (A stream counted on
+            // a contested id is released whatever the backend's term.)
+            if own {
+                exchange.stream_binding = None;
+            }
+            exchange.stream_open = false;
+        }
+        if let Some(binding) = exchange.stream_binding.take() {
+            let (id, hold) = &*binding;
             let key = exchange.key_of(KeyKind::SseSession, id);
-            match self.table.release_stream(&key, exchange.backend, now) {
-                Some(entry) if entry.streams == 0 => self.counters.released.incr(),
-                Some(_) => {}
-                None => {
-                    // Contested since: the stream counted on the contest is released.
-                    let _ = self.table.release_stream(&key, BackendId::CONTESTED, now);
+            match hold {
+                // A legacy SSE session lives exactly as long as its streams.
+                Hold::Own => {
+                    let released = self.table.release_stream(&key, exchange.backend, now);
+                    if released.is_some_and(|entry| entry.streams == 0) {
+                        self.counters.released.incr();
+                    }
+                }
+                // A contested id outlives its last contester by the idle timeout.
+                Hold::Contest => {
+                    let released = self.table.release_stream(&key, BackendId::CONTESTED, now);
+                    if released.is_some_and(|entry| entry.streams == 0) {
+                        self.counters.released.incr();
+                        if self
+                            .table
+                            .insert(&key, BackendId::CONTESTED, None, now)
+                            .is_ok_and(|i| matches!(i, Insert::Added { .. }))
+                        {
+                            self.counters.learned.incr();
+                        }
+                    }
                 }
             }
         }
-        if exchange.stream_open {
+        if std::mem::take(&mut exchange.stream_open) {
             if let Some(key) = exchange.routed_key() {
                 let _ = self.table.close_stream(&key, now);
             }

@@ -56,7 +56,7 @@ impl<T: SessionTable> Router<T> {
         tenant: TenantId,
         req: &request::Parts,
         now: Instant,
-        accept: impl FnMut(BackendId) -> bool,
+        mut accept: impl FnMut(BackendId) -> bool,
     ) -> Routed {
         let class = match classify(req, &self.config.paths) {
             Ok(class) => class,
@@ -75,20 +75,21 @@ impl<T: SessionTable> Router<T> {
             }
         }
         if let Some((kind, id)) = class.key {
-            return self.route_key(tenant, kind, id, class.intent, principal, now);
+            return self.route_key(tenant, kind, &id, class.intent, principal, now);
         }
         if let Some(id) = self.config.operator.as_ref().and_then(|op| op.key(req)) {
             return self.route_operator(tenant, id, class.intent, principal, now, accept);
         }
         if let Some(backend) = self.cookie_backend(tenant, req) {
-            self.counters.pinned.incr();
-            return Routed::Forward(Exchange::new(
-                tenant,
-                backend,
-                How::Pinned,
-                class.intent,
-                principal,
-            ));
+            // A hint, offered to the veto like any placement choice.
+            if accept(backend) {
+                self.counters.pinned.incr();
+                let mut exchange =
+                    Exchange::new(tenant, backend, How::Pinned, class.intent, principal);
+                exchange.term = self.fleet.term(backend);
+                return Routed::Forward(exchange);
+            }
+            self.counters.vetoed.incr();
         }
         self.place(
             Exchange::new(
@@ -102,8 +103,11 @@ impl<T: SessionTable> Router<T> {
         )
     }
 
-    /// A legacy session key the request carries without being routed by it: known under
-    /// another principal, the request is refused exactly as a hijack of that session would be.
+    /// A key the request carries without being routed by it, with principal binding on: it
+    /// passes only if it is the principal's own. Known under another principal, the request
+    /// is refused as a hijack would be; unknown (or in a spelling the router cannot tell
+    /// from another: decoded, case, braces), it is refused as unknown, since a backend may
+    /// still read it as some session's.
     fn check_carried(
         &self,
         tenant: TenantId,
@@ -112,9 +116,16 @@ impl<T: SessionTable> Router<T> {
         principal: Option<Principal>,
         now: Instant,
     ) -> Option<Rejection> {
-        let key = Key::with_max_len(tenant, kind, id, self.config.max_key_len).ok()?;
-        let entry = self.table.get(&key, now)?;
-        (entry.principal != principal).then(|| self.reject(Reason::WrongPrincipal(kind)))
+        let Ok(key) = Key::with_max_len(tenant, kind, id, self.config.max_key_len) else {
+            return Some(self.reject(Reason::UnknownKey(kind)));
+        };
+        let reason = match self.table.get(&key, now) {
+            Some(entry) if entry.owner == BackendId::CONTESTED => Reason::UnknownKey(kind),
+            Some(entry) if entry.principal == principal => return None,
+            Some(_) => Reason::WrongPrincipal(kind),
+            None => Reason::UnknownKey(kind),
+        };
+        Some(self.reject(reason))
     }
 
     fn route_key(
@@ -222,11 +233,13 @@ impl<T: SessionTable> Router<T> {
         if self.config.principal.is_some() && !shared && entry.principal != principal {
             return Routed::Reject(self.reject(Reason::WrongPrincipal(kind)));
         }
-        let (reason, purged) = match self.fleet.owner_status(entry.owner, now) {
+        let (status, term) = self.fleet.owner_state(entry.owner, now);
+        let (reason, purged) = match status {
             OwnerStatus::Live => {
                 self.counters.pinned.incr();
                 let mut exchange =
                     Exchange::new(key.tenant(), entry.owner, How::Pinned, intent, principal);
+                exchange.term = term;
                 exchange.key = Some((kind, IdBuf::new(key.id_bytes())));
                 return Routed::Forward(exchange);
             }
@@ -256,6 +269,7 @@ impl<T: SessionTable> Router<T> {
         };
         self.counters.placed.incr();
         exchange.backend = backend;
+        exchange.term = self.fleet.term(backend);
         exchange.how = How::Placed;
         if policy != Placement::WeightedRoundRobin {
             exchange.pending = self.fleet.start_pending(backend);
@@ -359,14 +373,25 @@ impl<T: SessionTable> Router<T> {
         now: Instant,
         accept: impl FnMut(BackendId) -> bool,
     ) -> Routed {
+        // Whatever a response may have made it hold (an embedder that reports a failure
+        // after a response head) is let go first.
+        self.release(&mut exchange, now);
         let backend = exchange.backend;
+        // A report from an exchange of an older term speaks for a process long gone.
+        let current = self.fleet.term(backend) == exchange.term;
         match why {
-            Undelivered::Refused => self.declare_down(backend, now),
-            Undelivered::TimedOut | Undelivered::Failed => {
+            Undelivered::Refused => self.declare_down(backend, exchange.term, now),
+            Undelivered::TimedOut | Undelivered::Failed if current => {
                 let _ = self.report_health(backend, Probe::Failed, now);
             }
+            Undelivered::TimedOut | Undelivered::Failed => {}
         }
         match exchange.key.as_ref().map(|(kind, _)| *kind) {
+            // An operator key's owner that is only slow keeps the key: it still holds the
+            // workspace's state.
+            Some(KeyKind::Operator) if why != Undelivered::Refused => {
+                Routed::Reject(self.reject(Reason::OwnerUnreachable(KeyKind::Operator)))
+            }
             Some(kind) if kind != KeyKind::Operator => {
                 let reason = match (why, self.fleet.owner_status(backend, now)) {
                     (Undelivered::Refused, _) | (_, OwnerStatus::Down) => Reason::OwnerDown(kind),

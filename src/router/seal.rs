@@ -240,7 +240,8 @@ impl<T: SessionTable> Router<T> {
             // and must not decide for the session.
             return gone(Reason::UnknownOwner(kind));
         }
-        match self.fleet.owner_status(owner, now) {
+        let (status, term) = self.fleet.owner_state(owner, now);
+        match status {
             OwnerStatus::Down => return gone(Reason::OwnerDown(kind)),
             OwnerStatus::Revoked => return gone(Reason::OwnerRevoked(kind)),
             OwnerStatus::Gone => return gone(Reason::OwnerGone(kind)),
@@ -253,6 +254,7 @@ impl<T: SessionTable> Router<T> {
         self.counters.pinned.incr();
         self.counters.tokens_opened.incr();
         let mut exchange = Exchange::new(tenant, owner, How::Pinned, intent, principal);
+        exchange.term = term;
         exchange.key = Some((kind, IdBuf::new(claims.id_bytes())));
         exchange.token = Some(value.into());
         Presented::Routed(Routed::Forward(exchange))
@@ -272,7 +274,7 @@ impl<T: SessionTable> Router<T> {
         let Some(sealing) = &self.config.sealing else {
             return Ok(None);
         };
-        let live = self.fleet.owner_status(exchange.backend, now) == OwnerStatus::Live;
+        let live = self.fleet.live_in(exchange.backend, exchange.term, now);
         let identity = self
             .fleet
             .sealing_identity(exchange.backend)
