@@ -452,6 +452,47 @@ fn retry_too_large_saturates() {
     );
 }
 
+// --- Call protocol --------------------------------------------------------------------------
+
+#[test]
+fn pushing_between_events_keeps_the_rest_of_the_chunk() {
+    let mut parser = Parser::new();
+    parser.push(Bytes::from_static(b"id: 1\ndata: a\n\nevent: e\ndata: b"));
+    let first = parser.next_event().unwrap().unwrap();
+    assert_eq!(
+        (first.event_type(), &*first.data(), first.last_event_id()),
+        (&b"message"[..], &b"a"[..], &b"1"[..])
+    );
+    // Push before asking for the next event: the event is finished in the new chunk.
+    parser.push(Bytes::from_static(b"c\n\ndata: d\n\n"));
+    let second = parser.next_event().unwrap().unwrap().to_event();
+    assert_eq!(second, Event::new("e", "bc", "1"));
+    let third = parser.next_event().unwrap().unwrap().to_event();
+    assert_eq!(third, Event::new("message", "d", "1"));
+    assert!(parser.next_event().is_none());
+    assert!(!parser.finish());
+}
+
+#[test]
+fn long_line_moved_in_whole_chunks_then_short_lines() {
+    // Chunks that continue a line are moved into it whole; the lines after it in the last
+    // chunk are read as usual.
+    let long = "x".repeat(4096 * 3);
+    let input = format!("id: 5\ndata: {long}\n\nevent: t\ndata: y\n\n");
+    for size in [300, 1024, 4096, 5000] {
+        let chunks: Vec<&[u8]> = input.as_bytes().chunks(size).collect();
+        let got = events(&chunks);
+        assert_eq!(
+            got,
+            [
+                Event::new("message", long.clone(), "5"),
+                Event::new("t", "y", "5")
+            ],
+            "chunks of {size} bytes"
+        );
+    }
+}
+
 // --- End of stream --------------------------------------------------------------------------
 
 #[test]

@@ -220,7 +220,7 @@ enum Field {
 /// Recognises a known field at the start of `line` and returns it with the offset of its
 /// value (after the colon and one optional space). `line` may be cut after 7 bytes: no known
 /// name, colon and space take more.
-#[inline]
+#[inline(always)]
 fn field_of(line: &[u8]) -> Option<(Field, usize)> {
     let (field, name_len) = match line.first()? {
         b'd' if line.starts_with(b"data") => (Field::Data, 4),
@@ -252,9 +252,21 @@ fn retry_of(digits: &[u8]) -> Option<u64> {
 /// Whether an `id` value contains U+0000 (as a raw byte: no other sequence decodes to it).
 #[inline]
 fn has_nul(value: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
     if value.len() < 64 {
-        // Branch-free, so the compiler vectorises it; `contains` is slower on short ids.
-        value.iter().fold(false, |nul, &b| nul | (b == 0))
+        // Eight bytes at a time without branches; `contains` is slower on short ids.
+        let mut words = value.chunks_exact(8);
+        let mut zero = 0;
+        for word in &mut words {
+            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            zero |= word.wrapping_sub(ONES) & !word;
+        }
+        let rest = words
+            .remainder()
+            .iter()
+            .fold(false, |nul, &b| nul | (b == 0));
+        zero & HIGHS != 0 || rest
     } else {
         memchr::memchr(0, value).is_some()
     }
@@ -387,13 +399,15 @@ pub struct Parser {
     data: Rope,
     data_len: usize,
     event_type: Option<Span>,
-    id_buffer: Span,
+    /// The last event ID buffer, when an `id` field set it since the last blank line; else it
+    /// equals `last_event_id`.
+    pending_id: Option<Span>,
     // What persists across events.
     last_event_id: Span,
     retry: Option<u64>,
-    // The event last dispatched, read by `EventRef`; no type means `message`.
-    out_type: Option<Span>,
-    out_data: Rope,
+    /// The event under construction was dispatched: `EventRef` reads it, and the next call
+    /// clears it (so dispatching moves nothing).
+    dispatched: bool,
 }
 
 impl Default for Parser {
@@ -425,11 +439,10 @@ impl Parser {
             data: Rope::None,
             data_len: 0,
             event_type: None,
-            id_buffer: Span::EMPTY,
+            pending_id: None,
             last_event_id: Span::EMPTY,
             retry: None,
-            out_type: None,
-            out_data: Rope::None,
+            dispatched: false,
         }
     }
 
@@ -442,6 +455,9 @@ impl Parser {
     pub fn push(&mut self, chunk: Bytes) {
         if chunk.is_empty() {
             return;
+        }
+        if self.dispatched {
+            self.clear_dispatched();
         }
         if self.pos == self.cur.len() && self.queue.is_empty() {
             self.leave_chunk();
@@ -457,34 +473,23 @@ impl Parser {
     ///
     /// The event borrows the parser; drop it before the next call.
     pub fn next_event(&mut self) -> Option<Result<EventRef<'_>, Skipped>> {
-        if let Rope::Many(mut pieces) = std::mem::take(&mut self.out_data) {
-            // Reuse the last event's piece list for the next line split across chunks.
-            pieces.clear();
-            if self.line.capacity() < pieces.capacity() {
-                self.line = pieces;
-            }
+        if self.dispatched {
+            self.clear_dispatched();
         }
         loop {
-            if self.pos == self.cur.len() {
-                self.leave_chunk();
-                self.cur = self.queue.pop_front().unwrap_or_default();
-                self.pos = 0;
-                if self.cur.is_empty() {
-                    return None;
-                }
+            if self.pos == self.cur.len() && !self.next_chunk() {
+                return None;
             }
-            if let Bom::Pending(held) = self.bom {
-                self.strip_bom(held);
-                continue;
-            }
-            if self.after_cr {
-                self.after_cr = false;
-                if self.cur[self.pos] == b'\n' {
-                    self.pos += 1;
-                    continue;
-                }
-            }
-            match self.read_line() {
+            let at_line_start = self.bom == Bom::Done
+                && !self.after_cr
+                && self.skipping.is_none()
+                && self.line_len == 0;
+            let item = if at_line_start {
+                self.read_lines()
+            } else {
+                self.read_special()
+            };
+            match item {
                 None => {}
                 Some(Ok(())) => return Some(Ok(EventRef { parser: self })),
                 Some(Err(skipped)) => return Some(Err(skipped)),
@@ -518,9 +523,9 @@ impl Parser {
         self.line_len = 0;
         self.skipping = None;
         self.clear_block();
-        self.id_buffer = Span::EMPTY;
-        self.out_type = None;
-        self.out_data = Rope::None;
+        // The new stream's last event ID buffer starts empty.
+        self.pending_id = Some(Span::EMPTY);
+        self.dispatched = false;
         dropped
     }
 
@@ -547,16 +552,27 @@ impl Parser {
         if self.cur.is_empty() {
             return;
         }
-        // The last event handed out is gone by now (`EventRef` borrows the parser).
-        self.out_type = None;
-        self.out_data = Rope::None;
         let cur = &self.cur;
         self.data.hold(cur);
         if let Some(span) = &mut self.event_type {
             span.hold(cur);
         }
-        self.id_buffer.hold(cur);
+        if let Some(span) = &mut self.pending_id {
+            span.hold(cur);
+        }
         self.last_event_id.hold(cur);
+    }
+
+    /// Moves on to the next queued chunk; `false` if there is none.
+    fn next_chunk(&mut self) -> bool {
+        if self.queue.is_empty() && self.cur.is_empty() {
+            // The chunk was moved into the line already: nothing to leave.
+            return false;
+        }
+        self.leave_chunk();
+        self.cur = self.queue.pop_front().unwrap_or_default();
+        self.pos = 0;
+        !self.cur.is_empty()
     }
 
     /// Handles the start of the stream, where a BOM may be pending.
@@ -585,8 +601,60 @@ impl Parser {
         }
     }
 
+    /// Reads the lines that lie whole in the current chunk, from the start of a line, until an
+    /// event is dispatched or the chunk is used up: the hot path. `Some(Ok(()))` means an event
+    /// was dispatched (see `dispatched`).
+    #[inline]
+    fn read_lines(&mut self) -> Option<Result<(), Skipped>> {
+        loop {
+            let start = self.pos;
+            let Some(offset) = find_eol(&self.cur[start..]) else {
+                self.pos = self.cur.len();
+                return self.hold_partial_line(start);
+            };
+            let end = start + offset;
+            self.pos = end + 1;
+            if self.cur[end] == b'\r' {
+                match self.cur.get(end + 1) {
+                    Some(b'\n') => self.pos += 1,
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+            if offset > self.limits.max_line_len {
+                return self.skip(Skipped::LineTooLong {
+                    limit: self.limits.max_line_len,
+                });
+            }
+            if let Some(item) = self.line_in_chunk(start, end) {
+                return Some(item);
+            }
+            if self.pos == self.cur.len() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads on where the hot path does not apply: a pending BOM, an LF that may end a CRLF,
+    /// a skipped event, or a line begun in an earlier chunk.
+    #[cold]
+    fn read_special(&mut self) -> Option<Result<(), Skipped>> {
+        if let Bom::Pending(held) = self.bom {
+            self.strip_bom(held);
+            return None;
+        }
+        if self.after_cr {
+            self.after_cr = false;
+            if self.cur[self.pos] == b'\n' {
+                self.pos += 1;
+                return None;
+            }
+        }
+        self.read_line()
+    }
+
     /// Reads from the current chunk up to the next line ending, or to its end. `Some(Ok(()))`
-    /// means an event was dispatched into `out_*`.
+    /// means an event was dispatched (see `dispatched`).
     fn read_line(&mut self) -> Option<Result<(), Skipped>> {
         let start = self.pos;
         let Some(offset) = find_eol(&self.cur[start..]) else {
@@ -642,7 +710,11 @@ impl Parser {
             self.append_segment(start, self.cur.len());
         } else {
             // The rest of the chunk joins the line: move the chunk in rather than slice it.
-            self.leave_chunk();
+            if start > 0 {
+                // Lines that ended in this chunk may have left ranges of it. (From the chunk's
+                // start, none: ranges are held whenever a chunk is left.)
+                self.leave_chunk();
+            }
             let mut rest = std::mem::take(&mut self.cur);
             rest.advance(start);
             self.flush_line_tail();
@@ -669,6 +741,7 @@ impl Parser {
         self.line_len += end - start;
     }
 
+    #[inline]
     fn flush_line_tail(&mut self) {
         if !self.line_tail.is_empty() {
             self.line.push(self.line_tail.split().freeze());
@@ -683,7 +756,7 @@ impl Parser {
 
     /// Interprets `cur[start..end]`, a complete line within the current chunk: the hot path,
     /// where values stay ranges of the chunk.
-    #[inline]
+    #[inline(always)]
     fn line_in_chunk(&mut self, start: usize, end: usize) -> Option<Result<(), Skipped>> {
         let line = &self.cur[start..end];
         let Some(&first) = line.first() else {
@@ -700,11 +773,11 @@ impl Parser {
             end,
         };
         match field {
-            Field::Data => return self.append_data(value.len(), Value::Span(span)),
+            Field::Data => return self.append_data_span(value.len(), span),
             Field::Event => self.event_type = Some(span),
             Field::Id => {
                 if !has_nul(value) {
-                    self.id_buffer = span;
+                    self.pending_id = Some(span);
                 }
             }
             Field::Retry => self.retry = retry_of(value).or(self.retry),
@@ -768,10 +841,28 @@ impl Parser {
             Field::Event => self.event_type = Some(Span::Held(value)),
             Field::Id => {
                 if !has_nul(&value) {
-                    self.id_buffer = Span::Held(value);
+                    self.pending_id = Some(Span::Held(value));
                 }
             }
             Field::Retry => self.retry = retry_of(&value).or(self.retry),
+        }
+        None
+    }
+
+    /// [`append_data`](Parser::append_data) for a value within one piece, the common case.
+    #[inline]
+    fn append_data_span(&mut self, len: usize, span: Span) -> Option<Result<(), Skipped>> {
+        let grown = self.data_len + len + 1;
+        if grown > self.limits.max_event_len {
+            return self.skip(Skipped::EventTooLarge {
+                limit: self.limits.max_event_len,
+            });
+        }
+        self.data_len = grown;
+        if let Rope::None = self.data {
+            self.data = Rope::One(span);
+        } else {
+            self.data.push(Value::Span(span), &self.cur);
         }
         None
     }
@@ -793,16 +884,30 @@ impl Parser {
 
     /// A blank line: commit the last event ID and dispatch the event, if it has data.
     fn dispatch(&mut self) -> Option<Result<(), Skipped>> {
-        self.last_event_id = self.id_buffer.clone();
-        let event_type = self.event_type.take();
+        if let Some(id) = self.pending_id.take() {
+            self.last_event_id = id;
+        }
         self.data_len = 0;
         self.block_started = false;
         if matches!(self.data, Rope::None) {
+            self.event_type = None;
             return None;
         }
-        self.out_data = std::mem::take(&mut self.data);
-        self.out_type = event_type.filter(|span| !span.is_empty());
+        self.dispatched = true;
         Some(Ok(()))
+    }
+
+    /// Clears the event dispatched by the previous call (its `EventRef` is gone by now).
+    fn clear_dispatched(&mut self) {
+        self.dispatched = false;
+        self.event_type = None;
+        if let Rope::Many(mut pieces) = std::mem::take(&mut self.data) {
+            // Reuse the piece list for the next line split across chunks.
+            pieces.clear();
+            if self.line.capacity() < pieces.capacity() {
+                self.line = pieces;
+            }
+        }
     }
 
     /// Starts skipping the current event up to the next blank line, and reports why.
@@ -815,7 +920,9 @@ impl Parser {
     /// The blank line after a skipped event: the block's `id`, if any, is still committed.
     fn end_skip(&mut self) {
         self.skipping = None;
-        self.last_event_id = self.id_buffer.clone();
+        if let Some(id) = self.pending_id.take() {
+            self.last_event_id = id;
+        }
     }
 
     fn clear_block(&mut self) {
@@ -841,9 +948,9 @@ pub struct EventRef<'a> {
 impl<'a> EventRef<'a> {
     /// The event type as received: `message` unless the block had a non-empty `event:` field.
     pub fn event_type(&self) -> &'a [u8] {
-        match &self.parser.out_type {
-            Some(span) => span.bytes(&self.parser.cur),
-            None => MESSAGE.as_bytes(),
+        match &self.parser.event_type {
+            Some(span) if !span.is_empty() => span.bytes(&self.parser.cur),
+            _ => MESSAGE.as_bytes(),
         }
     }
 
@@ -854,7 +961,7 @@ impl<'a> EventRef<'a> {
 
     /// The data as received: borrowed when it lies in one piece, else joined into a copy.
     pub fn data(&self) -> Cow<'a, [u8]> {
-        match &self.parser.out_data {
+        match &self.parser.data {
             Rope::One(span) => Cow::Borrowed(span.bytes(&self.parser.cur)),
             Rope::Many(pieces) => Cow::Owned(pieces.concat()),
             Rope::None => Cow::Borrowed(b""),
@@ -868,7 +975,7 @@ impl<'a> EventRef<'a> {
 
     /// The pieces of the data, in order, without copying.
     pub fn data_chunks(&self) -> DataChunks<'a> {
-        let (one, many): (&'a [u8], &'a [Bytes]) = match &self.parser.out_data {
+        let (one, many): (&'a [u8], &'a [Bytes]) = match &self.parser.data {
             Rope::One(span) => (span.bytes(&self.parser.cur), &[]),
             Rope::Many(pieces) => (b"", pieces),
             Rope::None => (b"", &[]),
@@ -886,11 +993,13 @@ impl<'a> EventRef<'a> {
     pub fn to_event(&self) -> Event {
         let parser = self.parser;
         let cur = &parser.cur;
-        let event_type = match &parser.out_type {
-            Some(span) if span.bytes(cur) != MESSAGE.as_bytes() => decode(span.to_bytes(cur)),
+        let event_type = match &parser.event_type {
+            Some(span) if !span.is_empty() && span.bytes(cur) != MESSAGE.as_bytes() => {
+                decode(span.to_bytes(cur))
+            }
             _ => ByteStr::from_static(MESSAGE),
         };
-        let data = match &parser.out_data {
+        let data = match &parser.data {
             Rope::One(span) => decode(span.to_bytes(cur)),
             Rope::Many(pieces) => decode_pieces(pieces),
             Rope::None => ByteStr::new(),
@@ -1032,6 +1141,19 @@ mod tests {
             prop_assert_eq!(is_ascii(&bytes), bytes.is_ascii());
             let prefix = ascii_prefix(&bytes);
             prop_assert!(bytes[..prefix].is_ascii());
+        }
+
+        #[test]
+        fn has_nul_agrees_with_contains(bytes in prop::collection::vec(any::<u8>(), 0..100)) {
+            prop_assert_eq!(has_nul(&bytes), bytes.contains(&0));
+        }
+
+        #[test]
+        fn find_eol_agrees_with_position(
+            bytes in prop::collection::vec(prop_oneof![8 => b'a'..=b'z', 1 => Just(b'\n'), 1 => Just(b'\r')], 0..100),
+        ) {
+            let expected = bytes.iter().position(|&b| b == b'\n' || b == b'\r');
+            prop_assert_eq!(find_eol(&bytes), expected);
         }
 
         #[test]
