@@ -67,6 +67,57 @@ fn truncated_character_before_line_end_is_one_replacement() {
     assert_eq!(data(&[b"data: \xF0\x9F\x98\n\n"]), ["\u{FFFD}"]);
 }
 
+#[test]
+fn invalid_utf8_after_a_long_ascii_run_is_replaced() {
+    // The owned path checks ASCII in 64-byte blocks before it looks at UTF-8 sequences.
+    let ascii = "a".repeat(100);
+    let input = [b"data: ", ascii.as_bytes(), b"\xFFb\n\n"].concat();
+    assert_eq!(data(&[&input]), [format!("{ascii}\u{FFFD}b")]);
+}
+
+#[test]
+fn multibyte_characters_across_ascii_block_boundaries_decode_correctly() {
+    // U+20AC EURO SIGN (3 bytes) starting at every offset around the 64-byte block edge.
+    for lead in 60..68 {
+        let text = format!("{}\u{20AC}{}", "a".repeat(lead), "b".repeat(70));
+        let input = format!("data: {text}\n\n");
+        assert_eq!(
+            data(&[input.as_bytes()]),
+            [text],
+            "{lead} ASCII bytes first"
+        );
+    }
+}
+
+#[test]
+fn data_in_pieces_with_invalid_utf8_is_replaced_when_joined() {
+    // Two data lines are kept in pieces, then joined and decoded.
+    let a = "a".repeat(300);
+    let input = format!("data: {a}\u{20AC}{a}\ndata: {a}\n\n");
+    let mut input = input.into_bytes();
+    let bad = 6 + 300 + 1; // the second byte of the euro sign
+    input[bad] = b'x';
+    let chunks: Vec<&[u8]> = input.chunks(128).collect();
+    assert_eq!(data(&chunks), [format!("{a}\u{FFFD}x\u{FFFD}{a}\n{a}")]);
+}
+
+#[test]
+fn data_in_pieces_with_characters_split_across_chunks_decodes_whole() {
+    let a = "a".repeat(300);
+    let text = format!("{a}\u{1F600}{a}\u{E9}");
+    let input = format!("data: {text}\r\ndata: {a}\r\n\r\n");
+    // Every split of the emoji and of the CRLF, in chunks large enough to be sliced.
+    for cut in 300..320 {
+        let (first, rest) = input.as_bytes().split_at(cut);
+        let (second, third) = rest.split_at(320);
+        assert_eq!(
+            data(&[first, second, third]),
+            [format!("{text}\n{a}")],
+            "cut at {cut}"
+        );
+    }
+}
+
 // --- Byte order mark ------------------------------------------------------------------------
 
 #[test]
@@ -280,6 +331,13 @@ fn last_event_field_of_a_block_wins() {
     assert_eq!(got[0].event_type(), "b");
 }
 
+#[test]
+fn explicit_message_type_equals_the_default() {
+    let got = events(&[b"event: message\ndata: a\n\ndata: b\n\n"]);
+    assert_eq!(got[0].event_type(), "message");
+    assert_eq!(got[0].event_type(), got[1].event_type());
+}
+
 // --- id -------------------------------------------------------------------------------------
 
 #[test]
@@ -392,6 +450,47 @@ fn retry_too_large_saturates() {
         parser.reconnection_time(),
         Some(Duration::from_millis(u64::MAX))
     );
+}
+
+// --- Call protocol --------------------------------------------------------------------------
+
+#[test]
+fn pushing_between_events_keeps_the_rest_of_the_chunk() {
+    let mut parser = Parser::new();
+    parser.push(Bytes::from_static(b"id: 1\ndata: a\n\nevent: e\ndata: b"));
+    let first = parser.next_event().unwrap().unwrap();
+    assert_eq!(
+        (first.event_type(), &*first.data(), first.last_event_id()),
+        (&b"message"[..], &b"a"[..], &b"1"[..])
+    );
+    // Push before asking for the next event: the event is finished in the new chunk.
+    parser.push(Bytes::from_static(b"c\n\ndata: d\n\n"));
+    let second = parser.next_event().unwrap().unwrap().to_event();
+    assert_eq!(second, Event::new("e", "bc", "1"));
+    let third = parser.next_event().unwrap().unwrap().to_event();
+    assert_eq!(third, Event::new("message", "d", "1"));
+    assert!(parser.next_event().is_none());
+    assert!(!parser.finish());
+}
+
+#[test]
+fn long_line_moved_in_whole_chunks_then_short_lines() {
+    // Chunks that continue a line are moved into it whole; the lines after it in the last
+    // chunk are read as usual.
+    let long = "x".repeat(4096 * 3);
+    let input = format!("id: 5\ndata: {long}\n\nevent: t\ndata: y\n\n");
+    for size in [300, 1024, 4096, 5000] {
+        let chunks: Vec<&[u8]> = input.as_bytes().chunks(size).collect();
+        let got = events(&chunks);
+        assert_eq!(
+            got,
+            [
+                Event::new("message", long.clone(), "5"),
+                Event::new("t", "y", "5")
+            ],
+            "chunks of {size} bytes"
+        );
+    }
 }
 
 // --- End of stream --------------------------------------------------------------------------
@@ -543,6 +642,47 @@ fn field_within_one_chunk_is_a_slice_of_that_chunk() {
     assert!(lies_within(event.data().as_bytes(), &chunk));
     assert!(lies_within(event.event_type().as_bytes(), &chunk));
     assert!(lies_within(event.last_event_id().as_bytes(), &chunk));
+}
+
+#[test]
+fn message_type_and_empty_id_need_no_slice_of_the_chunk() {
+    let chunk = Bytes::from_static(b"event: message\ndata: payload\n\n");
+    let mut parser = Parser::new();
+    parser.push(chunk.clone());
+    let event = parser.next_event().unwrap().unwrap().to_event();
+    assert_eq!(event.event_type(), "message");
+    assert!(!lies_within(event.event_type().as_bytes(), &chunk));
+    assert_eq!(event.last_event_id(), "");
+    assert!(lies_within(event.data().as_bytes(), &chunk));
+}
+
+#[test]
+fn owned_events_agree_with_borrowed_ones_in_every_chunking() {
+    // A Python-style CRLF stream with ids, types and multi-line data, cut into chunks of every
+    // size from 1 byte to the whole, decoded to owned events.
+    let input = b"event: message\r\nid: 1\r\ndata: {\"a\":1}\r\n\r\n\
+        event: endpoint\r\ndata: /m?id=\xC3\xA9\r\ndata: two\r\n\r\n\
+        : keep-alive\r\n\r\ndata: \xFF\r\n\r\n";
+    let expected = [
+        ("message", "{\"a\":1}", "1"),
+        ("endpoint", "/m?id=\u{E9}\ntwo", "1"),
+        ("message", "\u{FFFD}", "1"),
+    ];
+    for size in 1..=input.len() {
+        let chunks: Vec<&[u8]> = input.chunks(size).collect();
+        let got = events(&chunks);
+        let got: Vec<_> = got
+            .iter()
+            .map(|e| {
+                (
+                    e.event_type().as_str(),
+                    e.data().as_str(),
+                    e.last_event_id().as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "chunks of {size} bytes");
+    }
 }
 
 #[test]

@@ -35,6 +35,13 @@ impl ByteStr {
         }
     }
 
+    /// Wraps `bytes` that the caller has checked to be UTF-8 (the check runs again in debug
+    /// builds; a mistake would make [`as_str`](ByteStr::as_str) panic, nothing worse).
+    pub(crate) fn from_validated(bytes: Bytes) -> Self {
+        debug_assert!(std::str::from_utf8(&bytes).is_ok(), "not UTF-8: {bytes:?}");
+        ByteStr(bytes)
+    }
+
     /// The string (checks the UTF-8 again; see the type's docs).
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("a ByteStr always holds valid UTF-8")

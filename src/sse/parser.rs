@@ -13,7 +13,7 @@ use super::event::{ByteStr, Event};
 const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
 
 /// The type of an event without an `event:` field.
-const MESSAGE: &[u8] = b"message";
+const MESSAGE: &str = "message";
 
 /// The LF that joins the values of several `data:` lines.
 const LF: Bytes = Bytes::from_static(b"\n");
@@ -118,8 +118,8 @@ enum Span {
 }
 
 impl Span {
-    const EMPTY: Span = Span::Held(Bytes::new());
-    const MESSAGE: Span = Span::Held(Bytes::from_static(MESSAGE));
+    /// The empty range: valid in any chunk, and never turned into a `Bytes` handle.
+    const EMPTY: Span = Span::Cur { start: 0, end: 0 };
 
     fn bytes<'a>(&'a self, cur: &'a Bytes) -> &'a [u8] {
         match self {
@@ -135,10 +135,21 @@ impl Span {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        match self {
+            Span::Cur { start, end } => start == end,
+            Span::Held(bytes) => bytes.is_empty(),
+        }
+    }
+
     /// Makes the span independent of the current chunk, which is about to be left.
     fn hold(&mut self, cur: &Bytes) {
         if let Span::Cur { start, end } = *self {
-            *self = Span::Held(cur.slice(start..end));
+            *self = if start == end {
+                Span::EMPTY
+            } else {
+                Span::Held(cur.slice(start..end))
+            };
         }
     }
 }
@@ -209,7 +220,7 @@ enum Field {
 /// Recognises a known field at the start of `line` and returns it with the offset of its
 /// value (after the colon and one optional space). `line` may be cut after 7 bytes: no known
 /// name, colon and space take more.
-#[inline]
+#[inline(always)]
 fn field_of(line: &[u8]) -> Option<(Field, usize)> {
     let (field, name_len) = match line.first()? {
         b'd' if line.starts_with(b"data") => (Field::Data, 4),
@@ -241,9 +252,21 @@ fn retry_of(digits: &[u8]) -> Option<u64> {
 /// Whether an `id` value contains U+0000 (as a raw byte: no other sequence decodes to it).
 #[inline]
 fn has_nul(value: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
     if value.len() < 64 {
-        // Branch-free, so the compiler vectorises it; `contains` is slower on short ids.
-        value.iter().fold(false, |nul, &b| nul | (b == 0))
+        // Eight bytes at a time without branches; `contains` is slower on short ids.
+        let mut words = value.chunks_exact(8);
+        let mut zero = 0;
+        for word in &mut words {
+            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            zero |= word.wrapping_sub(ONES) & !word;
+        }
+        let rest = words
+            .remainder()
+            .iter()
+            .fold(false, |nul, &b| nul | (b == 0));
+        zero & HIGHS != 0 || rest
     } else {
         memchr::memchr(0, value).is_some()
     }
@@ -317,9 +340,11 @@ enum Bom {
 /// The parser finds line endings with `memchr` and does nothing else per byte: it neither copies
 /// nor decodes while parsing. An event is handed out as an [`EventRef`] that borrows the chunk it
 /// lies in; values are decoded (UTF-8, U+FFFD for invalid input) only when you ask for text, in
-/// [`EventRef::to_event`]. A line split across chunks is kept as slices of those chunks (short
-/// pieces are copied), so a long line costs no more fed in pieces than whole, beyond a small
-/// cost per chunk.
+/// [`EventRef::to_event`], which checks each value once (ASCII first) and takes one `Bytes`
+/// handle per non-empty field other than the type `message` (a static string); data in several
+/// pieces is joined into one copy. A line split across chunks is kept as slices of those chunks
+/// (short pieces are copied), so a long line costs no more fed in pieces than whole, beyond a
+/// small cost per chunk.
 ///
 /// # Bounded memory
 ///
@@ -376,13 +401,15 @@ pub struct Parser {
     data: Rope,
     data_len: usize,
     event_type: Option<Span>,
-    id_buffer: Span,
+    /// The last event ID buffer, when an `id` field set it since the last blank line; else it
+    /// equals `last_event_id`.
+    pending_id: Option<Span>,
     // What persists across events.
     last_event_id: Span,
     retry: Option<u64>,
-    // The event last dispatched, read by `EventRef`.
-    out_type: Span,
-    out_data: Rope,
+    /// The event under construction was dispatched: `EventRef` reads it, and the next call
+    /// clears it (so dispatching moves nothing).
+    dispatched: bool,
 }
 
 impl Default for Parser {
@@ -414,11 +441,10 @@ impl Parser {
             data: Rope::None,
             data_len: 0,
             event_type: None,
-            id_buffer: Span::EMPTY,
+            pending_id: None,
             last_event_id: Span::EMPTY,
             retry: None,
-            out_type: Span::EMPTY,
-            out_data: Rope::None,
+            dispatched: false,
         }
     }
 
@@ -431,6 +457,9 @@ impl Parser {
     pub fn push(&mut self, chunk: Bytes) {
         if chunk.is_empty() {
             return;
+        }
+        if self.dispatched {
+            self.clear_dispatched();
         }
         if self.pos == self.cur.len() && self.queue.is_empty() {
             self.leave_chunk();
@@ -446,34 +475,23 @@ impl Parser {
     ///
     /// The event borrows the parser; drop it before the next call.
     pub fn next_event(&mut self) -> Option<Result<EventRef<'_>, Skipped>> {
-        if let Rope::Many(mut pieces) = std::mem::take(&mut self.out_data) {
-            // Reuse the last event's piece list for the next line split across chunks.
-            pieces.clear();
-            if self.line.capacity() < pieces.capacity() {
-                self.line = pieces;
-            }
+        if self.dispatched {
+            self.clear_dispatched();
         }
         loop {
-            if self.pos == self.cur.len() {
-                self.leave_chunk();
-                self.cur = self.queue.pop_front().unwrap_or_default();
-                self.pos = 0;
-                if self.cur.is_empty() {
-                    return None;
-                }
+            if self.pos == self.cur.len() && !self.next_chunk() {
+                return None;
             }
-            if let Bom::Pending(held) = self.bom {
-                self.strip_bom(held);
-                continue;
-            }
-            if self.after_cr {
-                self.after_cr = false;
-                if self.cur[self.pos] == b'\n' {
-                    self.pos += 1;
-                    continue;
-                }
-            }
-            match self.read_line() {
+            let at_line_start = self.bom == Bom::Done
+                && !self.after_cr
+                && self.skipping.is_none()
+                && self.line_len == 0;
+            let item = if at_line_start {
+                self.read_lines()
+            } else {
+                self.read_special()
+            };
+            match item {
                 None => {}
                 Some(Ok(())) => return Some(Ok(EventRef { parser: self })),
                 Some(Err(skipped)) => return Some(Err(skipped)),
@@ -507,9 +525,9 @@ impl Parser {
         self.line_len = 0;
         self.skipping = None;
         self.clear_block();
-        self.id_buffer = Span::EMPTY;
-        self.out_type = Span::EMPTY;
-        self.out_data = Rope::None;
+        // The new stream's last event ID buffer starts empty.
+        self.pending_id = Some(Span::EMPTY);
+        self.dispatched = false;
         dropped
     }
 
@@ -536,16 +554,27 @@ impl Parser {
         if self.cur.is_empty() {
             return;
         }
-        // The last event handed out is gone by now (`EventRef` borrows the parser).
-        self.out_type = Span::EMPTY;
-        self.out_data = Rope::None;
         let cur = &self.cur;
         self.data.hold(cur);
         if let Some(span) = &mut self.event_type {
             span.hold(cur);
         }
-        self.id_buffer.hold(cur);
+        if let Some(span) = &mut self.pending_id {
+            span.hold(cur);
+        }
         self.last_event_id.hold(cur);
+    }
+
+    /// Moves on to the next queued chunk; `false` if there is none.
+    fn next_chunk(&mut self) -> bool {
+        if self.queue.is_empty() && self.cur.is_empty() {
+            // The chunk was moved into the line already: nothing to leave.
+            return false;
+        }
+        self.leave_chunk();
+        self.cur = self.queue.pop_front().unwrap_or_default();
+        self.pos = 0;
+        !self.cur.is_empty()
     }
 
     /// Handles the start of the stream, where a BOM may be pending.
@@ -574,8 +603,60 @@ impl Parser {
         }
     }
 
+    /// Reads the lines that lie whole in the current chunk, from the start of a line, until an
+    /// event is dispatched or the chunk is used up: the hot path. `Some(Ok(()))` means an event
+    /// was dispatched (see `dispatched`).
+    #[inline]
+    fn read_lines(&mut self) -> Option<Result<(), Skipped>> {
+        loop {
+            let start = self.pos;
+            let Some(offset) = find_eol(&self.cur[start..]) else {
+                self.pos = self.cur.len();
+                return self.hold_partial_line(start);
+            };
+            let end = start + offset;
+            self.pos = end + 1;
+            if self.cur[end] == b'\r' {
+                match self.cur.get(end + 1) {
+                    Some(b'\n') => self.pos += 1,
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+            if offset > self.limits.max_line_len {
+                return self.skip(Skipped::LineTooLong {
+                    limit: self.limits.max_line_len,
+                });
+            }
+            if let Some(item) = self.line_in_chunk(start, end) {
+                return Some(item);
+            }
+            if self.pos == self.cur.len() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads on where the hot path does not apply: a pending BOM, an LF that may end a CRLF,
+    /// a skipped event, or a line begun in an earlier chunk.
+    #[cold]
+    fn read_special(&mut self) -> Option<Result<(), Skipped>> {
+        if let Bom::Pending(held) = self.bom {
+            self.strip_bom(held);
+            return None;
+        }
+        if self.after_cr {
+            self.after_cr = false;
+            if self.cur[self.pos] == b'\n' {
+                self.pos += 1;
+                return None;
+            }
+        }
+        self.read_line()
+    }
+
     /// Reads from the current chunk up to the next line ending, or to its end. `Some(Ok(()))`
-    /// means an event was dispatched into `out_*`.
+    /// means an event was dispatched (see `dispatched`).
     fn read_line(&mut self) -> Option<Result<(), Skipped>> {
         let start = self.pos;
         let Some(offset) = find_eol(&self.cur[start..]) else {
@@ -631,7 +712,11 @@ impl Parser {
             self.append_segment(start, self.cur.len());
         } else {
             // The rest of the chunk joins the line: move the chunk in rather than slice it.
-            self.leave_chunk();
+            if start > 0 {
+                // Lines that ended in this chunk may have left ranges of it. (From the chunk's
+                // start, none: ranges are held whenever a chunk is left.)
+                self.leave_chunk();
+            }
             let mut rest = std::mem::take(&mut self.cur);
             rest.advance(start);
             self.flush_line_tail();
@@ -658,6 +743,7 @@ impl Parser {
         self.line_len += end - start;
     }
 
+    #[inline]
     fn flush_line_tail(&mut self) {
         if !self.line_tail.is_empty() {
             self.line.push(self.line_tail.split().freeze());
@@ -672,7 +758,7 @@ impl Parser {
 
     /// Interprets `cur[start..end]`, a complete line within the current chunk: the hot path,
     /// where values stay ranges of the chunk.
-    #[inline]
+    #[inline(always)]
     fn line_in_chunk(&mut self, start: usize, end: usize) -> Option<Result<(), Skipped>> {
         let line = &self.cur[start..end];
         let Some(&first) = line.first() else {
@@ -689,11 +775,11 @@ impl Parser {
             end,
         };
         match field {
-            Field::Data => return self.append_data(value.len(), Value::Span(span)),
+            Field::Data => return self.append_data_span(value.len(), span),
             Field::Event => self.event_type = Some(span),
             Field::Id => {
                 if !has_nul(value) {
-                    self.id_buffer = span;
+                    self.pending_id = Some(span);
                 }
             }
             Field::Retry => self.retry = retry_of(value).or(self.retry),
@@ -757,10 +843,28 @@ impl Parser {
             Field::Event => self.event_type = Some(Span::Held(value)),
             Field::Id => {
                 if !has_nul(&value) {
-                    self.id_buffer = Span::Held(value);
+                    self.pending_id = Some(Span::Held(value));
                 }
             }
             Field::Retry => self.retry = retry_of(&value).or(self.retry),
+        }
+        None
+    }
+
+    /// [`append_data`](Parser::append_data) for a value within one piece, the common case.
+    #[inline]
+    fn append_data_span(&mut self, len: usize, span: Span) -> Option<Result<(), Skipped>> {
+        let grown = self.data_len + len + 1;
+        if grown > self.limits.max_event_len {
+            return self.skip(Skipped::EventTooLarge {
+                limit: self.limits.max_event_len,
+            });
+        }
+        self.data_len = grown;
+        if let Rope::None = self.data {
+            self.data = Rope::One(span);
+        } else {
+            self.data.push(Value::Span(span), &self.cur);
         }
         None
     }
@@ -782,19 +886,30 @@ impl Parser {
 
     /// A blank line: commit the last event ID and dispatch the event, if it has data.
     fn dispatch(&mut self) -> Option<Result<(), Skipped>> {
-        self.last_event_id = self.id_buffer.clone();
-        let event_type = self.event_type.take();
+        if let Some(id) = self.pending_id.take() {
+            self.last_event_id = id;
+        }
         self.data_len = 0;
         self.block_started = false;
         if matches!(self.data, Rope::None) {
+            self.event_type = None;
             return None;
         }
-        self.out_data = std::mem::take(&mut self.data);
-        self.out_type = match event_type {
-            Some(span) if !span.bytes(&self.cur).is_empty() => span,
-            _ => Span::MESSAGE,
-        };
+        self.dispatched = true;
         Some(Ok(()))
+    }
+
+    /// Clears the event dispatched by the previous call (its `EventRef` is gone by now).
+    fn clear_dispatched(&mut self) {
+        self.dispatched = false;
+        self.event_type = None;
+        if let Rope::Many(mut pieces) = std::mem::take(&mut self.data) {
+            // Reuse the piece list for the next line split across chunks.
+            pieces.clear();
+            if self.line.capacity() < pieces.capacity() {
+                self.line = pieces;
+            }
+        }
     }
 
     /// Starts skipping the current event up to the next blank line, and reports why.
@@ -807,7 +922,9 @@ impl Parser {
     /// The blank line after a skipped event: the block's `id`, if any, is still committed.
     fn end_skip(&mut self) {
         self.skipping = None;
-        self.last_event_id = self.id_buffer.clone();
+        if let Some(id) = self.pending_id.take() {
+            self.last_event_id = id;
+        }
     }
 
     fn clear_block(&mut self) {
@@ -833,7 +950,10 @@ pub struct EventRef<'a> {
 impl<'a> EventRef<'a> {
     /// The event type as received: `message` unless the block had a non-empty `event:` field.
     pub fn event_type(&self) -> &'a [u8] {
-        self.parser.out_type.bytes(&self.parser.cur)
+        match &self.parser.event_type {
+            Some(span) if !span.is_empty() => span.bytes(&self.parser.cur),
+            _ => MESSAGE.as_bytes(),
+        }
     }
 
     /// The stream's last event ID at dispatch, as received (empty if none).
@@ -843,7 +963,7 @@ impl<'a> EventRef<'a> {
 
     /// The data as received: borrowed when it lies in one piece, else joined into a copy.
     pub fn data(&self) -> Cow<'a, [u8]> {
-        match &self.parser.out_data {
+        match &self.parser.data {
             Rope::One(span) => Cow::Borrowed(span.bytes(&self.parser.cur)),
             Rope::Many(pieces) => Cow::Owned(pieces.concat()),
             Rope::None => Cow::Borrowed(b""),
@@ -857,7 +977,7 @@ impl<'a> EventRef<'a> {
 
     /// The pieces of the data, in order, without copying.
     pub fn data_chunks(&self) -> DataChunks<'a> {
-        let (one, many): (&'a [u8], &'a [Bytes]) = match &self.parser.out_data {
+        let (one, many): (&'a [u8], &'a [Bytes]) = match &self.parser.data {
             Rope::One(span) => (span.bytes(&self.parser.cur), &[]),
             Rope::Many(pieces) => (b"", pieces),
             Rope::None => (b"", &[]),
@@ -869,18 +989,31 @@ impl<'a> EventRef<'a> {
     }
 
     /// An owned event of decoded text (invalid UTF-8 replaced by U+FFFD). Fields that lie in
-    /// one piece of valid UTF-8 share the chunk's memory; others are copied.
+    /// one piece of valid UTF-8 share the chunk's memory, the type `message` is a static string,
+    /// and other fields are copied.
+    #[inline]
     pub fn to_event(&self) -> Event {
-        let cur = &self.parser.cur;
-        let data = match &self.parser.out_data {
-            Rope::One(span) => span.to_bytes(cur),
-            Rope::Many(pieces) => Bytes::from(pieces.concat()),
-            Rope::None => Bytes::new(),
+        let parser = self.parser;
+        let cur = &parser.cur;
+        let event_type = match &parser.event_type {
+            Some(span) if !span.is_empty() && span.bytes(cur) != MESSAGE.as_bytes() => {
+                decode(span.to_bytes(cur))
+            }
+            _ => ByteStr::from_static(MESSAGE),
+        };
+        let data = match &parser.data {
+            Rope::One(span) => decode(span.to_bytes(cur)),
+            Rope::Many(pieces) => decode_pieces(pieces),
+            Rope::None => ByteStr::new(),
+        };
+        let last_event_id = match &parser.last_event_id {
+            span if span.is_empty() => ByteStr::new(),
+            span => decode(span.to_bytes(cur)),
         };
         Event {
-            event_type: decode(self.parser.out_type.to_bytes(cur)),
-            data: decode(data),
-            last_event_id: decode(self.parser.last_event_id.to_bytes(cur)),
+            event_type,
+            data,
+            last_event_id,
         }
     }
 }
@@ -914,7 +1047,129 @@ impl<'a> Iterator for DataChunks<'a> {
 }
 
 /// Decodes received bytes as UTF-8, replacing invalid sequences with U+FFFD.
+#[inline]
 fn decode(bytes: Bytes) -> ByteStr {
-    ByteStr::from_utf8(bytes)
-        .unwrap_or_else(|bytes| ByteStr::from(String::from_utf8_lossy(&bytes).into_owned()))
+    if is_utf8(&bytes) {
+        ByteStr::from_validated(bytes)
+    } else {
+        ByteStr::from(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// [`decode`] for data in several pieces, joined into one copy. Each piece is checked for
+/// ASCII just before it is copied, while it is in cache; only a non-ASCII result needs the full
+/// UTF-8 check of the copy.
+fn decode_pieces(pieces: &[Bytes]) -> ByteStr {
+    let mut joined = Vec::with_capacity(pieces.iter().map(Bytes::len).sum());
+    let mut ascii = true;
+    for piece in pieces {
+        ascii = ascii && is_ascii(piece);
+        joined.extend_from_slice(piece);
+    }
+    if ascii || std::str::from_utf8(&joined).is_ok() {
+        ByteStr::from_validated(Bytes::from(joined))
+    } else {
+        ByteStr::from(String::from_utf8_lossy(&joined).into_owned())
+    }
+}
+
+/// Whether `bytes` is valid UTF-8.
+///
+/// Event data is mostly ASCII (JSON), which is checked here 64 bytes at a time with plain word
+/// operations, about three times as fast as `std::str::from_utf8` on ASCII (6.6 ns against
+/// 18 ns for 300 bytes). From the first block with a high bit on, `std::str::from_utf8`
+/// decides (an ASCII prefix ends on a character boundary).
+#[inline]
+fn is_utf8(bytes: &[u8]) -> bool {
+    let ascii = ascii_prefix(bytes);
+    ascii == bytes.len() || std::str::from_utf8(&bytes[ascii..]).is_ok()
+}
+
+/// Whether every byte of `bytes` is ASCII.
+#[inline]
+fn is_ascii(bytes: &[u8]) -> bool {
+    ascii_prefix(bytes) == bytes.len()
+}
+
+/// A length of `bytes` that is all ASCII: the whole if it is, else up to a block boundary
+/// before the first non-ASCII byte.
+#[inline]
+fn ascii_prefix(bytes: &[u8]) -> usize {
+    const BLOCK: usize = 64;
+    let mut blocks = bytes.chunks_exact(BLOCK);
+    let mut checked = 0;
+    for block in &mut blocks {
+        if !words_are_ascii(block) {
+            return checked;
+        }
+        checked += BLOCK;
+    }
+    if words_are_ascii(blocks.remainder()) {
+        bytes.len()
+    } else {
+        checked
+    }
+}
+
+/// Whether every byte of `bytes` is ASCII, OR-ing 8-byte words without data-dependent branches.
+#[inline]
+fn words_are_ascii(bytes: &[u8]) -> bool {
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut words = bytes.chunks_exact(8);
+    let mut or = 0;
+    for word in &mut words {
+        or |= u64::from_le_bytes(word.try_into().expect("8 bytes"));
+    }
+    let rest = words.remainder().iter().fold(0, |or, &b| or | b);
+    (or & HIGHS) | u64::from(rest & 0x80) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Mostly ASCII, with a high byte now and then: valid and invalid UTF-8 alike.
+    fn text_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![8 => 0u8..0x80, 1 => any::<u8>()];
+        prop::collection::vec(byte, 0..300)
+    }
+
+    /// Letters with a line ending now and then.
+    fn line_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![8 => b'a'..=b'z', 1 => Just(b'\n'), 1 => Just(b'\r')];
+        prop::collection::vec(byte, 0..100)
+    }
+
+    proptest! {
+        #[test]
+        fn is_utf8_agrees_with_std(bytes in text_bytes()) {
+            prop_assert_eq!(is_utf8(&bytes), std::str::from_utf8(&bytes).is_ok());
+            prop_assert_eq!(is_ascii(&bytes), bytes.is_ascii());
+            let prefix = ascii_prefix(&bytes);
+            prop_assert!(bytes[..prefix].is_ascii());
+        }
+
+        #[test]
+        fn has_nul_agrees_with_contains(bytes in prop::collection::vec(any::<u8>(), 0..100)) {
+            prop_assert_eq!(has_nul(&bytes), bytes.contains(&0));
+        }
+
+        #[test]
+        fn find_eol_agrees_with_position(bytes in line_bytes()) {
+            let expected = bytes.iter().position(|&b| b == b'\n' || b == b'\r');
+            prop_assert_eq!(find_eol(&bytes), expected);
+        }
+
+        #[test]
+        fn decode_agrees_with_std(bytes in text_bytes()) {
+            let expected = String::from_utf8_lossy(&bytes);
+            let whole = decode(Bytes::from(bytes.clone()));
+            prop_assert_eq!(whole.as_str(), &*expected);
+            let pieces: Vec<Bytes> = bytes.chunks(7).map(Bytes::copy_from_slice).collect();
+            let joined = decode_pieces(&pieces);
+            prop_assert_eq!(joined.as_str(), &*expected);
+        }
+    }
 }
