@@ -193,6 +193,7 @@ fn a_python_spelling_of_another_principal_s_sse_session_is_not_forwarded() {
         "/messages/x?session_id=fd15ff9f769d4acd9a944aa18b923c61",
     ] {
         match router.route(&post(uri, &[MALLORY, ("cookie", &cookie)]), now) {
+            Routed::Lookup(lookup) => panic!("no store: {lookup:?}"),
             Routed::Forward(ex) => {
                 forwarded.push(format!("{uri} -> {} ({:?})", ex.backend(), ex.how()));
                 router.on_exchange_end(ex, End::Completed, now);
@@ -322,6 +323,7 @@ fn a_contested_sse_id_is_not_released_by_a_stream_of_a_removed_owner() {
     // C's stream still carries "7". B mints "7" again for a new client.
     let stream_b2 = open_sse_on(&router, b, "7", now);
     match router.route(&message, now) {
+        Routed::Lookup(lookup) => panic!("no store: {lookup:?}"),
         Routed::Reject(_) => {}
         Routed::Forward(ex) => panic!(
             "C's client (stream still open) was pinned to {} ({:?}): a contested id reached a backend",
@@ -366,6 +368,7 @@ fn a_stream_of_a_crashed_incarnation_does_not_release_the_next_incarnation_s_ses
     router.on_exchange_end(old, End::Aborted, now);
     let message = post("/messages/?session_id=1", &[]);
     match router.route(&message, now) {
+        Routed::Lookup(lookup) => panic!("no store: {lookup:?}"),
         Routed::Forward(ex) => {
             assert_eq!(ex.backend(), a);
             router.on_exchange_end(ex, End::Completed, now);
@@ -562,6 +565,7 @@ fn a_404_the_owner_gives_another_client_does_not_end_the_session() {
         post("/messages/?session_id=alice-sse", &[ALICE]),
     ] {
         match router.route(&request, now) {
+            Routed::Lookup(lookup) => panic!("no store: {lookup:?}"),
             Routed::Forward(ex) => router.on_exchange_end(ex, End::Completed, now),
             Routed::Reject(r) => lost.push(format!("{}: {r}", request.uri)),
         }
@@ -627,6 +631,7 @@ fn operator_keys_of_one_client_do_not_evict_another_client_s_session() {
     }
     let request = post("/mcp", &[ALICE, ("mcp-session-id", "alice-s"), LEGACY]);
     match router.route(&request, now) {
+        Routed::Lookup(lookup) => panic!("no store: {lookup:?}"),
         Routed::Forward(ex) => {
             assert_eq!(ex.backend(), owner);
             router.on_exchange_end(ex, End::Completed, now);
@@ -913,6 +918,7 @@ fn a_pinned_operator_key_does_not_move_when_its_owner_is_only_slow() {
         (mcp_affinity::router::How::Pinned, owner)
     );
     match router.on_undelivered(ex, Undelivered::TimedOut, now) {
+        Routed::Lookup(lookup) => panic!("no store: {lookup:?}"),
         Routed::Reject(r) => assert_eq!(r.status(), http::StatusCode::SERVICE_UNAVAILABLE),
         Routed::Forward(mut moved) => {
             let _ = respond(&router, &mut moved, 200, &[JSON], &[], now);

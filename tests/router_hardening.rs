@@ -125,7 +125,11 @@ fn an_sse_session_id_minted_by_two_live_backends_reaches_neither() {
     assert!(matches!(router.route(&message, now), Routed::Reject(_)));
     router.on_exchange_end(second, End::Completed, now);
     router.on_exchange_end(third, End::Completed, now);
-    // Every stream that carried "7" ended: so did every session it named.
+    // Every stream that carried "7" ended; the contested id stays refused until it idles
+    // out, so that a late message cannot reach whichever backend mints "7" next.
+    assert!(matches!(router.route(&message, now), Routed::Reject(_)));
+    let later = now + Duration::from_secs(3601);
+    let _ = router.maintain(later, 1000);
     assert_eq!(router.table().occupancy().len, 0);
 }
 

@@ -156,6 +156,7 @@ fn check_forward(
     key: Option<&str>,
 ) -> Result<(), TestCaseError> {
     match (routed, key) {
+        (Routed::Lookup(lookup), _) => prop_assert!(false, "no store, yet {:?}", lookup),
         (Routed::Forward(ex), Some(key)) => {
             prop_assert_eq!(ex.how(), How::Pinned);
             prop_assert_eq!(
@@ -279,6 +280,7 @@ proptest! {
                             Routed::Reject(r) => {
                                 prop_assert_eq!(r.reason(), Reason::NoReadyBackend);
                             }
+                            Routed::Lookup(_) => prop_assert!(false, "no store"),
                         }
                     }
                 },

@@ -574,6 +574,7 @@ fn decide(router: &Router, request: &http::request::Parts, now: Instant) -> Deci
             Decision::To(name)
         }
         Routed::Reject(r) => Decision::No(r.status().as_u16()),
+        Routed::Lookup(lookup) => panic!("no store: {lookup:?}"),
     }
 }
 

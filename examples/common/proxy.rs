@@ -38,6 +38,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use mcp_affinity::body::ObservedBody;
+use mcp_affinity::router::store::Looked;
 use mcp_affinity::router::{
     BackendInfo, End, Exchange, HeadOutcome, Metrics, NewBackend, Probe, Rejection, Routed, Router,
     Sealing, Undelivered,
@@ -370,9 +371,11 @@ impl Proxy {
     /// gets the same 404, a conversation start is placed again.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
-        let exchange = match self.router.route(&parts, Instant::now()) {
+        let routed = self.router.route(&parts, Instant::now());
+        let exchange = match self.looked_up(routed).await {
             Routed::Forward(exchange) => exchange,
             Routed::Reject(rejection) => return rejection_response(&rejection),
+            Routed::Lookup(_) => unreachable!("looked up"),
         };
         // A sealed session id: the backend gets its own id back.
         exchange.rewrite_request(&mut parts);
@@ -449,6 +452,7 @@ impl Proxy {
             match self.router.on_undelivered(exchange, why, Instant::now()) {
                 Routed::Forward(next) => guard.exchange = Some(next),
                 Routed::Reject(rejection) => return rejection_response(&rejection),
+                Routed::Lookup(_) => unreachable!("a failed delivery is not looked up"),
             }
         };
         let (response, gone) = response;
@@ -484,6 +488,16 @@ impl Proxy {
             observed.boxed_unsync()
         };
         Response::from_parts(head, body)
+    }
+
+    /// A decision, with a key the router does not know looked up in the shared store first.
+    async fn looked_up(&self, routed: Routed) -> Routed {
+        let Routed::Lookup(lookup) = routed else {
+            return routed;
+        };
+        // No store configured here: the router asks only when one is.
+        self.router
+            .on_lookup(lookup, Looked::Unavailable, Instant::now())
     }
 
     /// How many requests were answered 502.

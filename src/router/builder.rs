@@ -18,6 +18,7 @@ use crate::table::{Key, MemoryTable, MemoryTableConfig, SessionTable};
 pub struct RouterBuilder<T = MemoryTable> {
     table: T,
     config: Config,
+    store: Option<super::SharedStore>,
     max_backends: usize,
     unhealthy_after: u32,
     healthy_after: u32,
@@ -51,6 +52,7 @@ impl Router {
                 #[cfg(feature = "seal")]
                 sealing: None,
             },
+            store: None,
             max_backends: 4096,
             unhealthy_after: 3,
             healthy_after: 2,
@@ -71,6 +73,7 @@ impl<T> RouterBuilder<T> {
         RouterBuilder {
             table,
             config: self.config,
+            store: self.store,
             max_backends: self.max_backends,
             unhealthy_after: self.unhealthy_after,
             healthy_after: self.healthy_after,
@@ -225,6 +228,14 @@ impl<T> RouterBuilder<T> {
         self
     }
 
+    /// Shares learned keys with the other routers of a fleet through a store (see
+    /// [`store`](super::store) for the protocol the embedder drives, and the
+    /// `mcp-affinity-redis` crate for Redis). Off by default.
+    pub fn shared_store(mut self, store: super::SharedStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// The router.
     pub fn build(self) -> Router<T> {
         Router {
@@ -233,6 +244,7 @@ impl<T> RouterBuilder<T> {
             counters: Counters::default(),
             purges: Mutex::new(Default::default()),
             purge_lock: Mutex::new(()),
+            store: self.store.map(super::store::StoreState::new),
             config: self.config,
         }
     }

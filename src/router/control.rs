@@ -92,7 +92,9 @@ impl<T: SessionTable> Router<T> {
     /// once). Keys learned from answers that arrive after the removal are not kept. Returns
     /// how many keys it owned.
     pub fn remove_backend(&self, id: BackendId, now: Instant) -> Result<usize, FleetError> {
+        let identity = self.fleet.identity(id);
         self.fleet.remove(id, now)?;
+        self.store_lost(identity, self.lost_cutoff(now));
         let owned = self.table.count_owner(id);
         match now.checked_add(self.config.removal_grace) {
             _ if self.config.removal_grace.is_zero() => {
@@ -169,6 +171,7 @@ impl<T: SessionTable> Router<T> {
         let reported = self.fleet.report(id, probe.into(), self.lost_cutoff(now))?;
         if reported.went_down {
             self.count_down(id);
+            self.store_lost(self.fleet.identity(id), self.lost_cutoff(now));
         }
         if reported.comes_back {
             // Its lost incarnation's keys go first, outside the fleet lock (placement goes on
@@ -185,6 +188,7 @@ impl<T: SessionTable> Router<T> {
     pub(super) fn declare_down(&self, id: BackendId, term: u32, now: Instant) {
         if self.fleet.mark_down(id, term, self.lost_cutoff(now)) == Ok(true) {
             self.count_down(id);
+            self.store_lost(self.fleet.identity(id), self.lost_cutoff(now));
         }
     }
 
@@ -233,8 +237,11 @@ impl<T: SessionTable> Router<T> {
 
     /// A snapshot of the counters and state.
     pub fn metrics(&self) -> Metrics {
-        self.counters
-            .snapshot(self.fleet.infos(&self.table), self.table.occupancy())
+        self.counters.snapshot(
+            self.fleet.infos(&self.table),
+            self.table.occupancy(),
+            self.store_queue_len(),
+        )
     }
 
     /// Up to `max` keys that `backend` owns.

@@ -297,6 +297,9 @@ pub enum Routed {
     Forward(Exchange),
     /// Answer with the rejection; do not forward.
     Reject(Rejection),
+    /// The key is not known here: look it up in the shared store, and hand the answer to
+    /// [`Router::on_lookup`](super::Router::on_lookup) (see [`store`](super::store)).
+    Lookup(super::store::Lookup),
 }
 
 /// What to do with a response, once its head was shown to

@@ -593,6 +593,32 @@ impl Fleet {
         }
     }
 
+    /// The tenant and name fingerprint of every backend.
+    pub(crate) fn identities(&self) -> Vec<(TenantId, u64)> {
+        let state = self.state.read();
+        state.names.keys().copied().collect()
+    }
+
+    /// The tenant and name fingerprint of a live backend.
+    pub(crate) fn identity(&self, id: BackendId) -> Option<(TenantId, u64)> {
+        let state = self.state.read();
+        state
+            .slots
+            .get(usize::from(id.slot()))
+            .filter(|m| m.occupied && m.generation == id.generation())
+            .map(|m| (m.tenant, m.owner))
+    }
+
+    /// Another router recorded that the backend named `owner` lost an incarnation: tokens and
+    /// bindings of it from before `before` (Unix seconds) are refused here too.
+    pub(crate) fn raise_lost_before(&self, tenant: TenantId, owner: u64, before: u32) {
+        let mut state = self.state.write();
+        if let Some(&slot) = state.names.get(&(tenant, owner)) {
+            let meta = &mut state.slots[usize::from(slot)];
+            meta.lost_before = meta.lost_before.max(before);
+        }
+    }
+
     /// The name fingerprint and incarnation a backend seals its tokens with.
     #[cfg_attr(not(feature = "seal"), allow(dead_code))]
     pub(crate) fn sealing_identity(&self, id: BackendId) -> Option<(u64, u32)> {

@@ -68,6 +68,11 @@ pub(crate) struct Counters {
     pub(crate) down: Counter,
     pub(crate) lost: Counter,
     pub(crate) retried: Counter,
+    pub(crate) store_lookups: Counter,
+    pub(crate) store_found: Counter,
+    pub(crate) store_unavailable: Counter,
+    pub(crate) store_dropped: Counter,
+    pub(crate) store_adopted: Counter,
     pub(crate) tokens_sealed: Counter,
     pub(crate) tokens_opened: Counter,
     pub(crate) token_refused: [Counter; TOKEN_REFUSALS.len()],
@@ -125,6 +130,18 @@ pub struct Metrics {
     pub keys_lost: u64,
     /// Conversation starts placed again on another backend after a failed delivery.
     pub placements_retried: u64,
+    /// Presented keys looked up in the shared store ([`Routed::Lookup`](super::Routed::Lookup)).
+    pub store_lookups: u64,
+    /// Of those, found with a live owner and routed.
+    pub store_found: u64,
+    /// Of those, answered 503 because the store was unavailable.
+    pub store_unavailable: u64,
+    /// Store writes dropped because the write queue was full (reseed when the store is back).
+    pub store_writes_dropped: u64,
+    /// Writes waiting in the store queue.
+    pub store_queue: usize,
+    /// Keys another router bound first, whose owner this router adopted.
+    pub store_adopted: u64,
     /// Session ids sealed into tokens (feature `seal`).
     pub tokens_sealed: u64,
     /// Requests routed by a token that opened.
@@ -154,7 +171,12 @@ impl Metrics {
 }
 
 impl Counters {
-    pub(crate) fn snapshot(&self, backends: Vec<BackendInfo>, table: Occupancy) -> Metrics {
+    pub(crate) fn snapshot(
+        &self,
+        backends: Vec<BackendInfo>,
+        table: Occupancy,
+        store_queue: usize,
+    ) -> Metrics {
         Metrics {
             pinned: self.pinned.get(),
             placed: self.placed.get(),
@@ -180,6 +202,12 @@ impl Counters {
             owners_down: self.down.get(),
             keys_lost: self.lost.get(),
             placements_retried: self.retried.get(),
+            store_lookups: self.store_lookups.get(),
+            store_found: self.store_found.get(),
+            store_unavailable: self.store_unavailable.get(),
+            store_writes_dropped: self.store_dropped.get(),
+            store_queue,
+            store_adopted: self.store_adopted.get(),
             tokens_sealed: self.tokens_sealed.get(),
             tokens_opened: self.tokens_opened.get(),
             tokens_refused: TOKEN_REFUSALS

@@ -21,6 +21,8 @@ mod respond;
 mod route;
 #[cfg(feature = "seal")]
 mod seal;
+pub mod store;
+mod wall;
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,6 +46,7 @@ pub use reject::{BadEra, Reason, Rejection};
 #[cfg(feature = "seal")]
 #[cfg_attr(docsrs, doc(cfg(feature = "seal")))]
 pub use seal::{Sealing, SealingOff};
+pub use store::SharedStore;
 
 use classify::Paths;
 use fleet::Fleet;
@@ -217,6 +220,8 @@ pub struct Router<T = MemoryTable> {
     /// Held while the keys of a down backend are purged, so that its comeback (which purges
     /// too, then makes it healthy) cannot interleave with an upkeep purge.
     purge_lock: Mutex<()>,
+    /// The shared store's side, if keys are shared with a fleet.
+    store: Option<store::StoreState>,
     config: Config,
 }
 
@@ -239,16 +244,15 @@ struct Config {
     sealing: Option<Sealing>,
 }
 
-impl<T> Router<T> {
-    /// Unix seconds before which the sealed ids of a backend lost at `now` are refused: now,
-    /// less the clock skew (0 without sealing).
+impl<T: crate::table::SessionTable> Router<T> {
+    /// Unix seconds before which the sealed ids and shared bindings of a backend lost at `now`
+    /// are refused: now, less the clock skew (0 without sealing or a store).
     fn lost_cutoff(&self, now: Instant) -> u32 {
         #[cfg(feature = "seal")]
         if let Some(sealing) = &self.config.sealing {
             return sealing.lost_cutoff(now);
         }
-        let _ = now;
-        0
+        self.store_cutoff(now).unwrap_or(0)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::table::{InvalidKey, KeyKind, Scope};
 /// | [`WrongPrincipal`](Reason::WrongPrincipal) | 404 | -32001 | exactly as for an unknown key |
 /// | [`InvalidToken`](Reason::InvalidToken) | 404 | -32001 | exactly as for an unknown key |
 /// | [`UnknownOwner`](Reason::UnknownOwner) | 503 + `Retry-After` | -32000 | retries (another router may know better) |
+/// | [`StoreUnavailable`](Reason::StoreUnavailable) | 503 + `Retry-After` | -32000 | retries (the session may live: never a 404) |
 /// | [`UnknownTenant`](Reason::UnknownTenant) | 404 | -32001 | — |
 /// | [`InvalidKey`](Reason::InvalidKey) | 404 (400 for an operator key) | -32001 (-32600) | exactly as for an unknown key |
 /// | [`BadEra`](Reason::BadEra) | 400 | -32600 | fixes its request |
@@ -62,6 +63,10 @@ pub enum Reason {
     /// A sealed id naming a backend this router does not know, or a newer incarnation of it:
     /// the router is behind the fleet, and must not decide for the session.
     UnknownOwner(KeyKind),
+    /// The key is not known here and the shared store could not be asked in time (see
+    /// [`store`](super::store)): the session may live elsewhere, so the client is asked to
+    /// retry, never told it is gone.
+    StoreUnavailable(KeyKind),
     /// The request maps to no tenant.
     UnknownTenant,
     /// The request carried a key that is not a valid id (answered as an unknown key, except
@@ -97,6 +102,7 @@ impl Reason {
             Reason::WrongPrincipal(_) => "wrong_principal",
             Reason::InvalidToken(_) => "invalid_token",
             Reason::UnknownOwner(_) => "unknown_owner",
+            Reason::StoreUnavailable(_) => "store_unavailable",
             Reason::UnknownTenant => "unknown_tenant",
             Reason::InvalidKey(..) => "invalid_key",
             Reason::BadEra(_) => "bad_era",
@@ -118,6 +124,7 @@ impl Reason {
         "wrong_principal",
         "invalid_token",
         "unknown_owner",
+        "store_unavailable",
         "unknown_tenant",
         "invalid_key",
         "bad_era",
@@ -162,6 +169,7 @@ impl Reason {
             | Reason::OwnerUnreachable(kind)
             | Reason::InvalidToken(kind)
             | Reason::UnknownOwner(kind)
+            | Reason::StoreUnavailable(kind)
             | Reason::WrongPrincipal(kind)
             | Reason::InvalidKey(kind, _)
             | Reason::AmbiguousKey(kind)
@@ -188,6 +196,12 @@ impl fmt::Display for Reason {
                 write!(
                     f,
                     "sealed {kind} id names a backend this router does not know"
+                )
+            }
+            Reason::StoreUnavailable(kind) => {
+                write!(
+                    f,
+                    "{kind} key not known here and the shared store unavailable"
                 )
             }
             Reason::UnknownTenant => f.write_str("request maps to no tenant"),
@@ -286,7 +300,8 @@ impl Rejection {
             | Reason::KeyConflict(_)
             | Reason::NoReadyBackend
             | Reason::OwnerUnreachable(_)
-            | Reason::UnknownOwner(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | Reason::UnknownOwner(_)
+            | Reason::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UnroutableKey(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -334,7 +349,8 @@ impl Rejection {
                 | Reason::KeyConflict(_)
                 | Reason::NoReadyBackend
                 | Reason::OwnerUnreachable(_)
-                | Reason::UnknownOwner(_),
+                | Reason::UnknownOwner(_)
+                | Reason::StoreUnavailable(_),
                 _,
             ) => -32000,
             (Reason::UnroutableKey(_), _) => -32603,
@@ -356,6 +372,7 @@ impl Rejection {
             (Reason::NoReadyBackend, _) => "No backend available; retry later",
             (Reason::OwnerUnreachable(_), _) => "Backend unreachable; retry later",
             (Reason::UnknownOwner(_), _) => "Session owner not known here; retry",
+            (Reason::StoreUnavailable(_), _) => "Session store unavailable; retry later",
             (Reason::UnknownTenant, _) => "Unknown tenant",
             _ => "Bad request",
         }

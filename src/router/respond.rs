@@ -171,16 +171,20 @@ impl<T: SessionTable> Router<T> {
         // too, and that must not end the rightful client's session. Without principal binding
         // the binding stays (the backend answers 404 again; the key expires when idle).
         //
-        // A binding that a stream still carries is not forgotten at all: a legacy SSE session
-        // ends with its stream, and an id forgotten while a client's stream holds it could be
-        // minted again for another client. It goes when its streams end (or idles out).
+        // A legacy SSE binding that a stream still carries is not forgotten at all: it ends
+        // with its stream, and an id forgotten while a client's stream holds it could be
+        // minted again for another client. It goes when its streams end (or idles out). A
+        // streamable session the backend ended goes now: its streams end with it (a client's
+        // DELETE usually overtakes the close of its standalone GET stream).
         let vouched = self.config.principal.is_some();
         let ended = (status == StatusCode::NOT_FOUND && vouched)
             || (exchange.intent == Intent::SessionDelete && status.is_success());
         if ended {
-            let streaming = self.table.get(&key, now).is_some_and(|e| e.streams > 0);
+            let streaming = key.kind() == KeyKind::SseSession
+                && self.table.get(&key, now).is_some_and(|e| e.streams > 0);
             if !streaming && self.table.remove(&key, Some(exchange.backend)).is_some() {
                 self.counters.forgotten.incr();
+                self.store_forgotten(&key, exchange.backend);
             }
             return;
         }
@@ -261,6 +265,7 @@ impl<T: SessionTable> Router<T> {
                 if evicted {
                     self.counters.evicted.incr();
                 }
+                self.store_learned(&key, backend, principal, now);
                 Learned::Bound
             }
             Ok(Insert::Exists(entry)) if entry.owner == backend => Learned::Bound,
@@ -530,6 +535,7 @@ impl<T: SessionTable> Router<T> {
                     let released = self.table.release_stream(&key, exchange.backend, now);
                     if released.is_some_and(|entry| entry.streams == 0) {
                         self.counters.released.incr();
+                        self.store_forgotten(&key, exchange.backend);
                     }
                 }
                 // A contested id outlives its last contester by the idle timeout.

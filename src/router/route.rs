@@ -156,7 +156,10 @@ impl<T: SessionTable> Router<T> {
         };
         match self.table.get(&key, now) {
             Some(entry) => self.forward_owned(&key, entry, intent, principal, now),
-            None => Routed::Reject(self.reject(self.unknown_presented(kind))),
+            None => match self.lookup(&key, intent, principal) {
+                Some(lookup) => Routed::Lookup(lookup),
+                None => Routed::Reject(self.reject(self.unknown_presented(kind))),
+            },
         }
     }
 
@@ -207,6 +210,9 @@ impl<T: SessionTable> Router<T> {
             if self.table.remove(&key, Some(entry.owner)).is_some() {
                 self.counters.purged.incr();
             }
+        } else if let Some(lookup) = self.lookup(&key, intent, principal) {
+            // Another router may have bound it.
+            return Routed::Lookup(lookup);
         }
         let mut exchange =
             Exchange::new(tenant, BackendId::CONTESTED, How::Placed, intent, principal);
@@ -237,6 +243,7 @@ impl<T: SessionTable> Router<T> {
         let (reason, purged) = match status {
             OwnerStatus::Live => {
                 self.counters.pinned.incr();
+                self.store_used(key, now);
                 let mut exchange =
                     Exchange::new(key.tenant(), entry.owner, How::Pinned, intent, principal);
                 exchange.term = term;
@@ -255,7 +262,11 @@ impl<T: SessionTable> Router<T> {
 
     /// Places a request on a ready backend of its tenant, skipping those it was already tried
     /// on; `exchange` carries everything but the backend.
-    fn place(&self, mut exchange: Exchange, accept: impl FnMut(BackendId) -> bool) -> Routed {
+    pub(super) fn place(
+        &self,
+        mut exchange: Exchange,
+        accept: impl FnMut(BackendId) -> bool,
+    ) -> Routed {
         // Sessions are balanced by the policy; stateless calls, which leave nothing behind to
         // balance, take turns.
         let starts = exchange.intent.starts_conversation() || exchange.bind_operator.is_some();

@@ -30,6 +30,7 @@ use super::exchange::{Exchange, How, IdBuf, Routed};
 use super::fleet::{Named, OwnerStatus};
 use super::metrics::Counters;
 use super::reject::Reason;
+use super::wall::WallClock;
 use crate::TenantId;
 use crate::seal::{Binding, Claims, Keyring, MAX_TOKEN_LEN, Nonces, OpenError, SealedToken};
 use crate::table::{KeyKind, Principal, SessionTable};
@@ -64,9 +65,7 @@ pub struct Sealing {
     nonces: Nonces,
     max_age: u32,
     skew: u32,
-    /// A monotonic instant and the Unix second it was.
-    at: Instant,
-    unix: u64,
+    clock: WallClock,
 }
 
 impl Sealing {
@@ -79,8 +78,7 @@ impl Sealing {
             nonces: Nonces::new(seed),
             max_age: 24 * 3600,
             skew: 2,
-            at: now,
-            unix: unix_secs,
+            clock: WallClock::new(now, unix_secs),
         }
     }
 
@@ -100,13 +98,7 @@ impl Sealing {
 
     /// Unix seconds at `now`.
     pub(super) fn unix(&self, now: Instant) -> u32 {
-        let unix = match now.checked_duration_since(self.at) {
-            Some(after) => self.unix.saturating_add(after.as_secs()),
-            None => self
-                .unix
-                .saturating_sub(self.at.saturating_duration_since(now).as_secs()),
-        };
-        u32::try_from(unix).unwrap_or(u32::MAX)
+        self.clock.unix(now)
     }
 
     /// The cut-off for tokens of an incarnation lost at `now`.

@@ -76,6 +76,7 @@ pub fn forward(routed: Routed) -> Exchange {
     match routed {
         Routed::Forward(exchange) => exchange,
         Routed::Reject(rejection) => panic!("expected Forward, got {rejection}"),
+        Routed::Lookup(lookup) => panic!("expected Forward, got {lookup:?}"),
     }
 }
 
@@ -84,6 +85,7 @@ pub fn rejected(routed: Routed) -> Rejection {
     match routed {
         Routed::Forward(exchange) => panic!("expected Reject, got {exchange:?}"),
         Routed::Reject(rejection) => rejection,
+        Routed::Lookup(lookup) => panic!("expected Reject, got {lookup:?}"),
     }
 }
 
@@ -159,5 +161,6 @@ pub fn route_session<T: SessionTable>(
             Ok(backend)
         }
         Routed::Reject(rejection) => Err(rejection),
+        Routed::Lookup(lookup) => panic!("no store here: {lookup:?}"),
     }
 }
