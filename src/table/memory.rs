@@ -10,7 +10,7 @@ use hashbrown::{DefaultHashBuilder, HashMap};
 use parking_lot::RwLock;
 use std::hash::Hash;
 
-use super::index::Cells;
+use super::index::Index;
 use super::{
     Entry, Eviction, Insert, InsertError, Key, KeyKind, Occupancy, OwnedKey, Principal, Scope,
     SessionTable, SetOwnerError, TICK,
@@ -22,11 +22,13 @@ use crate::{BackendId, TenantId};
 const INLINE: usize = 37;
 /// `Slot::id_len` of an id stored out of line.
 const LONG: u8 = u8::MAX;
+/// No slot (end of an owner list).
+const NIL: u32 = u32::MAX;
 /// Entries sampled when looking for one to evict.
 const SAMPLES: usize = 16;
 /// Entries scanned, after sampling failed, for an idle entry of a full tenant.
 const TENANT_SCAN: usize = 256;
-/// `Slot::flags` bit: the entry has a principal.
+/// `Slot::flags` bit: the entry has a principal in `Shard::principals`.
 const HAS_PRINCIPAL: u8 = 1;
 
 /// Bounds and shape of a [`MemoryTable`].
@@ -185,41 +187,29 @@ struct Slot {
     learned: u32,
     /// Written by readers, at most once per tick.
     used: AtomicU32,
-    /// The principal's fingerprint, if `flags` has [`HAS_PRINCIPAL`].
-    principal: u64,
+    /// Neighbours in the owner's list.
+    prev: u32,
+    next: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
-/// An empty cell.
-impl Default for Slot {
-    fn default() -> Self {
-        Slot {
-            id: [0; INLINE],
-            id_len: 0,
-            kind: 0,
-            flags: 0,
-            tenant: 0,
-            streams: 0,
-            owner: 0,
-            learned: 0,
-            used: AtomicU32::new(0),
-            principal: 0,
-        }
-    }
-}
-
 /// One independently locked part of the table.
 ///
-/// Entries live in `cells`, each at the position its hash chooses (see [`Cells`]: a lookup
-/// scans small control words, which tend to stay in cache, and reads the one cell whose tag
-/// matches: a hit costs one cache line out of cache). An insert may rebuild the cells and
-/// move every entry, so nothing keeps a position across a write; an owner's keys are found
-/// by scanning the shard.
+/// Entries live densely in `slots`; `index` maps key hashes to slot numbers (see
+/// [`Index`]: a probe reads one cache line, a hit one more for the slot); each owner's
+/// entries form a doubly linked list through `prev`/`next`, so an owner's keys are found in
+/// time proportional to their number. Removal swaps the last slot into the hole.
 struct Shard {
-    cells: Cells<Slot>,
+    index: Index,
+    slots: Vec<Slot>,
+    /// Parallel to `slots` once any entry had a principal (`tracks_principals`); empty before.
+    principals: Vec<u64>,
+    tracks_principals: bool,
     long_ids: Vec<Box<[u8]>>,
     long_free: Vec<u32>,
+    /// Each owner's first slot.
+    heads: HashMap<u32, u32>,
     /// Where the idle sweep goes on.
     cursor: usize,
     /// State of the eviction sampler (xorshift).
@@ -235,23 +225,12 @@ struct Padded<T>(T);
 /// - **Fast**: a lookup hashes the key with a seeded fast hash ([`FastHash`]; pass a hardened
 ///   `BuildHasher` such as `std::collections::hash_map::RandomState` with
 ///   [`with_hasher`](MemoryTable::with_hasher)), takes one shard's read lock and allocates
-///   nothing. Each entry sits where its hash says, beside 2-byte control words that tend to
-///   stay in cache: a lookup in a table too big for the cache reads one cache line out of it
-///   (the entry's), not two. Readers write only the entry's last-use time, and only when it
-///   moved by a tick (100 ms).
+///   nothing. Readers write only the entry's last-use time, and only when it moved by a tick
+///   (100 ms).
 /// - **Lean**: entries are 64 bytes with ids up to 37 bytes inline (every SDK's session id
-///   fits) and the principal; the cells stay more than 84 % full as the table grows, so an
-///   entry costs about 76 bytes.
+///   fits), stored densely, indexed by 4-byte slot numbers.
 /// - **Bounded**: capacity in total and per tenant, idle expiry, eviction policy: see
 ///   [`MemoryTableConfig`].
-///
-/// Writes pay for the lean, one-miss layout. A shard's cells are segments of at most 2,048
-/// entries, each rebuilt a sixteenth bigger at a time as it grows and split in two when full:
-/// an insert moves about seventeen entries on average while the table grows, and no write
-/// moves more than one segment. Removals leave tombstones that the next rebuild clears.
-/// [`remove_owner`](SessionTable::remove_owner) and [`keys_of`](SessionTable::keys_of) scan
-/// the shards: their time grows with the table's
-/// size, not with the owner's keys.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -313,9 +292,13 @@ impl<S: BuildHasher> MemoryTable<S> {
         let shards = (0..config.shards)
             .map(|i| {
                 Padded(RwLock::new(Shard {
-                    cells: Cells::default(),
+                    index: Index::default(),
+                    slots: Vec::new(),
+                    principals: Vec::new(),
+                    tracks_principals: false,
                     long_ids: Vec::new(),
                     long_free: Vec::new(),
+                    heads: HashMap::new(),
                     cursor: 0,
                     rng: 0x9E37_79B9_7F4A_7C15 ^ (i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9),
                 }))
@@ -362,8 +345,9 @@ impl<S: BuildHasher> MemoryTable<S> {
     }
 
     fn entry(&self, shard: &Shard, i: usize) -> Entry {
-        let slot = shard.cells.get(i);
-        let principal = (slot.flags & HAS_PRINCIPAL != 0).then(|| Principal::new(slot.principal));
+        let slot = &shard.slots[i];
+        let principal =
+            (slot.flags & HAS_PRINCIPAL != 0).then(|| Principal::new(shard.principals[i]));
         let epoch = *self
             .epoch
             .get()
@@ -401,11 +385,11 @@ impl<S: BuildHasher> MemoryTable<S> {
         map.read().get(key).map_or(0, |c| c.load(Relaxed))
     }
 
-    /// Updates the counters for an entry that left the table.
-    fn forget_counts(&self, gone: Gone) {
+    /// Updates the counters for a slot that left the table.
+    fn forget_counts(&self, slot: &Slot) {
         self.len.fetch_sub(1, Relaxed);
-        Self::bump(&self.owners, gone.owner, false);
-        Self::bump(&self.tenants, gone.tenant, false);
+        Self::bump(&self.owners, slot.owner, false);
+        Self::bump(&self.tenants, slot.tenant, false);
     }
 }
 
@@ -426,7 +410,7 @@ impl<S: BuildHasher> MemoryTable<S> {
         if let Some(i) = shard.find(hash, key) {
             let existing = self.entry(&shard, i);
             if streams > 0 && existing.owner == owner {
-                let slot = shard.cells.get_mut(i);
+                let slot = &mut shard.slots[i];
                 slot.streams = add_streams(slot.streams, streams);
                 slot.used.store(tick, Relaxed);
             }
@@ -445,8 +429,8 @@ impl<S: BuildHasher> MemoryTable<S> {
             };
             match shard.lru_victim((!tenant_ok).then_some(tenant)) {
                 Some(victim) => {
-                    let gone = shard.remove_at(victim);
-                    self.forget_counts(gone);
+                    let (slot, _) = shard.remove_at(&self.hasher, victim);
+                    self.forget_counts(&slot);
                     evicted = true;
                 }
                 None => {
@@ -456,8 +440,8 @@ impl<S: BuildHasher> MemoryTable<S> {
                 }
             }
         }
-        let i = shard.push(&self.hasher, hash, key, owner.to_bits(), principal, tick);
-        shard.cells.get_mut(i).streams = streams;
+        let i = shard.push(hash, key, owner.to_bits(), principal, tick);
+        shard.slots[i].streams = streams;
         Self::bump(&self.owners, owner.to_bits(), true);
         Ok(Insert::Added { evicted })
     }
@@ -486,41 +470,41 @@ fn hash_parts<S: BuildHasher>(hasher: &S, tenant: u16, kind: u8, id: &[u8]) -> u
     state.finish()
 }
 
-/// What the counters need of an entry that left the table.
-#[derive(Clone, Copy)]
-struct Gone {
-    owner: u32,
-    tenant: u16,
-}
-
 impl Shard {
-    fn id<'a>(long_ids: &'a [Box<[u8]>], slot: &'a Slot) -> &'a [u8] {
+    fn id<'a>(&'a self, slot: &'a Slot) -> &'a [u8] {
         if slot.id_len == LONG {
             let at = u32::from_le_bytes(slot.id[..4].try_into().expect("4 bytes"));
-            &long_ids[at as usize]
+            &self.long_ids[at as usize]
         } else {
             &slot.id[..usize::from(slot.id_len)]
         }
     }
 
-    #[inline]
-    fn find(&self, hash: u64, key: &Key<'_>) -> Option<usize> {
-        let (tenant, kind, id) = (key.tenant().get(), key.kind().to_u8(), key.id_bytes());
-        self.cells.find(hash, |slot| {
-            slot.tenant == tenant && slot.kind == kind && Self::id(&self.long_ids, slot) == id
-        })
+    fn slot_hash<S: BuildHasher>(&self, hasher: &S, i: usize) -> u64 {
+        let slot = &self.slots[i];
+        hash_parts(hasher, slot.tenant, slot.kind, self.id(slot))
     }
 
-    /// Stores an entry for `key` (not in the shard); returns its cell.
-    fn push<S: BuildHasher>(
+    fn find(&self, hash: u64, key: &Key<'_>) -> Option<usize> {
+        let (tenant, kind, id) = (key.tenant().get(), key.kind().to_u8(), key.id_bytes());
+        self.index
+            .find(hash, |i| {
+                let slot = &self.slots[i as usize];
+                slot.tenant == tenant && slot.kind == kind && self.id(slot) == id
+            })
+            .map(|i| i as usize)
+    }
+
+    /// Appends a slot for `key` and indexes it; returns its number.
+    fn push(
         &mut self,
-        hasher: &S,
         hash: u64,
         key: &Key<'_>,
         owner: u32,
         principal: Option<Principal>,
         tick: u32,
     ) -> usize {
+        let i = self.slots.len();
         let id = key.id_bytes();
         let mut slot = Slot {
             id: [0; INLINE],
@@ -532,11 +516,9 @@ impl Shard {
             owner,
             learned: tick,
             used: AtomicU32::new(tick),
-            principal: principal.map_or(0, Principal::fingerprint),
+            prev: NIL,
+            next: NIL,
         };
-        if principal.is_some() {
-            slot.flags |= HAS_PRINCIPAL;
-        }
         if id.len() <= INLINE {
             slot.id[..id.len()].copy_from_slice(id);
             slot.id_len = id.len() as u8;
@@ -555,78 +537,140 @@ impl Shard {
             slot.id[..4].copy_from_slice(&at.to_le_bytes());
             slot.id_len = LONG;
         }
-        let long_ids = &self.long_ids;
-        self.cells.insert(hash, slot, |slot| {
-            hash_parts(hasher, slot.tenant, slot.kind, Self::id(long_ids, slot))
-        })
+        if principal.is_some() {
+            slot.flags |= HAS_PRINCIPAL;
+            if !self.tracks_principals {
+                self.principals.resize(i, 0);
+                self.tracks_principals = true;
+            }
+        }
+        if self.tracks_principals {
+            self.principals
+                .push(principal.map_or(0, Principal::fingerprint));
+        }
+        self.slots.push(slot);
+        self.link(i);
+        self.index.insert(hash, i as u32);
+        i
     }
 
-    /// Removes the entry in cell `i` (no other entry moves).
-    fn remove_at(&mut self, i: usize) -> Gone {
-        let slot = self.cells.remove(i);
-        if slot.id_len == LONG {
-            let at = u32::from_le_bytes(slot.id[..4].try_into().expect("4 bytes"));
+    /// Puts slot `i` at the head of its owner's list.
+    fn link(&mut self, i: usize) {
+        let owner = self.slots[i].owner;
+        let old = self.heads.insert(owner, i as u32).unwrap_or(NIL);
+        self.slots[i].prev = NIL;
+        self.slots[i].next = old;
+        if old != NIL {
+            self.slots[old as usize].prev = i as u32;
+        }
+    }
+
+    /// Takes slot `i` out of its owner's list.
+    fn unlink(&mut self, i: usize) {
+        let (prev, next, owner) = {
+            let slot = &self.slots[i];
+            (slot.prev, slot.next, slot.owner)
+        };
+        if prev == NIL {
+            if next == NIL {
+                self.heads.remove(&owner);
+            } else {
+                self.heads.insert(owner, next);
+            }
+        } else {
+            self.slots[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.slots[next as usize].prev = prev;
+        }
+    }
+
+    /// Removes slot `i`, moving the last slot into its place; returns the removed slot and its
+    /// principal.
+    fn remove_at<S: BuildHasher>(&mut self, hasher: &S, i: usize) -> (Slot, Option<u64>) {
+        self.unlink(i);
+        let hash = self.slot_hash(hasher, i);
+        self.index.remove(hash, i as u32);
+        let last = self.slots.len() - 1;
+        let removed = self.slots.swap_remove(i);
+        let principal = if !self.tracks_principals {
+            None
+        } else {
+            let p = self.principals.swap_remove(i);
+            (removed.flags & HAS_PRINCIPAL != 0).then_some(p)
+        };
+        if i != last {
+            // The former last slot now lives at `i`: re-point its index entry and neighbours.
+            let hash = self.slot_hash(hasher, i);
+            self.index.repoint(hash, last as u32, i as u32);
+            let (prev, next, owner) = {
+                let slot = &self.slots[i];
+                (slot.prev, slot.next, slot.owner)
+            };
+            if prev == NIL {
+                self.heads.insert(owner, i as u32);
+            } else {
+                self.slots[prev as usize].next = i as u32;
+            }
+            if next != NIL {
+                self.slots[next as usize].prev = i as u32;
+            }
+        }
+        if removed.id_len == LONG {
+            let at = u32::from_le_bytes(removed.id[..4].try_into().expect("4 bytes"));
             self.long_ids[at as usize] = Box::default();
             self.long_free.push(at);
         }
-        Gone {
-            owner: slot.owner,
-            tenant: slot.tenant,
-        }
+        (removed, principal)
     }
 
-    /// Looks at up to `budget` entries, from the cursor on and around the cells once,
+    /// Looks at up to `budget` slots, each at most once, from the cursor on and around,
     /// removing those `expired` says; returns (examined, removed).
-    fn sweep(
+    fn sweep<S: BuildHasher>(
         &mut self,
+        hasher: &S,
         budget: usize,
         expired: impl Fn(&Slot) -> bool,
-        mut gone: impl FnMut(Gone),
+        mut gone: impl FnMut(&Slot),
     ) -> (usize, usize) {
         let (mut examined, mut removed) = (0, 0);
-        let n = self.cells.cells();
-        if n == 0 {
-            return (0, 0);
-        }
-        // The cursor may point past cells that a split or rebuild since moved.
-        let mut at = self.cells.valid(self.cursor);
-        let mut visited = 0;
-        // Removal moves nothing, so one pass over the cells sees each entry once.
-        while visited < n && examined < budget {
-            if self.cells.is_live(at) {
-                examined += 1;
-                if expired(self.cells.get(at)) {
-                    gone(self.remove_at(at));
-                    removed += 1;
-                }
-            }
-            visited += 1;
-            at = self.cells.next(at);
-        }
-        self.cursor = at;
-        (examined, removed)
-    }
-
-    /// Removes every entry `doomed` says; returns how many, after telling `gone` of each.
-    fn remove_where(
-        &mut self,
-        doomed: impl Fn(&Slot) -> bool,
-        mut gone: impl FnMut(Gone),
-    ) -> usize {
-        let mut removed = 0;
-        let n = self.cells.cells();
-        if n == 0 {
-            return 0;
-        }
-        let mut at = self.cells.first();
-        for _ in 0..n {
-            if self.cells.is_live(at) && doomed(self.cells.get(at)) {
-                gone(self.remove_at(at));
+        let start = self.cursor.min(self.slots.len());
+        // First from the cursor to the end. A removal moves the last slot, not yet looked at,
+        // into the hole: look at the same position again.
+        let mut i = start;
+        while i < self.slots.len() && examined < budget {
+            examined += 1;
+            if expired(&self.slots[i]) {
+                gone(&self.remove_at(hasher, i).0);
                 removed += 1;
+            } else {
+                i += 1;
             }
-            at = self.cells.next(at);
         }
-        removed
+        if examined >= budget {
+            self.cursor = i;
+            return (examined, removed);
+        }
+        // Then the positions before the cursor, `[0, end)`. Everything from `end` on was looked
+        // at above, so a slot moved from there into a hole is skipped, not looked at twice.
+        let (mut i, mut end) = (0, start);
+        while i < end && examined < budget {
+            examined += 1;
+            if expired(&self.slots[i]) {
+                let last = self.slots.len() - 1;
+                gone(&self.remove_at(hasher, i).0);
+                removed += 1;
+                if last >= end {
+                    i += 1;
+                } else {
+                    end -= 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.cursor = i;
+        (examined, removed)
     }
 
     fn random(&mut self) -> u64 {
@@ -639,17 +683,17 @@ impl Shard {
         x
     }
 
-    /// The least recently used entry with no open stream among a random sample (of `tenant`
+    /// The least recently used slot with no open stream among a random sample (of `tenant`
     /// only, if given).
     fn lru_victim(&mut self, tenant: Option<u16>) -> Option<usize> {
-        let n = self.cells.cells();
-        if self.cells.len() == 0 {
+        let n = self.slots.len();
+        if n == 0 {
             return None;
         }
         let eligible = |slot: &Slot| slot.streams == 0 && tenant.is_none_or(|t| slot.tenant == t);
-        // Keeps the least recently used eligible entry seen so far.
-        let consider = |best: Option<(u32, usize)>, cells: &Cells<Slot>, i: usize| {
-            let slot = cells.get(i);
+        // Keeps the least recently used eligible slot seen so far.
+        let consider = |best: Option<(u32, usize)>, slots: &[Slot], i: usize| {
+            let slot = &slots[i];
             let used = slot.used.load(Relaxed);
             match best {
                 _ if !eligible(slot) => best,
@@ -658,33 +702,14 @@ impl Shard {
             }
         };
         let mut best = None;
-        // Random cells until the sample is full (most cells hold an entry: the load stays
-        // high unless many entries were removed).
-        let mut sampled = 0;
-        for _ in 0..SAMPLES * 4 {
-            let r = self.random();
-            let i = self.cells.random(r);
-            if self.cells.is_live(i) {
-                best = consider(best, &self.cells, i);
-                sampled += 1;
-                if sampled == SAMPLES {
-                    break;
-                }
-            }
+        for _ in 0..SAMPLES {
+            let i = (self.random() % n as u64) as usize;
+            best = consider(best, &self.slots, i);
         }
-        if best.is_none() && (tenant.is_some() || sampled == 0) {
-            let r = self.random();
-            let mut at = self.cells.random(r);
-            let mut scanned = 0;
-            for _ in 0..n {
-                if self.cells.is_live(at) {
-                    best = consider(best, &self.cells, at);
-                    scanned += 1;
-                    if scanned == TENANT_SCAN {
-                        break;
-                    }
-                }
-                at = self.cells.next(at);
+        if best.is_none() && tenant.is_some() {
+            let start = (self.random() % n as u64) as usize;
+            for k in 0..n.min(TENANT_SCAN) {
+                best = consider(best, &self.slots, (start + k) % n);
             }
         }
         best.map(|(_, i)| i)
@@ -698,7 +723,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         let i = shard.find(hash, key)?;
         // Only a hit pays for reading the clock value.
         let tick = self.tick(now);
-        let used = &shard.cells.get(i).used;
+        let used = &shard.slots[i].used;
         if used.load(Relaxed) < tick {
             used.store(tick, Relaxed);
         }
@@ -736,15 +761,17 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         let tick = self.tick(now);
         let mut shard = self.shard(hash).write();
         let i = shard.find(hash, key).ok_or(SetOwnerError::NotFound)?;
-        if shard.cells.get(i).owner != expected.to_bits() {
+        if shard.slots[i].owner != expected.to_bits() {
             return Err(SetOwnerError::OwnerChanged(self.entry(&shard, i)));
         }
         if expected != new {
-            shard.cells.get_mut(i).owner = new.to_bits();
+            shard.unlink(i);
+            shard.slots[i].owner = new.to_bits();
+            shard.link(i);
             Self::bump(&self.owners, expected.to_bits(), false);
             Self::bump(&self.owners, new.to_bits(), true);
         }
-        shard.cells.get(i).used.store(tick, Relaxed);
+        shard.slots[i].used.store(tick, Relaxed);
         Ok(self.entry(&shard, i))
     }
 
@@ -752,12 +779,12 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         let hash = self.hash(key);
         let mut shard = self.shard(hash).write();
         let i = shard.find(hash, key)?;
-        if owner.is_some_and(|o| shard.cells.get(i).owner != o.to_bits()) {
+        if owner.is_some_and(|o| shard.slots[i].owner != o.to_bits()) {
             return None;
         }
         let entry = self.entry(&shard, i);
-        let gone = shard.remove_at(i);
-        self.forget_counts(gone);
+        let (slot, _) = shard.remove_at(&self.hasher, i);
+        self.forget_counts(&slot);
         Some(entry)
     }
 
@@ -766,7 +793,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         let tick = self.tick(now);
         let mut shard = self.shard(hash).write();
         let i = shard.find(hash, key)?;
-        let slot = shard.cells.get_mut(i);
+        let slot = &mut shard.slots[i];
         slot.streams = add_streams(slot.streams, 1);
         slot.used.store(tick, Relaxed);
         Some(self.entry(&shard, i))
@@ -777,7 +804,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         let tick = self.tick(now);
         let mut shard = self.shard(hash).write();
         let i = shard.find(hash, key)?;
-        let slot = shard.cells.get_mut(i);
+        let slot = &mut shard.slots[i];
         slot.streams = close_one(slot.streams);
         slot.used.store(tick, Relaxed);
         Some(self.entry(&shard, i))
@@ -786,10 +813,22 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
     fn remove_owner(&self, owner: BackendId) -> usize {
         let bits = owner.to_bits();
         let mut removed = 0;
+        let mut doomed = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.0.write();
-            removed +=
-                shard.remove_where(|slot| slot.owner == bits, |gone| self.forget_counts(gone));
+            doomed.clear();
+            let mut i = shard.heads.get(&bits).copied().unwrap_or(NIL);
+            while i != NIL {
+                doomed.push(i as usize);
+                i = shard.slots[i as usize].next;
+            }
+            // Highest first: a swap-removal then only moves slots this loop is done with.
+            doomed.sort_unstable_by(|a, b| b.cmp(a));
+            for &i in &doomed {
+                let (slot, _) = shard.remove_at(&self.hasher, i);
+                self.forget_counts(&slot);
+            }
+            removed += doomed.len();
         }
         let mut owners = self.owners.write();
         if owners.get(&bits).is_some_and(|c| c.load(Relaxed) == 0) {
@@ -802,30 +841,18 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         let bits = owner.to_bits();
         let mut keys = Vec::new();
         for shard in self.shards.iter() {
+            let shard = shard.0.read();
+            let mut i = shard.heads.get(&bits).copied().unwrap_or(NIL);
+            while i != NIL && keys.len() < max {
+                let slot = &shard.slots[i as usize];
+                let kind = KeyKind::from_u8(slot.kind).expect("stored kinds are valid");
+                let key = OwnedKey::new(TenantId::new(slot.tenant), kind, shard.id(slot))
+                    .expect("stored ids are valid");
+                keys.push(key);
+                i = slot.next;
+            }
             if keys.len() >= max {
                 break;
-            }
-            let shard = shard.0.read();
-            let n = shard.cells.cells();
-            let mut at = if n == 0 { 0 } else { shard.cells.first() };
-            for _ in 0..n {
-                if keys.len() >= max {
-                    break;
-                }
-                let i = at;
-                at = shard.cells.next(at);
-                let slot = shard.cells.get(i);
-                if !shard.cells.is_live(i) || slot.owner != bits {
-                    continue;
-                }
-                let kind = KeyKind::from_u8(slot.kind).expect("stored kinds are valid");
-                let key = OwnedKey::new(
-                    TenantId::new(slot.tenant),
-                    kind,
-                    Shard::id(&shard.long_ids, slot),
-                )
-                .expect("stored ids are valid");
-                keys.push(key);
             }
         }
         keys
@@ -847,6 +874,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
             }
             let mut shard = self.shards[(start + k) % n].0.write();
             let (examined, evicted) = shard.sweep(
+                &self.hasher,
                 max_work - out.examined,
                 |slot| slot.streams == 0 && now.saturating_sub(slot.used.load(Relaxed)) >= ttl,
                 |slot| self.forget_counts(slot),
