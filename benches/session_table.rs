@@ -5,13 +5,20 @@
 //! - `dashmap`: `DashMap<String, u32>` (the sharded map a proxy author would pick);
 //! - `rwlock-hashmap`: `std::sync::RwLock<std::collections::HashMap<String, u32>>`;
 //! - `hashbrown-ceiling`: an unlocked `hashbrown::HashMap<String, u32>` (foldhash) read by one
-//!   thread: the least a lookup costs.
+//!   thread: the least a lookup costs;
+//! - `hashbrown-fenced`: the same map, each lookup between the two atomic read-modify-writes
+//!   an uncontended read lock costs: the least a lookup under a lock costs. The atomics order
+//!   memory like fences, so consecutive lookups cannot overlap their cache misses, as the
+//!   unlocked ones do.
 //!
 //! Groups: `table/hit` and `table/miss` at 10^3, 10^4 and 10^6 entries (keys visited in a
 //! scrambled order, each id freshly copied outside the timing, as a proxy holds the id of the
 //! request it just parsed: the id is in cache, the table is not); `table/2-readers` (two threads looking up at once, time per lookup per
 //! thread); `table/mix-95-5` (two threads, 95 % lookups, 5 % insert of a new key plus removal
-//! of an old one). After the timed groups, the bench prints the memory per entry of each table
+//! of an old one); `table/dram`, what memory alone costs: random cache-line reads over 64 MiB,
+//! each depending on the one before (`chase`: the latency of one access that misses every
+//! cache) or not (`1-read`, `2-reads`). After the timed groups, the bench prints the memory per
+//! entry of each table
 //! at 10^5 and 10^6 entries, each measured in a fresh child process as the growth of its
 //! resident set divided by the entries.
 //!
@@ -37,9 +44,11 @@
 //! atomic operations cost everyone.
 #![allow(clippy::disallowed_methods)] // benches may read the clock
 
+use std::cell::OnceCell;
 use std::collections::HashMap as StdHashMap;
 use std::hint::black_box;
 use std::sync::RwLock as StdRwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
@@ -192,19 +201,69 @@ impl Table for Ceiling {
     }
 }
 
-fn bench_lookups<T: Table>(c: &mut Criterion, who: &str, sizes: &[usize]) {
-    for &n in sizes {
+/// A table of `n` entries with its keys, built the first time a benchmark that the filter
+/// selects asks for it (so that a filtered run builds only what it measures).
+struct Fixture<T> {
+    table: T,
+    present: Vec<String>,
+    absent: Vec<String>,
+    order: Vec<usize>,
+}
+
+fn fixture<T: Table>(cell: &OnceCell<Fixture<T>>, n: usize) -> &Fixture<T> {
+    cell.get_or_init(|| {
         let present = ids(n, 1);
         let absent = ids(n.min(100_000), 2);
         let table = T::build(&present);
-        let order = scrambled(n);
         assert!(table.lookup(&present[0]).is_some() && table.lookup(&absent[0]).is_none());
+        Fixture {
+            table,
+            present,
+            absent,
+            order: scrambled(n),
+        }
+    })
+}
+
+/// The ceiling with the price of a lock: the same unlocked map, each lookup between the two
+/// atomic read-modify-writes that taking and releasing an uncontended read lock costs. They
+/// order memory like fences, so consecutive lookups no longer overlap their cache misses.
+struct FencedCeiling(hashbrown::HashMap<String, u32>, AtomicUsize);
+
+impl Table for FencedCeiling {
+    fn build(ids: &[String]) -> Self {
+        FencedCeiling(Ceiling::build(ids).0, AtomicUsize::new(0))
+    }
+    fn lookup(&self, id: &str) -> Option<u32> {
+        // As a reader lock does: count a reader in, look up, count it out.
+        self.1.fetch_add(1, Ordering::Acquire);
+        let owner = self.0.get(id).copied();
+        self.1.fetch_sub(1, Ordering::Release);
+        owner
+    }
+    fn insert(&self, _: &str, _: u32) {
+        unreachable!("the ceiling is read-only")
+    }
+    fn remove(&self, _: &str) {
+        unreachable!("the ceiling is read-only")
+    }
+}
+
+fn bench_lookups<T: Table>(c: &mut Criterion, who: &str, sizes: &[usize]) {
+    for &n in sizes {
+        let built = OnceCell::new();
 
         // Each lookup gets its id freshly copied, as a proxy has it from the request it just
         // parsed: the id is in cache, the table is not. Copying happens outside the timing.
         let mut group = c.benchmark_group("table/hit");
         group.throughput(Throughput::Elements(1));
         group.bench_function(BenchmarkId::new(who, n), |b| {
+            let Fixture {
+                table,
+                present,
+                order,
+                ..
+            } = fixture::<T>(&built, n);
             let mut at = 0;
             b.iter_batched_ref(
                 || {
@@ -220,6 +279,7 @@ fn bench_lookups<T: Table>(c: &mut Criterion, who: &str, sizes: &[usize]) {
         let mut group = c.benchmark_group("table/miss");
         group.throughput(Throughput::Elements(1));
         group.bench_function(BenchmarkId::new(who, n), |b| {
+            let Fixture { table, absent, .. } = fixture::<T>(&built, n);
             let mut at = 0;
             b.iter_batched_ref(
                 || {
@@ -262,12 +322,16 @@ fn two_threads(iters: u64, op: impl Fn(usize, u64) + Sync) -> Duration {
 }
 
 fn bench_concurrent<T: Table>(c: &mut Criterion, who: &str, n: usize) {
-    let present = ids(n, 1);
-    let order = scrambled(n);
-    let table = T::build(&present);
+    let built = OnceCell::new();
     let mut group = c.benchmark_group("table/2-readers");
     group.throughput(Throughput::Elements(1));
     group.bench_function(BenchmarkId::new(who, n), |b| {
+        let Fixture {
+            table,
+            present,
+            order,
+            ..
+        } = fixture::<T>(&built, n);
         b.iter_custom(|iters| {
             two_threads(iters, |t, i| {
                 let at = order[(i as usize * 2 + t) % n];
@@ -282,6 +346,12 @@ fn bench_concurrent<T: Table>(c: &mut Criterion, who: &str, n: usize) {
     let mut group = c.benchmark_group("table/mix-95-5");
     group.throughput(Throughput::Elements(1));
     group.bench_function(BenchmarkId::new(who, n), |b| {
+        let Fixture {
+            table,
+            present,
+            order,
+            ..
+        } = fixture::<T>(&built, n);
         b.iter_custom(|iters| {
             two_threads(iters, |t, i| {
                 let i = i as usize;
@@ -298,12 +368,101 @@ fn bench_concurrent<T: Table>(c: &mut Criterion, who: &str, n: usize) {
     group.finish();
 }
 
+/// What memory alone costs on this machine, with no hashing and no lock: random cache-line
+/// reads over 64 MiB (the size of a table of 10^6 entries), as the lookups above do them.
+///
+/// - `chase`: each read's address comes from the previous read: the latency of one access
+///   that misses every cache and the TLB.
+/// - `1-read`: independent reads (addresses known in advance), as consecutive lookups are:
+///   the processor overlaps several. A hit that reads one cache line out of cache costs at
+///   least this.
+/// - `2-reads`: a read of a 12 MiB array whose value says which line of the 64 MiB array to
+///   read next: the two dependent misses of a lookup through an index of slot numbers.
+fn bench_dram(c: &mut Criterion) {
+    const LINES: usize = 1 << 20;
+    const WORDS: usize = 8; // u64s per 64-byte line
+    struct Memory {
+        /// `LINES` cache lines; the first word of each names another line (one cycle).
+        data: Vec<u64>,
+        /// 12 MiB of line numbers.
+        index: Vec<u64>,
+        /// Random line numbers, visited in turn.
+        visits: Vec<u32>,
+    }
+    let built = OnceCell::new();
+    let memory = || {
+        built.get_or_init(|| {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64;
+            let mut random = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            // Sattolo's algorithm: one cycle through every line.
+            let mut cycle: Vec<u32> = (0..LINES as u32).collect();
+            for i in (1..LINES).rev() {
+                cycle.swap(i, (random() % i as u64) as usize);
+            }
+            let mut data = vec![0u64; LINES * WORDS];
+            for (line, &next) in cycle.iter().enumerate() {
+                data[line * WORDS] = u64::from(next);
+            }
+            let index = (0..(12 << 20) / 8)
+                .map(|_| random() % LINES as u64)
+                .collect();
+            let visits = (0..LINES)
+                .map(|_| (random() % LINES as u64) as u32)
+                .collect();
+            Memory {
+                data,
+                index,
+                visits,
+            }
+        })
+    };
+    let mut group = c.benchmark_group("table/dram");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("chase", |b| {
+        let data = &memory().data;
+        let mut line = 0usize;
+        b.iter(|| {
+            line = data[line * WORDS] as usize;
+            line
+        })
+    });
+    group.bench_function("1-read", |b| {
+        let Memory { data, visits, .. } = memory();
+        let mut at = 0;
+        b.iter(|| {
+            at = (at + 1) % LINES;
+            black_box(data[visits[at] as usize * WORDS])
+        })
+    });
+    group.bench_function("2-reads", |b| {
+        let Memory {
+            data,
+            index,
+            visits,
+        } = memory();
+        let mut at = 0;
+        b.iter(|| {
+            at = (at + 1) % LINES;
+            let line = index[visits[at] as usize % index.len()] as usize;
+            black_box(data[line * WORDS])
+        })
+    });
+    group.finish();
+}
+
 fn timed(c: &mut Criterion) {
+    bench_dram(c);
     let sizes = [1_000, 10_000, 1_000_000];
     bench_lookups::<Ours>(c, "mcp-affinity", &sizes);
     bench_lookups::<DashMap<String, u32>>(c, "dashmap", &sizes);
     bench_lookups::<StdRwLock<StdHashMap<String, u32>>>(c, "rwlock-hashmap", &sizes);
     bench_lookups::<Ceiling>(c, "hashbrown-ceiling", &sizes);
+    bench_lookups::<FencedCeiling>(c, "hashbrown-fenced", &sizes);
     for n in [10_000, 1_000_000] {
         bench_concurrent::<Ours>(c, "mcp-affinity", n);
         bench_concurrent::<DashMap<String, u32>>(c, "dashmap", n);
