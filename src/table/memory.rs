@@ -26,8 +26,20 @@ const LONG: u8 = u8::MAX;
 const NIL: u32 = u32::MAX;
 /// Entries sampled when looking for one to evict.
 const SAMPLES: usize = 16;
-/// Entries scanned, after sampling failed, for an idle entry of a full tenant.
+/// Entries scanned, after sampling failed, for an idle entry of a full tenant (or an idle
+/// operator key).
 const TENANT_SCAN: usize = 256;
+/// `Slot::kind` of a [`KeyKind::Operator`] key.
+const OPERATOR: u8 = KeyKind::Operator.to_u8();
+
+/// Which entries an insert into a full table may evict.
+#[derive(Clone, Copy)]
+struct Only {
+    /// Only this tenant's (its tenant is full).
+    tenant: Option<u16>,
+    /// Only operator keys (the key is one: client-chosen keys never displace another kind).
+    operator: bool,
+}
 /// `Slot::flags` bit: the entry has a principal in `Shard::principals`.
 const HAS_PRINCIPAL: u8 = 1;
 
@@ -37,6 +49,7 @@ const HAS_PRINCIPAL: u8 = 1;
 /// |---|---|---|
 /// | [`capacity`](MemoryTableConfig::with_capacity) | 1,048,576 | entries in the whole table |
 /// | [`tenant_capacity`](MemoryTableConfig::with_tenant_capacity) | 1,048,576 | entries of one tenant |
+/// | [`operator_capacity`](MemoryTableConfig::with_operator_capacity) | capacity / 8 | client-chosen ([`KeyKind::Operator`]) entries |
 /// | [`idle_ttl`](MemoryTableConfig::with_idle_ttl) | 1 hour | life of an entry with no open stream and no use |
 /// | [`shards`](MemoryTableConfig::with_shards) | 64 | independently locked parts (a power of two) |
 ///
@@ -45,10 +58,17 @@ const HAS_PRINCIPAL: u8 = 1;
 /// tenant, one of that tenant, scanning up to 256 more entries if the sample had none); if there
 /// is none, the insert is refused with [`InsertError::Full`]. A tenant at its capacity never
 /// evicts another tenant's entries.
+///
+/// Operator keys are chosen by clients, not minted by backends, so they have a bound of
+/// their own and never displace another kind: an operator key that finds the table full, or
+/// the operator keys at their bound, may only evict an idle operator key (else it is refused
+/// with [`Scope::Operator`]). A client sending fresh operator values evicts operator keys,
+/// never a backend-minted session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryTableConfig {
     capacity: usize,
     tenant_capacity: usize,
+    operator_capacity: Option<usize>,
     idle_ttl: Option<Duration>,
     shards: usize,
 }
@@ -59,6 +79,7 @@ impl MemoryTableConfig {
         MemoryTableConfig {
             capacity: 1 << 20,
             tenant_capacity: 1 << 20,
+            operator_capacity: None,
             idle_ttl: Some(Duration::from_secs(3600)),
             shards: 64,
         }
@@ -73,6 +94,13 @@ impl MemoryTableConfig {
     /// Sets the most entries one tenant holds.
     pub fn with_tenant_capacity(mut self, entries: usize) -> Self {
         self.tenant_capacity = entries;
+        self
+    }
+
+    /// Sets the most client-chosen ([`KeyKind::Operator`]) entries the table holds; by
+    /// default an eighth of the capacity.
+    pub fn with_operator_capacity(mut self, entries: usize) -> Self {
+        self.operator_capacity = Some(entries);
         self
     }
 
@@ -97,6 +125,13 @@ impl MemoryTableConfig {
     /// The most entries one tenant holds.
     pub fn tenant_capacity(&self) -> usize {
         self.tenant_capacity
+    }
+
+    /// The most client-chosen ([`KeyKind::Operator`]) entries the table holds.
+    pub fn operator_capacity(&self) -> usize {
+        self.operator_capacity
+            .unwrap_or(self.capacity / 8)
+            .min(self.capacity)
     }
 
     /// How long an entry with no open stream lives without use.
@@ -258,6 +293,8 @@ pub struct MemoryTable<S = FastHash> {
     /// The instant of tick 0: the first `now` the table was given.
     epoch: OnceLock<Instant>,
     len: AtomicUsize,
+    /// Entries of [`KeyKind::Operator`].
+    operators: AtomicUsize,
     owners: RwLock<HashMap<u32, AtomicUsize>>,
     tenants: RwLock<HashMap<u16, AtomicUsize>>,
     /// The shard the next idle sweep starts with.
@@ -311,6 +348,7 @@ impl<S: BuildHasher> MemoryTable<S> {
             config,
             epoch: OnceLock::new(),
             len: AtomicUsize::new(0),
+            operators: AtomicUsize::new(0),
             owners: RwLock::new(HashMap::new()),
             tenants: RwLock::new(HashMap::new()),
             sweep: AtomicUsize::new(0),
@@ -388,6 +426,9 @@ impl<S: BuildHasher> MemoryTable<S> {
     /// Updates the counters for a slot that left the table.
     fn forget_counts(&self, slot: &Slot) {
         self.len.fetch_sub(1, Relaxed);
+        if slot.kind == OPERATOR {
+            self.operators.fetch_sub(1, Relaxed);
+        }
         Self::bump(&self.owners, slot.owner, false);
         Self::bump(&self.tenants, slot.tenant, false);
     }
@@ -420,14 +461,23 @@ impl<S: BuildHasher> MemoryTable<S> {
         let tenant = key.tenant().get();
         let global_ok = self.len.fetch_add(1, Relaxed) < self.config.capacity;
         let tenant_ok = Self::bump(&self.tenants, tenant, true) < self.config.tenant_capacity;
+        let operator = key.kind() == KeyKind::Operator;
+        let operator_ok =
+            !operator || self.operators.fetch_add(1, Relaxed) < self.config.operator_capacity();
         let mut evicted = false;
-        if !(global_ok && tenant_ok) {
-            let scope = if tenant_ok {
-                Scope::Global
-            } else {
+        if !(global_ok && tenant_ok && operator_ok) {
+            let scope = if !tenant_ok {
                 Scope::Tenant
+            } else if operator {
+                Scope::Operator
+            } else {
+                Scope::Global
             };
-            match shard.lru_victim((!tenant_ok).then_some(tenant)) {
+            let only = Only {
+                tenant: (!tenant_ok).then_some(tenant),
+                operator,
+            };
+            match shard.lru_victim(only) {
                 Some(victim) => {
                     let (slot, _) = shard.remove_at(&self.hasher, victim);
                     self.forget_counts(&slot);
@@ -436,6 +486,9 @@ impl<S: BuildHasher> MemoryTable<S> {
                 None => {
                     self.len.fetch_sub(1, Relaxed);
                     Self::bump(&self.tenants, tenant, false);
+                    if operator {
+                        self.operators.fetch_sub(1, Relaxed);
+                    }
                     return Err(InsertError::Full { scope });
                 }
             }
@@ -685,12 +738,16 @@ impl Shard {
 
     /// The least recently used slot with no open stream among a random sample (of `tenant`
     /// only, if given).
-    fn lru_victim(&mut self, tenant: Option<u16>) -> Option<usize> {
+    fn lru_victim(&mut self, only: Only) -> Option<usize> {
         let n = self.slots.len();
         if n == 0 {
             return None;
         }
-        let eligible = |slot: &Slot| slot.streams == 0 && tenant.is_none_or(|t| slot.tenant == t);
+        let eligible = |slot: &Slot| {
+            slot.streams == 0
+                && only.tenant.is_none_or(|t| slot.tenant == t)
+                && (!only.operator || slot.kind == OPERATOR)
+        };
         // Keeps the least recently used eligible slot seen so far.
         let consider = |best: Option<(u32, usize)>, slots: &[Slot], i: usize| {
             let slot = &slots[i];
@@ -706,7 +763,7 @@ impl Shard {
             let i = (self.random() % n as u64) as usize;
             best = consider(best, &self.slots, i);
         }
-        if best.is_none() && tenant.is_some() {
+        if best.is_none() && (only.tenant.is_some() || only.operator) {
             let start = (self.random() % n as u64) as usize;
             for k in 0..n.min(TENANT_SCAN) {
                 best = consider(best, &self.slots, (start + k) % n);

@@ -185,6 +185,9 @@ pub enum Scope {
     Global,
     /// The capacity of the key's tenant.
     Tenant,
+    /// The bound on client-chosen ([`KeyKind::Operator`]) keys; also an operator key that
+    /// finds the table full and no idle operator key to evict.
+    Operator,
 }
 
 /// Why [`SessionTable::insert`] did not store a key.

@@ -1,0 +1,91 @@
+//! The bounds of a `MemoryTable` that protect backend-minted keys from client-chosen ones.
+#![allow(clippy::disallowed_methods)] // tests may read the clock; the crate may not
+
+use std::time::{Duration, Instant};
+
+use mcp_affinity::table::{
+    Insert, InsertError, Key, KeyKind, MemoryTable, MemoryTableConfig, Scope, SessionTable,
+};
+use mcp_affinity::{BackendId, TenantId};
+
+fn key(kind: KeyKind, id: &str) -> Key<'_> {
+    Key::new(TenantId::DEFAULT, kind, id.as_bytes()).unwrap()
+}
+
+#[test]
+fn the_operator_capacity_defaults_to_an_eighth_and_never_exceeds_the_capacity() {
+    let config = MemoryTableConfig::new().with_capacity(64);
+    assert_eq!(config.operator_capacity(), 8);
+    assert_eq!(config.with_operator_capacity(1000).operator_capacity(), 64);
+}
+
+#[test]
+fn operator_keys_evict_only_operator_keys() {
+    let table = MemoryTable::with_config(
+        MemoryTableConfig::new()
+            .with_capacity(32)
+            .with_operator_capacity(4)
+            .with_shards(1),
+    );
+    let owner = BackendId::from_bits(1);
+    let start = Instant::now();
+    // Sessions fill most of the table, long idle.
+    for i in 0..28 {
+        let id = format!("s{i}");
+        let added = table.insert(&key(KeyKind::Session, &id), owner, None, start);
+        assert_eq!(added, Ok(Insert::Added { evicted: false }));
+    }
+    // Fresh operator values, each newer than every session: past their bound of four, they
+    // evict each other, never a session.
+    let mut evictions = 0;
+    for i in 0..200 {
+        let id = format!("w{i}");
+        let now = start + Duration::from_secs(10 + i);
+        match table.insert(&key(KeyKind::Operator, &id), owner, None, now) {
+            Ok(Insert::Added { evicted }) => evictions += usize::from(evicted),
+            other => panic!("w{i}: {other:?}"),
+        }
+    }
+    assert_eq!(evictions, 196);
+    assert_eq!(table.occupancy().len, 32);
+    let later = start + Duration::from_secs(300);
+    for i in 0..28 {
+        let id = format!("s{i}");
+        assert!(
+            table.get(&key(KeyKind::Session, &id), later).is_some(),
+            "s{i} evicted"
+        );
+    }
+    // Sessions still evict the oldest entries, whatever their kind (here: sessions).
+    let added = table.insert(&key(KeyKind::Session, "late"), owner, None, later);
+    assert_eq!(added, Ok(Insert::Added { evicted: true }));
+}
+
+#[test]
+fn an_operator_key_that_finds_only_sessions_to_evict_is_refused() {
+    let table = MemoryTable::with_config(
+        MemoryTableConfig::new()
+            .with_capacity(16)
+            .with_operator_capacity(8)
+            .with_shards(1),
+    );
+    let owner = BackendId::from_bits(1);
+    let now = Instant::now();
+    for i in 0..16 {
+        let id = format!("s{i}");
+        let added = table.insert(&key(KeyKind::Session, &id), owner, None, now);
+        assert_eq!(added, Ok(Insert::Added { evicted: false }));
+    }
+    let refused = table.insert(&key(KeyKind::Operator, "w"), owner, None, now);
+    assert_eq!(
+        refused,
+        Err(InsertError::Full {
+            scope: Scope::Operator
+        })
+    );
+    assert_eq!(table.occupancy().len, 16);
+    // The refusal gave its reservation back: with room again, an operator key goes in.
+    assert!(table.remove(&key(KeyKind::Session, "s0"), None).is_some());
+    let added = table.insert(&key(KeyKind::Operator, "w"), owner, None, now);
+    assert_eq!(added, Ok(Insert::Added { evicted: false }));
+}
