@@ -114,6 +114,9 @@ pub mod seal;
 pub mod sse;
 pub mod table;
 mod tenant;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 
 pub use backend::BackendId;
 pub use tenant::TenantId;

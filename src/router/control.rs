@@ -230,6 +230,11 @@ impl<T: SessionTable> Router<T> {
         }
     }
 
+    /// The label `id` was added with (for example its base URL), while it is present.
+    pub fn backend_label(&self, id: BackendId) -> Option<std::sync::Arc<str>> {
+        self.fleet.label(id)
+    }
+
     /// Every backend, with its state and live keys.
     pub fn backends(&self) -> Vec<BackendInfo> {
         self.fleet.infos(&self.table)

@@ -833,6 +833,13 @@ impl Fleet {
         due
     }
 
+    /// The label of `id`, if it is the current generation of its slot.
+    pub(crate) fn label(&self, id: BackendId) -> Option<Arc<str>> {
+        let state = self.state.read();
+        let meta = state.slots.get(usize::from(id.slot()))?;
+        (meta.occupied && meta.generation == id.generation()).then(|| meta.label.clone())
+    }
+
     pub(crate) fn infos(&self, table: &dyn SessionTable) -> Vec<BackendInfo> {
         let state = self.state.read();
         state

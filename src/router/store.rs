@@ -374,7 +374,8 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// Routes a request whose key was looked up in the store: see the
-    /// [store protocol](super::store).
+    /// [store protocol](super::store). Answers [`Routed::Forward`] or [`Routed::Reject`],
+    /// never another lookup.
     pub fn on_lookup(&self, lookup: Lookup, answer: Looked<'_>, now: Instant) -> Routed {
         self.on_lookup_with(lookup, answer, now, |_| true)
     }
@@ -390,6 +391,11 @@ impl<T: SessionTable> Router<T> {
     ) -> Routed {
         let kind = lookup.kind;
         let reject = |reason| Routed::Reject(self.reject(reason));
+        if self.store.is_none() {
+            // A lookup handed to a router without a store (another router's): nothing to
+            // cache it in, nothing to tidy; the client retries.
+            return reject(Reason::StoreUnavailable(kind));
+        }
         let value = match answer {
             Looked::Found(value) => value,
             Looked::Missing if kind == KeyKind::Operator => {
@@ -426,7 +432,6 @@ impl<T: SessionTable> Router<T> {
         if binding.incarnation > incarnation {
             return reject(Reason::UnknownOwner(kind));
         }
-        let store = self.store.as_ref().expect("a lookup comes from a store");
         let key = Key::with_max_len(lookup.tenant, kind, lookup.id.as_bytes(), usize::MAX)
             .expect("looked-up keys were validated");
         let lost = binding.incarnation < incarnation || binding.bound_at < lost_before;
@@ -475,7 +480,6 @@ impl<T: SessionTable> Router<T> {
             OwnerStatus::Revoked => Reason::OwnerRevoked(kind),
         };
         // The store still names a lost owner: tidy it.
-        let _ = store;
         self.enqueue(StoreWrite::Forget {
             key: lookup.key,
             owner: owner_prefix(binding.owner, binding.incarnation),

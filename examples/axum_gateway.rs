@@ -1,0 +1,115 @@
+//! An MCP gateway on axum: `/healthz` is answered here; everything else goes through
+//! [`AffinityLayer`] to a pooled hyper-util client, so each conversation stays on the backend
+//! that owns it.
+//!
+//! ```text
+//! cargo run --example axum_gateway -- --listen 127.0.0.1:8080 \
+//!     --backend http://127.0.0.1:9001 --backend http://127.0.0.1:9002
+//! ```
+#![allow(clippy::disallowed_methods)] // the gateway owns the clock
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::error_handling::HandleError;
+use axum::routing::get;
+use http::{Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, Error};
+use hyper_util::rt::TokioExecutor;
+use mcp_affinity::TenantId;
+use mcp_affinity::router::{Router, Undelivered};
+use mcp_affinity::tower::{AffinityLayer, ReplayBody, Upstream};
+use tower_layer::Layer;
+
+/// The gateway: `/healthz`, and every other request routed by `router` to its backends.
+pub fn app(router: Arc<Router>) -> axum::Router {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    let client: Client<_, ReplayBody<Body>> = Client::builder(TokioExecutor::new())
+        // Below uvicorn's 5 s keep-alive, so a connection the backend is closing is not reused.
+        .pool_idle_timeout(Duration::from_secs(4))
+        .build(connector);
+    let forward = tower::service_fn(move |mut request: Request<ReplayBody<Body>>| {
+        let client = client.clone();
+        // The layer says where to: the backend's base URL joined with the request's path.
+        let upstream = request.extensions().get::<Upstream>().cloned();
+        async move {
+            let upstream = upstream.expect("set by the layer");
+            *request.uri_mut() = upstream.uri_for(request.uri()).expect("http:// backends");
+            client.request(request).await
+        }
+    });
+    let gateway = AffinityLayer::new(router, Instant::now)
+        .undelivered(undelivered)
+        .layer(forward);
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback_service(HandleError::new(gateway, bad_gateway))
+}
+
+/// A connection that failed before a byte was written: the router may place the request
+/// elsewhere (or, if nothing listens, knows the backend is down and its sessions gone).
+fn undelivered(error: &Error) -> Option<Undelivered> {
+    use std::io::ErrorKind::{ConnectionRefused, TimedOut};
+    if !error.is_connect() {
+        return None;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                ConnectionRefused => Undelivered::Refused,
+                TimedOut => Undelivered::TimedOut,
+                _ => Undelivered::Failed,
+            });
+        }
+        source = cause.source();
+    }
+    Some(Undelivered::Failed)
+}
+
+/// Any other failure: the request may have run, so it is not retried.
+async fn bad_gateway(error: Error) -> (StatusCode, String) {
+    (StatusCode::BAD_GATEWAY, format!("Bad gateway: {error}\n"))
+}
+
+#[allow(dead_code)] // the end-to-end tests include this file for `app`
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (mut listen, mut backends) = ("127.0.0.1:8080".to_string(), Vec::new());
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        match (flag.as_str(), args.next()) {
+            ("--listen", Some(addr)) => listen = addr,
+            ("--backend", Some(url)) => backends.push(url),
+            _ => return Err(format!("usage: --listen ADDR --backend URL... ({flag}?)").into()),
+        }
+    }
+    let router = Arc::new(Router::builder().build());
+    for url in &backends {
+        router.add_backend(TenantId::DEFAULT, url, 1)?;
+    }
+    // Idle keys expire, drain deadlines pass: the router's clock work, once a second.
+    let maintained = router.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = maintained.maintain(Instant::now(), 4096);
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    eprintln!("axum gateway on {} → {backends:?}", listener.local_addr()?);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    axum::serve(listener, app(router))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        })
+        .await?;
+    Ok(())
+}
