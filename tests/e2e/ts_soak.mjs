@@ -13,7 +13,8 @@
 // "kind"} with kind "gone" (404: the session is over; a closed SSE stream) or "other";
 // {"starter", "replica"} or {"starter", "error", "kind", "phase"} (phase "initialize": it failed
 // to start; "call": its replica died after minting it); with --tokens, {"worker", "session",
-// "token"}: the session id a worker's session was given; {"ready": true}; {"summary"} last.
+// "token"}: the session id a worker's session was given (again, with the next session number,
+// when the SDK moves to a new session by itself); {"ready": true}; {"summary"} last.
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
@@ -73,7 +74,8 @@ async function worker(no) {
     let transport;
     try {
       client = await open((t) => { transport = t; });
-      if (tokens) emit({ worker: no, session, token: sessionOf(transport) });
+      let token = sessionOf(transport);
+      if (tokens) emit({ worker: no, session, token });
       for (let call = 0, failures = 0; !stopping; call++) {
         let reply;
         try {
@@ -87,6 +89,14 @@ async function worker(no) {
           continue;
         }
         failures = 0;
+        if (tokens && sessionOf(transport) !== token) {
+          // The SDK moved on to a new session by itself: its SSE stream ended, the EventSource
+          // connected again and took the new stream's endpoint.
+          token = sessionOf(transport);
+          session++;
+          call = 0;
+          emit({ worker: no, session, token });
+        }
         emit({ worker: no, session, call, ...reply });
         summary.ok++;
         if (session === 0 && call === 0 && --pending === 0) markReady();
