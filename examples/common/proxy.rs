@@ -986,7 +986,8 @@ impl<B: Body<Data = Bytes>> Body for UntilGone<B> {
 }
 
 /// Accepts connections until `shutdown`, serving each with `handler`; then waits up to `grace`
-/// for in-flight requests.
+/// for in-flight requests. The connections are owned by this future: those still open after
+/// the grace period, or when the future is dropped (its task aborted), are dropped with it.
 async fn serve_with<H, F>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
@@ -997,9 +998,11 @@ async fn serve_with<H, F>(
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -1021,7 +1024,7 @@ async fn serve_with<H, F>(
         let connection = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _ = connection.await;
         });
     }

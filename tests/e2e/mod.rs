@@ -213,6 +213,15 @@ impl Proc {
         lines
     }
 
+    /// Writes `line` and a newline to the process's stdin.
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("{}: write to stdin: {e}", self.name));
+    }
+
     /// Closes the process's stdin (the peers stop when it closes).
     pub fn close_stdin(&mut self) {
         self.stdin.take();
