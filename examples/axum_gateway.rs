@@ -8,19 +8,22 @@
 //! ```
 #![allow(clippy::disallowed_methods)] // the gateway owns the clock
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::error_handling::HandleError;
 use axum::routing::get;
-use http::{Request, StatusCode};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, Error};
 use hyper_util::rt::TokioExecutor;
 use mcp_affinity::TenantId;
 use mcp_affinity::router::{Router, Undelivered};
 use mcp_affinity::tower::{AffinityLayer, ReplayBody, Upstream};
+use tokio::net::TcpStream;
 use tower_layer::Layer;
 
 /// The gateway: `/healthz`, and every other request routed by `router` to its backends.
@@ -39,11 +42,23 @@ pub fn app(router: Arc<Router>) -> axum::Router {
         async move {
             let upstream = upstream.expect("set by the layer");
             *request.uri_mut() = upstream.uri_for(request.uri()).expect("http:// backends");
-            client.request(request).await
+            let mut response = client.request(request).await?;
+            if response
+                .headers()
+                .get(CONTENT_TYPE)
+                .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"))
+            {
+                // An event stream must not wait in a buffering proxy in front (nginx).
+                response
+                    .headers_mut()
+                    .insert("x-accel-buffering", HeaderValue::from_static("no"));
+            }
+            Ok::<_, Error>(response)
         }
     });
     let gateway = AffinityLayer::new(router, Instant::now)
         .undelivered(undelivered)
+        .refusal_check(refuses)
         .layer(forward);
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -53,22 +68,22 @@ pub fn app(router: Arc<Router>) -> axum::Router {
 /// A connection that failed before a byte was written: the router may place the request
 /// elsewhere (or, if nothing listens, knows the backend is down and its sessions gone).
 fn undelivered(error: &Error) -> Option<Undelivered> {
-    use std::io::ErrorKind::{ConnectionRefused, TimedOut};
-    if !error.is_connect() {
-        return None;
+    let mut causes = std::iter::successors(std::error::Error::source(error), |e| e.source());
+    let io = causes.find_map(|cause| cause.downcast_ref::<std::io::Error>());
+    error
+        .is_connect()
+        .then(|| io.map_or(Undelivered::Failed, Undelivered::from_io))
+}
+
+/// Whether nothing listens at the backend's address any more: asked after a request failed
+/// on a pooled connection (a backend killed mid-request).
+fn refuses(upstream: &Upstream) -> impl Future<Output = bool> + use<> {
+    let address = upstream.host_port();
+    async move {
+        let Some(address) = address else { return false };
+        let connect = tokio::time::timeout(Duration::from_millis(250), TcpStream::connect(address));
+        matches!(connect.await, Ok(Err(e)) if Undelivered::from_io(&e) == Undelivered::Refused)
     }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return Some(match io.kind() {
-                ConnectionRefused => Undelivered::Refused,
-                TimedOut => Undelivered::TimedOut,
-                _ => Undelivered::Failed,
-            });
-        }
-        source = cause.source();
-    }
-    Some(Undelivered::Failed)
 }
 
 /// Any other failure: the request may have run, so it is not retried.

@@ -4,8 +4,8 @@
 //! cargo run --release --example proxy -- --listen 127.0.0.1:8080 \
 //!     --backend http://127.0.0.1:9001 --backend http://127.0.0.1:9002 \
 //!     --admin 127.0.0.1:8081 --idle-ttl 3600
-//! curl -s 127.0.0.1:8081/metrics                      # the router's metrics (JSON)
-//! curl -s '127.0.0.1:8081/metrics?format=text'        # … as text
+//! curl -s 127.0.0.1:8081/metrics                      # the router's metrics (OpenMetrics)
+//! curl -s 127.0.0.1:8081/metrics.json                 # … as JSON
 //! curl -s -X POST 127.0.0.1:8081/backends/1/drain     # no new sessions on slot 1
 //! curl -s -X POST 127.0.0.1:8081/backends/1/remove    # its sessions get 404 (clients re-initialize)
 //! ```
@@ -43,7 +43,7 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
   --seal-key-file PATH       seal session ids with the keys in PATH (one per line, 64 hex digits;
                              the first seals, all open; re-read when it changes or on SIGHUP):
                              proxies sharing the file route each other's sessions
-  --admin ADDR               admin API: GET /metrics[?format=text], GET /backends,
+  --admin ADDR               admin API: GET /metrics (OpenMetrics), /metrics.json, GET /backends,
                              POST /backends?url=URL, POST /backends/<slot>/{drain,undrain,remove,restart}
                              (drain takes ?deadline=SECONDS); no authentication: keep it on loopback
   --sse-path PATH            legacy HTTP+SSE stream path (default /sse; \"none\" turns it off)

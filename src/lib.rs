@@ -84,6 +84,12 @@
 //!   with `serde_json`.
 //! - `seal` (default): [`seal`], sealed session ids, with RustCrypto's `aes-gcm-siv`.
 //! - `stream`: [`sse::EventStream`], a `futures_core::Stream` adapter.
+//! - `tower` (default): [`tower::AffinityLayer`], the router as a `tower` layer around a
+//!   forwarding service (with `tower-layer` and `tower-service`, no runtime).
+//! - `tracing`: `tracing` events (target `mcp_affinity`) for what an operator wants to see:
+//!   keys learned and ended (debug), rejections with their reason and tenant (debug; warn
+//!   for capacity and availability), backends added, drained, removed (info), unhealthy or
+//!   down (warn), back (info). No event is built when no subscriber listens.
 //! - `test-util`: [`table::contract`], the checks any `SessionTable` implementation must pass.
 //!
 //! # Design
@@ -104,6 +110,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// A `tracing` event (feature `tracing`, target `mcp_affinity`); without the feature, nothing,
+/// not even its arguments.
+macro_rules! event {
+    ($level:ident, $($arg:tt)+) => {{
+        #[cfg(feature = "tracing")]
+        {
+            ::tracing::$level!(target: "mcp_affinity", $($arg)+);
+        }
+    }};
+}
 
 mod backend;
 pub mod body;

@@ -16,6 +16,10 @@
 //!    [`AffinityLayer::undelivered`]), it reports the failure to the router, which marks a
 //!    refusing backend down and either rejects the request (a pinned session's owner died:
 //!    404) or places it on another backend; the layer then calls the inner service again.
+//!    A request that failed without saying whether it was delivered (a pooled connection
+//!    reset) is reported the same way when its backend refuses connections since
+//!    ([`refusal_check`](AffinityLayer::refusal_check)) and nothing it did can have survived:
+//!    a pinned session died with its backend, a conversation start left nothing behind.
 //!    A request that may be placed again keeps its body for that when it is small (at most
 //!    [`replay_limit`](AffinityLayer::replay_limit) bytes, 64 KiB by default, announced by
 //!    its size hint); any other body is streamed once;
@@ -109,6 +113,8 @@ pub const DEFAULT_REPLAY_LIMIT: u64 = 64 * 1024;
 pub struct Upstream {
     backend: BackendId,
     label: Arc<str>,
+    pinned: bool,
+    starts_conversation: bool,
 }
 
 impl Upstream {
@@ -117,9 +123,39 @@ impl Upstream {
         self.backend
     }
 
+    /// Whether a session or task key pins the request to its backend (it is never placed
+    /// elsewhere).
+    pub fn is_pinned(&self) -> bool {
+        self.pinned
+    }
+
+    /// Whether the request starts a conversation (an `initialize`, a legacy SSE connect).
+    ///
+    /// With [`is_pinned`](Upstream::is_pinned), it tells a forwarder when a request that
+    /// failed *after* it may have been written can still be reported as
+    /// [`Undelivered::Refused`], if the backend refuses connections since: a pinned
+    /// request's session died with the backend either way, and a conversation start left
+    /// nothing that survived. Any other request may have run, and must not be.
+    pub fn starts_conversation(&self) -> bool {
+        self.starts_conversation
+    }
+
     /// The label the backend was added with (by convention its base URL).
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// `host:port` of the backend, when the label is a base URL (the scheme's port when the
+    /// URL has none): where a health check or a [`RefusalCheck`] connects.
+    pub fn host_port(&self) -> Option<String> {
+        let base: Uri = self.label.parse().ok()?;
+        let authority = base.authority()?;
+        let port = authority.port_u16().or(match base.scheme_str()? {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        })?;
+        Some(format!("{}:{port}", authority.host()))
     }
 
     /// The request's URI on the backend, when the label is a base URL
@@ -215,6 +251,26 @@ where
     }
 }
 
+/// The future of a [`RefusalCheck`].
+pub type RefusalFuture = Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
+
+/// Tells whether a backend refuses connections right now (nothing listens at its address:
+/// its process is gone). Implemented for every `Fn(&Upstream) -> impl Future<Output = bool>`.
+pub trait RefusalCheck: Send + Sync + 'static {
+    /// Whether `upstream` refuses connections.
+    fn refuses(&self, upstream: &Upstream) -> RefusalFuture;
+}
+
+impl<F, Fut> RefusalCheck for F
+where
+    F: Fn(&Upstream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    fn refuses(&self, upstream: &Upstream) -> RefusalFuture {
+        Box::pin(self(upstream))
+    }
+}
+
 /// The [`Layer`] that puts a [`Router`] in front of a forwarding service (see the
 /// [module docs](self)).
 ///
@@ -222,6 +278,7 @@ where
 /// |---|---|---|
 /// | [`undelivered`](AffinityLayer::undelivered) | [`PassErrors`] | which inner errors mean "not delivered" |
 /// | [`replay_limit`](AffinityLayer::replay_limit) | 64 KiB | largest body kept to place a request again |
+/// | [`refusal_check`](AffinityLayer::refusal_check) | none | tells a backend that died with a request |
 /// | [`store_lookup`](AffinityLayer::store_lookup) | none (lookups answer 503) | reads keys from a shared store |
 pub struct AffinityLayer<
     T: SessionTable = MemoryTable,
@@ -233,6 +290,7 @@ pub struct AffinityLayer<
     classify: U,
     replay_limit: u64,
     store: Option<Arc<dyn StoreLookup>>,
+    refusals: Option<Arc<dyn RefusalCheck>>,
 }
 
 impl<T: SessionTable, C: Clock + Clone> AffinityLayer<T, C, PassErrors> {
@@ -244,6 +302,7 @@ impl<T: SessionTable, C: Clock + Clone> AffinityLayer<T, C, PassErrors> {
             classify: PassErrors,
             replay_limit: DEFAULT_REPLAY_LIMIT,
             store: None,
+            refusals: None,
         }
     }
 }
@@ -259,6 +318,7 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
             classify,
             replay_limit: self.replay_limit,
             store: self.store,
+            refusals: self.refusals,
         }
     }
 
@@ -267,6 +327,19 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
     /// (conversation starts, 2026-07-28 calls) are kept; 0 keeps none.
     pub fn replay_limit(mut self, bytes: u64) -> Self {
         self.replay_limit = bytes;
+        self
+    }
+
+    /// Sets how to tell whether a backend refuses connections now (for example a TCP
+    /// connect to its address), asked after a request to it failed in a way that does not
+    /// say whether it was delivered (a pooled connection reset by a backend that died). If
+    /// the request is [pinned](Upstream::is_pinned) or
+    /// [starts a conversation](Upstream::starts_conversation) and the backend refuses, the
+    /// failure is reported as [`Undelivered::Refused`]: the router declares the backend down
+    /// and answers 404 for the dead session, or places the conversation start elsewhere.
+    /// Any other request may have run: its error is returned as it is.
+    pub fn refusal_check(mut self, check: impl RefusalCheck) -> Self {
+        self.refusals = Some(Arc::new(check));
         self
     }
 
@@ -290,6 +363,7 @@ impl<T: SessionTable, C: Clone, U: Clone> Clone for AffinityLayer<T, C, U> {
             classify: self.classify.clone(),
             replay_limit: self.replay_limit,
             store: self.store.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -315,6 +389,7 @@ impl<S, T: SessionTable, C: Clock + Clone, U: Clone> Layer<S> for AffinityLayer<
                 classify: self.classify.clone(),
                 replay_limit: self.replay_limit,
                 store: self.store.clone(),
+                refusals: self.refusals.clone(),
             }),
         }
     }
@@ -327,6 +402,7 @@ struct Shared<T: SessionTable, C, U> {
     classify: U,
     replay_limit: u64,
     store: Option<Arc<dyn StoreLookup>>,
+    refusals: Option<Arc<dyn RefusalCheck>>,
 }
 
 /// The [`Service`] of an [`AffinityLayer`]: the router in front of `S`.
@@ -436,18 +512,29 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                             None => return Ok(local(StatusCode::BAD_GATEWAY, "not delivered\n")),
                         },
                     };
+                    let exchange = pending.exchange();
+                    let upstream = Upstream {
+                        backend,
+                        label,
+                        pinned: !placeable(exchange),
+                        starts_conversation: exchange.starts_conversation(),
+                    };
                     let mut request = Request::from_parts(head, attempt);
-                    request.extensions_mut().insert(Upstream { backend, label });
+                    request.extensions_mut().insert(upstream.clone());
                     if !first {
                         poll_fn(|cx| inner.poll_ready(cx)).await?;
                     }
                     first = false;
-                    match inner.call(request).await {
+                    let error = match inner.call(request).await {
                         Ok(response) => break response,
-                        Err(error) => match self.classify.undelivered(&error) {
-                            Some(why) => (why, Some(error)),
-                            None => return Err(error),
-                        },
+                        Err(error) => error,
+                    };
+                    match self.classify.undelivered(&error) {
+                        Some(why) => (why, Some(error)),
+                        None if self.died_with(&upstream).await => {
+                            (Undelivered::Refused, Some(error))
+                        }
+                        None => return Err(error),
                     }
                 }
             };
@@ -487,6 +574,17 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                 inner: Answer::Backend { body },
             },
         ))
+    }
+
+    /// Whether a request that failed on its way can be reported as refused: its backend
+    /// refuses connections now, and nothing the request did can have survived it.
+    async fn died_with(&self, upstream: &Upstream) -> bool {
+        match &self.refusals {
+            Some(check) if upstream.pinned || upstream.starts_conversation => {
+                check.refuses(upstream).await
+            }
+            _ => false,
+        }
     }
 
     /// Routes a request, looking its key up in the shared store if the router asks.

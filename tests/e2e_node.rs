@@ -21,7 +21,7 @@ async fn proxy_for(backends: Vec<String>) -> Running {
         shutdown_grace: Duration::from_millis(100),
         ..Config::default()
     };
-    Running::start(&config).await.expect("proxy starts")
+    e2e::start(&config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ async fn proxy_for(replicas: &[PyReplica]) -> Running {
         shutdown_grace: std::time::Duration::from_millis(100),
         ..Config::default()
     };
-    Running::start(&config).await.expect("proxy starts")
+    e2e::start(&config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

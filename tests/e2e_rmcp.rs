@@ -29,7 +29,7 @@ async fn fleet(n: usize) -> (Vec<Replica>, Running) {
         shutdown_grace: Duration::from_millis(100),
         ..Config::default()
     };
-    let running = Running::start(&config).await.expect("proxy starts");
+    let running = e2e::start(&config).await;
     (replicas, running)
 }
 
@@ -345,7 +345,7 @@ async fn restarted_backend_inherits_nothing() {
 async fn admin_api_serves_metrics_and_adds_backends() {
     let (mut replicas, running) = fleet(1).await;
     let url = running.url("/mcp");
-    let (status, metrics) = admin(&running.admin_url("/metrics"), "GET").await;
+    let (status, metrics) = admin(&running.admin_url("/metrics.json"), "GET").await;
     assert_eq!(status, 200);
     assert_eq!(
         metrics["backends"].as_array().unwrap().len(),
@@ -374,10 +374,14 @@ async fn admin_api_serves_metrics_and_adds_backends() {
     assert_eq!(status, 404);
     let (status, _) = admin(&running.admin_url("/nothing"), "GET").await;
     assert_eq!(status, 404);
-    let (status, _) = admin(&running.admin_url("/metrics"), "GET").await;
+    let (status, _) = admin(&running.admin_url("/metrics?format=json"), "GET").await;
     assert_eq!(status, 200);
-    let text = text_of(&running.admin_url("/metrics?format=text")).await;
-    assert!(text.contains("mcp_affinity_keys_learned 6"), "{text}");
+    let text = text_of(&running.admin_url("/metrics")).await;
+    assert!(
+        text.contains("\nmcp_affinity_keys_learned_total 6\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
     running.shutdown().await;
 }
 
@@ -469,7 +473,7 @@ async fn sse_is_streamed_unbuffered_and_a_client_disconnect_reaches_the_backend_
         backends: vec![format!("http://{backend}")],
         ..Config::default()
     };
-    let running = Running::start(&config).await.unwrap();
+    let running = e2e::start(&config).await;
 
     let client = raw_client();
     let request = http::Request::get(running.url("/stream"))
@@ -537,7 +541,7 @@ async fn idle_sessions_expire_after_the_idle_ttl() {
         shutdown_grace: Duration::from_millis(100),
         ..Config::default()
     };
-    let running = Running::start(&config).await.expect("proxy");
+    let running = e2e::start(&config).await;
     let url = running.url("/mcp");
     let raw = raw_client();
     let idle = raw_session(&raw, &url).await;

@@ -110,3 +110,40 @@ fn the_counting_allocator_does_count() {
     });
     assert_eq!(n, 1);
 }
+
+/// With `tracing` on and a subscriber listening at `info`, the hot path still allocates
+/// nothing: it emits no event, and the debug ones are not built.
+#[cfg(feature = "tracing")]
+#[test]
+fn routing_allocates_nothing_with_a_subscriber_listening() {
+    let recorder = recorder::Recorder::new(tracing::Level::INFO);
+    tracing::subscriber::with_default(recorder.clone(), || {
+        let router = Router::builder().build();
+        let _ = router.add_backend(TenantId::DEFAULT, "b", 1).unwrap();
+        let clock = Clock::new();
+        let id = "5b7c0f6e-2d41-4c1e-9a3f-8e6d2b1a0c97";
+        initialize(&router, id, clock.now());
+        let request = post("/mcp", &[("mcp-session-id", id), LEGACY]);
+        let mut response = resp(200, &[SSE]);
+        let _ = route_session(&router, id, clock.at(1));
+        let allocations = allocations_in(|| {
+            for round in 0..100 {
+                let now = clock.at(2 + round);
+                let mcp_affinity::router::Routed::Forward(mut exchange) =
+                    router.route(&request, now)
+                else {
+                    panic!("known session rejected");
+                };
+                let _ = router.on_response_head(&mut exchange, &mut response, now);
+                router.on_exchange_end(exchange, End::Completed, now);
+            }
+        });
+        assert_eq!(allocations, 0);
+    });
+    // The subscriber did listen: adding the backend was an info event.
+    let events = recorder.take();
+    assert!(
+        events.iter().any(|e| e.message == "backend added"),
+        "{events:?}"
+    );
+}

@@ -257,6 +257,70 @@ fn an_error_after_the_request_may_have_run_is_returned_and_nothing_is_retried() 
 }
 
 #[test]
+fn a_backend_that_died_with_a_request_is_down_when_nothing_the_request_did_survived() {
+    let (router, _) = router(&[A, B]);
+    let backends = Backends::new(&[(A, mints("s1")), (B, mints("s2"))]);
+    let probed = Arc::new(Mutex::new(Vec::new()));
+    let refuses = {
+        let probed = probed.clone();
+        move |upstream: &Upstream| {
+            probed.lock().unwrap().push(upstream.label().to_string());
+            std::future::ready(true)
+        }
+    };
+    let mut service = AffinityLayer::new(router.clone(), Instant::now)
+        .undelivered(classify)
+        .refusal_check(refuses)
+        .layer(backends.clone());
+    block_on(async {
+        let response = service.call(post(&[], "{}")).await.unwrap();
+        let id = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let _ = response.into_body().collect().await.unwrap();
+        let owner = backends.seen()[0].0.clone();
+        let other = if owner == A { B } else { A };
+        // The owner resets a pooled connection mid-request, and refuses connections since.
+        backends
+            .acts
+            .lock()
+            .unwrap()
+            .insert(owner.clone(), Act::Break);
+        let call = post(
+            &[
+                ("mcp-session-id", &id),
+                ("mcp-protocol-version", "2025-11-25"),
+            ],
+            "{}",
+        );
+        let response = service.call(call).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "its session died with it"
+        );
+        assert_eq!(router.metrics().owners_down, 1);
+        // A stateless 2026-07-28 call that breaks the same way may have run: not retried,
+        // not even probed.
+        backends
+            .acts
+            .lock()
+            .unwrap()
+            .insert(other.to_string(), Act::Break);
+        let stateless = post(
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+            ],
+            "{}",
+        );
+        assert!(matches!(service.call(stateless).await, Err(Failure(false))));
+        assert_eq!(*probed.lock().unwrap(), [owner]);
+    });
+}
+
+#[test]
 fn without_a_classifier_every_error_passes_through() {
     let (router, _) = router(&[A, B]);
     let backends = Backends::new(&[(A, Act::Refuse), (B, Act::Refuse)]);

@@ -2,11 +2,13 @@
 //! [`mcp_affinity::router::Router`]: the code shared by `examples/proxy.rs`, the demo, the load
 //! generator and the end-to-end tests (each includes this file with `#[path]`).
 //!
-//! Per request: `route` → forward to the chosen backend through a pooled hyper-util client (or
-//! answer the rejection) → `on_response_head` → stream the body back through an
-//! [`ObservedBody`] that shows chunks to the router and ends the exchange. Bodies are never
-//! collected; `text/event-stream` answers get `X-Accel-Buffering: no`; there is no timeout on
-//! a response stream; a client that goes away drops the backend's body at once.
+//! Per request, the router's [`AffinityLayer`] does the routing (rejections, failed
+//! deliveries, the response head, the observed body) around the proxy's own forwarding
+//! service, [`Forwarder`], which sends to the chosen backend through a pooled hyper-util
+//! client. Bodies are never collected (a small body of a request the router may place again
+//! is kept for that); `text/event-stream` answers get `X-Accel-Buffering: no` and end when
+//! their backend is removed; there is no timeout on a response stream; a client that goes
+//! away drops the backend's body at once.
 //!
 //! Out of band: an admin listener (metrics, add/drain/undrain/remove/restart backends), a
 //! maintenance task (`Router::maintain` every second, TCP health checks), graceful shutdown.
@@ -17,7 +19,6 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,25 +31,25 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use mcp_affinity::body::ObservedBody;
-use mcp_affinity::router::store::Looked;
 use mcp_affinity::router::{
-    BackendInfo, End, Exchange, HeadOutcome, Metrics, NewBackend, Probe, Rejection, Routed, Router,
-    Sealing, Undelivered,
+    BackendInfo, Metrics, NewBackend, OPENMETRICS_CONTENT_TYPE, Probe, Rejection, Router, Sealing,
+    Undelivered,
 };
 use mcp_affinity::seal::Keyring;
-use mcp_affinity::table::KeyKind;
-use mcp_affinity::table::MemoryTableConfig;
+use mcp_affinity::table::{MemoryTable, MemoryTableConfig};
+use mcp_affinity::tower::{Affinity, AffinityLayer, ReplayBody, Upstream};
 use mcp_affinity::{BackendId, TenantId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tower_layer::Layer;
+use tower_service::Service;
 
 /// The body of every response the proxy sends.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -100,7 +101,7 @@ impl Default for Config {
 
 /// One backend as the proxy knows it: where to send, and a switch that ends its open streams
 /// when it is removed.
-struct Upstream {
+struct Backend {
     id: BackendId,
     url: Arc<str>,
     scheme: Scheme,
@@ -111,12 +112,11 @@ struct Upstream {
     gone: watch::Sender<bool>,
 }
 
-/// The proxy: a [`Router`], the backends' addresses by slot, a pooled client.
+/// The proxy: a [`Router`], and its layer around the forwarder.
 pub struct Proxy {
     router: Arc<Router>,
-    upstreams: RwLock<Vec<Option<Upstream>>>,
-    client: Client<HttpConnector, OutBody>,
-    rewrite_host: bool,
+    backends: Arc<Backends>,
+    gateway: Gateway,
     health_interval: Option<Duration>,
     shutdown_grace: Duration,
     /// 502 answers sent (the backend failed and the router could not decide for it).
@@ -139,6 +139,19 @@ impl std::fmt::Debug for Proxy {
 fn message_paths(path: &str) -> Vec<String> {
     let trimmed = path.trim_end_matches('/');
     vec![trimmed.to_string(), format!("{trimmed}/")]
+}
+
+/// The proxy's data plane: the router's layer around the forwarder.
+type Gateway = Affinity<Forwarder, MemoryTable, fn() -> Instant, Classifier>;
+
+/// Which forwarding errors mean "not delivered".
+type Classifier = fn(&ForwardError) -> Option<Undelivered>;
+
+/// The backends' addresses by slot, and a pooled client to send to them.
+struct Backends {
+    by_slot: RwLock<Vec<Option<Backend>>>,
+    client: Client<HttpConnector, ReplayBody<Incoming>>,
+    rewrite_host: bool,
 }
 
 impl Proxy {
@@ -167,11 +180,24 @@ impl Proxy {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .build(connector);
-        let proxy = Arc::new(Proxy {
-            router: Arc::new(router),
-            upstreams: RwLock::new(Vec::new()),
+        let router = Arc::new(router);
+        let backends = Arc::new(Backends {
+            by_slot: RwLock::new(Vec::new()),
             client,
             rewrite_host: config.rewrite_host,
+        });
+        let probed = backends.clone();
+        let gateway = AffinityLayer::new(router.clone(), Instant::now as fn() -> Instant)
+            .undelivered(ForwardError::undelivered as Classifier)
+            .refusal_check(move |upstream: &Upstream| {
+                let (backends, id) = (probed.clone(), upstream.backend());
+                async move { backends.refuses(id).await }
+            })
+            .layer(Forwarder(backends.clone()));
+        let proxy = Arc::new(Proxy {
+            router,
+            backends,
+            gateway,
             health_interval: config.health_interval,
             shutdown_grace: config.shutdown_grace,
             bad_gateways: Default::default(),
@@ -233,7 +259,7 @@ impl Proxy {
             .cloned()
             .ok_or(format!("backend {url:?}: no host"))?;
         let prefix = uri.path().trim_end_matches('/').to_string();
-        let mut upstreams = self.upstreams.write().unwrap();
+        let mut upstreams = self.backends.by_slot.write().unwrap();
         let id = self
             .router
             .add(NewBackend::new(TenantId::DEFAULT, url).name(name))
@@ -242,7 +268,7 @@ impl Proxy {
         if upstreams.len() <= slot {
             upstreams.resize_with(slot + 1, || None);
         }
-        upstreams[slot] = Some(Upstream {
+        upstreams[slot] = Some(Backend {
             id,
             url: url.into(),
             scheme,
@@ -255,7 +281,7 @@ impl Proxy {
 
     /// The current id of a backend slot.
     pub fn backend_id(&self, slot: u16) -> Option<BackendId> {
-        let upstreams = self.upstreams.read().unwrap();
+        let upstreams = self.backends.by_slot.read().unwrap();
         upstreams.get(usize::from(slot))?.as_ref().map(|u| u.id)
     }
 
@@ -288,7 +314,7 @@ impl Proxy {
     /// them after its removal grace, and the proxy ends the streams still open to it. Returns
     /// the number of keys the backend owned.
     pub fn remove(&self, slot: u16) -> Result<usize, String> {
-        let mut upstreams = self.upstreams.write().unwrap();
+        let mut upstreams = self.backends.by_slot.write().unwrap();
         let upstream = upstreams
             .get_mut(usize::from(slot))
             .and_then(Option::take)
@@ -304,7 +330,7 @@ impl Proxy {
     /// A backend restarted: a new generation that inherits nothing; the streams open to the
     /// old one are ended.
     pub fn restart(&self, slot: u16) -> Result<BackendId, String> {
-        let mut upstreams = self.upstreams.write().unwrap();
+        let mut upstreams = self.backends.by_slot.write().unwrap();
         let mut upstream = upstreams
             .get_mut(usize::from(slot))
             .and_then(Option::take)
@@ -334,170 +360,35 @@ impl Proxy {
 
     /// The backend's base URL by id (current generation only).
     pub fn url_of(&self, id: BackendId) -> Option<Arc<str>> {
-        let upstreams = self.upstreams.read().unwrap();
+        let upstreams = self.backends.by_slot.read().unwrap();
         let upstream = upstreams.get(usize::from(id.slot()))?.as_ref()?;
         (upstream.id == id).then(|| upstream.url.clone())
     }
 
-    /// The request URI on the backend, its authority, and its removal switch.
-    fn target(&self, id: BackendId, uri: &Uri) -> Option<(Uri, Authority, watch::Receiver<bool>)> {
-        let upstreams = self.upstreams.read().unwrap();
-        let upstream = upstreams.get(usize::from(id.slot()))?.as_ref()?;
-        if upstream.id != id {
-            return None;
-        }
-        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let path_and_query: PathAndQuery = if upstream.prefix.is_empty() {
-            path.parse().ok()?
-        } else {
-            format!("{}{path}", upstream.prefix).parse().ok()?
+    /// Proxies one request through the router's layer: a request the forwarder could not
+    /// deliver is reported to the router, which places it again on another backend (a
+    /// conversation start, a stateless call: its body, if small, was kept for that) or
+    /// rejects it (a pinned request whose owner refused the connection: its session is gone,
+    /// 404).
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        req.extensions_mut().insert(Peer(peer));
+        let mut gateway = self.gateway.clone();
+        let response = match std::future::poll_fn(|cx| gateway.poll_ready(cx)).await {
+            Ok(()) => gateway.call(req).await,
+            Err(error) => Err(error),
         };
-        let uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .ok()?;
-        Some((uri, upstream.authority.clone(), upstream.gone.subscribe()))
-    }
-
-    /// Proxies one request.
-    ///
-    /// A request that could not be delivered is reported to the router, which answers what to
-    /// do: place it again on another backend (a conversation start, a stateless call: its
-    /// body, if small, was kept for that), or reject it (a pinned request whose owner refused
-    /// the connection: its session is gone, 404). A request that failed once on its way, with
-    /// the backend refusing connections since, had an owner that died with it: a pinned one
-    /// gets the same 404, a conversation start is placed again.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let (mut parts, body) = req.into_parts();
-        let routed = self.router.route(&parts, Instant::now());
-        let exchange = match self.looked_up(routed).await {
-            Routed::Forward(exchange) => exchange,
-            Routed::Reject(rejection) => return rejection_response(&rejection),
-            Routed::Lookup(_) => unreachable!("looked up"),
-        };
-        // A sealed session id: the backend gets its own id back.
-        exchange.rewrite_request(&mut parts);
-        // Ends the exchange if this future is dropped (the client left before the head came).
-        let mut guard = ExchangeGuard {
-            router: &self.router,
-            exchange: Some(exchange),
-        };
-        // A request that may be placed again (no protocol key) keeps a small body for that.
-        let mut body = if protocol_key(guard.exchange()) {
-            ReplayBody::Streamed(Some(body))
-        } else {
-            ReplayBody::keep(body).await
-        };
-        let uri = parts.uri.clone();
-        parts.version = http::Version::HTTP_11;
-        strip_hop_by_hop(&mut parts.headers);
-        if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
-            parts
-                .headers
-                .append(HeaderName::from_static("x-forwarded-for"), ip);
-        }
-        let client_host = parts.headers.get(header::HOST).cloned();
-        let response = loop {
-            let backend = guard.exchange().backend();
-            let Some((target, authority, gone)) = self.target(backend, &uri) else {
-                // Removed between routing and here.
-                return self.bad_gateway("backend removed");
-            };
-            let Some(attempt) = body.attempt() else {
-                return self.bad_gateway("backend unreachable");
-            };
-            let mut head = parts.clone();
-            head.uri = target;
-            match (&client_host, self.rewrite_host) {
-                (Some(host), false) => {
-                    head.headers.insert(header::HOST, host.clone());
-                }
-                _ => {
-                    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                        head.headers.insert(header::HOST, host);
-                    }
-                }
+        match response {
+            Ok(response) => response.map(BodyExt::boxed_unsync),
+            // The client's own body failed (it went away mid-request): nobody to tell.
+            Err(ForwardError::ClientBody) => {
+                text(StatusCode::BAD_REQUEST, "request body failed\n".into())
             }
-            let error = match self
-                .client
-                .request(Request::from_parts(head, attempt))
-                .await
-            {
-                Ok(response) => break (response, gone),
-                Err(error) => error,
-            };
-            let why = match undelivered(&error) {
-                Some(why) => why,
-                // It may have reached the backend. If the backend refuses connections now, it
-                // died with the request: the session of a pinned request is gone either way,
-                // and a conversation start changed nothing that survived.
-                None if (protocol_key(guard.exchange())
-                    || guard.exchange().starts_conversation())
-                    && self.refuses(backend).await =>
-                {
-                    Undelivered::Refused
-                }
-                // The client's own body failed (it went away mid-request): nobody to tell.
-                None if client_failed(&error) => {
-                    return text(StatusCode::BAD_REQUEST, "request body failed\n".into());
-                }
-                None => {
-                    let why = format!("{} failed: {error:?}", guard.exchange().backend());
-                    return self.bad_gateway(&why);
-                }
-            };
-            let exchange = guard.take();
-            match self.router.on_undelivered(exchange, why, Instant::now()) {
-                Routed::Forward(next) => guard.exchange = Some(next),
-                Routed::Reject(rejection) => return rejection_response(&rejection),
-                Routed::Lookup(_) => unreachable!("a failed delivery is not looked up"),
-            }
-        };
-        let (response, gone) = response;
-        let (mut head, body) = response.into_parts();
-        let mut exchange = guard.take();
-        match self
-            .router
-            .on_response_head(&mut exchange, &mut head, Instant::now())
-        {
-            HeadOutcome::Replace(rejection) => {
-                drop(body);
-                self.router
-                    .on_exchange_end(exchange, End::Aborted, Instant::now());
-                return rejection_response(&rejection);
-            }
-            HeadOutcome::Forward | HeadOutcome::Observe => {}
-            // `HeadOutcome` may grow; forwarding is the safe default.
-            #[allow(unreachable_patterns)]
-            _ => {}
+            Err(error) => self.bad_gateway(&error.to_string()),
         }
-        strip_hop_by_hop(&mut head.headers);
-        let event_stream = is_event_stream(&head.headers);
-        let clock: fn() -> Instant = Instant::now;
-        let observed = ObservedBody::new(body, self.router.clone(), exchange, clock);
-        let body = if event_stream {
-            head.headers.insert(
-                HeaderName::from_static("x-accel-buffering"),
-                HeaderValue::from_static("no"),
-            );
-            // A stream may live for hours: end it when its backend is removed.
-            UntilGone::new(observed, gone).boxed_unsync()
-        } else {
-            observed.boxed_unsync()
-        };
-        Response::from_parts(head, body)
-    }
-
-    /// A decision, with a key the router does not know looked up in the shared store first.
-    async fn looked_up(&self, routed: Routed) -> Routed {
-        let Routed::Lookup(lookup) = routed else {
-            return routed;
-        };
-        // No store configured here: the router asks only when one is.
-        self.router
-            .on_lookup(lookup, Looked::Unavailable, Instant::now())
     }
 
     /// How many requests were answered 502.
@@ -510,35 +401,6 @@ impl Proxy {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         eprintln!("proxy: 502: {why}");
         bad_gateway(why)
-    }
-
-    /// Whether the backend refuses connections right now: a few quick TCP connects, 50 ms
-    /// apart (a process killed a moment ago may still have its listening socket while its
-    /// connections are reset).
-    async fn refuses(&self, id: BackendId) -> bool {
-        let Some(addr) = self.address_of(id) else {
-            return false;
-        };
-        for attempt in 0..3 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let connect = TcpStream::connect(&addr);
-            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_millis(250), connect).await {
-                if refused(&e) {
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
-    /// `host:port` of a backend.
-    fn address_of(&self, id: BackendId) -> Option<String> {
-        let upstreams = self.upstreams.read().unwrap();
-        let upstream = upstreams.get(usize::from(id.slot()))?.as_ref()?;
-        let port = upstream.authority.port_u16().unwrap_or(80);
-        Some(format!("{}:{port}", upstream.authority.host()))
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then stops accepting and
@@ -597,11 +459,11 @@ impl Proxy {
     /// few), a timeout is [`Probe::Failed`] (it may be alive and overloaded).
     async fn check_health(&self) {
         let targets: Vec<BackendId> = {
-            let upstreams = self.upstreams.read().unwrap();
+            let upstreams = self.backends.by_slot.read().unwrap();
             upstreams.iter().flatten().map(|u| u.id).collect()
         };
         let checks = targets.into_iter().filter_map(|id| {
-            let addr = self.address_of(id)?;
+            let addr = self.backends.address_of(id)?;
             Some(async move {
                 let connect = TcpStream::connect(addr);
                 let probe = match tokio::time::timeout(Duration::from_millis(500), connect).await {
@@ -623,7 +485,8 @@ impl Proxy {
 
     /// The admin API.
     ///
-    /// - `GET /metrics`: the router's metrics as JSON (`?format=text`: `name value` lines)
+    /// - `GET /metrics`: the router's metrics in the OpenMetrics text format (what Prometheus
+    ///   scrapes); `GET /metrics.json` (or `/metrics?format=json`): as JSON
     /// - `GET /backends`: the backends as JSON
     /// - `POST /backends?url=http://host:port`: adds a backend
     /// - `POST /backends/<slot>/drain[?deadline=<seconds>]`, `.../undrain`, `.../remove`
@@ -642,10 +505,15 @@ impl Proxy {
         let method = req.method().clone();
         let result: Result<serde_json::Value, (StatusCode, String)> =
             match (&method, segments.as_slice()) {
-                (&Method::GET, ["metrics"]) => {
-                    if param("format").as_deref() == Some("text") {
-                        return text(StatusCode::OK, metrics_text(&self.metrics()));
-                    }
+                (&Method::GET, ["metrics"]) if param("format").as_deref() != Some("json") => {
+                    let mut response = text(StatusCode::OK, self.metrics().to_openmetrics());
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
+                    );
+                    return response;
+                }
+                (&Method::GET, ["metrics" | "metrics.json"]) => {
                     Ok(metrics_json(&self.metrics(), self))
                 }
                 (&Method::GET, ["backends"]) => Ok(backends_json(&self.router.backends(), self)),
@@ -693,6 +561,174 @@ impl Proxy {
             Ok(value) => json(StatusCode::OK, &value),
             Err((status, message)) => json(status, &serde_json::json!({ "error": message })),
         }
+    }
+}
+
+/// The client's address, for `X-Forwarded-For`.
+#[derive(Clone, Copy, Debug)]
+struct Peer(SocketAddr);
+
+/// Why the forwarder could not answer.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// Nothing of the request reached the backend (or it died with it, see
+    /// [`Upstream::starts_conversation`]): the router decides what now.
+    Undelivered(Undelivered, String),
+    /// The client's request body failed on the way.
+    ClientBody,
+    /// The backend failed after the request may have run.
+    Failed(String),
+}
+
+impl ForwardError {
+    fn undelivered(&self) -> Option<Undelivered> {
+        match self {
+            ForwardError::Undelivered(why, _) => Some(*why),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardError::Undelivered(why, detail) => {
+                write!(f, "not delivered ({why:?}): {detail}")
+            }
+            ForwardError::ClientBody => f.write_str("request body failed"),
+            ForwardError::Failed(detail) => f.write_str(detail),
+        }
+    }
+}
+
+/// The body the forwarder answers with: the backend's, ended when the backend is removed if
+/// it is an event stream.
+type ForwardBody = UntilGone<Incoming>;
+
+/// Sends each request to the backend its [`Upstream`] names.
+#[derive(Clone)]
+struct Forwarder(Arc<Backends>);
+
+impl Service<Request<ReplayBody<Incoming>>> for Forwarder {
+    type Response = Response<ForwardBody>;
+    type Error = ForwardError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ForwardBody>, ForwardError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
+        // The pooled client takes every request.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ReplayBody<Incoming>>) -> Self::Future {
+        Box::pin(self.0.clone().forward(request))
+    }
+}
+
+impl Backends {
+    async fn forward(
+        self: Arc<Self>,
+        request: Request<ReplayBody<Incoming>>,
+    ) -> Result<Response<ForwardBody>, ForwardError> {
+        let (mut parts, body) = request.into_parts();
+        let upstream = parts
+            .extensions
+            .remove::<Upstream>()
+            .expect("the layer names the backend");
+        let Some((target, authority, gone)) = self.target(upstream.backend(), &parts.uri) else {
+            // Removed between the router's decision and here: nothing listens for it now.
+            let detail = format!("{} removed", upstream.backend());
+            return Err(ForwardError::Undelivered(Undelivered::Refused, detail));
+        };
+        parts.uri = target;
+        parts.version = http::Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(Peer(peer)) = parts.extensions.remove::<Peer>() {
+            if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
+                let name = HeaderName::from_static("x-forwarded-for");
+                parts.headers.append(name, ip);
+            }
+        }
+        if self.rewrite_host || !parts.headers.contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        let error = match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(response) => {
+                let (mut head, body) = response.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                let gone = is_event_stream(&head.headers).then(|| {
+                    head.headers.insert(
+                        HeaderName::from_static("x-accel-buffering"),
+                        HeaderValue::from_static("no"),
+                    );
+                    // A stream may live for hours: end it when its backend is removed.
+                    gone
+                });
+                return Ok(Response::from_parts(head, UntilGone::new(body, gone)));
+            }
+            Err(error) => error,
+        };
+        let backend = upstream.backend();
+        if let Some(why) = undelivered(&error) {
+            return Err(ForwardError::Undelivered(why, format!("{error:?}")));
+        }
+        // It may have reached the backend (the layer asks whether the backend died with it).
+        if client_failed(&error) {
+            return Err(ForwardError::ClientBody);
+        }
+        Err(ForwardError::Failed(format!("{backend} failed: {error:?}")))
+    }
+
+    /// The request URI on the backend, its authority, and its removal switch.
+    fn target(&self, id: BackendId, uri: &Uri) -> Option<(Uri, Authority, watch::Receiver<bool>)> {
+        let by_slot = self.by_slot.read().unwrap();
+        let backend = by_slot.get(usize::from(id.slot()))?.as_ref()?;
+        if backend.id != id {
+            return None;
+        }
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path_and_query: PathAndQuery = if backend.prefix.is_empty() {
+            path.parse().ok()?
+        } else {
+            format!("{}{path}", backend.prefix).parse().ok()?
+        };
+        let uri = Uri::builder()
+            .scheme(backend.scheme.clone())
+            .authority(backend.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .ok()?;
+        Some((uri, backend.authority.clone(), backend.gone.subscribe()))
+    }
+
+    /// Whether the backend refuses connections right now: a few quick TCP connects, 50 ms
+    /// apart (a process killed a moment ago may still have its listening socket while its
+    /// connections are reset).
+    async fn refuses(&self, id: BackendId) -> bool {
+        let Some(addr) = self.address_of(id) else {
+            return false;
+        };
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let connect = TcpStream::connect(&addr);
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_millis(250), connect).await {
+                if refused(&e) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// `host:port` of a backend.
+    fn address_of(&self, id: BackendId) -> Option<String> {
+        let upstreams = self.by_slot.read().unwrap();
+        let upstream = upstreams.get(usize::from(id.slot()))?.as_ref()?;
+        let port = upstream.authority.port_u16().unwrap_or(80);
+        Some(format!("{}:{port}", upstream.authority.host()))
     }
 }
 
@@ -750,66 +786,14 @@ pub fn metrics_json(m: &Metrics, proxy: &Proxy) -> serde_json::Value {
     })
 }
 
-/// The metrics as `name value` lines.
-pub fn metrics_text(m: &Metrics) -> String {
-    let mut out = String::new();
-    for (name, value) in [
-        ("pinned", m.pinned),
-        ("placed", m.placed),
-        ("keys_learned", m.keys_learned),
-        ("keys_forgotten", m.keys_forgotten),
-        ("keys_expired", m.keys_expired),
-        ("keys_revoked", m.keys_revoked),
-        ("keys_purged", m.keys_purged),
-        ("keys_evicted", m.keys_evicted),
-        ("keys_released", m.keys_released),
-        ("key_conflicts", m.key_conflicts),
-        ("id_mismatches", m.id_mismatches),
-        ("keys_unlearned", m.keys_unlearned),
-        ("bodies_observed", m.bodies_observed),
-        ("observe_limit_hits", m.observe_limit_hits),
-        ("vetoes", m.vetoes),
-        ("table_len", m.table.len as u64),
-    ] {
-        let _ = writeln!(out, "mcp_affinity_{name} {value}");
-    }
-    for (reason, n) in &m.rejected {
-        let _ = writeln!(out, "mcp_affinity_rejected{{reason=\"{reason}\"}} {n}");
-    }
-    for b in &m.backends {
-        let _ = writeln!(
-            out,
-            "mcp_affinity_backend_sessions{{id=\"{}\",url=\"{}\",ready=\"{}\",draining=\"{}\"}} {}",
-            b.id,
-            b.label,
-            b.ready(),
-            b.draining,
-            b.sessions
-        );
-    }
-    out
-}
-
 /// Why a request that failed never reached its backend, if it surely did not: hyper-util
 /// reports connection failures (nothing written) as connect errors.
 fn undelivered(error: &hyper_util::client::legacy::Error) -> Option<Undelivered> {
-    if !error.is_connect() {
-        return None;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(if refused(io) {
-                Undelivered::Refused
-            } else if io.kind() == std::io::ErrorKind::TimedOut {
-                Undelivered::TimedOut
-            } else {
-                Undelivered::Failed
-            });
-        }
-        source = e.source();
-    }
-    Some(Undelivered::Failed)
+    let mut causes = std::iter::successors(std::error::Error::source(error), |e| e.source());
+    let io = causes.find_map(|cause| cause.downcast_ref::<std::io::Error>());
+    error
+        .is_connect()
+        .then(|| io.map_or(Undelivered::Failed, Undelivered::from_io))
 }
 
 /// Whether a failed request failed on the client's side (its body), not the backend's.
@@ -824,61 +808,10 @@ fn client_failed(error: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// Whether the exchange is pinned by a protocol key (a session or a task): never placed again.
-fn protocol_key(exchange: &Exchange) -> bool {
-    exchange
-        .key()
-        .is_some_and(|(kind, _)| kind != KeyKind::Operator)
-}
-
 /// Nothing listens at the address: refused, or the host or network is unreachable.
 fn refused(error: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{ConnectionRefused, HostUnreachable, NetworkUnreachable};
-    matches!(
-        error.kind(),
-        ConnectionRefused | HostUnreachable | NetworkUnreachable
-    )
+    Undelivered::from_io(error) == Undelivered::Refused
 }
-
-/// The most bytes of a placed request's body kept to send it again after a failed delivery.
-const REPLAY_LIMIT: u64 = 64 * 1024;
-
-/// A request body for one or more delivery attempts.
-enum ReplayBody {
-    /// Kept whole (small, and placed): every attempt sends it again.
-    Kept(Bytes),
-    /// Streamed as it comes: one attempt only.
-    Streamed(Option<Incoming>),
-}
-
-impl ReplayBody {
-    /// Keeps `body` if it is known to be small enough; streams it otherwise.
-    async fn keep(body: Incoming) -> ReplayBody {
-        let small = body
-            .size_hint()
-            .upper()
-            .is_some_and(|upper| upper <= REPLAY_LIMIT);
-        if !small {
-            return ReplayBody::Streamed(Some(body));
-        }
-        match body.collect().await {
-            Ok(collected) => ReplayBody::Kept(collected.to_bytes()),
-            // The client's body failed: the one attempt sends nothing more.
-            Err(_) => ReplayBody::Kept(Bytes::new()),
-        }
-    }
-
-    /// The body of the next attempt, or `None` if it was streamed already.
-    fn attempt(&mut self) -> Option<OutBody> {
-        match self {
-            ReplayBody::Kept(bytes) => Some(Either::Left(Full::new(bytes.clone()))),
-            ReplayBody::Streamed(body) => body.take().map(Either::Right),
-        }
-    }
-}
-
-/// What the proxy sends a backend: a kept body or the client's own.
-type OutBody = Either<Full<Bytes>, Incoming>;
 
 /// A keyring from a key file (one key per line, 64 hex digits; `#` comments), and when the
 /// file was modified. Errors name the line, never the key.
@@ -904,50 +837,30 @@ fn seed() -> [u8; 12] {
     seed
 }
 
-/// Ends the exchange as aborted if it was not handed on.
-struct ExchangeGuard<'a> {
-    router: &'a Router,
-    exchange: Option<Exchange>,
-}
-
-impl ExchangeGuard<'_> {
-    fn exchange(&self) -> &Exchange {
-        self.exchange
-            .as_ref()
-            .expect("exchange present until taken")
+pin_project_lite::pin_project! {
+    /// A response body that ends (cleanly, so the client reconnects) when its backend is
+    /// removed, dropping the inner body and with it the backend connection.
+    pub struct UntilGone<B> {
+        #[pin]
+        inner: Option<B>,
+        gone: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     }
-
-    fn take(&mut self) -> Exchange {
-        self.exchange.take().expect("exchange taken once")
-    }
-}
-
-impl Drop for ExchangeGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(exchange) = self.exchange.take() {
-            self.router
-                .on_exchange_end(exchange, End::Aborted, Instant::now());
-        }
-    }
-}
-
-/// A response body that ends (cleanly, so the client reconnects) when its backend is removed,
-/// dropping the inner body and with it the backend connection.
-struct UntilGone<B> {
-    inner: Option<Pin<Box<B>>>,
-    gone: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl<B> UntilGone<B> {
-    fn new(inner: B, mut gone: watch::Receiver<bool>) -> Self {
-        UntilGone {
-            inner: Some(Box::pin(inner)),
-            gone: Box::pin(async move {
+    /// `inner`, ended when `gone` flips to `true` (never, without a switch).
+    fn new(inner: B, gone: Option<watch::Receiver<bool>>) -> Self {
+        let gone = gone.map(|mut gone| -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(async move {
                 // Resolves on `true`, or never if the switch is dropped without flipping.
                 if gone.wait_for(|g| *g).await.is_err() {
                     std::future::pending::<()>().await;
                 }
-            }),
+            })
+        });
+        UntilGone {
+            inner: Some(inner),
+            gone,
         }
     }
 }
@@ -957,19 +870,21 @@ impl<B: Body<Data = Bytes>> Body for UntilGone<B> {
     type Error = B::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
-        if let Poll::Ready(frame) = inner.as_mut().poll_frame(cx) {
+        if let Poll::Ready(frame) = inner.poll_frame(cx) {
             return Poll::Ready(frame);
         }
-        if this.gone.as_mut().poll(cx).is_ready() {
-            this.inner = None;
-            return Poll::Ready(None);
+        if let Some(gone) = this.gone {
+            if gone.as_mut().poll(cx).is_ready() {
+                this.inner.set(None);
+                return Poll::Ready(None);
+            }
         }
         Poll::Pending
     }
@@ -1124,6 +1039,21 @@ impl Running {
     /// Starts `config`'s proxy, its admin API and its maintenance task, on 127.0.0.1 with
     /// OS-assigned ports.
     pub async fn start(config: &Config) -> Result<Running, String> {
+        Running::start_serving(config, |proxy, listener, stopped| {
+            proxy.serve(listener, stopped)
+        })
+        .await
+    }
+
+    /// Starts `config`'s proxy with its admin API and maintenance task as
+    /// [`start`](Running::start) does, with the data plane served by `serve` (given the
+    /// proxy, the listener, and a future that completes on shutdown): another front built
+    /// on the same router.
+    pub async fn start_serving<F, S>(config: &Config, serve: F) -> Result<Running, String>
+    where
+        F: FnOnce(Arc<Proxy>, TcpListener, Pin<Box<dyn Future<Output = ()> + Send>>) -> S,
+        S: Future<Output = ()> + Send + 'static,
+    {
         let proxy = Proxy::new(config)?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -1138,7 +1068,7 @@ impl Running {
             let _ = stopped.await;
         });
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(proxy.clone().serve(listener, stopped.clone()));
+        tasks.spawn(serve(proxy.clone(), listener, Box::pin(stopped.clone())));
         tasks.spawn(proxy.clone().serve_admin(admin, stopped.clone()));
         tasks.spawn(proxy.clone().maintain(stopped));
         Ok(Running {

@@ -39,14 +39,19 @@ impl<T: SessionTable> Router<T> {
     /// Adds a backend, ready for new conversations. Its name must be unique in its tenant
     /// ([`FleetError::DuplicateName`]).
     pub fn add(&self, backend: NewBackend) -> Result<BackendId, FleetError> {
-        self.fleet.add(backend, |id| {
+        let added = self.fleet.add(backend, |id| {
             // Only after 65,536 generations of one slot can an id come back: whatever keys
             // or scheduled purge its last holder left go first.
             self.purges.lock().remove(&id);
             if self.table.count_owner(id) > 0 {
                 self.purge(id);
             }
-        })
+        });
+        #[cfg(feature = "tracing")]
+        if let Ok(id) = added {
+            event!(info, backend = %id, label = self.backend_label(id).as_deref(), "backend added");
+        }
+        added
     }
 
     /// Stops placing new conversations on a backend; it keeps serving its keys. With a
@@ -63,21 +68,27 @@ impl<T: SessionTable> Router<T> {
         now: Instant,
     ) -> Result<(), FleetError> {
         self.revoke_due(now);
-        self.fleet.drain(id, deadline, now)
+        self.fleet.drain(id, deadline, now)?;
+        event!(info, backend = %id, deadline = ?deadline.map(|d| d.saturating_duration_since(now)), "backend draining");
+        Ok(())
     }
 
     /// Makes a draining backend ready again (keys whose drain deadline has passed stay
     /// revoked).
     pub fn undrain_backend(&self, id: BackendId, now: Instant) -> Result<(), FleetError> {
         self.revoke_due(now);
-        self.fleet.undrain(id)
+        self.fleet.undrain(id)?;
+        event!(info, backend = %id, "backend ready again (undrained)");
+        Ok(())
     }
 
     /// Revokes the keys of draining backends past their deadline; returns how many.
     fn revoke_due(&self, now: Instant) -> usize {
         let mut revoked = 0;
         for id in self.fleet.take_due_revocations(now) {
-            revoked += self.table.remove_owner(id);
+            let gone = self.table.remove_owner(id);
+            event!(info, backend = %id, keys = gone, "drain deadline passed: keys revoked");
+            revoked += gone;
         }
         self.counters.revoked.add(revoked as u64);
         revoked
@@ -94,6 +105,7 @@ impl<T: SessionTable> Router<T> {
     pub fn remove_backend(&self, id: BackendId, now: Instant) -> Result<usize, FleetError> {
         let identity = self.fleet.identity(id);
         self.fleet.remove(id, now)?;
+        event!(info, backend = %id, "backend removed");
         self.store_lost(identity, self.lost_cutoff(now));
         let owned = self.table.count_owner(id);
         match now.checked_add(self.config.removal_grace) {
@@ -112,6 +124,9 @@ impl<T: SessionTable> Router<T> {
     fn purge(&self, id: BackendId) -> usize {
         let purged = self.table.remove_owner(id);
         self.counters.purged.add(purged as u64);
+        if purged > 0 {
+            event!(debug, backend = %id, keys = purged, "keys of a gone backend purged");
+        }
         purged
     }
 
@@ -169,6 +184,17 @@ impl<T: SessionTable> Router<T> {
         now: Instant,
     ) -> Result<Health, FleetError> {
         let reported = self.fleet.report(id, probe.into(), self.lost_cutoff(now))?;
+        if reported.health != reported.was {
+            match reported.health {
+                Health::Healthy => event!(info, backend = %id, "backend healthy"),
+                Health::Unhealthy => {
+                    event!(warn, backend = %id, "backend unhealthy: no new conversations");
+                }
+                Health::Down => {
+                    event!(warn, backend = %id, "backend down: its sessions are gone");
+                }
+            }
+        }
         if reported.went_down {
             self.count_down(id);
             self.store_lost(self.fleet.identity(id), self.lost_cutoff(now));
@@ -178,6 +204,7 @@ impl<T: SessionTable> Router<T> {
             // meanwhile); it is still down, so nothing new can be bound to it.
             let _purging = self.purge_lock.lock();
             self.purge(id);
+            event!(info, backend = %id, "backend back as a new incarnation");
             return self.fleet.finish_comeback(id, reported.term);
         }
         Ok(reported.health)
@@ -187,6 +214,7 @@ impl<T: SessionTable> Router<T> {
     /// (unless it is in another term already).
     pub(super) fn declare_down(&self, id: BackendId, term: u32, now: Instant) {
         if self.fleet.mark_down(id, term, self.lost_cutoff(now)) == Ok(true) {
+            event!(warn, backend = %id, "backend down (connection refused): its sessions are gone");
             self.count_down(id);
             self.store_lost(self.fleet.identity(id), self.lost_cutoff(now));
         }
@@ -204,6 +232,9 @@ impl<T: SessionTable> Router<T> {
     pub fn maintain(&self, now: Instant, budget: usize) -> Maintenance {
         let eviction = self.table.evict_idle(now, budget);
         self.counters.expired.add(eviction.evicted as u64);
+        if eviction.evicted > 0 {
+            event!(debug, keys = eviction.evicted, "idle keys expired");
+        }
         let revoked = self.revoke_due(now);
         let due: Vec<BackendId> = {
             let mut purges = self.purges.lock();

@@ -361,6 +361,22 @@ pub enum Undelivered {
     Failed,
 }
 
+impl Undelivered {
+    /// What a failed connection attempt means: refused, or the host or network unreachable
+    /// (nothing listens: [`Refused`](Undelivered::Refused)); timed out
+    /// ([`TimedOut`](Undelivered::TimedOut)); anything else ([`Failed`](Undelivered::Failed)).
+    pub fn from_io(error: &std::io::Error) -> Undelivered {
+        use std::io::ErrorKind::{
+            ConnectionRefused, HostUnreachable, NetworkUnreachable, TimedOut,
+        };
+        match error.kind() {
+            ConnectionRefused | HostUnreachable | NetworkUnreachable => Undelivered::Refused,
+            TimedOut => Undelivered::TimedOut,
+            _ => Undelivered::Failed,
+        }
+    }
+}
+
 /// How an exchange ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {

@@ -359,6 +359,8 @@ const COUNT_MASK: u64 = (1 << 48) - 1;
 /// What a health report changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Reported {
+    /// Its health before the report.
+    pub(crate) was: Health,
     pub(crate) health: Health,
     /// The backend was declared down by this report.
     pub(crate) went_down: bool,
@@ -754,6 +756,7 @@ impl Fleet {
                 }
             }
             Reported {
+                was: before,
                 health: meta.health,
                 went_down: before != Health::Down && meta.health == Health::Down,
                 comes_back,

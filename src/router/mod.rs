@@ -15,6 +15,7 @@ mod extract;
 mod fleet;
 mod metrics;
 mod observe;
+mod openmetrics;
 mod path;
 mod reject;
 mod respond;
@@ -42,6 +43,7 @@ pub use extract::{
 };
 pub use fleet::{BackendInfo, FleetError, Health, NewBackend, Placement, Probe};
 pub use metrics::{Metrics, TOKEN_REFUSALS};
+pub use openmetrics::OPENMETRICS_CONTENT_TYPE;
 pub use reject::{BadEra, Reason, Rejection};
 #[cfg(feature = "seal")]
 #[cfg_attr(docsrs, doc(cfg(feature = "seal")))]

@@ -47,6 +47,19 @@ impl<T: SessionTable> Router<T> {
         response: &mut response::Parts,
         now: Instant,
     ) -> HeadOutcome {
+        let outcome = self.head(exchange, response, now);
+        if let HeadOutcome::Replace(rejection) = &outcome {
+            self.trace_rejection(Some(exchange.tenant), rejection);
+        }
+        outcome
+    }
+
+    fn head(
+        &self,
+        exchange: &mut Exchange,
+        response: &mut response::Parts,
+        now: Instant,
+    ) -> HeadOutcome {
         let status = response.status;
         let ok = status.is_success();
         // The conversation start was answered: it no longer weighs on its backend's load.
@@ -183,6 +196,7 @@ impl<T: SessionTable> Router<T> {
             let streaming = key.kind() == KeyKind::SseSession
                 && self.table.get(&key, now).is_some_and(|e| e.streams > 0);
             if !streaming && self.table.remove(&key, Some(exchange.backend)).is_some() {
+                event!(debug, tenant = exchange.tenant.get(), kind = key.kind().as_str(), backend = %exchange.backend, status = status.as_u16(), "key forgotten: the conversation ended");
                 self.counters.forgotten.incr();
                 self.store_forgotten(&key, exchange.backend);
             }
@@ -261,6 +275,7 @@ impl<T: SessionTable> Router<T> {
         }
         let learned = match inserted {
             Ok(Insert::Added { evicted }) => {
+                event!(debug, tenant = exchange.tenant.get(), kind = kind.as_str(), backend = %backend, evicted, "key learned");
                 self.counters.learned.incr();
                 if evicted {
                     self.counters.evicted.incr();
@@ -270,10 +285,12 @@ impl<T: SessionTable> Router<T> {
             }
             Ok(Insert::Exists(entry)) if entry.owner == backend => Learned::Bound,
             Ok(Insert::Exists(entry)) => {
+                event!(warn, tenant = exchange.tenant.get(), kind = kind.as_str(), backend = %backend, owner = %entry.owner, "key conflict: a backend minted a key another backend owns");
                 self.counters.conflicts.incr();
                 Learned::Conflict(entry.owner)
             }
             Err(InsertError::Full { scope }) => {
+                event!(warn, tenant = exchange.tenant.get(), kind = kind.as_str(), scope = ?scope, "session table full: key not learned");
                 self.counters.unlearned.incr();
                 Learned::Full(scope)
             }
@@ -534,6 +551,7 @@ impl<T: SessionTable> Router<T> {
                 Hold::Own => {
                     let released = self.table.release_stream(&key, exchange.backend, now);
                     if released.is_some_and(|entry| entry.streams == 0) {
+                        event!(debug, tenant = exchange.tenant.get(), backend = %exchange.backend, "legacy SSE session ended with its stream");
                         self.counters.released.incr();
                         self.store_forgotten(&key, exchange.backend);
                     }

@@ -45,13 +45,67 @@ impl<T: SessionTable> Router<T> {
         };
         match tenant {
             Some(tenant) => self.route_in(tenant, req, now, accept),
-            None => Routed::Reject(self.reject(Reason::UnknownTenant)),
+            None => self.traced(None, Routed::Reject(self.reject(Reason::UnknownTenant))),
         }
     }
 
     /// [`route_with`](Router::route_with) for a request whose tenant the caller already knows
     /// (the tenant extractor is not consulted).
     pub fn route_in(
+        &self,
+        tenant: TenantId,
+        req: &request::Parts,
+        now: Instant,
+        accept: impl FnMut(BackendId) -> bool,
+    ) -> Routed {
+        self.traced(Some(tenant), self.decide(tenant, req, now, accept))
+    }
+
+    /// A rejection's `tracing` event (feature `tracing`): warn for what an operator must act
+    /// on (capacity, availability, conflicting backends), debug for the rest.
+    #[inline]
+    pub(super) fn traced(&self, tenant: Option<TenantId>, routed: Routed) -> Routed {
+        if let Routed::Reject(rejection) = &routed {
+            self.trace_rejection(tenant, rejection);
+        }
+        routed
+    }
+
+    /// See [`traced`](Router::traced).
+    #[inline]
+    pub(super) fn trace_rejection(&self, tenant: Option<TenantId>, rejection: &Rejection) {
+        #[cfg(feature = "tracing")]
+        {
+            let (reason, status) = (rejection.reason(), rejection.status().as_u16());
+            let tenant = tenant.map(TenantId::get);
+            match reason {
+                Reason::TableFull(_)
+                | Reason::NoReadyBackend
+                | Reason::StoreUnavailable(_)
+                | Reason::OwnerUnreachable(_)
+                | Reason::KeyConflict(_) => {
+                    event!(
+                        warn,
+                        reason = reason.as_str(),
+                        status,
+                        tenant,
+                        "request rejected"
+                    );
+                }
+                _ => event!(
+                    debug,
+                    reason = reason.as_str(),
+                    status,
+                    tenant,
+                    "request rejected"
+                ),
+            }
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (tenant, rejection);
+    }
+
+    fn decide(
         &self,
         tenant: TenantId,
         req: &request::Parts,
@@ -378,6 +432,18 @@ impl<T: SessionTable> Router<T> {
     /// [`on_undelivered`](Router::on_undelivered), where `accept` may veto the next placement
     /// choice, as in [`route_with`](Router::route_with).
     pub fn on_undelivered_with(
+        &self,
+        exchange: Exchange,
+        why: Undelivered,
+        now: Instant,
+        accept: impl FnMut(BackendId) -> bool,
+    ) -> Routed {
+        let tenant = exchange.tenant;
+        let routed = self.redecide(exchange, why, now, accept);
+        self.traced(Some(tenant), routed)
+    }
+
+    fn redecide(
         &self,
         mut exchange: Exchange,
         why: Undelivered,

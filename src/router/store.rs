@@ -389,6 +389,18 @@ impl<T: SessionTable> Router<T> {
         now: Instant,
         accept: impl FnMut(BackendId) -> bool,
     ) -> Routed {
+        let tenant = lookup.tenant;
+        let routed = self.looked_up(lookup, answer, now, accept);
+        self.traced(Some(tenant), routed)
+    }
+
+    fn looked_up(
+        &self,
+        lookup: Lookup,
+        answer: Looked<'_>,
+        now: Instant,
+        accept: impl FnMut(BackendId) -> bool,
+    ) -> Routed {
         let kind = lookup.kind;
         let reject = |reason| Routed::Reject(self.reject(reason));
         if self.store.is_none() {

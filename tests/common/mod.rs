@@ -164,3 +164,95 @@ pub fn route_session<T: SessionTable>(
         Routed::Lookup(lookup) => panic!("no store here: {lookup:?}"),
     }
 }
+
+/// A `tracing` subscriber that records the events it is sent, up to a level (feature
+/// `tracing`).
+#[cfg(feature = "tracing")]
+pub mod recorder {
+    use std::fmt::Write as _;
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Metadata, Subscriber};
+
+    /// One event: its level, message and other fields (`name=value`, space-separated).
+    #[derive(Clone, Debug)]
+    pub struct Recorded {
+        pub level: Level,
+        pub message: String,
+        pub fields: String,
+    }
+
+    /// Records every event at `max` or more severe.
+    #[derive(Clone)]
+    pub struct Recorder {
+        max: Level,
+        pub events: Arc<Mutex<Vec<Recorded>>>,
+    }
+
+    impl Recorder {
+        pub fn new(max: Level) -> Self {
+            Recorder {
+                max,
+                events: Arc::default(),
+            }
+        }
+
+        pub fn take(&self) -> Vec<Recorded> {
+            std::mem::take(&mut self.events.lock().unwrap())
+        }
+    }
+
+    struct Fields<'a>(&'a mut Recorded);
+
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                let _ = write!(self.0.message, "{value:?}");
+            } else {
+                let _ = write!(self.0.fields, "{}={value:?} ", field.name());
+            }
+        }
+
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "message" {
+                self.0.message.push_str(value);
+            } else {
+                let _ = write!(self.0.fields, "{}={value} ", field.name());
+            }
+        }
+    }
+
+    impl Subscriber for Recorder {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            *metadata.level() <= self.max
+        }
+
+        fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+            Some(self.max.into())
+        }
+
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+        fn event(&self, event: &Event<'_>) {
+            let mut recorded = Recorded {
+                level: *event.metadata().level(),
+                message: String::new(),
+                fields: String::new(),
+            };
+            event.record(&mut Fields(&mut recorded));
+            self.events.lock().unwrap().push(recorded);
+        }
+
+        fn enter(&self, _: &Id) {}
+
+        fn exit(&self, _: &Id) {}
+    }
+}

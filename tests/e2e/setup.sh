@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real MCP SDK peers that the end-to-end tests run against, idempotently:
-#   - a Python venv with the `mcp` package (pinned 2.3.0)
+#   - a Python venv with the `mcp` package (pinned 2.3.0) and `prometheus_client` (pinned
+#     0.26.0: its OpenMetrics parser checks the router's exposition)
 #   - the TypeScript SDK `@modelcontextprotocol/sdk` (pinned 1.32.2 in tests/e2e/package.json,
 #     exact tree in tests/e2e/package-lock.json) via `npm ci`
 # into target/e2e/ (or $MCP_AFFINITY_E2E_DIR). Prints the environment the tests read:
@@ -12,6 +13,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 dir="${MCP_AFFINITY_E2E_DIR:-$repo/target/e2e}"
 mcp_version="2.3.0"
+prometheus_version="0.26.0"
 mkdir -p "$dir"
 
 venv="$dir/venv"
@@ -21,6 +23,10 @@ else
     echo "python: creating $venv with mcp==$mcp_version"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "mcp==$mcp_version"
+fi
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('prometheus_client') != '$prometheus_version')" 2>/dev/null; then
+    echo "python: installing prometheus_client==$prometheus_version"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "prometheus_client==$prometheus_version"
 fi
 
 node_dir="$dir/node"
