@@ -7,7 +7,12 @@
 //! cargo run --release --example load -- --sessions 64 --calls 2000 --max-seconds 20
 //! cargo run --release --example load -- --direct http://127.0.0.1:9001/mcp \
 //!     --proxy http://127.0.0.1:8080/mcp                    # measure running servers instead
+//! cargo run --release --example load -- --serve-replica 127.0.0.1:9001   # a replica alone
+//! cargo run --release --example load -- --serve-plain 127.0.0.1:8090 --to 127.0.0.1:9001
 //! ```
+//!
+//! `scripts/hop-bench.sh` runs the side-by-side hop benchmark with these: one replica, the
+//! router's proxy, the plain hop and HAProxy, each its own process, rounds alternated.
 //!
 //! Each session is a real Streamable HTTP session opened by hand: raw HTTP POSTs (hyper-util,
 //! pooled keep-alive connections) of `initialize`, `notifications/initialized`, then
@@ -37,6 +42,9 @@ type Http = Client<HttpConnector, Full<Bytes>>;
 
 const USAGE: &str = "\
 usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--direct URL --proxy URL]
+            [--target NAME=URL]...
+       load --serve-replica ADDR
+       load --serve-plain ADDR --to HOST:PORT
 
   --sessions N       concurrent sessions per phase (default 32)
   --calls C          whoami calls per session (default 1000)
@@ -44,6 +52,10 @@ usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--direct 
   --rounds R         direct/proxied rounds, alternated; the best of each is kept (default 3)
   --direct URL       a backend's MCP endpoint (default: an in-process rmcp replica)
   --proxy URL        the proxy's MCP endpoint in front of it (default: the in-process proxy)
+  --target NAME=URL  another hop in front of the same backend, measured in the same rounds and
+                     compared with the proxy (repeatable; e.g. haproxy=http://127.0.0.1:8092/mcp)
+  --serve-replica ADDR             serve one rmcp replica at ADDR until SIGINT/SIGTERM
+  --serve-plain ADDR --to HOST:PORT  serve the plain hyper hop (no router) until SIGINT/SIGTERM
 ";
 
 struct Args {
@@ -53,6 +65,10 @@ struct Args {
     rounds: usize,
     direct: Option<String>,
     proxy: Option<String>,
+    targets: Vec<(String, String)>,
+    serve_replica: Option<String>,
+    serve_plain: Option<String>,
+    to: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -63,6 +79,10 @@ fn parse() -> Result<Args, String> {
         rounds: 3,
         direct: None,
         proxy: None,
+        targets: Vec::new(),
+        serve_replica: None,
+        serve_plain: None,
+        to: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,6 +98,13 @@ fn parse() -> Result<Args, String> {
             "--max-seconds" => args.max = Duration::from_secs(number()? as u64),
             "--direct" => args.direct = Some(value),
             "--proxy" => args.proxy = Some(value),
+            "--target" => match value.split_once('=') {
+                Some((name, url)) => args.targets.push((name.to_string(), url.to_string())),
+                None => return Err(format!("--target {value}: expected NAME=URL")),
+            },
+            "--serve-replica" => args.serve_replica = Some(value),
+            "--serve-plain" => args.serve_plain = Some(value),
+            "--to" => args.to = Some(value),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -238,9 +265,12 @@ async fn run_phase(url: &str, sessions: usize, calls: usize, max: Duration) -> P
 
 /// The same hyper server + pooled hyper-util client hop as the proxy, without the router: the
 /// floor any proxy pays for the extra HTTP hop. Serves until the process exits.
-async fn plain_proxy(backend: std::net::SocketAddr) -> std::io::Result<String> {
+async fn plain_proxy(
+    listen: &str,
+    backend: impl std::fmt::Display + Send + Sync + Copy + 'static,
+) -> std::io::Result<String> {
     use hyper_util::rt::TokioIo;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let client: Client<HttpConnector, hyper::body::Incoming> =
         Client::builder(TokioExecutor::new()).build_http();
@@ -283,6 +313,55 @@ fn row(name: &str, sessions: usize, p: &Phase) {
     );
 }
 
+/// Waits for SIGINT or SIGTERM.
+async fn stopped() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `--serve-replica` and `--serve-plain`: one server, until a signal.
+async fn serve_alone(args: &Args) -> Option<ExitCode> {
+    if let Some(addr) = &args.serve_replica {
+        let addr = match addr.parse() {
+            Ok(addr) => addr,
+            Err(e) => {
+                eprintln!("load: --serve-replica {addr}: {e}");
+                return Some(ExitCode::from(2));
+            }
+        };
+        let replica = match rmcp_peers::Replica::start_on("r1", addr).await {
+            Ok(replica) => replica,
+            Err(e) => {
+                eprintln!("load: replica on {addr}: {e}");
+                return Some(ExitCode::FAILURE);
+            }
+        };
+        println!("replica at {}", replica.url());
+        stopped().await;
+        replica.kill().await;
+        return Some(ExitCode::SUCCESS);
+    }
+    let listen = args.serve_plain.as_deref()?;
+    let Some(to) = args.to.clone() else {
+        eprintln!("load: --serve-plain needs --to HOST:PORT");
+        return Some(ExitCode::from(2));
+    };
+    let to: &'static str = Box::leak(to.into_boxed_str());
+    match plain_proxy(listen, to).await {
+        Ok(url) => println!("plain hop at {url} -> {to}"),
+        Err(e) => {
+            eprintln!("load: plain hop on {listen}: {e}");
+            return Some(ExitCode::FAILURE);
+        }
+    }
+    stopped().await;
+    Some(ExitCode::SUCCESS)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = match parse() {
@@ -296,6 +375,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(code) = serve_alone(&args).await {
+        return code;
+    }
     // In-process by default: one rmcp replica, and the proxy in front of it alone, so both
     // phases reach the same server and differ only by the proxy hop.
     let mut local = None;
@@ -323,7 +405,7 @@ async fn main() -> ExitCode {
                 }
             };
             let urls = (format!("{}/mcp", replica.url()), running.url("/mcp"));
-            plain = plain_proxy(replica.addr).await.ok();
+            plain = plain_proxy("127.0.0.1:0", replica.addr).await.ok();
             local = Some((replica, running));
             urls
         }
@@ -344,9 +426,17 @@ async fn main() -> ExitCode {
     let _ = run_phase(&direct, 4, 20, Duration::from_secs(2)).await;
     let _ = run_phase(&proxied, 4, 20, Duration::from_secs(2)).await;
 
-    let mut targets = vec![("direct", direct.clone()), ("proxied", proxied.clone())];
+    let mut targets = vec![
+        ("direct".to_string(), direct.clone()),
+        ("proxied".to_string(), proxied.clone()),
+    ];
     if let Some(plain) = &plain {
-        targets.push(("plain", plain.clone()));
+        targets.push(("plain".to_string(), plain.clone()));
+    }
+    for (name, url) in &args.targets {
+        println!("{name}: {url}");
+        let _ = run_phase(url, 4, 20, Duration::from_secs(2)).await;
+        targets.push((name.clone(), url.clone()));
     }
     let mut best: Vec<Option<Phase>> = targets.iter().map(|_| None).collect();
     let mut failed = false;
@@ -375,7 +465,19 @@ async fn main() -> ExitCode {
     let (Some(d), Some(p)) = (&best[0], &best[1]) else {
         return ExitCode::FAILURE;
     };
-    if let Some(Some(plain)) = best.get(2) {
+    for ((name, _), other) in targets.iter().zip(&best).skip(2) {
+        let Some(other) = other else { continue };
+        println!(
+            "proxied vs {name}: calls/s {:.2}x, p50 {:.2}x, p99 {:.2}x ({name}: {:.0} calls/s, p50 {:.3} ms, p99 {:.3} ms)",
+            p.rate() / other.rate(),
+            ms(p.percentile(0.5)) / ms(other.percentile(0.5)),
+            ms(p.percentile(0.99)) / ms(other.percentile(0.99)),
+            other.rate(),
+            ms(other.percentile(0.5)),
+            ms(other.percentile(0.99)),
+        );
+    }
+    if let Some(Some(plain)) = best.get(2).filter(|_| plain.is_some()) {
         println!(
             "\nplain hop (no router): {:.0} calls/s, p50 {:.3} ms, p99 {:.3} ms -> router proxy / plain hop throughput {:.2}",
             plain.rate(),

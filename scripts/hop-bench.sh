@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The hop benchmark (issue #13): one rmcp replica, and in front of it, each as its own process,
+# the router's proxy (examples/proxy.rs), the same hyper hop without a router ("plain"), and
+# HAProxy with a stick table on Mcp-Session-Id. `examples/load` drives the same load through
+# each, rounds alternated, and prints calls/s, p50 and p99 per hop and the ratios.
+#
+# Usage: scripts/hop-bench.sh [SESSIONS] [ROUNDS] [SECONDS]   (defaults: 32 4 10)
+# Needs haproxy (Debian: apt-get install -y haproxy); without it, HAProxy is skipped, loudly.
+# Every server listens on 127.0.0.1 and is stopped when the script exits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sessions="${1:-32}" rounds="${2:-4}" seconds="${3:-10}"
+
+cargo build --release --example load --example proxy
+bin=target/release/examples
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+replica=$(port) proxy=$(port) admin=$(port) plain=$(port) haproxy=$(port)
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+wait_port() {
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}
+
+"$bin/load" --serve-replica "127.0.0.1:$replica" & pids+=($!)
+wait_port "$replica"
+"$bin/proxy" --listen "127.0.0.1:$proxy" --admin "127.0.0.1:$admin" \
+    --backend "http://127.0.0.1:$replica" & pids+=($!)
+"$bin/load" --serve-plain "127.0.0.1:$plain" --to "127.0.0.1:$replica" & pids+=($!)
+targets=(--target "plain=http://127.0.0.1:$plain/mcp")
+
+if command -v haproxy >/dev/null; then
+    # The setup a proxy operator would write: session affinity on the header the server sets.
+    cat > "$tmp/haproxy.cfg" <<CFG
+global
+    maxconn 8192
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+frontend mcp
+    bind 127.0.0.1:$haproxy
+    default_backend replicas
+backend replicas
+    balance roundrobin
+    stick-table type string len 64 size 1m expire 1h
+    stick on req.hdr(mcp-session-id)
+    stick store-response res.hdr(mcp-session-id)
+    server r1 127.0.0.1:$replica
+CFG
+    haproxy -f "$tmp/haproxy.cfg" -db & pids+=($!)
+    targets+=(--target "haproxy=http://127.0.0.1:$haproxy/mcp")
+    echo "$(haproxy -v | head -1)"
+else
+    echo "haproxy not found: HAProxy is NOT measured (apt-get install -y haproxy)" >&2
+fi
+for p in "$proxy" "$plain" ${haproxy:+"$haproxy"}; do wait_port "$p" || true; done
+
+echo "machine: $(nproc) cores; $(date -u +%F)"
+"$bin/load" --sessions "$sessions" --rounds "$rounds" --max-seconds "$seconds" --calls 100000 \
+    --direct "http://127.0.0.1:$replica/mcp" --proxy "http://127.0.0.1:$proxy/mcp" "${targets[@]}"
