@@ -1,9 +1,10 @@
 //! End to end through the pingora proxy (the `mcp-pingora-proxy` binary, run as a child
 //! process on a free 127.0.0.1 port): real rmcp (the official Rust SDK) and Python `mcp`
-//! Streamable HTTP replicas and clients, from the root package's end-to-end harness. Each
-//! session's calls must reach the replica that minted it (every `whoami` reply counts the
-//! session's calls on its replica), live sessions are never rejected, a killed replica's
-//! sessions get 404 and nothing else is disturbed, and DELETE forgets a session.
+//! replicas and clients (Streamable HTTP, with and without sealed ids, and legacy HTTP+SSE),
+//! from the root package's end-to-end harness. Each session's calls must reach the replica
+//! that minted it (every `whoami` reply counts the session's calls on its replica), live
+//! sessions are never rejected, a killed replica's sessions get 404 and nothing else is
+//! disturbed, and DELETE forgets a session. The proxy's metrics come from its admin listener.
 //!
 //! Needs `tests/e2e/setup.sh` (or `MCP_AFFINITY_PYTHON`); fails, never skips, without it.
 
