@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::classify::{Era, Intent};
+use super::edit::{HeadEdit, HeadEdits};
 use super::fleet::PendingStart;
 use super::observe::Observer;
 use super::reject::Rejection;
@@ -248,22 +249,31 @@ impl Exchange {
     /// `Mcp-Session-Id` header (Streamable HTTP) or the session query parameter (legacy SSE).
     /// Call it before forwarding; it changes nothing for any other request.
     pub fn rewrite_request(&self, request: &mut http::request::Parts) {
+        self.request_edits(request).apply_to_request(request);
+    }
+
+    /// [`rewrite_request`](Exchange::rewrite_request) for an embedder whose request head is not
+    /// `http::request::Parts` (pingora's `RequestHeader` changes only through its own methods):
+    /// the changes to make, instead of making them (none but for a sealed id).
+    pub fn request_edits(&self, request: &http::request::Parts) -> HeadEdits {
+        let mut edits = HeadEdits::default();
         let (Some(_), Some((kind, id))) = (&self.token, &self.key) else {
-            return;
+            return edits;
         };
         match kind {
             KeyKind::Session => {
                 if let Ok(value) = http::HeaderValue::from_bytes(id.as_bytes()) {
-                    request.headers.insert(MCP_SESSION_ID, value);
+                    edits.push(HeadEdit::Insert(MCP_SESSION_ID, value));
                 }
             }
             KeyKind::SseSession => {
                 if let Some(uri) = with_session_param(&request.uri, id.as_bytes()) {
-                    request.uri = uri;
+                    edits.push(HeadEdit::Uri(uri));
                 }
             }
             _ => {}
         }
+        edits
     }
 
     pub(crate) fn routed_key(&self) -> Option<Key<'_>> {

@@ -5,11 +5,13 @@
 //! file of this module: `classify` (what a request is), `path` (how paths are read), `route`
 //! (step 1: pin, place, reject; failed deliveries), `respond` (steps 2 to 4: learn, forget,
 //! observe, release), `control` (backends and upkeep), `fleet` (backend states and placement),
-//! `observe` (reading bodies for keys), `reject` (reasons and statuses), `metrics`.
+//! `observe` (reading bodies for keys), `reject` (reasons and statuses), `edit` (head changes
+//! as values), `metrics`.
 
 mod builder;
 mod classify;
 mod control;
+mod edit;
 mod exchange;
 mod extract;
 mod fleet;
@@ -37,6 +39,7 @@ use parking_lot::Mutex;
 pub use builder::RouterBuilder;
 pub use classify::Era;
 pub use control::Maintenance;
+pub use edit::{HeadEdit, HeadEdits, HeadEditsIntoIter};
 pub use exchange::{ChunkOutcome, Data, End, Exchange, HeadOutcome, How, Routed, Undelivered};
 pub use extract::{
     KeyExtractor, KeyFn, OperatorScope, PrincipalExtractor, TenantExtractor, key_fn,
@@ -108,7 +111,10 @@ type BodyOverride = dyn Fn(&Rejection) -> Option<Bytes> + Send + Sync;
 ///    It answers [`HeadOutcome::Observe`] when the body reveals a key (a legacy SSE stream's
 ///    `endpoint` event, a task created by a 2026-07-28 call) and
 ///    [`HeadOutcome::Replace`] when the backend created a conversation the router cannot
-///    record.
+///    record. An embedder whose heads are not `http`'s `Parts` (pingora) calls
+///    [`on_response_head_edits`](Router::on_response_head_edits) instead, which returns the
+///    header changes as [`HeadEdits`] to make (and [`Exchange::request_edits`] does the same
+///    for [`Exchange::rewrite_request`]).
 /// 3. [`on_response_chunk`](Router::on_response_chunk), while observing, reads each body chunk
 ///    as it passes (never holding it back) until the key is learned or the byte bound is hit,
 ///    then answers [`ChunkOutcome::Done`].

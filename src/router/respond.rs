@@ -8,6 +8,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
 use http::{StatusCode, response};
 
 use super::classify::Intent;
+use super::edit::{HeadEdit, HeadEdits};
 use super::exchange::{ChunkOutcome, Data, End, Exchange, HeadOutcome, Hold, IdBuf};
 use super::fleet::OwnerStatus;
 use super::observe::{Observer, Seen};
@@ -47,20 +48,43 @@ impl<T: SessionTable> Router<T> {
         response: &mut response::Parts,
         now: Instant,
     ) -> HeadOutcome {
-        let outcome = self.head(exchange, response, now);
-        if let HeadOutcome::Replace(rejection) = &outcome {
-            self.trace_rejection(Some(exchange.tenant), rejection);
-        }
+        let (outcome, edits) =
+            self.on_response_head_edits(exchange, response.status, &response.headers, now);
+        edits.apply_to_response(response);
         outcome
     }
 
+    /// [`on_response_head`](Router::on_response_head) for an embedder whose response head is
+    /// not `http::response::Parts` (pingora's `ResponseHeader` changes only through its own
+    /// methods): the router reads the status and headers, and returns the changes to make to
+    /// the headers (an affinity cookie, a sealed session id, a `Content-Length` dropped before a
+    /// rewritten body) instead of making them. Make them before the head goes on; for a
+    /// [`HeadOutcome::Replace`] the head does not go on at all.
+    pub fn on_response_head_edits(
+        &self,
+        exchange: &mut Exchange,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: Instant,
+    ) -> (HeadOutcome, HeadEdits) {
+        let mut edits = HeadEdits::default();
+        let outcome = self.head(exchange, status, headers, &mut edits, now);
+        if let HeadOutcome::Replace(rejection) = &outcome {
+            self.trace_rejection(Some(exchange.tenant), rejection);
+        }
+        (outcome, edits)
+    }
+
+    /// The work of [`on_response_head_edits`](Router::on_response_head_edits). Every read is
+    /// of the head as the backend sent it: no edit changes a header that a later step reads.
     fn head(
         &self,
         exchange: &mut Exchange,
-        response: &mut response::Parts,
+        status: StatusCode,
+        headers: &HeaderMap,
+        edits: &mut HeadEdits,
         now: Instant,
     ) -> HeadOutcome {
-        let status = response.status;
         let ok = status.is_success();
         // The conversation start was answered: it no longer weighs on its backend's load.
         exchange.pending = None;
@@ -80,24 +104,22 @@ impl<T: SessionTable> Router<T> {
                     id.generation()
                 );
                 if let Ok(value) = HeaderValue::from_str(&cookie) {
-                    response.headers.append(SET_COOKIE, value);
+                    edits.push(HeadEdit::Append(SET_COOKIE, value));
                 }
             }
         }
         if exchange.token.is_some() && ok {
-            self.reseal_echo(exchange, &mut response.headers, now);
+            self.reseal_echo(exchange, headers, edits, now);
         }
         let max_observe = self.config.max_observe;
         match exchange.intent {
-            Intent::SseConnect | Intent::ModernCall { .. }
-                if ok && !identity_encoded(&response.headers) =>
-            {
+            Intent::SseConnect | Intent::ModernCall { .. } if ok && !identity_encoded(headers) => {
                 // A compressed body cannot be read for its key (proxies should not ask
                 // backends for compression on these paths): counted, not observed.
                 self.counters.encoded.incr();
                 HeadOutcome::Forward
             }
-            Intent::SseConnect if ok && content_type_is(&response.headers, "text/event-stream") => {
+            Intent::SseConnect if ok && content_type_is(headers, "text/event-stream") => {
                 // With sealed ids the endpoint event is held and rewritten; otherwise only read.
                 let seals = self.seals();
                 exchange.observer = Some(Box::new(Observer::endpoint(max_observe, seals)));
@@ -105,13 +127,13 @@ impl<T: SessionTable> Router<T> {
                 self.counters.observed.incr();
                 if seals {
                     // The body's length changes.
-                    response.headers.remove(http::header::CONTENT_LENGTH);
+                    edits.push(HeadEdit::Remove(http::header::CONTENT_LENGTH));
                     HeadOutcome::Rewrite
                 } else {
                     HeadOutcome::Observe
                 }
             }
-            Intent::SessionStart if ok => match response.headers.get(&MCP_SESSION_ID) {
+            Intent::SessionStart if ok => match headers.get(&MCP_SESSION_ID) {
                 Some(id) => {
                     match self.seal_minted(exchange, KeyKind::Session, id.as_bytes(), now) {
                         Ok(None) => {
@@ -122,7 +144,7 @@ impl<T: SessionTable> Router<T> {
                         Ok(Some(token)) => {
                             let token = HeaderValue::from_maybe_shared(token)
                                 .expect("base64url is a valid header value");
-                            response.headers.insert(MCP_SESSION_ID, token);
+                            edits.push(HeadEdit::Insert(MCP_SESSION_ID, token));
                             HeadOutcome::Forward
                         }
                         Err(Reason::UnroutableKey(kind)) => {
@@ -142,20 +164,19 @@ impl<T: SessionTable> Router<T> {
             | Intent::SessionStream
             | Intent::SessionDelete
             | Intent::SseMessage => {
-                self.session_response(exchange, status, &response.headers, now);
+                self.session_response(exchange, status, headers, now);
                 HeadOutcome::Forward
             }
             #[cfg(feature = "tasks")]
             Intent::ModernCall {
                 may_create_task: true,
             } if ok => {
-                let observer = if content_type_is(&response.headers, "application/json") {
-                    let expected = response
-                        .headers
+                let observer = if content_type_is(headers, "application/json") {
+                    let expected = headers
                         .get(http::header::CONTENT_LENGTH)
                         .and_then(|v| v.to_str().ok()?.parse().ok());
                     Observer::task_json(expected, max_observe)
-                } else if content_type_is(&response.headers, "text/event-stream") {
+                } else if content_type_is(headers, "text/event-stream") {
                     Observer::task_events(max_observe)
                 } else {
                     return HeadOutcome::Forward;
@@ -402,7 +423,13 @@ impl<T: SessionTable> Router<T> {
     /// (Python and TypeScript servers put it on every answer): the client gets its token back,
     /// never the backend's id. Another id (a backend that changed its session's id) is sealed
     /// for the same owner.
-    fn reseal_echo(&self, exchange: &Exchange, headers: &mut HeaderMap, now: Instant) {
+    fn reseal_echo(
+        &self,
+        exchange: &Exchange,
+        headers: &HeaderMap,
+        edits: &mut HeadEdits,
+        now: Instant,
+    ) {
         let Some(echo) = headers.get(&MCP_SESSION_ID) else {
             return;
         };
@@ -420,13 +447,9 @@ impl<T: SessionTable> Router<T> {
                 .flatten()
         };
         match value.map(HeaderValue::from_maybe_shared) {
-            Some(Ok(token)) => {
-                headers.insert(MCP_SESSION_ID, token);
-            }
-            _ => {
-                // Never hand the client a backend's own id.
-                headers.remove(&MCP_SESSION_ID);
-            }
+            Some(Ok(token)) => edits.push(HeadEdit::Insert(MCP_SESSION_ID, token)),
+            // Never hand the client a backend's own id.
+            _ => edits.push(HeadEdit::Remove(MCP_SESSION_ID)),
         }
     }
 
@@ -577,5 +600,114 @@ impl<T: SessionTable> Router<T> {
                 let _ = self.table.close_stream(&key, now);
             }
         }
+    }
+}
+
+#[cfg(test)]
+// The tests hold the clock.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use std::time::Instant;
+
+    use http::header::{HeaderValue, SET_COOKIE};
+    use http::{Request, Response, StatusCode};
+
+    use super::MCP_SESSION_ID;
+    use crate::TenantId;
+    use crate::router::{HeadEdit, HeadOutcome, Routed, Router};
+
+    /// An initialize, placed and answered with a minted session.
+    fn answered(router: &Router, now: Instant) -> (crate::router::Exchange, http::response::Parts) {
+        let (init, ()) = Request::post("/mcp").body(()).unwrap().into_parts();
+        let Routed::Forward(exchange) = router.route(&init, now) else {
+            panic!("placed")
+        };
+        let (head, ()) = Response::builder()
+            .header(MCP_SESSION_ID, "4f2a9c1e")
+            .body(())
+            .unwrap()
+            .into_parts();
+        (exchange, head)
+    }
+
+    #[test]
+    fn head_edits_are_what_on_response_head_does_to_the_head() {
+        let now = Instant::now();
+        let router = Router::builder().affinity_cookie("mcp_backend").build();
+        router
+            .add_backend(TenantId::DEFAULT, "http://127.0.0.1:9001", 1)
+            .unwrap();
+
+        // By value: the head is read, not changed, and the cookie comes as an edit.
+        let (mut exchange, head) = answered(&router, now);
+        let (outcome, edits) =
+            router.on_response_head_edits(&mut exchange, StatusCode::OK, &head.headers, now);
+        assert!(matches!(outcome, HeadOutcome::Forward));
+        assert!(!head.headers.contains_key(SET_COOKIE));
+        let edits: Vec<HeadEdit> = edits.into_iter().collect();
+        let cookie = HeaderValue::from_static("mcp_backend=0.0; Path=/; HttpOnly; SameSite=Lax");
+        assert_eq!(edits, [HeadEdit::Append(SET_COOKIE, cookie.clone())]);
+        router.on_exchange_end(exchange, crate::router::End::Completed, now);
+
+        // In place: the same change, made.
+        let (mut exchange, mut head) = answered(&router, now);
+        let outcome = router.on_response_head(&mut exchange, &mut head, now);
+        assert!(matches!(outcome, HeadOutcome::Forward));
+        assert_eq!(head.headers.get(SET_COOKIE), Some(&cookie));
+        router.on_exchange_end(exchange, crate::router::End::Completed, now);
+
+        // Both learned their session.
+        assert_eq!(
+            router.metrics().keys_learned,
+            1,
+            "the second is the same id"
+        );
+        assert_eq!(router.metrics().key_conflicts, 0);
+    }
+
+    #[cfg(feature = "seal")]
+    #[test]
+    fn sealed_ids_come_as_edits_to_the_response_and_the_request() {
+        use crate::router::Sealing;
+        use crate::seal::{Keyring, SealKey};
+
+        let now = Instant::now();
+        let keyring = Keyring::new([SealKey::new([7; 32])]).unwrap();
+        let router = Router::builder()
+            .sealing(Sealing::new(keyring, [9; 12], now, 1_800_000_000))
+            .build();
+        router
+            .add_backend(TenantId::DEFAULT, "http://127.0.0.1:9001", 1)
+            .unwrap();
+
+        // The minted id is replaced by its token.
+        let (mut exchange, head) = answered(&router, now);
+        let (outcome, edits) =
+            router.on_response_head_edits(&mut exchange, StatusCode::OK, &head.headers, now);
+        assert!(matches!(outcome, HeadOutcome::Forward));
+        assert_eq!(head.headers[&MCP_SESSION_ID], "4f2a9c1e", "not changed");
+        let token = match edits.into_iter().collect::<Vec<_>>().as_slice() {
+            [HeadEdit::Insert(name, token)] if *name == MCP_SESSION_ID => token.clone(),
+            other => panic!("one insert of the token: {other:?}"),
+        };
+        assert_ne!(token, "4f2a9c1e");
+        router.on_exchange_end(exchange, crate::router::End::Completed, now);
+
+        // The token's next request: the backend gets its own id back, as an edit.
+        let (call, ()) = Request::post("/mcp")
+            .header(MCP_SESSION_ID, token.clone())
+            .body(())
+            .unwrap()
+            .into_parts();
+        let Routed::Forward(exchange) = router.route(&call, now) else {
+            panic!("pinned")
+        };
+        let edits: Vec<HeadEdit> = exchange.request_edits(&call).into_iter().collect();
+        let own = HeaderValue::from_static("4f2a9c1e");
+        assert_eq!(edits, [HeadEdit::Insert(MCP_SESSION_ID, own.clone())]);
+        let mut rewritten = call.clone();
+        exchange.rewrite_request(&mut rewritten);
+        assert_eq!(rewritten.headers[&MCP_SESSION_ID], own);
+        router.on_exchange_end(exchange, crate::router::End::Completed, now);
     }
 }

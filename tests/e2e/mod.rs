@@ -59,13 +59,22 @@ pub fn missing_peer(msg: &str) -> ! {
     )
 }
 
+/// The repository's root: this harness is included by the root package's tests and by
+/// workspace members' (`examples/pingora`), whose manifest directories lie below it.
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("tests/e2e/setup.sh").is_file())
+        .expect("the repository root above the manifest directory")
+}
+
 /// `tests/e2e/`.
 pub fn here() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
+    root().join("tests/e2e")
 }
 
 fn e2e_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e")
+    root().join("target/e2e")
 }
 
 /// Where child processes' stderr goes.

@@ -1,0 +1,331 @@
+//! The router's call protocol on pingora's hooks.
+//!
+//! | pingora hook | router call |
+//! |---|---|
+//! | `request_filter` | [`Router::route`]: `Forward` keeps the [`Exchange`] in the context; `Reject` is answered here, no backend is contacted |
+//! | `upstream_peer` | [`Exchange::backend`] is the peer |
+//! | `upstream_request_filter` | [`Exchange::request_edits`] (a sealed id: the backend gets its own) |
+//! | `fail_to_connect` | [`Router::on_undelivered`]: `Forward` (placed again) retries on its backend; `Reject` is answered by `fail_to_proxy` |
+//! | `fail_to_proxy` | answers a rejection; a pinned request that failed on its way to a backend that refuses connections now is [`Router::on_undelivered`] too (its owner died with it: 404, not 502) |
+//! | `response_filter` | [`Router::on_response_head_edits`]; `Replace` fails the request, and `fail_to_proxy` answers the rejection instead |
+//! | `response_body_filter` | [`Router::on_response_data`] while the exchange observes, then [`Router::on_response_data_end`] |
+//! | `logging` | [`Router::on_exchange_end`]: `Completed` without an error, else `Aborted` |
+//!
+//! `Routed::Lookup` never comes: it is the answer of a router with a shared store, and this one
+//! has none.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use mcp_affinity::BackendId;
+use mcp_affinity::router::{
+    Data, End, Exchange, HeadEdit, HeadEdits, HeadOutcome, How, Rejection, Routed, Router,
+    Undelivered,
+};
+use mcp_affinity::table::KeyKind;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+/// How long a connection attempt to a backend may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an idle backend connection is pooled: below the 5 s keep-alive of uvicorn (Python
+/// MCP servers), so that the proxy never reuses a connection the backend is closing.
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// The proxy: the router, and where each backend slot listens.
+pub struct McpProxy {
+    pub router: Arc<Router>,
+    /// By slot (a backend keeps its slot for good: nothing is added or removed at run time).
+    pub addrs: Vec<Option<SocketAddr>>,
+}
+
+/// What one request carries from hook to hook.
+#[derive(Default)]
+pub struct Ctx {
+    /// The router's state of the request, from `request_filter` to `logging`.
+    exchange: Option<Exchange>,
+    /// The answer to send instead of a backend's (set where pingora cannot answer itself).
+    rejection: Option<Rejection>,
+}
+
+impl McpProxy {
+    fn addr_of(&self, backend: BackendId) -> Option<SocketAddr> {
+        *self.addrs.get(usize::from(backend.slot()))?
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for McpProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.router.route(session.req_header(), Instant::now()) {
+            Routed::Forward(exchange) => {
+                ctx.exchange = Some(exchange);
+                Ok(false)
+            }
+            Routed::Reject(rejection) => {
+                answer(session, &rejection).await?;
+                Ok(true)
+            }
+            Routed::Lookup(_) => {
+                Error::e_explain(InternalError, "the router asked for a shared store")
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let backend = ctx.exchange.as_ref().map(Exchange::backend);
+        let Some(addr) = backend.and_then(|id| self.addr_of(id)) else {
+            return Error::e_explain(InternalError, "no backend for the request");
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        peer.options.idle_timeout = Some(POOL_IDLE);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(exchange) = &ctx.exchange {
+            let edits = exchange.request_edits(upstream_request);
+            edit_request(upstream_request, edits)?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _: &mut Session,
+        _: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(exchange) = ctx.exchange.take() else {
+            return e;
+        };
+        let why = match e.etype() {
+            ConnectRefused | ConnectNoRoute => Undelivered::Refused,
+            ConnectTimedout => Undelivered::TimedOut,
+            _ => Undelivered::Failed,
+        };
+        match self.router.on_undelivered(exchange, why, Instant::now()) {
+            // Placed again: pingora asks `upstream_peer` for the new backend.
+            Routed::Forward(next) => {
+                ctx.exchange = Some(next);
+                e.set_retry(true);
+            }
+            Routed::Reject(rejection) => {
+                ctx.rejection = Some(rejection);
+                e.set_retry(false);
+            }
+            Routed::Lookup(_) => e.set_retry(false),
+        }
+        e
+    }
+
+    async fn response_filter(
+        &self,
+        _: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(exchange) = ctx.exchange.as_mut() else {
+            return Ok(());
+        };
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
+        let (outcome, edits) = self.router.on_response_head_edits(
+            exchange,
+            upstream_response.status,
+            &upstream_response.headers,
+            Instant::now(),
+        );
+        if let HeadOutcome::Replace(rejection) = outcome {
+            // The backend's answer must not reach the client: fail the request, and
+            // `fail_to_proxy` sends the rejection in its place.
+            ctx.rejection = Some(rejection);
+            return Error::e_explain(InternalError, "the router replaced the response");
+        }
+        edit_response(upstream_response, edits)?;
+        if is_event_stream(upstream_response) {
+            upstream_response.insert_header("x-accel-buffering", "no")?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let Some(exchange) = ctx.exchange.as_mut() else {
+            return Ok(None);
+        };
+        // Once the router has what it wanted of the body, chunks pass untouched.
+        if !exchange.is_observing() {
+            return Ok(None);
+        }
+        if let Some(chunk) = body.take() {
+            *body = match self
+                .router
+                .on_response_data(exchange, chunk, Instant::now())
+            {
+                Data::Send(bytes) => Some(bytes),
+                // Held back (a legacy SSE `endpoint` event to seal): sent when complete.
+                Data::Hold => None,
+            };
+        }
+        if end_of_stream {
+            // Only a body still held has a rest, and then this chunk was held with it.
+            if let Some(rest) = self.router.on_response_data_end(exchange) {
+                *body = Some(rest);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if ctx.rejection.is_none() {
+            ctx.rejection = self.died_with_the_request(session, e, ctx).await;
+        }
+        let code = match ctx.rejection.take() {
+            Some(rejection) => match answer(session, &rejection).await {
+                Ok(()) => rejection.status().as_u16(),
+                Err(_) => 0,
+            },
+            None => {
+                let code = match e.esource() {
+                    ErrorSource::Upstream => 502,
+                    // The client went away (or broke the protocol): nobody to answer.
+                    ErrorSource::Downstream => 0,
+                    _ => 500,
+                };
+                if code > 0 {
+                    let _ = session.respond_error(code).await;
+                }
+                code
+            }
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(exchange) = ctx.exchange.take() {
+            let end = if e.is_none() {
+                End::Completed
+            } else {
+                End::Aborted
+            };
+            self.router.on_exchange_end(exchange, end, Instant::now());
+        }
+    }
+}
+
+impl McpProxy {
+    /// A request pinned by its session (or task) failed on its way, before any answer: if its
+    /// backend refuses connections now, the backend died with it, and the session with the
+    /// backend. Then it is reported as undelivered for that reason, and the client gets the
+    /// owner-gone 404 that makes it start over (a 502 would leave it retrying a dead session).
+    async fn died_with_the_request(
+        &self,
+        session: &Session,
+        e: &Error,
+        ctx: &mut Ctx,
+    ) -> Option<Rejection> {
+        let exchange = ctx.exchange.as_ref()?;
+        let pinned = exchange.how() == How::Pinned
+            && exchange
+                .key()
+                .is_some_and(|(kind, _)| kind != KeyKind::Operator);
+        if !pinned || *e.esource() != ErrorSource::Upstream || session.response_written().is_some()
+        {
+            return None;
+        }
+        let addr = self.addr_of(exchange.backend())?;
+        let connect = tokio::net::TcpStream::connect(addr);
+        let refused = matches!(
+            tokio::time::timeout(CONNECT_TIMEOUT, connect).await,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        );
+        if !refused {
+            return None;
+        }
+        let exchange = ctx.exchange.take()?;
+        match self
+            .router
+            .on_undelivered(exchange, Undelivered::Refused, Instant::now())
+        {
+            Routed::Reject(rejection) => Some(rejection),
+            // (Never for a session's request: it is not moved.)
+            Routed::Forward(next) => {
+                ctx.exchange = Some(next);
+                None
+            }
+            Routed::Lookup(_) => None,
+        }
+    }
+}
+
+/// Sends the router's rejection: its status, headers and (JSON-RPC) body.
+async fn answer(session: &mut Session, rejection: &Rejection) -> Result<()> {
+    let (head, body) = rejection.to_response().into_parts();
+    let mut head = ResponseHeader::from(head);
+    head.set_content_length(body.len())?;
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+fn edit_request(head: &mut RequestHeader, edits: HeadEdits) -> Result<()> {
+    for edit in edits {
+        match edit {
+            HeadEdit::Insert(name, value) => head.insert_header(name, value)?,
+            HeadEdit::Append(name, value) => _ = head.append_header(name, value)?,
+            HeadEdit::Remove(name) => _ = head.remove_header(&name),
+            HeadEdit::Uri(uri) => head.set_uri(uri),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn edit_response(head: &mut ResponseHeader, edits: HeadEdits) -> Result<()> {
+    for edit in edits {
+        match edit {
+            HeadEdit::Insert(name, value) => head.insert_header(name, value)?,
+            HeadEdit::Append(name, value) => _ = head.append_header(name, value)?,
+            HeadEdit::Remove(name) => _ = head.remove_header(&name),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_event_stream(head: &ResponseHeader) -> bool {
+    head.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}

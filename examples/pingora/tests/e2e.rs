@@ -1,0 +1,399 @@
+//! End to end through the pingora proxy (the `mcp-pingora-proxy` binary, run as a child
+//! process on a free 127.0.0.1 port): real rmcp (the official Rust SDK) and Python `mcp`
+//! replicas and clients (Streamable HTTP, with and without sealed ids, and legacy HTTP+SSE),
+//! from the root package's end-to-end harness. Each session's calls must reach the replica
+//! that minted it (every `whoami` reply counts the session's calls on its replica), live
+//! sessions are never rejected, a killed replica's sessions get 404 and nothing else is
+//! disturbed, and DELETE forgets a session. The proxy's metrics come from its admin listener.
+//!
+//! Needs `tests/e2e/setup.sh` (or `MCP_AFFINITY_PYTHON`); fails, never skips, without it.
+
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+#[path = "../../../tests/e2e/mod.rs"]
+mod e2e;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use e2e::rmcp_peers::{self, Replica, Session, Track};
+use e2e::{
+    Proc, PyMode, check_affinity, distinct, python_clients, python_replicas, raw_client,
+    raw_session, raw_whoami,
+};
+
+/// The proxy binary, with its admin listener.
+struct Pingora {
+    /// Killed when dropped.
+    _proc: Proc,
+    port: u16,
+    admin: u16,
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+impl Pingora {
+    /// Starts the proxy in front of `backends` and waits until both of its ports accept.
+    async fn start(name: &str, backends: &[String], extra: &[&str]) -> Pingora {
+        let (port, admin) = (free_port(), free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mcp-pingora-proxy"));
+        command
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .arg("--exit-with-stdin")
+            .args(extra);
+        for url in backends {
+            command.args(["--backend", url]);
+        }
+        let proc = Proc::spawn(&format!("pingora-{name}"), &mut command);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for p in [port, admin] {
+            while tokio::net::TcpStream::connect(("127.0.0.1", p))
+                .await
+                .is_err()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the proxy does not listen on {p}; stderr:\n{}",
+                    proc.log()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Pingora {
+            _proc: proc,
+            port,
+            admin,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn metrics(&self) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
+        let (status, metrics) = e2e::admin(&url, "GET").await;
+        assert_eq!(status, 200, "{metrics}");
+        metrics
+    }
+}
+
+/// An rmcp client session and what its replies showed.
+struct Client {
+    session: Session,
+    track: Track,
+}
+
+impl Client {
+    fn owner(&self) -> &str {
+        self.track.replica.as_deref().expect("a first reply")
+    }
+}
+
+/// Opens `n` rmcp sessions at once and calls `whoami` `calls` times in each.
+async fn rmcp_clients(url: &str, n: usize, calls: usize) -> Vec<Client> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let url = url.to_string();
+        set.spawn(async move {
+            let session = rmcp_peers::connect(&url, false).await?;
+            let mut track = Track::default();
+            for _ in 0..calls {
+                track.record(&rmcp_peers::whoami(&session).await?);
+            }
+            Ok::<_, String>(Client { session, track })
+        });
+    }
+    let mut clients = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        clients.push(joined.expect("client task").expect("client"));
+    }
+    clients
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_sessions_stay_on_the_replica_that_minted_them_and_delete_forgets_them() {
+    let mut replicas = Vec::new();
+    for name in ["r1", "r2", "r3"] {
+        replicas.push(Replica::start(name).await.expect("replica starts"));
+    }
+    let urls: Vec<String> = replicas.iter().map(Replica::url).collect();
+    let proxy = Pingora::start("rmcp", &urls, &[]).await;
+    let (n, calls) = (30, 6);
+
+    let clients = rmcp_clients(&proxy.url("/mcp"), n, calls).await;
+    let mut spread = BTreeMap::<String, usize>::new();
+    for c in &clients {
+        assert_eq!(c.track.violations, 0, "affinity violation: {:?}", c.track);
+        assert_eq!(c.track.count, calls as u64, "{:?}", c.track);
+        *spread.entry(c.owner().to_string()).or_default() += 1;
+    }
+    assert!(
+        spread.len() >= 2,
+        "sessions on several replicas: {spread:?}"
+    );
+    // Each replica created exactly the sessions whose replies it gave: no request of a session
+    // reached another replica (rmcp would have answered it 404, and the client failed).
+    for r in &replicas {
+        let created = r.sessions.load(Ordering::SeqCst) as usize;
+        assert_eq!(
+            created,
+            spread.get(&r.name).copied().unwrap_or(0),
+            "{}",
+            r.name
+        );
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(m["keys_learned"], n, "{m}");
+    // Each session's `initialized` and calls, and the standalone GET stream rmcp opens (by
+    // now, or not yet).
+    let pinned = m["pinned"].as_u64().expect("pinned") as usize;
+    assert!((n * (calls + 1)..=n * (calls + 2)).contains(&pinned), "{m}");
+    assert_eq!(m["rejected_total"], 0, "{m}");
+    assert_eq!(m["table_len"], n, "{m}");
+
+    // rmcp's cancel sends DELETE: the router forgets each session as the answer passes.
+    for c in clients {
+        c.session.cancel().await.expect("cancel");
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(m["keys_forgotten"], n, "{m}");
+    assert_eq!(m["table_len"], 0, "{m}");
+    assert_eq!(m["rejected_total"], 0, "{m}");
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_streamable_sessions_stay_on_the_replica_that_minted_them() {
+    let replicas = python_replicas("pp", 3, PyMode::Streamable).await;
+    let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
+    let proxy = Pingora::start("python", &urls, &[]).await;
+    let (sessions, calls) = (12, 4);
+
+    let lines = python_clients(&proxy.url("/mcp"), "streamable", sessions, calls).await;
+    let owners = check_affinity(&lines, sessions, calls);
+    assert!(
+        distinct(&owners) >= 2,
+        "sessions spread over replicas: {owners:?}"
+    );
+
+    let m = proxy.metrics().await;
+    assert_eq!(m["keys_learned"], sessions, "{m}");
+    // The Python client DELETEs its session on exit: every key is forgotten.
+    assert_eq!(m["keys_forgotten"], sessions, "{m}");
+    assert_eq!(m["table_len"], 0, "{m}");
+    assert_eq!(m["rejected_total"], 0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sessions_stay_put_with_sealed_ids_and_no_table() {
+    let keys = e2e::log_dir().join(format!("pingora-seal-keys-{}", std::process::id()));
+    std::fs::write(&keys, format!("{}\n", "7e".repeat(32))).expect("write the key file");
+    let replicas = python_replicas("ps", 3, PyMode::Streamable).await;
+    let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
+    let seal = ["--seal-key-file", keys.to_str().expect("a UTF-8 path")];
+    let proxy = Pingora::start("sealed", &urls, &seal).await;
+    let (sessions, calls) = (12, 4);
+
+    // The clients hold tokens; each backend sees only its own ids (it would answer 404 to a
+    // token): the proxy opens every token and puts the backend's id back into the request.
+    let lines = python_clients(&proxy.url("/mcp"), "streamable", sessions, calls).await;
+    let owners = check_affinity(&lines, sessions, calls);
+    assert!(
+        distinct(&owners) >= 2,
+        "sessions spread over replicas: {owners:?}"
+    );
+
+    let m = proxy.metrics().await;
+    assert_eq!(m["tokens_sealed"], sessions, "one token per session: {m}");
+    assert!(
+        m["tokens_opened"].as_u64() >= Some((sessions * calls) as u64),
+        "{m}"
+    );
+    assert_eq!(m["keys_learned"], 0, "sealed ids need no table: {m}");
+    assert_eq!(m["rejected_total"], 0, "{m}");
+    drop(proxy);
+    let _ = std::fs::remove_file(keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_sessions_get_404_and_the_others_carry_on() {
+    let mut replicas = python_replicas("pk", 3, PyMode::Streamable).await;
+    let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
+    let proxy = Pingora::start("killed", &urls, &[]).await;
+    let url = proxy.url("/mcp");
+    let raw = raw_client();
+    let mut sessions = Vec::new();
+    for _ in 0..9 {
+        let session = raw_session(&raw, &url).await;
+        let (status, reply, body) = raw_whoami(&raw, &url, &session).await;
+        assert_eq!(status, 200, "{body}");
+        sessions.push((session, reply.expect("a reply").replica));
+    }
+    let owners: Vec<String> = sessions.iter().map(|(_, r)| r.clone()).collect();
+    assert!(distinct(&owners) >= 2, "{owners:?}");
+
+    // Kill one (SIGKILL): its port closes, its sessions die with it.
+    let victim = sessions[0].1.clone();
+    let index = replicas
+        .iter()
+        .position(|r| r.name == victim)
+        .unwrap_or_else(|| panic!("no replica named {victim}"));
+    replicas.remove(index).proc.kill();
+    let victims = owners.iter().filter(|r| **r == victim).count();
+
+    for (session, replica) in &sessions {
+        let (status, reply, body) = raw_whoami(&raw, &url, session).await;
+        if *replica == victim {
+            assert_eq!(status, 404, "the killed replica's session is gone: {body}");
+            assert!(body.contains("-32001"), "a JSON-RPC error body: {body}");
+        } else {
+            assert_eq!(status, 200, "a live session is untouched: {body}");
+            assert_eq!(reply.expect("a reply").count, 2, "{body}");
+        }
+    }
+    // New sessions go to the live replicas only.
+    for _ in 0..6 {
+        let session = raw_session(&raw, &url).await;
+        let (status, reply, body) = raw_whoami(&raw, &url, &session).await;
+        assert_eq!(status, 200, "{body}");
+        assert_ne!(reply.expect("a reply").replica, victim);
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(m["owners_down"], 1, "{m}");
+    assert_eq!(m["rejected_total"], victims, "only the dead sessions: {m}");
+    assert_eq!(
+        m["rejected"]["owner_down"].as_u64().unwrap()
+            + m["rejected"]["unknown_key"].as_u64().unwrap(),
+        victims as u64,
+        "{m}"
+    );
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_legacy_sse_sessions_are_learned_from_the_stream_and_released_with_it() {
+    let replicas = python_replicas("pl", 3, PyMode::Sse).await;
+    let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
+    let proxy = Pingora::start("legacy", &urls, &[]).await;
+    let (sessions, calls) = (12, 4);
+
+    // Each session id is in the `endpoint` event of a CRLF event stream: the router reads it
+    // in `response_body_filter`, and the session lives as long as its GET stream.
+    let lines = python_clients(&proxy.url("/sse"), "sse", sessions, calls).await;
+    let owners = check_affinity(&lines, sessions, calls);
+    assert!(
+        distinct(&owners) >= 2,
+        "sessions spread over replicas: {owners:?}"
+    );
+
+    let mut m = proxy.metrics().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m["keys_released"] != sessions && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = proxy.metrics().await;
+    }
+    assert_eq!(m["keys_learned"], sessions, "{m}");
+    assert_eq!(m["bodies_observed"], sessions, "{m}");
+    assert_eq!(m["placed"], sessions, "only the GETs are placed: {m}");
+    assert_eq!(m["rejected_total"], 0, "{m}");
+    assert_eq!(m["keys_released"], sessions, "the streams closed: {m}");
+    assert_eq!(m["table_len"], 0, "{m}");
+}
+
+/// A backend that answers an `initialize` with the session `s1`, and dies as the next request
+/// arrives: its port closes and its connections drop before it answers.
+async fn backend_that_dies_mid_request() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads one request (head and `Content-Length` body); `None` at the end of the stream.
+    async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<()> {
+        let mut buf = Vec::new();
+        let mut chunk = [0; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    return Some(());
+                }
+            }
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (crash, mut crashed) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((mut stream, _)) = accepted else { continue };
+                    let (crash, answered) = (crash.clone(), answered.clone());
+                    connections.spawn(async move {
+                        while read_request(&mut stream).await.is_some() {
+                            if answered.swap(true, Ordering::SeqCst) {
+                                let _ = crash.send(()).await;
+                                std::future::pending::<()>().await;
+                            }
+                            let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\nmcp-session-id: s1\r\n\
+                                 content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = stream.write_all(format!("{head}{body}").as_bytes()).await;
+                        }
+                    });
+                }
+                _ = crashed.recv() => break,
+            }
+        }
+        // The port closes first, then every connection.
+        drop(listener);
+        connections.shutdown().await;
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_backend_dies_with_it_gets_404_not_502() {
+    let backend = backend_that_dies_mid_request().await;
+    let proxy = Pingora::start("dies", &[backend], &[]).await;
+    let url = proxy.url("/mcp");
+    let raw = raw_client();
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    let (status, headers, body) = e2e::raw_post(&raw, &url, None, init).await;
+    assert_eq!(
+        (status, &headers["mcp-session-id"]),
+        (200, &"s1".parse().unwrap()),
+        "{body}"
+    );
+
+    // The call reaches the backend, which dies before it answers: the session died with it.
+    let (status, _, body) = raw_whoami(&raw, &url, "s1").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("-32001"), "a JSON-RPC error body: {body}");
+    let m = proxy.metrics().await;
+    assert_eq!(m["owners_down"], 1, "{m}");
+    assert_eq!(m["rejected"]["owner_down"], 1, "{m}");
+    assert_eq!(m["rejected_total"], 1, "{m}");
+}
