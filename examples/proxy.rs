@@ -189,6 +189,7 @@ async fn main() -> ExitCode {
     if let Some(addr) = args.admin {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(admin) => {
+                let addr = admin.local_addr().unwrap_or(addr);
                 eprintln!("proxy: admin API on http://{addr}");
                 tasks.spawn(proxy.clone().serve_admin(admin, stopped()));
             }
@@ -201,7 +202,7 @@ async fn main() -> ExitCode {
     tasks.spawn(proxy.clone().maintain(stopped()));
     eprintln!(
         "proxy: listening on http://{} for {} backend(s): {}",
-        args.listen,
+        listener.local_addr().unwrap_or(args.listen),
         args.config.backends.len(),
         args.config.backends.join(", ")
     );
