@@ -58,7 +58,8 @@ impl Store {
                 self.values.insert(key, (value, now + ttl));
             }
             StoreWrite::Refresh { key, ttl } => {
-                if let Some((_, expiry)) = self.values.get_mut(&key) {
+                // PEXPIRE: nothing if the key is gone (an expired key is gone).
+                if let Some((_, expiry)) = self.values.get_mut(&key).filter(|(_, e)| *e > now) {
                     *expiry = now + ttl;
                 }
             }
@@ -739,4 +740,166 @@ fn a_reseed_does_not_bind_keys_of_an_owner_known_down() {
         writes.is_empty(),
         "the session of a backend known down is bound again: {writes:?}"
     );
+}
+
+// --- 11. Wrong status: a live session's binding expires in the store, and nothing restores it
+/// Severity: WRONG STATUS (404 for live sessions on every router but the one that learned
+/// them), with the default settings.
+///
+/// A binding lives `binding_ttl` (1 hour) in the store unless refreshed, and a router
+/// refreshes a key only from `forward_owned` (a request of it, at most once per refresh
+/// period, periods aligned to the wall clock). Two things keep a key alive locally without
+/// refreshing it:
+///
+/// - an open stream: a legacy SSE session "lives exactly as long as its stream", and a
+///   client may hold the stream for hours while it posts nothing (its user is away); the
+///   stream keeps the entry from idling out, the binding expires after an hour;
+/// - the last requests of a refresh period: the default idle TTL of the table is 1 hour too,
+///   counted from the last use, while the store's hour runs from the period's first use, so a
+///   session idle for 46 to 60 minutes is live here and gone from the store.
+///
+/// And a `Refresh` (`PEXPIRE`) of a binding that expired does nothing: the router that still
+/// routes the key never writes it again. Every other router answers its next request 404.
+///
+/// Expected: a key this router still routes stays in the store (a refresh that finds the
+/// binding gone binds it again, and open streams refresh their key), or the defaults keep
+/// the store's life longer than the table's. Actual: 404 on the other router.
+#[test]
+fn a_legacy_sse_session_whose_stream_is_open_stays_in_the_store() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let mut store = Store::default();
+    let a = fleet_router(Router::builder(), &["x", "y"], t0, T0);
+    let b = fleet_router(Router::builder(), &["x", "y"], t0, T0);
+    let mut stream = forward(a.route(&get("/sse", &[]), t0));
+    let endpoint = b"event: endpoint\ndata: /messages?sessionId=sse-1\n\n";
+    let _ = respond(&a, &mut stream, 200, &[SSE], &[endpoint], t0);
+    flush(&a, &mut store, t0);
+    // The stream stays open; the user is away for two hours. A keeps up with its upkeep and
+    // drains its writes.
+    for _ in 0..120 {
+        let now = clock.advance(Duration::from_secs(60));
+        let _ = a.maintain(now, 1024);
+        flush(&a, &mut store, now);
+    }
+    let now = clock.now();
+    let message = post("/messages?sessionId=sse-1", &[]);
+    // A still routes it (the stream holds it)…
+    let ex = forward(route_via(&a, &store, &message, None, now));
+    a.on_exchange_end(ex, End::Completed, now);
+    flush(&a, &mut store, now);
+    // …and the next message reaches B.
+    let routed = route_via(&b, &store, &message, None, now);
+    a.on_exchange_end(stream, End::Completed, now);
+    let rejection = match routed {
+        Routed::Forward(ex) => {
+            b.on_exchange_end(ex, End::Completed, now);
+            return;
+        }
+        Routed::Reject(rejection) => rejection,
+        Routed::Lookup(_) => unreachable!(),
+    };
+    panic!(
+        "a session whose stream is open on A is answered {} ({}) by B",
+        rejection.status(),
+        rejection.reason().as_str()
+    );
+}
+
+/// Finding 11, second trigger, with no stream at all: the default idle TTL (1 hour from the
+/// last use) outlives the store's hour (from the period's first use, when it was refreshed).
+#[test]
+fn a_streamable_session_live_on_one_router_is_not_404_on_another() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    // A wall clock on a 15-minute boundary, so that the test's periods are the router's.
+    let unix = 1_795_500_000;
+    assert_eq!(unix % 900, 0);
+    let mut store = Store::default();
+    let a = fleet_router(Router::builder(), &["x"], t0, unix);
+    let b = fleet_router(Router::builder(), &["x"], t0, unix);
+    initialize(&a, "s1", t0);
+    flush(&a, &mut store, t0);
+    let session = post("/mcp", &[("mcp-session-id", "s1"), LEGACY]);
+    // The client works through A for 14 minutes (one refresh, at the first request).
+    for _ in 0..14 {
+        let now = clock.advance(Duration::from_secs(60));
+        let ex = forward(route_via(&a, &store, &session, None, now));
+        a.on_exchange_end(ex, End::Completed, now);
+        flush(&a, &mut store, now);
+    }
+    // Then it pauses 55 minutes: idle less than the table's hour.
+    let now = clock.advance(Duration::from_secs(55 * 60));
+    let _ = a.maintain(now, 1024);
+    let ex = forward(route_via(&a, &store, &session, None, now));
+    a.on_exchange_end(ex, End::Completed, now);
+    flush(&a, &mut store, now);
+    match route_via(&b, &store, &session, None, now) {
+        Routed::Forward(ex) => b.on_exchange_end(ex, End::Completed, now),
+        Routed::Reject(rejection) => panic!(
+            "a session A routes is answered {} ({}) by B: its binding expired in the store, \
+             and A's refresh cannot bring it back",
+            rejection.status(),
+            rejection.reason().as_str()
+        ),
+        Routed::Lookup(_) => unreachable!(),
+    }
+}
+
+// --- 12. Wrong status: a router behind on a comeback ends the new process's sessions ---------
+/// Severity: WRONG STATUS (404 for live sessions) and STORE INCONSISTENCY (the live binding
+/// is deleted from the store, so every other router answers 404 too), for seconds to minutes
+/// on every backend restart in a fleet.
+///
+/// A router that saw a backend refuse connections keeps it down until its own checks see it
+/// answer again (`healthy_after` good checks). Meanwhile the replica's new process is up, and
+/// the routers that saw it first (or never saw it die) bind new sessions to it. When such a
+/// session's request reaches the router that is behind, `on_lookup` finds a binding made
+/// *after* the loss this router recorded (`bound at` ≥ `lost_before`: not a lost binding)
+/// and still answers it from its stale local state: `OwnerDown`, 404, and it enqueues a
+/// `Forget` that deletes the live binding from the store. (For an operator key: the binding
+/// is forgotten and the key placed elsewhere: a split.)
+///
+/// Expected: a binding newer than this router's knowledge of its owner's loss is not judged
+/// by that knowledge: 503 + `Retry-After` (`UnknownOwner`: "the router is behind"), and
+/// nothing forgotten. Actual: 404, and the binding is deleted for every router.
+#[test]
+fn a_router_that_has_not_seen_a_comeback_does_not_end_the_new_process_s_sessions() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let mut store = Store::default();
+    let a = fleet_router(Router::builder(), &["x", "y"], t0, T0);
+    let b = fleet_router(Router::builder(), &["x", "y"], t0, T0);
+    // x's process dies; B's checks see it refuse.
+    let t1 = clock.advance(Duration::from_secs(30));
+    sees_down(&b, "x", t1);
+    flush(&b, &mut store, t1);
+    // A few seconds later x's new process is up; A places a new session on it.
+    let t2 = clock.advance(Duration::from_secs(5));
+    let mut start = forward(a.route_with(&post("/mcp", &[]), t2, only(&a, Some("x"))));
+    let _ = respond(&a, &mut start, 200, &[("mcp-session-id", "s1")], &[], t2);
+    a.on_exchange_end(start, End::Completed, t2);
+    flush(&a, &mut store, t2);
+    // The session's next request reaches B, whose checks have not seen x answer yet.
+    let next = post("/mcp", &[("mcp-session-id", "s1"), LEGACY]);
+    let answer = match route_via(&b, &store, &next, None, t2) {
+        Routed::Forward(ex) => {
+            b.on_exchange_end(ex, End::Completed, t2);
+            None
+        }
+        Routed::Reject(rejection) => Some(rejection),
+        Routed::Lookup(_) => unreachable!(),
+    };
+    flush(&b, &mut store, t2);
+    let still_bound = store.values.keys().any(|k| k.ends_with(":s1"));
+    if let Some(rejection) = answer {
+        assert_ne!(
+            rejection.status(),
+            StatusCode::NOT_FOUND,
+            "a session of x's new process is answered 404 ({}) by a router behind on x's \
+             comeback; still in the store afterwards: {still_bound}",
+            rejection.reason().as_str()
+        );
+    }
+    assert!(still_bound, "the live binding was deleted from the store");
 }

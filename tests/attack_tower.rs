@@ -25,6 +25,9 @@ use tower_service::Service;
 
 type In = Full<Bytes>;
 
+/// How a backend answers a request it ran.
+type Answer = Arc<dyn Fn(&Request<()>) -> Response<Full<Bytes>> + Send + Sync>;
+
 #[derive(Debug)]
 struct Broken;
 
@@ -33,7 +36,7 @@ struct Broken;
 #[derive(Clone)]
 struct Runs {
     ran: Arc<Mutex<Vec<(String, Bytes)>>>,
-    answer: Arc<dyn Fn(&Request<()>) -> Response<Full<Bytes>> + Send + Sync>,
+    answer: Answer,
     break_first: bool,
 }
 
