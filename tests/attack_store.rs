@@ -5,7 +5,9 @@
 //!
 //! The store is simulated as Redis behaves for the protocol (values with expiry, `SET NX`,
 //! `PEXPIRE`, compare-and-delete on a prefix, keep-the-greatest records), as in
-//! `router_store.rs`; several routers share it, each with its own clock reading.
+//! `router_store.rs`; several routers share it, each with its own clock reading. One
+//! difference: here `PEXPIRE` of an expired key does nothing, as in Redis; the simulated
+//! store of `router_store.rs` revives it, which hides finding 11 from its property test.
 //!
 //! Most findings are about *operator keys* (client-chosen workspace keys, `Mcp-Param-*`):
 //! unlike a session id, which only one backend ever mints, any backend accepts an operator
@@ -902,4 +904,44 @@ fn a_router_that_has_not_seen_a_comeback_does_not_end_the_new_process_s_sessions
         );
     }
     assert!(still_bound, "the live binding was deleted from the store");
+}
+
+// --- 13. Wrong status: a store that came back empty is believed before it is reseeded --------
+/// Severity: WRONG STATUS (404 for every live session known only elsewhere, fleet-wide, for
+/// as long as the reseed takes: a million keys per router at pipeline speed is seconds to
+/// minutes), on every store restart or failover to an empty replica.
+///
+/// The outage policy is "a presented key unknown locally gets 503, never 404" while the
+/// store is down; once it answers again, empty, each router is to call `reseed_store` and
+/// bind its keys again. But a lookup is answered from whatever the store holds now, and
+/// `Looked::Missing` is 404: until *every* router holding a session has finished its reseed,
+/// that session is 404 on every other router. An embedder cannot answer `Unavailable`
+/// instead: it cannot know when the other routers are done. (The same window follows any
+/// `Bind` lost on the way, until that router reseeds.)
+///
+/// Expected: the protocol tells a store that is being reseeded from one that does not have
+/// the key (for example a store epoch each router checks and bumps when its reseed is done,
+/// or a `Looked` answer for it), and answers 503 meanwhile. Actual: 404.
+#[test]
+fn a_store_that_came_back_empty_is_not_believed_before_the_fleet_reseeded_it() {
+    let now = Clock::new().now();
+    let mut store = Store::default();
+    let a = fleet_router(Router::builder(), &["x", "y"], now, T0);
+    let b = fleet_router(Router::builder(), &["x", "y"], now, T0);
+    initialize(&a, "s1", now);
+    flush(&a, &mut store, now);
+    // The store restarts empty (or fails over to an empty replica); A starts reseeding, and
+    // B serves a request of A's session before A is done.
+    store.values.clear();
+    let next = post("/mcp", &[("mcp-session-id", "s1"), LEGACY]);
+    match route_via(&b, &store, &next, None, now) {
+        Routed::Forward(ex) => b.on_exchange_end(ex, End::Completed, now),
+        Routed::Reject(rejection) => assert_ne!(
+            rejection.status(),
+            StatusCode::NOT_FOUND,
+            "a live session is 404 while the store is being reseeded ({})",
+            rejection.reason().as_str()
+        ),
+        Routed::Lookup(_) => unreachable!(),
+    }
 }
