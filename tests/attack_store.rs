@@ -945,3 +945,50 @@ fn a_store_that_came_back_empty_is_not_believed_before_the_fleet_reseeded_it() {
         Routed::Lookup(_) => unreachable!(),
     }
 }
+
+// --- 14. Resource exhaustion: a client writes as many bindings to the store as it likes -------
+/// Severity: RESOURCE EXHAUSTION of the shared store (memory, and a read plus a write per
+/// request), by any client that can get a 2xx answer.
+///
+/// An operator key is client-chosen: a fresh value costs the router a store lookup, and once
+/// any backend answers the request 2xx, a `Bind` that lives an hour. The table bounds what
+/// clients make it hold (`operator_capacity`: a fresh key evicts an idle one), but an
+/// eviction writes nothing to the store, so the store keeps every binding for its TTL: its
+/// size grows with the client's request rate (1,000 requests a second is 3.6 million keys an
+/// hour), bounded by no setting of the router. A store that fills up either fails writes
+/// (every new conversation's bind is lost: 404 elsewhere) or, with an eviction policy,
+/// evicts live bindings (404 for live sessions). Principle 3 ("everything is bounded") has no
+/// clause for the store.
+///
+/// Expected: what one router writes to the store for client-chosen keys is bounded like
+/// what its table holds (a budget per tenant or principal, counted and refused past it).
+/// Actual: 61 bindings after 1,000 requests (a fresh key is learned whenever its table shard
+/// holds an operator key to evict), growing linearly with the requests, for a table that
+/// holds 4 operator keys.
+#[test]
+fn the_store_bindings_a_client_can_create_are_bounded() {
+    let now = Clock::new().now();
+    let mut store = Store::default();
+    let router = fleet_router(
+        Router::builder()
+            .operator_key(key_fn(workspace))
+            .table_config(mcp_affinity::table::MemoryTableConfig::new().with_operator_capacity(4)),
+        &["x"],
+        now,
+        T0,
+    );
+    for i in 0..1_000 {
+        let _ = call_ws(&router, &store, &format!("junk-{i}"), None, now);
+        flush(&router, &mut store, now);
+    }
+    let bound = store
+        .values
+        .keys()
+        .filter(|k| k.starts_with("mcp:b:0:4:"))
+        .count();
+    assert!(
+        bound <= 4,
+        "one client made the router write {bound} bindings; its table holds {}",
+        router.metrics().table.len
+    );
+}
