@@ -448,7 +448,9 @@ fn a_late_forget_does_not_delete_a_newer_binding_of_the_same_owner() {
 /// condemns, on every router, every binding of that backend for the next day: each new
 /// session or task bound there is answered 404 (`OwnerGone`) by every router that did not
 /// learn it itself; operator keys are re-placed on every lookup, and `u32::MAX` condemns the
-/// backend for good.
+/// backend for good. With sealing on as well, the same `lost_before` refuses every sealed
+/// session id of that backend on every router that polled the record (`on_lost`: "bindings
+/// and sealed ids of that owner made before then"): one bad clock ends all its sessions.
 ///
 /// Expected: a lost record from beyond this router's clock plus the skew is not believed as
 /// is (clamped to now, or ignored and counted). Actual: a session minted after the backend
@@ -502,7 +504,7 @@ fn a_lost_record_from_a_clock_ahead_does_not_condemn_bindings_made_after_it() {
 ///
 /// Expected: a lost record for the store is cut at now less the store's skew. Actual: now
 /// less the sealing's; a task created after the backend came back is answered 404.
-#[cfg(feature = "seal")]
+#[cfg(all(feature = "seal", feature = "tasks"))]
 #[test]
 fn with_sealing_on_lost_records_use_the_store_s_clock_skew() {
     use mcp_affinity::router::Sealing;
@@ -991,4 +993,28 @@ fn the_store_bindings_a_client_can_create_are_bounded() {
         "one client made the router write {bound} bindings; its table holds {}",
         router.metrics().table.len
     );
+}
+
+// --- 15. Panic: a binding TTL of "forever" panics when a backend is lost ---------------------
+/// Severity: PANIC (the proxy task that removes a backend, reports a health check or a
+/// refused delivery dies; with a refused delivery, on the request path) from a setting.
+///
+/// `SharedStore::binding_ttl` takes any `Duration` (it only raises zero to 1 ms), and
+/// `Duration::MAX` is the natural way to say "bindings never expire unless forgotten". The
+/// lost record's life is computed as `ttl * 2`, which overflows and panics
+/// ("overflow when multiplying duration by scalar") the first time a backend is lost.
+///
+/// Expected: the life saturates (or the setting is clamped). Actual: panic.
+#[test]
+fn a_binding_ttl_of_forever_does_not_panic_when_a_backend_is_lost() {
+    let now = Clock::new().now();
+    let router = fleet_router_with(
+        Router::builder(),
+        SharedStore::new("mcp", now, T0).binding_ttl(Duration::MAX),
+        &["x", "y"],
+    );
+    let lost = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        router.remove_backend(id_of(&router, "x"), now).unwrap();
+    }));
+    assert!(lost.is_ok(), "remove_backend panicked");
 }
