@@ -1,0 +1,782 @@
+//! A randomised fleet driver for the shared-store protocol (third adversarial review): three
+//! routers share a simulated store (values with expiry, `SET NX`, `PEXPIRE`, compare-and-
+//! delete, keep-the-greatest records) whose writes are delayed, reordered, dropped, and that
+//! goes down and restarts empty; backends die and come back as new processes, each router
+//! learning it only from its own refused deliveries, health checks and lost records; clients
+//! start, use and delete Streamable sessions and call 2026-07-28 workspaces (operator keys),
+//! under two principals. A plain loop over a seeded RNG. It checks after every step:
+//!
+//! - `misroute`: a request pinned by a session goes to the backend (by name) that minted the
+//!   session, never to another;
+//! - `moved`: a pinned request whose owner refused is rejected, never placed elsewhere;
+//! - `principal`: no request reaches a session of another principal;
+//! - `outage404`: while the store is down, no router answers 404 to a live session (its
+//!   minting process alive, not deleted) of the requesting principal;
+//! - `live404`: no router answers 404 to a live session at all (checked only where the
+//!   protocol can promise it: see below);
+//! - `queue`: a router's write queue stays within its bound;
+//! - `split` (at every settle point: writes performed in order, reseeds done, every router's
+//!   checks agree on every backend, lost records read): every router sends each workspace of
+//!   each principal to the same backend.
+//!
+//! `ATTACK_STORE_SEEDS` and `ATTACK_STORE_STEPS` scale it (defaults: 60 seeds of 300 steps,
+//! well under a second). As committed it FAILS, on known findings only: `live404`
+//! (`attack_tower.rs` finding 2: a lookup overtakes a queued bind; `attack_store.rs` findings
+//! 11–13) and `split` (`attack_store.rs` findings 1–3: every split traced so far follows a
+//! backend death).
+//!
+//! `ATTACK_STORE_SKIP_KNOWN=1` steers around them as a careful embedder would, with no
+//! backend deaths: a session's bind is written through (no lookup can overtake it; every
+//! other write is still delayed, reordered and dropped), every router reseeds as soon as the
+//! store answers again or comes back empty (before serving anything else), bindings outlive
+//! the run. In that mode it PASSES (2,000 seeds of 400 steps found nothing): it is the
+//! regression check for lookups, outages (503, never 404), dropped and reordered writes, the
+//! bounded queue, reseeding, empty restarts, principals, and bind races between routers (the
+//! loser adopts the winner). `ATTACK_STORE_DEATHS=1` adds backend deaths back to that mode
+//! (fails: `split`, findings 1–3; `live404` with `owner_down`, finding 12);
+//! `ATTACK_STORE_DEATHS=0` takes them out of the default mode (fails: `live404` only, the
+//! queued-bind race: no split without a death). `ATTACK_STORE_TRACE=<seed>` prints the
+//! steps of a seed; `--nocapture` prints what every hundredth seed exercised.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{StatusCode, request};
+use mcp_affinity::router::store::{Looked, ReseedCursor, StoreWrite};
+use mcp_affinity::router::{
+    End, Exchange, NewBackend, Probe, Routed, Router, SharedStore, Undelivered, key_fn,
+};
+use mcp_affinity::table::Principal;
+use mcp_affinity::{BackendId, TenantId};
+
+const T0: u64 = 1_795_000_000;
+const NAMES: [&str; 3] = ["x", "y", "z"];
+const ROUTERS: usize = 3;
+const QUEUE: usize = 8;
+const WHO: [&str; 2] = ["Bearer alice", "Bearer bob"];
+const WORKSPACES: [&str; 16] = [
+    "acme",
+    "globex",
+    "initech",
+    "umbrella",
+    "hooli",
+    "stark",
+    "wayne",
+    "tyrell",
+    "cyberdyne",
+    "wonka",
+    "soylent",
+    "aperture",
+    "oscorp",
+    "vandelay",
+    "dunder",
+    "pied",
+];
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+fn principal(req: &request::Parts) -> Option<Principal> {
+    let token = req.headers.get("authorization")?.as_bytes();
+    Some(Principal::new(token.iter().fold(7u64, |h, b| {
+        h.wrapping_mul(31).wrapping_add(u64::from(*b))
+    })))
+}
+
+fn workspace(req: &request::Parts) -> Option<&[u8]> {
+    req.headers.get("mcp-param-workspace").map(|v| v.as_bytes())
+}
+
+/// The store, as Redis behaves for the protocol.
+#[derive(Default)]
+struct Store {
+    values: HashMap<String, (String, Instant)>,
+    down: bool,
+}
+
+impl Store {
+    fn get(&self, key: &str, now: Instant) -> Option<&str> {
+        self.values
+            .get(key)
+            .filter(|(_, expiry)| *expiry > now)
+            .map(|(v, _)| v.as_str())
+    }
+
+    fn apply(&mut self, write: StoreWrite, now: Instant) -> Option<(String, String)> {
+        match write {
+            StoreWrite::Bind { key, value, ttl } => {
+                if let Some(found) = self.get(&key, now) {
+                    return Some((key, found.to_string()));
+                }
+                self.values.insert(key, (value, now + ttl));
+            }
+            StoreWrite::Refresh { key, ttl } => {
+                if let Some((_, expiry)) = self.values.get_mut(&key).filter(|(_, e)| *e > now) {
+                    *expiry = now + ttl;
+                }
+            }
+            StoreWrite::Forget { key, owner } => {
+                if self.get(&key, now).is_some_and(|v| v.starts_with(&owner)) {
+                    self.values.remove(&key);
+                }
+            }
+            StoreWrite::Lost { key, before, ttl } => {
+                let old = self.get(&key, now).and_then(|v| v.parse::<u32>().ok());
+                if old.is_none_or(|old| old < before) {
+                    self.values.insert(key, (before.to_string(), now + ttl));
+                }
+            }
+            other => panic!("unknown write {other:?}"),
+        }
+        None
+    }
+}
+
+/// Whether a write binds a Streamable session (kind 2 in the store layout).
+fn session_bind(write: &StoreWrite) -> bool {
+    matches!(write, StoreWrite::Bind { key, .. } if key.starts_with("mcp:b:0:2:"))
+}
+
+/// A replica as it really is.
+struct Real {
+    alive: bool,
+    process: u32,
+}
+
+struct Session {
+    name: usize,
+    process: u32,
+    who: usize,
+    deleted: bool,
+}
+
+struct World {
+    routers: Vec<Router>,
+    ids: Vec<Vec<BackendId>>,
+    store: Store,
+    /// Writes taken from a router and not performed yet (delayed), with their router.
+    in_flight: Vec<(usize, StoreWrite)>,
+    needs_reseed: Vec<bool>,
+    dropped: Vec<u64>,
+    real: Vec<Real>,
+    sessions: HashMap<String, Session>,
+    minted: u32,
+    /// Binds the store refused (another router bound the key first).
+    refused: u64,
+    /// The workspaces (and principals) clients used so far: checked at every settle point.
+    used: std::collections::BTreeSet<(usize, usize)>,
+    clock: Clock,
+    skip_known: bool,
+    deaths: bool,
+    trace: bool,
+}
+
+#[derive(Debug)]
+struct Violation(&'static str, String);
+
+type Checked = Result<(), Violation>;
+
+impl World {
+    fn new(skip_known: bool, deaths: bool, trace: bool) -> Self {
+        let clock = Clock::new();
+        let now = clock.now();
+        let mut routers = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..ROUTERS {
+            let mut shared = SharedStore::new("mcp", now, T0).write_queue(QUEUE);
+            if skip_known {
+                shared = shared.binding_ttl(Duration::from_secs(7 * 86_400));
+            }
+            let router = Router::builder()
+                .principal(principal)
+                .operator_key(key_fn(workspace))
+                .health_thresholds(2, 2)
+                .shared_store(shared)
+                .build();
+            ids.push(
+                NAMES
+                    .iter()
+                    .map(|n| {
+                        router
+                            .add(NewBackend::new(TenantId::DEFAULT, &format!("http://{n}")).name(n))
+                            .unwrap()
+                    })
+                    .collect(),
+            );
+            routers.push(router);
+        }
+        World {
+            routers,
+            ids,
+            store: Store::default(),
+            in_flight: Vec::new(),
+            needs_reseed: vec![false; ROUTERS],
+            dropped: vec![0; ROUTERS],
+            real: (0..NAMES.len())
+                .map(|_| Real {
+                    alive: true,
+                    process: 0,
+                })
+                .collect(),
+            sessions: HashMap::new(),
+            minted: 0,
+            refused: 0,
+            used: Default::default(),
+            clock,
+            skip_known,
+            deaths,
+            trace,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    fn name(&self, r: usize, id: BackendId) -> usize {
+        self.ids[r].iter().position(|&i| i == id).unwrap()
+    }
+
+    fn log(&self, what: impl FnOnce() -> String) {
+        if self.trace {
+            eprintln!("  {}", what());
+        }
+    }
+
+    /// Routes through router `r`, answering a lookup from the store.
+    fn route(&self, r: usize, req: &request::Parts) -> Routed {
+        let now = self.now();
+        let router = &self.routers[r];
+        match router.route(req, now) {
+            Routed::Lookup(lookup) => {
+                let answer = if self.store.down {
+                    Looked::Unavailable
+                } else {
+                    match self.store.get(lookup.key(), now) {
+                        Some(v) => Looked::Found(v),
+                        None => Looked::Missing,
+                    }
+                };
+                router.on_lookup(lookup, answer, now)
+            }
+            routed => routed,
+        }
+    }
+
+    /// Delivers a forwarded exchange: a dead backend refuses (the router decides again).
+    /// `None`: rejected.
+    fn deliver(&self, r: usize, mut ex: Exchange) -> Option<(Exchange, usize)> {
+        let now = self.now();
+        for _ in 0..8 {
+            let name = self.name(r, ex.backend());
+            if self.real[name].alive {
+                return Some((ex, name));
+            }
+            match self.routers[r].on_undelivered(ex, Undelivered::Refused, now) {
+                Routed::Forward(next) => ex = next,
+                Routed::Reject(_) => return None,
+                Routed::Lookup(lookup) => panic!("a failed delivery looked up: {lookup:?}"),
+            }
+        }
+        panic!("placed more than 8 times");
+    }
+
+    /// What router `r` queued goes to the store: performed now (write-through), or taken
+    /// and kept in flight to land later, in any order, or never.
+    fn drain(&mut self, r: usize, rng: &mut Rng) {
+        let now = self.now();
+        let dropped = self.routers[r].metrics().store_writes_dropped;
+        if dropped > self.dropped[r] {
+            self.dropped[r] = dropped;
+            self.needs_reseed[r] = true;
+        }
+        if self.store.down {
+            if !self.skip_known && rng.chance(50) {
+                // Taken, and failed: the embedder will reseed.
+                if !self.routers[r].take_store_writes(usize::MAX).is_empty() {
+                    self.needs_reseed[r] = true;
+                }
+            }
+            return;
+        }
+        for write in self.routers[r].take_store_writes(usize::MAX) {
+            // Skipping the known findings, a session's binding is written through (no lookup
+            // can overtake it); everything else is delayed and dropped alike.
+            let through = self.skip_known && session_bind(&write);
+            if through || rng.chance(40) {
+                self.perform(r, write, now);
+            } else {
+                self.in_flight.push((r, write));
+            }
+        }
+    }
+
+    fn perform(&mut self, r: usize, write: StoreWrite, now: Instant) {
+        self.log(|| format!("store <- R{r}: {write:?}"));
+        if let Some((key, found)) = self.store.apply(write, now) {
+            self.refused += 1;
+            self.routers[r].on_bind_taken(&key, &found, now);
+        }
+    }
+
+    /// Some writes in flight land (in a random order), some are lost.
+    fn land(&mut self, rng: &mut Rng) {
+        if self.store.down || self.in_flight.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let n = self.in_flight.len();
+        let start = rng.below(n);
+        let mut writes = std::mem::take(&mut self.in_flight);
+        writes.rotate_left(start);
+        for (r, write) in writes {
+            match rng.below(10) {
+                0 => {
+                    // Lost on the way: the embedder saw the failure.
+                    self.log(|| format!("lost R{r}: {write:?}"));
+                    self.needs_reseed[r] = true;
+                }
+                1..=3 => self.in_flight.push((r, write)),
+                _ => self.perform(r, write, now),
+            }
+        }
+    }
+
+    fn reseed(&mut self, r: usize) {
+        if self.store.down || !self.needs_reseed[r] {
+            return;
+        }
+        self.needs_reseed[r] = false;
+        let now = self.now();
+        let mut cursor = ReseedCursor::default();
+        loop {
+            let writes = self.routers[r].reseed_store(&mut cursor, 64, now);
+            if writes.is_empty() {
+                break;
+            }
+            for write in writes {
+                self.perform(r, write, now);
+            }
+        }
+    }
+
+    fn poll_lost(&self, r: usize) {
+        let now = self.now();
+        if self.store.down {
+            return;
+        }
+        for key in self.routers[r].lost_keys() {
+            if let Some(before) = self.store.get(&key, now).and_then(|v| v.parse().ok()) {
+                self.routers[r].on_lost(&key, before);
+            }
+        }
+    }
+
+    fn probe(&self, r: usize, name: usize) {
+        let probe = if self.real[name].alive {
+            Probe::Up
+        } else {
+            Probe::Refused
+        };
+        let _ = self.routers[r].report_health(self.ids[r][name], probe, self.now());
+    }
+
+    fn live(&self, id: &str) -> bool {
+        self.sessions.get(id).is_some_and(|s| {
+            !s.deleted && self.real[s.name].alive && self.real[s.name].process == s.process
+        })
+    }
+
+    fn start(&mut self, r: usize, who: usize, rng: &mut Rng) -> Checked {
+        let now = self.now();
+        let req = post("/mcp", &[("authorization", WHO[who])]);
+        let Routed::Forward(ex) = self.route(r, &req) else {
+            return Ok(());
+        };
+        let Some((mut ex, name)) = self.deliver(r, ex) else {
+            return Ok(());
+        };
+        self.minted += 1;
+        let id = format!("s{}", self.minted);
+        let _ = respond(
+            &self.routers[r],
+            &mut ex,
+            200,
+            &[("mcp-session-id", &id)],
+            &[],
+            now,
+        );
+        self.routers[r].on_exchange_end(ex, End::Completed, now);
+        self.log(|| format!("R{r}: {id} minted on {} for {}", NAMES[name], WHO[who]));
+        self.sessions.insert(
+            id,
+            Session {
+                name,
+                process: self.real[name].process,
+                who,
+                deleted: false,
+            },
+        );
+        self.drain(r, rng);
+        Ok(())
+    }
+
+    fn use_session(
+        &mut self,
+        r: usize,
+        id: &str,
+        who: usize,
+        delete: bool,
+        rng: &mut Rng,
+    ) -> Checked {
+        let now = self.now();
+        let headers = [("authorization", WHO[who]), ("mcp-session-id", id), LEGACY];
+        let req = if delete {
+            common::delete("/mcp", &headers)
+        } else {
+            post("/mcp", &headers)
+        };
+        let live = self.live(id);
+        let store_down = self.store.down;
+        let session = &self.sessions[id];
+        let (owner, owner_process, owner_who) = (session.name, session.process, session.who);
+        match self.route(r, &req) {
+            Routed::Forward(ex) => {
+                let to = self.name(r, ex.backend());
+                if to != owner {
+                    return Err(Violation(
+                        "misroute",
+                        format!(
+                            "R{r}: {id} (minted on {}) sent to {}",
+                            NAMES[owner], NAMES[to]
+                        ),
+                    ));
+                }
+                if who != owner_who {
+                    return Err(Violation(
+                        "principal",
+                        format!("R{r}: {}'s {id} forwarded for {}", WHO[owner_who], WHO[who]),
+                    ));
+                }
+                let pinned_to = ex.backend();
+                if let Some((mut ex, name)) = self.deliver(r, ex) {
+                    if ex.backend() != pinned_to {
+                        return Err(Violation(
+                            "moved",
+                            format!("R{r}: {id} placed again on {}", NAMES[name]),
+                        ));
+                    }
+                    let knows =
+                        self.real[name].process == owner_process && !self.sessions[id].deleted;
+                    let status = if knows { 200 } else { 404 };
+                    let _ = respond(&self.routers[r], &mut ex, status, &[], &[], now);
+                    self.routers[r].on_exchange_end(ex, End::Completed, now);
+                    if knows && delete {
+                        self.sessions.get_mut(id).unwrap().deleted = true;
+                    }
+                }
+            }
+            Routed::Reject(rejection) => {
+                if rejection.status() == StatusCode::NOT_FOUND && live && who == owner_who {
+                    let what = format!(
+                        "R{r}: live {id} of {} on {} answered 404 ({})",
+                        WHO[who],
+                        NAMES[owner],
+                        rejection.reason().as_str()
+                    );
+                    if store_down {
+                        return Err(Violation("outage404", what));
+                    }
+                    return Err(Violation("live404", what));
+                }
+            }
+            Routed::Lookup(_) => {
+                return Err(Violation("moved", format!("R{r}: {id} looked up twice")));
+            }
+        }
+        self.drain(r, rng);
+        Ok(())
+    }
+
+    /// A call in workspace `ws` for `who` through router `r`; the backend's name, if served.
+    fn call_ws(&mut self, r: usize, ws: usize, who: usize, rng: Option<&mut Rng>) -> Option<usize> {
+        let now = self.now();
+        let req = post(
+            "/mcp",
+            &[
+                MODERN,
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "edit"),
+                ("mcp-param-workspace", WORKSPACES[ws]),
+                ("authorization", WHO[who]),
+            ],
+        );
+        if rng.is_some() {
+            self.used.insert((ws, who));
+        }
+        let Routed::Forward(ex) = self.route(r, &req) else {
+            return None;
+        };
+        let (mut ex, name) = self.deliver(r, ex)?;
+        let _ = respond(&self.routers[r], &mut ex, 200, &[JSON], &[b"{}"], now);
+        self.routers[r].on_exchange_end(ex, End::Completed, now);
+        match rng {
+            Some(rng) => self.drain(r, rng),
+            None => {
+                for write in self.routers[r].take_store_writes(usize::MAX) {
+                    self.perform(r, write, now);
+                }
+            }
+        }
+        Some(name)
+    }
+
+    /// Writes performed in order, reseeds done, every router's checks agree on every
+    /// backend, lost records read; then every router must send each workspace to one backend.
+    fn settle(&mut self) -> Checked {
+        self.store.down = false;
+        let now = self.now();
+        for (r, write) in std::mem::take(&mut self.in_flight) {
+            self.perform(r, write, now);
+        }
+        for r in 0..ROUTERS {
+            for write in self.routers[r].take_store_writes(usize::MAX) {
+                self.perform(r, write, now);
+            }
+            self.reseed(r);
+        }
+        for r in 0..ROUTERS {
+            for name in 0..NAMES.len() {
+                for _ in 0..2 {
+                    self.probe(r, name);
+                }
+            }
+            for write in self.routers[r].take_store_writes(usize::MAX) {
+                self.perform(r, write, now);
+            }
+        }
+        for r in 0..ROUTERS {
+            self.poll_lost(r);
+        }
+        for (ws, who) in self.used.clone() {
+            for r in 0..ROUTERS {
+                let _ = self.call_ws(r, ws, who, None);
+            }
+            let names: Vec<Option<usize>> = (0..ROUTERS)
+                .map(|r| self.call_ws(r, ws, who, None))
+                .collect();
+            if names.iter().any(|n| *n != names[0]) {
+                let names: Vec<&str> = names.iter().map(|n| n.map_or("-", |n| NAMES[n])).collect();
+                return Err(Violation(
+                    "split",
+                    format!(
+                        "{}'s {} goes to {names:?} through the three routers",
+                        WHO[who], WORKSPACES[ws]
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, rng: &mut Rng) -> Checked {
+        let r = rng.below(ROUTERS);
+        let who = rng.below(WHO.len());
+        match rng.below(100) {
+            0..=11 => self.start(r, who, rng)?,
+            12..=34 => {
+                if self.sessions.is_empty() {
+                    return Ok(());
+                }
+                let mut ids: Vec<&String> = self.sessions.keys().collect();
+                ids.sort();
+                let id = ids[rng.below(ids.len())].clone();
+                // Mostly its own principal.
+                let who = if rng.chance(85) {
+                    self.sessions[&id].who
+                } else {
+                    who
+                };
+                let delete = rng.chance(8);
+                self.use_session(r, &id, who, delete, rng)?;
+            }
+            35..=51 => {
+                let ws = rng.below(WORKSPACES.len());
+                let _ = self.call_ws(r, ws, who, Some(rng));
+            }
+            52..=59 => self.land(rng),
+            60..=63 => self.drain(r, rng),
+            64..=66 => {
+                let down = !self.store.down;
+                self.log(|| format!("store {}", if down { "down" } else { "up" }));
+                self.store.down = down;
+                if !down && self.skip_known {
+                    self.needs_reseed = vec![true; ROUTERS];
+                    for r in 0..ROUTERS {
+                        self.reseed(r);
+                    }
+                }
+            }
+            67 => {
+                // The store restarts empty.
+                self.log(|| "store restarts empty".into());
+                self.store.values.clear();
+                self.needs_reseed = vec![true; ROUTERS];
+                if self.skip_known {
+                    for r in 0..ROUTERS {
+                        self.reseed(r);
+                    }
+                }
+            }
+            68..=70 => self.reseed(r),
+            71..=75 => self.poll_lost(r),
+            76..=83 => {
+                let name = rng.below(NAMES.len());
+                self.probe(r, name);
+                self.drain(r, rng);
+            }
+            84..=86 if self.deaths => {
+                let name = rng.below(NAMES.len());
+                let real = &mut self.real[name];
+                if real.alive {
+                    real.alive = false;
+                } else {
+                    real.alive = true;
+                    real.process += 1;
+                }
+                let alive = real.alive;
+                self.log(|| format!("{} {}", NAMES[name], if alive { "back" } else { "dies" }));
+            }
+            87..=89 => {
+                let _ = self.routers[r].maintain(self.now(), 256);
+                self.drain(r, rng);
+            }
+            _ => {
+                let secs = rng.below(20) as u64;
+                self.clock.advance(Duration::from_secs(secs));
+            }
+        }
+        for (r, router) in self.routers.iter().enumerate() {
+            if router.store_queue_len() > QUEUE {
+                return Err(Violation(
+                    "queue",
+                    format!("R{r} queues {} writes", router.store_queue_len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run(
+    seed: u64,
+    steps: usize,
+    (skip_known, deaths): (bool, bool),
+    trace: bool,
+) -> Result<(), (usize, Violation)> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut world = World::new(skip_known, deaths, trace);
+    for i in 0..steps {
+        world.step(&mut rng).map_err(|v| (i, v))?;
+        if i % 60 == 59 {
+            world.settle().map_err(|v| (i, v))?;
+        }
+    }
+    world.settle().map_err(|v| (steps, v))?;
+    // What the run exercised (printed with `--nocapture`).
+    let mut seen = [0u64; 6];
+    for router in &world.routers {
+        let m = router.metrics();
+        let forwarded = m.pinned;
+        for (i, n) in [
+            m.store_lookups,
+            m.store_found,
+            m.store_unavailable,
+            m.store_writes_dropped,
+            m.store_adopted,
+            forwarded,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            seen[i] += n;
+        }
+    }
+    if trace || seed % 100 == 0 {
+        eprintln!(
+            "seed {seed}: lookups {}, found {}, unavailable {}, dropped {}, adopted {}, pinned {}; \
+             {} sessions, {} binds refused",
+            seen[0],
+            seen[1],
+            seen[2],
+            seen[3],
+            seen[4],
+            seen[5],
+            world.sessions.len(),
+            world.refused
+        );
+    }
+    Ok(())
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn a_fleet_sharing_an_unreliable_store_keeps_one_owner_per_key_and_never_404s_a_live_session() {
+    let seeds = env("ATTACK_STORE_SEEDS", 60);
+    let steps = env("ATTACK_STORE_STEPS", 300) as usize;
+    let skip_known = std::env::var("ATTACK_STORE_SKIP_KNOWN").is_ok_and(|v| v == "1");
+    // Backend deaths: always, unless skipping the known findings (then on request).
+    let deaths = match std::env::var("ATTACK_STORE_DEATHS").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => !skip_known,
+    };
+    let mode = (skip_known, deaths);
+    let trace = std::env::var("ATTACK_STORE_TRACE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(seed) = trace {
+        let result = run(seed, steps, mode, true);
+        panic!("seed {seed}: {result:?}");
+    }
+    let mut failures: HashMap<&'static str, (u64, usize, String, usize)> = HashMap::new();
+    for seed in 0..seeds {
+        if let Err((step, Violation(kind, what))) = run(seed, steps, mode, false) {
+            let entry = failures.entry(kind).or_insert((seed, step, what, 0));
+            entry.3 += 1;
+        }
+    }
+    let mut report: Vec<String> = failures
+        .iter()
+        .map(|(kind, (seed, step, what, n))| {
+            format!("{kind}: {n} seeds; first: seed {seed}, step {step}: {what}")
+        })
+        .collect();
+    report.sort();
+    assert!(report.is_empty(), "{}", report.join("\n"));
+}
