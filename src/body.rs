@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::router::store::{StoreSync, SyncFuture};
 use crate::router::{Data, End, Exchange, Router};
 use crate::table::{MemoryTable, SessionTable};
 
@@ -92,6 +93,10 @@ pin_project! {
         // The inner body ended; what was held has been sent.
         ended: bool,
         clock: C,
+        // Performs the store writes of a key a chunk revealed, before the chunk goes on.
+        sync: Option<Arc<dyn StoreSync>>,
+        // The writes under way, and the chunk that waits for them.
+        syncing: Option<(SyncFuture, Bytes)>,
     }
 
     impl<B, C, T> PinnedDrop for ObservedBody<B, C, T>
@@ -121,7 +126,17 @@ impl<B, C: Clock, T: SessionTable> ObservedBody<B, C, T> {
             pending: None,
             ended: false,
             clock,
+            sync: None,
+            syncing: None,
         }
+    }
+
+    /// Performs the router's store writes through `sync` whenever a chunk revealed a key
+    /// shared through the store (a task id, a legacy SSE session), before that chunk is
+    /// passed on (see [`Exchange::take_store_sync`](crate::router::Exchange::take_store_sync)).
+    pub fn with_store_sync(mut self, sync: Arc<dyn StoreSync>) -> Self {
+        self.sync = Some(sync);
+        self
     }
 
     /// The inner body.
@@ -154,6 +169,14 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
+        if let Some((writes, _)) = this.syncing.as_mut() {
+            if writes.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let Some((_, chunk)) = this.syncing.take() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+        }
         if let Some(frame) = this.pending.take() {
             return Poll::Ready(Some(Ok(frame)));
         }
@@ -210,7 +233,17 @@ where
                 .on_response_data(exchange, data, this.clock.now());
             *this.observing = exchange.is_observing();
             match out {
-                Data::Send(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Data::Send(bytes) => {
+                    if let Some(sync) = this.sync.as_ref().filter(|_| exchange.take_store_sync()) {
+                        // The chunk names a key the store must have before the client does.
+                        let mut writes = sync.sync();
+                        if writes.as_mut().poll(cx).is_pending() {
+                            *this.syncing = Some((writes, bytes));
+                            return Poll::Pending;
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
                 Data::Hold => {}
             }
         }

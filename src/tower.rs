@@ -27,7 +27,8 @@
 //!    the response body in an [`ObservedBody`] that feeds the router and ends the exchange
 //!    when the body ends, fails or is dropped;
 //! 5. with a shared store ([`store`](crate::router::store)), a key the local table does not
-//!    know is looked up through the [`StoreLookup`] the embedder gives.
+//!    know is looked up through the [`StoreLookup`] the embedder gives, and a key a response
+//!    reveals is written through its [`StoreSync`] before the client sees it.
 //!
 //! Backpressure and cancellation pass through: `poll_ready` is the inner service's, bodies
 //! are polled only when the client polls, and dropping the response future or body drops the
@@ -101,7 +102,7 @@ use tower_service::Service;
 
 use crate::BackendId;
 use crate::body::{Clock, ObservedBody};
-use crate::router::store::Looked;
+use crate::router::store::{Looked, StoreSync};
 use crate::router::{End, Exchange, HeadOutcome, Rejection, Routed, Router, Undelivered};
 use crate::table::{KeyKind, MemoryTable, SessionTable};
 
@@ -280,6 +281,7 @@ where
 /// | [`replay_limit`](AffinityLayer::replay_limit) | 64 KiB | largest body kept to place a request again |
 /// | [`refusal_check`](AffinityLayer::refusal_check) | none | tells a backend that died with a request |
 /// | [`store_lookup`](AffinityLayer::store_lookup) | none (lookups answer 503) | reads keys from a shared store |
+/// | [`store_sync`](AffinityLayer::store_sync) | none | writes a revealed key to the store before the client sees it |
 pub struct AffinityLayer<
     T: SessionTable = MemoryTable,
     C = fn() -> std::time::Instant,
@@ -291,6 +293,7 @@ pub struct AffinityLayer<
     replay_limit: u64,
     store: Option<Arc<dyn StoreLookup>>,
     refusals: Option<Arc<dyn RefusalCheck>>,
+    sync: Option<Arc<dyn StoreSync>>,
 }
 
 impl<T: SessionTable, C: Clock + Clone> AffinityLayer<T, C, PassErrors> {
@@ -303,6 +306,7 @@ impl<T: SessionTable, C: Clock + Clone> AffinityLayer<T, C, PassErrors> {
             replay_limit: DEFAULT_REPLAY_LIMIT,
             store: None,
             refusals: None,
+            sync: None,
         }
     }
 }
@@ -319,6 +323,7 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
             replay_limit: self.replay_limit,
             store: self.store,
             refusals: self.refusals,
+            sync: self.sync,
         }
     }
 
@@ -343,6 +348,16 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
         self
     }
 
+    /// Sets how the router's queued store writes are performed now, for a router built with
+    /// a shared store: when a response reveals a key shared through the store (a new session
+    /// in its head, a task or legacy SSE session in its body), the layer waits for the writes
+    /// before the client gets the head or chunk, so that the client's next request, whichever
+    /// router it reaches, finds the key in the store.
+    pub fn store_sync(mut self, sync: impl StoreSync) -> Self {
+        self.sync = Some(Arc::new(sync));
+        self
+    }
+
     /// Sets how keys are read from the shared store, for a router built with one.
     pub fn store_lookup(mut self, lookup: impl StoreLookup) -> Self {
         self.store = Some(Arc::new(lookup));
@@ -364,6 +379,7 @@ impl<T: SessionTable, C: Clone, U: Clone> Clone for AffinityLayer<T, C, U> {
             replay_limit: self.replay_limit,
             store: self.store.clone(),
             refusals: self.refusals.clone(),
+            sync: self.sync.clone(),
         }
     }
 }
@@ -390,6 +406,7 @@ impl<S, T: SessionTable, C: Clock + Clone, U: Clone> Layer<S> for AffinityLayer<
                 replay_limit: self.replay_limit,
                 store: self.store.clone(),
                 refusals: self.refusals.clone(),
+                sync: self.sync.clone(),
             }),
         }
     }
@@ -403,6 +420,7 @@ struct Shared<T: SessionTable, C, U> {
     replay_limit: u64,
     store: Option<Arc<dyn StoreLookup>>,
     refusals: Option<Arc<dyn RefusalCheck>>,
+    sync: Option<Arc<dyn StoreSync>>,
 }
 
 /// The [`Service`] of an [`AffinityLayer`]: the router in front of `S`.
@@ -567,7 +585,16 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
             self.router.on_exchange_end(exchange, End::Aborted, now);
             return Ok(reject(&rejection));
         }
-        let body = ObservedBody::new(body, self.router.clone(), exchange, self.clock.clone());
+        if let Some(sync) = &self.sync {
+            if exchange.take_store_sync() {
+                // The head names a key the store must have before the client does.
+                sync.sync().await;
+            }
+        }
+        let mut body = ObservedBody::new(body, self.router.clone(), exchange, self.clock.clone());
+        if let Some(sync) = &self.sync {
+            body = body.with_store_sync(sync.clone());
+        }
         Ok(Response::from_parts(
             head,
             AffinityBody {

@@ -1,5 +1,6 @@
 //! Findings of the third adversarial review: the tower layer (`tower::AffinityLayer`). Every
-//! test here FAILS on the commit it was written against: each one states what the layer
+//! test here failed on the commit it was written against
+//! and passes since its fix: each one states what the layer
 //! should do, what it does, and how bad it is. Run with
 //! `cargo test --all-features --test attack_tower`.
 #![cfg(feature = "tower")]
@@ -203,8 +204,21 @@ fn a_session_minted_through_one_router_is_not_404_on_the_next_router() {
         }),
         break_first: false,
     };
+    // (Since the fix: the layer writes what a response reveals before the client sees it,
+    // through the embedder's store writer; here the writes land in the shared map.)
+    let sync = |router: Arc<Router>, store: Arc<Mutex<HashMap<String, String>>>| {
+        move || {
+            for write in router.take_store_writes(usize::MAX) {
+                if let mcp_affinity::router::store::StoreWrite::Bind { key, value, .. } = write {
+                    store.lock().unwrap().entry(key).or_insert(value);
+                }
+            }
+            std::future::ready(())
+        }
+    };
     let mut first = AffinityLayer::new(one.clone(), Instant::now)
         .store_lookup(lookup(store.clone()))
+        .store_sync(sync(one.clone(), store.clone()))
         .layer(backend.clone());
     let mut second = AffinityLayer::new(two.clone(), Instant::now)
         .store_lookup(lookup(store.clone()))

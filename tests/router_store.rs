@@ -14,6 +14,7 @@ use mcp_affinity::router::store::{Looked, ReseedCursor, StoreWrite};
 use mcp_affinity::router::{
     End, How, NewBackend, Probe, Reason, Routed, Router, SharedStore, Undelivered, key_fn,
 };
+use mcp_affinity::table::MemoryTableConfig;
 use mcp_affinity::table::{KeyKind, Principal};
 use mcp_affinity::{BackendId, TenantId};
 use proptest::prelude::*;
@@ -45,9 +46,13 @@ impl Store {
                 }
                 self.values.insert(key, (value, now + ttl));
             }
-            StoreWrite::Refresh { key, ttl } => {
-                if let Some((_, expiry)) = self.values.get_mut(&key) {
-                    *expiry = now + ttl;
+            StoreWrite::Refresh { key, value, ttl } => {
+                // PEXPIRE; a key that is gone (expired keys are gone) is set if absent.
+                match self.values.get_mut(&key).filter(|(_, e)| *e > now) {
+                    Some((_, expiry)) => *expiry = now + ttl,
+                    None => {
+                        self.values.insert(key, (value, now + ttl));
+                    }
                 }
             }
             StoreWrite::Forget { key, owner } => {
@@ -314,7 +319,7 @@ fn an_owner_lost_on_one_router_is_lost_on_every_router() {
     // B polls the lost records: the binding from before the loss is refused as gone.
     for key in b.lost_keys() {
         if let Some(before) = store.get(&key, later).and_then(|v| v.parse().ok()) {
-            b.on_lost(&key, before);
+            b.on_lost(&key, before, later);
         }
     }
     let rejection = rejected(route(&b, &store, &session(&victim), later));
@@ -359,10 +364,11 @@ fn a_forget_deletes_only_the_binding_of_the_owner_that_forgets_it() {
 }
 
 #[test]
-fn keys_in_use_are_refreshed_lazily_not_per_request() {
+fn keys_in_use_are_refreshed_by_upkeep_once_per_period_never_per_request() {
     let mut clock = Clock::new();
     let now = clock.now();
     let router = Router::builder()
+        .table_config(MemoryTableConfig::new().with_idle_ttl(Some(Duration::from_secs(300))))
         .shared_store(
             SharedStore::new("mcp", now, T0)
                 .binding_ttl(Duration::from_secs(600))
@@ -371,23 +377,58 @@ fn keys_in_use_are_refreshed_lazily_not_per_request() {
         .build();
     router.add_backend(TenantId::DEFAULT, "x", 1).unwrap();
     initialize(&router, "s1", now);
+    initialize(&router, "idle", now);
     let _ = router.take_store_writes(usize::MAX);
-    let refreshes = |router: &Router| {
+    let refreshed = |router: &Router| -> Vec<String> {
         router
             .take_store_writes(usize::MAX)
             .into_iter()
-            .filter(|w| matches!(w, StoreWrite::Refresh { .. }))
-            .count()
+            .filter_map(|w| match w {
+                StoreWrite::Refresh { key, value, ttl } => {
+                    assert!(value.starts_with("1:"), "{value}");
+                    assert_eq!(ttl, Duration::from_secs(600));
+                    Some(key.rsplit(':').next().unwrap().to_string())
+                }
+                _ => None,
+            })
+            .collect()
     };
     for _ in 0..100 {
         route_session(&router, "s1", now).unwrap();
     }
-    assert_eq!(refreshes(&router), 1, "once per period, not per request");
-    let later = clock.advance(Duration::from_secs(61));
-    for _ in 0..100 {
-        route_session(&router, "s1", later).unwrap();
-    }
-    assert_eq!(refreshes(&router), 1);
+    assert!(refreshed(&router).is_empty(), "requests write nothing");
+    // The first pass refreshes what the router holds; passes come once per period.
+    let _ = router.maintain(clock.advance(Duration::from_secs(1)), 1000);
+    assert_eq!(refreshed(&router).len(), 2);
+    let _ = router.maintain(clock.advance(Duration::from_secs(30)), 1000);
+    assert!(refreshed(&router).is_empty(), "one pass per period");
+    // Only s1 is used in the next period: only s1 is refreshed.
+    let used = clock.advance(Duration::from_secs(20));
+    route_session(&router, "s1", used).unwrap();
+    let _ = router.maintain(clock.advance(Duration::from_secs(20)), 1000);
+    assert_eq!(refreshed(&router), ["s1"]);
+}
+
+#[test]
+fn the_binding_ttl_outlives_the_table_s_idle_ttl() {
+    // A key idle for most of the table's idle TTL is still in the store: the TTL in use is
+    // at least the idle TTL plus the refresh period.
+    let now = Clock::new().now();
+    let router = Router::builder()
+        .table_config(MemoryTableConfig::new().with_idle_ttl(Some(Duration::from_secs(3600))))
+        .shared_store(SharedStore::new("mcp", now, T0).binding_ttl(Duration::from_secs(600)))
+        .build();
+    router.add_backend(TenantId::DEFAULT, "x", 1).unwrap();
+    initialize(&router, "s1", now);
+    let ttl = router
+        .take_store_writes(usize::MAX)
+        .into_iter()
+        .find_map(|w| match w {
+            StoreWrite::Bind { ttl, .. } => Some(ttl),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(ttl, Duration::from_secs(3600 + 150));
 }
 
 #[test]

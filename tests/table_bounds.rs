@@ -89,3 +89,36 @@ fn an_operator_key_that_finds_only_sessions_to_evict_is_refused() {
     let added = table.insert(&key(KeyKind::Operator, "w"), owner, None, now);
     assert_eq!(added, Ok(Insert::Added { evicted: false }));
 }
+
+#[test]
+fn a_scan_in_small_steps_visits_every_entry_once() {
+    let table = MemoryTable::with_config(MemoryTableConfig::new().with_shards(8));
+    let now = Instant::now();
+    let owner = BackendId::from_bits(1);
+    let ids: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+    for id in &ids {
+        let added = table.insert(&key(KeyKind::Session, id), owner, None, now);
+        assert_eq!(added, Ok(Insert::Added { evicted: false }));
+    }
+    let (mut cursor, mut seen, mut calls) = (0, Vec::new(), 0);
+    loop {
+        calls += 1;
+        let done = table.scan(&mut cursor, 7, &mut |key, entry| {
+            assert_eq!(entry.owner, owner);
+            seen.push(key.id().to_string());
+        });
+        if done {
+            break;
+        }
+        assert!(calls < 1000, "the pass never ends");
+    }
+    assert_eq!(cursor, 0);
+    seen.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(
+        calls >= 1000 / 7,
+        "{calls} calls for 1000 entries, 7 at a time"
+    );
+}

@@ -237,14 +237,20 @@ impl<T> RouterBuilder<T> {
     }
 
     /// The router.
-    pub fn build(self) -> Router<T> {
+    pub fn build(self) -> Router<T>
+    where
+        T: SessionTable,
+    {
+        let idle_ttl = self.table.idle_ttl();
         Router {
             table: self.table,
             fleet: Fleet::new(self.max_backends, self.unhealthy_after, self.healthy_after),
             counters: Counters::default(),
             purges: Mutex::new(Default::default()),
             purge_lock: Mutex::new(()),
-            store: self.store.map(super::store::StoreState::new),
+            store: self
+                .store
+                .map(|store| super::store::StoreState::new(store, idle_ttl)),
             config: self.config,
         }
     }

@@ -31,9 +31,14 @@ pub(crate) enum Intent {
     SseConnect,
     /// Legacy SSE message, routed by the endpoint URL's session parameter.
     SseMessage,
-    /// Streamable HTTP without a session id (an `initialize`): placed; a 2xx response's
-    /// `Mcp-Session-Id` is learned.
-    SessionStart,
+    /// Streamable HTTP `POST` without a session id: placed; a 2xx response's
+    /// `Mcp-Session-Id` is learned. An `initialize` unless it carries `MCP-Protocol-Version`,
+    /// which clients send only once initialized: then a call to a server that runs without
+    /// sessions, which may have effects.
+    SessionStart {
+        /// It carries `MCP-Protocol-Version`: not an `initialize`.
+        versioned: bool,
+    },
     /// Streamable HTTP `POST` with a session id.
     SessionPost,
     /// Streamable HTTP `GET` with a session id: a stream that keeps the session alive.
@@ -64,7 +69,10 @@ impl Intent {
 
     /// Intents that start a conversation (placed by the session policy, not round robin).
     pub(crate) fn starts_conversation(self) -> bool {
-        matches!(self, Intent::SseConnect | Intent::SessionStart)
+        matches!(
+            self,
+            Intent::SseConnect | Intent::SessionStart { versioned: false }
+        )
     }
 }
 
@@ -287,7 +295,9 @@ pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'
 
     let Some(session) = class.carried.session.take() else {
         if req.method == Method::POST {
-            class.intent = Intent::SessionStart;
+            class.intent = Intent::SessionStart {
+                versioned: version.is_some(),
+            };
         }
         return Ok(class);
     };

@@ -106,7 +106,7 @@ impl<T: SessionTable> Router<T> {
         let identity = self.fleet.identity(id);
         self.fleet.remove(id, now)?;
         event!(info, backend = %id, "backend removed");
-        self.store_lost(identity, self.lost_cutoff(now));
+        self.store_lost(identity, now);
         let owned = self.table.count_owner(id);
         match now.checked_add(self.config.removal_grace) {
             _ if self.config.removal_grace.is_zero() => {
@@ -197,7 +197,7 @@ impl<T: SessionTable> Router<T> {
         }
         if reported.went_down {
             self.count_down(id);
-            self.store_lost(self.fleet.identity(id), self.lost_cutoff(now));
+            self.store_lost(self.fleet.identity(id), now);
         }
         if reported.comes_back {
             // Its lost incarnation's keys go first, outside the fleet lock (placement goes on
@@ -216,7 +216,7 @@ impl<T: SessionTable> Router<T> {
         if self.fleet.mark_down(id, term, self.lost_cutoff(now)) == Ok(true) {
             event!(warn, backend = %id, "backend down (connection refused): its sessions are gone");
             self.count_down(id);
-            self.store_lost(self.fleet.identity(id), self.lost_cutoff(now));
+            self.store_lost(self.fleet.identity(id), now);
         }
     }
 
@@ -231,6 +231,7 @@ impl<T: SessionTable> Router<T> {
     /// backends.
     pub fn maintain(&self, now: Instant, budget: usize) -> Maintenance {
         let eviction = self.table.evict_idle(now, budget);
+        self.store_upkeep(now, budget);
         self.counters.expired.add(eviction.evicted as u64);
         if eviction.evicted > 0 {
             event!(debug, keys = eviction.evicted, "idle keys expired");

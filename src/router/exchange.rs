@@ -158,6 +158,9 @@ pub struct Exchange {
     /// sealed ids): the body must pass through
     /// [`on_response_data`](super::Router::on_response_data).
     pub(crate) rewriting: bool,
+    /// The response revealed a shared key whose store write is queued: the client must not
+    /// see it before the store has it.
+    pub(crate) revealed: bool,
 }
 
 impl Exchange {
@@ -185,6 +188,7 @@ impl Exchange {
             tried: Vec::new(),
             token: None,
             rewriting: false,
+            revealed: false,
         }
     }
 
@@ -236,6 +240,17 @@ impl Exchange {
     /// what the client gets.
     pub fn is_rewriting(&self) -> bool {
         self.rewriting && self.observer.is_some()
+    }
+
+    /// Whether the response just revealed a key shared through the store (a new session,
+    /// task or operator key) whose write is queued: the client must not be able to present it
+    /// to another router before the store has it. When this returns `true` (once; it clears
+    /// the flag), perform the router's queued writes
+    /// ([`take_store_writes`](super::Router::take_store_writes)) and wait for them before
+    /// sending the response head, or the body chunk just passed to the router.
+    /// [`AffinityLayer::store_sync`](crate::tower) and [`ObservedBody`](crate::body) do it.
+    pub fn take_store_sync(&mut self) -> bool {
+        std::mem::take(&mut self.revealed)
     }
 
     /// Whether the client presented a sealed id for this request (see

@@ -613,12 +613,33 @@ impl Fleet {
 
     /// Another router recorded that the backend named `owner` lost an incarnation: tokens and
     /// bindings of it from before `before` (Unix seconds) are refused here too.
-    pub(crate) fn raise_lost_before(&self, tenant: TenantId, owner: u64, before: u32) {
+    /// Returns the backend if that raised what this router knew.
+    pub(crate) fn raise_lost_before(
+        &self,
+        tenant: TenantId,
+        owner: u64,
+        before: u32,
+    ) -> Option<BackendId> {
         let mut state = self.state.write();
-        if let Some(&slot) = state.names.get(&(tenant, owner)) {
-            let meta = &mut state.slots[usize::from(slot)];
-            meta.lost_before = meta.lost_before.max(before);
+        let slot = *state.names.get(&(tenant, owner))?;
+        let meta = &mut state.slots[usize::from(slot)];
+        if before <= meta.lost_before {
+            return None;
         }
+        meta.lost_before = before;
+        Some(BackendId::new(slot, meta.generation))
+    }
+
+    /// Every backend that lost an incarnation, with the Unix second before which its tokens
+    /// and bindings are refused: its tenant, name fingerprint and that second.
+    pub(crate) fn lost_records(&self) -> Vec<(TenantId, u64, u32)> {
+        let state = self.state.read();
+        state
+            .slots
+            .iter()
+            .filter(|m| m.occupied && m.lost_before > 0)
+            .map(|m| (m.tenant, m.owner, m.lost_before))
+            .collect()
     }
 
     /// The name fingerprint and incarnation a backend seals its tokens with.

@@ -73,6 +73,8 @@ pub(crate) struct Counters {
     pub(crate) store_unavailable: Counter,
     pub(crate) store_dropped: Counter,
     pub(crate) store_adopted: Counter,
+    pub(crate) store_lost_ignored: Counter,
+    pub(crate) store_restarts: Counter,
     pub(crate) tokens_sealed: Counter,
     pub(crate) tokens_opened: Counter,
     pub(crate) token_refused: [Counter; TOKEN_REFUSALS.len()],
@@ -142,6 +144,10 @@ pub struct Metrics {
     pub store_queue: usize,
     /// Keys another router bound first, whose owner this router adopted.
     pub store_adopted: u64,
+    /// Lost records ignored because they were dated beyond this router's clock plus the skew.
+    pub store_lost_ignored: u64,
+    /// Times the store came back empty ([`Router::on_store_restart`](super::Router::on_store_restart)).
+    pub store_restarts: u64,
     /// Session ids sealed into tokens (feature `seal`).
     pub tokens_sealed: u64,
     /// Requests routed by a token that opened.
@@ -208,6 +214,8 @@ impl Counters {
             store_writes_dropped: self.store_dropped.get(),
             store_queue,
             store_adopted: self.store_adopted.get(),
+            store_lost_ignored: self.store_lost_ignored.get(),
+            store_restarts: self.store_restarts.get(),
             tokens_sealed: self.tokens_sealed.get(),
             tokens_opened: self.tokens_opened.get(),
             tokens_refused: TOKEN_REFUSALS

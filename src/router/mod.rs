@@ -256,9 +256,14 @@ impl<T: crate::table::SessionTable> Router<T> {
     /// Unix seconds before which the sealed ids and shared bindings of a backend lost at `now`
     /// are refused: now, less the clock skew (0 without sealing or a store).
     fn lost_cutoff(&self, now: Instant) -> u32 {
+        // With both, the larger skew: a binding or token dated by a router whose clock is
+        // behind by less than that is not taken for one of the lost incarnation.
         #[cfg(feature = "seal")]
         if let Some(sealing) = &self.config.sealing {
-            return sealing.lost_cutoff(now);
+            let sealed = sealing.lost_cutoff(now);
+            return self
+                .store_cutoff(now)
+                .map_or(sealed, |stored| stored.min(sealed));
         }
         self.store_cutoff(now).unwrap_or(0)
     }

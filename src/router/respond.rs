@@ -14,6 +14,7 @@ use super::fleet::OwnerStatus;
 use super::observe::{Observer, Seen};
 use super::reject::Reason;
 use super::seal::splice_endpoint;
+use super::store::Shared;
 use super::{Router, content_type_is, identity_encoded};
 use crate::BackendId;
 use crate::table::{Insert, InsertError, Key, KeyKind, Scope, SessionTable, SetOwnerError};
@@ -36,6 +37,8 @@ enum Learned {
     Refused,
     /// The backend that revealed it is removed or down: its keys are not kept.
     OwnerGone,
+    /// Not kept: its binding could not be queued for the shared store.
+    Unshared,
 }
 
 impl<T: SessionTable> Router<T> {
@@ -133,7 +136,7 @@ impl<T: SessionTable> Router<T> {
                     HeadOutcome::Observe
                 }
             }
-            Intent::SessionStart if ok => match headers.get(&MCP_SESSION_ID) {
+            Intent::SessionStart { .. } if ok => match headers.get(&MCP_SESSION_ID) {
                 Some(id) => {
                     match self.seal_minted(exchange, KeyKind::Session, id.as_bytes(), now) {
                         Ok(None) => {
@@ -249,7 +252,7 @@ impl<T: SessionTable> Router<T> {
     /// in and again after (if it changed in between, the key is taken out again).
     fn learn(
         &self,
-        exchange: &Exchange,
+        exchange: &mut Exchange,
         kind: KeyKind,
         id: &[u8],
         stream: bool,
@@ -301,7 +304,18 @@ impl<T: SessionTable> Router<T> {
                 if evicted {
                     self.counters.evicted.incr();
                 }
-                self.store_learned(&key, backend, principal, now);
+                match self.store_learned(&key, backend, principal, now) {
+                    Shared::Queued => exchange.revealed = true,
+                    // A new session whose binding cannot reach the store would be unknown to
+                    // every other router: refused instead, so that the client starts again.
+                    Shared::Dropped if kind == KeyKind::Session => {
+                        if self.table.remove(&key, Some(backend)).is_some() {
+                            self.counters.unlearned.incr();
+                        }
+                        return Learned::Unshared;
+                    }
+                    Shared::Dropped | Shared::No => {}
+                }
                 Learned::Bound
             }
             Ok(Insert::Exists(entry)) if entry.owner == backend => Learned::Bound,
@@ -333,6 +347,7 @@ impl<T: SessionTable> Router<T> {
             Learned::Unroutable => HeadOutcome::Replace(self.reject(Reason::UnroutableKey(kind))),
             Learned::Conflict(_) => HeadOutcome::Replace(self.reject(Reason::KeyConflict(kind))),
             Learned::Full(scope) => HeadOutcome::Replace(self.reject(Reason::TableFull(scope))),
+            Learned::Unshared => HeadOutcome::Replace(self.reject(Reason::StoreUnavailable(kind))),
         }
     }
 

@@ -260,9 +260,13 @@ impl<T: SessionTable> Router<T> {
                 return self.forward_owned(&key, entry, intent, principal, now);
             }
             // A client cannot start an operator key over: when its owner is gone, the key is
-            // bound afresh, as on its first request.
+            // bound afresh, as on its first request (with a store, where the fleet agrees:
+            // another router may have bound it afresh already).
             if self.table.remove(&key, Some(entry.owner)).is_some() {
                 self.counters.purged.incr();
+            }
+            if let Some(lookup) = self.lookup(&key, intent, principal) {
+                return Routed::Lookup(lookup);
             }
         } else if let Some(lookup) = self.lookup(&key, intent, principal) {
             // Another router may have bound it.
@@ -297,7 +301,6 @@ impl<T: SessionTable> Router<T> {
         let (reason, purged) = match status {
             OwnerStatus::Live => {
                 self.counters.pinned.incr();
-                self.store_used(key, now);
                 let mut exchange =
                     Exchange::new(key.tenant(), entry.owner, How::Pinned, intent, principal);
                 exchange.term = term;

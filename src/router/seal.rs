@@ -163,6 +163,8 @@ fn binding(kind: KeyKind, tenant: TenantId, principal: Option<Principal>) -> Bin
 }
 
 /// What a presented value turned out to be.
+// Moved once, on the stack; boxing it would allocate on the hot path of sealed requests.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Presented {
     /// A token that opened: route by it.
     Routed(Routed),

@@ -59,7 +59,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hashbrown::HashMap;
 use parking_lot::Mutex;
 
 use super::OperatorScope;
@@ -81,6 +80,11 @@ use crate::{BackendId, TenantId};
 /// | [`refresh_after`](SharedStore::refresh_after) | a quarter of the TTL | a key in use is refreshed at most this often, per router |
 /// | [`write_queue`](SharedStore::write_queue) | 65,536 | writes waiting for the embedder; past it, dropped and counted |
 /// | [`clock_skew`](SharedStore::clock_skew) | 2 s | how far apart the routers' clocks may be |
+/// | [`restart_warmup`](SharedStore::restart_warmup) | 30 s | after the store came back empty, how long a key it does not have is 503, not 404 |
+/// | [`operator_binds`](SharedStore::operator_binds) | 65,536 | operator-key bindings this router writes per binding TTL; past it, kept local |
+///
+/// The binding TTL the router uses is at least the table's idle TTL plus the refresh period,
+/// so that a key the router still holds never expires in the store first.
 #[derive(Clone)]
 pub struct SharedStore {
     prefix: Arc<str>,
@@ -88,6 +92,8 @@ pub struct SharedStore {
     refresh: Option<Duration>,
     queue: usize,
     skew: u32,
+    warmup: Duration,
+    operator_binds: usize,
     clock: WallClock,
 }
 
@@ -102,13 +108,16 @@ impl SharedStore {
             refresh: None,
             queue: 1 << 16,
             skew: 2,
+            warmup: Duration::from_secs(30),
+            operator_binds: 1 << 16,
             clock: WallClock::new(now, unix_secs),
         }
     }
 
-    /// How long a binding lives in the store without being refreshed (default 1 hour).
+    /// How long a binding lives in the store without being refreshed (default 1 hour; kept
+    /// between 1 ms and 10 years).
     pub fn binding_ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl.max(Duration::from_millis(1));
+        self.ttl = ttl.clamp(Duration::from_millis(1), MAX_TTL);
         self
     }
 
@@ -124,9 +133,28 @@ impl SharedStore {
         self
     }
 
-    /// How far apart the routers' clocks may be (default 2 s).
+    /// How far apart the routers' clocks may be (default 2 s). A lost record dated further
+    /// ahead of this router's clock is ignored (and counted): one router with a clock far
+    /// ahead must not condemn every new binding of a backend.
     pub fn clock_skew(mut self, skew: Duration) -> Self {
         self.skew = u32::try_from(skew.as_secs()).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// After the store came back empty ([`Router::on_store_restart`]), how long a presented
+    /// key it does not have is answered 503 (the routers are still writing back what they
+    /// hold), not 404 (default 30 s).
+    pub fn restart_warmup(mut self, warmup: Duration) -> Self {
+        self.warmup = warmup;
+        self
+    }
+
+    /// The most operator-key bindings this router writes to the store per binding TTL
+    /// (default 65,536). Operator keys are chosen by clients: past the budget a new one is
+    /// bound in this router's table only (counted in `store_writes_dropped`), so that no client
+    /// can grow the store without bound.
+    pub fn operator_binds(mut self, binds: usize) -> Self {
+        self.operator_binds = binds;
         self
     }
 
@@ -136,6 +164,9 @@ impl SharedStore {
             .max(Duration::from_millis(1))
     }
 }
+
+/// The longest binding TTL: ten years.
+const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 impl fmt::Debug for SharedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -162,19 +193,25 @@ pub enum StoreWrite {
         /// Its life.
         ttl: Duration,
     },
-    /// Extend `key`'s life to `ttl` from now (`PEXPIRE`); nothing if it is gone.
+    /// Extend `key`'s life to `ttl` from now (`PEXPIRE`); if it is gone (expired, or the
+    /// store restarted empty), set it to `value` if it is still absent (`SET key value NX
+    /// PX`): a key this router routes stays in the store. Nothing to report.
     Refresh {
         /// The binding's store key.
         key: String,
+        /// The binding this router holds, to write if the key is gone.
+        value: String,
         /// Its new life.
         ttl: Duration,
     },
     /// Delete `key` only if its value starts with `owner` (compare-and-delete): a binding
-    /// another router made since, for another owner, stays.
+    /// another router made since, for another owner (or for the same owner later), stays.
     Forget {
         /// The binding's store key.
         key: String,
-        /// The prefix of the value that names the owner forgetting it.
+        /// The start of the value to delete: the owner and incarnation
+        /// (`1:{owner}:{incarnation}:`) when a conversation ended, the whole binding up to its
+        /// time (`1:{owner}:{incarnation}:{bound at}:`) when a lost binding is cleared.
         owner: String,
     },
     /// Set `key` to `before` unless it holds a greater number, to expire after `ttl`: the
@@ -240,10 +277,36 @@ pub enum Looked<'a> {
     Unavailable,
 }
 
+/// The future of a [`StoreSync`].
+pub type SyncFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
+/// Performs the router's queued store writes now (drains
+/// [`take_store_writes`](Router::take_store_writes) and writes them), resolving when they are
+/// done or have failed (within the store's own timeout). Called before a response that
+/// revealed a shared key reaches the client (see [`Exchange::take_store_sync`]), so that the
+/// client cannot present the key to another router before the store has it. Implemented for
+/// every `Fn() -> impl Future<Output = ()>`.
+pub trait StoreSync: Send + Sync + 'static {
+    /// Writes what the router has queued.
+    fn sync(&self) -> SyncFuture;
+}
+
+impl<F, Fut> StoreSync for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn sync(&self) -> SyncFuture {
+        Box::pin(self())
+    }
+}
+
 /// Where [`Router::reseed_store`] goes on from.
 #[derive(Clone, Debug, Default)]
 pub struct ReseedCursor {
-    next: usize,
+    lost_done: bool,
+    table: u64,
+    done: bool,
 }
 
 /// A binding as the store holds it.
@@ -267,6 +330,14 @@ impl Binding {
             None => value.push('-'),
         }
         value
+    }
+
+    /// The start of this binding's value, up to its time: what clears this binding and no
+    /// later one of the same owner.
+    fn exact_prefix(&self) -> String {
+        let mut prefix = owner_prefix(self.owner, self.incarnation);
+        let _ = write!(prefix, "{}:", self.bound_at);
+        prefix
     }
 
     fn decode(value: &str) -> Option<Binding> {
@@ -295,28 +366,45 @@ fn owner_prefix(owner: u64, incarnation: u32) -> String {
     format!("1:{owner:016x}:{incarnation}:")
 }
 
-/// The router's side of the store: its settings, the write queue, and when it last refreshed
-/// each key it uses.
+/// The router's side of the store: its settings, the write queue, the refresh pass, the
+/// warm-up after a restart and the operator-key budget.
 pub(super) struct StoreState {
     config: SharedStore,
+    /// The binding TTL in use: at least the table's idle TTL plus the refresh period.
+    ttl: Duration,
     queue: Mutex<VecDeque<StoreWrite>>,
-    /// Per shard: key hash → the refresh period it was last refreshed in. Bounded: a shard
-    /// over its bound starts over (a few refreshes more, never fewer).
-    refreshed: Box<[Mutex<HashMap<u64, u64>>]>,
+    upkeep: Mutex<Upkeep>,
+    /// Until when a key the store does not have is 503 (it came back empty).
+    warm_until: Mutex<Option<Instant>>,
+    /// Operator-key binds written in the current TTL window: (window, count).
+    operator_binds: Mutex<(u64, usize)>,
 }
 
-/// Shards of the refresh record, and the keys each remembers.
-const REFRESH_SHARDS: usize = 16;
-const REFRESH_PER_SHARD: usize = 1 << 14;
+/// The refresh pass over the table.
+#[derive(Default)]
+struct Upkeep {
+    cursor: u64,
+    /// When the pass under way started, and the one before it.
+    started: Option<Instant>,
+    previous: Option<Instant>,
+    /// When the last refresh round ran.
+    last_round: Option<Instant>,
+}
 
 impl StoreState {
-    pub(super) fn new(config: SharedStore) -> Self {
+    pub(super) fn new(config: SharedStore, idle_ttl: Option<Duration>) -> Self {
+        let period = config.refresh_period();
+        let ttl = match idle_ttl {
+            Some(idle) => config.ttl.max(idle.saturating_add(period)).min(MAX_TTL),
+            None => config.ttl,
+        };
         StoreState {
             config,
+            ttl,
             queue: Mutex::new(VecDeque::new()),
-            refreshed: (0..REFRESH_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
+            upkeep: Mutex::new(Upkeep::default()),
+            warm_until: Mutex::new(None),
+            operator_binds: Mutex::new((0, 0)),
         }
     }
 
@@ -403,33 +491,31 @@ impl<T: SessionTable> Router<T> {
     ) -> Routed {
         let kind = lookup.kind;
         let reject = |reason| Routed::Reject(self.reject(reason));
-        if self.store.is_none() {
+        let Some(store) = &self.store else {
             // A lookup handed to a router without a store (another router's): nothing to
             // cache it in, nothing to tidy; the client retries.
             return reject(Reason::StoreUnavailable(kind));
-        }
+        };
+        let unavailable = || {
+            self.counters.store_unavailable.incr();
+            reject(Reason::StoreUnavailable(kind))
+        };
         let value = match answer {
-            Looked::Found(value) => value,
+            // The store came back empty and the fleet is still writing back what it holds:
+            // absent may only mean "not yet".
+            Looked::Missing if store.warming(now) => return unavailable(),
+            // Never bound anywhere: bound to whoever answers its first request 2xx.
             Looked::Missing if kind == KeyKind::Operator => {
-                // Never bound anywhere: bound to whoever answers its first request 2xx.
-                let mut exchange = Exchange::new(
-                    lookup.tenant,
-                    BackendId::CONTESTED,
-                    How::Placed,
-                    lookup.intent,
-                    lookup.principal,
-                );
-                exchange.bind_operator = Some(Box::new(lookup.id));
-                return self.place(exchange, accept);
+                return self.place_operator(lookup, accept);
             }
             Looked::Missing => return reject(self.unknown_presented(kind)),
-            Looked::Unavailable => {
-                self.counters.store_unavailable.incr();
-                return reject(Reason::StoreUnavailable(kind));
-            }
+            Looked::Unavailable => return unavailable(),
+            Looked::Found(value) => value,
         };
+        // A value this router cannot read (a newer format during a rolling upgrade, or
+        // corruption) decides nothing about the session: 503, never 404.
         let Some(binding) = Binding::decode(value) else {
-            return reject(Reason::UnknownKey(kind));
+            return reject(Reason::UnknownOwner(kind));
         };
         let (owner, incarnation, lost_before) = match self.fleet.named(lookup.tenant, binding.owner)
         {
@@ -444,8 +530,10 @@ impl<T: SessionTable> Router<T> {
         if binding.incarnation > incarnation {
             return reject(Reason::UnknownOwner(kind));
         }
-        let key = Key::with_max_len(lookup.tenant, kind, lookup.id.as_bytes(), usize::MAX)
-            .expect("looked-up keys were validated");
+        let Ok(key) = Key::with_max_len(lookup.tenant, kind, lookup.id.as_bytes(), usize::MAX)
+        else {
+            return reject(Reason::UnknownKey(kind));
+        };
         let lost = binding.incarnation < incarnation || binding.bound_at < lost_before;
         let shared =
             kind == KeyKind::Operator && self.config.operator_scope == OperatorScope::Shared;
@@ -453,27 +541,29 @@ impl<T: SessionTable> Router<T> {
             return reject(Reason::WrongPrincipal(kind));
         }
         let (status, term) = self.fleet.owner_state(owner, now);
+        if status == OwnerStatus::Down && !lost {
+            // Bound after the loss this router knows of: the backend's new process is up, and
+            // this router has not seen it yet. Not this router's to end: 503, nothing forgotten.
+            return reject(Reason::UnknownOwner(kind));
+        }
+        let forget = StoreWrite::Forget {
+            key: lookup.key.clone(),
+            owner: binding.exact_prefix(),
+        };
         if kind == KeyKind::Operator && (lost || status != OwnerStatus::Live) {
-            // A client cannot start an operator key over: its owner lost, it is bound afresh.
-            self.enqueue(StoreWrite::Forget {
-                key: lookup.key,
-                owner: owner_prefix(binding.owner, binding.incarnation),
-            });
-            let mut exchange = Exchange::new(
-                lookup.tenant,
-                BackendId::CONTESTED,
-                How::Placed,
-                lookup.intent,
-                lookup.principal,
-            );
-            exchange.bind_operator = Some(Box::new(lookup.id));
-            return self.place(exchange, accept);
+            // A client cannot start an operator key over: its owner lost, it is bound afresh
+            // (this binding, and no later one, is cleared first).
+            self.enqueue(forget);
+            return self.place_operator(lookup, accept);
         }
         let reason = match status {
             OwnerStatus::Live if !lost => {
                 // Cached, so that the next request is a local hit (a full table just does not
-                // cache).
-                let _ = self.table.insert(&key, owner, binding.principal, now);
+                // cache). Dated when it was bound, so that a loss recorded later condemns it.
+                let bound_at = store.config.clock.instant(binding.bound_at, now);
+                let _ = self
+                    .table
+                    .insert(&key, owner, binding.principal, bound_at.min(now));
                 self.counters.store_found.incr();
                 self.counters.pinned.incr();
                 let mut exchange = Exchange::new(
@@ -487,16 +577,25 @@ impl<T: SessionTable> Router<T> {
                 exchange.key = Some((kind, lookup.id));
                 return Routed::Forward(exchange);
             }
-            OwnerStatus::Live | OwnerStatus::Gone => Reason::OwnerGone(kind),
-            OwnerStatus::Down => Reason::OwnerDown(kind),
+            OwnerStatus::Live | OwnerStatus::Gone | OwnerStatus::Down => Reason::OwnerGone(kind),
             OwnerStatus::Revoked => Reason::OwnerRevoked(kind),
         };
         // The store still names a lost owner: tidy it.
-        self.enqueue(StoreWrite::Forget {
-            key: lookup.key,
-            owner: owner_prefix(binding.owner, binding.incarnation),
-        });
+        self.enqueue(forget);
         reject(reason)
+    }
+
+    /// Places an operator key that no live binding names.
+    fn place_operator(&self, lookup: Lookup, accept: impl FnMut(BackendId) -> bool) -> Routed {
+        let mut exchange = Exchange::new(
+            lookup.tenant,
+            BackendId::CONTESTED,
+            How::Placed,
+            lookup.intent,
+            lookup.principal,
+        );
+        exchange.bind_operator = Some(Box::new(lookup.id));
+        self.place(exchange, accept)
     }
 
     /// Takes up to `max` writes for the embedder to perform, oldest first.
@@ -514,30 +613,72 @@ impl<T: SessionTable> Router<T> {
         self.store.as_ref().map_or(0, |s| s.queue.lock().len())
     }
 
-    /// A [`StoreWrite::Bind`] found `key` bound already, to `value`: another router bound it
-    /// first. The router adopts that owner if it knows it and it is live (an operator key
-    /// placed by two routers at once ends on one backend); otherwise it keeps its own.
+    /// A [`StoreWrite::Bind`] found `key` bound already, to `value`.
+    ///
+    /// - Another router bound it first, to an owner live here: the router adopts that owner
+    ///   (an operator key placed by two routers at once ends on one backend).
+    /// - The binding found is lost (made before its owner was lost, or of an older
+    ///   incarnation), or names an owner removed or revoked here: the router clears exactly
+    ///   that binding and binds its own again (two routers repairing at once: one wins, the
+    ///   other adopts it).
+    /// - It names an owner this router believes down but was bound after the loss it knows
+    ///   of, or one it does not know: the router is behind; it drops its own entry, so the
+    ///   key's next request is looked up (503 until it catches up), never served two ways.
     pub fn on_bind_taken(&self, key: &str, value: &str, now: Instant) {
         let Some(store) = &self.store else { return };
-        let Some(binding) = Binding::decode(value) else {
-            return;
-        };
         let Some((tenant, kind, id)) = parse_binding_key(&store.config.prefix, key) else {
             return;
         };
         let Ok(key) = Key::with_max_len(tenant, kind, id.as_bytes(), usize::MAX) else {
             return;
         };
-        let Named::Backend { id: winner, .. } = self.fleet.named(tenant, binding.owner) else {
+        let Some(mine) = self.table.get(&key, now) else {
             return;
         };
-        if self.fleet.owner_status(winner, now) != OwnerStatus::Live {
+        if mine.owner == BackendId::CONTESTED {
             return;
         }
-        if let Some(entry) = self.table.get(&key, now) {
-            if entry.owner != winner && entry.owner != BackendId::CONTESTED {
-                let _ = self.table.set_owner(&key, entry.owner, winner, now);
-                self.counters.store_adopted.incr();
+        let drop_mine = || {
+            if self.table.remove(&key, Some(mine.owner)).is_some() {
+                self.counters.purged.incr();
+            }
+        };
+        let Some(found) = Binding::decode(value) else {
+            return drop_mine();
+        };
+        let (winner, incarnation, lost_before) = match self.fleet.named(tenant, found.owner) {
+            Named::Backend {
+                id,
+                incarnation,
+                lost_before,
+            } => (id, incarnation, lost_before),
+            Named::Removed => (BackendId::CONTESTED, u32::MAX, u32::MAX),
+            Named::Unknown => return drop_mine(),
+        };
+        let lost = found.incarnation < incarnation || found.bound_at < lost_before;
+        let status = if winner == BackendId::CONTESTED {
+            OwnerStatus::Gone
+        } else {
+            self.fleet.owner_status(winner, now)
+        };
+        match status {
+            OwnerStatus::Live if !lost => {
+                if mine.owner != winner {
+                    let _ = self.table.set_owner(&key, mine.owner, winner, now);
+                    self.counters.store_adopted.incr();
+                }
+            }
+            OwnerStatus::Down if !lost => drop_mine(),
+            _ => {
+                self.enqueue(StoreWrite::Forget {
+                    key: key_string(store, &key),
+                    owner: found.exact_prefix(),
+                });
+                if let Some(write) =
+                    self.bind_write(&key, mine.owner, mine.principal, mine.learned_at())
+                {
+                    self.enqueue(write);
+                }
             }
         }
     }
@@ -556,46 +697,155 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// The lost record `key` says `before` (Unix seconds): bindings and sealed ids of that
-    /// owner made before then belong to a lost incarnation, whichever router saw it die.
-    pub fn on_lost(&self, key: &str, before: u32) {
+    /// owner made before then belong to a lost incarnation, whichever router saw it die. The
+    /// keys this router holds for that owner from before then are dropped (their next
+    /// request is looked up again). A record dated beyond this router's clock plus the
+    /// [skew](SharedStore::clock_skew) comes from a clock that is wrong: it is ignored and
+    /// counted (`store_lost_ignored`).
+    pub fn on_lost(&self, key: &str, before: u32, now: Instant) {
         let Some(store) = &self.store else { return };
-        if let Some((tenant, owner)) = store.parse_lost_key(key) {
-            self.fleet.raise_lost_before(tenant, owner, before);
+        let Some((tenant, owner)) = store.parse_lost_key(key) else {
+            return;
+        };
+        let latest = store
+            .config
+            .clock
+            .unix(now)
+            .saturating_add(store.config.skew);
+        if before > latest {
+            self.counters.store_lost_ignored.incr();
+            event!(
+                warn,
+                key,
+                before,
+                latest,
+                "lost record from a clock ahead of this router's: ignored"
+            );
+            return;
         }
+        let Some(id) = self.fleet.raise_lost_before(tenant, owner, before) else {
+            return;
+        };
+        let cutoff = store.config.clock.instant(before, now);
+        let mut dropped = 0;
+        for owned in self.table.keys_of(id, usize::MAX) {
+            let key = owned.as_key();
+            let stale = self
+                .table
+                .get(&key, now)
+                .is_some_and(|e| e.owner == id && e.learned_at() < cutoff && e.streams == 0);
+            if stale && self.table.remove(&key, Some(id)).is_some() {
+                dropped += 1;
+            }
+        }
+        self.counters.purged.add(dropped);
+        event!(debug, backend = %id, keys = dropped, "lost record: cached keys of a lost incarnation dropped");
     }
 
-    /// Bind writes for up to `max` shared keys the router holds, from `cursor` on: after a
-    /// store outage, or when the store came back empty, call it until it returns nothing, and
-    /// perform the writes (set-if-absent: nothing newer is overwritten).
+    /// The store came back empty (restarted, or failed over to an empty replica), as the
+    /// embedder sees it (for example a marker key that is gone): for the
+    /// [warm-up](SharedStore::restart_warmup), a presented key the store does not have is
+    /// 503, not 404, while every router writes back what it holds. Reseed this router's keys
+    /// now ([`reseed_store`](Router::reseed_store)).
+    pub fn on_store_restart(&self, now: Instant) {
+        let Some(store) = &self.store else { return };
+        *store.warm_until.lock() = now.checked_add(store.config.warmup);
+        self.counters.store_restarts.incr();
+        event!(warn, "the shared store came back empty: warming up");
+    }
+
+    /// Writes that put back in the store what this router holds, up to `max` per call, from
+    /// `cursor` on: the lost records it knows, then a [`Bind`](StoreWrite::Bind) for every
+    /// shared key of a live owner in its table. Call it until it returns nothing after a
+    /// store outage, or when the store came back empty (after
+    /// [`on_store_restart`](Router::on_store_restart)), and perform the writes
+    /// (set-if-absent: nothing newer is overwritten).
     pub fn reseed_store(
         &self,
         cursor: &mut ReseedCursor,
         max: usize,
         now: Instant,
     ) -> Vec<StoreWrite> {
-        if self.store.is_none() {
+        let Some(store) = &self.store else {
             return Vec::new();
-        }
-        let backends = self.fleet.infos(&self.table);
+        };
+        let max = max.max(1);
         let mut writes = Vec::new();
-        while writes.len() < max && cursor.next < backends.len() {
-            let backend = &backends[cursor.next];
-            cursor.next += 1;
-            for key in self.table.keys_of(backend.id, usize::MAX) {
-                let key = key.as_key();
-                if !self.shared(key.kind()) {
-                    continue;
-                }
-                let Some(entry) = self.table.get(&key, now) else {
-                    continue;
-                };
-                let learned = Some(entry.learned_at());
-                if let Some(write) = self.bind_write(&key, backend.id, entry.principal, learned) {
-                    writes.push(write);
-                }
+        if !cursor.lost_done {
+            cursor.lost_done = true;
+            for (tenant, owner, before) in self.fleet.lost_records() {
+                writes.push(StoreWrite::Lost {
+                    key: store.lost_key(tenant, owner),
+                    before,
+                    ttl: store.ttl.saturating_mul(2),
+                });
+            }
+            if writes.len() >= max {
+                return writes;
             }
         }
+        if cursor.done {
+            return writes;
+        }
+        let room = max - writes.len();
+        let done = self.table.scan(&mut cursor.table, room, &mut |key, entry| {
+            if !self.shared(key.kind())
+                || self.fleet.owner_status(entry.owner, now) != OwnerStatus::Live
+            {
+                return;
+            }
+            if let Some(write) =
+                self.bind_write(key, entry.owner, entry.principal, entry.learned_at())
+            {
+                writes.push(write);
+            }
+        });
+        cursor.done = done;
         writes
+    }
+
+    /// Refreshes, in the store, the shared keys this router used since its last pass over
+    /// them and those streams hold open: a part of the table per call of
+    /// [`maintain`](Router::maintain) (its budget), one pass per refresh period.
+    pub(super) fn store_upkeep(&self, now: Instant, budget: usize) {
+        let Some(store) = &self.store else { return };
+        let mut upkeep = store.upkeep.lock();
+        let period = store.config.refresh_period();
+        if upkeep.cursor == 0 {
+            // A pass starts once per refresh period.
+            if upkeep
+                .started
+                .is_some_and(|started| now.saturating_duration_since(started) < period)
+            {
+                return;
+            }
+            upkeep.previous = upkeep.started;
+            upkeep.started = Some(now);
+        }
+        upkeep.last_round = Some(now);
+        let since = upkeep.previous;
+        let mut refreshes = Vec::new();
+        let _ = self
+            .table
+            .scan(&mut upkeep.cursor, budget.max(1), &mut |key, entry| {
+                let used =
+                    since.is_none_or(|since| entry.last_used() >= since) || entry.streams > 0;
+                if !used
+                    || !self.shared(key.kind())
+                    || self.fleet.owner_status(entry.owner, now) != OwnerStatus::Live
+                {
+                    return;
+                }
+                if let Some(StoreWrite::Bind { key, value, ttl }) =
+                    self.bind_write(key, entry.owner, entry.principal, entry.learned_at())
+                {
+                    refreshes.push(StoreWrite::Refresh { key, value, ttl });
+                }
+            });
+        drop(upkeep);
+        for write in refreshes {
+            self.enqueue(write);
+        }
     }
 
     /// A key was learned for `owner` (and added to the table): bind it in the store.
@@ -605,12 +855,24 @@ impl<T: SessionTable> Router<T> {
         owner: BackendId,
         principal: Option<Principal>,
         now: Instant,
-    ) {
-        if !self.shared(key.kind()) {
-            return;
+    ) -> Shared {
+        let Some(store) = self.store.as_ref().filter(|_| self.shared(key.kind())) else {
+            return Shared::No;
+        };
+        if key.kind() == KeyKind::Operator && !store.operator_bind_allowed(now) {
+            // Client-chosen: past the budget, bound here only.
+            self.counters.store_dropped.incr();
+            return Shared::Dropped;
         }
-        if let Some(write) = self.bind_write(key, owner, principal, Some(now)) {
-            self.enqueue(write);
+        match self.bind_write(key, owner, principal, now) {
+            Some(write) => {
+                if self.enqueue(write) {
+                    Shared::Queued
+                } else {
+                    Shared::Dropped
+                }
+            }
+            None => Shared::Dropped,
         }
     }
 
@@ -619,21 +881,20 @@ impl<T: SessionTable> Router<T> {
         key: &Key<'_>,
         owner: BackendId,
         principal: Option<Principal>,
-        now: Option<Instant>,
+        bound: Instant,
     ) -> Option<StoreWrite> {
         let store = self.store.as_ref()?;
         let (fingerprint, incarnation) = self.fleet.sealing_identity(owner)?;
-        let bound_at = now.map_or(0, |now| store.config.clock.unix(now));
         let binding = Binding {
             owner: fingerprint,
             incarnation,
-            bound_at,
+            bound_at: store.config.clock.unix(bound),
             principal,
         };
         Some(StoreWrite::Bind {
             key: store.binding_key(key),
             value: binding.encode(),
-            ttl: store.config.ttl,
+            ttl: store.ttl,
         })
     }
 
@@ -651,62 +912,92 @@ impl<T: SessionTable> Router<T> {
         }
     }
 
-    /// A shared key in use: refresh it in the store, at most once per refresh period.
-    pub(super) fn store_used(&self, key: &Key<'_>, now: Instant) {
-        let Some(store) = self.store.as_ref().filter(|_| self.shared(key.kind())) else {
-            return;
-        };
-        let hash = crate::backend::fnv1a(key.id_bytes())
-            ^ u64::from(key.tenant().get()) << 48
-            ^ u64::from(key.kind().to_u8()) << 40;
-        let period = store.config.refresh_period();
-        let unix_ms = u64::from(store.config.clock.unix(now)) * 1000;
-        let bucket = unix_ms / u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
-        let shard = &store.refreshed[hash as usize % REFRESH_SHARDS];
-        {
-            let mut refreshed = shard.lock();
-            if refreshed.get(&hash) == Some(&bucket) {
-                return;
-            }
-            if refreshed.len() >= REFRESH_PER_SHARD {
-                refreshed.clear();
-            }
-            refreshed.insert(hash, bucket);
-        }
-        self.enqueue(StoreWrite::Refresh {
-            key: store.binding_key(key),
-            ttl: store.config.ttl,
-        });
-    }
-
     /// The backend `identity` names (its tenant and name fingerprint) was lost (removed,
-    /// restarted, down) at `cutoff`: every router must refuse its bindings from before.
-    pub(super) fn store_lost(&self, identity: Option<(TenantId, u64)>, cutoff: u32) {
+    /// restarted, down) at `now`: every router must refuse its bindings from before.
+    pub(super) fn store_lost(&self, identity: Option<(TenantId, u64)>, now: Instant) {
         let (Some(store), Some((tenant, owner))) = (&self.store, identity) else {
             return;
         };
         self.enqueue(StoreWrite::Lost {
             key: store.lost_key(tenant, owner),
-            before: cutoff,
-            ttl: store.config.ttl * 2,
+            before: store.cutoff(now),
+            ttl: store.ttl.saturating_mul(2),
         });
     }
 
-    fn enqueue(&self, write: StoreWrite) {
-        let Some(store) = &self.store else { return };
+    /// Queues a write; returns whether there was room. A full queue makes room for any
+    /// other write by dropping its oldest refresh (a refresh only extends a life; the next
+    /// pass writes it again).
+    fn enqueue(&self, write: StoreWrite) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
         let mut queue = store.queue.lock();
         if queue.len() >= store.config.queue {
+            let refresh = (!matches!(write, StoreWrite::Refresh { .. }))
+                .then(|| {
+                    queue
+                        .iter()
+                        .position(|w| matches!(w, StoreWrite::Refresh { .. }))
+                })
+                .flatten();
             self.counters.store_dropped.incr();
-            return;
+            match refresh {
+                Some(at) => {
+                    let _ = queue.remove(at);
+                }
+                None => return false,
+            }
         }
         queue.push_back(write);
+        true
     }
 
     /// The cut-off for bindings of an owner lost at `now`, by the store's clock.
     pub(super) fn store_cutoff(&self, now: Instant) -> Option<u32> {
-        self.store
-            .as_ref()
-            .map(|s| s.config.clock.unix(now).saturating_sub(s.config.skew))
+        self.store.as_ref().map(|s| s.cutoff(now))
+    }
+}
+
+/// What became of a learned key's store write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Shared {
+    /// Not a key shared through the store.
+    No,
+    /// Queued: the client must not see the key before it is written.
+    Queued,
+    /// Not written: the queue is full (or the operator-key budget spent).
+    Dropped,
+}
+
+/// The store key of a binding.
+fn key_string(store: &StoreState, key: &Key<'_>) -> String {
+    store.binding_key(key)
+}
+
+impl StoreState {
+    /// Whether the store came back empty lately (a missing key may be on its way back).
+    fn warming(&self, now: Instant) -> bool {
+        self.warm_until.lock().is_some_and(|until| now < until)
+    }
+
+    /// The cut-off for bindings of an owner lost at `now`: now, less the clock skew.
+    fn cutoff(&self, now: Instant) -> u32 {
+        self.config.clock.unix(now).saturating_sub(self.config.skew)
+    }
+
+    /// Counts an operator-key bind against the budget of the current TTL window.
+    fn operator_bind_allowed(&self, now: Instant) -> bool {
+        let window = u64::from(self.config.clock.unix(now)) / self.ttl.as_secs().max(1);
+        let mut binds = self.operator_binds.lock();
+        if binds.0 != window {
+            *binds = (window, 0);
+        }
+        if binds.1 >= self.config.operator_binds {
+            return false;
+        }
+        binds.1 += 1;
+        true
     }
 }
 

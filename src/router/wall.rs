@@ -26,4 +26,17 @@ impl WallClock {
         };
         u32::try_from(unix).unwrap_or(u32::MAX)
     }
+
+    /// The instant of Unix second `unix`, counted back (or on) from `now`'s reading; `now` if
+    /// it is too far back to count.
+    pub(crate) fn instant(&self, unix: u32, now: Instant) -> Instant {
+        let here = self.unix(now);
+        if unix <= here {
+            let back = std::time::Duration::from_secs(u64::from(here - unix));
+            now.checked_sub(back).unwrap_or(now)
+        } else {
+            let ahead = std::time::Duration::from_secs(u64::from(unix - here));
+            now.checked_add(ahead).unwrap_or(now)
+        }
+    }
 }

@@ -938,6 +938,34 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         keys
     }
 
+    fn scan(&self, cursor: &mut u64, max: usize, visit: &mut dyn FnMut(&Key<'_>, &Entry)) -> bool {
+        // The cursor is a shard (high half) and a slot position in it (low half).
+        let (mut shard_at, mut slot_at) = ((*cursor >> 32) as usize, *cursor as u32 as usize);
+        let mut seen = 0;
+        while shard_at < self.shards.len() {
+            let shard = self.shards[shard_at].0.read();
+            while slot_at < shard.slots.len() {
+                if seen >= max {
+                    *cursor = (shard_at as u64) << 32 | slot_at as u64;
+                    return false;
+                }
+                let slot = &shard.slots[slot_at];
+                let tenant = TenantId::new(slot.tenant);
+                let kind = KeyKind::from_u8(slot.kind);
+                let id = shard.id(slot);
+                if let Some(Ok(key)) = kind.map(|k| Key::with_max_len(tenant, k, id, usize::MAX)) {
+                    visit(&key, &self.entry(&shard, slot_at));
+                }
+                seen += 1;
+                slot_at += 1;
+            }
+            shard_at += 1;
+            slot_at = 0;
+        }
+        *cursor = 0;
+        true
+    }
+
     fn evict_idle(&self, now: Instant, max_work: usize) -> Eviction {
         let mut out = Eviction::default();
         let Some(ttl) = self.config.idle_ttl else {

@@ -374,6 +374,18 @@ pub trait SessionTable: Send + Sync {
     /// How long an entry with no open stream lives without use; `None` if entries never
     /// expire.
     fn idle_ttl(&self) -> Option<Duration>;
+
+    /// Shows `visit` up to `max` entries from `cursor` on (0 starts a pass over the whole
+    /// table) and moves the cursor past them; returns `true` when the pass is complete (the
+    /// cursor is back at 0). Entries added, removed or moved while a pass runs may be missed
+    /// or shown twice. What a router's shared store uses to refresh and reseed the keys it
+    /// holds; the default shows nothing (a table that cannot be walked shares only what it
+    /// learns as it learns it).
+    fn scan(&self, cursor: &mut u64, max: usize, visit: &mut dyn FnMut(&Key<'_>, &Entry)) -> bool {
+        let _ = (max, visit);
+        *cursor = 0;
+        true
+    }
 }
 
 impl Eviction {
@@ -453,5 +465,8 @@ impl<T: SessionTable + ?Sized> SessionTable for std::sync::Arc<T> {
     }
     fn idle_ttl(&self) -> Option<Duration> {
         (**self).idle_ttl()
+    }
+    fn scan(&self, cursor: &mut u64, max: usize, visit: &mut dyn FnMut(&Key<'_>, &Entry)) -> bool {
+        (**self).scan(cursor, max, visit)
     }
 }
