@@ -130,6 +130,12 @@ impl SharedStore {
         self
     }
 
+    /// The key prefix every store key of the fleet starts with (an adapter keeps its own keys,
+    /// such as a restart marker, under it too).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn refresh_period(&self) -> Duration {
         self.refresh
             .unwrap_or(self.ttl / 4)
@@ -481,6 +487,11 @@ impl<T: SessionTable> Router<T> {
             owner: owner_prefix(binding.owner, binding.incarnation),
         });
         reject(reason)
+    }
+
+    /// The shared store's settings, if the router shares its keys through one.
+    pub fn shared_store(&self) -> Option<&SharedStore> {
+        self.store.as_ref().map(|s| &s.config)
     }
 
     /// Takes up to `max` writes for the embedder to perform, oldest first.
