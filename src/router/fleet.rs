@@ -610,13 +610,22 @@ impl Fleet {
     }
 
     /// Another router recorded that the backend named `owner` lost an incarnation: tokens and
-    /// bindings of it from before `before` (Unix seconds) are refused here too.
-    pub(crate) fn raise_lost_before(&self, tenant: TenantId, owner: u64, before: u32) {
+    /// bindings of it from before `before` (Unix seconds) are refused here too. Returns the
+    /// backend if that is news here (its cut-off rose).
+    pub(crate) fn raise_lost_before(
+        &self,
+        tenant: TenantId,
+        owner: u64,
+        before: u32,
+    ) -> Option<BackendId> {
         let mut state = self.state.write();
-        if let Some(&slot) = state.names.get(&(tenant, owner)) {
-            let meta = &mut state.slots[usize::from(slot)];
-            meta.lost_before = meta.lost_before.max(before);
+        let &slot = state.names.get(&(tenant, owner))?;
+        let meta = &mut state.slots[usize::from(slot)];
+        if before <= meta.lost_before {
+            return None;
         }
+        meta.lost_before = before;
+        Some(BackendId::new(slot, meta.generation))
     }
 
     /// The name fingerprint and incarnation a backend seals its tokens with.

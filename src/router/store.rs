@@ -511,7 +511,9 @@ impl<T: SessionTable> Router<T> {
 
     /// A [`StoreWrite::Bind`] found `key` bound already, to `value`: another router bound it
     /// first. The router adopts that owner if it knows it and it is live (an operator key
-    /// placed by two routers at once ends on one backend); otherwise it keeps its own.
+    /// placed by two routers at once ends on one backend); otherwise it keeps its own. A
+    /// binding of a lost owner (a removed backend, an incarnation lost, a binding from before
+    /// a loss) is replaced: compare-and-deleted, and this router's binding written again.
     pub fn on_bind_taken(&self, key: &str, value: &str, now: Instant) {
         let Some(store) = &self.store else { return };
         let Some(binding) = Binding::decode(value) else {
@@ -523,17 +525,39 @@ impl<T: SessionTable> Router<T> {
         let Ok(key) = Key::with_max_len(tenant, kind, id.as_bytes(), usize::MAX) else {
             return;
         };
-        let Named::Backend { id: winner, .. } = self.fleet.named(tenant, binding.owner) else {
+        let Some(entry) = self
+            .table
+            .get(&key, now)
+            .filter(|entry| entry.owner != BackendId::CONTESTED)
+        else {
             return;
+        };
+        let winner = match self.fleet.named(tenant, binding.owner) {
+            Named::Backend {
+                id,
+                incarnation,
+                lost_before,
+            } if binding.incarnation >= incarnation && binding.bound_at >= lost_before => id,
+            Named::Backend { .. } | Named::Removed => {
+                self.enqueue(StoreWrite::Forget {
+                    key: store.binding_key(&key),
+                    owner: owner_prefix(binding.owner, binding.incarnation),
+                });
+                let learned = Some(entry.learned_at());
+                if let Some(write) = self.bind_write(&key, entry.owner, entry.principal, learned) {
+                    self.enqueue(write);
+                }
+                return;
+            }
+            // A router behind its fleet: it keeps its own.
+            Named::Unknown => return,
         };
         if self.fleet.owner_status(winner, now) != OwnerStatus::Live {
             return;
         }
-        if let Some(entry) = self.table.get(&key, now) {
-            if entry.owner != winner && entry.owner != BackendId::CONTESTED {
-                let _ = self.table.set_owner(&key, entry.owner, winner, now);
-                self.counters.store_adopted.incr();
-            }
+        if entry.owner != winner {
+            let _ = self.table.set_owner(&key, entry.owner, winner, now);
+            self.counters.store_adopted.incr();
         }
     }
 
@@ -552,11 +576,30 @@ impl<T: SessionTable> Router<T> {
 
     /// The lost record `key` says `before` (Unix seconds): bindings and sealed ids of that
     /// owner made before then belong to a lost incarnation, whichever router saw it die.
-    pub fn on_lost(&self, key: &str, before: u32) {
+    ///
+    /// That includes the bindings this router holds in its table (learned here, or cached
+    /// from a lookup) from before then: when the record is news, they are purged, and their
+    /// next requests are answered from the store. (The keys of that owner the table keeps
+    /// are marked used at `now`.)
+    pub fn on_lost(&self, key: &str, before: u32, now: Instant) {
         let Some(store) = &self.store else { return };
-        if let Some((tenant, owner)) = store.parse_lost_key(key) {
-            self.fleet.raise_lost_before(tenant, owner, before);
+        let Some((tenant, owner)) = store.parse_lost_key(key) else {
+            return;
+        };
+        let Some(id) = self.fleet.raise_lost_before(tenant, owner, before) else {
+            return;
+        };
+        let mut purged = 0;
+        for key in self.table.keys_of(id, usize::MAX) {
+            let key = key.as_key();
+            let lost = self.table.get(&key, now).is_some_and(|entry| {
+                entry.owner == id && store.config.clock.unix(entry.learned_at()) < before
+            });
+            if lost && self.table.remove(&key, Some(id)).is_some() {
+                purged += 1;
+            }
         }
+        self.counters.purged.add(purged);
     }
 
     /// Bind writes for up to `max` shared keys the router holds, from `cursor` on: after a
