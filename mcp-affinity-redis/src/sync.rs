@@ -37,10 +37,10 @@ impl SyncHandle {
     /// has ended (if it has not within its bound, it is aborted).
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(self.bound, &mut task).await.is_err() {
-                task.abort();
-            }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(self.bound, &mut task).await.is_err()
+        {
+            task.abort();
         }
     }
 
@@ -237,20 +237,22 @@ impl<T: SessionTable + 'static> Sync<T> {
         let inner = &*store.inner;
         if let Some(marker) = &self.marker {
             let candidate = epoch();
-            let observed = self
-                .store
-                .mark(marker, &candidate)
-                .await?
-                .unwrap_or(candidate);
+            let found = self.store.mark(marker, &candidate).await?;
+            let empty = found.is_none();
+            let observed = found.unwrap_or(candidate);
             if self.epoch.as_ref() != Some(&observed) {
-                if self.epoch.is_some() {
+                // Scripts are loaded on every store this task meets (a restarted one has
+                // none); bindings are written again unless this is the task's first look at
+                // a store that has been running.
+                self.store.load_scripts().await?;
+                let first = self.epoch.is_none();
+                if !first {
                     inner.counters.store_restarts.fetch_add(1, Relaxed);
                 }
-                // A store new to this task knows none of the scripts, and maybe none of the
-                // router's bindings.
-                self.store.load_scripts().await?;
                 self.epoch = Some(observed);
-                self.start_reseed();
+                if empty || !first {
+                    self.start_reseed();
+                }
             }
         }
         let keys = self.router.lost_keys();

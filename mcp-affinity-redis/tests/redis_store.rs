@@ -35,7 +35,7 @@ async fn writes_are_bind_if_absent_refresh_fenced_forget_and_keep_greatest() {
         .await
         .unwrap();
     let bind = |value: &str| StoreWrite::Bind {
-        key: "t:b:0:1:s1".into(),
+        key: "t:b:0:2:s1".into(),
         value: value.into(),
         ttl: MINUTE,
     };
@@ -45,19 +45,19 @@ async fn writes_are_bind_if_absent_refresh_fenced_forget_and_keep_greatest() {
     // Bind: set if absent, with its TTL.
     let done = store.perform(&[bind(mine)]).await.unwrap();
     assert_eq!((done.written, done.taken.len()), (1, 0));
-    assert_eq!(server.get("t:b:0:1:s1").as_deref(), Some(mine));
-    assert!((59_000..=60_000).contains(&pttl(&server, "t:b:0:1:s1")));
+    assert_eq!(server.get("t:b:0:2:s1").as_deref(), Some(mine));
+    assert!((59_000..=60_000).contains(&pttl(&server, "t:b:0:2:s1")));
     // Bound already: nothing is overwritten, and the value found is reported.
     let done = store.perform(&[bind(theirs)]).await.unwrap();
-    assert_eq!(done.taken, vec![("t:b:0:1:s1".into(), mine.into())]);
-    assert_eq!(server.get("t:b:0:1:s1").as_deref(), Some(mine));
+    assert_eq!(done.taken, vec![("t:b:0:2:s1".into(), mine.into())]);
+    assert_eq!(server.get("t:b:0:2:s1").as_deref(), Some(mine));
     // The same bind sent again (a batch whose answer was lost) is done, not taken.
     let done = store.perform(&[bind(mine)]).await.unwrap();
     assert_eq!((done.written, done.taken.len()), (1, 0));
 
     // Refresh: the TTL starts over; a missing key stays missing.
     let _: () = redis::cmd("PEXPIRE")
-        .arg("t:b:0:1:s1")
+        .arg("t:b:0:2:s1")
         .arg(5_000)
         .query(&mut server.admin())
         .unwrap();
@@ -66,15 +66,15 @@ async fn writes_are_bind_if_absent_refresh_fenced_forget_and_keep_greatest() {
         ttl: MINUTE,
     };
     store
-        .perform(&[refresh("t:b:0:1:s1"), refresh("t:b:0:1:gone")])
+        .perform(&[refresh("t:b:0:2:s1"), refresh("t:b:0:1:gone")])
         .await
         .unwrap();
-    assert!(pttl(&server, "t:b:0:1:s1") > 59_000);
+    assert!(pttl(&server, "t:b:0:2:s1") > 59_000);
     assert_eq!(server.get("t:b:0:1:gone"), None);
 
     // Forget: only the owner the value names deletes it.
     let forget = |owner: &str| StoreWrite::Forget {
-        key: "t:b:0:1:s1".into(),
+        key: "t:b:0:2:s1".into(),
         owner: owner.into(),
     };
     let done = store
@@ -83,7 +83,7 @@ async fn writes_are_bind_if_absent_refresh_fenced_forget_and_keep_greatest() {
         .unwrap();
     assert_eq!(done.written, 1);
     assert_eq!(
-        server.get("t:b:0:1:s1").as_deref(),
+        server.get("t:b:0:2:s1").as_deref(),
         Some(mine),
         "not ours: kept"
     );
@@ -92,12 +92,12 @@ async fn writes_are_bind_if_absent_refresh_fenced_forget_and_keep_greatest() {
         .perform(&[forget("1:00000000000000aa:1:")])
         .await
         .unwrap();
-    assert_eq!(server.get("t:b:0:1:s1").as_deref(), Some(mine));
+    assert_eq!(server.get("t:b:0:2:s1").as_deref(), Some(mine));
     store
         .perform(&[forget("1:00000000000000aa:0:")])
         .await
         .unwrap();
-    assert_eq!(server.get("t:b:0:1:s1"), None, "ours: deleted");
+    assert_eq!(server.get("t:b:0:2:s1"), None, "ours: deleted");
 
     // Lost: the greatest record is kept, with the TTL of the write that set it.
     let lost = |before: u32| StoreWrite::Lost {
@@ -120,7 +120,7 @@ async fn writes_are_bind_if_absent_refresh_fenced_forget_and_keep_greatest() {
 
     // Lookups: found, missing.
     store.perform(&[bind(mine)]).await.unwrap();
-    assert_eq!(store.lookup("t:b:0:1:s1").await, Answer::Found(mine.into()));
+    assert_eq!(store.lookup("t:b:0:2:s1").await, Answer::Found(mine.into()));
     assert_eq!(store.lookup("t:b:0:1:nobody").await, Answer::Missing);
 
     // A server that forgot the scripts (a restart) gets them again, and the write is done.
@@ -137,7 +137,7 @@ async fn writes_are_bind_if_absent_refresh_fenced_forget_and_keep_greatest() {
         server.get("t:lost:0:00000000000000aa").as_deref(),
         Some("300")
     );
-    assert_eq!(server.get("t:b:0:1:s1"), None);
+    assert_eq!(server.get("t:b:0:2:s1"), None);
 
     // A key of another type: the server's error refuses that write alone, and a lookup of it
     // is unavailable (503), never a guess; the server answered, so the circuit stays closed.
@@ -173,11 +173,7 @@ async fn connect_fails_fast_on_a_bad_url_or_a_closed_port() {
         Err(mcp_affinity_redis::Error::InvalidUrl(_))
     ));
     // A port nothing listens on (bound and released a moment ago).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let start = Instant::now();
     let config = RedisStoreConfig::new().connect_timeout(Duration::from_millis(300));
     let result = RedisStore::connect(&format!("redis://127.0.0.1:{port}"), config).await;
@@ -216,7 +212,7 @@ async fn a_session_learned_by_one_router_is_routed_by_another_and_cached_there()
     assert_eq!(rejection.status(), StatusCode::NOT_FOUND);
     let m = b.store.metrics();
     assert_eq!((m.lookups, m.found, m.missing), (2, 1, 1));
-    assert_eq!(a.store.metrics().writes, 1, "one bind");
+    assert_eq!(server.keys("t:b:*"), vec![binding_key("s1")], "one binding");
     a.leave().await;
     b.leave().await;
 }
@@ -318,6 +314,256 @@ async fn a_backend_removed_on_one_router_is_refused_as_gone_on_another_after_it_
         b.name_of(forward(b.route(&session(&fresh)).await).backend()),
         "y"
     );
+    a.leave().await;
+    b.leave().await;
+}
+
+// --- Faults: the outage policy -----------------------------------------------------------------
+
+/// Ends a forwarded exchange as if its response completed.
+fn done(member: &Member, exchange: mcp_affinity::router::Exchange) {
+    member
+        .router
+        .on_exchange_end(exchange, End::Completed, Instant::now());
+}
+
+/// The outage policy for a key this router does not know: 503 + `Retry-After`
+/// (`StoreUnavailable`), never 404, never a guess.
+#[track_caller]
+fn assert_store_unavailable(routed: Routed) {
+    let rejection = rejected(routed);
+    assert_eq!(
+        rejection.reason(),
+        Reason::StoreUnavailable(KeyKind::Session)
+    );
+    assert_eq!(rejection.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(rejection.headers().contains_key("retry-after"));
+}
+
+/// A circuit that stays open long enough to look at.
+fn slow_cool_down() -> RedisStoreConfig {
+    fast_config().breaker_cool_down(Duration::from_secs(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_server_gets_503s_within_the_timeout_while_local_hits_and_new_sessions_go_on() {
+    let mut server = RedisServer::start();
+    let a = Member::join(&server, Router::builder(), &["x", "y"]).await;
+    let b = Member::join_with(&server, Router::builder(), &["x", "y"], slow_cool_down()).await;
+    initialize(&a.router, "known-here");
+    let elsewhere = initialize(&a.router, "known-elsewhere");
+    a.synced().await;
+    done(&b, forward(b.route(&session("known-here")).await));
+
+    server.pause();
+    // A key B does not know: 503 within the lookup timeout.
+    let start = Instant::now();
+    assert_store_unavailable(b.route(&session("known-elsewhere")).await);
+    assert!(
+        start.elapsed() < LOOKUP_TIMEOUT + SLACK,
+        "{:?}",
+        start.elapsed()
+    );
+    // A key B knows routes, with no lookup.
+    let lookups = b.store.metrics().lookups;
+    done(&b, forward(b.route(&session("known-here")).await));
+    assert_eq!(b.store.metrics().lookups, lookups);
+    // A new conversation is placed and learned; its bind waits for the store.
+    let fresh = initialize(&b.router, "fresh");
+    // Timeouts open the circuit; then lookups answer at once, without a call.
+    eventually("B's circuit opens", Duration::from_secs(3), || {
+        b.store.circuit() == Circuit::Open
+    })
+    .await;
+    let start = Instant::now();
+    assert_store_unavailable(b.route(&session("known-elsewhere")).await);
+    assert!(
+        start.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        start.elapsed()
+    );
+    let m = b.store.metrics();
+    assert!(m.errors.timeouts >= 1 && m.circuit_opened >= 1 && m.circuit_rejected >= 1);
+    assert!(
+        b.router.store_queue_len() + m.pending_writes >= 1,
+        "the bind of `fresh` waits"
+    );
+
+    server.resume();
+    // The probe after the cool-down closes the circuit, and the queue drains by itself.
+    eventually("B's circuit closes", Duration::from_secs(5), || {
+        b.store.circuit() == Circuit::Closed
+    })
+    .await;
+    b.synced().await;
+    assert_eq!(b.router.store_queue_len(), 0);
+    assert_eq!(b.store.metrics().pending_writes, 0);
+    assert!(
+        server.get(&binding_key("fresh")).is_some(),
+        "the binding appears"
+    );
+    let exchange = forward(a.route(&session("fresh")).await);
+    assert_eq!(a.name_of(exchange.backend()), b.name_of(fresh));
+    done(&a, exchange);
+    // And what B could not look up during the outage, it can now.
+    let exchange = forward(b.route(&session("known-elsewhere")).await);
+    assert_eq!(b.name_of(exchange.backend()), a.name_of(elsewhere));
+    done(&b, exchange);
+    assert!(b.store.metrics().reseeds >= 1, "reseeded after the outage");
+    a.leave().await;
+    b.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_opens_the_circuit_and_a_restart_on_its_port_recovers_and_reseeds() {
+    let mut server = RedisServer::start();
+    let a = Member::join(&server, Router::builder(), &["x", "y"]).await;
+    let b = Member::join_with(&server, Router::builder(), &["x", "y"], slow_cool_down()).await;
+    let before = initialize(&a.router, "before-kill");
+    a.synced().await;
+
+    server.kill();
+    let start = Instant::now();
+    assert_store_unavailable(b.route(&session("before-kill")).await);
+    assert!(
+        start.elapsed() < LOOKUP_TIMEOUT + SLACK,
+        "{:?}",
+        start.elapsed()
+    );
+    let during = initialize(&b.router, "during");
+    eventually("B's circuit opens", Duration::from_secs(3), || {
+        b.store.circuit() == Circuit::Open
+    })
+    .await;
+    let start = Instant::now();
+    assert_eq!(
+        b.store.lookup(&binding_key("before-kill")).await,
+        Answer::Unavailable(Unavailable::CircuitOpen)
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        start.elapsed()
+    );
+    // After the cool-down one probe tries, fails, and the circuit opens again.
+    let opened = b.store.metrics().circuit_opened;
+    eventually(
+        "a failed probe opens B's circuit again",
+        Duration::from_secs(3),
+        || b.store.metrics().circuit_opened > opened,
+    )
+    .await;
+    assert!(b.store.metrics().errors.connection >= 1);
+
+    // Back, empty, on the same port: the next probe closes the circuit, and the bindings
+    // made before (A's) and during the outage (B's) are written again.
+    server.restart();
+    assert!(server.keys("t:b:*").is_empty(), "restarted empty");
+    for member in [&a, &b] {
+        eventually("the circuit closes", Duration::from_secs(5), || {
+            member.store.circuit() == Circuit::Closed
+        })
+        .await;
+        member.synced().await;
+    }
+    let newcomer = Member::join(&server, Router::builder(), &["y", "x"]).await;
+    let exchange = forward(newcomer.route(&session("before-kill")).await);
+    assert_eq!(newcomer.name_of(exchange.backend()), a.name_of(before));
+    done(&newcomer, exchange);
+    let exchange = forward(newcomer.route(&session("during")).await);
+    assert_eq!(newcomer.name_of(exchange.backend()), b.name_of(during));
+    done(&newcomer, exchange);
+    let m = a.store.metrics();
+    assert!(
+        m.store_restarts >= 1 && m.reseeds >= 1 && m.reseed_writes >= 1,
+        "{m:?}"
+    );
+    a.leave().await;
+    b.leave().await;
+    newcomer.leave().await;
+}
+
+/// A router that joins now routes session `id` to the backend named `name`.
+async fn routed_by_a_newcomer(server: &RedisServer, id: &str, name: &str) {
+    let newcomer = Member::join(server, Router::builder(), &["y", "x"]).await;
+    let exchange = forward(newcomer.route(&session(id)).await);
+    assert_eq!(newcomer.name_of(exchange.backend()), name);
+    done(&newcomer, exchange);
+    newcomer.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_comes_back_empty_is_seen_by_its_marker_and_reseeded() {
+    let mut server = RedisServer::start();
+    let a = Member::join(&server, Router::builder(), &["x", "y"]).await;
+    let owner = initialize(&a.router, "s1");
+    a.synced().await;
+    let name = a.name_of(owner);
+    // Emptied in place: no call fails, the marker tells.
+    let errors = a.store.metrics().errors;
+    let _: () = redis::cmd("FLUSHALL").query(&mut server.admin()).unwrap();
+    eventually(
+        "the binding is written again",
+        Duration::from_secs(3),
+        || server.get(&binding_key("s1")).is_some(),
+    )
+    .await;
+    assert_eq!(a.store.metrics().errors, errors);
+    assert_eq!(a.store.metrics().store_restarts, 1);
+    routed_by_a_newcomer(&server, "s1", &name).await;
+    // Restarted at once on the same port: the same.
+    server.restart();
+    eventually(
+        "the binding is written again",
+        Duration::from_secs(5),
+        || server.get(&binding_key("s1")).is_some(),
+    )
+    .await;
+    assert_eq!(a.store.metrics().store_restarts, 2);
+    routed_by_a_newcomer(&server, "s1", &name).await;
+    a.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_cost_at_most_the_call_that_meets_them() {
+    let server = RedisServer::start();
+    let a = Member::join(&server, Router::builder(), &["x", "y"]).await;
+    let b = Member::join(&server, Router::builder(), &["x", "y"]).await;
+    let ids: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    for id in &ids {
+        initialize(&a.router, id);
+    }
+    a.synced().await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query(&mut server.admin())
+        .unwrap();
+    assert!(killed >= 2, "A's and B's connections: {killed}");
+    // B looks up every session once: the connection is made again after the first call
+    // that meets the dead one.
+    let mut unavailable = 0;
+    for id in &ids {
+        match b.route(&session(id)).await {
+            Routed::Forward(exchange) => done(&b, exchange),
+            routed => {
+                assert_store_unavailable(routed);
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(unavailable <= 1, "{unavailable} lookups failed");
+    // A's writes go on over its new connection.
+    let after = initialize(&a.router, "after");
+    a.synced().await;
+    let exchange = forward(b.route(&session("after")).await);
+    assert_eq!(b.name_of(exchange.backend()), a.name_of(after));
+    done(&b, exchange);
+    for member in [&a, &b] {
+        assert_eq!(member.store.circuit(), Circuit::Closed);
+        assert!(member.store.metrics().errors.connection <= 1);
+    }
     a.leave().await;
     b.leave().await;
 }

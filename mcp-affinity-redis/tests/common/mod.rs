@@ -47,7 +47,8 @@ fn require_redis_server() {
     }
 }
 
-fn free_port() -> u16 {
+/// A port of 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().unwrap().port()
 }
@@ -190,11 +191,17 @@ impl Drop for RedisServer {
     }
 }
 
+/// The lookup timeout of [`fast_config`].
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(150);
+
+/// What a loaded machine may add to a bound before the test calls it broken.
+pub const SLACK: Duration = Duration::from_millis(250);
+
 /// Settings small enough that every fault shows within a second.
 pub fn fast_config() -> RedisStoreConfig {
     RedisStoreConfig::new()
         .connect_timeout(Duration::from_millis(300))
-        .lookup_timeout(Duration::from_millis(150))
+        .lookup_timeout(LOOKUP_TIMEOUT)
         .command_timeout(Duration::from_millis(300))
         .breaker_threshold(3)
         .breaker_cool_down(Duration::from_millis(300))
@@ -303,6 +310,12 @@ pub fn post(headers: &[(&str, &str)]) -> request::Parts {
 
 pub const LEGACY: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
 pub const MODERN: (&str, &str) = ("mcp-protocol-version", "2026-07-28");
+
+/// The store key of the binding of Streamable HTTP session `id` (default tenant).
+pub fn binding_key(id: &str) -> String {
+    let kind = mcp_affinity::table::KeyKind::Session.to_u8();
+    format!("{PREFIX}:b:0:{kind}:{id}")
+}
 
 /// A request of the Streamable HTTP session `id`.
 pub fn session(id: &str) -> request::Parts {
