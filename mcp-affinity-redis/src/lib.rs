@@ -100,8 +100,8 @@
 //! # Design
 //!
 //! - **Bounded everywhere.** Every call has a timeout ([`RedisStoreConfig`] lists every bound
-//!   with its default); the write queue's bound is the router's; a failed batch is held (one
-//!   batch) and sent again, never grown.
+//!   with its default); the write queue's bound is the router's; a failed batch is held and
+//!   sent again, and nothing more is taken from the router until it is written.
 //! - **Idempotent writes.** Bind-if-absent, refresh, compare-and-delete and keep-greatest can
 //!   each be performed twice: a batch whose answer was lost is simply sent again.
 //! - **A breaker, not retries on the request path.** A lookup gets one try within its timeout;

@@ -45,7 +45,8 @@ return 0
 ///
 /// On a request's path: [`resolve`](Self::resolve) (or [`lookup`](Self::lookup)) answers the
 /// router's [`Routed::Lookup`]. Off it: [`spawn_sync`](Self::spawn_sync) starts the task that
-/// performs the router's writes and polls what the other routers recorded.
+/// performs the router's writes and polls what the other routers recorded: one task per
+/// router. A store may serve several routers; they share its circuit and its counters.
 #[derive(Clone)]
 pub struct RedisStore {
     pub(crate) inner: Arc<Inner>,
@@ -156,11 +157,6 @@ impl RedisStore {
         }
     }
 
-    /// The settings.
-    pub fn config(&self) -> &RedisStoreConfig {
-        &self.inner.config
-    }
-
     /// The circuit breaker's state now.
     pub fn circuit(&self) -> Circuit {
         self.inner.breaker.circuit()
@@ -186,16 +182,22 @@ impl RedisStore {
             .call(inner.config.lookup_timeout, |mut conn| async move {
                 redis::cmd("GET")
                     .arg(key)
-                    .query_async::<Option<String>>(&mut conn)
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
                     .await
             })
             .await;
         if result != Err(Unavailable::CircuitOpen) {
             inner.counters.latency.record(start.elapsed());
         }
-        let (answer, counter) = match result {
-            Ok(Some(value)) => (Answer::Found(value), &inner.counters.found),
+        let (answer, counter) = match result.map(|v| v.map(String::from_utf8)) {
+            Ok(Some(Ok(value))) => (Answer::Found(value), &inner.counters.found),
             Ok(None) => (Answer::Missing, &inner.counters.missing),
+            // Not a binding (no binding is anything but ASCII): never a guess.
+            Ok(Some(Err(_))) => {
+                inner.counters.error(Kind::Other);
+                let why = Unavailable::Server;
+                (Answer::Unavailable(why), &inner.counters.unavailable)
+            }
             Err(why) => (Answer::Unavailable(why), &inner.counters.unavailable),
         };
         counter.fetch_add(1, Relaxed);
