@@ -19,6 +19,23 @@
 //!     --backend a=http://10.0.0.7:9001 --backend b=http://10.0.0.8:9001
 //! ```
 //!
+//! A fleet that shares a Redis: every proxy with the same `--redis` and backend names. Redis
+//! carries what sealing cannot (2026-07-28 task ids, operator keys) and, unless the sessions
+//! are sealed too, the sessions; with both flags, sessions need no Redis at all.
+//!
+//! ```sh
+//! proxy --listen 127.0.0.1:8080 --redis redis://10.0.0.2:6379/0 \\
+//!     --backend a=http://10.0.0.7:9001 --backend b=http://10.0.0.8:9001
+//! ```
+//!
+//! | keys | `--seal-key-file` | `--redis` | both |
+//! |---|---|---|---|
+//! | Streamable HTTP and legacy SSE sessions | sealed | in Redis | sealed |
+//! | 2026-07-28 tasks, operator keys | this proxy only | in Redis | in Redis |
+//!
+//! While Redis does not answer, a key this proxy does not know gets 503 + `Retry-After`
+//! (never 404); what it knows keeps routing, and new conversations keep starting.
+//!
 //! Flags are parsed by hand (no crate). Run with `--help` for all of them. Ctrl-C or SIGTERM
 //! (what orchestrators send) stops accepting, gives in-flight requests a moment, and exits 0.
 
@@ -43,6 +60,10 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
   --seal-key-file PATH       seal session ids with the keys in PATH (one per line, 64 hex digits;
                              the first seals, all open; re-read when it changes or on SIGHUP):
                              proxies sharing the file route each other's sessions
+  --redis URL                share keys with the other proxies through Redis 7+ (redis://HOST:PORT[/DB]):
+                             tasks and operator keys always, sessions unless sealed; while Redis is down,
+                             keys this proxy does not know get 503 + Retry-After
+  --redis-prefix PREFIX      prefix of the fleet's keys in Redis (default mcpa; the same on every proxy)
   --admin ADDR               admin API: GET /metrics (OpenMetrics), /metrics.json, GET /backends,
                              POST /backends?url=URL, POST /backends/<slot>/{drain,undrain,remove,restart}
                              (drain takes ?deadline=SECONDS); no authentication: keep it on loopback
@@ -88,6 +109,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--admin" => admin = Some(value.parse().map_err(|e| format!("--admin: {e}"))?),
             "--backend" => config.backends.push(value),
             "--seal-key-file" => config.seal_key_file = Some(value.into()),
+            "--redis" => config.redis = Some(value),
+            "--redis-prefix" => config.redis_prefix = value,
             "--sse-path" => config.sse_path = (value != "none").then_some(value),
             "--message-path" => config.message_path = value,
             "--idle-ttl" => {
@@ -206,6 +229,12 @@ async fn main() -> ExitCode {
         args.config.backends.len(),
         args.config.backends.join(", ")
     );
+    if let Some(url) = &args.config.redis {
+        eprintln!(
+            "proxy: sharing keys through {url} under {:?}",
+            args.config.redis_prefix
+        );
+    }
     tasks.spawn(proxy.clone().serve(listener, stopped()));
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(proxy.clone(), stopped()));

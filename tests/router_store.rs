@@ -256,23 +256,65 @@ fn a_store_outage_answers_503_for_keys_not_known_here_and_keeps_local_hits_routi
 fn writes_past_the_queue_bound_are_dropped_counted_and_reseeded() {
     let now = Clock::new().now();
     let router = Router::builder()
+        .operator_key(key_fn(|req| {
+            req.headers.get("mcp-param-workspace").map(|v| v.as_bytes())
+        }))
         .shared_store(SharedStore::new("mcp", now, T0).write_queue(4))
         .build();
     router.add_backend(TenantId::DEFAULT, "x", 1).unwrap();
-    for i in 0..10 {
+    // The store is away: four sessions fill the queue.
+    for i in 0..4 {
         initialize(&router, &format!("s{i}"), now);
     }
     assert_eq!(router.store_queue_len(), 4);
-    assert_eq!(router.metrics().store_writes_dropped, 6);
+    // A fifth session could not reach the store: refused (503, the client starts again),
+    // rather than handed out unknown to every other router.
+    let mut start = forward(router.route(&post("/mcp", &[]), now));
+    let outcome = respond(
+        &router,
+        &mut start,
+        200,
+        &[("mcp-session-id", "s4")],
+        &[],
+        now,
+    );
+    router.on_exchange_end(start, End::Completed, now);
+    let mcp_affinity::router::HeadOutcome::Replace(rejection) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        rejection.reason(),
+        Reason::StoreUnavailable(KeyKind::Session)
+    );
+    // A workspace's binding is dropped instead (its call ran): it is bound here only.
+    for i in 0..6 {
+        let call = post(
+            "/mcp",
+            &[
+                MODERN,
+                ("mcp-method", "tools/call"),
+                ("mcp-param-workspace", &format!("w{i}")),
+            ],
+        );
+        let Routed::Lookup(lookup) = router.route(&call, now) else {
+            panic!("a workspace this router does not know is looked up")
+        };
+        let mut ex = forward(router.on_lookup(lookup, Looked::Missing, now));
+        let _ = respond(&router, &mut ex, 200, &[JSON], &[b"{}"], now);
+        router.on_exchange_end(ex, End::Completed, now);
+    }
+    assert_eq!(router.store_queue_len(), 4);
+    assert_eq!(router.metrics().store_writes_dropped, 7);
     // The store came back (or came back empty): every shared key is bound again.
     let mut store = Store::default();
     let mut cursor = ReseedCursor::default();
     let mut reseeded = 0;
     loop {
-        let writes = router.reseed_store(&mut cursor, 100, now);
+        let writes = router.reseed_store(&mut cursor, 3, now);
         if writes.is_empty() {
             break;
         }
+        assert!(writes.len() <= 3);
         for write in writes {
             reseeded += 1;
             store.apply(write, now);
@@ -280,7 +322,7 @@ fn writes_past_the_queue_bound_are_dropped_counted_and_reseeded() {
     }
     assert_eq!(reseeded, 10);
     let (other, _) = router_with_names_for(&["x"], now);
-    for i in 0..10 {
+    for i in 0..4 {
         assert!(matches!(
             route(&other, &store, &session(&format!("s{i}")), now),
             Routed::Forward(_)
@@ -317,11 +359,7 @@ fn an_owner_lost_on_one_router_is_lost_on_every_router() {
     let _ = a.on_undelivered(ex, Undelivered::Refused, later);
     flush(&a, &mut store, later);
     // B polls the lost records: the binding from before the loss is refused as gone.
-    for key in b.lost_keys() {
-        if let Some(before) = store.get(&key, later).and_then(|v| v.parse().ok()) {
-            b.on_lost(&key, before, later);
-        }
-    }
+    poll_lost(&b, &store, later);
     let rejection = rejected(route(&b, &store, &session(&victim), later));
     assert_eq!(rejection.reason(), Reason::OwnerGone(KeyKind::Session));
     // Sessions bound after the loss (the replica came back) route again.
@@ -336,6 +374,98 @@ fn an_owner_lost_on_one_router_is_lost_on_every_router() {
         route(&b, &store, &session(&fresh), later),
         Routed::Forward(_)
     ));
+}
+
+/// Reads every lost record of `router`'s backends from `store` and hands it over.
+fn poll_lost(router: &Router, store: &Store, now: Instant) {
+    for key in router.lost_keys() {
+        if let Some(before) = store.get(&key, now).and_then(|v| v.parse().ok()) {
+            router.on_lost(&key, before, now);
+        }
+    }
+}
+
+#[test]
+fn a_binding_cached_before_its_owner_was_lost_elsewhere_is_refused_once_the_loss_is_polled() {
+    let mut clock = Clock::new();
+    let now = clock.now();
+    let mut store = Store::default();
+    let (a, ids_a) = router(&["x", "y"], now);
+    let (b, _) = router(&["x", "y"], now);
+    let cached = (0..8)
+        .map(|i| format!("c{i}"))
+        .find(|id| initialize(&a, id, now) == ids_a[0])
+        .unwrap();
+    flush(&a, &mut store, now);
+    // B routes it once: now it is in B's table, and B asks the store no more.
+    let ex = forward(route(&b, &store, &session(&cached), now));
+    b.on_exchange_end(ex, End::Completed, now);
+    // x is removed on A (its process is gone); B only reads A's lost record.
+    let later = clock.advance(Duration::from_secs(30));
+    a.remove_backend(ids_a[0], later).unwrap();
+    flush(&a, &mut store, later);
+    poll_lost(&b, &store, later);
+    let rejection = rejected(route(&b, &store, &session(&cached), later));
+    assert_eq!(rejection.reason(), Reason::OwnerGone(KeyKind::Session));
+    // What B learned of x after the loss stays: a poll refuses only what came before.
+    let (b2, ids_b2) = router(&["x", "y"], now);
+    let fresh = (0..8)
+        .map(|i| format!("f{i}"))
+        .find(|id| initialize(&b2, id, later) == ids_b2[0])
+        .unwrap();
+    poll_lost(&b2, &store, later);
+    assert!(matches!(
+        route(&b2, &store, &session(&fresh), later),
+        Routed::Forward(_)
+    ));
+}
+
+#[test]
+fn a_bind_taken_by_a_lost_owner_replaces_it_instead_of_adopting_it() {
+    let mut clock = Clock::new();
+    let now = clock.now();
+    let mut store = Store::default();
+    let workspace = || key_fn(|req| req.headers.get("mcp-param-workspace").map(|v| v.as_bytes()));
+    let (a, ids_a) = built(
+        Router::builder().operator_key(workspace()),
+        &["x", "y"],
+        now,
+    );
+    let request = post("/mcp", &[MODERN, ("mcp-param-workspace", "acme")]);
+    let mut ex = forward(route(&a, &store, &request, now));
+    let _ = respond(&a, &mut ex, 200, &[], &[], now);
+    assert_eq!(ex.backend(), ids_a[0]);
+    a.on_exchange_end(ex, End::Completed, now);
+    flush(&a, &mut store, now);
+    // x restarts: its bindings belong to a lost incarnation; A places the key afresh.
+    let later = clock.advance(Duration::from_secs(30));
+    let x = a.restart_backend(ids_a[0], later).unwrap();
+    // (and takes no new conversations for now, so that the key goes to y)
+    a.set_weight(x, 0).unwrap();
+    flush(&a, &mut store, later);
+    let mut ex = forward(route(&a, &store, &request, later));
+    let _ = respond(&a, &mut ex, 200, &[], &[], later);
+    let placed = ex.backend();
+    a.on_exchange_end(ex, End::Completed, later);
+    // The store still holds the lost binding: the bind is taken by it. A keeps its own
+    // owner and replaces the lost binding, instead of moving the key to x's new process.
+    flush(&a, &mut store, later);
+    flush(&a, &mut store, later);
+    let ex = forward(route(&a, &store, &request, later));
+    assert_eq!(ex.backend(), placed);
+    a.on_exchange_end(ex, End::Completed, later);
+    assert_eq!(a.metrics().store_adopted, 0);
+    assert_eq!(name_of(&a, placed), "y");
+    // Every other router, knowing of the loss, finds A's owner in the store.
+    let (b, _) = built(
+        Router::builder().operator_key(workspace()),
+        &["x", "y"],
+        now,
+    );
+    poll_lost(&b, &store, later);
+    let ex = forward(route(&b, &store, &request, later));
+    assert_eq!(name_of(&b, ex.backend()), "y");
+    assert_eq!(ex.how(), How::Pinned);
 }
 
 #[test]

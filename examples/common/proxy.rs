@@ -12,6 +12,15 @@
 //!
 //! Out of band: an admin listener (metrics, add/drain/undrain/remove/restart backends), a
 //! maintenance task (`Router::maintain` every second, TCP health checks), graceful shutdown.
+//!
+//! A fleet of proxies agrees on owners in two ways, alone or together:
+//!
+//! - **sealing** (`seal_key_file`): the two session eras (Streamable HTTP `Mcp-Session-Id`,
+//!   legacy SSE `sessionId`) carry their owner in a sealed token; no shared state;
+//! - **a shared Redis** (`redis`, through `mcp-affinity-redis`): 2026-07-28 task ids and
+//!   operator keys always, and the sessions too when they are not sealed. A key this proxy
+//!   does not know is looked up there (503 + `Retry-After` while Redis does not answer); what
+//!   it learns is written there by a background task.
 
 // The proxy owns the clock: it hands `Instant::now()` to the sans-IO router.
 #![allow(clippy::disallowed_methods)]
@@ -40,12 +49,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use mcp_affinity::router::{
     BackendInfo, Metrics, NewBackend, OPENMETRICS_CONTENT_TYPE, Probe, Rejection, Router, Sealing,
-    Undelivered,
+    SharedStore, Undelivered,
 };
 use mcp_affinity::seal::Keyring;
 use mcp_affinity::table::{MemoryTable, MemoryTableConfig};
-use mcp_affinity::tower::{Affinity, AffinityLayer, ReplayBody, Upstream};
+use mcp_affinity::tower::{Affinity, AffinityLayer, ReplayBody, StoreAnswer, Upstream};
 use mcp_affinity::{BackendId, TenantId};
+use mcp_affinity_redis::{Answer, RedisStore, RedisStoreConfig, StoreMetrics};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower_layer::Layer;
@@ -81,6 +91,12 @@ pub struct Config {
     pub health_interval: Option<Duration>,
     /// On shutdown, how long in-flight requests get to finish.
     pub shutdown_grace: Duration,
+    /// A Redis the proxies of a fleet share (`redis://host:port[/db]`): keys this proxy does
+    /// not know are looked up there, and what it learns is written there. Connected lazily:
+    /// the proxy starts (and routes what it knows) while Redis is down.
+    pub redis: Option<String>,
+    /// The prefix of every key the fleet keeps in Redis (the same on every proxy).
+    pub redis_prefix: String,
 }
 
 impl Default for Config {
@@ -95,6 +111,8 @@ impl Default for Config {
             seal_key_file: None,
             health_interval: Some(Duration::from_secs(1)),
             shutdown_grace: Duration::from_secs(2),
+            redis: None,
+            redis_prefix: "mcpa".into(),
         }
     }
 }
@@ -126,6 +144,8 @@ pub struct Proxy {
         std::path::PathBuf,
         std::sync::Mutex<Option<std::time::SystemTime>>,
     )>,
+    /// The shared store, if the fleet shares one.
+    store: Option<RedisStore>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -162,15 +182,24 @@ impl Proxy {
             .table_config(table)
             .sse_path(config.sse_path.as_deref())
             .message_paths(message_paths(&config.message_path));
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs();
         let mut seal_keys = None;
         if let Some(path) = &config.seal_key_file {
             let (keyring, modified) = read_keys(path)?;
-            let unix = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_err(|e| e.to_string())?
-                .as_secs();
             builder = builder.sealing(Sealing::new(keyring, seed(), Instant::now(), unix));
             seal_keys = Some((path.clone(), std::sync::Mutex::new(modified)));
+        }
+        let mut store = None;
+        if let Some(url) = &config.redis {
+            let shared = SharedStore::new(&config.redis_prefix, Instant::now(), unix);
+            builder = builder.shared_store(shared);
+            store = Some(
+                RedisStore::open(url, RedisStoreConfig::default())
+                    .map_err(|e| format!("--redis {url:?}: {e}"))?,
+            );
         }
         let router = builder.build();
         let mut connector = HttpConnector::new();
@@ -187,13 +216,33 @@ impl Proxy {
             rewrite_host: config.rewrite_host,
         });
         let probed = backends.clone();
-        let gateway = AffinityLayer::new(router.clone(), Instant::now as fn() -> Instant)
+        let mut layer = AffinityLayer::new(router.clone(), Instant::now as fn() -> Instant)
             .undelivered(ForwardError::undelivered as Classifier)
             .refusal_check(move |upstream: &Upstream| {
                 let (backends, id) = (probed.clone(), upstream.backend());
                 async move { backends.refuses(id).await }
-            })
-            .layer(Forwarder(backends.clone()));
+            });
+        if let Some(store) = &store {
+            // Keys the table does not know are read from Redis; keys a response reveals are
+            // written to it before the client sees them.
+            let (reader, writer, router) = (store.clone(), store.clone(), router.clone());
+            layer = layer
+                .store_lookup(move |key: String| {
+                    let store = reader.clone();
+                    async move {
+                        match store.lookup(&key).await {
+                            Answer::Found(value) => StoreAnswer::Found(value),
+                            Answer::Missing => StoreAnswer::Missing,
+                            _ => StoreAnswer::Unavailable,
+                        }
+                    }
+                })
+                .store_sync(move || {
+                    let (store, router) = (writer.clone(), router.clone());
+                    async move { store.write_through(&router).await }
+                });
+        }
+        let gateway = layer.layer(Forwarder(backends.clone()));
         let proxy = Arc::new(Proxy {
             router,
             backends,
@@ -202,6 +251,7 @@ impl Proxy {
             shutdown_grace: config.shutdown_grace,
             bad_gateways: Default::default(),
             seal_keys,
+            store,
         });
         for backend in &config.backends {
             match backend.split_once('=') {
@@ -215,6 +265,11 @@ impl Proxy {
     /// The router.
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// The shared store, if the fleet shares one.
+    pub fn store(&self) -> Option<&RedisStore> {
+        self.store.as_ref()
     }
 
     /// Adds a backend by base URL (`http://host:port[/prefix]`), named by its URL.
@@ -430,8 +485,20 @@ impl Proxy {
     }
 
     /// Calls `Router::maintain` every second and, if on, checks every backend's TCP port,
-    /// until `shutdown` completes.
+    /// until `shutdown` completes; with a shared store, runs its sync task meanwhile (and
+    /// lets it write what is queued, within its grace, on the way out).
     pub async fn maintain(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let sync = self
+            .store
+            .as_ref()
+            .map(|store| store.spawn_sync(self.router.clone()));
+        self.upkeep(shutdown).await;
+        if let Some(sync) = sync {
+            sync.shutdown().await;
+        }
+    }
+
+    async fn upkeep(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -783,6 +850,40 @@ pub fn metrics_json(m: &Metrics, proxy: &Proxy) -> serde_json::Value {
         "vetoes": m.vetoes,
         "table": { "len": m.table.len, "capacity": m.table.capacity },
         "backends": backends_json(&m.backends, proxy),
+        "store": proxy.store().map(|store| store_json(m, &store.metrics())),
+    })
+}
+
+/// The shared store's side of the metrics: the router's and the adapter's.
+fn store_json(m: &Metrics, s: &StoreMetrics) -> serde_json::Value {
+    let ms = |q: f64| {
+        s.lookup_latency
+            .quantile(q)
+            .map(|d| d.as_secs_f64() * 1000.0)
+    };
+    serde_json::json!({
+        "circuit": format!("{:?}", s.circuit),
+        "circuit_opened": s.circuit_opened,
+        "lookups": s.lookups,
+        "found": s.found,
+        "missing": s.missing,
+        "unavailable": s.unavailable,
+        "lookup_p50_ms": ms(0.5),
+        "lookup_p99_ms": ms(0.99),
+        "errors": {
+            "timeouts": s.errors.timeouts,
+            "connection": s.errors.connection,
+            "server": s.errors.server,
+            "other": s.errors.other,
+        },
+        "writes": s.writes,
+        "binds_taken": s.binds_taken,
+        "reseeds": s.reseeds,
+        "store_restarts": s.store_restarts,
+        "queue_depth": m.store_queue,
+        "pending_writes": s.pending_writes,
+        "writes_dropped": m.store_writes_dropped,
+        "adopted": m.store_adopted,
     })
 }
 

@@ -158,12 +158,22 @@ impl SharedStore {
         self
     }
 
+    /// The key prefix every store key of the fleet starts with (an adapter keeps its own keys,
+    /// such as a restart marker, under it too).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn refresh_period(&self) -> Duration {
         self.refresh
             .unwrap_or(self.ttl / 4)
             .max(Duration::from_millis(1))
     }
 }
+
+/// How far ahead of a router's clock plus the skew a lost record may be dated and still be
+/// believed (up to that router's time), in seconds.
+const FUTURE_LOST: u32 = 60;
 
 /// The longest binding TTL: ten years.
 const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -598,6 +608,11 @@ impl<T: SessionTable> Router<T> {
         self.place(exchange, accept)
     }
 
+    /// The shared store's settings, if the router shares its keys through one.
+    pub fn shared_store(&self) -> Option<&SharedStore> {
+        self.store.as_ref().map(|s| &s.config)
+    }
+
     /// Takes up to `max` writes for the embedder to perform, oldest first.
     pub fn take_store_writes(&self, max: usize) -> Vec<StoreWrite> {
         let Some(store) = &self.store else {
@@ -700,19 +715,23 @@ impl<T: SessionTable> Router<T> {
     /// owner made before then belong to a lost incarnation, whichever router saw it die. The
     /// keys this router holds for that owner from before then are dropped (their next
     /// request is looked up again). A record dated beyond this router's clock plus the
-    /// [skew](SharedStore::clock_skew) comes from a clock that is wrong: it is ignored and
-    /// counted (`store_lost_ignored`).
+    /// [skew](SharedStore::clock_skew) comes from a clock that runs ahead: up to a minute
+    /// more, it is believed up to this router's time plus the skew; further ahead, it is
+    /// ignored and counted (`store_lost_ignored`).
     pub fn on_lost(&self, key: &str, before: u32, now: Instant) {
         let Some(store) = &self.store else { return };
         let Some((tenant, owner)) = store.parse_lost_key(key) else {
             return;
         };
+        // Dated ahead of this router's clock plus the skew, it comes from a clock that runs
+        // ahead: a little (within a minute), it is believed up to this router's time; more,
+        // it is ignored.
         let latest = store
             .config
             .clock
             .unix(now)
             .saturating_add(store.config.skew);
-        if before > latest {
+        if before > latest.saturating_add(FUTURE_LOST) {
             self.counters.store_lost_ignored.incr();
             event!(
                 warn,
@@ -723,6 +742,7 @@ impl<T: SessionTable> Router<T> {
             );
             return;
         }
+        let before = before.min(latest);
         let Some(id) = self.fleet.raise_lost_before(tenant, owner, before) else {
             return;
         };

@@ -1,0 +1,335 @@
+//! The sync task: the router's writes performed in pipelined batches, the lost records of its
+//! backends polled, the store's restart marker watched, and the router's bindings reseeded
+//! when the store lost them or missed some.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use mcp_affinity::router::Router;
+use mcp_affinity::router::store::{ReseedCursor, StoreWrite};
+use mcp_affinity::table::SessionTable;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::circuit::Circuit;
+use crate::error::Unavailable;
+use crate::store::RedisStore;
+
+/// The running sync task of [`RedisStore::spawn_sync`]. [`shutdown`](Self::shutdown) stops
+/// it after it wrote what it could within the
+/// [shutdown grace](crate::RedisStoreConfig::shutdown_grace); dropping the handle stops it the
+/// same way without waiting.
+#[derive(Debug)]
+pub struct SyncHandle {
+    stop: watch::Sender<bool>,
+    /// Counts the rounds that ended with nothing left to write.
+    idle: watch::Receiver<u64>,
+    task: Option<JoinHandle<()>>,
+    /// The longest a stopping task may take: its grace, and the call in flight.
+    bound: Duration,
+}
+
+impl SyncHandle {
+    /// Stops the task: it finishes the call in flight, writes what is waiting (taken already,
+    /// or still in the router's queue) for up to the shutdown grace, and ends. Returns once it
+    /// has ended (if it has not within its bound, it is aborted).
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(self.bound, &mut task).await.is_err()
+        {
+            task.abort();
+        }
+    }
+
+    /// Waits until everything the router queued before the call is written (or was refused
+    /// by the server): until a round that began after the call ended with nothing left to
+    /// write. While the store does not answer this does not return: bound it with a timeout.
+    /// It forces nothing; the task goes at its own pace.
+    pub async fn synced(&self) {
+        let mut idle = self.idle.clone();
+        let start = *idle.borrow_and_update();
+        // The round under way may have begun before the call: the one after it did not.
+        let _ = idle.wait_for(|n| *n >= start + 2).await;
+    }
+
+    /// Whether the task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for SyncHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl RedisStore {
+    /// Starts the task that keeps `router` and the store in step (on the current Tokio
+    /// runtime), until the handle is shut down or dropped. Every round, at most every
+    /// [`flush_every`](crate::RedisStoreConfig::flush_every) while idle and at once while
+    /// writes are waiting, it:
+    ///
+    /// 1. while the circuit is open, waits for the cool-down, then probes the store (`PING`);
+    /// 2. every [`lost_poll`](crate::RedisStoreConfig::lost_poll), reads the store's restart
+    ///    marker `{prefix}:epoch` (set to a random value if missing: `SET NX GET`) and the
+    ///    lost records of the router's backends (`MGET`, handed to
+    ///    [`Router::on_lost`]);
+    /// 3. sends again the writes it holds from a failed batch (every write is idempotent);
+    /// 4. reseeds, one step of [`Router::reseed_store`] a round (asked for a
+    ///    [batch](crate::RedisStoreConfig::batch); the router hands out the keys of at least
+    ///    one backend per step), written a batch per pipeline, when the marker was missing or
+    ///    changed (the store came back empty, or is new), when the circuit closed after an
+    ///    outage, or when the router dropped writes (its queue was full);
+    /// 5. takes a batch of the router's writes ([`Router::take_store_writes`]) and performs it
+    ///    in one pipeline ([`perform`](Self::perform)), reporting binds that found the key
+    ///    taken ([`Router::on_bind_taken`]).
+    ///
+    /// While the store does not answer, the writes wait in the router's queue (bounded by
+    /// [`SharedStore::write_queue`](mcp_affinity::router::SharedStore::write_queue); past it
+    /// they are dropped, counted, and made up for by the reseed that follows).
+    pub fn spawn_sync<T: SessionTable + 'static>(&self, router: Arc<Router<T>>) -> SyncHandle {
+        let config = &self.inner.config;
+        let bound = config.shutdown_grace + config.command_timeout * 4;
+        let marker = router
+            .shared_store()
+            .map(|s| format!("{}:epoch", s.prefix()));
+        let sync = Sync {
+            store: self.clone(),
+            router,
+            marker,
+            epoch: None,
+            pending: Vec::new(),
+            reseed: None,
+            dropped_seen: 0,
+            recovered_seen: self.inner.breaker.recovered(),
+            next_poll: Instant::now(),
+            idle: watch::Sender::new(0),
+        };
+        let (stop, stopped) = watch::channel(false);
+        SyncHandle {
+            stop,
+            idle: sync.idle.subscribe(),
+            task: Some(tokio::spawn(sync.run(stopped))),
+            bound,
+        }
+    }
+}
+
+struct Sync<T> {
+    store: RedisStore,
+    router: Arc<Router<T>>,
+    /// The restart marker's key (none for a router without a shared store).
+    marker: Option<String>,
+    /// The marker's value as last read.
+    epoch: Option<String>,
+    /// Writes taken and not yet performed (a failed batch, or the rest of a reseed batch).
+    pending: Vec<StoreWrite>,
+    reseed: Option<ReseedCursor>,
+    /// The router's count of dropped writes, as last seen.
+    dropped_seen: u64,
+    /// The breaker's count of recoveries, as last seen.
+    recovered_seen: u64,
+    next_poll: Instant,
+    idle: watch::Sender<u64>,
+}
+
+impl<T: SessionTable + 'static> Sync<T> {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let busy = self.round().await;
+            if *stop.borrow() {
+                break;
+            }
+            if busy {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let wait = self.idle_wait();
+            tokio::select! {
+                changed = stop.changed() => if changed.is_err() || *stop.borrow() { break },
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.drain().await;
+    }
+
+    fn idle_wait(&self) -> Duration {
+        let flush = self.store.inner.config.flush_every;
+        match self.store.inner.breaker.open_until() {
+            Some(until) => until.saturating_duration_since(Instant::now()).max(flush),
+            None => flush,
+        }
+    }
+
+    /// One round; whether there is more to do at once.
+    async fn round(&mut self) -> bool {
+        let store = self.store.clone();
+        let inner = &*store.inner;
+        if inner.breaker.circuit() != Circuit::Closed && self.store.ping().await.is_err() {
+            return false;
+        }
+        let recovered = inner.breaker.recovered();
+        if recovered != self.recovered_seen {
+            // Back after an outage: what was written meanwhile by others is read at once, and
+            // whatever the store missed is written again.
+            self.recovered_seen = recovered;
+            self.start_reseed();
+            self.next_poll = Instant::now();
+        }
+        if Instant::now() >= self.next_poll {
+            if self.poll().await.is_err() {
+                return false;
+            }
+            self.next_poll = Instant::now() + inner.config.lost_poll;
+        }
+        if self.flush().await.is_err() {
+            return false;
+        }
+        let batch = inner.config.batch;
+        if let Some(cursor) = &mut self.reseed {
+            let writes = self.router.reseed_store(cursor, batch, now());
+            if writes.is_empty() {
+                self.reseed = None;
+            } else {
+                inner
+                    .counters
+                    .reseed_writes
+                    .fetch_add(writes.len() as u64, Relaxed);
+                self.pending = writes;
+                return self.flush().await.is_ok();
+            }
+        }
+        self.pending = self.router.take_store_writes(batch);
+        let flushed = self.flush().await;
+        let queued = self.router.store_queue_len();
+        inner.counters.queue_depth.store(queued, Relaxed);
+        if flushed.is_ok() && queued == 0 && self.reseed.is_none() {
+            self.idle.send_modify(|n| *n += 1);
+        }
+        flushed.is_ok() && queued > 0
+    }
+
+    /// Performs the pending writes, a batch at a time, keeping what could not be written.
+    async fn flush(&mut self) -> Result<(), Unavailable> {
+        let store = self.store.clone();
+        let counters = &store.inner.counters;
+        let batch = store.inner.config.batch;
+        while !self.pending.is_empty() {
+            counters.pending_writes.store(self.pending.len(), Relaxed);
+            let n = batch.min(self.pending.len());
+            let performed = self.store.perform(&self.pending[..n]).await?;
+            for (key, found) in &performed.taken {
+                self.router.on_bind_taken(key, found, now());
+            }
+            self.pending.drain(..n);
+        }
+        counters.pending_writes.store(0, Relaxed);
+        Ok(())
+    }
+
+    /// Reads the restart marker and the lost records, and checks whether the router dropped
+    /// writes.
+    async fn poll(&mut self) -> Result<(), Unavailable> {
+        let store = self.store.clone();
+        let inner = &*store.inner;
+        if let Some(marker) = &self.marker {
+            let candidate = epoch();
+            let found = self.store.mark(marker, &candidate).await?;
+            let empty = found.is_none();
+            let observed = found.unwrap_or(candidate);
+            if self.epoch.as_ref() != Some(&observed) {
+                // Scripts are loaded on every store this task meets (a restarted one has
+                // none); bindings are written again unless this is the task's first look at
+                // a store that has been running.
+                self.store.load_scripts().await?;
+                let first = self.epoch.is_none();
+                if !first {
+                    inner.counters.store_restarts.fetch_add(1, Relaxed);
+                }
+                self.epoch = Some(observed);
+                if !first {
+                    // The store came back empty (or another one answers): absent keys may be
+                    // on their way back from the other routers; 503 meanwhile, not 404. (At
+                    // the first look, an empty store is a new one as far as this router
+                    // knows: the routers that held keys see the change themselves.)
+                    self.router.on_store_restart(now());
+                }
+                if empty || !first {
+                    self.start_reseed();
+                }
+            }
+        }
+        let keys = self.router.lost_keys();
+        for chunk in keys.chunks(inner.config.batch) {
+            let values = self.store.read(chunk).await?;
+            for (key, value) in chunk.iter().zip(values) {
+                if let Some(before) = value.and_then(|v| v.parse::<u32>().ok()) {
+                    self.router.on_lost(key, before, now());
+                    inner.counters.lost_records.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        inner.counters.lost_polls.fetch_add(1, Relaxed);
+        let dropped = self.router.metrics().store_writes_dropped;
+        if inner.reseed_wanted.swap(false, Relaxed) {
+            self.start_reseed();
+        }
+        if dropped > self.dropped_seen {
+            self.dropped_seen = dropped;
+            self.start_reseed();
+        }
+        Ok(())
+    }
+
+    fn start_reseed(&mut self) {
+        self.store.inner.counters.reseeds.fetch_add(1, Relaxed);
+        self.reseed = Some(ReseedCursor::default());
+    }
+
+    /// Stopping: writes what is waiting, within the grace.
+    async fn drain(&mut self) {
+        let store = self.store.clone();
+        let inner = &*store.inner;
+        let deadline = Instant::now() + inner.config.shutdown_grace;
+        while Instant::now() < deadline {
+            if self.pending.is_empty() {
+                self.pending = self.router.take_store_writes(inner.config.batch);
+                if self.pending.is_empty() {
+                    break;
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.flush()).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+        inner
+            .counters
+            .queue_depth
+            .store(self.router.store_queue_len(), Relaxed);
+    }
+}
+
+/// The time for the router, which reads no clock.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// A fresh value for the restart marker: unpredictable enough that two routers, or two
+/// starts of one, never pick the same (the standard library's per-process random hash keys,
+/// the time and the process id).
+fn epoch() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
+}
