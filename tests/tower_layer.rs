@@ -544,3 +544,66 @@ impl MapIds for (Arc<Router>, Vec<BackendId>) {
         (self.0, [self.1[0], self.1[1]])
     }
 }
+
+/// A 2026-07-28 call that creates a task: the task id is in the body, and the store must have
+/// it before the client does (its `tasks/get` may reach another router at once).
+#[cfg(feature = "tasks")]
+#[test]
+fn a_task_revealed_in_a_body_is_written_to_the_store_before_the_body_reaches_the_client() {
+    let now = Instant::now();
+    let router = Arc::new(
+        Router::builder()
+            .shared_store(SharedStore::new("t", now, 1_700_000_000))
+            .build(),
+    );
+    router
+        .add(NewBackend::new(TenantId::DEFAULT, "http://x.test").name("x"))
+        .unwrap();
+    let task = r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"task","taskId":"t-1"}}"#;
+    let backends = Backends::new(&[(
+        "http://x.test",
+        Act::Answer(vec![("content-type", "application/json".into())], task),
+    )]);
+    // The store writer: the first call completes only when polled again (a real round trip).
+    let written: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sync = {
+        let (router, written) = (router.clone(), written.clone());
+        move || {
+            let (router, written) = (router.clone(), written.clone());
+            let mut polled = false;
+            std::future::poll_fn(move |cx| {
+                if !polled {
+                    polled = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                for write in router.take_store_writes(usize::MAX) {
+                    if let StoreWrite::Bind { key, .. } = write {
+                        written.lock().unwrap().push(key);
+                    }
+                }
+                Poll::Ready(())
+            })
+        }
+    };
+    let mut service = AffinityLayer::new(router.clone(), Instant::now)
+        .store_sync(sync)
+        .layer(backends);
+    let call = post(
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "job"),
+        ],
+        "{}",
+    );
+    let body = block_on(async {
+        let response = service.call(call).await.unwrap();
+        // Nothing was revealed by the head.
+        assert!(written.lock().unwrap().is_empty());
+        response.into_body().collect().await.unwrap().to_bytes()
+    });
+    assert_eq!(&body[..], task.as_bytes(), "the body goes on unchanged");
+    assert_eq!(*written.lock().unwrap(), ["t:b:0:3:t-1"]);
+    assert_eq!(router.store_queue_len(), 0);
+}
