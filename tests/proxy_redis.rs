@@ -100,7 +100,7 @@ async fn proxies_sharing_redis_serve_each_others_sessions_and_answer_503_while_i
     assert_eq!(status, 200, "{body}");
     assert_eq!(reply.unwrap().replica, owner2);
 
-    let (status, metrics) = admin(&p2.admin_url("/metrics"), "GET").await;
+    let (status, metrics) = admin(&p2.admin_url("/metrics.json"), "GET").await;
     assert_eq!(status, 200);
     let store = &metrics["store"];
     assert_eq!(store["found"], 2, "{store}");
@@ -134,7 +134,7 @@ async fn with_sealing_too_sessions_need_no_redis() {
         server.keys("e2e:b:*").is_empty(),
         "no session binding in Redis"
     );
-    let (_, metrics) = admin(&p2.admin_url("/metrics"), "GET").await;
+    let (_, metrics) = admin(&p2.admin_url("/metrics.json"), "GET").await;
     assert_eq!(metrics["store"]["lookups"], 0, "{}", metrics["store"]);
     p1.shutdown().await;
     p2.shutdown().await;

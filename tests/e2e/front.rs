@@ -18,12 +18,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 /// What the front saw, in order, at an upstream: a request sent, presenting a session id (the
-/// `Mcp-Session-Id` header, a legacy SSE message's `session_id` / `sessionId`) or none; an answer
-/// that gave the client a session id (that header, a legacy SSE stream's `endpoint` event); a
+/// `Mcp-Session-Id` header, a legacy SSE message's `session_id` / `sessionId`, a 2026-07-28
+/// task's `Mcp-Name` on a `tasks/*` request) or none; the status of its answer; an answer that
+/// gave the client a session id (that header, a legacy SSE stream's `endpoint` event); a
 /// request, or its answer's body, cut on its way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Sent(usize, Option<String>),
+    Answered(usize, u16),
     Minted(usize, String),
     Cut(usize, Option<String>),
 }
@@ -76,6 +78,11 @@ impl Front {
         }
     }
 
+    /// How many upstreams it sends to.
+    pub fn upstreams(&self) -> usize {
+        self.shared.upstreams.len()
+    }
+
     /// What it saw so far.
     pub fn log(&self) -> Vec<Event> {
         self.shared.log.lock().unwrap().clone()
@@ -99,8 +106,12 @@ fn session_param(text: &str) -> Option<String> {
 type FrontBody = Either<Watched, Full<Bytes>>;
 
 async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<FrontBody> {
-    let token = match req.headers().get("mcp-session-id") {
-        Some(id) => id.to_str().ok().map(str::to_string),
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let task = header("mcp-method")
+        .filter(|m| m.starts_with("tasks/"))
+        .and(header("mcp-name"));
+    let token = match header("mcp-session-id").or(task) {
+        Some(id) => Some(id.to_string()),
         None => req.uri().query().and_then(session_param),
     };
     let n = shared.upstreams.len();
@@ -127,6 +138,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<FrontB
                 return answer(StatusCode::BAD_GATEWAY);
             }
         };
+        shared.log(Event::Answered(upstream, response.status().as_u16()));
         let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
         let minted = header("mcp-session-id").filter(|_| token.is_none());
         let minted = minted.map(str::to_string);
