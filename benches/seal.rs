@@ -10,32 +10,44 @@
 //! - `base64-encode`, `base64-decode`: what peers ship by default, an unauthenticated
 //!   base64 of the id into a `String` / `Vec` (what "unauthenticated" costs).
 //!
+//! - `route/streamable-session/{plain,sealed}`: the whole routing decision of a session's call
+//!   (and the request rewrite), on a router without sealing and on one with it, 256 sessions
+//!   each: what sealing adds to a request.
+//!
 //! Run with `cargo bench --bench seal`.
 //!
-//! Measured on the project's 2-core machine, 2026-11-29 (criterion medians, 10 s per case;
-//! noisy: other builds, benches and fuzzers kept the load average near 4.5 during the run, and
-//! a shorter run the same hour gave numbers up to 40% off either way, so read the columns
-//! against each other, not the digits):
+//! Measured on the project's 2-core machine, 2026-11-30, nothing else running (criterion
+//! medians, 4 s per case; an earlier run on a loaded machine read about 1.6× higher across
+//! the board, the ratios alike):
 //!
 //! | id | seal | open | aead-encrypt | aead-decrypt | base64-encode | base64-decode |
 //! |---|---|---|---|---|---|---|
-//! | UUID (36 → 16 bytes) | 882 ns | 690 ns | 681 ns | 608 ns | 95 ns | 158 ns |
-//! | 32 hex (→ 16 bytes) | 744 ns | 872 ns | 667 ns | 689 ns | 115 ns | 227 ns |
-//! | 36 bytes raw | 980 ns | 918 ns | 709 ns | 778 ns | 140 ns | 272 ns |
+//! | UUID (36 → 16 bytes) | 445 ns | 434 ns | 360 ns | 361 ns | 61 ns | 129 ns |
+//! | 32 hex (→ 16 bytes) | 440 ns | 451 ns | 368 ns | 359 ns | 55 ns | 111 ns |
+//! | 36 bytes raw | 438 ns | 458 ns | 377 ns | 375 ns | 59 ns | 129 ns |
+//!
+//! | routing decision of a session's call (UUID id) | plain router | sealing router |
+//! |---|---|---|
+//! | `route` + `rewrite_request` | 200 ns | 747 ns (+547 ns: opening the token, restoring the id) |
 //!
 //! The AEAD is most of the cost: GCM-SIV derives two keys per nonce (six AES blocks and an
 //! AES-256 key expansion) before it touches the 33 to 53 bytes of plaintext. The codec adds
-//! about 100 to 250 ns to it (packing, the header, two base64url passes and zeroed stack
+//! about 60 to 100 ns to it (packing, the header, two base64url passes and zeroed stack
 //! buffers), and stays under a microsecond per request with no allocation. What peers ship,
-//! an unauthenticated base64 of the id, costs 100 to 270 ns, allocates, and protects nothing.
+//! an unauthenticated base64 of the id, costs 55 to 130 ns a way, allocates, and protects nothing.
+
+#![allow(clippy::disallowed_methods)] // benches may read the clock
 
 use std::hint::black_box;
+use std::time::Instant;
 
 use aes_gcm_siv::aead::inout::InOutBuf;
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::Request;
 use mcp_affinity::TenantId;
+use mcp_affinity::router::{End, NewBackend, Routed, Router, Sealing};
 use mcp_affinity::seal::{Binding, Claims, Keyring, Nonces, SealKey, owner_fingerprint};
 use mcp_affinity::table::{KeyKind, Principal};
 
@@ -163,5 +175,86 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Routers over three named backends, with 256 sessions initialized through each: one plain,
+/// one sealing. Returns each with the `Mcp-Session-Id` its clients hold (the backend's id, or
+/// the token).
+fn routers(now: Instant) -> [(Router, Vec<String>); 2] {
+    let build = |sealing: Option<Sealing>| {
+        let mut builder = Router::builder();
+        if let Some(sealing) = sealing {
+            builder = builder.sealing(sealing);
+        }
+        let router = builder.build();
+        for name in ["r1", "r2", "r3"] {
+            let backend = NewBackend::new(TenantId::DEFAULT, &format!("http://{name}:8000"));
+            router.add(backend.name(name)).unwrap();
+        }
+        let held = (0..256)
+            .map(|i| {
+                let request = parts(Request::post("/mcp"));
+                let Routed::Forward(mut exchange) = router.route(&request, now) else {
+                    panic!("placed")
+                };
+                let id = format!("5b7c0f6e-2d41-4c1e-9a3f-{i:012x}");
+                let mut head = http::Response::builder()
+                    .header("mcp-session-id", id)
+                    .body(())
+                    .unwrap()
+                    .into_parts()
+                    .0;
+                let _ = router.on_response_head(&mut exchange, &mut head, now);
+                router.on_exchange_end(exchange, End::Completed, now);
+                head.headers["mcp-session-id"].to_str().unwrap().to_string()
+            })
+            .collect();
+        (router, held)
+    };
+    let keyring = Keyring::new([SealKey::new(KEY)]).unwrap();
+    let sealing = Sealing::new(keyring, [7; 12], now, 1_795_000_000);
+    [build(None), build(Some(sealing))]
+}
+
+fn parts(builder: http::request::Builder) -> http::request::Parts {
+    builder.body(()).unwrap().into_parts().0
+}
+
+/// The whole routing decision of a session's call, plain against sealed, in the same run: the
+/// sealed one opens the token and hands back the backend's id to restore
+/// (`Exchange::rewrite_request`, timed too).
+fn route(c: &mut Criterion) {
+    let now = Instant::now();
+    let mut group = c.benchmark_group("route");
+    for ((router, held), name) in routers(now).into_iter().zip(["plain", "sealed"]) {
+        let requests: Vec<_> = held
+            .iter()
+            .map(|id| {
+                parts(
+                    Request::post("/mcp")
+                        .header("mcp-session-id", id.as_str())
+                        .header("mcp-protocol-version", "2025-11-25"),
+                )
+            })
+            .collect();
+        let mut at = 0;
+        group.bench_function(BenchmarkId::new("streamable-session", name), |b| {
+            b.iter_batched_ref(
+                || {
+                    at = (at + 1) % requests.len();
+                    requests[at].clone()
+                },
+                |request| {
+                    let Routed::Forward(exchange) = router.route(request, now) else {
+                        panic!("pinned")
+                    };
+                    exchange.rewrite_request(request);
+                    black_box(exchange)
+                },
+                BatchSize::NumIterations(256),
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, route);
 criterion_main!(benches);
