@@ -439,6 +439,8 @@ async fn main() -> ExitCode {
         targets.push((name.clone(), url.clone()));
     }
     let mut best: Vec<Option<Phase>> = targets.iter().map(|_| None).collect();
+    // Each round's calls/s, p50 and p99 per target, to pair rounds.
+    let mut per_round: Vec<Vec<[f64; 3]>> = targets.iter().map(|_| Vec::new()).collect();
     let mut failed = false;
     println!(
         "\n{:<8} {:>8} {:>7} {:>6} {:>9} {:>8} {:>8} {:>6} {:>10}",
@@ -457,6 +459,11 @@ async fn main() -> ExitCode {
             let phase = run_phase(url, args.sessions, args.calls, args.max).await;
             row(name, args.sessions, &phase);
             failed |= phase.errors > 0 || phase.violations > 0;
+            per_round[i].push([
+                phase.rate(),
+                ms(phase.percentile(0.5)),
+                ms(phase.percentile(0.99)),
+            ]);
             if best[i].as_ref().is_none_or(|b| phase.rate() > b.rate()) {
                 best[i] = Some(phase);
             }
@@ -475,6 +482,28 @@ async fn main() -> ExitCode {
             other.rate(),
             ms(other.percentile(0.5)),
             ms(other.percentile(0.99)),
+        );
+    }
+    // Rounds run back to back, so each round's pair saw the same machine: the median of the
+    // paired ratios is steadier than the ratio of the best rounds on a shared machine.
+    for ((name, _), other) in targets.iter().zip(&per_round).skip(2) {
+        let ratios = |m: usize| {
+            let mut r: Vec<f64> = per_round[1]
+                .iter()
+                .zip(other)
+                .map(|(p, o)| p[m] / o[m])
+                .collect();
+            r.sort_by(f64::total_cmp);
+            let listed: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+            (
+                r.get(r.len() / 2).copied().unwrap_or(f64::NAN),
+                listed.join(" "),
+            )
+        };
+        let ((rate, rates), (p50, _), (p99, _)) = (ratios(0), ratios(1), ratios(2));
+        println!(
+            "proxied vs {name}, median of the rounds' paired ratios: calls/s {rate:.2}x \
+             (rounds, sorted: {rates}), p50 {p50:.2}x, p99 {p99:.2}x"
         );
     }
     if let Some(Some(plain)) = best.get(2).filter(|_| plain.is_some()) {

@@ -561,3 +561,40 @@ async fn idle_sessions_expire_after_the_idle_ttl() {
     running.shutdown().await;
     drop(replica);
 }
+
+#[test]
+fn the_proxy_strips_hop_by_hop_headers_and_those_connection_names_and_keeps_the_rest() {
+    use http::HeaderMap;
+    let headers = |pairs: &[(&'static str, &'static str)]| {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, value.parse().unwrap());
+        }
+        map
+    };
+    let end_to_end = [
+        ("content-type", "application/json"),
+        ("mcp-session-id", "abc"),
+    ];
+    let mut plain = headers(&end_to_end);
+    e2e::proxy::strip_hop_by_hop(&mut plain);
+    assert_eq!(plain, headers(&end_to_end));
+
+    let mut hop = headers(&[
+        ("content-type", "application/json"),
+        ("connection", "keep-alive, x-private"),
+        ("x-private", "1"),
+        ("keep-alive", "timeout=5"),
+        ("te", "trailers"),
+        ("upgrade", "h2c"),
+        ("proxy-connection", "close"),
+        ("mcp-session-id", "abc"),
+    ]);
+    e2e::proxy::strip_hop_by_hop(&mut hop);
+    assert_eq!(hop, headers(&end_to_end));
+
+    // Only a header a `Connection` names is personal: without one, a lone `x-private` stays.
+    let mut lone = headers(&[("x-private", "1"), ("keep-alive", "timeout=5")]);
+    e2e::proxy::strip_hop_by_hop(&mut lone);
+    assert_eq!(lone, headers(&[("x-private", "1")]));
+}
