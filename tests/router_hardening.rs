@@ -544,6 +544,26 @@ fn dropped_exchanges_release_the_placements_they_counted() {
     }
 }
 
+#[test]
+fn starts_dropped_on_one_backend_do_not_steer_the_next_sessions_away_from_it() {
+    // An even leak over the fleet would hide behind least-sessions' tie-breaks: drop the
+    // starts while there is one backend, then add a second.
+    let router = Router::builder().build();
+    let first = router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    let now = Clock::new().now();
+    for _ in 0..5 {
+        drop(forward(router.route(&post("/mcp", &[]), now)));
+    }
+    let second = router.add_backend(TenantId::DEFAULT, "b", 1).unwrap();
+    let mut per_backend = std::collections::HashMap::new();
+    for i in 0..6 {
+        let owner = initialize(&router, &format!("s{i}"), now);
+        *per_backend.entry(owner).or_insert(0) += 1;
+    }
+    assert_eq!(per_backend.get(&first), Some(&3), "{per_backend:?}");
+    assert_eq!(per_backend.get(&second), Some(&3), "{per_backend:?}");
+}
+
 // --- 9. Ids minted that cannot be routed ---------------------------------------------------
 
 #[test]
