@@ -17,6 +17,7 @@ use std::time::Duration;
 /// | [`lost_poll`](Self::lost_poll) | 1 s | how often the sync task reads the lost records and the restart marker |
 /// | [`shutdown_grace`](Self::shutdown_grace) | 2 s | how long a stopping sync task keeps writing what is queued |
 /// | [`reconnect_attempts`](Self::reconnect_attempts) | 2 | retries of one reconnection, 50 ms apart and doubling, before the call fails |
+/// | [`recovery_grace`](Self::recovery_grace) | 10 s | after a failed call, how long a key the store lacks is [`Unavailable::Recovering`](crate::Unavailable::Recovering) (503), not missing (404) |
 ///
 /// A timeout or connection error counts towards the breaker; an error the server answers
 /// (a key of the wrong type, say) does not, since the server is there.
@@ -32,6 +33,7 @@ pub struct RedisStoreConfig {
     pub(crate) lost_poll: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) reconnect_attempts: usize,
+    pub(crate) recovery_grace: Duration,
 }
 
 impl Default for RedisStoreConfig {
@@ -47,6 +49,7 @@ impl Default for RedisStoreConfig {
             lost_poll: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
             reconnect_attempts: 2,
+            recovery_grace: Duration::from_secs(10),
         }
     }
 }
@@ -125,6 +128,16 @@ impl RedisStoreConfig {
     /// starts a new reconnection.
     pub fn reconnect_attempts(mut self, retries: usize) -> Self {
         self.reconnect_attempts = retries;
+        self
+    }
+
+    /// For this long after a call failed (a timeout, a connection error, an open circuit), a
+    /// key the store does not have is answered [`Unavailable::Recovering`](crate::Unavailable::Recovering)
+    /// (503), not [`Answer::Missing`](crate::Answer::Missing) (default 10 s): while the store
+    /// was away, other routers kept learning keys, and their writes are still on their way
+    /// from their queues. Zero turns it off.
+    pub fn recovery_grace(mut self, grace: Duration) -> Self {
+        self.recovery_grace = grace;
         self
     }
 }

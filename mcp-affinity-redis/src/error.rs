@@ -32,6 +32,16 @@ pub enum Unavailable {
     /// lookup: the key holds a value of another type).
     #[error("redis answered with an error")]
     Server,
+    /// The key is missing, but so is the store's restart marker, or it is not the one this
+    /// router's sync task last read: the store came back empty, and the bindings the routers
+    /// hold are on their way back into it.
+    #[error("redis came back empty")]
+    Changed,
+    /// The key is missing, but a call to the store failed lately (within the
+    /// [recovery grace](crate::RedisStoreConfig::recovery_grace)): another router's write
+    /// of it may still be queued.
+    #[error("redis is recovering from an outage")]
+    Recovering,
 }
 
 /// Errors by kind, as the metrics count them.

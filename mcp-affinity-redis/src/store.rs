@@ -72,6 +72,11 @@ pub(crate) struct Inner {
     refresh: redis::Script,
     /// A write-through failed: what it took must be written again (the sync task reseeds).
     pub(crate) reseed_wanted: std::sync::atomic::AtomicBool,
+    /// When a call last failed (a timeout, a connection error, an open circuit).
+    last_failure: std::sync::Mutex<Option<Instant>>,
+    /// The restart marker's key and the value the sync task last read: a lookup that finds
+    /// its key missing reads the marker in the same round trip.
+    pub(crate) epoch: std::sync::Mutex<Option<(String, String)>>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -167,6 +172,8 @@ impl RedisStore {
                 keep_greatest: redis::Script::new(KEEP_GREATEST),
                 refresh: redis::Script::new(REFRESH),
                 reseed_wanted: std::sync::atomic::AtomicBool::new(false),
+                last_failure: std::sync::Mutex::new(None),
+                epoch: std::sync::Mutex::new(None),
                 config,
             }),
         }
@@ -189,29 +196,58 @@ impl RedisStore {
     /// Reads `key` (a [`Lookup::key`](mcp_affinity::router::store::Lookup::key)), within the
     /// [lookup timeout](RedisStoreConfig::lookup_timeout). An open circuit answers
     /// [`Unavailable::CircuitOpen`] without a call.
+    ///
+    /// A missing key is [`Answer::Missing`] (the router answers 404) only when nothing says
+    /// it may be on its way back: once the sync task has read the store's restart marker, the
+    /// lookup reads the marker with the key (one pipeline, one round trip), and a marker missing or
+    /// changed makes it [`Unavailable::Changed`]; within the
+    /// [recovery grace](RedisStoreConfig::recovery_grace) of a failed call it is
+    /// [`Unavailable::Recovering`]. Both are 503s.
     pub async fn lookup(&self, key: &str) -> Answer {
         let inner = &*self.inner;
         inner.counters.lookups.fetch_add(1, Relaxed);
+        let epoch = inner.epoch.lock().expect("epoch lock").clone();
+        let marker = epoch.as_ref().map(|(marker, _)| marker.as_str());
         let start = Instant::now();
         let result = inner
             .call(inner.config.lookup_timeout, |mut conn| async move {
-                redis::cmd("GET")
-                    .arg(key)
-                    .query_async::<Option<Vec<u8>>>(&mut conn)
-                    .await
+                // `GET`s, not `MGET`: a key of another type must be an error, not a miss.
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(key);
+                if let Some(marker) = marker {
+                    pipe.cmd("GET").arg(marker);
+                }
+                pipe.query_async::<Vec<Option<Vec<u8>>>>(&mut conn).await
             })
             .await;
         if result != Err(Unavailable::CircuitOpen) {
             inner.counters.latency.record(start.elapsed());
         }
-        let (answer, counter) = match result.map(|v| v.map(String::from_utf8)) {
-            Ok(Some(Ok(value))) => (Answer::Found(value), &inner.counters.found),
-            Ok(None) => (Answer::Missing, &inner.counters.missing),
-            // Not a binding (no binding is anything but ASCII): never a guess.
-            Ok(Some(Err(_))) => {
-                inner.counters.error(Kind::Other);
-                let why = Unavailable::Server;
-                (Answer::Unavailable(why), &inner.counters.unavailable)
+        let result = result.map(|mut values| {
+            let found_marker = values.get_mut(1).and_then(Option::take);
+            (values.into_iter().next().flatten(), found_marker)
+        });
+        let (answer, counter) = match result {
+            Ok((Some(value), _)) => match String::from_utf8(value) {
+                Ok(value) => (Answer::Found(value), &inner.counters.found),
+                // Not a binding (no binding is anything but ASCII): never a guess.
+                Err(_) => {
+                    inner.counters.error(Kind::Other);
+                    let why = Unavailable::Server;
+                    (Answer::Unavailable(why), &inner.counters.unavailable)
+                }
+            },
+            Ok((None, found_marker)) => {
+                let known = epoch.as_ref().map(|(_, value)| value.as_bytes());
+                if known.is_some() && found_marker.as_deref() != known {
+                    let why = Unavailable::Changed;
+                    (Answer::Unavailable(why), &inner.counters.unavailable)
+                } else if inner.failed_within(inner.config.recovery_grace) {
+                    let why = Unavailable::Recovering;
+                    (Answer::Unavailable(why), &inner.counters.unavailable)
+                } else {
+                    (Answer::Missing, &inner.counters.missing)
+                }
             }
             Err(why) => (Answer::Unavailable(why), &inner.counters.unavailable),
         };
@@ -460,6 +496,7 @@ impl Inner {
     {
         if !self.breaker.admit(Instant::now()) {
             self.counters.circuit_rejected.fetch_add(1, Relaxed);
+            self.failed_now();
             return Err(Unavailable::CircuitOpen);
         }
         let kind = match tokio::time::timeout(timeout, f(self.conn.clone())).await {
@@ -475,8 +512,19 @@ impl Inner {
             self.breaker.success();
         } else {
             self.breaker.failure(Instant::now());
+            self.failed_now();
         }
         Err(kind.unavailable())
+    }
+
+    fn failed_now(&self) {
+        *self.last_failure.lock().expect("failure lock") = Some(Instant::now());
+    }
+
+    /// Whether a call failed within the last `grace`.
+    fn failed_within(&self, grace: Duration) -> bool {
+        let last = *self.last_failure.lock().expect("failure lock");
+        last.is_some_and(|at| at.elapsed() < grace)
     }
 }
 

@@ -250,7 +250,8 @@ impl<T: SessionTable + 'static> Sync<T> {
                 if !first {
                     inner.counters.store_restarts.fetch_add(1, Relaxed);
                 }
-                self.epoch = Some(observed);
+                self.epoch = Some(observed.clone());
+                *inner.epoch.lock().expect("epoch lock") = Some((marker.clone(), observed));
                 if !first {
                     // The store came back empty (or another one answers): absent keys may be
                     // on their way back from the other routers; 503 meanwhile, not 404. (At

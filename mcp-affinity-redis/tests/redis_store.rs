@@ -572,3 +572,64 @@ async fn killed_connections_cost_at_most_the_call_that_meets_them() {
     a.leave().await;
     b.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_missing_from_a_store_that_came_back_or_failed_lately_is_503_not_404() {
+    let mut server = RedisServer::start();
+    // This router's sync task reads the marker once, at its start, and not again for an hour:
+    // what it learns of the store's changes, it learns from its lookups.
+    let config = fast_config()
+        .lost_poll(Duration::from_secs(3600))
+        .recovery_grace(Duration::from_millis(500));
+    let b = Member::join_with(&server, Router::builder(), &["x", "y"], config).await;
+    eventually(
+        "the sync task read the marker",
+        Duration::from_secs(3),
+        || b.store.metrics().lost_polls >= 1,
+    )
+    .await;
+    assert!(server.get("t:epoch").is_some());
+    let nobody = "t:b:0:2:nobody";
+    assert_eq!(b.store.lookup(nobody).await, Answer::Missing);
+
+    // Emptied in place (no call fails): the marker is gone, so a miss may be a binding on
+    // its way back.
+    let _: () = redis::cmd("FLUSHALL").query(&mut server.admin()).unwrap();
+    assert_eq!(
+        b.store.lookup(nobody).await,
+        Answer::Unavailable(Unavailable::Changed)
+    );
+    // Another router set a marker of its own first: still not the one this router knows.
+    let _: () = redis::cmd("SET")
+        .arg("t:epoch")
+        .arg("another")
+        .query(&mut server.admin())
+        .unwrap();
+    assert_eq!(
+        b.store.lookup(nobody).await,
+        Answer::Unavailable(Unavailable::Changed)
+    );
+    b.leave().await;
+
+    // A store that failed a call lately: misses are 503 for the recovery grace, then 404.
+    let store = RedisStore::connect(&server.url(), config_with_grace())
+        .await
+        .unwrap();
+    assert_eq!(store.lookup(nobody).await, Answer::Missing);
+    server.pause();
+    assert_eq!(
+        store.lookup(nobody).await,
+        Answer::Unavailable(Unavailable::Timeout)
+    );
+    server.resume();
+    assert_eq!(
+        store.lookup(nobody).await,
+        Answer::Unavailable(Unavailable::Recovering)
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(store.lookup(nobody).await, Answer::Missing);
+}
+
+fn config_with_grace() -> RedisStoreConfig {
+    fast_config().recovery_grace(Duration::from_millis(500))
+}

@@ -404,7 +404,7 @@ pub fn stats(front: &Front) -> Stats {
                     .minted
                     .get_or_insert(proxy);
             }
-            Event::Answered(_, status) => *stats.statuses.entry(status).or_default() += 1,
+            Event::Answered(_, status, ..) => *stats.statuses.entry(status).or_default() += 1,
             Event::Cut(proxy, token) => {
                 stats.cut[proxy] += 1;
                 if let Some(token) = token {

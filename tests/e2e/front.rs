@@ -19,13 +19,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// What the front saw, in order, at an upstream: a request sent, presenting a session id (the
 /// `Mcp-Session-Id` header, a legacy SSE message's `session_id` / `sessionId`, a 2026-07-28
-/// task's `Mcp-Name` on a `tasks/*` request) or none; the status of its answer; an answer that
+/// task's `Mcp-Name` on a `tasks/*` request) or none; the status of its answer (with that id,
+/// and whether the request was a `DELETE`); an answer that
 /// gave the client a session id (that header, a legacy SSE stream's `endpoint` event); a
 /// request, or its answer's body, cut on its way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Sent(usize, Option<String>),
-    Answered(usize, u16),
+    Answered(usize, u16, Option<String>, bool),
     Minted(usize, String),
     Cut(usize, Option<String>),
 }
@@ -129,6 +130,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<FrontB
         tokio::spawn(connection);
         shared.log(Event::Sent(upstream, token.clone()));
         let get = req.method() == hyper::Method::GET;
+        let req_method = req.method().clone();
         let response = match send.send_request(req).await {
             Ok(response) => response,
             // The client's own body failed: it went away, not the upstream.
@@ -138,7 +140,9 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<FrontB
                 return answer(StatusCode::BAD_GATEWAY);
             }
         };
-        shared.log(Event::Answered(upstream, response.status().as_u16()));
+        let delete = req_method == hyper::Method::DELETE;
+        let status = response.status().as_u16();
+        shared.log(Event::Answered(upstream, status, token.clone(), delete));
         let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
         let minted = header("mcp-session-id").filter(|_| token.is_none());
         let minted = minted.map(str::to_string);
