@@ -79,8 +79,8 @@
 //! |---|---|---|---|---|
 //! | slow (no answer within [`lookup_timeout`](RedisStoreConfig::lookup_timeout)) | 503 + `Retry-After` ([`Reason::StoreUnavailable`](mcp_affinity::router::Reason::StoreUnavailable)), never 404, never a guess | routed | placed and learned | queued in the router |
 //! | failing ([`breaker_threshold`](RedisStoreConfig::breaker_threshold) failures in a row) | 503 at once: the circuit is open for [`breaker_cool_down`](RedisStoreConfig::breaker_cool_down), then one call probes | routed | placed | queued (bounded; past it dropped, counted) |
-//! | back | answered | routed | placed | the queue drains; the router's bindings are reseeded (set-if-absent) |
-//! | back **empty** (restarted without persistence) | answered (keys learned before: by reseeding) | routed | placed | reseeded as soon as the restart marker is seen missing |
+//! | back | answered; a key it lacks is 503 ([`Unavailable::Recovering`]) for [`recovery_grace`](RedisStoreConfig::recovery_grace) after this router's last failed call (other routers' queued writes are on their way), then 404 | routed | placed | the queue drains; the router's bindings are reseeded (set-if-absent) |
+//! | back **empty** (restarted without persistence) | answered (keys learned before: by reseeding); a key it lacks is 503 ([`Unavailable::Changed`]: each lookup reads the restart marker with its key) until this router's sync task has seen the change, then for the router's [`restart_warmup`](mcp_affinity::router::SharedStore::restart_warmup) | routed | placed | reseeded as soon as the restart marker is seen missing |
 //!
 //! A connection killed under a call fails that call (one 503 at most); the connection is
 //! made again in the background and the next call uses it.
