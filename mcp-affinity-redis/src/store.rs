@@ -283,7 +283,7 @@ impl RedisStore {
     /// Performs what `router` has queued now, in batches, reporting taken binds to it: the
     /// write-through the router asks for before a response that revealed a shared key
     /// reaches the client (give it to
-    /// [`AffinityLayer::store_sync`](mcp_affinity::tower::AffinityLayer::store_sync), or
+    /// `mcp_affinity::tower::AffinityLayer::store_sync` (feature `tower` of the core), or
     /// call it when [`Exchange::take_store_sync`](mcp_affinity::router::Exchange::take_store_sync)
     /// says so). Bounded by the command timeout per batch; on failure the writes taken are
     /// lost for now, and the sync task's next reseed writes them again.
