@@ -10,7 +10,8 @@
 //!   incarnation (since it last came back from down), contained that key: the router learns
 //!   only from backends, and a backend that comes back inherits nothing;
 //! - with principal binding on, no request that carries a session key (on any path, in any
-//!   era) is forwarded while that key is bound to another principal;
+//!   era) is forwarded while that key is bound to another principal; with operator keys
+//!   per principal (the default scope, left unsaid), none is refused as another's;
 //! - nothing goes to a removed or down backend, nor to the contested owner; placement (and
 //!   placing again after a failed delivery) picks only ready backends it has not tried;
 //! - the table never holds keys of removed backends past their grace, nor more keys than its
@@ -24,7 +25,7 @@ use bytes::Bytes;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use mcp_affinity::router::{
-    End, Health, How, OperatorScope, Probe, Routed, Router, Undelivered, key_fn,
+    End, Health, How, OperatorScope, Probe, Reason, Routed, Router, Undelivered, key_fn,
 };
 use mcp_affinity::table::{Key, KeyKind, MemoryTableConfig, Principal, SessionTable};
 use mcp_affinity::{BackendId, TenantId};
@@ -265,8 +266,11 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
         builder = builder
             .operator_key(key_fn(|req| {
                 req.headers.get("mcp-param-workspace").map(|v| v.as_bytes())
-            }))
-            .operator_scope(if shared { OperatorScope::Shared } else { OperatorScope::Principal });
+            }));
+        // Per principal is the default: leave it unsaid, so that the default is what runs.
+        if shared {
+            builder = builder.operator_scope(OperatorScope::Shared);
+        }
     }
     if setup.mcp_paths {
         builder = builder.mcp_paths(["/mcp"]);
@@ -394,6 +398,11 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
                 let vetoes = x.veto;
                 let accept = |b: BackendId| vetoes & (1 << (b.slot() % 8)) == 0;
                 let mut routed = router.route_with(&request, now, accept);
+                if let Routed::Reject(rejection) = &routed {
+                    // Operator keys per principal: nobody can squat on a key another presents.
+                    let squatted = rejection.reason() == Reason::WrongPrincipal(KeyKind::Operator);
+                    assert!(!(setup.operator == Some(false) && squatted), "{uri}: an operator key held by another principal");
+                }
                 let mut tried = Vec::new();
                 for why in &x.undelivered {
                     let Routed::Forward(exchange) = routed else { break };
