@@ -17,7 +17,7 @@ use std::time::Duration;
 /// | [`lost_poll`](Self::lost_poll) | 1 s | how often the sync task reads the lost records and the restart marker |
 /// | [`shutdown_grace`](Self::shutdown_grace) | 2 s | how long a stopping sync task keeps writing what is queued |
 /// | [`reconnect_attempts`](Self::reconnect_attempts) | 2 | retries of one reconnection, 50 ms apart and doubling, before the call fails |
-/// | [`recovery_grace`](Self::recovery_grace) | 10 s | after a failed call, how long a key the store lacks is [`Unavailable::Recovering`](crate::Unavailable::Recovering) (503), not missing (404) |
+/// | [`recovery_grace`](Self::recovery_grace) | 10 s | after a lost connection or an open circuit, how long a key the store lacks is [`Unavailable::Recovering`](crate::Unavailable::Recovering) (503), not missing (404) |
 ///
 /// A timeout or connection error counts towards the breaker; an error the server answers
 /// (a key of the wrong type, say) does not, since the server is there.
@@ -131,8 +131,9 @@ impl RedisStoreConfig {
         self
     }
 
-    /// For this long after a call failed (a timeout, a connection error, an open circuit), a
-    /// key the store does not have is answered [`Unavailable::Recovering`](crate::Unavailable::Recovering)
+    /// For this long after a call lost its connection or met the open circuit (not after a
+    /// lone timeout: a slow moment, which opens the circuit only when it repeats), a key the
+    /// store does not have is answered [`Unavailable::Recovering`](crate::Unavailable::Recovering)
     /// (503), not [`Answer::Missing`](crate::Answer::Missing) (default 10 s): while the store
     /// was away, other routers kept learning keys, and their writes are still on their way
     /// from their queues. Zero turns it off.

@@ -37,9 +37,9 @@ pub enum Unavailable {
     /// hold are on their way back into it.
     #[error("redis came back empty")]
     Changed,
-    /// The key is missing, but a call to the store failed lately (within the
-    /// [recovery grace](crate::RedisStoreConfig::recovery_grace)): another router's write
-    /// of it may still be queued.
+    /// The key is missing, but the store was away lately (a lost connection or an open
+    /// circuit within the [recovery grace](crate::RedisStoreConfig::recovery_grace)):
+    /// another router's write of it may still be queued.
     #[error("redis is recovering from an outage")]
     Recovering,
 }

@@ -89,8 +89,12 @@
 //!
 //! The core's keys (`{prefix}:b:…` bindings, `{prefix}:lost:…` lost records: see
 //! [`mcp_affinity::router::store`]) and one of this crate's: `{prefix}:epoch`, a random value
-//! set when missing, with no expiry; a router that finds it missing or changed knows the store
-//! lost its data and writes its bindings again.
+//! set when missing, with no expiry; a router that finds it missing or changed, or finds
+//! another server answering (its `run_id` changed: a restart from a snapshot, a failover),
+//! knows the store lost data and writes its bindings again, answering misses with 503 for
+//! its warm-up meanwhile. A router whose first look finds the store empty takes it for a new
+//! one: if the store had come back empty just before that router started, the router answers
+//! 404 to keys that the others have not written back yet (for about one `lost_poll`).
 //!
 //! # Requirements
 //!

@@ -201,8 +201,8 @@ impl RedisStore {
     /// it may be on its way back: once the sync task has read the store's restart marker, the
     /// lookup reads the marker with the key (one pipeline, one round trip), and a marker missing or
     /// changed makes it [`Unavailable::Changed`]; within the
-    /// [recovery grace](RedisStoreConfig::recovery_grace) of a failed call it is
-    /// [`Unavailable::Recovering`]. Both are 503s.
+    /// [recovery grace](RedisStoreConfig::recovery_grace) of a lost connection or an open
+    /// circuit it is [`Unavailable::Recovering`]. Both are 503s.
     pub async fn lookup(&self, key: &str) -> Answer {
         let inner = &*self.inner;
         inner.counters.lookups.fetch_add(1, Relaxed);
@@ -451,25 +451,35 @@ impl RedisStore {
             .await
     }
 
-    /// `SET marker candidate NX GET`: the store's restart marker, set to `candidate` if it
-    /// was missing (then `None` is returned: the store is new, or came back empty).
+    /// `SET marker candidate NX GET` and `INFO server`, in one pipeline: the store's restart
+    /// marker, set to `candidate` if it was missing (then `None` is returned: the store is
+    /// new, or came back empty), and the server's `run_id` (new at every start of a server,
+    /// so it also tells a restart from a snapshot, or a failover, that kept the marker).
     pub(crate) async fn mark(
         &self,
         marker: &str,
         candidate: &str,
-    ) -> Result<Option<String>, Unavailable> {
+    ) -> Result<(Option<String>, Option<String>), Unavailable> {
         let inner = &*self.inner;
-        inner
+        let (found, info) = inner
             .call(inner.config.command_timeout, |mut conn| async move {
-                redis::cmd("SET")
+                redis::pipe()
+                    .cmd("SET")
                     .arg(marker)
                     .arg(candidate)
                     .arg("NX")
                     .arg("GET")
-                    .query_async::<Option<String>>(&mut conn)
+                    .cmd("INFO")
+                    .arg("server")
+                    .query_async::<(Option<String>, String)>(&mut conn)
                     .await
             })
-            .await
+            .await?;
+        let run_id = info
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_string());
+        Ok((found, run_id))
     }
 
     /// `MGET keys`: the values, `None` where missing.
@@ -512,7 +522,12 @@ impl Inner {
             self.breaker.success();
         } else {
             self.breaker.failure(Instant::now());
-            self.failed_now();
+            // A lost connection (the server went away, restarted, failed over) starts the
+            // recovery grace; a lone timeout does not (a slow moment, not an outage: it opens
+            // the circuit, and so the grace, only when it repeats).
+            if kind == Kind::Connection {
+                self.failed_now();
+            }
         }
         Err(kind.unavailable())
     }

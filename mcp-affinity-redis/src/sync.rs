@@ -102,6 +102,7 @@ impl RedisStore {
             router,
             marker,
             epoch: None,
+            run_id: None,
             pending: Vec::new(),
             reseed: None,
             dropped_seen: 0,
@@ -126,6 +127,8 @@ struct Sync<T> {
     marker: Option<String>,
     /// The marker's value as last read.
     epoch: Option<String>,
+    /// The server's `run_id` as last read.
+    run_id: Option<String>,
     /// Writes taken and not yet performed (a failed batch, or the rest of a reseed batch).
     pending: Vec<StoreWrite>,
     reseed: Option<ReseedCursor>,
@@ -155,6 +158,8 @@ impl<T: SessionTable + 'static> Sync<T> {
             }
         }
         self.drain().await;
+        // Nobody reads the marker any more: lookups stop comparing it.
+        *self.store.inner.epoch.lock().expect("epoch lock") = None;
     }
 
     fn idle_wait(&self) -> Duration {
@@ -238,25 +243,30 @@ impl<T: SessionTable + 'static> Sync<T> {
         let inner = &*store.inner;
         if let Some(marker) = &self.marker {
             let candidate = epoch();
-            let found = self.store.mark(marker, &candidate).await?;
+            let (found, run_id) = self.store.mark(marker, &candidate).await?;
             let empty = found.is_none();
             let observed = found.unwrap_or(candidate);
-            if self.epoch.as_ref() != Some(&observed) {
+            let first = self.epoch.is_none();
+            // Another server answers (a restart from a snapshot, a failover): the marker may
+            // have survived while the bindings written since were lost.
+            let other_server = run_id.is_some() && self.run_id.is_some() && run_id != self.run_id;
+            if run_id.is_some() {
+                self.run_id = run_id;
+            }
+            if self.epoch.as_ref() != Some(&observed) || other_server {
                 // Scripts are loaded on every store this task meets (a restarted one has
-                // none); bindings are written again unless this is the task's first look at
-                // a store that has been running.
+                // none).
                 self.store.load_scripts().await?;
-                let first = self.epoch.is_none();
                 if !first {
                     inner.counters.store_restarts.fetch_add(1, Relaxed);
                 }
                 self.epoch = Some(observed.clone());
                 *inner.epoch.lock().expect("epoch lock") = Some((marker.clone(), observed));
                 if !first {
-                    // The store came back empty (or another one answers): absent keys may be
-                    // on their way back from the other routers; 503 meanwhile, not 404. (At
-                    // the first look, an empty store is a new one as far as this router
-                    // knows: the routers that held keys see the change themselves.)
+                    // The store came back empty or lost writes: absent keys may be on their
+                    // way back from the other routers; 503 meanwhile, not 404. (At the first
+                    // look, an empty store is a new one as far as this router knows: warming
+                    // up then would refuse a new fleet's operator keys for the warm-up.)
                     self.router.on_store_restart(now());
                 }
                 if empty || !first {
