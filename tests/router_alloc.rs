@@ -46,6 +46,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// The tests of this binary run one at a time: `tracing` keeps one interest per callsite for
+/// the whole process, and a test routing with no subscriber while another listens can leave
+/// the listener's callsites switched off.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn allocations_in(f: impl FnOnce()) -> usize {
     ALLOCATIONS.with(|n| n.set(0));
     COUNTING.with(|c| c.set(true));
@@ -56,6 +67,7 @@ fn allocations_in(f: impl FnOnce()) -> usize {
 
 #[test]
 fn routing_a_request_of_a_known_session_allocates_nothing() {
+    let _one = one_at_a_time();
     let router = Router::builder().build();
     for i in 0..4 {
         router
@@ -103,6 +115,7 @@ fn routing_a_request_of_a_known_session_allocates_nothing() {
 
 #[test]
 fn the_counting_allocator_does_count() {
+    let _one = one_at_a_time();
     // Guards the test above against a counter that cannot see allocations.
     let n = allocations_in(|| {
         let v: Vec<u8> = Vec::with_capacity(64);
@@ -116,8 +129,12 @@ fn the_counting_allocator_does_count() {
 #[cfg(feature = "tracing")]
 #[test]
 fn routing_allocates_nothing_with_a_subscriber_listening() {
+    let _one = one_at_a_time();
     let recorder = recorder::Recorder::new(tracing::Level::INFO);
     tracing::subscriber::with_default(recorder.clone(), || {
+        // Another test of this binary may have met the callsites first, with no subscriber:
+        // have their interest asked again now that one listens.
+        tracing::callsite::rebuild_interest_cache();
         let router = Router::builder().build();
         let _ = router.add_backend(TenantId::DEFAULT, "b", 1).unwrap();
         let clock = Clock::new();
