@@ -21,56 +21,7 @@ use proptest::prelude::*;
 
 const T0: u64 = 1_795_000_000;
 
-/// A store as Redis behaves for the protocol: values with expiry, SET NX, PEXPIRE,
-/// compare-and-delete on a prefix, and keep-the-greatest records.
-#[derive(Default)]
-struct Store {
-    values: HashMap<String, (String, Instant)>,
-    down: bool,
-}
-
-impl Store {
-    fn get(&self, key: &str, now: Instant) -> Option<&str> {
-        self.values
-            .get(key)
-            .filter(|(_, expiry)| *expiry > now)
-            .map(|(v, _)| v.as_str())
-    }
-
-    /// Applies one write; a refused bind returns the value found.
-    fn apply(&mut self, write: StoreWrite, now: Instant) -> Option<(String, String)> {
-        match write {
-            StoreWrite::Bind { key, value, ttl } => {
-                if let Some(found) = self.get(&key, now) {
-                    return Some((key, found.to_string()));
-                }
-                self.values.insert(key, (value, now + ttl));
-            }
-            StoreWrite::Refresh { key, value, ttl } => {
-                // PEXPIRE; a key that is gone (expired keys are gone) is set if absent.
-                match self.values.get_mut(&key).filter(|(_, e)| *e > now) {
-                    Some((_, expiry)) => *expiry = now + ttl,
-                    None => {
-                        self.values.insert(key, (value, now + ttl));
-                    }
-                }
-            }
-            StoreWrite::Forget { key, owner } => {
-                if self.get(&key, now).is_some_and(|v| v.starts_with(&owner)) {
-                    self.values.remove(&key);
-                }
-            }
-            StoreWrite::Lost { key, before, ttl } => {
-                let old = self.get(&key, now).and_then(|v| v.parse::<u32>().ok());
-                if old.is_none_or(|old| old < before) {
-                    self.values.insert(key, (before.to_string(), now + ttl));
-                }
-            }
-            other => panic!("unknown write {other:?}"),
-        }
-        None
-    }
-}
+type Store = common::sim_store::SimStore;
 
 /// A router sharing through the store, with backends named `names` (labels `http://<name>`).
 fn router(names: &[&str], now: Instant) -> (Router, Vec<BackendId>) {

@@ -2,6 +2,8 @@
 //! one-line drivers for the call protocol.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod sim_store;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
