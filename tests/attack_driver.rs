@@ -42,28 +42,6 @@ use mcp_affinity::router::{End, Exchange, Health, How, Probe, Routed, Router, Un
 use mcp_affinity::table::{Key, KeyKind, MemoryTableConfig, Principal, SessionTable};
 use mcp_affinity::{BackendId, TenantId};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<'a, T>(&mut self, all: &'a [T]) -> &'a T {
-        &all[self.below(all.len())]
-    }
-}
-
 fn principal(req: &request::Parts) -> Option<Principal> {
     let token = req.headers.get("authorization")?.as_bytes();
     Some(Principal::new(token.iter().fold(7u64, |h, b| {
@@ -414,10 +392,6 @@ fn tenant_of(req: &request::Parts) -> Option<TenantId> {
         None => Some(TenantId::DEFAULT),
         Some(v) => Some(TenantId::new(v.to_str().ok()?.parse().ok()?)),
     }
-}
-
-fn workspace(req: &request::Parts) -> Option<&[u8]> {
-    req.headers.get("mcp-param-workspace").map(|v| v.as_bytes())
 }
 
 fn run(seed: u64, steps: usize) -> BTreeMap<&'static str, (u64, usize, String)> {

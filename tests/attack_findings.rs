@@ -12,14 +12,6 @@ use mcp_affinity::router::{End, Reason, Routed, Router, Undelivered, key_fn};
 use mcp_affinity::table::{KeyKind, MemoryTableConfig, Principal, SessionTable};
 use mcp_affinity::{BackendId, TenantId};
 
-fn bearer(req: &http::request::Parts) -> Option<Principal> {
-    let token = req.headers.get("authorization")?.as_bytes();
-    let hash = token.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x1000_0000_01b3)
-    });
-    Some(Principal::new(hash))
-}
-
 const ALICE: (&str, &str) = ("authorization", "Bearer alice");
 const MALLORY: (&str, &str) = ("authorization", "Bearer mallory");
 
@@ -580,10 +572,6 @@ fn a_404_the_owner_gives_another_client_does_not_end_the_session() {
 }
 
 // --- 9. Resource exhaustion: client-chosen operator keys evict backend-minted sessions -------
-fn workspace(req: &http::request::Parts) -> Option<&[u8]> {
-    req.headers.get("mcp-param-workspace").map(|v| v.as_bytes())
-}
-
 /// Severity: RESOURCE EXHAUSTION (denial of service against other principals' sessions).
 ///
 /// An operator key is chosen by the client and bound on any 2xx answer; each distinct value

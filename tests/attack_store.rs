@@ -48,10 +48,6 @@ impl Store {
     }
 }
 
-fn workspace(req: &http::request::Parts) -> Option<&[u8]> {
-    req.headers.get("mcp-param-workspace").map(|v| v.as_bytes())
-}
-
 /// A router sharing through the store with backends named `names`, its wall clock reading
 /// `unix` at `now` (every router of a fleet reads its own).
 fn fleet_router(builder: RouterBuilder, names: &[&str], now: Instant, unix: u64) -> Router {

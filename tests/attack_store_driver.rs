@@ -74,34 +74,11 @@ const WORKSPACES: [&str; 16] = [
     "pied",
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
 fn principal(req: &request::Parts) -> Option<Principal> {
     let token = req.headers.get("authorization")?.as_bytes();
     Some(Principal::new(token.iter().fold(7u64, |h, b| {
         h.wrapping_mul(31).wrapping_add(u64::from(*b))
     })))
-}
-
-fn workspace(req: &request::Parts) -> Option<&[u8]> {
-    req.headers.get("mcp-param-workspace").map(|v| v.as_bytes())
 }
 
 type Store = common::sim_store::SimStore;

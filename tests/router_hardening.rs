@@ -10,23 +10,11 @@ use http::StatusCode;
 use mcp_affinity::router::{
     BadEra, End, HeadOutcome, How, OperatorScope, Reason, Routed, Router, key_fn,
 };
-use mcp_affinity::table::{KeyKind, MemoryTableConfig, Principal, SessionTable};
+use mcp_affinity::table::{KeyKind, MemoryTableConfig, SessionTable};
 use mcp_affinity::{BackendId, TenantId};
-
-fn bearer(req: &http::request::Parts) -> Option<Principal> {
-    let token = req.headers.get("authorization")?.as_bytes();
-    let hash = token.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x1000_0000_01b3)
-    });
-    Some(Principal::new(hash))
-}
 
 const ALICE: (&str, &str) = ("authorization", "Bearer alice");
 const MALLORY: (&str, &str) = ("authorization", "Bearer mallory");
-
-fn workspace(req: &http::request::Parts) -> Option<&[u8]> {
-    req.headers.get("mcp-param-workspace").map(|v| v.as_bytes())
-}
 
 // --- 1. Panics ---------------------------------------------------------------------------
 

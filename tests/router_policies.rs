@@ -7,7 +7,7 @@ use bytes::Bytes;
 use common::*;
 use http::StatusCode;
 use mcp_affinity::router::{End, HeadOutcome, How, Reason, Router, key_fn};
-use mcp_affinity::table::{KeyKind, MemoryTableConfig, Principal, Scope};
+use mcp_affinity::table::{KeyKind, MemoryTableConfig, Scope};
 use mcp_affinity::{BackendId, TenantId};
 
 fn by_header(req: &http::request::Parts) -> Option<TenantId> {
@@ -46,15 +46,6 @@ fn a_session_id_presented_under_another_tenant_is_unknown() {
     ));
     assert_eq!(other.reason(), Reason::UnknownKey(KeyKind::Session));
     assert_eq!(other.status(), StatusCode::NOT_FOUND);
-}
-
-fn bearer(req: &http::request::Parts) -> Option<Principal> {
-    let token = req.headers.get("authorization")?.as_bytes();
-    // A stand-in fingerprint (FNV-1a); embedders would use a keyed hash.
-    let hash = token.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x1000_0000_01b3)
-    });
-    Some(Principal::new(hash))
 }
 
 #[test]

@@ -258,3 +258,44 @@ pub mod recorder {
         fn exit(&self, _: &Id) {}
     }
 }
+
+/// A principal from the `Authorization` header: a stand-in fingerprint (FNV-1a) of its
+/// value; embedders would use a keyed hash.
+pub fn bearer(req: &request::Parts) -> Option<mcp_affinity::table::Principal> {
+    let token = req.headers.get("authorization")?.as_bytes();
+    let hash = token.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x1000_0000_01b3)
+    });
+    Some(mcp_affinity::table::Principal::new(hash))
+}
+
+/// An operator key: the `Mcp-Param-Workspace` header.
+pub fn workspace(req: &request::Parts) -> Option<&[u8]> {
+    req.headers.get("mcp-param-workspace").map(|v| v.as_bytes())
+}
+
+/// A small deterministic generator (xorshift*) for the randomised drivers.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    pub fn pick<'a, T>(&mut self, all: &'a [T]) -> &'a T {
+        &all[self.below(all.len())]
+    }
+}
