@@ -41,8 +41,8 @@ use hyper_util::rt::TokioExecutor;
 type Http = Client<HttpConnector, Full<Bytes>>;
 
 const USAGE: &str = "\
-usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--direct URL --proxy URL]
-            [--target NAME=URL]...
+usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--rate CALLS_PER_S]
+            [--direct URL --proxy URL] [--target NAME=URL]...
        load --serve-replica ADDR
        load --serve-plain ADDR --to HOST:PORT
 
@@ -50,6 +50,9 @@ usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--direct 
   --calls C          whoami calls per session (default 1000)
   --max-seconds S    a phase stops after S seconds (default 15)
   --rounds R         direct/proxied rounds, alternated; the best of each is kept (default 3)
+  --rate R           offer R calls/s in all (each session calls on a fixed schedule) instead
+                     of calling as fast as answers come; latency counts from the scheduled
+                     time, so a late call's wait is in it (default: as fast as possible)
   --direct URL       a backend's MCP endpoint (default: an in-process rmcp replica)
   --proxy URL        the proxy's MCP endpoint in front of it (default: the in-process proxy)
   --target NAME=URL  another hop in front of the same backend, measured in the same rounds and
@@ -63,6 +66,7 @@ struct Args {
     calls: usize,
     max: Duration,
     rounds: usize,
+    rate: Option<f64>,
     direct: Option<String>,
     proxy: Option<String>,
     targets: Vec<(String, String)>,
@@ -77,6 +81,7 @@ fn parse() -> Result<Args, String> {
         calls: 1000,
         max: Duration::from_secs(15),
         rounds: 3,
+        rate: None,
         direct: None,
         proxy: None,
         targets: Vec::new(),
@@ -96,6 +101,15 @@ fn parse() -> Result<Args, String> {
             "--calls" => args.calls = number()?.max(1),
             "--rounds" => args.rounds = number()?.max(1),
             "--max-seconds" => args.max = Duration::from_secs(number()? as u64),
+            "--rate" => match value.parse::<f64>() {
+                // From one call an hour to a billion a second.
+                Ok(rate) if (1.0 / 3600.0..=1e9).contains(&rate) => args.rate = Some(rate),
+                _ => {
+                    return Err(format!(
+                        "--rate {value}: expected calls per second, 1/3600 to 1e9"
+                    ));
+                }
+            },
             "--direct" => args.direct = Some(value),
             "--proxy" => args.proxy = Some(value),
             "--target" => match value.split_once('=') {
@@ -189,8 +203,23 @@ fn reply_of(body: &[u8]) -> Option<rmcp_peers::Reply> {
     rmcp_peers::parse_reply(value["result"]["content"][0]["text"].as_str()?).ok()
 }
 
-/// One session: initialize, then `calls` whoami calls until `deadline`; DELETE at the end.
-async fn session(http: Http, url: Arc<str>, calls: usize, deadline: Instant) -> Phase {
+/// A session's call schedule at a fixed offered rate: a call every `every`, the first after
+/// `offset` (sessions are spread over one period).
+#[derive(Clone, Copy)]
+struct Pace {
+    every: Duration,
+    offset: Duration,
+}
+
+/// One session: initialize, then `calls` whoami calls until `deadline` (as fast as answers
+/// come, or on `pace`'s schedule); DELETE at the end.
+async fn session(
+    http: Http,
+    url: Arc<str>,
+    calls: usize,
+    deadline: Instant,
+    pace: Option<Pace>,
+) -> Phase {
     let mut phase = Phase::default();
     let id = match post(&http, &url, None, INITIALIZE).await {
         Ok((200, Some(id), _)) => id,
@@ -207,11 +236,25 @@ async fn session(http: Http, url: Arc<str>, calls: usize, deadline: Instant) -> 
         return phase;
     }
     let mut track = rmcp_peers::Track::default();
-    for _ in 0..calls {
+    let first = pace.map(|p| Instant::now() + p.offset);
+    for k in 0..calls {
+        // On a schedule, a call that is late (the previous answer came after this one was
+        // due) counts from when it was due: its wait is latency too (no coordinated
+        // omission). One that is early waits, and counts from when the timer let it go.
+        let started = match pace
+            .zip(first)
+            .map(|(p, first)| first + p.every.mul_f64(k as f64))
+        {
+            Some(due) if due > Instant::now() => {
+                tokio::time::sleep_until(due.into()).await;
+                Instant::now()
+            }
+            Some(due) => due,
+            None => Instant::now(),
+        };
         if Instant::now() >= deadline {
             break;
         }
-        let started = Instant::now();
         match post(&http, &url, Some(&id), WHOAMI).await {
             Ok((200, _, body)) => {
                 phase.latencies.push(started.elapsed());
@@ -238,14 +281,25 @@ async fn session(http: Http, url: Arc<str>, calls: usize, deadline: Instant) -> 
     phase
 }
 
-async fn run_phase(url: &str, sessions: usize, calls: usize, max: Duration) -> Phase {
+async fn run_phase(
+    url: &str,
+    sessions: usize,
+    calls: usize,
+    max: Duration,
+    rate: Option<f64>,
+) -> Phase {
     let http: Http = Client::builder(TokioExecutor::new()).build_http();
     let url: Arc<str> = url.into();
     let started = Instant::now();
     let deadline = started + max;
+    let every = rate.map(|rate| Duration::from_secs_f64(sessions as f64 / rate));
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..sessions {
-        set.spawn(session(http.clone(), url.clone(), calls, deadline));
+    for i in 0..sessions {
+        let pace = every.map(|every| Pace {
+            every,
+            offset: every.mul_f64(i as f64 / sessions as f64),
+        });
+        set.spawn(session(http.clone(), url.clone(), calls, deadline, pace));
     }
     let mut total = Phase::default();
     while let Some(joined) = set.join_next().await {
@@ -411,11 +465,15 @@ async fn main() -> ExitCode {
         }
     };
     println!(
-        "{} sessions x {} whoami calls per phase (max {} s), {} round(s); raw HTTP/1.1 POSTs, pooled",
+        "{} sessions x {} whoami calls per phase (max {} s), {} round(s); raw HTTP/1.1 POSTs, pooled; {}",
         args.sessions,
         args.calls,
         args.max.as_secs(),
-        args.rounds
+        args.rounds,
+        match args.rate {
+            Some(rate) => format!("{rate} calls/s offered, on a schedule"),
+            None => "as fast as answers come".into(),
+        }
     );
     println!("direct:  {direct}\nproxied: {proxied} (the router's proxy)");
     if let Some(plain) = &plain {
@@ -423,8 +481,8 @@ async fn main() -> ExitCode {
     }
 
     // Warm up both paths (connections, allocator, caches).
-    let _ = run_phase(&direct, 4, 20, Duration::from_secs(2)).await;
-    let _ = run_phase(&proxied, 4, 20, Duration::from_secs(2)).await;
+    let _ = run_phase(&direct, 4, 20, Duration::from_secs(2), None).await;
+    let _ = run_phase(&proxied, 4, 20, Duration::from_secs(2), None).await;
 
     let mut targets = vec![
         ("direct".to_string(), direct.clone()),
@@ -435,7 +493,7 @@ async fn main() -> ExitCode {
     }
     for (name, url) in &args.targets {
         println!("{name}: {url}");
-        let _ = run_phase(url, 4, 20, Duration::from_secs(2)).await;
+        let _ = run_phase(url, 4, 20, Duration::from_secs(2), None).await;
         targets.push((name.clone(), url.clone()));
     }
     let mut best: Vec<Option<Phase>> = targets.iter().map(|_| None).collect();
@@ -456,8 +514,15 @@ async fn main() -> ExitCode {
     );
     for _ in 0..args.rounds {
         for (i, (name, url)) in targets.iter().enumerate() {
-            let phase = run_phase(url, args.sessions, args.calls, args.max).await;
+            let phase = run_phase(url, args.sessions, args.calls, args.max, args.rate).await;
             row(name, args.sessions, &phase);
+            if let Some(rate) = args.rate.filter(|&rate| phase.rate() < 0.95 * rate) {
+                println!(
+                    "  ^ {name} kept up with {:.0} of the {rate} calls/s offered: saturated, so \
+                     its latency measures a backlog, not the hop (offer less)",
+                    phase.rate()
+                );
+            }
             failed |= phase.errors > 0 || phase.violations > 0;
             per_round[i].push([
                 phase.rate(),

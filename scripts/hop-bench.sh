@@ -4,7 +4,12 @@
 # HAProxy with a stick table on Mcp-Session-Id. `examples/load` drives the same load through
 # each, rounds alternated, and prints calls/s, p50 and p99 per hop and the ratios.
 #
-# Usage: scripts/hop-bench.sh [SESSIONS] [ROUNDS] [SECONDS]   (defaults: 32 4 10)
+# Two passes: at saturation (each session calls as fast as answers come: calls/s is the
+# measure; in such a closed loop the mean latency is sessions / calls/s, whatever the hop), then
+# at a fixed offered load RATE (calls on a schedule, latency counted from when each call was
+# due: p50 and p99 are the measure, at equal calls/s).
+#
+# Usage: scripts/hop-bench.sh [SESSIONS] [ROUNDS] [SECONDS] [RATE]   (defaults: 32 4 10 8000)
 # Needs haproxy (Debian: apt-get install -y haproxy); without it, HAProxy is skipped, loudly.
 # Every server listens on 127.0.0.1 and is stopped when the script exits.
 #
@@ -17,7 +22,7 @@
 # (X-Forwarded-For, hop-by-hop headers, graceful-shutdown watches, boxed futures and bodies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sessions="${1:-32}" rounds="${2:-4}" seconds="${3:-10}"
+sessions="${1:-32}" rounds="${2:-4}" seconds="${3:-10}" rate="${4:-8000}"
 
 cargo build --release --example load --example proxy
 bin=target/release/examples
@@ -74,5 +79,9 @@ fi
 for p in "$proxy" "$plain" ${haproxy:+"$haproxy"}; do wait_port "$p" || true; done
 
 echo "machine: $(nproc) cores; $(date -u +%F)"
-"$bin/load" --sessions "$sessions" --rounds "$rounds" --max-seconds "$seconds" --calls 100000 \
-    --direct "http://127.0.0.1:$replica/mcp" --proxy "http://127.0.0.1:$proxy/mcp" "${targets[@]}"
+load=("$bin/load" --sessions "$sessions" --rounds "$rounds" --max-seconds "$seconds" --calls 100000
+    --direct "http://127.0.0.1:$replica/mcp" --proxy "http://127.0.0.1:$proxy/mcp" "${targets[@]}")
+echo; echo "== saturation: every session calls as fast as answers come"
+"${load[@]}"
+echo; echo "== a fixed offered load: $rate calls/s on a schedule"
+"${load[@]}" --rate "$rate"

@@ -593,8 +593,157 @@ fn the_proxy_strips_hop_by_hop_headers_and_those_connection_names_and_keeps_the_
     e2e::proxy::strip_hop_by_hop(&mut hop);
     assert_eq!(hop, headers(&end_to_end));
 
+    // The common case, a chunked answer: only its `Transfer-Encoding` goes.
+    let mut chunked = headers(&[
+        ("content-type", "text/event-stream"),
+        ("transfer-encoding", "chunked"),
+        ("mcp-session-id", "abc"),
+    ]);
+    e2e::proxy::strip_hop_by_hop(&mut chunked);
+    assert_eq!(
+        chunked,
+        headers(&[
+            ("content-type", "text/event-stream"),
+            ("mcp-session-id", "abc")
+        ])
+    );
+
+    // More hop-by-hop names than the one-pass scan keeps, and no `Connection`: all go.
+    let mut many = headers(&[
+        ("te", "trailers"),
+        ("trailer", "x-checksum"),
+        ("content-type", "application/json"),
+        ("upgrade", "h2c"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "close"),
+        ("proxy-authorization", "Basic eDp5"),
+        ("mcp-session-id", "abc"),
+    ]);
+    e2e::proxy::strip_hop_by_hop(&mut many);
+    assert_eq!(many, headers(&end_to_end));
+
     // Only a header a `Connection` names is personal: without one, a lone `x-private` stays.
     let mut lone = headers(&[("x-private", "1"), ("keep-alive", "timeout=5")]);
     e2e::proxy::strip_hop_by_hop(&mut lone);
     assert_eq!(lone, headers(&[("x-private", "1")]));
+}
+
+/// A backend that answers every request with an endless event stream and reports the
+/// request's method and headers.
+async fn endless_backend() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(http::Method, http::HeaderMap)>,
+    tokio::task::JoinHandle<()>,
+) {
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen, requests) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                let _ = seen.send((req.method().clone(), req.headers().clone()));
+                let body = endless::Endless {
+                    sent: false,
+                    dropped: None,
+                };
+                let response = http::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap();
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            connections.spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, requests, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_sees_the_clients_address_once_and_no_hop_by_hop_header() {
+    let (backend, mut requests, server) = endless_backend().await;
+    let config = Config {
+        backends: vec![format!("http://{backend}")],
+        ..Config::default()
+    };
+    // The hyper proxy's own forwarding (not the axum front's, which CI also runs).
+    let running = Running::start(&config).await.expect("the proxy starts");
+    let client = raw_client();
+    // A client that forges the header and names it in `Connection`, hoping the proxy strips
+    // the address it adds.
+    let request = http::Request::get(running.url("/stream"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("connection", "x-forwarded-for")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (method, headers) = requests.recv().await.expect("the backend got the request");
+    assert_eq!(method, http::Method::GET);
+    let forwarded: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(forwarded, ["127.0.0.1"], "{headers:?}");
+    assert!(headers.get("te").is_none(), "{headers:?}");
+    assert_ne!(
+        headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"x-forwarded-for"[..]),
+        "{headers:?}"
+    );
+    drop(response);
+    server.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_backend_ends_its_get_streams_and_lets_post_answers_run() {
+    use http_body_util::BodyExt;
+    let (backend, _requests, server) = endless_backend().await;
+    let config = Config {
+        backends: vec![format!("http://{backend}")],
+        ..Config::default()
+    };
+    // The hyper proxy's own forwarding (not the axum front's, which CI also runs).
+    let running = Running::start(&config).await.expect("the proxy starts");
+    let client = raw_client();
+    let open = |method: http::Method| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(running.url("/stream"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap();
+        client.request(request)
+    };
+    let mut get = open(http::Method::GET).await.unwrap().into_body();
+    let mut post = open(http::Method::POST).await.unwrap().into_body();
+    for body in [&mut get, &mut post] {
+        let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the first event")
+            .expect("a frame")
+            .expect("data");
+        assert_eq!(first.into_data().unwrap(), "event: message\ndata: one\n\n");
+    }
+
+    let (status, answer) = admin(&running.admin_url("/backends/0/remove"), "POST").await;
+    assert_eq!(status, 200, "{answer}");
+    // The standalone stream has no end of its own: the proxy ends it, cleanly.
+    let end = tokio::time::timeout(Duration::from_secs(2), get.frame())
+        .await
+        .expect("the GET stream ends within 2 s of the removal");
+    assert!(end.is_none(), "a clean end, not an error: {end:?}");
+    // A POST's answer is the call's own: it runs on, as it would through a draining proxy.
+    let pending = tokio::time::timeout(Duration::from_millis(300), post.frame()).await;
+    assert!(
+        pending.is_err(),
+        "the POST answer is still open: {pending:?}"
+    );
+    drop(post);
+    server.abort();
+    running.shutdown().await;
 }

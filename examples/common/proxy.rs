@@ -6,9 +6,10 @@
 //! deliveries, the response head, the observed body) around the proxy's own forwarding
 //! service, [`Forwarder`], which sends to the chosen backend through a pooled hyper-util
 //! client. Bodies are never collected (a small body of a request the router may place again
-//! is kept for that); `text/event-stream` answers get `X-Accel-Buffering: no` and end when
-//! their backend is removed; there is no timeout on a response stream; a client that goes
-//! away drops the backend's body at once.
+//! is kept for that); `text/event-stream` answers get `X-Accel-Buffering: no`, and a `GET`
+//! stream (which has no end of its own) ends when its backend is removed or restarted, while a
+//! `POST`'s answer runs to its end; there is no timeout on a response stream; a client that
+//! goes away drops the backend's body at once.
 //!
 //! Out of band: an admin listener (metrics, add/drain/undrain/remove/restart backends), a
 //! maintenance task (`Router::maintain` every second, TCP health checks), graceful shutdown.
@@ -39,21 +40,21 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use mcp_affinity::router::{
     BackendInfo, Metrics, NewBackend, OPENMETRICS_CONTENT_TYPE, Probe, Rejection, Router, Sealing,
     SharedStore, Undelivered,
 };
 use mcp_affinity::seal::Keyring;
 use mcp_affinity::table::{MemoryTable, MemoryTableConfig};
-use mcp_affinity::tower::{Affinity, AffinityLayer, ReplayBody, StoreAnswer, Upstream};
+use mcp_affinity::tower::{
+    Affinity, AffinityBody, AffinityLayer, ReplayBody, StoreAnswer, Upstream,
+};
 use mcp_affinity::{BackendId, TenantId};
 use mcp_affinity_redis::{Answer, RedisStore, RedisStoreConfig, StoreMetrics};
 use tokio::net::{TcpListener, TcpStream};
@@ -61,8 +62,13 @@ use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// The body of every response the proxy sends.
-pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// The body of every response the proxy sends: the gateway's (the backend's, observed by the
+/// router, or the router's rejection), or one the proxy writes itself. Two variants, not a
+/// boxed body: no allocation per response.
+pub type ProxyBody = Either<GatewayBody, Full<Bytes>>;
+
+/// The body of the gateway's answers.
+type GatewayBody = AffinityBody<ForwardBody, fn() -> Instant, MemoryTable>;
 
 /// How the proxy is set up.
 #[derive(Clone, Debug)]
@@ -124,6 +130,8 @@ struct Backend {
     url: Arc<str>,
     scheme: Scheme,
     authority: Authority,
+    /// `authority` as a `Host` header value.
+    host: HeaderValue,
     /// A path prefix (no trailing slash; empty for none).
     prefix: String,
     /// Flipped to `true` when the backend is removed or restarted.
@@ -314,6 +322,8 @@ impl Proxy {
             .cloned()
             .ok_or(format!("backend {url:?}: no host"))?;
         let prefix = uri.path().trim_end_matches('/').to_string();
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| format!("backend {url:?}: {e}"))?;
         let mut upstreams = self.backends.by_slot.write().unwrap();
         let id = self
             .router
@@ -328,6 +338,7 @@ impl Proxy {
             url: url.into(),
             scheme,
             authority,
+            host,
             prefix,
             gone: watch::Sender::new(false),
         });
@@ -366,8 +377,9 @@ impl Proxy {
     }
 
     /// Removes a backend: the router rejects its keys from now on (404, owner gone) and purges
-    /// them after its removal grace, and the proxy ends the streams still open to it. Returns
-    /// the number of keys the backend owned.
+    /// them after its removal grace, and the proxy ends the `GET` streams still open to it
+    /// (answers to `POST`s in flight run to their end). Returns the number of keys the backend
+    /// owned.
     pub fn remove(&self, slot: u16) -> Result<usize, String> {
         let mut upstreams = self.backends.by_slot.write().unwrap();
         let upstream = upstreams
@@ -424,25 +436,51 @@ impl Proxy {
     /// deliver is reported to the router, which places it again on another backend (a
     /// conversation start, a stateless call: its body, if small, was kept for that) or
     /// rejects it (a pinned request whose owner refused the connection: its session is gone,
-    /// 404).
-    pub async fn handle(
-        &self,
+    /// 404). `forwarded_for` is the client's address as an `X-Forwarded-For` value (made once
+    /// per connection, by [`forwarded_for`]).
+    ///
+    /// The request is handed to the gateway before this returns; the future only waits for
+    /// the answer. It stays small that way (hyper moves it into its connection state).
+    pub fn handle(
+        self: &Arc<Self>,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<ProxyBody> {
-        req.extensions_mut().insert(Peer(peer));
+        forwarded_for: Option<HeaderValue>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
+        // Before the client's address is added: a client could name X-Forwarded-For in
+        // `Connection` and have it removed.
+        strip_hop_by_hop(req.headers_mut());
+        if let Some(ip) = forwarded_for {
+            req.headers_mut()
+                .append(HeaderName::from_static("x-forwarded-for"), ip);
+        }
         let mut gateway = self.gateway.clone();
-        let response = match std::future::poll_fn(|cx| gateway.poll_ready(cx)).await {
-            Ok(()) => gateway.call(req).await,
-            Err(error) => Err(error),
+        // The forwarder takes every request (a pooled client), so the gateway is ready at once.
+        let call = match gateway.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(())) => Ok(gateway.call(req)),
+            Poll::Ready(Err(error)) => Err(Some(error)),
+            // Never with this forwarder; a gateway that could be busy would shed the request.
+            Poll::Pending => Err(None),
         };
-        match response {
-            Ok(response) => response.map(BodyExt::boxed_unsync),
-            // The client's own body failed (it went away mid-request): nobody to tell.
-            Err(ForwardError::ClientBody) => {
-                text(StatusCode::BAD_REQUEST, "request body failed\n".into())
+        let proxy = self.clone();
+        async move {
+            let response = match call {
+                Ok(call) => call.await,
+                Err(Some(error)) => Err(error),
+                Err(None) => {
+                    let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
+                    busy.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return busy;
+                }
+            };
+            match response {
+                Ok(response) => response.map(Either::Left),
+                // The client's own body failed (it went away mid-request): nobody to tell.
+                Err(ForwardError::ClientBody) => {
+                    text(StatusCode::BAD_REQUEST, "request body failed\n".into())
+                }
+                Err(error) => proxy.bad_gateway(&error.to_string()),
             }
-            Err(error) => self.bad_gateway(&error.to_string()),
         }
     }
 
@@ -463,9 +501,9 @@ impl Proxy {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let grace = self.shutdown_grace;
         let proxy = self;
-        serve_with(listener, shutdown, grace, move |req, peer| {
-            let proxy = proxy.clone();
-            async move { proxy.handle(req, peer).await }
+        serve_with(listener, shutdown, grace, move |peer| {
+            let (proxy, ip) = (proxy.clone(), forwarded_for(peer));
+            move |req| proxy.handle(req, ip.clone())
         })
         .await;
     }
@@ -477,9 +515,12 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) {
         let proxy = self;
-        serve_with(listener, shutdown, Duration::ZERO, move |req, _| {
+        serve_with(listener, shutdown, Duration::ZERO, move |_| {
             let proxy = proxy.clone();
-            async move { proxy.admin(req) }
+            move |req| {
+                let proxy = proxy.clone();
+                async move { proxy.admin(req) }
+            }
         })
         .await;
     }
@@ -631,9 +672,10 @@ impl Proxy {
     }
 }
 
-/// The client's address, for `X-Forwarded-For`.
-#[derive(Clone, Copy, Debug)]
-struct Peer(SocketAddr);
+/// The client's address as an `X-Forwarded-For` value.
+pub fn forwarded_for(peer: SocketAddr) -> Option<HeaderValue> {
+    HeaderValue::from_str(&peer.ip().to_string()).ok()
+}
 
 /// Why the forwarder could not answer.
 #[derive(Debug)]
@@ -687,56 +729,54 @@ impl Service<Request<ReplayBody<Incoming>>> for Forwarder {
     }
 
     fn call(&mut self, request: Request<ReplayBody<Incoming>>) -> Self::Future {
-        Box::pin(self.0.clone().forward(request))
+        // The request is made and handed to the pooled client here; the future only waits for
+        // the answer, so it stays small (it is boxed and moved per request).
+        match self.0.send(request) {
+            Ok(sent) => Box::pin(sent.answer()),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
     }
 }
 
-impl Backends {
-    async fn forward(
-        self: Arc<Self>,
-        request: Request<ReplayBody<Incoming>>,
-    ) -> Result<Response<ForwardBody>, ForwardError> {
-        let (mut parts, body) = request.into_parts();
-        let upstream = parts
-            .extensions
-            .remove::<Upstream>()
-            .expect("the layer names the backend");
-        let Some((target, authority, gone)) = self.target(upstream.backend(), &parts.uri) else {
-            // Removed between the router's decision and here: nothing listens for it now.
-            let detail = format!("{} removed", upstream.backend());
-            return Err(ForwardError::Undelivered(Undelivered::Refused, detail));
-        };
-        parts.uri = target;
-        parts.version = http::Version::HTTP_11;
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(Peer(peer)) = parts.extensions.remove::<Peer>() {
-            if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
-                let name = HeaderName::from_static("x-forwarded-for");
-                parts.headers.append(name, ip);
-            }
-        }
-        if self.rewrite_host || !parts.headers.contains_key(header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
-        let error = match self.client.request(Request::from_parts(parts, body)).await {
+/// Where a request goes: [`Backends::target`].
+struct Target {
+    /// The request URI on the backend.
+    uri: Uri,
+    /// The backend's authority, as a `Host` header.
+    host: HeaderValue,
+    /// Flips to `true` when the backend is removed or restarted.
+    gone: Option<watch::Receiver<bool>>,
+}
+
+/// A request handed to the pooled client: [`Backends::send`].
+struct Sent {
+    response: hyper_util::client::legacy::ResponseFuture,
+    backend: BackendId,
+    gone: Option<watch::Receiver<bool>>,
+}
+
+impl Sent {
+    /// The backend's answer, or why there is none.
+    async fn answer(self) -> Result<Response<ForwardBody>, ForwardError> {
+        let error = match self.response.await {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
-                let gone = is_event_stream(&head.headers).then(|| {
+                let gone = if is_event_stream(&head.headers) {
                     head.headers.insert(
                         HeaderName::from_static("x-accel-buffering"),
                         HeaderValue::from_static("no"),
                     );
                     // A stream may live for hours: end it when its backend is removed.
-                    gone
-                });
+                    self.gone
+                } else {
+                    None
+                };
                 return Ok(Response::from_parts(head, UntilGone::new(body, gone)));
             }
             Err(error) => error,
         };
-        let backend = upstream.backend();
+        let backend = self.backend;
         if let Some(why) = undelivered(&error) {
             return Err(ForwardError::Undelivered(why, format!("{error:?}")));
         }
@@ -746,27 +786,63 @@ impl Backends {
         }
         Err(ForwardError::Failed(format!("{backend} failed: {error:?}")))
     }
+}
 
-    /// The request URI on the backend, its authority, and its removal switch.
-    fn target(&self, id: BackendId, uri: &Uri) -> Option<(Uri, Authority, watch::Receiver<bool>)> {
+impl Backends {
+    /// Makes the request for the backend the layer named and hands it to the pooled client
+    /// (`Err`: that backend is gone).
+    fn send(&self, request: Request<ReplayBody<Incoming>>) -> Result<Sent, ForwardError> {
+        let (mut parts, body) = request.into_parts();
+        let upstream = parts
+            .extensions
+            .remove::<Upstream>()
+            .expect("the layer names the backend");
+        // Only a GET stream is ended when its backend goes: it has no end of its own. A POST's
+        // answer ends with the call, as a draining proxy lets it.
+        let stream = parts.method == Method::GET;
+        let Some(Target { uri, host, gone }) = self.target(upstream.backend(), &parts.uri, stream)
+        else {
+            // Removed between the router's decision and here: nothing listens for it now.
+            let detail = format!("{} removed", upstream.backend());
+            return Err(ForwardError::Undelivered(Undelivered::Refused, detail));
+        };
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        if self.rewrite_host || !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, host);
+        }
+        let response = self.client.request(Request::from_parts(parts, body));
+        Ok(Sent {
+            response,
+            backend: upstream.backend(),
+            gone,
+        })
+    }
+
+    /// Where a request for backend `id` goes (`None`: the backend is gone); with its removal
+    /// switch if `stream`.
+    fn target(&self, id: BackendId, uri: &Uri, stream: bool) -> Option<Target> {
         let by_slot = self.by_slot.read().unwrap();
         let backend = by_slot.get(usize::from(id.slot()))?.as_ref()?;
         if backend.id != id {
             return None;
         }
-        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let path_and_query: PathAndQuery = if backend.prefix.is_empty() {
-            path.parse().ok()?
-        } else {
-            format!("{}{path}", backend.prefix).parse().ok()?
+        let path_and_query = match (uri.path_and_query(), backend.prefix.is_empty()) {
+            (Some(path), true) => path.clone(),
+            (path, _) => {
+                let path = path.map_or("/", PathAndQuery::as_str);
+                format!("{}{path}", backend.prefix).parse().ok()?
+            }
         };
-        let uri = Uri::builder()
-            .scheme(backend.scheme.clone())
-            .authority(backend.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .ok()?;
-        Some((uri, backend.authority.clone(), backend.gone.subscribe()))
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(backend.scheme.clone());
+        parts.authority = Some(backend.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Some(Target {
+            uri: Uri::from_parts(parts).ok()?,
+            host: backend.host.clone(),
+            gone: stream.then(|| backend.gone.subscribe()),
+        })
     }
 
     /// Whether the backend refuses connections right now: a few quick TCP connects, 50 ms
@@ -1001,24 +1077,38 @@ impl<B: Body<Data = Bytes>> Body for UntilGone<B> {
     }
 }
 
-/// Accepts connections until `shutdown`, serving each with `handler`; then waits up to `grace`
-/// for in-flight requests. The connections are owned by this future: those still open after
-/// the grace period, or when the future is dropped (its task aborted), are dropped with it.
-async fn serve_with<H, F>(
+/// Accepts connections until `shutdown`, serving each with the handler `per_connection`
+/// makes for its peer; then tells every connection to finish its request in flight and
+/// close, and waits up to `grace` for them. The connections are owned by this future: those
+/// still open after the grace period, or when the future is dropped (its task aborted), are
+/// dropped with it.
+async fn serve_with<M, H, F>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-    handler: H,
+    per_connection: M,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    M: Fn(SocketAddr) -> H,
+    H: Fn(Request<Incoming>) -> F + Send + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    // Each connection has its own stop signal: polling a oneshot receiver is an atomic load,
+    // where one `watch` shared by all (hyper-util's `GracefulShutdown`) takes a lock at every
+    // poll of every connection.
+    let mut stops = std::collections::HashMap::new();
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(ended) = connections.join_next_with_id(), if !connections.is_empty() => {
+                // Ended, or panicked: either way its signal goes.
+                let id = match ended {
+                    Ok((id, ())) => id,
+                    Err(error) => error.id(),
+                };
+                stops.remove(&id);
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -1031,55 +1121,39 @@ async fn serve_with<H, F>(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
+        let handler = per_connection(peer);
         let service = service_fn(move |req| {
-            let response = handler(req, peer);
+            let response = handler(req);
             async move { Ok::<_, Infallible>(response.await) }
         });
         // No timer, so no timeout: an SSE stream may stay idle for as long as both ends like.
         let connection = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        connections.spawn(async move {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = connections.spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                biased;
+                _ = &mut connection => return,
+                // Sent or dropped: shutting down.
+                _ = stopped => {}
+            }
+            connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         });
+        stops.insert(task.id(), stop);
     }
     drop(listener);
-    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+    drop(stops);
+    let _ = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// The hop-by-hop headers (RFC 9110 §7.6.1), and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names (cheap compares) spares the hashed
-    // removes below.
-    let hop_by_hop = |name: &HeaderName| {
-        [
-            header::CONNECTION,
-            header::TE,
-            header::TRAILER,
-            header::TRANSFER_ENCODING,
-            header::UPGRADE,
-            header::PROXY_AUTHORIZATION,
-            header::PROXY_AUTHENTICATE,
-        ]
-        .contains(name)
-            || name == "keep-alive"
-            || name == "proxy-connection"
-    };
-    if !headers.keys().any(hop_by_hop) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
+    const HOP_BY_HOP: [HeaderName; 7] = [
         header::CONNECTION,
         header::TE,
         header::TRAILER,
@@ -1087,11 +1161,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         header::UPGRADE,
         header::PROXY_AUTHORIZATION,
         header::PROXY_AUTHENTICATE,
-    ] {
+    ];
+    let hop_by_hop = |name: &HeaderName| {
+        HOP_BY_HOP.contains(name) || name == "keep-alive" || name == "proxy-connection"
+    };
+    // Most messages carry none, or only `Transfer-Encoding` (a chunked answer): one pass over
+    // the names (cheap compares) finds them, and only those are removed.
+    let mut found: [Option<HeaderName>; 4] = Default::default();
+    let mut more = false;
+    let mut slots = found.iter_mut();
+    for name in headers.keys().filter(|name| hop_by_hop(name)) {
+        match slots.next() {
+            Some(slot) => *slot = Some(name.clone()),
+            None => more = true,
+        }
+    }
+    let named_by_connection = found.iter().flatten().any(|n| n == header::CONNECTION);
+    if more || named_by_connection {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .chain(HOP_BY_HOP)
+            .chain(["keep-alive", "proxy-connection"].map(HeaderName::from_static))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        return;
+    }
+    for name in found.into_iter().flatten() {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 fn is_event_stream(headers: &HeaderMap) -> bool {
@@ -1106,9 +1209,7 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 }
 
 fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Either::Right(Full::new(bytes.into()))
 }
 
 /// The router's rejection, as the response a client acts on.

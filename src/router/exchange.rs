@@ -264,7 +264,10 @@ impl Exchange {
     /// `Mcp-Session-Id` header (Streamable HTTP) or the session query parameter (legacy SSE).
     /// Call it before forwarding; it changes nothing for any other request.
     pub fn rewrite_request(&self, request: &mut http::request::Parts) {
-        self.request_edits(request).apply_to_request(request);
+        // Without a sealed id there is nothing to change (and nothing to build).
+        if self.token.is_some() {
+            self.request_edits(request).apply_to_request(request);
+        }
     }
 
     /// [`rewrite_request`](Exchange::rewrite_request) for an embedder whose request head is not
