@@ -13,13 +13,20 @@
 # Needs haproxy (Debian: apt-get install -y haproxy); without it, HAProxy is skipped, loudly.
 # Every server listens on 127.0.0.1 and is stopped when the script exits.
 #
-# Measured 2026-11-30 on the project's 2-core VM (32 5 8; the load generator, the replica and
-# the hop share the two cores; medians of the rounds' paired ratios, round spread about ±10%):
-#   router proxy / HAProxy 2.6:  calls/s 0.97x, p50 1.15x, p99 0.59x
-#   router proxy / plain hop:    calls/s 0.93x, p50 1.08x, p99 1.09x
-# A perf profile puts the router's own functions (classify, route, table) at about 0.7% of the
-# proxy's CPU; the rest of its extra cost over the plain hop is proxy work the plain hop skips
-# (X-Forwarded-For, hop-by-hop headers, graceful-shutdown watches, boxed futures and bodies).
+# Measured 2026-11-30 on the project's 2-core VM (32 5 8 8000; the load generator, the replica
+# and the hop share the two cores; medians of the rounds' paired ratios, round spread about ±5%):
+#   saturation          router proxy / HAProxy 2.6:  calls/s 0.95x, p50 1.23x, p99 0.50x
+#                       router proxy / plain hop:    calls/s 0.93x, p50 1.06x, p99 1.05x
+#   8000 calls/s        router proxy / HAProxy 2.6:  p50 1.27x, p99 0.72x
+#                       router proxy / plain hop:    p50 1.07x, p99 1.08x
+# A steadier A/B (8 rounds of 5 s, CPU time per call from `perf stat`): plain hop 29.0 us,
+# router proxy 32.0 us (+10%; +16% before this session's plumbing changes), calls/s 0.96x the
+# plain hop's. The router's own functions (classify, route, table, body observer) are about
+# 1.5% of the proxy's CPU; the rest is the layer's per-request state and the proxy's own
+# header work. The plain hyper hop itself is slower than HAProxy at a fixed load (p50 about
+# 1.15x). Not yet profiled; a likely cause is that hyper-util's pooled client hands each
+# request to the backend connection's own task and the answer back (two task wake-ups per
+# call), where HAProxy forwards within one event loop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sessions="${1:-32}" rounds="${2:-4}" seconds="${3:-10}" rate="${4:-8000}"

@@ -71,6 +71,10 @@ impl HeadEdits {
     /// Makes the changes to a response head (a [`HeadEdit::Uri`] has no place there and is
     /// ignored).
     pub fn apply_to_response(self, response: &mut response::Parts) {
+        // Most heads need none: nothing to iterate (or to move).
+        if self.is_empty() {
+            return;
+        }
         for edit in self {
             apply_header(edit, &mut response.headers);
         }
@@ -78,6 +82,9 @@ impl HeadEdits {
 
     /// Makes the changes to a request head.
     pub fn apply_to_request(self, request: &mut request::Parts) {
+        if self.is_empty() {
+            return;
+        }
         for edit in self {
             match edit {
                 HeadEdit::Uri(uri) => request.uri = uri,
