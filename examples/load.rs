@@ -45,6 +45,7 @@ usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--rate CA
             [--direct URL --proxy URL] [--target NAME=URL]...
        load --serve-replica ADDR
        load --serve-plain ADDR --to HOST:PORT
+       load --serve-pinned ADDR --to HOST:PORT
 
   --sessions N       concurrent sessions per phase (default 32)
   --calls C          whoami calls per session (default 1000)
@@ -59,6 +60,8 @@ usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--rate CA
                      compared with the proxy (repeatable; e.g. haproxy=http://127.0.0.1:8092/mcp)
   --serve-replica ADDR             serve one rmcp replica at ADDR until SIGINT/SIGTERM
   --serve-plain ADDR --to HOST:PORT  serve the plain hyper hop (no router) until SIGINT/SIGTERM
+  --serve-pinned ADDR --to HOST:PORT the plain hop with a backend connection per client
+                                     connection, in its task (the hyper ceiling; not a proxy)
 ";
 
 struct Args {
@@ -72,6 +75,7 @@ struct Args {
     targets: Vec<(String, String)>,
     serve_replica: Option<String>,
     serve_plain: Option<String>,
+    serve_pinned: Option<String>,
     to: Option<String>,
 }
 
@@ -87,6 +91,7 @@ fn parse() -> Result<Args, String> {
         targets: Vec::new(),
         serve_replica: None,
         serve_plain: None,
+        serve_pinned: None,
         to: None,
     };
     let mut it = std::env::args().skip(1);
@@ -118,6 +123,7 @@ fn parse() -> Result<Args, String> {
             },
             "--serve-replica" => args.serve_replica = Some(value),
             "--serve-plain" => args.serve_plain = Some(value),
+            "--serve-pinned" => args.serve_pinned = Some(value),
             "--to" => args.to = Some(value),
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -350,6 +356,56 @@ async fn plain_proxy(
     Ok(format!("http://{addr}/mcp"))
 }
 
+/// The plain hop with one backend connection per client connection, driven in the client
+/// connection's own task (hyper's low-level `client::conn::http1`), where the pooled client
+/// hands each request to the backend connection's task and the answer back. Not a proxy
+/// anyone should run (one backend connection per client connection, opened at accept, none
+/// shared), but what a hyper hop costs without that hand-off: the ceiling for one built on
+/// hyper. Serves until the process exits.
+async fn pinned_proxy(listen: &str, backend: &'static str) -> std::io::Result<String> {
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = upstream.set_nodelay(true);
+                let io = TokioIo::new(upstream);
+                let Ok((sender, upstream)) =
+                    hyper::client::conn::http1::handshake::<_, hyper::body::Incoming>(io).await
+                else {
+                    return;
+                };
+                // HTTP/1: one request at a time per client connection, so the lock is never
+                // contended, and never held across an await.
+                let sender = std::sync::Mutex::new(sender);
+                let service = hyper::service::service_fn(
+                    move |mut req: http::Request<hyper::body::Incoming>| {
+                        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                        *req.uri_mut() = path.parse().expect("a path");
+                        sender.lock().expect("never poisoned").send_request(req)
+                    },
+                );
+                let server = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(server, upstream);
+                let mut upstream_open = true;
+                loop {
+                    tokio::select! {
+                        _ = &mut server => break,
+                        _ = &mut upstream, if upstream_open => upstream_open = false,
+                    }
+                }
+            });
+        }
+    });
+    Ok(format!("http://{addr}/mcp"))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -377,7 +433,7 @@ async fn stopped() {
     }
 }
 
-/// `--serve-replica` and `--serve-plain`: one server, until a signal.
+/// `--serve-replica`, `--serve-plain` and `--serve-pinned`: one server, until a signal.
 async fn serve_alone(args: &Args) -> Option<ExitCode> {
     if let Some(addr) = &args.serve_replica {
         let addr = match addr.parse() {
@@ -399,14 +455,30 @@ async fn serve_alone(args: &Args) -> Option<ExitCode> {
         replica.kill().await;
         return Some(ExitCode::SUCCESS);
     }
-    let listen = args.serve_plain.as_deref()?;
+    let (listen, pinned) = match (&args.serve_plain, &args.serve_pinned) {
+        (Some(listen), None) => (listen, false),
+        (None, Some(listen)) => (listen, true),
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            eprintln!("load: --serve-plain or --serve-pinned, not both");
+            return Some(ExitCode::from(2));
+        }
+    };
     let Some(to) = args.to.clone() else {
-        eprintln!("load: --serve-plain needs --to HOST:PORT");
+        eprintln!("load: --serve-plain and --serve-pinned need --to HOST:PORT");
         return Some(ExitCode::from(2));
     };
     let to: &'static str = Box::leak(to.into_boxed_str());
-    match plain_proxy(listen, to).await {
-        Ok(url) => println!("plain hop at {url} -> {to}"),
+    let served = if pinned {
+        pinned_proxy(listen, to).await
+    } else {
+        plain_proxy(listen, to).await
+    };
+    match served {
+        Ok(url) => println!(
+            "{} hop at {url} -> {to}",
+            if pinned { "pinned" } else { "plain" }
+        ),
         Err(e) => {
             eprintln!("load: plain hop on {listen}: {e}");
             return Some(ExitCode::FAILURE);

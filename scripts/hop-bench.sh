@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The hop benchmark (issue #13): one rmcp replica, and in front of it, each as its own process,
-# the router's proxy (examples/proxy.rs), the same hyper hop without a router ("plain"), and
-# HAProxy with a stick table on Mcp-Session-Id. `examples/load` drives the same load through
+# the router's proxy (examples/proxy.rs), the same hyper hop without a router ("plain"), the
+# plain hop with a backend connection per client connection in its own task ("pinned": the
+# ceiling for a hop on hyper, not a usable proxy), and HAProxy with a stick table on
+# Mcp-Session-Id. `examples/load` drives the same load through
 # each, rounds alternated, and prints calls/s, p50 and p99 per hop and the ratios.
 #
 # Two passes: at saturation (each session calls as fast as answers come: calls/s is the
@@ -14,19 +16,22 @@
 # Every server listens on 127.0.0.1 and is stopped when the script exits.
 #
 # Measured 2026-11-30 on the project's 2-core VM (32 5 8 8000; the load generator, the replica
-# and the hop share the two cores; medians of the rounds' paired ratios, round spread about ±5%):
-#   saturation          router proxy / HAProxy 2.6:  calls/s 0.95x, p50 1.23x, p99 0.50x
-#                       router proxy / plain hop:    calls/s 0.93x, p50 1.06x, p99 1.05x
-#   8000 calls/s        router proxy / HAProxy 2.6:  p50 1.27x, p99 0.72x
-#                       router proxy / plain hop:    p50 1.07x, p99 1.08x
+# and the hop share the two cores; medians of the rounds' paired ratios; two runs, round spread
+# about ±5%):
+#   saturation, calls/s     router proxy / HAProxy 2.6: 0.95x, 1.00x   (p99 0.50x, 0.47x)
+#                           router proxy / plain hop:   0.93x, 0.95x
+#   8000 calls/s, p50       router proxy / HAProxy 2.6: 1.27x, 1.22x   (p99 0.72x, 0.71x)
+#                           router proxy / plain hop:   1.07x, 1.00x
+#   the hops without a router (second run): plain / HAProxy calls/s 1.04x, p50 at 8000/s
+#   1.14x; pinned / HAProxy 1.08x, 1.07x; pinned / plain 1.04x, 0.90x.
 # A steadier A/B (8 rounds of 5 s, CPU time per call from `perf stat`): plain hop 29.0 us,
 # router proxy 32.0 us (+10%; +16% before this session's plumbing changes), calls/s 0.96x the
 # plain hop's. The router's own functions (classify, route, table, body observer) are about
 # 1.5% of the proxy's CPU; the rest is the layer's per-request state and the proxy's own
-# header work. The plain hyper hop itself is slower than HAProxy at a fixed load (p50 about
-# 1.15x). Not yet profiled; a likely cause is that hyper-util's pooled client hands each
-# request to the backend connection's own task and the answer back (two task wake-ups per
-# call), where HAProxy forwards within one event loop.
+# header work. What separates hyper from HAProxy at a fixed load is mostly the pooled
+# client's hand-off of each request to the backend connection's task and back: the pinned hop,
+# which drives its backend connection in the client connection's task, closes about half the
+# p50 gap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sessions="${1:-32}" rounds="${2:-4}" seconds="${3:-10}" rate="${4:-8000}"
@@ -34,7 +39,7 @@ sessions="${1:-32}" rounds="${2:-4}" seconds="${3:-10}" rate="${4:-8000}"
 cargo build --release --example load --example proxy
 bin=target/release/examples
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-replica=$(port) proxy=$(port) admin=$(port) plain=$(port) haproxy=$(port)
+replica=$(port) proxy=$(port) admin=$(port) plain=$(port) pinned=$(port) haproxy=$(port)
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$tmp"; }
@@ -54,7 +59,8 @@ wait_port "$replica"
 "$bin/proxy" --listen "127.0.0.1:$proxy" --admin "127.0.0.1:$admin" \
     --backend "http://127.0.0.1:$replica" & pids+=($!)
 "$bin/load" --serve-plain "127.0.0.1:$plain" --to "127.0.0.1:$replica" & pids+=($!)
-targets=(--target "plain=http://127.0.0.1:$plain/mcp")
+"$bin/load" --serve-pinned "127.0.0.1:$pinned" --to "127.0.0.1:$replica" & pids+=($!)
+targets=(--target "plain=http://127.0.0.1:$plain/mcp" --target "pinned=http://127.0.0.1:$pinned/mcp")
 
 if command -v haproxy >/dev/null; then
     # The setup a proxy operator would write: session affinity on the header the server sets.
@@ -83,7 +89,7 @@ CFG
 else
     echo "haproxy not found: HAProxy is NOT measured (apt-get install -y haproxy)" >&2
 fi
-for p in "$proxy" "$plain" ${haproxy:+"$haproxy"}; do wait_port "$p" || true; done
+for p in "$proxy" "$plain" "$pinned" ${haproxy:+"$haproxy"}; do wait_port "$p" || true; done
 
 echo "machine: $(nproc) cores; $(date -u +%F)"
 load=("$bin/load" --sessions "$sessions" --rounds "$rounds" --max-seconds "$seconds" --calls 100000
