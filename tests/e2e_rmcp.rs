@@ -747,3 +747,78 @@ async fn removing_a_backend_ends_its_get_streams_and_lets_post_answers_run() {
     server.abort();
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_the_answer_in_flight_finish_and_stops_at_the_grace() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    // A backend whose `/slow` answers after 300 ms and whose other paths stream forever.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|req: http::Request<_>| async move {
+                let body = if req.uri().path() == "/slow" {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    http_body_util::Either::Left(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"done"),
+                    ))
+                } else {
+                    http_body_util::Either::Right(endless::Endless {
+                        sent: false,
+                        dropped: None,
+                    })
+                };
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            });
+            connections.spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    let config = Config {
+        backends: vec![format!("http://{backend}")],
+        shutdown_grace: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let running = Running::start(&config).await.expect("the proxy starts");
+    let (slow_url, stream_url, addr) = (running.url("/slow"), running.url("/stream"), running.addr);
+    let client = raw_client();
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let request = http::Request::get(url)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            client.request(request).await
+        }
+    };
+    let mut endless = get(stream_url).await.unwrap().into_body();
+    endless.frame().await.expect("the first event").unwrap();
+    let slow = tokio::spawn(get(slow_url));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = std::time::Instant::now();
+    running.shutdown().await;
+    let took = started.elapsed();
+    // The endless stream holds its connection open until the grace ends it, and no longer.
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // The call that was in flight got its whole answer.
+    let answer = slow.await.unwrap().expect("the slow call was answered");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.into_body().collect().await.unwrap().to_bytes(),
+        "done"
+    );
+    // The stream was cut at the grace, and nothing listens any more.
+    let end = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = endless.frame().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ended");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    server.abort();
+}

@@ -117,6 +117,7 @@
 mod circuit;
 mod config;
 mod error;
+mod in_flight;
 mod metrics;
 mod store;
 mod sync;

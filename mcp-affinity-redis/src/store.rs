@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::circuit::{Breaker, Circuit};
 use crate::config::RedisStoreConfig;
 use crate::error::{Error, Kind, Unavailable};
+use crate::in_flight::InFlight;
 use crate::metrics::{Counters, StoreMetrics};
 
 /// Compare-and-delete: `KEYS[1]` is deleted only if its value starts with `ARGV[1]` (the
@@ -72,6 +73,8 @@ pub(crate) struct Inner {
     refresh: redis::Script,
     /// A write-through failed: what it took must be written again (the sync task reseeds).
     pub(crate) reseed_wanted: std::sync::atomic::AtomicBool,
+    /// The batches of writes taken from the router and not yet performed.
+    pub(crate) in_flight: Arc<InFlight>,
     /// When a call last failed (a timeout, a connection error, an open circuit).
     last_failure: std::sync::Mutex<Option<Instant>>,
     /// The restart marker's key and the value the sync task last read: a lookup that finds
@@ -172,6 +175,7 @@ impl RedisStore {
                 keep_greatest: redis::Script::new(KEEP_GREATEST),
                 refresh: redis::Script::new(REFRESH),
                 reseed_wanted: std::sync::atomic::AtomicBool::new(false),
+                in_flight: Arc::default(),
                 last_failure: std::sync::Mutex::new(None),
                 epoch: std::sync::Mutex::new(None),
                 config,
@@ -287,12 +291,17 @@ impl RedisStore {
     /// call it when [`Exchange::take_store_sync`](mcp_affinity::router::Exchange::take_store_sync)
     /// says so). Bounded by the command timeout per batch; on failure the writes taken are
     /// lost for now, and the sync task's next reseed writes them again.
+    ///
+    /// Then it waits, within the command timeout, for the batches the sync task (or another
+    /// write-through) took before it and has not performed yet: the write this call is for
+    /// may be in one of them.
     pub async fn write_through<T: SessionTable>(&self, router: &Router<T>) {
         let batch = self.inner.config.batch;
+        let in_flight = &self.inner.in_flight;
         for _ in 0..4 {
-            let writes = router.take_store_writes(batch);
+            let (_ticket, writes) = in_flight.take(|| router.take_store_writes(batch));
             if writes.is_empty() {
-                return;
+                break;
             }
             match self.perform(&writes).await {
                 Ok(performed) => {
@@ -307,6 +316,14 @@ impl RedisStore {
                 }
             }
         }
+        if self.inner.breaker.circuit() != Circuit::Closed {
+            // The store is failing: nothing taken is on its way (a reseed writes it later),
+            // and new conversations must not wait for it.
+            return;
+        }
+        let taken_before = in_flight.issued();
+        let timeout = self.inner.config.command_timeout;
+        let _ = tokio::time::timeout(timeout, in_flight.released_below(taken_before)).await;
     }
 
     /// Performs `writes` in one pipeline, in order, within the

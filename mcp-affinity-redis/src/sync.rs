@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::circuit::Circuit;
 use crate::error::Unavailable;
+use crate::in_flight::Ticket;
 use crate::store::RedisStore;
 
 /// The running sync task of [`RedisStore::spawn_sync`]. [`shutdown`](Self::shutdown) stops
@@ -104,6 +105,7 @@ impl RedisStore {
             epoch: None,
             run_id: None,
             pending: Vec::new(),
+            ticket: None,
             reseed: None,
             dropped_seen: 0,
             recovered_seen: self.inner.breaker.recovered(),
@@ -131,6 +133,8 @@ struct Sync<T> {
     run_id: Option<String>,
     /// Writes taken and not yet performed (a failed batch, or the rest of a reseed batch).
     pending: Vec<StoreWrite>,
+    /// Held while `pending` is not empty (write-throughs wait for it).
+    ticket: Option<Ticket>,
     reseed: Option<ReseedCursor>,
     /// The router's count of dropped writes, as last seen.
     dropped_seen: u64,
@@ -196,7 +200,9 @@ impl<T: SessionTable + 'static> Sync<T> {
         }
         let batch = inner.config.batch;
         if let Some(cursor) = &mut self.reseed {
-            let writes = self.router.reseed_store(cursor, batch, now());
+            let (ticket, writes) = inner
+                .in_flight
+                .take(|| self.router.reseed_store(cursor, batch, now()));
             if writes.is_empty() {
                 self.reseed = None;
             } else {
@@ -204,11 +210,13 @@ impl<T: SessionTable + 'static> Sync<T> {
                     .counters
                     .reseed_writes
                     .fetch_add(writes.len() as u64, Relaxed);
-                self.pending = writes;
+                (self.pending, self.ticket) = (writes, ticket);
                 return self.flush().await.is_ok();
             }
         }
-        self.pending = self.router.take_store_writes(batch);
+        (self.ticket, self.pending) = inner
+            .in_flight
+            .take(|| self.router.take_store_writes(batch));
         let flushed = self.flush().await;
         let queued = self.router.store_queue_len();
         inner.counters.queue_depth.store(queued, Relaxed);
@@ -233,6 +241,7 @@ impl<T: SessionTable + 'static> Sync<T> {
             self.pending.drain(..n);
         }
         counters.pending_writes.store(0, Relaxed);
+        self.ticket = None;
         Ok(())
     }
 
@@ -308,7 +317,10 @@ impl<T: SessionTable + 'static> Sync<T> {
         let deadline = Instant::now() + inner.config.shutdown_grace;
         while Instant::now() < deadline {
             if self.pending.is_empty() {
-                self.pending = self.router.take_store_writes(inner.config.batch);
+                let batch = inner.config.batch;
+                (self.ticket, self.pending) = inner
+                    .in_flight
+                    .take(|| self.router.take_store_writes(batch));
                 if self.pending.is_empty() {
                     break;
                 }

@@ -641,3 +641,54 @@ async fn a_key_missing_from_a_store_that_came_back_or_failed_lately_is_503_not_4
 fn config_with_grace() -> RedisStoreConfig {
     fast_config().recovery_grace(Duration::from_millis(500))
 }
+
+/// The write-through of a response that revealed a key returns only once the key is in the
+/// store, even when another taker (here a first write-through; in a proxy, often the sync
+/// task) took its bind a moment before and is still on its way: otherwise the client could
+/// present the key to another router before the store has it (found by
+/// `tests/e2e_fleet_redis.rs` under load: 503s after recovery, 404s once the grace is over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_returns_only_once_a_bind_another_took_is_in_the_store() {
+    let mut server = RedisServer::start();
+    let (router, _) = fleet_router(Router::builder(), &["x", "y"]);
+    let config = fast_config().command_timeout(Duration::from_secs(5));
+    let store = RedisStore::open(&server.url(), config).expect("store");
+    assert_eq!(store.lookup("warm-up").await, Answer::Missing);
+    initialize(&router, "s1");
+    assert_eq!(router.store_queue_len(), 1, "the bind is queued");
+
+    // The first write-through takes the bind, and meets a server that answers nothing.
+    server.pause();
+    let first = tokio::spawn({
+        let (store, router) = (store.clone(), router.clone());
+        async move { store.write_through(&router).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while router.store_queue_len() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first write-through took the bind"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The second finds nothing to take, and waits for the first's batch.
+    let second = tokio::spawn({
+        let (store, router) = (store.clone(), router.clone());
+        async move { store.write_through(&router).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second returned while the bind was still on its way"
+    );
+    server.resume();
+    tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the second returns once the bind is written")
+        .unwrap();
+    assert!(
+        server.get(&binding_key("s1")).is_some(),
+        "the bind is in the store when the second returns"
+    );
+    first.await.unwrap();
+}
