@@ -289,41 +289,47 @@ impl RedisStore {
     /// reaches the client (give it to
     /// `mcp_affinity::tower::AffinityLayer::store_sync` (feature `tower` of the core), or
     /// call it when [`Exchange::take_store_sync`](mcp_affinity::router::Exchange::take_store_sync)
-    /// says so). Bounded by the command timeout per batch; on failure the writes taken are
-    /// lost for now, and the sync task's next reseed writes them again.
-    ///
-    /// Then it waits, within the command timeout, for the batches the sync task (or another
-    /// write-through) took before it and has not performed yet: the write this call is for
-    /// may be in one of them.
+    /// says so). It writes until the queue is empty, then waits for the batches the sync task
+    /// (or another write-through) took before its last look and has not performed yet: the
+    /// write this call is for may be in one of them. All within one command timeout, and
+    /// without waiting while the circuit is not closed; what is still queued at the deadline
+    /// is left to the sync task. On failure the writes taken are lost for now, and the sync
+    /// task's next reseed writes them again.
     pub async fn write_through<T: SessionTable>(&self, router: &Router<T>) {
         let batch = self.inner.config.batch;
         let in_flight = &self.inner.in_flight;
-        for _ in 0..4 {
-            let (_ticket, writes) = in_flight.take(|| router.take_store_writes(batch));
-            if writes.is_empty() {
-                break;
+        // Until the queue is empty, within one command timeout in all: the key this call is
+        // for is somewhere in it, or was taken by someone else before.
+        let deadline = Instant::now() + self.inner.config.command_timeout;
+        let taken_before = loop {
+            if Instant::now() >= deadline {
+                // What is left stays queued, for the sync task.
+                return;
             }
-            match self.perform(&writes).await {
+            let taken = in_flight.take(|| router.take_store_writes(batch));
+            let Some(ticket) = taken.ticket else {
+                break taken.before;
+            };
+            match self.perform(&taken.writes).await {
                 Ok(performed) => {
                     let now = Instant::now().into_std();
                     for (key, found) in &performed.taken {
                         router.on_bind_taken(key, found, now);
                     }
+                    ticket.performed();
                 }
                 Err(_) => {
                     self.inner.reseed_wanted.store(true, Relaxed);
                     return;
                 }
             }
-        }
+        };
         if self.inner.breaker.circuit() != Circuit::Closed {
             // The store is failing: nothing taken is on its way (a reseed writes it later),
             // and new conversations must not wait for it.
             return;
         }
-        let taken_before = in_flight.issued();
-        let timeout = self.inner.config.command_timeout;
-        let _ = tokio::time::timeout(timeout, in_flight.released_below(taken_before)).await;
+        let _ = tokio::time::timeout_at(deadline, in_flight.released_below(taken_before)).await;
     }
 
     /// Performs `writes` in one pipeline, in order, within the

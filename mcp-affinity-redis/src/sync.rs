@@ -133,7 +133,8 @@ struct Sync<T> {
     run_id: Option<String>,
     /// Writes taken and not yet performed (a failed batch, or the rest of a reseed batch).
     pending: Vec<StoreWrite>,
-    /// Held while `pending` is not empty (write-throughs wait for it).
+    /// Held from the take until `pending` is performed, or fails once (write-throughs wait
+    /// for it, and a failed batch has nothing on its way). Reseed batches have none.
     ticket: Option<Ticket>,
     reseed: Option<ReseedCursor>,
     /// The router's count of dropped writes, as last seen.
@@ -200,9 +201,9 @@ impl<T: SessionTable + 'static> Sync<T> {
         }
         let batch = inner.config.batch;
         if let Some(cursor) = &mut self.reseed {
-            let (ticket, writes) = inner
-                .in_flight
-                .take(|| self.router.reseed_store(cursor, batch, now()));
+            // Not ticketed: a reseed writes again what the store may miss, which no
+            // write-through waits for.
+            let writes = self.router.reseed_store(cursor, batch, now());
             if writes.is_empty() {
                 self.reseed = None;
             } else {
@@ -210,13 +211,14 @@ impl<T: SessionTable + 'static> Sync<T> {
                     .counters
                     .reseed_writes
                     .fetch_add(writes.len() as u64, Relaxed);
-                (self.pending, self.ticket) = (writes, ticket);
+                self.pending = writes;
                 return self.flush().await.is_ok();
             }
         }
-        (self.ticket, self.pending) = inner
+        let taken = inner
             .in_flight
             .take(|| self.router.take_store_writes(batch));
+        (self.pending, self.ticket) = (taken.writes, taken.ticket);
         let flushed = self.flush().await;
         let queued = self.router.store_queue_len();
         inner.counters.queue_depth.store(queued, Relaxed);
@@ -234,15 +236,29 @@ impl<T: SessionTable + 'static> Sync<T> {
         while !self.pending.is_empty() {
             counters.pending_writes.store(self.pending.len(), Relaxed);
             let n = batch.min(self.pending.len());
-            let performed = self.store.perform(&self.pending[..n]).await?;
+            let performed = match self.store.perform(&self.pending[..n]).await {
+                Ok(performed) => performed,
+                Err(e) => {
+                    // Kept, to send again: nothing is on its way meanwhile.
+                    self.release();
+                    return Err(e);
+                }
+            };
             for (key, found) in &performed.taken {
                 self.router.on_bind_taken(key, found, now());
             }
             self.pending.drain(..n);
         }
         counters.pending_writes.store(0, Relaxed);
-        self.ticket = None;
+        self.release();
         Ok(())
+    }
+
+    /// Releases the ticket of what was taken: performed, or kept to send again.
+    fn release(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            ticket.performed();
+        }
     }
 
     /// Reads the restart marker and the lost records, and checks whether the router dropped
@@ -295,7 +311,8 @@ impl<T: SessionTable + 'static> Sync<T> {
         }
         inner.counters.lost_polls.fetch_add(1, Relaxed);
         let dropped = self.router.metrics().store_writes_dropped;
-        if inner.reseed_wanted.swap(false, Relaxed) {
+        // Both flags are read and cleared (`|`, not `||`).
+        if inner.reseed_wanted.swap(false, Relaxed) | inner.in_flight.take_lost() {
             self.start_reseed();
         }
         if dropped > self.dropped_seen {
@@ -318,9 +335,10 @@ impl<T: SessionTable + 'static> Sync<T> {
         while Instant::now() < deadline {
             if self.pending.is_empty() {
                 let batch = inner.config.batch;
-                (self.ticket, self.pending) = inner
+                let taken = inner
                     .in_flight
                     .take(|| self.router.take_store_writes(batch));
+                (self.pending, self.ticket) = (taken.writes, taken.ticket);
                 if self.pending.is_empty() {
                     break;
                 }

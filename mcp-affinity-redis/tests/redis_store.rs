@@ -651,7 +651,9 @@ fn config_with_grace() -> RedisStoreConfig {
 async fn a_write_through_returns_only_once_a_bind_another_took_is_in_the_store() {
     let mut server = RedisServer::start();
     let (router, _) = fleet_router(Router::builder(), &["x", "y"]);
-    let config = fast_config().command_timeout(Duration::from_secs(5));
+    // A timeout far beyond the test's bounds: a second that returned at its own timeout, not
+    // at the first's release, would fail the test.
+    let config = fast_config().command_timeout(Duration::from_secs(30));
     let store = RedisStore::open(&server.url(), config).expect("store");
     assert_eq!(store.lookup("warm-up").await, Answer::Missing);
     initialize(&router, "s1");
@@ -682,7 +684,7 @@ async fn a_write_through_returns_only_once_a_bind_another_took_is_in_the_store()
         "the second returned while the bind was still on its way"
     );
     server.resume();
-    tokio::time::timeout(Duration::from_secs(5), second)
+    tokio::time::timeout(Duration::from_secs(2), second)
         .await
         .expect("the second returns once the bind is written")
         .unwrap();
@@ -691,4 +693,45 @@ async fn a_write_through_returns_only_once_a_bind_another_took_is_in_the_store()
         "the bind is in the store when the second returns"
     );
     first.await.unwrap();
+}
+
+/// The same with the sync task as the other taker, as in a proxy: it took the bind a moment
+/// before the write-through looked, and is still sending it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_waits_for_a_bind_the_sync_task_took_and_is_still_sending() {
+    let mut server = RedisServer::start();
+    let (router, _) = fleet_router(Router::builder(), &["x", "y"]);
+    // No poll after the first (nothing but flushes), and timeouts beyond the test's bounds.
+    let config = fast_config()
+        .command_timeout(Duration::from_secs(30))
+        .lost_poll(Duration::from_secs(3600));
+    let store = RedisStore::connect(&server.url(), config).await.unwrap();
+    let sync = store.spawn_sync(router.clone());
+    tokio::time::timeout(Duration::from_secs(5), sync.synced())
+        .await
+        .expect("the first round");
+
+    server.pause();
+    initialize(&router, "s1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while router.store_queue_len() > 0 {
+        assert!(Instant::now() < deadline, "the sync task took the bind");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let through = tokio::spawn({
+        let (store, router) = (store.clone(), router.clone());
+        async move { store.write_through(&router).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !through.is_finished(),
+        "the write-through returned while the sync task was still sending the bind"
+    );
+    server.resume();
+    tokio::time::timeout(Duration::from_secs(2), through)
+        .await
+        .expect("it returns once the sync task's batch is written")
+        .unwrap();
+    assert!(server.get(&binding_key("s1")).is_some());
+    sync.shutdown().await;
 }
