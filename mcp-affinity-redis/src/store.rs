@@ -71,9 +71,8 @@ pub(crate) struct Inner {
     forget: redis::Script,
     keep_greatest: redis::Script,
     refresh: redis::Script,
-    /// A write-through failed: what it took must be written again (the sync task reseeds).
-    pub(crate) reseed_wanted: std::sync::atomic::AtomicBool,
-    /// The batches of writes taken from the router and not yet performed.
+    /// The batches of writes taken from the router and not yet performed (one dropped
+    /// unperformed, as by a write-through that failed, has the sync task reseed).
     pub(crate) in_flight: Arc<InFlight>,
     /// When a call last failed (a timeout, a connection error, an open circuit).
     last_failure: std::sync::Mutex<Option<Instant>>,
@@ -174,7 +173,6 @@ impl RedisStore {
                 forget: redis::Script::new(FORGET),
                 keep_greatest: redis::Script::new(KEEP_GREATEST),
                 refresh: redis::Script::new(REFRESH),
-                reseed_wanted: std::sync::atomic::AtomicBool::new(false),
                 in_flight: Arc::default(),
                 last_failure: std::sync::Mutex::new(None),
                 epoch: std::sync::Mutex::new(None),
@@ -318,10 +316,8 @@ impl RedisStore {
                     }
                     ticket.performed();
                 }
-                Err(_) => {
-                    self.inner.reseed_wanted.store(true, Relaxed);
-                    return;
-                }
+                // The ticket, dropped unperformed, has the sync task write everything again.
+                Err(_) => return,
             }
         };
         if self.inner.breaker.circuit() != Circuit::Closed {

@@ -215,10 +215,7 @@ impl<T: SessionTable + 'static> Sync<T> {
                 return self.flush().await.is_ok();
             }
         }
-        let taken = inner
-            .in_flight
-            .take(|| self.router.take_store_writes(batch));
-        (self.pending, self.ticket) = (taken.writes, taken.ticket);
+        self.take(batch);
         let flushed = self.flush().await;
         let queued = self.router.store_queue_len();
         inner.counters.queue_depth.store(queued, Relaxed);
@@ -252,6 +249,12 @@ impl<T: SessionTable + 'static> Sync<T> {
         counters.pending_writes.store(0, Relaxed);
         self.release();
         Ok(())
+    }
+
+    /// Takes up to `batch` of the router's writes as `pending`, under a ticket.
+    fn take(&mut self, batch: usize) {
+        let taken = (self.store.inner.in_flight).take(|| self.router.take_store_writes(batch));
+        (self.pending, self.ticket) = (taken.writes, taken.ticket);
     }
 
     /// Releases the ticket of what was taken: performed, or kept to send again.
@@ -311,8 +314,7 @@ impl<T: SessionTable + 'static> Sync<T> {
         }
         inner.counters.lost_polls.fetch_add(1, Relaxed);
         let dropped = self.router.metrics().store_writes_dropped;
-        // Both flags are read and cleared (`|`, not `||`).
-        if inner.reseed_wanted.swap(false, Relaxed) | inner.in_flight.take_lost() {
+        if inner.in_flight.take_lost() {
             self.start_reseed();
         }
         if dropped > self.dropped_seen {
@@ -334,11 +336,7 @@ impl<T: SessionTable + 'static> Sync<T> {
         let deadline = Instant::now() + inner.config.shutdown_grace;
         while Instant::now() < deadline {
             if self.pending.is_empty() {
-                let batch = inner.config.batch;
-                let taken = inner
-                    .in_flight
-                    .take(|| self.router.take_store_writes(batch));
-                (self.pending, self.ticket) = (taken.writes, taken.ticket);
+                self.take(inner.config.batch);
                 if self.pending.is_empty() {
                     break;
                 }
