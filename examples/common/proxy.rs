@@ -1166,31 +1166,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         HOP_BY_HOP.contains(name) || name == "keep-alive" || name == "proxy-connection"
     };
     // Most messages carry none, or only `Transfer-Encoding` (a chunked answer): one pass over
-    // the names (cheap compares) finds them, and only those are removed.
-    let mut found: [Option<HeaderName>; 4] = Default::default();
-    let mut more = false;
-    let mut slots = found.iter_mut();
-    for name in headers.keys().filter(|name| hop_by_hop(name)) {
-        match slots.next() {
-            Some(slot) => *slot = Some(name.clone()),
-            None => more = true,
-        }
+    // the names (cheap compares) finds those present, and only those are removed. Nine
+    // slots: there are nine hop-by-hop names, and `keys` gives each name once.
+    let mut found: [Option<HeaderName>; 9] = Default::default();
+    for (slot, name) in found
+        .iter_mut()
+        .zip(headers.keys().filter(|n| hop_by_hop(n)))
+    {
+        *slot = Some(name.clone());
     }
-    let named_by_connection = found.iter().flatten().any(|n| n == header::CONNECTION);
-    if more || named_by_connection {
+    if found
+        .iter()
+        .flatten()
+        .any(|name| name == header::CONNECTION)
+    {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .chain(HOP_BY_HOP)
-            .chain(["keep-alive", "proxy-connection"].map(HeaderName::from_static))
             .collect();
         for name in named {
             headers.remove(name);
         }
-        return;
     }
     for name in found.into_iter().flatten() {
         headers.remove(name);
