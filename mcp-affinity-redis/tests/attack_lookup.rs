@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::StatusCode;
 use mcp_affinity::router::{Routed, Router};
-use mcp_affinity_redis::{Answer, RedisStore, RedisStoreConfig, Unavailable};
+use mcp_affinity_redis::{Answer, RedisStore, Unavailable};
 
 fn status_of(routed: Routed) -> StatusCode {
     match routed {
@@ -102,18 +102,6 @@ impl Drop for Persisted {
     }
 }
 
-async fn member_on(url: &str, names: &[&str], config: RedisStoreConfig) -> Member {
-    let (router, ids) = fleet_router(Router::builder(), names);
-    let store = RedisStore::connect(url, config).await.unwrap();
-    let sync = Some(store.spawn_sync(router.clone()));
-    Member {
-        router,
-        ids,
-        store,
-        sync,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_from_a_snapshot_that_kept_the_marker_is_seen_and_the_session_written_again() {
     let mut server = Persisted::start();
@@ -123,8 +111,8 @@ async fn a_restart_from_a_snapshot_that_kept_the_marker_is_seen_and_the_session_
             .breaker_threshold(5)
             .recovery_grace(Duration::from_millis(300))
     };
-    let b = member_on(&server.url(), &["x"], config()).await;
-    let a = member_on(&server.url(), &["x"], config()).await;
+    let b = Member::join_url(&server.url(), Router::builder(), &["x"], config()).await;
+    let a = Member::join_url(&server.url(), Router::builder(), &["x"], config()).await;
     eventually("both polled", Duration::from_secs(3), || {
         a.store.metrics().lost_polls >= 1 && b.store.metrics().lost_polls >= 1
     })

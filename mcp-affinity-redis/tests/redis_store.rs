@@ -642,6 +642,47 @@ fn config_with_grace() -> RedisStoreConfig {
     fast_config().recovery_grace(Duration::from_millis(500))
 }
 
+/// Waits (at most 5 s) until a taker has everything `router` queued for the store.
+async fn until_taken(router: &Router, taker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while router.store_queue_len() > 0 {
+        assert!(Instant::now() < deadline, "{taker} took the bind");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A write-through in its own task.
+fn spawn_write_through(
+    store: &RedisStore,
+    router: &std::sync::Arc<Router>,
+) -> tokio::task::JoinHandle<()> {
+    let (store, router) = (store.clone(), router.clone());
+    tokio::spawn(async move { store.write_through(&router).await })
+}
+
+/// Asserts that `through` still waits 300 ms in while the paused `server` holds another
+/// taker's batch, resumes the server, and that it returns (within 2 s) with `id` bound.
+async fn waits_for_the_batch_on_its_way(
+    server: &mut RedisServer,
+    through: tokio::task::JoinHandle<()>,
+    id: &str,
+) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !through.is_finished(),
+        "the write-through returned while the bind was still on its way"
+    );
+    server.resume();
+    tokio::time::timeout(Duration::from_secs(2), through)
+        .await
+        .expect("the write-through returns once the bind is written")
+        .unwrap();
+    assert!(
+        server.get(&binding_key(id)).is_some(),
+        "the bind is in the store when the write-through returns"
+    );
+}
+
 /// The write-through of a response that revealed a key returns only once the key is in the
 /// store, even when another taker (here a first write-through; in a proxy, often the sync
 /// task) took its bind a moment before and is still on its way: otherwise the client could
@@ -651,47 +692,21 @@ fn config_with_grace() -> RedisStoreConfig {
 async fn a_write_through_returns_only_once_a_bind_another_took_is_in_the_store() {
     let mut server = RedisServer::start();
     let (router, _) = fleet_router(Router::builder(), &["x", "y"]);
-    // A timeout far beyond the test's bounds: a second that returned at its own timeout, not
-    // at the first's release, would fail the test.
+    // A timeout far beyond the test's bounds: a write-through that returned at its own
+    // timeout, not at the other's release, would fail the test.
     let config = fast_config().command_timeout(Duration::from_secs(30));
     let store = RedisStore::open(&server.url(), config).expect("store");
     assert_eq!(store.lookup("warm-up").await, Answer::Missing);
     initialize(&router, "s1");
     assert_eq!(router.store_queue_len(), 1, "the bind is queued");
 
-    // The first write-through takes the bind, and meets a server that answers nothing.
+    // The first write-through takes the bind, and meets a server that answers nothing; the
+    // second finds nothing to take, and waits for the first's batch.
     server.pause();
-    let first = tokio::spawn({
-        let (store, router) = (store.clone(), router.clone());
-        async move { store.write_through(&router).await }
-    });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while router.store_queue_len() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first write-through took the bind"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    // The second finds nothing to take, and waits for the first's batch.
-    let second = tokio::spawn({
-        let (store, router) = (store.clone(), router.clone());
-        async move { store.write_through(&router).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "the second returned while the bind was still on its way"
-    );
-    server.resume();
-    tokio::time::timeout(Duration::from_secs(2), second)
-        .await
-        .expect("the second returns once the bind is written")
-        .unwrap();
-    assert!(
-        server.get(&binding_key("s1")).is_some(),
-        "the bind is in the store when the second returns"
-    );
+    let first = spawn_write_through(&store, &router);
+    until_taken(&router, "the first write-through").await;
+    let second = spawn_write_through(&store, &router);
+    waits_for_the_batch_on_its_way(&mut server, second, "s1").await;
     first.await.unwrap();
 }
 
@@ -713,25 +728,8 @@ async fn a_write_through_waits_for_a_bind_the_sync_task_took_and_is_still_sendin
 
     server.pause();
     initialize(&router, "s1");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while router.store_queue_len() > 0 {
-        assert!(Instant::now() < deadline, "the sync task took the bind");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let through = tokio::spawn({
-        let (store, router) = (store.clone(), router.clone());
-        async move { store.write_through(&router).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !through.is_finished(),
-        "the write-through returned while the sync task was still sending the bind"
-    );
-    server.resume();
-    tokio::time::timeout(Duration::from_secs(2), through)
-        .await
-        .expect("it returns once the sync task's batch is written")
-        .unwrap();
-    assert!(server.get(&binding_key("s1")).is_some());
+    until_taken(&router, "the sync task").await;
+    let through = spawn_write_through(&store, &router);
+    waits_for_the_batch_on_its_way(&mut server, through, "s1").await;
     sync.shutdown().await;
 }

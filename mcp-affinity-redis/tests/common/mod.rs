@@ -253,8 +253,18 @@ impl Member {
         names: &[&str],
         config: RedisStoreConfig,
     ) -> Member {
+        Self::join_url(&server.url(), builder, names, config).await
+    }
+
+    /// [`join_with`](Member::join_with) a server of another kind, by URL.
+    pub async fn join_url(
+        url: &str,
+        builder: RouterBuilder,
+        names: &[&str],
+        config: RedisStoreConfig,
+    ) -> Member {
         let (router, ids) = fleet_router(builder, names);
-        let store = RedisStore::connect(&server.url(), config).await.unwrap();
+        let store = RedisStore::connect(url, config).await.unwrap();
         let sync = Some(store.spawn_sync(router.clone()));
         Member {
             router,
