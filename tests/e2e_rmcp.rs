@@ -608,7 +608,7 @@ fn the_proxy_strips_hop_by_hop_headers_and_those_connection_names_and_keeps_the_
         ])
     );
 
-    // More hop-by-hop names than the one-pass scan keeps, and no `Connection`: all go.
+    // Many hop-by-hop names, and no `Connection`: all go.
     let mut many = headers(&[
         ("te", "trailers"),
         ("trailer", "x-checksum"),
@@ -628,8 +628,8 @@ fn the_proxy_strips_hop_by_hop_headers_and_those_connection_names_and_keeps_the_
     assert_eq!(lone, headers(&[("x-private", "1")]));
 }
 
-/// A backend that answers every request with an endless event stream and reports the
-/// request's method and headers.
+/// A backend that answers `/slow` with `done` after 300 ms and every other request with an
+/// endless event stream, and reports each request's method and headers.
 async fn endless_backend() -> (
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<(http::Method, http::HeaderMap)>,
@@ -645,15 +645,24 @@ async fn endless_backend() -> (
             let seen = seen.clone();
             let service = hyper::service::service_fn(move |req: http::Request<_>| {
                 let _ = seen.send((req.method().clone(), req.headers().clone()));
-                let body = endless::Endless {
-                    sent: false,
-                    dropped: None,
-                };
-                let response = http::Response::builder()
-                    .header("content-type", "text/event-stream")
-                    .body(body)
-                    .unwrap();
-                async move { Ok::<_, std::convert::Infallible>(response) }
+                let slow = req.uri().path() == "/slow";
+                async move {
+                    let response = http::Response::builder();
+                    let response = if slow {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let done = http_body_util::Full::new(bytes::Bytes::from_static(b"done"));
+                        response.body(http_body_util::Either::Left(done))
+                    } else {
+                        let endless = endless::Endless {
+                            sent: false,
+                            dropped: None,
+                        };
+                        response
+                            .header("content-type", "text/event-stream")
+                            .body(http_body_util::Either::Right(endless))
+                    };
+                    Ok::<_, std::convert::Infallible>(response.unwrap())
+                }
             });
             connections.spawn(
                 hyper::server::conn::http1::Builder::new()
@@ -751,33 +760,7 @@ async fn removing_a_backend_ends_its_get_streams_and_lets_post_answers_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_the_answer_in_flight_finish_and_stops_at_the_grace() {
     use http_body_util::BodyExt;
-    use hyper_util::rt::TokioIo;
-    // A backend whose `/slow` answers after 300 ms and whose other paths stream forever.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(|req: http::Request<_>| async move {
-                let body = if req.uri().path() == "/slow" {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    http_body_util::Either::Left(http_body_util::Full::new(
-                        bytes::Bytes::from_static(b"done"),
-                    ))
-                } else {
-                    http_body_util::Either::Right(endless::Endless {
-                        sent: false,
-                        dropped: None,
-                    })
-                };
-                Ok::<_, std::convert::Infallible>(http::Response::new(body))
-            });
-            connections.spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
+    let (backend, _requests, server) = endless_backend().await;
     let config = Config {
         backends: vec![format!("http://{backend}")],
         shutdown_grace: Duration::from_secs(1),
