@@ -206,9 +206,16 @@ async fn fleet_on_redis(sdk: Sdk) {
     soak.stop().await;
     let lines: Lines = lines;
     let lines = lines.lock().unwrap().clone();
-    // The outage: from the kill to the mark, and the new sessions started before the mark that
-    // finished after it. After that, nothing may fail.
+    // The outage: from the kill to the mark, the new sessions started before the mark that
+    // finished after it, and the worker sessions whose run of failures began before the mark
+    // (the Python soak says when, in `marks`: its legacy SSE client gives a session up after
+    // one failed POST, so a 503 before the mark shows as a timeout after it). After that,
+    // nothing may fail.
     let (recovered_at, mark) = last_mark(&lines).expect("the mark");
+    let marks_before = lines[..recovered_at]
+        .iter()
+        .filter(|l| parse(l).get("mark").is_some())
+        .count() as u64;
     let (mut outage, mut after) = (Vec::new(), Vec::new());
     for (at, line) in lines.iter().enumerate().skip(killed_at) {
         let v = parse(line);
@@ -217,7 +224,11 @@ async fn fleet_on_redis(sdk: Sdk) {
         };
         let early_starter =
             v.get("starter").and_then(Value::as_u64) < Some(mark) && v.get("starter").is_some();
-        if at < recovered_at || early_starter {
+        let failing_before_mark = v
+            .get("marks")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| m <= marks_before);
+        if at < recovered_at || early_starter || failing_before_mark {
             outage.push(text(error));
         } else {
             after.push(line.clone());

@@ -11,11 +11,19 @@ crash and fleet tests.
 - A starter opens a new short session every MS milliseconds (initialize, one call, close).
 - With `--tokens` (legacy SSE), each worker session reports the session id it was given.
 - It runs until its stdin closes, then prints a summary and exits 0: the test judges. A line
-  `mark` on stdin is answered {"mark": n}: starters numbered n and up start after it.
+  `mark` on stdin is answered {"mark": n}: starters numbered n and up start after it. If its
+  tasks have not all ended 10 s after stdin closed, it prints their stacks to stderr and exits
+  3 (a client stuck in the SDK is then named, not a silent hang).
+
+The legacy SSE client of `mcp` 2.3.0 gives up a session's write side for good when one of its
+POSTs is answered with an error status (a 503 of a store outage, say): every later call of that
+session fails (a timeout, then "Connection closed"). That is why each error line says when the
+session's run of failures began (`marks`: how many `mark` lines had been asked for then): a
+failure that shows after a mark may come from a request made before it.
 
 One JSON object per line:
 - {"worker", "session", "call", "replica", "count"}: a reply;
-- {"worker", "session", "error", "kind"}: a failed call; kind "gone" for what tells a client
+- {"worker", "session", "error", "kind", "marks"}: a failed call; kind "gone" for what tells a client
   its session is over (404 "Session not found"/"Session terminated", a cut SSE stream), "other"
   for anything else (a 502, a 503, a timeout);
 - {"starter", "replica"} or {"starter", "error", "kind", "phase"}: a short session, "phase"
@@ -28,6 +36,8 @@ One JSON object per line:
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
 import threading
 
@@ -52,6 +62,22 @@ CALL_TIMEOUT = args.timeout
 STOPPING = False
 # The number of the next short session.
 NEXT_STARTER = 0
+# How many `mark` lines were asked for so far.
+MARKS = 0
+# The short sessions still running.
+SHORT = set()
+
+
+class OneLine(logging.Formatter):
+    """The SDK logs each failed POST with its traceback: one line each keeps stderr readable."""
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return f"  {describe(ei[1])}"
+
+
+handler = logging.StreamHandler()
+handler.setFormatter(OneLine("%(name)s: %(message)s"))
+logging.basicConfig(handlers=[handler], level=logging.WARNING)
 
 
 def emit(**fields) -> None:
@@ -91,9 +117,12 @@ def kind_of(error: BaseException) -> str:
 def client(started=None) -> Client:
     """A client; `started(id)` is called once the session exists on a replica (with SSE, when
     its stream's endpoint event came; with Streamable HTTP, once initialized)."""
+    # `read_timeout_seconds` bounds `initialize` too: without it, a session whose initialize
+    # POST failed (see above) would wait for its answer for ever.
     if args.mode == "sse":
-        return Client(sse_client(args.url, on_session_created=lambda sid: started and started(sid)))
-    return Client(args.url, mode="legacy")
+        transport = sse_client(args.url, on_session_created=lambda sid: started and started(sid))
+        return Client(transport, read_timeout_seconds=CALL_TIMEOUT)
+    return Client(args.url, mode="legacy", read_timeout_seconds=CALL_TIMEOUT)
 
 
 async def whoami(c) -> dict:
@@ -104,23 +133,27 @@ async def whoami(c) -> dict:
 
 async def worker(no: int, ready: asyncio.Event, pending: list, counts: dict) -> None:
     session = 0
-    while True:
+    while not STOPPING:
         call = 0
 
         def created(sid: str, session: int = session) -> None:
             if args.tokens:
                 emit(worker=no, session=session, token=sid)
 
+        # When this session's run of failures began (or, before any call, its start).
+        marks = MARKS
         try:
             async with client(created) as c:
                 failures = 0
-                while True:
+                while not STOPPING:
+                    if failures == 0:
+                        marks = MARKS
                     try:
                         reply = await whoami(c)
                     except Exception as e:  # noqa: BLE001
                         if not args.keep or STOPPING:
                             raise
-                        failed(counts, e, worker=no, session=session)
+                        failed(counts, e, worker=no, session=session, marks=marks)
                         failures += 1
                         if failures >= 3:
                             break
@@ -138,15 +171,16 @@ async def worker(no: int, ready: asyncio.Event, pending: list, counts: dict) -> 
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # noqa: BLE001 - report everything, let the test judge
-            failed(counts, e, worker=no, session=session)
+            failed(counts, e, worker=no, session=session, marks=marks)
             if STOPPING:
                 raise
+        if STOPPING:
+            return
         session += 1
 
 
 async def starter(counts: dict) -> None:
     global NEXT_STARTER
-    tasks = set()
 
     async def short(n: int) -> None:
         phase = "initialize"
@@ -164,10 +198,10 @@ async def starter(counts: dict) -> None:
         except BaseException as e:  # noqa: BLE001
             failed(counts, e, starter=n, phase=phase)
 
-    while True:
+    while not STOPPING:
         task = asyncio.create_task(short(NEXT_STARTER))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        SHORT.add(task)
+        task.add_done_callback(SHORT.discard)
         NEXT_STARTER += 1
         await asyncio.sleep(args.every / 1000)
 
@@ -177,11 +211,16 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
+    def mark() -> None:
+        global MARKS
+        MARKS += 1
+        emit(mark=NEXT_STARTER)
+
     def read_stdin() -> None:
         # `mark` lines are answered; stop when stdin closes: the test says so, or died.
         for line in sys.stdin:
             if line.strip() == "mark":
-                loop.call_soon_threadsafe(lambda: emit(mark=NEXT_STARTER))
+                loop.call_soon_threadsafe(mark)
         loop.call_soon_threadsafe(stop.set)
 
     threading.Thread(target=read_stdin, daemon=True).start()
@@ -194,9 +233,16 @@ async def main() -> None:
     await stop.wait()
     global STOPPING
     STOPPING = True
+    tasks += SHORT
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    _, stuck = await asyncio.wait(tasks, timeout=10)
+    if stuck:
+        print(f"{len(stuck)} tasks still running 10 s after the stop:", file=sys.stderr)
+        for task in stuck:
+            task.print_stack(file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(3)
     emit(summary=counts)
 
 
