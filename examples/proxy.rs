@@ -71,6 +71,9 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
   --message-path PATH        legacy HTTP+SSE message path (default /messages; /messages/ too)
   --idle-ttl SECONDS         forget a session idle this long (default 3600; 0 = never)
   --pool-idle-timeout SECS   keep idle backend connections this long (default 4)
+  --dedicated-connections N  at most N backend connections of one client connection each (opened
+                             on its second request in a row to a backend; default 1024; 0 = off:
+                             every request through the shared pool)
   --health-interval SECS     TCP health check period (default 1; 0 = off)
   --rewrite-host             send the backend's host:port as Host (default: the client's Host)
   --shutdown-grace SECS      on Ctrl-C or SIGTERM, time given to in-flight requests (default 2)
@@ -118,6 +121,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 config.idle_ttl = (!ttl.is_zero()).then_some(ttl);
             }
             "--pool-idle-timeout" => config.pool_idle_timeout = seconds(&flag, &value)?,
+            "--dedicated-connections" => {
+                config.dedicated_connections = value
+                    .parse()
+                    .map_err(|_| format!("{flag}: not a count: {value:?}"))?;
+            }
             "--health-interval" => {
                 let every = seconds(&flag, &value)?;
                 config.health_interval = (!every.is_zero()).then_some(every);

@@ -62,6 +62,10 @@ use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 
+#[path = "dedicated.rs"]
+pub mod dedicated;
+use dedicated::{Dedicated, Limits};
+
 /// The body of every response the proxy sends: the gateway's (the backend's, observed by the
 /// router, or the router's rejection), or one the proxy writes itself. Two variants, not a
 /// boxed body: no allocation per response.
@@ -91,6 +95,9 @@ pub struct Config {
     /// uvicorn (Python MCP servers), so the proxy never reuses a connection the backend is
     /// closing.
     pub pool_idle_timeout: Duration,
+    /// The most backend connections dedicated to one client connection each, open at once
+    /// (0: none; every request goes through the pool). See `examples/common/dedicated.rs`.
+    pub dedicated_connections: usize,
     /// Send the backend's authority as `Host` instead of the client's.
     pub rewrite_host: bool,
     /// TCP health checks of every backend at this interval (`None`: off).
@@ -113,6 +120,7 @@ impl Default for Config {
             message_path: "/messages".into(),
             idle_ttl: Some(Duration::from_secs(3600)),
             pool_idle_timeout: Duration::from_secs(4),
+            dedicated_connections: 1024,
             rewrite_host: false,
             seal_key_file: None,
             health_interval: Some(Duration::from_secs(1)),
@@ -142,7 +150,8 @@ struct Backend {
 pub struct Proxy {
     router: Arc<Router>,
     backends: Arc<Backends>,
-    gateway: Gateway,
+    /// Makes each client connection's gateway.
+    layer: AffinityLayer<MemoryTable, fn() -> Instant, Classifier>,
     health_interval: Option<Duration>,
     shutdown_grace: Duration,
     /// 502 answers sent (the backend failed and the router could not decide for it).
@@ -179,6 +188,8 @@ type Classifier = fn(&ForwardError) -> Option<Undelivered>;
 struct Backends {
     by_slot: RwLock<Vec<Option<Backend>>>,
     client: Client<HttpConnector, ReplayBody<Incoming>>,
+    /// The bounds of the dedicated backend connections.
+    dedicated: Arc<Limits>,
     rewrite_host: bool,
 }
 
@@ -221,6 +232,10 @@ impl Proxy {
         let backends = Arc::new(Backends {
             by_slot: RwLock::new(Vec::new()),
             client,
+            dedicated: Arc::new(Limits::new(
+                config.dedicated_connections,
+                config.pool_idle_timeout,
+            )),
             rewrite_host: config.rewrite_host,
         });
         let probed = backends.clone();
@@ -250,11 +265,10 @@ impl Proxy {
                     async move { store.write_through(&router).await }
                 });
         }
-        let gateway = layer.layer(Forwarder(backends.clone()));
         let proxy = Arc::new(Proxy {
             router,
             backends,
-            gateway,
+            layer,
             health_interval: config.health_interval,
             shutdown_grace: config.shutdown_grace,
             bad_gateways: Default::default(),
@@ -425,6 +439,11 @@ impl Proxy {
         self.router.metrics()
     }
 
+    /// How many backend connections dedicated to a client connection are open (or opening).
+    pub fn dedicated_connections(&self) -> usize {
+        self.backends.dedicated.open()
+    }
+
     /// The backend's base URL by id (current generation only).
     pub fn url_of(&self, id: BackendId) -> Option<Arc<str>> {
         let upstreams = self.backends.by_slot.read().unwrap();
@@ -432,56 +451,32 @@ impl Proxy {
         (upstream.id == id).then(|| upstream.url.clone())
     }
 
-    /// Proxies one request through the router's layer: a request the forwarder could not
-    /// deliver is reported to the router, which places it again on another backend (a
-    /// conversation start, a stateless call: its body, if small, was kept for that) or
-    /// rejects it (a pinned request whose owner refused the connection: its session is gone,
-    /// 404). `forwarded_for` is the client's address as an `X-Forwarded-For` value (made once
-    /// per connection, by [`forwarded_for`]).
-    ///
-    /// The request is handed to the gateway before this returns; the future only waits for
-    /// the answer. It stays small that way (hyper moves it into its connection state).
-    pub fn handle(
+    /// A new client connection from `peer`: its share of the proxy, and the future that
+    /// drives its dedicated backend connection (`examples/common/dedicated.rs`), to be polled
+    /// along with the client connection, in its task, for as long as it lives (it never
+    /// ends by itself).
+    pub fn connection(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
-        forwarded_for: Option<HeaderValue>,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
-        // Before the client's address is added: a client could name X-Forwarded-For in
-        // `Connection` and have it removed.
-        strip_hop_by_hop(req.headers_mut());
-        if let Some(ip) = forwarded_for {
-            req.headers_mut()
-                .append(HeaderName::from_static("x-forwarded-for"), ip);
-        }
-        let mut gateway = self.gateway.clone();
-        // The forwarder takes every request (a pooled client), so the gateway is ready at once.
-        let call = match gateway.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
-            Poll::Ready(Ok(())) => Ok(gateway.call(req)),
-            Poll::Ready(Err(error)) => Err(Some(error)),
-            // Never with this forwarder; a gateway that could be busy would shed the request.
-            Poll::Pending => Err(None),
+        peer: SocketAddr,
+    ) -> (Connection, impl Future<Output = ()> + Send + use<>) {
+        let limits = &self.backends.dedicated;
+        let dedicated = (limits.max > 0).then(|| Arc::new(Dedicated::new(limits.clone())));
+        let forwarder = Forwarder {
+            backends: self.backends.clone(),
+            dedicated: dedicated.clone(),
         };
-        let proxy = self.clone();
-        async move {
-            let response = match call {
-                Ok(call) => call.await,
-                Err(Some(error)) => Err(error),
-                Err(None) => {
-                    let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
-                    busy.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    return busy;
-                }
-            };
-            match response {
-                Ok(response) => response.map(Either::Left),
-                // The client's own body failed (it went away mid-request): nobody to tell.
-                Err(ForwardError::ClientBody) => {
-                    text(StatusCode::BAD_REQUEST, "request body failed\n".into())
-                }
-                Err(error) => proxy.bad_gateway(&error.to_string()),
+        let connection = Connection {
+            proxy: self.clone(),
+            gateway: self.layer.layer(forwarder),
+            forwarded_for: forwarded_for(peer),
+        };
+        let drive = async move {
+            match dedicated {
+                Some(dedicated) => dedicated.drive().await,
+                None => std::future::pending().await,
             }
-        }
+        };
+        (connection, drive)
     }
 
     /// How many requests were answered 502.
@@ -502,8 +497,8 @@ impl Proxy {
         let grace = self.shutdown_grace;
         let proxy = self;
         serve_with(listener, shutdown, grace, move |peer| {
-            let (proxy, ip) = (proxy.clone(), forwarded_for(peer));
-            move |req| proxy.handle(req, ip.clone())
+            let (connection, drive) = proxy.connection(peer);
+            (move |req| connection.handle(req), drive)
         })
         .await;
     }
@@ -517,10 +512,11 @@ impl Proxy {
         let proxy = self;
         serve_with(listener, shutdown, Duration::ZERO, move |_| {
             let proxy = proxy.clone();
-            move |req| {
+            let handler = move |req| {
                 let proxy = proxy.clone();
                 async move { proxy.admin(req) }
-            }
+            };
+            (handler, std::future::pending())
         })
         .await;
     }
@@ -672,6 +668,68 @@ impl Proxy {
     }
 }
 
+/// One client connection's share of the proxy ([`Proxy::connection`]): its gateway, whose
+/// forwarder has the connection's dedicated backend connection, and its client's address.
+pub struct Connection {
+    proxy: Arc<Proxy>,
+    gateway: Gateway,
+    /// The client's address as an `X-Forwarded-For` value.
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl Connection {
+    /// Proxies one request through the router's layer: a request the forwarder could not
+    /// deliver is reported to the router, which places it again on another backend (a
+    /// conversation start, a stateless call: its body, if small, was kept for that) or
+    /// rejects it (a pinned request whose owner refused the connection: its session is gone,
+    /// 404). The client's address is appended to `X-Forwarded-For`.
+    ///
+    /// The request is handed to the gateway before this returns; the future only waits for
+    /// the answer. It stays small that way (hyper moves it into its connection state).
+    pub fn handle(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
+        // Before the client's address is added: a client could name X-Forwarded-For in
+        // `Connection` and have it removed.
+        strip_hop_by_hop(req.headers_mut());
+        if let Some(ip) = &self.forwarded_for {
+            req.headers_mut()
+                .append(HeaderName::from_static("x-forwarded-for"), ip.clone());
+        }
+        let mut gateway = self.gateway.clone();
+        // The forwarder takes every request (a pooled client, or the dedicated connection), so
+        // the gateway is ready at once.
+        let call = match gateway.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(())) => Ok(gateway.call(req)),
+            Poll::Ready(Err(error)) => Err(Some(error)),
+            // Never with this forwarder; a gateway that could be busy would shed the request.
+            Poll::Pending => Err(None),
+        };
+        let proxy = self.proxy.clone();
+        async move {
+            let response = match call {
+                Ok(call) => call.await,
+                Err(Some(error)) => Err(error),
+                Err(None) => {
+                    let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
+                    busy.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return busy;
+                }
+            };
+            match response {
+                Ok(response) => response.map(Either::Left),
+                // The client's own body failed (it went away mid-request): nobody to tell.
+                Err(ForwardError::ClientBody) => {
+                    text(StatusCode::BAD_REQUEST, "request body failed\n".into())
+                }
+                Err(error) => proxy.bad_gateway(&error.to_string()),
+            }
+        }
+    }
+}
+
 /// The client's address as an `X-Forwarded-For` value.
 pub fn forwarded_for(peer: SocketAddr) -> Option<HeaderValue> {
     HeaderValue::from_str(&peer.ip().to_string()).ok()
@@ -714,9 +772,14 @@ impl std::fmt::Display for ForwardError {
 /// it is an event stream.
 type ForwardBody = UntilGone<Incoming>;
 
-/// Sends each request to the backend its [`Upstream`] names.
+/// Sends each request to the backend its [`Upstream`] names: on the client connection's
+/// dedicated backend connection if it leads there and is ready, through the pool otherwise.
 #[derive(Clone)]
-struct Forwarder(Arc<Backends>);
+struct Forwarder {
+    backends: Arc<Backends>,
+    /// The client connection's dedicated backend connection (`None`: off).
+    dedicated: Option<Arc<Dedicated>>,
+}
 
 impl Service<Request<ReplayBody<Incoming>>> for Forwarder {
     type Response = Response<ForwardBody>;
@@ -724,14 +787,14 @@ impl Service<Request<ReplayBody<Incoming>>> for Forwarder {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ForwardBody>, ForwardError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
-        // The pooled client takes every request.
+        // The pooled client takes every request the dedicated connection does not.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<ReplayBody<Incoming>>) -> Self::Future {
-        // The request is made and handed to the pooled client here; the future only waits for
-        // the answer, so it stays small (it is boxed and moved per request).
-        match self.0.send(request) {
+        // The request is made and handed to a connection here; the future only waits for the
+        // answer, so it stays small (it is boxed and moved per request).
+        match self.backends.send(request, self.dedicated.as_deref()) {
             Ok(sent) => Box::pin(sent.answer()),
             Err(error) => Box::pin(std::future::ready(Err(error))),
         }
@@ -748,50 +811,93 @@ struct Target {
     gone: Option<watch::Receiver<bool>>,
 }
 
-/// A request handed to the pooled client: [`Backends::send`].
+/// A request handed to a backend connection: [`Backends::send`].
 struct Sent {
-    response: hyper_util::client::legacy::ResponseFuture,
+    sending: Sending,
     backend: BackendId,
     gone: Option<watch::Receiver<bool>>,
+}
+
+/// Where a request went.
+enum Sending {
+    Pooled(hyper_util::client::legacy::ResponseFuture),
+    /// On the client connection's dedicated connection. If that connection gives the request
+    /// back unsent (it closed a moment ago), it goes through the pool, to `absolute`.
+    Dedicated {
+        answer: dedicated::Answer,
+        absolute: Uri,
+        backends: Arc<Backends>,
+    },
 }
 
 impl Sent {
     /// The backend's answer, or why there is none.
     async fn answer(self) -> Result<Response<ForwardBody>, ForwardError> {
-        let error = match self.response.await {
-            Ok(response) => {
-                let (mut head, body) = response.into_parts();
-                strip_hop_by_hop(&mut head.headers);
-                let gone = if is_event_stream(&head.headers) {
-                    head.headers.insert(
-                        HeaderName::from_static("x-accel-buffering"),
-                        HeaderValue::from_static("no"),
-                    );
-                    // A stream may live for hours: end it when its backend is removed.
-                    self.gone
-                } else {
-                    None
-                };
-                return Ok(Response::from_parts(head, UntilGone::new(body, gone)));
-            }
-            Err(error) => error,
-        };
         let backend = self.backend;
-        if let Some(why) = undelivered(&error) {
-            return Err(ForwardError::Undelivered(why, format!("{error:?}")));
-        }
-        // It may have reached the backend (the layer asks whether the backend died with it).
-        if client_failed(&error) {
-            return Err(ForwardError::ClientBody);
-        }
-        Err(ForwardError::Failed(format!("{backend} failed: {error:?}")))
+        let response = match self.sending {
+            Sending::Pooled(response) => response.await.map_err(|e| pool_error(&e, backend))?,
+            Sending::Dedicated {
+                answer,
+                absolute,
+                backends,
+            } => match answer.await {
+                Ok(response) => response,
+                Err(mut unsent) => match unsent.take_message() {
+                    Some(mut request) => {
+                        *request.uri_mut() = absolute;
+                        let pooled = backends.client.request(request);
+                        pooled.await.map_err(|e| pool_error(&e, backend))?
+                    }
+                    // Written, at least in part: it may have run, as with a pooled connection
+                    // the backend reset (the layer asks whether the backend died with it).
+                    None => {
+                        let error = unsent.into_error();
+                        return Err(if error.is_user() {
+                            ForwardError::ClientBody
+                        } else {
+                            ForwardError::Failed(format!("{backend} failed: {error:?}"))
+                        });
+                    }
+                },
+            },
+        };
+        let (mut head, body) = response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        let gone = if is_event_stream(&head.headers) {
+            head.headers.insert(
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            );
+            // A stream may live for hours: end it when its backend is removed.
+            self.gone
+        } else {
+            None
+        };
+        Ok(Response::from_parts(head, UntilGone::new(body, gone)))
     }
 }
 
+/// What a failure of the pooled client says: not delivered (nothing was written), the
+/// client's body failed, or the backend failed after the request may have run (the layer
+/// asks whether the backend died with it).
+fn pool_error(error: &hyper_util::client::legacy::Error, backend: BackendId) -> ForwardError {
+    if let Some(why) = undelivered(error) {
+        return ForwardError::Undelivered(why, format!("{error:?}"));
+    }
+    if client_failed(error) {
+        return ForwardError::ClientBody;
+    }
+    ForwardError::Failed(format!("{backend} failed: {error:?}"))
+}
+
 impl Backends {
-    /// Makes the request for the backend the layer named and hands it to the pooled client
-    /// (`Err`: that backend is gone).
-    fn send(&self, request: Request<ReplayBody<Incoming>>) -> Result<Sent, ForwardError> {
+    /// Makes the request for the backend the layer named and hands it to the `dedicated`
+    /// connection or the pooled client (`Err`: that backend is gone).
+    fn send(
+        self: &Arc<Self>,
+        request: Request<ReplayBody<Incoming>>,
+        dedicated: Option<&Dedicated>,
+    ) -> Result<Sent, ForwardError> {
         let (mut parts, body) = request.into_parts();
         let upstream = parts
             .extensions
@@ -806,15 +912,39 @@ impl Backends {
             let detail = format!("{} removed", upstream.backend());
             return Err(ForwardError::Undelivered(Undelivered::Refused, detail));
         };
-        parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         if self.rewrite_host || !parts.headers.contains_key(header::HOST) {
             parts.headers.insert(header::HOST, host);
         }
-        let response = self.client.request(Request::from_parts(parts, body));
+        let backend = upstream.backend();
+        let sending = match dedicated.filter(|_| uri.scheme() == Some(&Scheme::HTTP)) {
+            Some(dedicated) => {
+                // A connection of its own is sent the origin form (`/path?query`).
+                parts.uri = uri
+                    .path_and_query()
+                    .cloned()
+                    .map_or_else(Uri::default, Uri::from);
+                let request = Request::from_parts(parts, body);
+                match dedicated.try_send(backend, || self.address_of(backend), request) {
+                    Ok(answer) => Sending::Dedicated {
+                        answer,
+                        absolute: uri,
+                        backends: self.clone(),
+                    },
+                    Err(mut request) => {
+                        *request.uri_mut() = uri;
+                        Sending::Pooled(self.client.request(request))
+                    }
+                }
+            }
+            None => {
+                parts.uri = uri;
+                Sending::Pooled(self.client.request(Request::from_parts(parts, body)))
+            }
+        };
         Ok(Sent {
-            response,
-            backend: upstream.backend(),
+            sending,
+            backend,
             gone,
         })
     }
@@ -927,6 +1057,7 @@ pub fn metrics_json(m: &Metrics, proxy: &Proxy) -> serde_json::Value {
         "table": { "len": m.table.len, "capacity": m.table.capacity },
         "backends": backends_json(&m.backends, proxy),
         "store": proxy.store().map(|store| store_json(m, &store.metrics())),
+        "dedicated_connections": proxy.dedicated_connections(),
     })
 }
 
@@ -1078,19 +1209,22 @@ impl<B: Body<Data = Bytes>> Body for UntilGone<B> {
 }
 
 /// Accepts connections until `shutdown`, serving each with the handler `per_connection`
-/// makes for its peer; then tells every connection to finish its request in flight and
+/// makes for its peer (and polling, in the connection's task, the future it makes with it:
+/// the connection's dedicated backend connection); then tells every connection to finish its
+/// request in flight and
 /// close, and waits up to `grace` for them. The connections are owned by this future: those
 /// still open after the grace period, or when the future is dropped (its task aborted), are
 /// dropped with it.
-async fn serve_with<M, H, F>(
+async fn serve_with<M, H, F, D>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     per_connection: M,
 ) where
-    M: Fn(SocketAddr) -> H,
+    M: Fn(SocketAddr) -> (H, D),
     H: Fn(Request<Incoming>) -> F + Send + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    D: Future<Output = ()> + Send + 'static,
 {
     // Each connection has its own stop signal: polling a oneshot receiver is an atomic load,
     // where one `watch` shared by all (hyper-util's `GracefulShutdown`) takes a lock at every
@@ -1121,7 +1255,7 @@ async fn serve_with<M, H, F>(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = per_connection(peer);
+        let (handler, drive) = per_connection(peer);
         let service = service_fn(move |req| {
             let response = handler(req);
             async move { Ok::<_, Infallible>(response.await) }
@@ -1131,15 +1265,21 @@ async fn serve_with<M, H, F>(
             .serve_connection(TokioIo::new(stream), service);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = connections.spawn(async move {
-            tokio::pin!(connection);
-            tokio::select! {
-                biased;
-                _ = &mut connection => return,
-                // Sent or dropped: shutting down.
-                _ = stopped => {}
+            tokio::pin!(connection, drive, stopped);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut connection => return,
+                    // Sent or dropped: shutting down.
+                    _ = &mut stopped, if !stopping => {
+                        stopping = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    // Never ends by itself.
+                    _ = &mut drive => {}
+                }
             }
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
         });
         stops.insert(task.id(), stop);
     }

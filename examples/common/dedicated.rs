@@ -1,0 +1,252 @@
+//! A backend connection dedicated to one client connection, driven in that connection's own
+//! task (issue #13).
+//!
+//! Through the pooled client, every request is handed to the task that drives a pooled
+//! backend connection, and its answer handed back: two cross-task wake-ups per call, often
+//! across cores, and a pool checkout under a lock. A keep-alive HTTP/1.1 client sends one
+//! request at a time, so once it has sent two requests in a row to the same backend, its
+//! client connection opens a backend connection of its own to that backend and drives it in
+//! the same task; the following requests to that backend go through it, the others through
+//! the pool.
+//!
+//! The rules, each for a reason:
+//! - **Never a request lost or doubled.** A request goes to the dedicated connection only when
+//!   that connection is ready; if it turns out not to be (it closed a moment ago), hyper hands
+//!   the request back unsent and it goes through the pool. A failure after the request was
+//!   written is reported as the pool reports one (it may have run).
+//! - **Never a connection the backend is closing.** One idle for longer than the pool's idle
+//!   timeout (below uvicorn's 5 s keep-alive) is closed instead of used.
+//! - **Bounded.** At most [`Limits::max`] dedicated connections in the process; past that,
+//!   requests use the pool. Each closes with its client connection, when its backend closes
+//!   it, when it has been idle too long, or when the client has turned to another backend.
+//! - **Nothing else changes.** The router decides as before; the layer sees the same answers
+//!   and errors; a backend removed or restarted gets a new id, so its dedicated connection is
+//!   no longer chosen.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use mcp_affinity::BackendId;
+use mcp_affinity::tower::ReplayBody;
+use tokio::net::TcpStream;
+
+type Body = ReplayBody<Incoming>;
+
+/// The answer of a request sent on a dedicated connection: the response, or the error with
+/// the request when it was not sent.
+pub type Answer = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    Response<Incoming>,
+                    hyper::client::conn::TrySendError<Request<Body>>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// What every dedicated connection of the process shares: their count and bounds.
+#[derive(Debug)]
+pub struct Limits {
+    open: AtomicUsize,
+    /// The most dedicated connections open at once (0: none).
+    pub max: usize,
+    /// A dedicated connection idle for this long is closed, not used.
+    pub idle: Duration,
+}
+
+impl Limits {
+    pub fn new(max: usize, idle: Duration) -> Limits {
+        Limits {
+            open: AtomicUsize::new(0),
+            max,
+            idle,
+        }
+    }
+
+    /// How many dedicated connections are open (or opening) now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// One client connection's dedicated backend connection, if any.
+pub struct Dedicated {
+    limits: std::sync::Arc<Limits>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The backend the last request through the pool went to.
+    last: Option<BackendId>,
+    conn: Option<Conn>,
+    /// The client connection's task, to wake when a connection is opened.
+    waker: Option<Waker>,
+}
+
+struct Conn {
+    backend: BackendId,
+    /// `None` while connecting.
+    sender: Option<http1::SendRequest<Body>>,
+    driver: Driver,
+    /// When it was last given a request (or opened).
+    used: Instant,
+    _counted: Counted,
+}
+
+type Connecting = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http1::SendRequest<Body>,
+                        http1::Connection<TokioIo<TcpStream>, Body>,
+                    ),
+                    String,
+                >,
+            > + Send,
+    >,
+>;
+
+enum Driver {
+    Connecting(Connecting),
+    Running(Pin<Box<http1::Connection<TokioIo<TcpStream>, Body>>>),
+}
+
+/// One open dedicated connection, in [`Limits::open`] until dropped.
+struct Counted(std::sync::Arc<Limits>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Dedicated {
+    pub fn new(limits: std::sync::Arc<Limits>) -> Dedicated {
+        Dedicated {
+            limits,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Sends `request` for `backend` on the dedicated connection if it leads there and is
+    /// ready; otherwise gives the request back for the pool, and opens a dedicated connection
+    /// to `backend` (at `address`, `host:port`) for the requests after it if this is the second
+    /// request in a row that goes there.
+    // The request given back is large, and moved once: boxing it would allocate per request.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send(
+        &self,
+        backend: BackendId,
+        address: impl FnOnce() -> Option<String>,
+        request: Request<Body>,
+    ) -> Result<Answer, Request<Body>> {
+        let mut state = self.state.lock().expect("never poisoned");
+        let now = Instant::now();
+        let second = state.last.replace(backend) == Some(backend);
+        if let Some(conn) = state.conn.as_mut().filter(|c| c.backend == backend) {
+            match &mut conn.sender {
+                Some(sender)
+                    if sender.is_ready() && now.duration_since(conn.used) < self.limits.idle =>
+                {
+                    conn.used = now;
+                    return Ok(Box::pin(sender.try_send_request(request)));
+                }
+                // Idle long enough that the backend may be closing it, or closed: replaced.
+                Some(sender) if sender.is_ready() || sender.is_closed() => {}
+                // Connecting, or still busy with the last answer: the pool takes this one.
+                _ => return Err(request),
+            }
+        } else if !second {
+            return Err(request);
+        }
+        // The second request in a row to `backend` (or its dedicated connection is spent):
+        // open one for the next.
+        state.conn = None;
+        let Some(address) = address() else {
+            return Err(request);
+        };
+        if self.limits.open.fetch_add(1, Ordering::Relaxed) >= self.limits.max {
+            self.limits.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(request);
+        }
+        let counted = Counted(self.limits.clone());
+        state.conn = Some(Conn {
+            backend,
+            sender: None,
+            driver: Driver::Connecting(Box::pin(connect(address))),
+            used: now,
+            _counted: counted,
+        });
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+        Err(request)
+    }
+
+    /// Drives the dedicated connection (connecting, then serving it until it closes). Polled
+    /// by the client connection's task along with the client connection; never ready.
+    pub fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.state.lock().expect("never poisoned");
+        let State { conn, waker, .. } = &mut *state;
+        if let Some(open) = conn {
+            loop {
+                match &mut open.driver {
+                    Driver::Connecting(connecting) => match connecting.as_mut().poll(cx) {
+                        Poll::Ready(Ok((sender, connection))) => {
+                            open.sender = Some(sender);
+                            open.driver = Driver::Running(Box::pin(connection));
+                        }
+                        Poll::Ready(Err(_)) => break,
+                        Poll::Pending => return Poll::Pending,
+                    },
+                    // Closed by either end, or failed: the pool serves what comes next.
+                    Driver::Running(connection) => match connection.as_mut().poll(cx) {
+                        Poll::Ready(_) => break,
+                        Poll::Pending => return Poll::Pending,
+                    },
+                }
+            }
+            *conn = None;
+        }
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Drives the dedicated connection until the future is dropped.
+    pub fn drive(self: std::sync::Arc<Self>) -> impl Future<Output = ()> + Send {
+        std::future::poll_fn(move |cx| self.poll_drive(cx))
+    }
+}
+
+/// A TCP connection to `address` (2 s at most, `TCP_NODELAY`), with an HTTP/1.1 handshake.
+async fn connect(
+    address: String,
+) -> Result<
+    (
+        http1::SendRequest<Body>,
+        http1::Connection<TokioIo<TcpStream>, Body>,
+    ),
+    String,
+> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&address))
+        .await
+        .map_err(|_| format!("{address}: connect timed out"))?
+        .map_err(|e| format!("{address}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("{address}: {e}"))
+}
