@@ -12,8 +12,9 @@
 //! 2. **Redis restarted under load.** With the SDK's soak clients running through the front,
 //!    the `redis-server` is killed, stays down for a second, and starts again, empty, on its
 //!    port. The outage policy, asserted on what the clients got: the front saw no answer but
-//!    2xx and 503 (never a 404, which makes a client drop a live session, nor a 502; the one
-//!    404 allowed answers a request of a session its client had just ended with `DELETE`), no
+//!    2xx and 503 (never a 404, which makes a client drop a live session, nor a 502; the
+//!    404s and 502s allowed answer requests of a session its client had just ended with
+//!    `DELETE`, which the Python server fails as the session goes), no
 //!    client was told its session is gone, no proxy rejected a request for any reason but the
 //!    store's (503); and once every worker session has been served again and the store
 //!    answers, nothing fails: every worker session goes on, new sessions start and cross
@@ -272,7 +273,10 @@ async fn fleet_on_redis(sdk: Sdk) {
         "{sdk:?}: rejections other than the store's 503: {rejected:?}"
     );
     // A 404 is allowed only to a session its client ended itself (the Python SDK may send a
-    // last POST as it closes the session with DELETE): the backend no longer knows it.
+    // last POST as it closes the session with DELETE): the backend no longer knows it. So is
+    // a 502 to such a session: the Python server (`mcp` 2.3.0) fails a POST that races its
+    // session's DELETE (`ClosedResourceError`, then "Exception in ASGI application"), and
+    // uvicorn resets the connection under it; the proxy can only say the backend failed.
     let log = front.log();
     let deleted: BTreeSet<&String> = log
         .iter()
@@ -288,13 +292,13 @@ async fn fleet_on_redis(sdk: Sdk) {
             _ => None,
         })
         .filter(|&(status, token)| {
-            let excused = status == 404 && token.is_some_and(|t| deleted.contains(t));
+            let excused = matches!(status, 404 | 502) && token.is_some_and(|t| deleted.contains(t));
             !(200..300).contains(&status) && status != 503 && !excused
         })
         .collect();
     assert!(
         odd.is_empty(),
-        "{sdk:?}: answers other than 2xx and 503 (or 404 after the client's DELETE): {odd:?}"
+        "{sdk:?}: answers other than 2xx and 503 (or 404 or 502 after the client's DELETE): {odd:?}"
     );
     let gone: Vec<_> = outage.iter().filter(|e| told_gone(e)).collect();
     assert!(
