@@ -628,10 +628,8 @@ fn the_proxy_strips_hop_by_hop_headers_and_those_connection_names_and_keeps_the_
     assert_eq!(lone, headers(&[("x-private", "1")]));
 }
 
-/// A backend that answers `/slow` with `done` after 300 ms, `/done` with `done` at once,
-/// `/close` with `done` and `Connection: close`, and every other request with an endless event
-/// stream, and reports each request's method and headers, with the address of the
-/// connection it came on as `x-peer`.
+/// A backend that answers `/slow` with `done` after 300 ms and every other request with an
+/// endless event stream, and reports each request's method and headers.
 async fn endless_backend() -> (
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<(http::Method, http::HeaderMap)>,
@@ -643,23 +641,16 @@ async fn endless_backend() -> (
     let (seen, requests) = tokio::sync::mpsc::unbounded_channel();
     let server = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
-        while let Ok((stream, peer)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
             let seen = seen.clone();
             let service = hyper::service::service_fn(move |req: http::Request<_>| {
-                let mut headers = req.headers().clone();
-                headers.insert("x-peer", peer.to_string().parse().unwrap());
-                let _ = seen.send((req.method().clone(), headers));
-                let path = req.uri().path().to_owned();
+                let _ = seen.send((req.method().clone(), req.headers().clone()));
+                let slow = req.uri().path() == "/slow";
                 async move {
-                    let mut response = http::Response::builder();
-                    let done = http_body_util::Full::new(bytes::Bytes::from_static(b"done"));
-                    let response = if matches!(path.as_str(), "/slow" | "/done" | "/close") {
-                        if path == "/slow" {
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                        }
-                        if path == "/close" {
-                            response = response.header("connection", "close");
-                        }
+                    let response = http::Response::builder();
+                    let response = if slow {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let done = http_body_util::Full::new(bytes::Bytes::from_static(b"done"));
                         response.body(http_body_util::Either::Left(done))
                     } else {
                         let endless = endless::Endless {
@@ -713,151 +704,6 @@ async fn the_backend_sees_the_clients_address_once_and_no_hop_by_hop_header() {
         "{headers:?}"
     );
     drop(response);
-    server.abort();
-    running.shutdown().await;
-}
-
-/// One keep-alive client connection to the proxy, sending one request at a time.
-struct KeepAlive {
-    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
-    connection: tokio::task::JoinHandle<()>,
-}
-
-impl KeepAlive {
-    async fn open(addr: std::net::SocketAddr) -> KeepAlive {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        let connection = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        KeepAlive { sender, connection }
-    }
-
-    /// POSTs `path` (answered `done` by [`endless_backend`]) and returns the address of the
-    /// backend connection it came on, as the backend saw it.
-    async fn call(
-        &mut self,
-        path: &str,
-        requests: &mut tokio::sync::mpsc::UnboundedReceiver<(http::Method, http::HeaderMap)>,
-    ) -> String {
-        use http_body_util::BodyExt;
-        self.sender.ready().await.expect("the connection is open");
-        let request = http::Request::post(path)
-            .header("host", "proxy.test")
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
-            .unwrap();
-        let response = self.sender.send_request(request).await.expect("an answer");
-        assert_eq!(response.status(), 200, "{path}");
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"done", "{path}");
-        let (_, headers) = requests.recv().await.expect("the backend got it");
-        headers["x-peer"].to_str().unwrap().to_owned()
-    }
-
-    /// `n` calls of `path`: the backend connection of each.
-    async fn calls(
-        &mut self,
-        n: usize,
-        path: &str,
-        requests: &mut tokio::sync::mpsc::UnboundedReceiver<(http::Method, http::HeaderMap)>,
-    ) -> Vec<String> {
-        let mut peers = Vec::new();
-        for _ in 0..n {
-            peers.push(self.call(path, requests).await);
-        }
-        peers
-    }
-
-    fn close(self) {
-        drop(self.sender);
-        self.connection.abort();
-    }
-}
-
-/// Waits up to 5 s for the proxy to hold `n` dedicated backend connections.
-async fn dedicated_become(running: &Running, n: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while running.proxy.dedicated_connections() != n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dedicated connections: {} (expected {n})",
-            running.proxy.dedicated_connections()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_keep_alive_client_gets_a_backend_connection_of_its_own_within_the_bound() {
-    let (backend, mut requests, server) = endless_backend().await;
-    let config = Config {
-        backends: vec![format!("http://{backend}")],
-        dedicated_connections: 1,
-        ..Config::default()
-    };
-    let running = Running::start(&config).await.expect("the proxy starts");
-    let mut first = KeepAlive::open(running.addr).await;
-    let peers = first.calls(7, "/done", &mut requests).await;
-    // The first two go through the pool; the second opens a connection of the client
-    // connection's own, which serves the rest from the next (or, if the connect was slower
-    // than the client, the one after).
-    let own = &peers[3];
-    assert!(
-        peers[3..].iter().all(|p| p == own) && !peers[..2].contains(own),
-        "{peers:?}"
-    );
-    assert_eq!(running.proxy.dedicated_connections(), 1);
-    // The bound is 1: a second client connection goes through the pool, never past it.
-    let mut second = KeepAlive::open(running.addr).await;
-    let others = second.calls(5, "/done", &mut requests).await;
-    assert!(!others.contains(own), "{others:?} share {own}");
-    assert_eq!(running.proxy.dedicated_connections(), 1);
-    // The first client goes, and its backend connection with it; then the second one's
-    // next requests get theirs.
-    first.close();
-    dedicated_become(&running, 0).await;
-    let later = second.calls(4, "/done", &mut requests).await;
-    assert!(
-        later[2..].iter().all(|p| p == &later[2]) && *own != later[2],
-        "{later:?}"
-    );
-    assert_eq!(running.proxy.dedicated_connections(), 1);
-    second.close();
-    dedicated_become(&running, 0).await;
-    server.abort();
-    running.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_that_closes_or_idles_out_dedicated_connections_loses_no_request() {
-    let (backend, mut requests, server) = endless_backend().await;
-    let config = Config {
-        backends: vec![format!("http://{backend}")],
-        pool_idle_timeout: Duration::from_millis(300),
-        ..Config::default()
-    };
-    let running = Running::start(&config).await.expect("the proxy starts");
-    let mut client = KeepAlive::open(running.addr).await;
-    // A backend that closes the connection after every answer: each request finds the
-    // dedicated connection closed (or closing: hyper gives an unsent request back, and it
-    // goes through the pool). None fails, and each came on a connection of its own.
-    let peers = client.calls(12, "/close", &mut requests).await;
-    let distinct: std::collections::BTreeSet<_> = peers.iter().collect();
-    assert_eq!(distinct.len(), peers.len(), "{peers:?}");
-    // Idle past the pool's timeout, a dedicated connection is replaced, never used: the
-    // backend may be closing it.
-    let peers = client.calls(4, "/done", &mut requests).await;
-    let own = peers[3].clone();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = client.calls(4, "/done", &mut requests).await;
-    assert!(
-        !after.contains(&own),
-        "{own} reused after idling: {after:?}"
-    );
-    client.close();
-    dedicated_become(&running, 0).await;
     server.abort();
     running.shutdown().await;
 }

@@ -14,11 +14,16 @@
 //!   that connection is ready; if it turns out not to be (it closed a moment ago), hyper hands
 //!   the request back unsent and it goes through the pool. A failure after the request was
 //!   written is reported as the pool reports one (it may have run).
-//! - **Never a connection the backend is closing.** One idle for longer than the pool's idle
-//!   timeout (below uvicorn's 5 s keep-alive) is closed instead of used.
-//! - **Bounded.** At most [`Limits::max`] dedicated connections in the process; past that,
-//!   requests use the pool. Each closes with its client connection, when its backend closes
-//!   it, when it has been idle too long, or when the client has turned to another backend.
+//! - **Never a connection the backend is closing.** One idle (answered, and given nothing
+//!   since) for the pool's idle timeout (below uvicorn's 5 s keep-alive) is closed, as the
+//!   pool closes its own; one found past it is never used.
+//! - **Bounded, and no churn.** At most [`Limits::max`] dedicated connections in the process;
+//!   past that, requests use the pool. Each closes with its client connection, when its
+//!   backend closes it, or when it has been idle for the timeout. A client connection that
+//!   turns to another backend keeps its dedicated connection until then (the pool serves it
+//!   meanwhile): switching never opens a connection per switch. One whose dedicated
+//!   connection idled out before serving anything (its requests take longer than the idle
+//!   timeout) opens no other: the pool serves it as well.
 //! - **Nothing else changes.** The router decides as before; the layer sees the same answers
 //!   and errors; a backend removed or restarted gets a new id, so its dedicated connection is
 //!   no longer chosen.
@@ -27,7 +32,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -86,8 +91,10 @@ pub struct Dedicated {
 
 #[derive(Default)]
 struct State {
-    /// The backend the last request through the pool went to.
+    /// The backend the last request went to.
     last: Option<BackendId>,
+    /// A dedicated connection idled out before serving anything: open no other.
+    given_up: bool,
     conn: Option<Conn>,
     /// The client connection's task, to wake when a connection is opened.
     waker: Option<Waker>,
@@ -98,8 +105,13 @@ struct Conn {
     /// `None` while connecting.
     sender: Option<http1::SendRequest<Body>>,
     driver: Driver,
-    /// When it was last given a request (or opened).
-    used: Instant,
+    /// Since when it has been ready and given nothing (`None`: connecting, busy, or ready a
+    /// moment ago and not yet seen so by [`Dedicated::poll_drive`]).
+    idle_since: Option<Instant>,
+    /// Fires when it has been idle for the timeout.
+    expiry: Pin<Box<tokio::time::Sleep>>,
+    /// Whether it was given a request.
+    served: bool,
     _counted: Counted,
 }
 
@@ -152,23 +164,28 @@ impl Dedicated {
         request: Request<Body>,
     ) -> Result<Answer, Request<Body>> {
         let mut state = self.state.lock().expect("never poisoned");
-        let now = Instant::now();
         let second = state.last.replace(backend) == Some(backend);
-        if let Some(conn) = state.conn.as_mut().filter(|c| c.backend == backend) {
-            match &mut conn.sender {
-                Some(sender)
-                    if sender.is_ready() && now.duration_since(conn.used) < self.limits.idle =>
-                {
-                    conn.used = now;
-                    return Ok(Box::pin(sender.try_send_request(request)));
+        let (idle, given_up) = (self.limits.idle, state.given_up);
+        match &mut state.conn {
+            Some(conn) if conn.backend == backend => match &mut conn.sender {
+                Some(sender) if sender.is_ready() => {
+                    let fresh = conn.idle_since.is_none_or(|since| since.elapsed() < idle);
+                    if fresh {
+                        conn.idle_since = None;
+                        conn.served = true;
+                        return Ok(Box::pin(sender.try_send_request(request)));
+                    }
+                    // Idle long enough that the backend may be closing it: replaced.
                 }
-                // Idle long enough that the backend may be closing it, or closed: replaced.
-                Some(sender) if sender.is_ready() || sender.is_closed() => {}
+                // Closed: replaced.
+                Some(sender) if sender.is_closed() => {}
                 // Connecting, or still busy with the last answer: the pool takes this one.
                 _ => return Err(request),
-            }
-        } else if !second {
-            return Err(request);
+            },
+            // Another backend's: kept until it idles out.
+            Some(_) => return Err(request),
+            None if !second || given_up => return Err(request),
+            None => {}
         }
         // The second request in a row to `backend` (or its dedicated connection is spent):
         // open one for the next.
@@ -185,7 +202,9 @@ impl Dedicated {
             backend,
             sender: None,
             driver: Driver::Connecting(Box::pin(connect(address))),
-            used: now,
+            idle_since: None,
+            expiry: Box::pin(tokio::time::sleep(idle)),
+            served: false,
             _counted: counted,
         });
         if let Some(waker) = state.waker.take() {
@@ -194,28 +213,22 @@ impl Dedicated {
         Err(request)
     }
 
-    /// Drives the dedicated connection (connecting, then serving it until it closes). Polled
-    /// by the client connection's task along with the client connection; never ready.
+    /// Drives the dedicated connection (connecting, then serving it until it closes or idles
+    /// out). Polled by the client connection's task along with the client connection; never
+    /// ready.
     pub fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut state = self.state.lock().expect("never poisoned");
-        let State { conn, waker, .. } = &mut *state;
+        let State {
+            conn,
+            waker,
+            given_up,
+            ..
+        } = &mut *state;
         if let Some(open) = conn {
-            loop {
-                match &mut open.driver {
-                    Driver::Connecting(connecting) => match connecting.as_mut().poll(cx) {
-                        Poll::Ready(Ok((sender, connection))) => {
-                            open.sender = Some(sender);
-                            open.driver = Driver::Running(Box::pin(connection));
-                        }
-                        Poll::Ready(Err(_)) => break,
-                        Poll::Pending => return Poll::Pending,
-                    },
-                    // Closed by either end, or failed: the pool serves what comes next.
-                    Driver::Running(connection) => match connection.as_mut().poll(cx) {
-                        Poll::Ready(_) => break,
-                        Poll::Pending => return Poll::Pending,
-                    },
-                }
+            match open.poll_open(cx, self.limits.idle) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Closed::IdleUnused) => *given_up = true,
+                Poll::Ready(Closed::Other) => {}
             }
             *conn = None;
         }
@@ -228,6 +241,57 @@ impl Dedicated {
     /// Drives the dedicated connection until the future is dropped.
     pub fn drive(self: std::sync::Arc<Self>) -> impl Future<Output = ()> + Send {
         std::future::poll_fn(move |cx| self.poll_drive(cx))
+    }
+}
+
+/// Why a dedicated connection closed.
+enum Closed {
+    /// It idled out before it served anything.
+    IdleUnused,
+    /// Anything else: closed by either end, failed, or idled out after serving.
+    Other,
+}
+
+impl Conn {
+    /// Drives the connection: `Ready` once it is closed, failed or idle for `idle`.
+    fn poll_open(&mut self, cx: &mut Context<'_>, idle: Duration) -> Poll<Closed> {
+        loop {
+            match &mut self.driver {
+                Driver::Connecting(connecting) => match connecting.as_mut().poll(cx) {
+                    Poll::Ready(Ok((sender, connection))) => {
+                        self.sender = Some(sender);
+                        self.driver = Driver::Running(Box::pin(connection));
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Closed::Other),
+                    Poll::Pending => return Poll::Pending,
+                },
+                // Closed by either end, or failed: the pool serves what comes next.
+                Driver::Running(connection) => match connection.as_mut().poll(cx) {
+                    Poll::Ready(_) => return Poll::Ready(Closed::Other),
+                    Poll::Pending => break,
+                },
+            }
+        }
+        // Idle since it became ready: the timer runs from then, and closes it at the timeout.
+        let ready = self.sender.as_ref().is_some_and(|s| s.is_ready());
+        match (ready, self.idle_since) {
+            (false, _) => {
+                self.idle_since = None;
+                return Poll::Pending;
+            }
+            (true, None) => {
+                let now = Instant::now();
+                self.idle_since = Some(now);
+                self.expiry.as_mut().reset((now + idle).into());
+            }
+            (true, Some(_)) => {}
+        }
+        ready!(self.expiry.as_mut().poll(cx));
+        Poll::Ready(if self.served {
+            Closed::Other
+        } else {
+            Closed::IdleUnused
+        })
     }
 }
 

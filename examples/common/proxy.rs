@@ -5,7 +5,10 @@
 //! Per request, the router's [`AffinityLayer`] does the routing (rejections, failed
 //! deliveries, the response head, the observed body) around the proxy's own forwarding
 //! service, [`Forwarder`], which sends to the chosen backend through a pooled hyper-util
-//! client. Bodies are never collected (a small body of a request the router may place again
+//! client, or, once a keep-alive client has sent two requests in a row to one backend,
+//! through a backend connection of that client connection's own, driven in its task
+//! (`dedicated.rs`: no hand-off between tasks per request; bounded; requests it cannot take
+//! go through the pool). Bodies are never collected (a small body of a request the router may place again
 //! is kept for that); `text/event-stream` answers get `X-Accel-Buffering: no`, and a `GET`
 //! stream (which has no end of its own) ends when its backend is removed or restarted, while a
 //! `POST`'s answer runs to its end; there is no timeout on a response stream; a client that
@@ -460,7 +463,8 @@ impl Proxy {
         peer: SocketAddr,
     ) -> (Connection, impl Future<Output = ()> + Send + use<>) {
         let limits = &self.backends.dedicated;
-        let dedicated = (limits.max > 0).then(|| Arc::new(Dedicated::new(limits.clone())));
+        let on = limits.max > 0 && !limits.idle.is_zero();
+        let dedicated = on.then(|| Arc::new(Dedicated::new(limits.clone())));
         let forwarder = Forwarder {
             backends: self.backends.clone(),
             dedicated: dedicated.clone(),
@@ -996,10 +1000,13 @@ impl Backends {
         false
     }
 
-    /// `host:port` of a backend.
+    /// `host:port` of a backend (`None`: it is gone).
     fn address_of(&self, id: BackendId) -> Option<String> {
         let upstreams = self.by_slot.read().unwrap();
         let upstream = upstreams.get(usize::from(id.slot()))?.as_ref()?;
+        if upstream.id != id {
+            return None;
+        }
         let port = upstream.authority.port_u16().unwrap_or(80);
         Some(format!("{}:{port}", upstream.authority.host()))
     }
