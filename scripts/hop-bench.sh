@@ -15,7 +15,20 @@
 # Needs haproxy (Debian: apt-get install -y haproxy); without it, HAProxy is skipped, loudly.
 # Every server listens on 127.0.0.1 and is stopped when the script exits.
 #
-# Measured 2026-11-30 on the project's 2-core VM (32 5 8 8000; the load generator, the replica
+# "proxied" is the router's proxy as it runs by default, with a backend connection dedicated
+# to each keep-alive client connection (examples/common/dedicated.rs); "pooled" is the same
+# proxy with --dedicated-connections 0, every request through hyper-util's pool.
+#
+# Measured 2026-11-30 (second session) with dedicated connections, 32 sessions, rounds of 8 s,
+# two runs (3 and 4 rounds); medians of the paired ratios:
+#   saturation, calls/s     proxied / pooled:  0.99x, 1.12x    proxied / HAProxy: 0.91x, 0.93x
+#                           proxied / plain:   0.98x, 0.97x    proxied / pinned:  0.91x, 0.95x
+#   8000 calls/s, p50       proxied / pooled:  0.86x, 0.89x    proxied / HAProxy: 1.08x, 1.23x
+#                           proxied / plain:   0.82x, 1.05x    proxied / pinned:  1.03x, 1.03x
+#   CPU per call at 8000/s (perf stat on each hop, 4 rounds): proxied 53.9 us, pooled 61.0 us,
+#   plain 53.4 us.
+#
+# Before dedicated connections, measured 2026-11-30 on the project's 2-core VM (32 5 8 8000; the load generator, the replica
 # and the hop share the two cores; medians of the rounds' paired ratios; two runs, round spread
 # about ±5%):
 #   saturation, calls/s     router proxy / HAProxy 2.6: 0.95x, 1.00x   (p99 0.50x, 0.47x)
