@@ -159,6 +159,8 @@ pub struct Proxy {
     shutdown_grace: Duration,
     /// 502 answers sent (the backend failed and the router could not decide for it).
     bad_gateways: std::sync::atomic::AtomicU64,
+    /// Of those, the ones a backend failed, by backend.
+    bad_gateways_by: std::sync::Mutex<std::collections::HashMap<BackendId, u64>>,
     /// The sealing key file and when it was last read.
     seal_keys: Option<(
         std::path::PathBuf,
@@ -275,6 +277,7 @@ impl Proxy {
             health_interval: config.health_interval,
             shutdown_grace: config.shutdown_grace,
             bad_gateways: Default::default(),
+            bad_gateways_by: Default::default(),
             seal_keys,
             store,
         });
@@ -488,11 +491,27 @@ impl Proxy {
         self.bad_gateways.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn bad_gateway(&self, why: &str) -> Response<ProxyBody> {
+    /// How many requests were answered 502 because backend `id` failed them after they may
+    /// have run.
+    pub fn bad_gateways_of(&self, id: BackendId) -> u64 {
+        let by = self.bad_gateways_by.lock().unwrap();
+        by.get(&id).copied().unwrap_or(0)
+    }
+
+    fn bad_gateway(&self, error: &ForwardError) -> Response<ProxyBody> {
         self.bad_gateways
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let ForwardError::Failed(backend, _) = error {
+            *self
+                .bad_gateways_by
+                .lock()
+                .unwrap()
+                .entry(*backend)
+                .or_default() += 1;
+        }
+        let why = error.to_string();
         eprintln!("proxy: 502: {why}");
-        bad_gateway(why)
+        bad_gateway(&why)
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then stops accepting and
@@ -728,7 +747,7 @@ impl Connection {
                 Err(ForwardError::ClientBody) => {
                     text(StatusCode::BAD_REQUEST, "request body failed\n".into())
                 }
-                Err(error) => proxy.bad_gateway(&error.to_string()),
+                Err(error) => proxy.bad_gateway(&error),
             }
         }
     }
@@ -748,7 +767,7 @@ pub enum ForwardError {
     /// The client's request body failed on the way.
     ClientBody,
     /// The backend failed after the request may have run.
-    Failed(String),
+    Failed(BackendId, String),
 }
 
 impl ForwardError {
@@ -767,7 +786,7 @@ impl std::fmt::Display for ForwardError {
                 write!(f, "not delivered ({why:?}): {detail}")
             }
             ForwardError::ClientBody => f.write_str("request body failed"),
-            ForwardError::Failed(detail) => f.write_str(detail),
+            ForwardError::Failed(_, detail) => f.write_str(detail),
         }
     }
 }
@@ -859,7 +878,7 @@ impl Sent {
                         return Err(if error.is_user() {
                             ForwardError::ClientBody
                         } else {
-                            ForwardError::Failed(format!("{backend} failed: {error:?}"))
+                            ForwardError::Failed(backend, format!("{backend} failed: {error:?}"))
                         });
                     }
                 },
@@ -891,7 +910,7 @@ fn pool_error(error: &hyper_util::client::legacy::Error, backend: BackendId) -> 
     if client_failed(error) {
         return ForwardError::ClientBody;
     }
-    ForwardError::Failed(format!("{backend} failed: {error:?}"))
+    ForwardError::Failed(backend, format!("{backend} failed: {error:?}"))
 }
 
 impl Backends {
