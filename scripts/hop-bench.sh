@@ -20,11 +20,11 @@
 # proxy with --dedicated-connections 0, every request through hyper-util's pool.
 #
 # Measured 2026-11-30 (second session) with dedicated connections, 32 sessions, rounds of 8 s,
-# two runs (3 and 4 rounds); medians of the paired ratios:
-#   saturation, calls/s     proxied / pooled:  0.99x, 1.12x    proxied / HAProxy: 0.91x, 0.93x
-#                           proxied / plain:   0.98x, 0.97x    proxied / pinned:  0.91x, 0.95x
-#   8000 calls/s, p50       proxied / pooled:  0.86x, 0.89x    proxied / HAProxy: 1.08x, 1.23x
-#                           proxied / plain:   0.82x, 1.05x    proxied / pinned:  1.03x, 1.03x
+# three runs (3, 4 and 4 rounds); medians of the paired ratios:
+#   saturation, calls/s  proxied / pooled: 0.99x, 1.12x, 1.03x  proxied / HAProxy: 0.91x, 0.93x, 0.92x
+#                        proxied / plain:  0.98x, 0.97x, 1.02x  proxied / pinned:  0.91x, 0.95x, 0.95x
+#   8000 calls/s, p50    proxied / pooled: 0.86x, 0.89x, 0.96x  proxied / HAProxy: 1.08x, 1.23x, 1.07x
+#                        proxied / plain:  0.82x, 1.05x, 0.98x  proxied / pinned:  1.03x, 1.03x, 1.06x
 #   CPU per call at 8000/s (perf stat on each hop, 4 rounds): proxied 53.9 us, pooled 61.0 us,
 #   plain 53.4 us.
 #

@@ -115,23 +115,13 @@ struct Conn {
     _counted: Counted,
 }
 
-type Connecting = Pin<
-    Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http1::SendRequest<Body>,
-                        http1::Connection<TokioIo<TcpStream>, Body>,
-                    ),
-                    String,
-                >,
-            > + Send,
-    >,
->;
+/// A backend connection: what sends on it, and what drives it.
+type Handshake = (http1::SendRequest<Body>, Connection);
+type Connection = http1::Connection<TokioIo<TcpStream>, Body>;
 
 enum Driver {
-    Connecting(Connecting),
-    Running(Pin<Box<http1::Connection<TokioIo<TcpStream>, Body>>>),
+    Connecting(Pin<Box<dyn Future<Output = Result<Handshake, String>> + Send>>),
+    Running(Pin<Box<Connection>>),
 }
 
 /// One open dedicated connection, in [`Limits::open`] until dropped.
@@ -296,15 +286,7 @@ impl Conn {
 }
 
 /// A TCP connection to `address` (2 s at most, `TCP_NODELAY`), with an HTTP/1.1 handshake.
-async fn connect(
-    address: String,
-) -> Result<
-    (
-        http1::SendRequest<Body>,
-        http1::Connection<TokioIo<TcpStream>, Body>,
-    ),
-    String,
-> {
+async fn connect(address: String) -> Result<Handshake, String> {
     let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&address))
         .await
         .map_err(|_| format!("{address}: connect timed out"))?
