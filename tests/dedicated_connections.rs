@@ -107,9 +107,12 @@ impl KeepAlive {
         self.call_in(path, None).await.0
     }
 
-    /// The backend connection the answer came on, and the session id it gave.
-    async fn call_in(&mut self, path: &str, session: Option<&str>) -> (String, Option<String>) {
-        use http_body_util::BodyExt;
+    /// POSTs `{}` to `path`, in `session` if any: the answer, whatever its status.
+    async fn post(
+        &mut self,
+        path: &str,
+        session: Option<&str>,
+    ) -> hyper::Result<http::Response<hyper::body::Incoming>> {
         self.sender.ready().await.expect("open");
         let mut request = http::Request::post(path).header("host", "proxy.test");
         if let Some(session) = session {
@@ -118,7 +121,13 @@ impl KeepAlive {
         let request = request
             .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
             .unwrap();
-        let response = self.sender.send_request(request).await.expect("an answer");
+        self.sender.send_request(request).await
+    }
+
+    /// The backend connection the answer came on, and the session id it gave.
+    async fn call_in(&mut self, path: &str, session: Option<&str>) -> (String, Option<String>) {
+        use http_body_util::BodyExt;
+        let response = self.post(path, session).await.expect("an answer");
         assert_eq!(response.status(), 200, "{path}");
         let id = response
             .headers()
@@ -326,33 +335,67 @@ async fn two_sessions_in_pairs_open_no_connection_per_switch() {
     );
 }
 
-/// A backend killed while a client's dedicated connection to it is idle (and the client sends
-/// at once): its pinned session gets a prompt 404, never a 502 or a 400.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_backend_gives_404_on_a_dedicated_connection() {
-    let mut statuses = Vec::new();
-    for round in 0..10 {
-        let mut a = backend().await;
-        let mut b = backend().await;
+/// Two backends behind the proxy, and a keep-alive client with a session on one of them (its
+/// `owner`) that has a dedicated connection.
+struct PinnedSession {
+    backends: [Backend; 2],
+    owner: usize,
+    running: Running,
+    client: KeepAlive,
+    id: String,
+}
+
+impl PinnedSession {
+    async fn start() -> PinnedSession {
+        let backends = [backend().await, backend().await];
         let config = Config {
-            backends: vec![format!("http://{}", a.addr), format!("http://{}", b.addr)],
+            backends: backends
+                .iter()
+                .map(|b| format!("http://{}", b.addr))
+                .collect(),
             health_interval: None,
             ..Config::default()
         };
         let running = Running::start(&config).await.expect("the proxy starts");
         let mut client = KeepAlive::open(running.addr).await;
         let (_, id) = client.call_in("/mcp", None).await;
-        let id = id.unwrap();
-        let port = id.split('-').nth(1).unwrap().to_owned();
+        let id = id.expect("a session");
         for _ in 0..4 {
             client.call_in("/mcp", Some(&id)).await;
         }
         assert_eq!(running.proxy.dedicated_connections(), 1);
-        let owner = if a.addr.port().to_string() == port {
-            &mut a
-        } else {
-            &mut b
-        };
+        // The id names its backend's port.
+        let port = id.split('-').nth(1).unwrap();
+        let owner = backends
+            .iter()
+            .position(|b| b.addr.port().to_string() == port)
+            .expect("an owner");
+        PinnedSession {
+            backends,
+            owner,
+            running,
+            client,
+            id,
+        }
+    }
+
+    async fn stop(self) {
+        self.client.close();
+        for backend in &self.backends {
+            backend.server.abort();
+        }
+        self.running.shutdown().await;
+    }
+}
+
+/// A backend killed while a client's dedicated connection to it is idle (and the client sends
+/// at once): its pinned session gets a prompt 404, never a 502 or a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backend_gives_404_on_a_dedicated_connection() {
+    let mut statuses = Vec::new();
+    for round in 0..10 {
+        let mut pinned = PinnedSession::start().await;
+        let owner = &mut pinned.backends[pinned.owner];
         owner.server.abort();
         // Dead: its listener and every connection closed.
         let _ = (&mut owner.server).await;
@@ -362,18 +405,10 @@ async fn a_killed_backend_gives_404_on_a_dedicated_connection() {
         if round % 2 == 1 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        client.sender.ready().await.unwrap();
-        let request = http::Request::post("/mcp")
-            .header("host", "proxy.test")
-            .header("mcp-session-id", &id)
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
-            .unwrap();
-        let status = client.sender.send_request(request).await.unwrap().status();
-        statuses.push(status.as_u16());
-        client.close();
-        a.server.abort();
-        b.server.abort();
-        running.shutdown().await;
+        let id = pinned.id.clone();
+        let response = pinned.client.post("/mcp", Some(&id)).await.unwrap();
+        statuses.push(response.status().as_u16());
+        pinned.stop().await;
     }
     eprintln!("{statuses:?}");
     assert!(statuses.iter().all(|&s| s == 404), "{statuses:?}");
@@ -385,43 +420,17 @@ async fn a_killed_backend_gives_404_on_a_dedicated_connection() {
 async fn a_backend_killed_mid_request_on_a_dedicated_connection_gives_404() {
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        let a = backend().await;
-        let b = backend().await;
-        let config = Config {
-            backends: vec![format!("http://{}", a.addr), format!("http://{}", b.addr)],
-            health_interval: None,
-            ..Config::default()
-        };
-        let running = Running::start(&config).await.expect("the proxy starts");
-        let mut client = KeepAlive::open(running.addr).await;
-        let (_, id) = client.call_in("/mcp", None).await;
-        let id = id.unwrap();
-        let port = id.split('-').nth(1).unwrap().to_owned();
-        for _ in 0..4 {
-            client.call_in("/mcp", Some(&id)).await;
-        }
-        let owner = if a.addr.port().to_string() == port {
-            &a
-        } else {
-            &b
-        };
-        client.sender.ready().await.unwrap();
-        let request = http::Request::post("/slow")
-            .header("host", "proxy.test")
-            .header("mcp-session-id", &id)
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
-            .unwrap();
-        let answer = client.sender.send_request(request);
+        let mut pinned = PinnedSession::start().await;
+        let id = pinned.id.clone();
+        let owner = &pinned.backends[pinned.owner].server;
+        let answer = pinned.client.post("/slow", Some(&id));
         let kill = async {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            owner.server.abort();
+            owner.abort();
         };
         let (response, ()) = tokio::join!(answer, kill);
         statuses.push(response.unwrap().status().as_u16());
-        client.close();
-        a.server.abort();
-        b.server.abort();
-        running.shutdown().await;
+        pinned.stop().await;
     }
     eprintln!("{statuses:?}");
     assert!(statuses.iter().all(|&s| s == 404), "{statuses:?}");

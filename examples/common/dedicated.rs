@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -77,6 +77,12 @@ impl Limits {
         }
     }
 
+    /// Whether there are dedicated connections at all: a bound, and an idle timeout to close
+    /// them with.
+    pub fn enabled(&self) -> bool {
+        self.max > 0 && !self.idle.is_zero()
+    }
+
     /// How many dedicated connections are open (or opening) now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
@@ -105,9 +111,9 @@ struct Conn {
     /// `None` while connecting.
     sender: Option<http1::SendRequest<Body>>,
     driver: Driver,
-    /// Since when it has been ready and given nothing (`None`: connecting, busy, or ready a
-    /// moment ago and not yet seen so by [`Dedicated::poll_drive`]).
-    idle_since: Option<Instant>,
+    /// Ready and given nothing since [`Dedicated::poll_drive`] saw it so, with `expiry` armed
+    /// from then (`false`: connecting, busy, or ready a moment ago and not yet seen so).
+    idle: bool,
     /// Fires when it has been idle for the timeout.
     expiry: Pin<Box<tokio::time::Sleep>>,
     /// Whether it was given a request.
@@ -155,13 +161,14 @@ impl Dedicated {
     ) -> Result<Answer, Request<Body>> {
         let mut state = self.state.lock().expect("never poisoned");
         let second = state.last.replace(backend) == Some(backend);
-        let (idle, given_up) = (self.limits.idle, state.given_up);
+        let given_up = state.given_up;
         match &mut state.conn {
             Some(conn) if conn.backend == backend => match &mut conn.sender {
                 Some(sender) if sender.is_ready() => {
-                    let fresh = conn.idle_since.is_none_or(|since| since.elapsed() < idle);
+                    // The idle timer, not yet seen by `poll_drive`, may have fired.
+                    let fresh = !conn.idle || !conn.expiry.is_elapsed();
                     if fresh {
-                        conn.idle_since = None;
+                        conn.idle = false;
                         conn.served = true;
                         return Ok(Box::pin(sender.try_send_request(request)));
                     }
@@ -192,8 +199,8 @@ impl Dedicated {
             backend,
             sender: None,
             driver: Driver::Connecting(Box::pin(connect(address))),
-            idle_since: None,
-            expiry: Box::pin(tokio::time::sleep(idle)),
+            idle: false,
+            expiry: Box::pin(tokio::time::sleep(self.limits.idle)),
             served: false,
             _counted: counted,
         });
@@ -263,18 +270,14 @@ impl Conn {
             }
         }
         // Idle since it became ready: the timer runs from then, and closes it at the timeout.
-        let ready = self.sender.as_ref().is_some_and(|s| s.is_ready());
-        match (ready, self.idle_since) {
-            (false, _) => {
-                self.idle_since = None;
-                return Poll::Pending;
-            }
-            (true, None) => {
-                let now = Instant::now();
-                self.idle_since = Some(now);
-                self.expiry.as_mut().reset((now + idle).into());
-            }
-            (true, Some(_)) => {}
+        if !self.sender.as_ref().is_some_and(|s| s.is_ready()) {
+            self.idle = false;
+            return Poll::Pending;
+        }
+        if !self.idle {
+            self.idle = true;
+            let deadline = tokio::time::Instant::now() + idle;
+            self.expiry.as_mut().reset(deadline);
         }
         ready!(self.expiry.as_mut().poll(cx));
         Poll::Ready(if self.served {

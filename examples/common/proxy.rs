@@ -8,11 +8,11 @@
 //! client, or, once a keep-alive client has sent two requests in a row to one backend,
 //! through a backend connection of that client connection's own, driven in its task
 //! (`dedicated.rs`: no hand-off between tasks per request; bounded; requests it cannot take
-//! go through the pool). Bodies are never collected (a small body of a request the router may place again
-//! is kept for that); `text/event-stream` answers get `X-Accel-Buffering: no`, and a `GET`
-//! stream (which has no end of its own) ends when its backend is removed or restarted, while a
-//! `POST`'s answer runs to its end; there is no timeout on a response stream; a client that
-//! goes away drops the backend's body at once.
+//! go through the pool). Bodies are never collected (a small body of a request the router
+//! may place again is kept for that); `text/event-stream` answers get `X-Accel-Buffering:
+//! no`, and a `GET` stream (which has no end of its own) ends when its backend is removed or
+//! restarted, while a `POST`'s answer runs to its end; there is no timeout on a response
+//! stream; a client that goes away drops the backend's body at once.
 //!
 //! Out of band: an admin listener (metrics, add/drain/undrain/remove/restart backends), a
 //! maintenance task (`Router::maintain` every second, TCP health checks), graceful shutdown.
@@ -466,8 +466,9 @@ impl Proxy {
         peer: SocketAddr,
     ) -> (Connection, impl Future<Output = ()> + Send + use<>) {
         let limits = &self.backends.dedicated;
-        let on = limits.max > 0 && !limits.idle.is_zero();
-        let dedicated = on.then(|| Arc::new(Dedicated::new(limits.clone())));
+        let dedicated = limits
+            .enabled()
+            .then(|| Arc::new(Dedicated::new(limits.clone())));
         let forwarder = Forwarder {
             backends: self.backends.clone(),
             dedicated: dedicated.clone(),
@@ -871,15 +872,10 @@ impl Sent {
                         let pooled = backends.client.request(request);
                         pooled.await.map_err(|e| pool_error(&e, backend))?
                     }
-                    // Written, at least in part: it may have run, as with a pooled connection
-                    // the backend reset (the layer asks whether the backend died with it).
+                    // Written, at least in part, as when a pooled connection fails.
                     None => {
                         let error = unsent.into_error();
-                        return Err(if error.is_user() {
-                            ForwardError::ClientBody
-                        } else {
-                            ForwardError::Failed(backend, format!("{backend} failed: {error:?}"))
-                        });
+                        return Err(written_and_failed(&error, error.is_user(), backend));
                     }
                 },
             },
@@ -900,14 +896,24 @@ impl Sent {
     }
 }
 
-/// What a failure of the pooled client says: not delivered (nothing was written), the
-/// client's body failed, or the backend failed after the request may have run (the layer
-/// asks whether the backend died with it).
+/// What a failure of the pooled client says: not delivered (nothing was written), or
+/// [`written_and_failed`].
 fn pool_error(error: &hyper_util::client::legacy::Error, backend: BackendId) -> ForwardError {
-    if let Some(why) = undelivered(error) {
-        return ForwardError::Undelivered(why, format!("{error:?}"));
+    match undelivered(error) {
+        Some(why) => ForwardError::Undelivered(why, format!("{error:?}")),
+        None => written_and_failed(error, client_failed(error), backend),
     }
-    if client_failed(error) {
+}
+
+/// A request that failed once written, at least in part: the client's body failed
+/// (`client_body`), or the backend failed after the request may have run (the layer asks
+/// whether the backend died with it).
+fn written_and_failed(
+    error: &dyn std::fmt::Debug,
+    client_body: bool,
+    backend: BackendId,
+) -> ForwardError {
+    if client_body {
         return ForwardError::ClientBody;
     }
     ForwardError::Failed(backend, format!("{backend} failed: {error:?}"))
@@ -1237,8 +1243,7 @@ impl<B: Body<Data = Bytes>> Body for UntilGone<B> {
 /// Accepts connections until `shutdown`, serving each with the handler `per_connection`
 /// makes for its peer (and polling, in the connection's task, the future it makes with it:
 /// the connection's dedicated backend connection); then tells every connection to finish its
-/// request in flight and
-/// close, and waits up to `grace` for them. The connections are owned by this future: those
+/// request in flight and close, and waits up to `grace` for them. The connections are owned by this future: those
 /// still open after the grace period, or when the future is dropped (its task aborted), are
 /// dropped with it.
 async fn serve_with<M, H, F, D>(
