@@ -598,6 +598,45 @@ fn a_reseed_binds_every_live_key_even_if_the_fleet_changes_meanwhile() {
     );
 }
 
+/// The same loss without a fleet change between calls: an empty answer from `reseed_store`
+/// is the embedder's signal that the pass is over, but a call once answered nothing after a
+/// stretch of keys that need no write (here, those of a removed backend, which the table still
+/// holds), and the live keys after them were never written back. 400 removed keys and one
+/// live one, one write a call: the live key is reached.
+#[test]
+fn a_reseed_passes_over_any_stretch_of_keys_that_need_no_write() {
+    let now = Clock::new().now();
+    let router = fleet_router(Router::builder(), &["x"], now, T0);
+    for i in 0..400 {
+        initialize(&router, &format!("x{i}"), now);
+    }
+    router
+        .add(NewBackend::new(TenantId::DEFAULT, "http://y").name("y"))
+        .unwrap();
+    let owner = initialize(&router, "live", now);
+    assert_eq!(name_of(&router, owner), "y");
+    router.remove_backend(id_of(&router, "x"), now).unwrap();
+    let _ = router.take_store_writes(usize::MAX);
+    let mut cursor = ReseedCursor::default();
+    let mut bound = Vec::new();
+    for _ in 0..1000 {
+        let writes = router.reseed_store(&mut cursor, 1, now);
+        if writes.is_empty() {
+            break;
+        }
+        for write in writes {
+            if let StoreWrite::Bind { key, .. } = write {
+                bound.push(key.rsplit(':').next().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(
+        bound,
+        ["live"],
+        "the live session is written back, and only it"
+    );
+}
+
 // --- 8. A loss the store never heard of is never told again ----------------------------------
 /// Severity: STORE INCONSISTENCY (a lost owner's bindings keep routing on every other router;
 /// for operator keys, a split as in finding 1).

@@ -122,3 +122,47 @@ fn a_scan_in_small_steps_visits_every_entry_once() {
         "{calls} calls for 1000 entries, 7 at a time"
     );
 }
+
+/// The router reseeds a shared store with a pass of `scan` calls, between which keys are
+/// removed (sessions ended, idle ones evicted, a backend's keys dropped). A removal moves the
+/// table's last slot into the hole; a pass must still show every entry that stayed.
+#[test]
+fn a_scan_shows_every_entry_that_stays_whatever_is_removed_between_calls() {
+    for shards in [1, 8] {
+        let table = MemoryTable::with_config(MemoryTableConfig::new().with_shards(shards));
+        let now = Instant::now();
+        let owner = BackendId::from_bits(1);
+        let ids: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+        for id in &ids {
+            let added = table.insert(&key(KeyKind::Session, id), owner, None, now);
+            assert_eq!(added, Ok(Insert::Added { evicted: false }));
+        }
+        let mut removed = std::collections::HashSet::new();
+        let (mut cursor, mut seen, mut calls) = (0, std::collections::HashSet::new(), 0);
+        loop {
+            calls += 1;
+            let done = table.scan(&mut cursor, 7, &mut |key, _| {
+                seen.insert(key.id().to_string());
+            });
+            if done {
+                break;
+            }
+            // Two removals a call, spread over the keys (shown already or not).
+            for id in [&ids[calls * 7 % 1000], &ids[calls * 13 % 1000]] {
+                if table.remove(&key(KeyKind::Session, id), None).is_some() {
+                    removed.insert(id.clone());
+                }
+            }
+            assert!(calls < 1000, "the pass never ends");
+        }
+        let missed: Vec<&String> = ids
+            .iter()
+            .filter(|id| !removed.contains(*id) && !seen.contains(*id))
+            .collect();
+        assert!(!removed.is_empty());
+        assert!(
+            missed.is_empty(),
+            "{shards} shards: never shown: {missed:?}"
+        );
+    }
+}

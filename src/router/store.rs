@@ -779,7 +779,9 @@ impl<T: SessionTable> Router<T> {
     /// shared key of a live owner in its table. Call it until it returns nothing after a
     /// store outage, or when the store came back empty (after
     /// [`on_store_restart`](Router::on_store_restart)), and perform the writes
-    /// (set-if-absent: nothing newer is overwritten).
+    /// (set-if-absent: nothing newer is overwritten). Nothing means the pass is over: a call
+    /// looks at as many entries as it takes to find a write (a stretch of keys that need
+    /// none, such as a removed backend's, is passed over in the same call).
     pub fn reseed_store(
         &self,
         cursor: &mut ReseedCursor,
@@ -807,20 +809,28 @@ impl<T: SessionTable> Router<T> {
         if cursor.done {
             return writes;
         }
-        let room = max - writes.len();
-        let done = self.table.scan(&mut cursor.table, room, &mut |key, entry| {
-            if !self.shared(key.kind())
-                || self.fleet.owner_status(entry.owner, now) != OwnerStatus::Live
-            {
-                return;
+        // Entries that need no write (another kind, an owner not live) still count against a
+        // scan's budget: scan on until there is a write or the pass is over, so that an empty
+        // answer always means the end (it once came after a stretch of a removed backend's
+        // keys, and the live keys after them were never written back).
+        loop {
+            let room = max - writes.len();
+            cursor.done = self.table.scan(&mut cursor.table, room, &mut |key, entry| {
+                if !self.shared(key.kind())
+                    || self.fleet.owner_status(entry.owner, now) != OwnerStatus::Live
+                {
+                    return;
+                }
+                if let Some(write) =
+                    self.bind_write(key, entry.owner, entry.principal, entry.learned_at())
+                {
+                    writes.push(write);
+                }
+            });
+            if cursor.done || !writes.is_empty() {
+                break;
             }
-            if let Some(write) =
-                self.bind_write(key, entry.owner, entry.principal, entry.learned_at())
-            {
-                writes.push(write);
-            }
-        });
-        cursor.done = done;
+        }
         writes
     }
 

@@ -939,28 +939,36 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
     }
 
     fn scan(&self, cursor: &mut u64, max: usize, visit: &mut dyn FnMut(&Key<'_>, &Entry)) -> bool {
-        // The cursor is a shard (high half) and a slot position in it (low half).
-        let (mut shard_at, mut slot_at) = ((*cursor >> 32) as usize, *cursor as u32 as usize);
+        // The cursor is a shard (high half) and, in it, 1 + the number of slots not yet shown
+        // (low half; 0: the shard is not begun). Each shard is walked from its last slot down:
+        // a removal moves the last slot into the hole, so between two calls an entry can only
+        // move from the part already shown into the part still to show (shown twice), never
+        // the other way (missed). Entries added meanwhile go after the part still to show.
+        let (mut shard_at, mut left) = ((*cursor >> 32) as usize, *cursor as u32 as usize);
         let mut seen = 0;
         while shard_at < self.shards.len() {
             let shard = self.shards[shard_at].0.read();
-            while slot_at < shard.slots.len() {
+            let mut i = match left {
+                0 => shard.slots.len(),
+                left => (left - 1).min(shard.slots.len()),
+            };
+            while i > 0 {
                 if seen >= max {
-                    *cursor = (shard_at as u64) << 32 | slot_at as u64;
+                    *cursor = (shard_at as u64) << 32 | (i as u64 + 1);
                     return false;
                 }
-                let slot = &shard.slots[slot_at];
+                i -= 1;
+                let slot = &shard.slots[i];
                 let tenant = TenantId::new(slot.tenant);
                 let kind = KeyKind::from_u8(slot.kind);
                 let id = shard.id(slot);
                 if let Some(Ok(key)) = kind.map(|k| Key::with_max_len(tenant, k, id, usize::MAX)) {
-                    visit(&key, &self.entry(&shard, slot_at));
+                    visit(&key, &self.entry(&shard, i));
                 }
                 seen += 1;
-                slot_at += 1;
             }
             shard_at += 1;
-            slot_at = 0;
+            left = 0;
         }
         *cursor = 0;
         true

@@ -378,9 +378,11 @@ pub trait SessionTable: Send + Sync {
     /// Shows `visit` up to `max` entries from `cursor` on (0 starts a pass over the whole
     /// table) and moves the cursor past them; returns `true` when the pass is complete (the
     /// cursor is back at 0). Entries added, removed or moved while a pass runs may be missed
-    /// or shown twice. What a router's shared store uses to refresh and reseed the keys it
-    /// holds; the default shows nothing (a table that cannot be walked shares only what it
-    /// learns as it learns it).
+    /// or shown twice; an implementation should show at least once every entry that stays
+    /// for the whole pass ([`MemoryTable`] does, whatever is removed between calls), or the
+    /// keys it misses go unrefreshed. What a router's shared store uses to refresh and reseed
+    /// the keys it holds; the default shows nothing (a table that cannot be walked shares
+    /// only what it learns as it learns it).
     fn scan(&self, cursor: &mut u64, max: usize, visit: &mut dyn FnMut(&Key<'_>, &Entry)) -> bool {
         let _ = (max, visit);
         *cursor = 0;
