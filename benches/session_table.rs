@@ -26,21 +26,25 @@
 //! Run with `cargo bench --bench session_table` (a filter such as `-- table/hit/dashmap`
 //! builds only the tables it selects). With `TABLE_BENCH_ROUNDS=N` in the environment it
 //! times `table/hit` and `table/hit-chain` at 10^6 for every table in turn instead, N rounds in
-//! one process (see [`interleaved`]), and prints the ratios.
+//! one process (see [`interleaved`]), and prints the medians of the rounds' ratios.
 //!
 //! Out-of-cache lookups are what this machine measures worst. On the project's 2-core VM,
 //! 2026-11-30, with the load average under 1, three criterion runs of the same code gave our
 //! hits at 10^6 207, 450 and 404 ns, dashmap's 279, 428 and 243 ns and the unlocked ceiling's
-//! 129, 243 and 228 ns: a table's time moves by 2x from one run to the next, with the memory
-//! the process happens to get. Ratios come from the interleaved mode (two runs,
-//! `TABLE_BENCH_ROUNDS=20`, medians; our time per lookup over theirs):
+//! 129, 243 and 228 ns: a table's time moves by up to 2x from one run to the next, with the
+//! memory the process happens to get, and ratios of criterion medians at 10^6 mean little
+//! (ours over dashmap's was 0.74x, 1.05x and 1.66x in those runs). The interleaved mode pairs
+//! the tables round by round instead. Three runs of `TABLE_BENCH_ROUNDS=15` (while another
+//! job was building on the machine, so its times in ns are high: our hits took 303, 441 and
+//! 376 ns), medians of the rounds' ratios, our time over theirs:
 //!
 //! | group (10^6 entries) | dashmap | RwLock<HashMap> | hashbrown, unlocked | hashbrown, fenced |
 //! |---|---|---|---|---|
-//! | hit | 0.65x, 0.74x | 0.71x, 0.77x | 1.73x, 1.71x | 1.81x, 1.31x |
-//! | hit-chain | 0.74x, 0.76x | 0.71x, 0.75x | 0.73x, 0.74x | |
+//! | hit | 0.72x, 0.74x, 0.72x | 0.71x, 0.67x, 0.84x | 1.88x, 2.10x, 1.96x | 1.39x, 1.54x, 1.46x |
+//! | hit-chain | 0.78x, 0.73x, 0.77x | 0.73x, 0.73x, 0.72x | 0.76x, 0.83x, 0.70x | |
 //!
-//! The criterion medians of the three runs (time per lookup):
+//! The criterion medians of the three runs (time per lookup; at 10^6 each cell may come from a
+//! different run, see above):
 //!
 //! | group | n | mcp-affinity | dashmap | RwLock<HashMap> | hashbrown, unlocked | hashbrown, fenced |
 //! |---|---|---|---|---|---|---|
@@ -55,25 +59,38 @@
 //! | memory per entry | 10^6 | 78.4 B | 117.5 B | 117.2 B | | |
 //!
 //! (`key-alone`, 73 ns, is in every `hit-chain` time; `dram/chase` was 160 to 170 ns. The
-//! two-thread groups, unchanged since 2026-11-29: 2 readers at 10^4 164 ns against dashmap's
-//! 165 ns, at 10^6 924 against 768 ns; the 95/5 mix at 10^4 188 against 276 ns, at 10^6 1220
-//! against 1430 ns.)
+//! two-thread groups were not rerun; on 2026-11-29, with other builds keeping the load average
+//! at 3 to 5: 2 readers at 10^4 164 ns against dashmap's 165 ns, at 10^6 924 against 768 ns;
+//! the 95/5 mix at 10^4 188 against 276 ns, at 10^6 1220 against 1430 ns.)
 //!
-//! What a proxy meets is `hit-chain`: one lookup per request, nothing to overlap it with. There
-//! our table answers in 0.71x to 0.76x the time of every other in the interleaved runs, the
-//! unlocked `HashMap` included (criterion medians: 0.76x, 0.76x, 0.85x).
-//! A hit reads two cache lines out of cache, one after the other (the index bucket, then the
-//! slot it names); a `HashMap<String, _>` reads three (control bytes, bucket, the `String`'s
-//! heap bytes). In `hit`, consecutive lookups overlap, and the unlocked map overlaps them best
-//! (no atomic read-modify-write between them).
+//! What a proxy meets is `hit-chain`: one lookup per request, nothing to overlap it with.
+//! There our table answers in 0.70x to 0.83x the time of every other (interleaved), the
+//! unlocked `hashbrown` map included. A hit of ours reads two cache lines out of cache, one
+//! after the other: the index bucket (the index is 10 to 13 MB at 10^6) and the slot it
+//! names. A `HashMap<String, _>` reads its control bytes (2 MiB at 2^21 buckets, which mostly
+//! stay in cache), a bucket and the `String`'s heap bytes; dashmap and `RwLock<HashMap>` also
+//! hash with SipHash, slower than the foldhash of ours and of the `hashbrown` maps, and that
+//! is part of their time in the chain. In `hit`, consecutive lookups overlap: an unlocked map
+//! overlaps them best, and the fenced one shows that a lock's two atomic read-modify-writes
+//! already cost it 1.3x to 1.4x; what keeps ours at 1.4x to 1.5x the fenced ceiling we have
+//! not pinned down (the probe loop branches on the bucket it has just read; grouping the
+//! probe's compares to avoid that did not help in one harness and helped in one criterion
+//! run). In cache (10^3 and 10^4 entries) our hits take 4 to 15 ns more than dashmap's and
+//! `RwLock<HashMap>`'s (a lookup validates the key and hashes tenant, kind and id), and our
+//! misses are slower at every size (84 against 60 and 70 ns at 10^6).
 //!
-//! A layout with one read out of cache per hit was tried and not kept (2026-11-30): slots
-//! stored at their hash's bucket (open addressing, linear probing, one tag byte per bucket,
-//! eight compared at once), the table growing by a sixteenth in place. `hit-chain` fell to
-//! 0.74x of this table's, but inserting and removing a key cost 1.9x as much at 10^6 entries
-//! (each removal shifts later entries back and re-points their owner lists), `hit` did not
-//! move, and in a test harness the resident memory at 10^5 entries rose from about 96 to 106
-//! or more bytes per entry (freed or reserved arrays the allocator kept).
+//! Memory: at 10^5 entries ours takes the most (95.9 B against 91 to 93), at 10^6 the least
+//! (78.4 B against 117; 10^6 entries is near the least full a `hashbrown` table of 2^21
+//! buckets gets, 48 %).
+//!
+//! A layout with one read out of cache per hit was tried and not kept (2026-11-30, branch
+//! `experiment/open-addressed-table`): slots stored at their hash's bucket (open addressing,
+//! linear probing, a tag byte per bucket compared eight at a time), the table growing by a
+//! sixteenth in place. In a harness that timed both in one process, one lookup at a time
+//! (the chain) took 0.74x this table's time, but inserting and removing a key cost 1.9x as
+//! much at 10^6 entries (a removal shifts later entries back and re-points their owner lists),
+//! independent hits did not move, and the resident memory at 10^5 entries rose to about 117 B
+//! per entry (the arrays that growth reserved or freed, which glibc kept).
 #![allow(clippy::disallowed_methods)] // benches may read the clock
 
 use std::cell::OnceCell;
@@ -90,15 +107,30 @@ use mcp_affinity::{BackendId, TenantId};
 
 const PROBE_ENV: &str = "MCP_AFFINITY_MEMORY_PROBE";
 
-/// Deterministic UUID-like ids (36 bytes, lowercase hex and hyphens).
-fn ids(n: usize, salt: u64) -> Vec<String> {
-    let mut state = 0x2545_F491_4F6C_DD1D ^ salt;
-    let mut next = move || {
+/// A deterministic pseudo-random sequence (xorshift64) from `seed` (not 0).
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
-    };
+    }
+}
+
+/// A random cyclic permutation of `0..n` (Sattolo's algorithm): following `next[i]` from any
+/// number visits all `n` before coming back.
+fn cycle(n: usize, random: &mut impl FnMut() -> u64) -> Vec<u32> {
+    let mut next: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        next.swap(i, (random() % i as u64) as usize);
+    }
+    next
+}
+
+/// Deterministic UUID-like ids (36 bytes, lowercase hex and hyphens).
+fn ids(n: usize, salt: u64) -> Vec<String> {
+    let mut next = xorshift(0x2545_F491_4F6C_DD1D ^ salt);
     (0..n)
         .map(|_| {
             let (a, b) = (next(), next());
@@ -121,12 +153,9 @@ fn ids(n: usize, salt: u64) -> Vec<String> {
 /// allocated in insertion order, are then read almost sequentially.)
 fn shuffled(n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random = xorshift(0x9E37_79B9_7F4A_7C15);
     for i in (1..n).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        order.swap(i, (state % (i as u64 + 1)) as usize);
+        order.swap(i, (random() % (i as u64 + 1)) as usize);
     }
     order
 }
@@ -160,7 +189,8 @@ impl Table for Ours {
         let table = MemoryTable::with_config(MemoryTableConfig::new().with_capacity(1 << 21));
         let now = Instant::now();
         for (i, id) in ids.iter().enumerate() {
-            let _ = table.insert(&key(id), BackendId::from_bits(values[i]), None, now);
+            let added = table.insert(&key(id), BackendId::from_bits(values[i]), None, now);
+            assert!(added.is_ok(), "{added:?}: the table has room for every key");
         }
         Ours { table, now }
     }
@@ -362,20 +392,13 @@ fn chain_id(i: u32) -> [u8; 36] {
 }
 
 /// The keys of the chain benchmark and the value of each: the number of the next key, one
-/// cycle through all `n` in random order (Sattolo's algorithm).
+/// cycle through all `n` in random order. (With `Ours`, each key then has an owner of its
+/// own: 10^6 owners, which fill the table's per-owner maps but are not read by a lookup.)
 fn chain(n: usize) -> (Vec<String>, Vec<u32>) {
     let ids = (0..n as u32)
         .map(|i| String::from_utf8(chain_id(i).to_vec()).expect("ASCII"))
         .collect();
-    let mut next: Vec<u32> = (0..n as u32).collect();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for i in (1..n).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        next.swap(i, (state % i as u64) as usize);
-    }
-    (ids, next)
+    (ids, cycle(n, &mut xorshift(0x9E37_79B9_7F4A_7C15)))
 }
 
 /// Lookups in a chain: each key's entry holds the number of the next key to look up (one
@@ -413,7 +436,7 @@ fn bench_chain_floor(c: &mut Criterion) {
     group.bench_function("key-alone", |b| {
         let mut at = 0u32;
         b.iter(|| {
-            let id = chain_id(at);
+            let id = black_box(chain_id(at));
             let id = std::str::from_utf8(&id).expect("ASCII");
             // The next number depends on the key, as a lookup's answer would.
             at = black_box((id.len() as u32 + u32::from(id.as_bytes()[7])).wrapping_add(at));
@@ -520,18 +543,8 @@ fn bench_dram(c: &mut Criterion) {
     let built = OnceCell::new();
     let memory = || {
         built.get_or_init(|| {
-            let mut state = 0x9E37_79B9_7F4A_7C15u64;
-            let mut random = move || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state
-            };
-            // Sattolo's algorithm: one cycle through every line.
-            let mut cycle: Vec<u32> = (0..LINES as u32).collect();
-            for i in (1..LINES).rev() {
-                cycle.swap(i, (random() % i as u64) as usize);
-            }
+            let mut random = xorshift(0x9E37_79B9_7F4A_7C15);
+            let cycle = cycle(LINES, &mut random);
             let mut data = vec![0u64; LINES * WORDS];
             for (line, &next) in cycle.iter().enumerate() {
                 data[line * WORDS] = u64::from(next);
@@ -663,119 +676,171 @@ fn memory() {
     }
 }
 
-/// The tables `TABLE_BENCH_ROUNDS` compares, built from `ids` and `values`.
-fn contenders(
-    ids: &[String],
-    values: &[u32],
-    ceilings: bool,
-) -> Vec<(&'static str, Box<dyn Table>)> {
-    let mut out: Vec<(&'static str, Box<dyn Table>)> = vec![
-        ("mcp-affinity", Box::new(Ours::build(ids, values))),
-        (
-            "dashmap",
-            Box::new(<DashMap<String, u32> as Table>::build(ids, values)),
-        ),
-        (
-            "rwlock-hashmap",
-            Box::new(<StdRwLock<StdHashMap<String, u32>> as Table>::build(
-                ids, values,
-            )),
-        ),
-        ("hashbrown-ceiling", Box::new(Ceiling::build(ids, values))),
-    ];
-    if ceilings {
-        out.push((
-            "hashbrown-fenced",
-            Box::new(FencedCeiling::build(ids, values)),
-        ));
-    }
-    out
+/// The tables `TABLE_BENCH_ROUNDS` compares. A pass runs on the table inside through
+/// [`Pass`], so that lookups are dispatched statically, as in the criterion groups.
+enum Contender {
+    Ours(Ours),
+    DashMap(DashMap<String, u32>),
+    RwLockHashMap(StdRwLock<StdHashMap<String, u32>>),
+    Ceiling(Ceiling),
+    Fenced(FencedCeiling),
 }
 
-/// Prints each contender's median and fastest pass and their ratios to the first one's.
-fn report(group: &str, names: &[&str], times: &mut [Vec<f64>], per_pass: usize) {
-    let mut medians = Vec::new();
-    for (name, times) in names.iter().zip(times.iter_mut()) {
-        times.sort_by(f64::total_cmp);
-        let (median, best) = (times[times.len() / 2], times[0]);
-        medians.push(median);
-        println!(
-            "{group}/{name}: median {:.1} ns, best {:.1} ns",
-            median * 1e9 / per_pass as f64,
-            best * 1e9 / per_pass as f64
-        );
+impl Contender {
+    /// Every table (`fenced`: with the fenced ceiling), built from `ids` and `values`.
+    fn all(ids: &[String], values: &[u32], fenced: bool) -> Vec<(&'static str, Contender)> {
+        let mut out = vec![
+            ("mcp-affinity", Contender::Ours(Ours::build(ids, values))),
+            ("dashmap", Contender::DashMap(Table::build(ids, values))),
+            (
+                "rwlock-hashmap",
+                Contender::RwLockHashMap(Table::build(ids, values)),
+            ),
+            (
+                "hashbrown-ceiling",
+                Contender::Ceiling(Table::build(ids, values)),
+            ),
+        ];
+        if fenced {
+            out.push((
+                "hashbrown-fenced",
+                Contender::Fenced(Table::build(ids, values)),
+            ));
+        }
+        out
     }
-    let ratios: Vec<String> = names
-        .iter()
-        .zip(&medians)
-        .skip(1)
-        .map(|(name, m)| format!("{:.2}x {name}", medians[0] / m))
-        .collect();
+
+    fn run(&self, pass: &mut impl Pass) -> Duration {
+        match self {
+            Contender::Ours(t) => pass.run(t),
+            Contender::DashMap(t) => pass.run(t),
+            Contender::RwLockHashMap(t) => pass.run(t),
+            Contender::Ceiling(t) => pass.run(t),
+            Contender::Fenced(t) => pass.run(t),
+        }
+    }
+}
+
+/// One timed pass of lookups over a table.
+trait Pass {
+    fn run<T: Table>(&mut self, table: &T) -> Duration;
+}
+
+/// `table/hit`: batches of 256 lookups of ids visited in a random order, each id copied
+/// into a `String` of its own outside the timing (as criterion's `iter_batched_ref` does,
+/// without the allocation).
+struct Hits<'a> {
+    present: &'a [String],
+    order: &'a [usize],
+    copies: Vec<String>,
+    at: usize,
+}
+
+impl Pass for Hits<'_> {
+    fn run<T: Table>(&mut self, table: &T) -> Duration {
+        let mut pass = Duration::ZERO;
+        for _ in 0..512 {
+            for copy in &mut self.copies {
+                self.at = (self.at + 1) % self.present.len();
+                copy.clear();
+                copy.push_str(&self.present[self.order[self.at]]);
+            }
+            let start = Instant::now();
+            for copy in &self.copies {
+                black_box(table.lookup(copy));
+            }
+            pass += start.elapsed();
+        }
+        pass
+    }
+}
+
+/// `table/hit-chain`: 100,000 lookups, each key given by the answer before.
+struct Chain(u32);
+
+impl Pass for Chain {
+    fn run<T: Table>(&mut self, table: &T) -> Duration {
+        let start = Instant::now();
+        for _ in 0..100_000 {
+            let id = chain_id(self.0);
+            self.0 = table
+                .lookup(std::str::from_utf8(&id).expect("ASCII"))
+                .expect("every key of the chain is present");
+        }
+        start.elapsed()
+    }
+}
+
+/// Times `pass` on every table in turn, `rounds` times, and prints each table's median time
+/// per lookup and the median over the rounds of our time over each other's in that round.
+fn compare(
+    group: &str,
+    tables: &[(&str, Contender)],
+    rounds: usize,
+    lookups: usize,
+    pass: &mut impl Pass,
+) {
+    let mut times = vec![Vec::with_capacity(rounds); tables.len()];
+    for _ in 0..rounds {
+        for ((_, table), times) in tables.iter().zip(&mut times) {
+            times.push(table.run(pass).as_secs_f64() * 1e9 / lookups as f64);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut ratios = Vec::new();
+    for ((name, _), mine) in tables.iter().zip(&times) {
+        let paired: Vec<f64> = mine
+            .iter()
+            .zip(&times[0])
+            .map(|(t, ours)| ours / t)
+            .collect();
+        println!("{group}/{name}: median {:.1} ns", median(mine.clone()));
+        if *name != tables[0].0 {
+            ratios.push(format!("{:.2}x {name}", median(paired)));
+        }
+    }
     println!(
-        "{group}: {} per lookup, medians: {}",
-        names[0],
+        "{group}: {}'s time over each other's, median of the rounds: {}",
+        tables[0].0,
         ratios.join(", ")
     );
 }
 
 /// `TABLE_BENCH_ROUNDS=N`: instead of criterion, time `table/hit` and `table/hit-chain` at
 /// 10^6 entries for every table in turn, one pass each per round, for N rounds, all in one
-/// process. Lookups whose table is out of cache swing by ±30 % from one process (and one
-/// criterion run) to the next on a shared machine; taken in turn, the tables share the swings
-/// and their ratios hold.
-#[allow(clippy::disallowed_methods, reason = "a bench reads the clock")]
+/// process, and print the medians of the rounds' ratios. Out of cache, a table's time moves
+/// by up to 2x from one process (and one criterion run) to the next on a shared machine;
+/// taken in turn, the tables share the swings that come and go, and the paired ratios cancel
+/// them. (Each table is built once, so what memory the process got for it stays: run the
+/// mode more than once.)
 fn interleaved(rounds: usize) {
     const N: usize = 1_000_000;
-    const BATCH: usize = 256;
-    const BATCHES: usize = 512;
+    let rounds = rounds.max(1);
     let present = ids(N, 1);
     let order = shuffled(N);
     let owners: Vec<u32> = (0..N).map(owner).collect();
-    let tables = contenders(&present, &owners, true);
-    let names: Vec<&str> = tables.iter().map(|(name, _)| *name).collect();
-    let mut times = vec![Vec::with_capacity(rounds); tables.len()];
-    // Each lookup gets its id freshly copied, outside the timing, as in `table/hit`.
-    let mut copies = vec![[0u8; 36]; BATCH];
-    let mut at = 0;
-    for _ in 0..rounds {
-        for ((_, table), times) in tables.iter().zip(&mut times) {
-            let mut pass = Duration::ZERO;
-            for _ in 0..BATCHES {
-                for copy in &mut copies {
-                    at = if at + 1 == N { 0 } else { at + 1 };
-                    copy.copy_from_slice(present[order[at]].as_bytes());
-                }
-                let start = Instant::now();
-                for copy in &copies {
-                    black_box(table.lookup(std::str::from_utf8(copy).expect("ASCII")));
-                }
-                pass += start.elapsed();
-            }
-            times.push(pass.as_secs_f64());
-        }
-    }
-    report("table/hit/1000000", &names, &mut times, BATCH * BATCHES);
+    let tables = Contender::all(&present, &owners, true);
+    let mut hits = Hits {
+        present: &present,
+        order: &order,
+        copies: vec![String::with_capacity(64); 256],
+        at: 0,
+    };
+    compare("table/hit/1000000", &tables, rounds, 256 * 512, &mut hits);
     drop(tables);
 
     let (chain_ids, next) = chain(N);
-    let tables = contenders(&chain_ids, &next, false);
-    let names: Vec<&str> = tables.iter().map(|(name, _)| *name).collect();
-    let mut times = vec![Vec::with_capacity(rounds); tables.len()];
-    const STEPS: usize = 100_000;
-    let mut at = 0u32;
-    for _ in 0..rounds {
-        for ((_, table), times) in tables.iter().zip(&mut times) {
-            let start = Instant::now();
-            for _ in 0..STEPS {
-                let id = chain_id(at);
-                at = table
-                    .lookup(std::str::from_utf8(&id).expect("ASCII"))
-                    .expect("every key of the chain is present");
-            }
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    report("table/hit-chain/1000000", &names, &mut times, STEPS);
+    let tables = Contender::all(&chain_ids, &next, false);
+    compare(
+        "table/hit-chain/1000000",
+        &tables,
+        rounds,
+        100_000,
+        &mut Chain(0),
+    );
 }
 
 fn main() {
