@@ -545,6 +545,38 @@ fn reseed_store_returns_at_most_max_writes() {
     assert!(writes.len() <= 3, "{} writes for max 3", writes.len());
 }
 
+/// The same bound with lost records (the first writes of a reseed): three backends down, one
+/// write a call, and each lost record is handed out once.
+#[test]
+fn reseed_store_hands_out_lost_records_at_most_max_a_call() {
+    let now = Clock::new().now();
+    let router = fleet_router(Router::builder(), &["a", "b", "c"], now, T0);
+    for name in ["a", "b", "c"] {
+        for _ in 0..3 {
+            router
+                .report_health(id_of(&router, name), Probe::Refused, now)
+                .unwrap();
+        }
+    }
+    let mut cursor = ReseedCursor::default();
+    let mut lost = Vec::new();
+    for _ in 0..10 {
+        let writes = router.reseed_store(&mut cursor, 1, now);
+        if writes.is_empty() {
+            break;
+        }
+        assert_eq!(writes.len(), 1, "{writes:?}");
+        for write in writes {
+            if let StoreWrite::Lost { key, .. } = write {
+                lost.push(key);
+            }
+        }
+    }
+    lost.sort();
+    lost.dedup();
+    assert_eq!(lost.len(), 3, "{lost:?}");
+}
+
 // --- 7. Wrong status: a reseed skips a backend when the fleet changes between calls ----------
 /// Severity: WRONG STATUS (404 for live sessions after a store restart) on a routine
 /// operation (a backend removed or added while the router reseeds).
@@ -1046,4 +1078,97 @@ fn a_binding_ttl_of_forever_does_not_panic_when_a_backend_is_lost() {
         router.remove_backend(id_of(&router, "x"), now).unwrap();
     }));
     assert!(lost.is_ok(), "remove_backend panicked");
+}
+
+/// A table whose `scan` breaks its contract (shows nothing, never completes): `reseed_store`
+/// answers nothing rather than spin (its loop looks on only past entries it was shown).
+#[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a thread, so that a spinning reseed fails the test instead of hanging it"
+)]
+fn a_reseed_over_a_scan_that_makes_no_progress_returns() {
+    use mcp_affinity::table::{
+        Entry, Eviction, Insert, InsertError, Key, MemoryTable, Occupancy, OwnedKey, Principal,
+        SessionTable, SetOwnerError,
+    };
+
+    struct Stuck(MemoryTable);
+    impl SessionTable for Stuck {
+        fn get(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
+            self.0.get(key, now)
+        }
+        fn insert(
+            &self,
+            key: &Key<'_>,
+            owner: BackendId,
+            principal: Option<Principal>,
+            now: Instant,
+        ) -> Result<Insert, InsertError> {
+            self.0.insert(key, owner, principal, now)
+        }
+        fn set_owner(
+            &self,
+            key: &Key<'_>,
+            expected: BackendId,
+            new: BackendId,
+            now: Instant,
+        ) -> Result<Entry, SetOwnerError> {
+            self.0.set_owner(key, expected, new, now)
+        }
+        fn remove(&self, key: &Key<'_>, owner: Option<BackendId>) -> Option<Entry> {
+            self.0.remove(key, owner)
+        }
+        fn open_stream(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
+            self.0.open_stream(key, now)
+        }
+        fn close_stream(&self, key: &Key<'_>, now: Instant) -> Option<Entry> {
+            self.0.close_stream(key, now)
+        }
+        fn remove_owner(&self, owner: BackendId) -> usize {
+            self.0.remove_owner(owner)
+        }
+        fn keys_of(&self, owner: BackendId, max: usize) -> Vec<OwnedKey> {
+            self.0.keys_of(owner, max)
+        }
+        fn evict_idle(&self, now: Instant, max_work: usize) -> Eviction {
+            self.0.evict_idle(now, max_work)
+        }
+        fn count_owner(&self, owner: BackendId) -> usize {
+            self.0.count_owner(owner)
+        }
+        fn count_tenant(&self, tenant: TenantId) -> usize {
+            self.0.count_tenant(tenant)
+        }
+        fn occupancy(&self) -> Occupancy {
+            self.0.occupancy()
+        }
+        fn idle_ttl(&self) -> Option<Duration> {
+            self.0.idle_ttl()
+        }
+        fn scan(&self, cursor: &mut u64, _: usize, _: &mut dyn FnMut(&Key<'_>, &Entry)) -> bool {
+            *cursor = 1;
+            false
+        }
+    }
+
+    let now = Clock::new().now();
+    let router = Router::builder()
+        .table(Stuck(MemoryTable::new()))
+        .shared_store(SharedStore::new("mcp", now, T0))
+        .build();
+    router
+        .add(NewBackend::new(TenantId::DEFAULT, "http://x").name("x"))
+        .unwrap();
+    initialize(&router, "s1", now);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let writes = router.reseed_store(&mut ReseedCursor::default(), 10, now);
+        let _ = done.send(writes.len());
+    });
+    assert_eq!(
+        finished.recv_timeout(Duration::from_secs(10)),
+        Ok(0),
+        "reseed_store returns, with nothing"
+    );
 }

@@ -81,8 +81,8 @@ impl RedisStore {
     ///    [`Router::on_lost`]);
     /// 3. sends again the writes it holds from a failed batch (every write is idempotent);
     /// 4. reseeds, one step of [`Router::reseed_store`] a round (asked for a
-    ///    [batch](crate::RedisStoreConfig::batch); the router hands out the keys of at least
-    ///    one backend per step), written a batch per pipeline, when the marker was missing or
+    ///    [batch](crate::RedisStoreConfig::batch); each step hands out at least one write
+    ///    until the pass is over), written a batch per pipeline, when the marker was missing or
     ///    changed (the store came back empty, or is new), when the circuit closed after an
     ///    outage, or when the router dropped writes (its queue was full);
     /// 5. takes a batch of the router's writes ([`Router::take_store_writes`]) and performs it

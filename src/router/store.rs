@@ -314,6 +314,8 @@ where
 /// Where [`Router::reseed_store`] goes on from.
 #[derive(Clone, Debug, Default)]
 pub struct ReseedCursor {
+    /// Lost records handed out so far.
+    lost: usize,
     lost_done: bool,
     table: u64,
     done: bool,
@@ -794,14 +796,16 @@ impl<T: SessionTable> Router<T> {
         let max = max.max(1);
         let mut writes = Vec::new();
         if !cursor.lost_done {
-            cursor.lost_done = true;
-            for (tenant, owner, before) in self.fleet.lost_records() {
+            let lost = self.fleet.lost_records();
+            for &(tenant, owner, before) in lost.iter().skip(cursor.lost).take(max) {
                 writes.push(StoreWrite::Lost {
                     key: store.lost_key(tenant, owner),
                     before,
                     ttl: store.ttl.saturating_mul(2),
                 });
             }
+            cursor.lost += writes.len();
+            cursor.lost_done = cursor.lost >= lost.len();
             if writes.len() >= max {
                 return writes;
             }
@@ -815,7 +819,9 @@ impl<T: SessionTable> Router<T> {
         // keys, and the live keys after them were never written back).
         loop {
             let room = max - writes.len();
+            let mut shown = 0;
             cursor.done = self.table.scan(&mut cursor.table, room, &mut |key, entry| {
+                shown += 1;
                 if !self.shared(key.kind())
                     || self.fleet.owner_status(entry.owner, now) != OwnerStatus::Live
                 {
@@ -827,7 +833,9 @@ impl<T: SessionTable> Router<T> {
                     writes.push(write);
                 }
             });
-            if cursor.done || !writes.is_empty() {
+            // (A table whose scan shows nothing and is not done breaks its contract; stop
+            // rather than spin.)
+            if cursor.done || !writes.is_empty() || shown == 0 {
                 break;
             }
         }

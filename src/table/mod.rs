@@ -377,7 +377,8 @@ pub trait SessionTable: Send + Sync {
 
     /// Shows `visit` up to `max` entries from `cursor` on (0 starts a pass over the whole
     /// table) and moves the cursor past them; returns `true` when the pass is complete (the
-    /// cursor is back at 0). Entries added, removed or moved while a pass runs may be missed
+    /// cursor is back at 0). A call with `max` of at least 1 that shows nothing must complete
+    /// the pass. Entries added, removed or moved while a pass runs may be missed
     /// or shown twice; an implementation should show at least once every entry that stays
     /// for the whole pass ([`MemoryTable`] does, whatever is removed between calls), or the
     /// keys it misses go unrefreshed. What a router's shared store uses to refresh and reseed
