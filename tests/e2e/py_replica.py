@@ -25,6 +25,7 @@ import os
 import socket
 import sys
 import threading
+import traceback
 import uuid
 from typing import Any
 
@@ -133,6 +134,38 @@ async def slow_job(ctx: Context) -> str:
     return json.dumps({"replica": NAME, "job": "done"})
 
 
+class QuietAfterResponse:
+    """Keeps a keep-alive connection usable when the app fails after its response is complete.
+
+    `mcp` 2.3.0 answers a notification or response POST with 202 and only then hands the
+    message to its session; if the client's DELETE ended the session meanwhile, that raises
+    (`ClosedResourceError`) after the 202 went out, and uvicorn then closes the connection. A
+    proxy that had just reused the connection (its response was complete) sees its next
+    request, often another client's, reset: a 502 the server caused. This wrapper logs such a
+    late exception instead, as a server that handled its own error would. An exception before
+    the response is complete still reaches uvicorn (500, or the connection closed).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        complete = False
+
+        async def watch(message: Any) -> None:
+            nonlocal complete
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            if not complete:
+                raise
+            print("after a complete response:", traceback.format_exc(limit=2), file=sys.stderr)
+
+
 def exit_when_stdin_closes() -> None:
     sys.stdin.read()
     os._exit(0)
@@ -146,7 +179,7 @@ def main() -> None:
     sock.listen(256)
     threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    config = uvicorn.Config(QuietAfterResponse(app), log_level="warning", lifespan="on")
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
 
 
