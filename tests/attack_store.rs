@@ -93,6 +93,39 @@ fn name_of(router: &Router, id: BackendId) -> String {
         .to_string()
 }
 
+/// A whole reseed pass, `max` writes a call (each batch checked against it), `between` run
+/// after every call: every write, in order.
+fn reseed_pass(
+    router: &Router,
+    max: usize,
+    now: Instant,
+    mut between: impl FnMut(),
+) -> Vec<StoreWrite> {
+    let mut cursor = ReseedCursor::default();
+    let mut all = Vec::new();
+    for _ in 0..10_000 {
+        let writes = router.reseed_store(&mut cursor, max, now);
+        if writes.is_empty() {
+            return all;
+        }
+        assert!(writes.len() <= max, "{} writes for max {max}", writes.len());
+        all.extend(writes);
+        between();
+    }
+    panic!("the reseed pass never ends");
+}
+
+/// The session ids that `writes` bind.
+fn bound_ids(writes: &[StoreWrite]) -> Vec<String> {
+    writes
+        .iter()
+        .filter_map(|write| match write {
+            StoreWrite::Bind { key, .. } => key.rsplit(':').next().map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A placement veto that only takes the backend named `name` (`None`: any): stands for
 /// "this router's placement policy chose that one" (its own load, its own turn).
 fn only<'a>(router: &'a Router, name: Option<&'a str>) -> impl FnMut(BackendId) -> bool + 'a {
@@ -558,20 +591,13 @@ fn reseed_store_hands_out_lost_records_at_most_max_a_call() {
                 .unwrap();
         }
     }
-    let mut cursor = ReseedCursor::default();
-    let mut lost = Vec::new();
-    for _ in 0..10 {
-        let writes = router.reseed_store(&mut cursor, 1, now);
-        if writes.is_empty() {
-            break;
-        }
-        assert_eq!(writes.len(), 1, "{writes:?}");
-        for write in writes {
-            if let StoreWrite::Lost { key, .. } = write {
-                lost.push(key);
-            }
-        }
-    }
+    let mut lost: Vec<String> = reseed_pass(&router, 1, now, || {})
+        .into_iter()
+        .filter_map(|write| match write {
+            StoreWrite::Lost { key, .. } => Some(key),
+            _ => None,
+        })
+        .collect();
     lost.sort();
     lost.dedup();
     assert_eq!(lost.len(), 3, "{lost:?}");
@@ -601,24 +627,13 @@ fn a_reseed_binds_every_live_key_even_if_the_fleet_changes_meanwhile() {
     assert!(on.values().all(|ids| ids.len() == 2), "{on:?}");
     let _ = router.take_store_writes(usize::MAX);
     // The store came back empty: reseed, two writes a call. x is removed between calls.
-    let mut cursor = ReseedCursor::default();
-    let mut bound: Vec<String> = Vec::new();
     let mut first = true;
-    loop {
-        let writes = router.reseed_store(&mut cursor, 2, now);
-        if writes.is_empty() {
-            break;
-        }
-        for write in writes {
-            if let StoreWrite::Bind { key, .. } = write {
-                bound.push(key.rsplit(':').next().unwrap().to_string());
-            }
-        }
+    let bound = bound_ids(&reseed_pass(&router, 2, now, || {
         if first {
             first = false;
             router.remove_backend(id_of(&router, "x"), now).unwrap();
         }
-    }
+    }));
     let missed: Vec<&String> = on["y"]
         .iter()
         .chain(&on["z"])
@@ -649,19 +664,7 @@ fn a_reseed_passes_over_any_stretch_of_keys_that_need_no_write() {
     assert_eq!(name_of(&router, owner), "y");
     router.remove_backend(id_of(&router, "x"), now).unwrap();
     let _ = router.take_store_writes(usize::MAX);
-    let mut cursor = ReseedCursor::default();
-    let mut bound = Vec::new();
-    for _ in 0..1000 {
-        let writes = router.reseed_store(&mut cursor, 1, now);
-        if writes.is_empty() {
-            break;
-        }
-        for write in writes {
-            if let StoreWrite::Bind { key, .. } = write {
-                bound.push(key.rsplit(':').next().unwrap().to_string());
-            }
-        }
-    }
+    let bound = bound_ids(&reseed_pass(&router, 1, now, || {}));
     assert_eq!(
         bound,
         ["live"],
@@ -702,14 +705,7 @@ fn a_lost_record_dropped_from_a_full_queue_is_written_by_the_reseed() {
     assert_eq!(router.metrics().store_writes_dropped, dropped + 1);
     // The store answers again: the embedder drains the queue and reseeds.
     let mut writes = router.take_store_writes(usize::MAX);
-    let mut cursor = ReseedCursor::default();
-    loop {
-        let more = router.reseed_store(&mut cursor, 100, now);
-        if more.is_empty() {
-            break;
-        }
-        writes.extend(more);
-    }
+    writes.extend(reseed_pass(&router, 100, now, || {}));
     let lost_key = router.lost_keys().into_iter().next();
     assert!(
         writes.iter().any(|w| matches!(w, StoreWrite::Lost { .. })),
