@@ -90,9 +90,9 @@ fn an_operator_key_that_finds_only_sessions_to_evict_is_refused() {
     assert_eq!(added, Ok(Insert::Added { evicted: false }));
 }
 
-#[test]
-fn a_scan_in_small_steps_visits_every_entry_once() {
-    let table = MemoryTable::with_config(MemoryTableConfig::new().with_shards(8));
+/// A table of `shards` shards holding the sessions `k0` to `k999`, all of one owner.
+fn scanned_table(shards: usize) -> (MemoryTable, Vec<String>, BackendId) {
+    let table = MemoryTable::with_config(MemoryTableConfig::new().with_shards(shards));
     let now = Instant::now();
     let owner = BackendId::from_bits(1);
     let ids: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
@@ -100,6 +100,12 @@ fn a_scan_in_small_steps_visits_every_entry_once() {
         let added = table.insert(&key(KeyKind::Session, id), owner, None, now);
         assert_eq!(added, Ok(Insert::Added { evicted: false }));
     }
+    (table, ids, owner)
+}
+
+#[test]
+fn a_scan_in_small_steps_visits_every_entry_once() {
+    let (table, ids, owner) = scanned_table(8);
     let (mut cursor, mut seen, mut calls) = (0, Vec::new(), 0);
     loop {
         calls += 1;
@@ -129,14 +135,7 @@ fn a_scan_in_small_steps_visits_every_entry_once() {
 #[test]
 fn a_scan_shows_every_entry_that_stays_whatever_is_removed_between_calls() {
     for shards in [1, 8] {
-        let table = MemoryTable::with_config(MemoryTableConfig::new().with_shards(shards));
-        let now = Instant::now();
-        let owner = BackendId::from_bits(1);
-        let ids: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
-        for id in &ids {
-            let added = table.insert(&key(KeyKind::Session, id), owner, None, now);
-            assert_eq!(added, Ok(Insert::Added { evicted: false }));
-        }
+        let (table, ids, _) = scanned_table(shards);
         let mut removed = std::collections::HashSet::new();
         let (mut cursor, mut seen, mut calls) = (0, std::collections::HashSet::new(), 0);
         loop {
