@@ -86,6 +86,19 @@ async fn backend() -> Backend {
     }
 }
 
+/// The proxy's configuration in front of `backends`, with no health checks (the tests decide
+/// when a backend is down).
+fn config_for(backends: &[&Backend]) -> Config {
+    Config {
+        backends: backends
+            .iter()
+            .map(|b| format!("http://{}", b.addr))
+            .collect(),
+        health_interval: None,
+        ..Config::default()
+    }
+}
+
 struct KeepAlive {
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
     connection: tokio::task::JoinHandle<()>,
@@ -159,11 +172,9 @@ impl KeepAlive {
 async fn an_idle_dedicated_connection_closes_and_gives_its_place_back() {
     let backend = backend().await;
     let config = Config {
-        backends: vec![format!("http://{}", backend.addr)],
         pool_idle_timeout: Duration::from_millis(200),
         dedicated_connections: 1,
-        health_interval: None,
-        ..Config::default()
+        ..config_for(&[&backend])
     };
     let running = Running::start(&config).await.expect("the proxy starts");
     let mut idle = KeepAlive::open(running.addr).await;
@@ -201,10 +212,8 @@ async fn an_idle_dedicated_connection_closes_and_gives_its_place_back() {
 async fn answers_slower_than_the_idle_timeout_open_no_connection_per_request() {
     let backend = backend().await;
     let config = Config {
-        backends: vec![format!("http://{}", backend.addr)],
         pool_idle_timeout: Duration::from_millis(200),
-        health_interval: None,
-        ..Config::default()
+        ..config_for(&[&backend])
     };
     let running = Running::start(&config).await.expect("the proxy starts");
     let mut client = KeepAlive::open(running.addr).await;
@@ -231,11 +240,7 @@ async fn answers_slower_than_the_idle_timeout_open_no_connection_per_request() {
 async fn pipelined_requests_are_answered_in_order() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = backend().await;
-    let config = Config {
-        backends: vec![format!("http://{}", backend.addr)],
-        health_interval: None,
-        ..Config::default()
-    };
+    let config = config_for(&[&backend]);
     let running = Running::start(&config).await.expect("the proxy starts");
     let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     let request = |i: usize, last: bool| {
@@ -290,11 +295,7 @@ async fn pipelined_requests_are_answered_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_in_pairs_open_no_connection_per_switch() {
     let (a, b) = (backend().await, backend().await);
-    let config = Config {
-        backends: vec![format!("http://{}", a.addr), format!("http://{}", b.addr)],
-        health_interval: None,
-        ..Config::default()
-    };
+    let config = config_for(&[&a, &b]);
     let running = Running::start(&config).await.expect("the proxy starts");
     let mut client = KeepAlive::open(running.addr).await;
     // One session on each backend (the id names the backend's port).
@@ -348,14 +349,7 @@ struct PinnedSession {
 impl PinnedSession {
     async fn start() -> PinnedSession {
         let backends = [backend().await, backend().await];
-        let config = Config {
-            backends: backends
-                .iter()
-                .map(|b| format!("http://{}", b.addr))
-                .collect(),
-            health_interval: None,
-            ..Config::default()
-        };
+        let config = config_for(&[&backends[0], &backends[1]]);
         let running = Running::start(&config).await.expect("the proxy starts");
         let mut client = KeepAlive::open(running.addr).await;
         let (_, id) = client.call_in("/mcp", None).await;
