@@ -21,7 +21,7 @@
 //! rmcp clients, because rmcp's client opens a new TCP connection per request, which would
 //! measure the client more than the proxy. Every phase is bounded in calls and in time.
 
-#![allow(clippy::disallowed_methods)]
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 #[path = "common/proxy.rs"]
 mod proxy;
@@ -44,8 +44,8 @@ const USAGE: &str = "\
 usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--rate CALLS_PER_S]
             [--direct URL --proxy URL] [--target NAME=URL]...
        load --serve-replica ADDR
-       load --serve-plain ADDR --to HOST:PORT
-       load --serve-pinned ADDR --to HOST:PORT
+       load --serve-plain ADDR --to HOST:PORT [--threads N]
+       load --serve-pinned ADDR --to HOST:PORT [--threads N]
 
   --sessions N       concurrent sessions per phase (default 32)
   --calls C          whoami calls per session (default 1000)
@@ -62,6 +62,8 @@ usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--rate CA
   --serve-plain ADDR --to HOST:PORT  serve the plain hyper hop (no router) until SIGINT/SIGTERM
   --serve-pinned ADDR --to HOST:PORT the plain hop with a backend connection per client
                                      connection, in its task (the hyper ceiling; not a proxy)
+  --threads N        the hop's threads, each polling its own connections, as the proxy's
+                     --threads (default: one per CPU; 0 = one tokio work-stealing runtime)
 ";
 
 struct Args {
@@ -77,6 +79,7 @@ struct Args {
     serve_plain: Option<String>,
     serve_pinned: Option<String>,
     to: Option<String>,
+    threads: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -93,6 +96,7 @@ fn parse() -> Result<Args, String> {
         serve_plain: None,
         serve_pinned: None,
         to: None,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -125,6 +129,7 @@ fn parse() -> Result<Args, String> {
             "--serve-plain" => args.serve_plain = Some(value),
             "--serve-pinned" => args.serve_pinned = Some(value),
             "--to" => args.to = Some(value),
+            "--threads" => args.threads = number()?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -323,36 +328,72 @@ async fn run_phase(
     total
 }
 
+/// Serves `listener` with `serve` (an accept loop) until the process exits: on the current
+/// runtime (`threads` 0), or, as the proxy's `--threads` does, on `threads` threads of their
+/// own, each with a single-threaded runtime accepting from the same socket.
+fn accept_on<F, S>(listener: std::net::TcpListener, threads: usize, serve: F) -> std::io::Result<()>
+where
+    F: Fn(tokio::net::TcpListener) -> S + Send + Clone + 'static,
+    S: std::future::Future<Output = ()> + Send + 'static,
+{
+    listener.set_nonblocking(true)?;
+    if threads == 0 {
+        tokio::spawn(serve(tokio::net::TcpListener::from_std(listener)?));
+        return Ok(());
+    }
+    for _ in 0..threads {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (listener, serve) = (listener.try_clone()?, serve.clone());
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                    serve(listener).await;
+                }
+            })
+        });
+    }
+    Ok(())
+}
+
 /// The same hyper server + pooled hyper-util client hop as the proxy, without the router: the
-/// floor any proxy pays for the extra HTTP hop. Serves until the process exits.
-async fn plain_proxy(
+/// floor any proxy pays for the extra HTTP hop. Serves until the process exits, on `threads`
+/// threads ([`accept_on`]).
+fn plain_proxy(
     listen: &str,
     backend: impl std::fmt::Display + Send + Sync + Copy + 'static,
+    threads: usize,
 ) -> std::io::Result<String> {
     use hyper_util::rt::TokioIo;
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = std::net::TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     let client: Client<HttpConnector, hyper::body::Incoming> =
         Client::builder(TokioExecutor::new()).build_http();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            let client = client.clone();
-            let service =
-                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    let client = client.clone();
-                    async move {
-                        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                        *req.uri_mut() = format!("http://{backend}{path}").parse().expect("a URI");
-                        client.request(req).await
-                    }
-                });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
+    accept_on(listener, threads, move |listener| {
+        let client = client.clone();
+        async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                let client = client.clone();
+                let service = hyper::service::service_fn(
+                    move |mut req: http::Request<hyper::body::Incoming>| {
+                        let client = client.clone();
+                        async move {
+                            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                            *req.uri_mut() =
+                                format!("http://{backend}{path}").parse().expect("a URI");
+                            client.request(req).await
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
         }
-    });
+    })?;
     Ok(format!("http://{addr}/mcp"))
 }
 
@@ -361,49 +402,51 @@ async fn plain_proxy(
 /// hands each request to the backend connection's task and the answer back. Not a proxy
 /// anyone should run (one backend connection per client connection, opened at accept, none
 /// shared), but what a hyper hop costs without that hand-off: the ceiling for one built on
-/// hyper. Serves until the process exits.
-async fn pinned_proxy(listen: &str, backend: &'static str) -> std::io::Result<String> {
-    use hyper_util::rt::TokioIo;
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+/// hyper. Serves until the process exits, on `threads` threads ([`accept_on`]).
+fn pinned_proxy(listen: &str, backend: &'static str, threads: usize) -> std::io::Result<String> {
+    let listener = std::net::TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    accept_on(listener, threads, move |listener| async move {
         while let Ok((stream, _)) = listener.accept().await {
             let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let Ok(upstream) = tokio::net::TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = upstream.set_nodelay(true);
-                let io = TokioIo::new(upstream);
-                let Ok((sender, upstream)) =
-                    hyper::client::conn::http1::handshake::<_, hyper::body::Incoming>(io).await
-                else {
-                    return;
-                };
-                // HTTP/1: one request at a time per client connection, so the lock is never
-                // contended, and never held across an await.
-                let sender = std::sync::Mutex::new(sender);
-                let service = hyper::service::service_fn(
-                    move |mut req: http::Request<hyper::body::Incoming>| {
-                        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                        *req.uri_mut() = path.parse().expect("a path");
-                        sender.lock().expect("never poisoned").send_request(req)
-                    },
-                );
-                let server = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(server, upstream);
-                let mut upstream_open = true;
-                loop {
-                    tokio::select! {
-                        _ = &mut server => break,
-                        _ = &mut upstream, if upstream_open => upstream_open = false,
-                    }
-                }
-            });
+            tokio::spawn(pinned_connection(stream, backend));
         }
-    });
+    })?;
     Ok(format!("http://{addr}/mcp"))
+}
+
+/// One client connection of the pinned hop, with its own backend connection.
+async fn pinned_connection(stream: tokio::net::TcpStream, backend: &'static str) {
+    use hyper_util::rt::TokioIo;
+    let Ok(upstream) = tokio::net::TcpStream::connect(backend).await else {
+        return;
+    };
+    let _ = upstream.set_nodelay(true);
+    let io = TokioIo::new(upstream);
+    let Ok((sender, upstream)) =
+        hyper::client::conn::http1::handshake::<_, hyper::body::Incoming>(io).await
+    else {
+        return;
+    };
+    // HTTP/1: one request at a time per client connection, so the lock is never contended,
+    // and never held across an await.
+    let sender = std::sync::Mutex::new(sender);
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            *req.uri_mut() = path.parse().expect("a path");
+            sender.lock().expect("never poisoned").send_request(req)
+        });
+    let server =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(server, upstream);
+    let mut upstream_open = true;
+    loop {
+        tokio::select! {
+            _ = &mut server => break,
+            _ = &mut upstream, if upstream_open => upstream_open = false,
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -470,9 +513,9 @@ async fn serve_alone(args: &Args) -> Option<ExitCode> {
     };
     let to: &'static str = Box::leak(to.into_boxed_str());
     let served = if pinned {
-        pinned_proxy(listen, to).await
+        pinned_proxy(listen, to, args.threads)
     } else {
-        plain_proxy(listen, to).await
+        plain_proxy(listen, to, args.threads)
     };
     match served {
         Ok(url) => println!(
@@ -531,7 +574,7 @@ async fn main() -> ExitCode {
                 }
             };
             let urls = (format!("{}/mcp", replica.url()), running.url("/mcp"));
-            plain = plain_proxy("127.0.0.1:0", replica.addr).await.ok();
+            plain = plain_proxy("127.0.0.1:0", replica.addr, 0).ok();
             local = Some((replica, running));
             urls
         }

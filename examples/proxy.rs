@@ -39,8 +39,8 @@
 //! Flags are parsed by hand (no crate). Run with `--help` for all of them. Ctrl-C or SIGTERM
 //! (what orchestrators send) stops accepting, gives in-flight requests a moment, and exits 0.
 
-// The proxy owns the clock and the sockets.
-#![allow(clippy::disallowed_methods)]
+// The proxy owns the clock, the threads and the sockets.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 #[path = "common/proxy.rs"]
 mod proxy;
@@ -77,11 +77,15 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
   --health-interval SECS     TCP health check period (default 1; 0 = off)
   --rewrite-host             send the backend's host:port as Host (default: the client's Host)
   --shutdown-grace SECS      on Ctrl-C or SIGTERM, time given to in-flight requests (default 2)
+  --threads N                serve clients on N threads, each polling its own connections (default:
+                             one per CPU); 0 = one tokio work-stealing runtime for everything
 ";
 
 struct Args {
     listen: SocketAddr,
     admin: Option<SocketAddr>,
+    /// Threads of their own for client connections (0: on the main runtime).
+    threads: usize,
     config: Config,
 }
 
@@ -97,6 +101,7 @@ fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut listen = None;
     let mut admin = None;
+    let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut config = Config::default();
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
@@ -131,6 +136,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 config.health_interval = (!every.is_zero()).then_some(every);
             }
             "--shutdown-grace" => config.shutdown_grace = seconds(&flag, &value)?,
+            "--threads" => {
+                threads = value
+                    .parse()
+                    .map_err(|_| format!("{flag}: not a count: {value:?}"))?;
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -141,6 +151,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     Ok(Args {
         listen,
         admin,
+        threads,
         config,
     })
 }
@@ -182,8 +193,7 @@ async fn stop_signal() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = match parse(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(e) if e.is_empty() => {
@@ -195,6 +205,24 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // With threads of their own for the clients, the main runtime has little to do: the admin
+    // API, maintenance, signals.
+    let runtime = match args.threads {
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => {
+            eprintln!("proxy: cannot start a runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> ExitCode {
     let proxy = match Proxy::new(&args.config) {
         Ok(proxy) => proxy,
         Err(e) => {
@@ -202,7 +230,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+    let listener = match std::net::TcpListener::bind(args.listen) {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!("proxy: listen on {}: {e}", args.listen);
@@ -243,7 +271,24 @@ async fn main() -> ExitCode {
             args.config.redis_prefix
         );
     }
-    tasks.spawn(proxy.clone().serve(listener, stopped()));
+    let serving = match std::num::NonZeroUsize::new(args.threads) {
+        Some(threads) => proxy
+            .clone()
+            .serve_on_threads(listener, threads, stopped.clone())
+            .map(|serving| tasks.spawn(serving))
+            .map_err(|e| format!("cannot start {threads} threads: {e}")),
+        None => listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .map(|listener| tasks.spawn(proxy.clone().serve(listener, stopped())))
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = serving {
+        eprintln!("proxy: {e}");
+        let _ = stop.send(true);
+        while tasks.join_next().await.is_some() {}
+        return ExitCode::FAILURE;
+    }
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(proxy.clone(), stopped()));
 

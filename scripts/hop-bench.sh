@@ -52,7 +52,8 @@ sessions="${1:-32}" rounds="${2:-4}" seconds="${3:-10}" rate="${4:-8000}"
 cargo build --release --example load --example proxy
 bin=target/release/examples
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-replica=$(port) proxy=$(port) admin=$(port) pooled=$(port) admin2=$(port) plain=$(port) pinned=$(port) haproxy=$(port)
+replica=$(port) proxy=$(port) admin=$(port) pooled=$(port) admin2=$(port) shared=$(port) admin3=$(port)
+plain=$(port) pinned=$(port) haproxy=$(port)
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$tmp"; }
@@ -73,9 +74,12 @@ wait_port "$replica"
     --backend "http://127.0.0.1:$replica" & pids+=($!)
 "$bin/proxy" --listen "127.0.0.1:$pooled" --admin "127.0.0.1:$admin2" --dedicated-connections 0 \
     --backend "http://127.0.0.1:$replica" & pids+=($!)
+"$bin/proxy" --listen "127.0.0.1:$shared" --admin "127.0.0.1:$admin3" --threads 0 \
+    --backend "http://127.0.0.1:$replica" & pids+=($!)
 "$bin/load" --serve-plain "127.0.0.1:$plain" --to "127.0.0.1:$replica" & pids+=($!)
 "$bin/load" --serve-pinned "127.0.0.1:$pinned" --to "127.0.0.1:$replica" & pids+=($!)
-targets=(--target "pooled=http://127.0.0.1:$pooled/mcp" --target "plain=http://127.0.0.1:$plain/mcp"
+targets=(--target "pooled=http://127.0.0.1:$pooled/mcp" --target "shared=http://127.0.0.1:$shared/mcp"
+    --target "plain=http://127.0.0.1:$plain/mcp"
     --target "pinned=http://127.0.0.1:$pinned/mcp")
 
 if command -v haproxy >/dev/null; then
@@ -105,7 +109,7 @@ CFG
 else
     echo "haproxy not found: HAProxy is NOT measured (apt-get install -y haproxy)" >&2
 fi
-for p in "$proxy" "$pooled" "$plain" "$pinned" ${haproxy:+"$haproxy"}; do wait_port "$p" || true; done
+for p in "$proxy" "$pooled" "$shared" "$plain" "$pinned" ${haproxy:+"$haproxy"}; do wait_port "$p" || true; done
 
 echo "machine: $(nproc) cores; $(date -u +%F)"
 load=("$bin/load" --sessions "$sessions" --rounds "$rounds" --max-seconds "$seconds" --calls 100000

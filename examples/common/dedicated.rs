@@ -7,7 +7,8 @@
 //! request at a time, so once it has sent two requests in a row to the same backend, its
 //! client connection opens a backend connection of its own to that backend and drives it in
 //! the same task; the following requests to that backend go through it, the others through
-//! the pool.
+//! the pool. Its answers' bodies are looked ahead in ([`LookAhead`]), so that an answer's last
+//! chunk and the end of its body go to the client in one write.
 //!
 //! The rules, each for a reason:
 //! - **Never a request lost or doubled.** A request goes to the dedicated connection only when
@@ -35,15 +36,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
+use bytes::Buf;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use mcp_affinity::BackendId;
 use mcp_affinity::tower::ReplayBody;
 use tokio::net::TcpStream;
 
-type Body = ReplayBody<Incoming>;
+type RequestBody = ReplayBody<Incoming>;
 
 /// The answer of a request sent on a dedicated connection: the response, or the error with
 /// the request when it was not sent.
@@ -52,7 +54,7 @@ pub type Answer = Pin<
         dyn Future<
                 Output = Result<
                     Response<Incoming>,
-                    hyper::client::conn::TrySendError<Request<Body>>,
+                    hyper::client::conn::TrySendError<Request<RequestBody>>,
                 >,
             > + Send,
     >,
@@ -109,7 +111,7 @@ struct State {
 struct Conn {
     backend: BackendId,
     /// `None` while connecting.
-    sender: Option<http1::SendRequest<Body>>,
+    sender: Option<http1::SendRequest<RequestBody>>,
     driver: Driver,
     /// Ready and given nothing since [`Dedicated::poll_drive`] saw it so, with `expiry` armed
     /// from then (`false`: connecting, busy, or ready a moment ago and not yet seen so).
@@ -122,8 +124,8 @@ struct Conn {
 }
 
 /// A backend connection: what sends on it, and what drives it.
-type Handshake = (http1::SendRequest<Body>, Connection);
-type Connection = http1::Connection<TokioIo<TcpStream>, Body>;
+type Handshake = (http1::SendRequest<RequestBody>, Connection);
+type Connection = http1::Connection<TokioIo<TcpStream>, RequestBody>;
 
 enum Driver {
     Connecting(Pin<Box<dyn Future<Output = Result<Handshake, String>> + Send>>),
@@ -157,8 +159,8 @@ impl Dedicated {
         &self,
         backend: BackendId,
         address: impl FnOnce() -> Option<String>,
-        request: Request<Body>,
-    ) -> Result<Answer, Request<Body>> {
+        request: Request<RequestBody>,
+    ) -> Result<Answer, Request<RequestBody>> {
         let mut state = self.state.lock().expect("never poisoned");
         let second = state.last.replace(backend) == Some(backend);
         let given_up = state.given_up;
@@ -298,4 +300,96 @@ async fn connect(address: String) -> Result<Handshake, String> {
     http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("{address}: {e}"))
+}
+
+pin_project_lite::pin_project! {
+    /// The body of an answer on a dedicated connection, which tells its end with its last data
+    /// frame when the connection has read that end already.
+    ///
+    /// A backend usually writes an answer's last chunk and the end of its body together, but
+    /// the client connection hears of the end only once the dedicated connection, polled in
+    /// the same task, has decoded it; and hyper decodes one frame ahead at most. Without a
+    /// look ahead, the client connection writes the last chunk, finds the body not yet ended,
+    /// and writes the end of the body in a second write: a second system call here, and a
+    /// second read and wake-up at the client (issue #13). So after each data frame, this lets
+    /// the connection read on and looks at what comes next, without waiting for it.
+    pub struct LookAhead<B: Body> {
+        #[pin]
+        inner: B,
+        // A frame that came while looking ahead: returned next.
+        next: Option<Result<Frame<B::Data>, B::Error>>,
+        // The inner body ended while looking ahead.
+        ended: bool,
+        // The connection the body comes on (`None`: no looking ahead).
+        connection: Option<std::sync::Arc<Dedicated>>,
+    }
+}
+
+impl<B: Body> LookAhead<B> {
+    /// `inner`, coming on `connection` (`None`: passed on as it is).
+    pub fn new(inner: B, connection: Option<std::sync::Arc<Dedicated>>) -> Self {
+        LookAhead {
+            inner,
+            next: None,
+            ended: false,
+            connection,
+        }
+    }
+}
+
+impl<B: Body> Body for LookAhead<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let frame = match this.next.take() {
+            Some(frame) => frame,
+            None if *this.ended => return Poll::Ready(None),
+            None => match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(frame) => frame,
+                None => {
+                    *this.ended = true;
+                    return Poll::Ready(None);
+                }
+            },
+        };
+        let data = frame.as_ref().is_ok_and(Frame::is_data);
+        if let Some(connection) = this.connection.as_ref().filter(|_| data) {
+            if !*this.ended && !this.inner.is_end_stream() {
+                // Never ready: it registers this task to be woken, as the body does.
+                let _ = connection.poll_drive(cx);
+                match this.inner.as_mut().poll_frame(cx) {
+                    Poll::Ready(None) => *this.ended = true,
+                    Poll::Ready(Some(next)) => *this.next = Some(next),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        Poll::Ready(Some(frame))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next.is_none() && (self.ended || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let held = match &self.next {
+            Some(Ok(frame)) => frame.data_ref().map_or(0, |data| data.remaining() as u64),
+            _ => 0,
+        };
+        if self.ended {
+            return SizeHint::with_exact(held);
+        }
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(held));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(held));
+        }
+        hint
+    }
 }

@@ -14,6 +14,10 @@
 //! restarted, while a `POST`'s answer runs to its end; there is no timeout on a response
 //! stream; a client that goes away drops the backend's body at once.
 //!
+//! The binary serves its clients on threads of their own, each polling its own connections
+//! ([`Proxy::serve_on_threads`]); in-process users (the demo, the load generator, most tests)
+//! serve them on the runtime they run on ([`Proxy::serve`]).
+//!
 //! Out of band: an admin listener (metrics, add/drain/undrain/remove/restart backends), a
 //! maintenance task (`Router::maintain` every second, TCP health checks), graceful shutdown.
 //!
@@ -26,8 +30,9 @@
 //!   does not know is looked up there (503 + `Retry-After` while Redis does not answer); what
 //!   it learns is written there by a background task.
 
-// The proxy owns the clock: it hands `Instant::now()` to the sans-IO router.
-#![allow(clippy::disallowed_methods)]
+// The proxy owns the clock (it hands `Instant::now()` to the sans-IO router), its threads and
+// its sockets.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 // Each includer uses part of this module.
 #![allow(dead_code)]
 
@@ -67,7 +72,7 @@ use tower_service::Service;
 
 #[path = "dedicated.rs"]
 pub mod dedicated;
-use dedicated::{Dedicated, Limits};
+use dedicated::{Dedicated, Limits, LookAhead};
 
 /// The body of every response the proxy sends: the gateway's (the backend's, observed by the
 /// router, or the router's rejection), or one the proxy writes itself. Two variants, not a
@@ -189,10 +194,15 @@ type Gateway = Affinity<Forwarder, MemoryTable, fn() -> Instant, Classifier>;
 /// Which forwarding errors mean "not delivered".
 type Classifier = fn(&ForwardError) -> Option<Undelivered>;
 
-/// The backends' addresses by slot, and a pooled client to send to them.
+/// A pooled client to send to the backends (behind an `Arc`: a `Client` is large, and its
+/// handle travels with each request that may need it).
+type Pool = Arc<Client<HttpConnector, ReplayBody<Incoming>>>;
+
+/// The backends' addresses by slot, and how to reach them.
 struct Backends {
     by_slot: RwLock<Vec<Option<Backend>>>,
-    client: Client<HttpConnector, ReplayBody<Incoming>>,
+    /// How long the pools keep an idle backend connection.
+    pool_idle_timeout: Duration,
     /// The bounds of the dedicated backend connections.
     dedicated: Arc<Limits>,
     rewrite_host: bool,
@@ -225,18 +235,10 @@ impl Proxy {
                     .map_err(|e| format!("--redis {url:?}: {e}"))?,
             );
         }
-        let router = builder.build();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .build(connector);
-        let router = Arc::new(router);
+        let router = Arc::new(builder.build());
         let backends = Arc::new(Backends {
             by_slot: RwLock::new(Vec::new()),
-            client,
+            pool_idle_timeout: config.pool_idle_timeout,
             dedicated: Arc::new(Limits::new(
                 config.dedicated_connections,
                 config.pool_idle_timeout,
@@ -464,6 +466,7 @@ impl Proxy {
     pub fn connection(
         self: &Arc<Self>,
         peer: SocketAddr,
+        pool: &Pool,
     ) -> (Connection, impl Future<Output = ()> + Send + use<>) {
         let limits = &self.backends.dedicated;
         let dedicated = limits
@@ -471,6 +474,7 @@ impl Proxy {
             .then(|| Arc::new(Dedicated::new(limits.clone())));
         let forwarder = Forwarder {
             backends: self.backends.clone(),
+            pool: pool.clone(),
             dedicated: dedicated.clone(),
         };
         let connection = Connection {
@@ -516,15 +520,98 @@ impl Proxy {
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then stops accepting and
-    /// gives in-flight requests the grace period.
+    /// gives in-flight requests the grace period. Its connections share a pool of backend
+    /// connections of their own.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        self.serve_from(Acceptor::alone(listener), shutdown).await;
+    }
+
+    /// [`serve`](Proxy::serve), with the connections `acceptor` accepts.
+    async fn serve_from(self: Arc<Self>, acceptor: Acceptor, shutdown: impl Future<Output = ()>) {
         let grace = self.shutdown_grace;
+        let pool = self.backends.pool();
         let proxy = self;
-        serve_with(listener, shutdown, grace, move |peer| {
-            let (connection, drive) = proxy.connection(peer);
+        serve_with(acceptor, shutdown, grace, move |peer| {
+            let (connection, drive) = proxy.connection(peer, &pool);
             (move |req| connection.handle(req), drive)
         })
         .await;
+    }
+
+    /// Serves `listener` as [`serve`](Proxy::serve) does, on `threads` threads of their own,
+    /// each with a single-threaded runtime that accepts from the same listening socket and
+    /// keeps each connection it accepts, with its dedicated backend connection, for good;
+    /// each has its own pool of backend connections.
+    /// `shutdown` makes each stop accepting and drain; the future returned completes once
+    /// every thread has stopped.
+    ///
+    /// Why (issue #13): on tokio's shared work-stealing runtime, a worker that finds work
+    /// wakes a sleeping one to share it, and a connection's wake-ups often come from the I/O
+    /// driver on another worker: about 0.7 `futex` calls a request at 8,000 calls/s, none on
+    /// these threads. Each thread polls its own sockets, as HAProxy's and nginx's do. Every
+    /// thread is woken by a new connection and the first to accept it keeps it, so a busy
+    /// thread takes fewer (on 2 cores under `scripts/hop-bench.sh`, the two threads' CPU
+    /// times came within 15% of each other).
+    ///
+    /// Fails before any thread starts if the socket cannot be shared or a runtime not built;
+    /// if a thread cannot be started, those started run until `shutdown`.
+    pub fn serve_on_threads<S>(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        threads: std::num::NonZeroUsize,
+        shutdown: impl Fn() -> S,
+    ) -> std::io::Result<impl Future<Output = ()> + Send>
+    where
+        S: Future<Output = ()> + Send + 'static,
+    {
+        listener.set_nonblocking(true)?;
+        let mut started = Vec::with_capacity(threads.get());
+        let mut shares = Share::for_threads(threads.get()).into_iter();
+        for share in shares.by_ref() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            started.push((runtime, listener.try_clone()?, share));
+        }
+        let mut stopped = Vec::with_capacity(threads.get());
+        // What the threads share and one of them opened (a connection to the shared store) is
+        // driven by that thread's runtime: so a thread that has stopped serving keeps its
+        // runtime running until every thread has (each holds a sender until then; the
+        // receiver hears when none is left).
+        let (serving, _) = tokio::sync::watch::channel(());
+        for (i, (runtime, listener, share)) in started.into_iter().enumerate() {
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            let (proxy, shutdown) = (self.clone(), shutdown());
+            let (serving, mut all_stopped) = (serving.clone(), serving.subscribe());
+            let serve = move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let acceptor = Acceptor {
+                                listener,
+                                share: Some(share),
+                            };
+                            proxy.serve_from(acceptor, shutdown).await;
+                        }
+                        Err(e) => eprintln!("proxy: thread {i}: {e}"),
+                    }
+                    drop(serving);
+                    // Nothing is sent: this returns once every sender is dropped.
+                    let _ = all_stopped.changed().await;
+                });
+                drop(done);
+            };
+            std::thread::Builder::new()
+                .name(format!("proxy-{i}"))
+                .spawn(serve)?;
+            stopped.push(finished);
+        }
+        Ok(async move {
+            for finished in stopped {
+                // Dropped when the thread stops, whether it ended or panicked.
+                let _ = finished.await;
+            }
+        })
     }
 
     /// Serves the admin API on `listener` until `shutdown` completes.
@@ -534,14 +621,19 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) {
         let proxy = self;
-        serve_with(listener, shutdown, Duration::ZERO, move |_| {
-            let proxy = proxy.clone();
-            let handler = move |req| {
+        serve_with(
+            Acceptor::alone(listener),
+            shutdown,
+            Duration::ZERO,
+            move |_| {
                 let proxy = proxy.clone();
-                async move { proxy.admin(req) }
-            };
-            (handler, std::future::pending())
-        })
+                let handler = move |req| {
+                    let proxy = proxy.clone();
+                    async move { proxy.admin(req) }
+                };
+                (handler, std::future::pending())
+            },
+        )
         .await;
     }
 
@@ -792,15 +884,17 @@ impl std::fmt::Display for ForwardError {
     }
 }
 
-/// The body the forwarder answers with: the backend's, ended when the backend is removed if
-/// it is an event stream.
-type ForwardBody = UntilGone<Incoming>;
+/// The body the forwarder answers with: the backend's (looked ahead in, on a dedicated
+/// connection), ended when the backend is removed if it is an event stream.
+type ForwardBody = UntilGone<LookAhead<Incoming>>;
 
 /// Sends each request to the backend its [`Upstream`] names: on the client connection's
 /// dedicated backend connection if it leads there and is ready, through the pool otherwise.
 #[derive(Clone)]
 struct Forwarder {
     backends: Arc<Backends>,
+    /// The pool of the thread (or runtime) the client connection is served on.
+    pool: Pool,
     /// The client connection's dedicated backend connection (`None`: off).
     dedicated: Option<Arc<Dedicated>>,
 }
@@ -818,7 +912,10 @@ impl Service<Request<ReplayBody<Incoming>>> for Forwarder {
     fn call(&mut self, request: Request<ReplayBody<Incoming>>) -> Self::Future {
         // The request is made and handed to a connection here; the future only waits for the
         // answer, so it stays small (it is boxed and moved per request).
-        match self.backends.send(request, self.dedicated.as_deref()) {
+        match self
+            .backends
+            .send(request, &self.pool, self.dedicated.as_ref())
+        {
             Ok(sent) => Box::pin(sent.answer()),
             Err(error) => Box::pin(std::future::ready(Err(error))),
         }
@@ -849,8 +946,9 @@ enum Sending {
     /// back unsent (it closed a moment ago), it goes through the pool, to `absolute`.
     Dedicated {
         answer: dedicated::Answer,
+        connection: Arc<Dedicated>,
         absolute: Uri,
-        backends: Arc<Backends>,
+        pool: Pool,
     },
 }
 
@@ -858,19 +956,22 @@ impl Sent {
     /// The backend's answer, or why there is none.
     async fn answer(self) -> Result<Response<ForwardBody>, ForwardError> {
         let backend = self.backend;
-        let response = match self.sending {
-            Sending::Pooled(response) => response.await.map_err(|e| pool_error(&e, backend))?,
+        let (response, connection) = match self.sending {
+            Sending::Pooled(response) => {
+                (response.await.map_err(|e| pool_error(&e, backend))?, None)
+            }
             Sending::Dedicated {
                 answer,
+                connection,
                 absolute,
-                backends,
+                pool,
             } => match answer.await {
-                Ok(response) => response,
+                Ok(response) => (response, Some(connection)),
                 Err(mut unsent) => match unsent.take_message() {
                     Some(mut request) => {
                         *request.uri_mut() = absolute;
-                        let pooled = backends.client.request(request);
-                        pooled.await.map_err(|e| pool_error(&e, backend))?
+                        let pooled = pool.request(request);
+                        (pooled.await.map_err(|e| pool_error(&e, backend))?, None)
                     }
                     // Written, at least in part, as when a pooled connection fails.
                     None => {
@@ -892,6 +993,7 @@ impl Sent {
         } else {
             None
         };
+        let body = LookAhead::new(body, connection);
         Ok(Response::from_parts(head, UntilGone::new(body, gone)))
     }
 }
@@ -920,12 +1022,26 @@ fn written_and_failed(
 }
 
 impl Backends {
+    /// A new pool of backend connections (each thread that serves clients has its own: a
+    /// pooled connection is driven on the runtime that opened it).
+    fn pool(&self) -> Pool {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .build(connector);
+        Arc::new(client)
+    }
+
     /// Makes the request for the backend the layer named and hands it to the `dedicated`
-    /// connection or the pooled client (`Err`: that backend is gone).
+    /// connection or the `pool` (`Err`: that backend is gone).
     fn send(
-        self: &Arc<Self>,
+        &self,
         request: Request<ReplayBody<Incoming>>,
-        dedicated: Option<&Dedicated>,
+        pool: &Pool,
+        dedicated: Option<&Arc<Dedicated>>,
     ) -> Result<Sent, ForwardError> {
         let (mut parts, body) = request.into_parts();
         let upstream = parts
@@ -957,18 +1073,19 @@ impl Backends {
                 match dedicated.try_send(backend, || self.address_of(backend), request) {
                     Ok(answer) => Sending::Dedicated {
                         answer,
+                        connection: dedicated.clone(),
                         absolute: uri,
-                        backends: self.clone(),
+                        pool: pool.clone(),
                     },
                     Err(mut request) => {
                         *request.uri_mut() = uri;
-                        Sending::Pooled(self.client.request(request))
+                        Sending::Pooled(pool.request(request))
                     }
                 }
             }
             None => {
                 parts.uri = uri;
-                Sending::Pooled(self.client.request(Request::from_parts(parts, body)))
+                Sending::Pooled(pool.request(Request::from_parts(parts, body)))
             }
         };
         Ok(Sent {
@@ -1240,6 +1357,105 @@ impl<B: Body<Data = Bytes>> Body for UntilGone<B> {
     }
 }
 
+/// Where a serving loop gets its connections: a listener, and on a thread of
+/// [`Proxy::serve_on_threads`], what the other threads hand it.
+struct Acceptor {
+    listener: TcpListener,
+    share: Option<Share>,
+}
+
+/// A connection on its way from one serving thread to another.
+type Handed = (std::net::TcpStream, SocketAddr);
+
+/// One thread's part in sharing the connections evenly: a thread that accepts a connection
+/// while it has more open than another hands it to the one with fewest (every thread is woken
+/// by a new connection, and the first to accept it gets it: in a burst, often the same one).
+/// HAProxy shares its connections between threads the same way.
+struct Share {
+    me: usize,
+    /// How many connections each thread has open (counted for the thread it is handed to,
+    /// from the moment it is handed).
+    open: Arc<[std::sync::atomic::AtomicUsize]>,
+    /// Where each thread takes the connections handed to it.
+    to: Arc<[tokio::sync::mpsc::UnboundedSender<Handed>]>,
+    handed: tokio::sync::mpsc::UnboundedReceiver<Handed>,
+}
+
+impl Share {
+    /// The parts of `threads` threads.
+    fn for_threads(threads: usize) -> Vec<Share> {
+        let (to, handed): (Vec<_>, Vec<_>) = (0..threads)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let open: Arc<[_]> = (0..threads).map(|_| Default::default()).collect();
+        let to: Arc<[_]> = to.into();
+        handed
+            .into_iter()
+            .enumerate()
+            .map(|(me, handed)| Share {
+                me,
+                open: open.clone(),
+                to: to.clone(),
+                handed,
+            })
+            .collect()
+    }
+
+    /// The thread with the fewest open connections, if it has fewer than this one.
+    fn fewer(&self) -> Option<usize> {
+        let load = |i: usize| self.open[i].load(std::sync::atomic::Ordering::Relaxed);
+        let least = (0..self.open.len()).min_by_key(|&i| load(i))?;
+        (load(least) < load(self.me)).then_some(least)
+    }
+}
+
+impl Acceptor {
+    fn alone(listener: TcpListener) -> Acceptor {
+        Acceptor {
+            listener,
+            share: None,
+        }
+    }
+
+    /// The next connection this thread serves: one it accepts and keeps, or one handed to it.
+    async fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(share) = &mut self.share else {
+            return self.listener.accept().await;
+        };
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => accepted?,
+                Some((stream, peer)) = share.handed.recv() => {
+                    // Counted by the thread that handed it.
+                    return Ok((TcpStream::from_std(stream)?, peer));
+                }
+            };
+            let Some(other) = share.fewer() else {
+                share.open[share.me].fetch_add(1, Relaxed);
+                return Ok((stream, peer));
+            };
+            // Out of this runtime's reactor, into the other's.
+            let stream = stream.into_std()?;
+            share.open[other].fetch_add(1, Relaxed);
+            if let Err(unsent) = share.to[other].send((stream, peer)) {
+                // That thread has stopped serving (shutting down): this one serves it.
+                share.open[other].fetch_sub(1, Relaxed);
+                share.open[share.me].fetch_add(1, Relaxed);
+                let (stream, peer) = unsent.0;
+                return Ok((TcpStream::from_std(stream)?, peer));
+            }
+        }
+    }
+
+    /// A connection this thread served has closed.
+    fn closed(&self) {
+        if let Some(share) = &self.share {
+            share.open[share.me].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// Accepts connections until `shutdown`, serving each with the handler `per_connection`
 /// makes for its peer (and polling, in the connection's task, the future it makes with it:
 /// the connection's dedicated backend connection); then tells every connection to finish its
@@ -1247,7 +1463,7 @@ impl<B: Body<Data = Bytes>> Body for UntilGone<B> {
 /// still open after the grace period, or when the future is dropped (its task aborted), are
 /// dropped with it.
 async fn serve_with<M, H, F, D>(
-    listener: TcpListener,
+    mut acceptor: Acceptor,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     per_connection: M,
@@ -1272,9 +1488,10 @@ async fn serve_with<M, H, F, D>(
                     Err(error) => error.id(),
                 };
                 stops.remove(&id);
+                acceptor.closed();
                 continue;
             }
-            accepted = listener.accept() => match accepted {
+            accepted = acceptor.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -1314,7 +1531,7 @@ async fn serve_with<M, H, F, D>(
         });
         stops.insert(task.id(), stop);
     }
-    drop(listener);
+    drop(acceptor);
     drop(stops);
     let _ = tokio::time::timeout(grace, async {
         while connections.join_next().await.is_some() {}
