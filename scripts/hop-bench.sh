@@ -2,7 +2,8 @@
 # The hop benchmark (issue #13): one rmcp replica, and in front of it, each as its own process,
 # the router's proxy (examples/proxy.rs), the same hyper hop without a router ("plain"), the
 # plain hop with a backend connection per client connection in its own task ("pinned": the
-# ceiling for a hop on hyper, not a usable proxy), and HAProxy with a stick table on
+# ceiling for a hop on hyper, not a usable proxy), and HAProxy (two threads, its default
+# here) with a stick table on
 # Mcp-Session-Id. `examples/load` drives the same load through
 # each, rounds alternated, and prints calls/s, p50 and p99 per hop and the ratios.
 #
@@ -15,11 +16,31 @@
 # Needs haproxy (Debian: apt-get install -y haproxy); without it, HAProxy is skipped, loudly.
 # Every server listens on 127.0.0.1 and is stopped when the script exits.
 #
-# "proxied" is the router's proxy as it runs by default, with a backend connection dedicated
-# to each keep-alive client connection (examples/common/dedicated.rs); "pooled" is the same
-# proxy with --dedicated-connections 0, every request through hyper-util's pool.
+# "proxied" is the router's proxy as it runs by default: on threads of its own (one per CPU,
+# each polling its own connections, `--threads`), with a backend connection dedicated to each
+# keep-alive client connection (examples/common/dedicated.rs); "pooled" is the same proxy with
+# --dedicated-connections 0, every request through its thread's pool; "shared" is the same
+# proxy on one tokio work-stealing runtime (--threads 0). The plain and pinned hops run on
+# threads of their own too (`load --threads`, the same default).
 #
-# Measured 2026-11-30 (second session) with dedicated connections, 32 sessions, rounds of 8 s,
+# Measured 2026-11-30 (third session; threads, and answers looked ahead in), 32 sessions,
+# runs of 4 rounds of 8 s; medians of the paired ratios, one number per run:
+#   saturation, calls/s  proxied / HAProxy: 1.23x, 1.07x, 1.09x  (p50 1.03x, 1.07x, 1.01x;
+#                                                                 p99 0.57x, 0.55x, 0.71x)
+#                        proxied / pinned:  1.06x, 1.02x, 1.06x  proxied / plain:  1.21x, 1.09x, 1.18x
+#                        proxied / shared:  1.00x, 1.03x, 1.05x  proxied / pooled: 1.12x, 1.13x, 1.13x
+#   8000 calls/s, p50    proxied / HAProxy: 1.09x, 1.23x  (p99 0.94x, 2.60x: in the second
+#                        run's first two rounds every hop's p99 spiked, the direct one's too)
+#                        proxied / pinned:  0.98x, 1.06x  proxied / shared: 0.95x, 1.03x
+#   CPU per call at 8000/s (/proc ticks, A/B runs of 5 and 6 rounds of 5 s): on threads with
+#   one pool and no hand-over 44.3 us against 53.7 shared (HAProxy 43.0); as it is now (a pool
+#   per thread, connections shared evenly) 50.4 us against 54.6 shared (HAProxy 45.0): on
+#   these two shared cores even threads cost about 10% more than uneven ones. Write calls per call
+#   2.4 (HAProxy's sends 2.4 to 2.5; 4.0 before the look ahead); futex calls 0 (0.7 shared).
+#   Round to round the saturation ratios spread widely (0.84x to 1.30x against HAProxy in one
+#   run): the load generator, the replica and the hop share the two cores.
+#
+# Earlier, 2026-11-30 (second session) with dedicated connections, 32 sessions, rounds of 8 s,
 # three runs (3, 4 and 4 rounds); medians of the paired ratios:
 #   saturation, calls/s  proxied / pooled: 0.99x, 1.12x, 1.03x  proxied / HAProxy: 0.91x, 0.93x, 0.92x
 #                        proxied / plain:  0.98x, 0.97x, 1.02x  proxied / pinned:  0.91x, 0.95x, 0.95x
