@@ -1401,6 +1401,18 @@ impl Share {
             .collect()
     }
 
+    /// A connection counted for this thread, into its runtime (uncounted if that fails).
+    fn take(
+        &self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+    ) -> std::io::Result<(TcpStream, SocketAddr)> {
+        let stream = TcpStream::from_std(stream).inspect_err(|_| {
+            self.open[self.me].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        })?;
+        Ok((stream, peer))
+    }
+
     /// The thread with the fewest open connections, if it has fewer than this one.
     fn fewer(&self) -> Option<usize> {
         let load = |i: usize| self.open[i].load(std::sync::atomic::Ordering::Relaxed);
@@ -1427,8 +1439,8 @@ impl Acceptor {
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => accepted?,
                 Some((stream, peer)) = share.handed.recv() => {
-                    // Counted by the thread that handed it.
-                    return Ok((TcpStream::from_std(stream)?, peer));
+                    // Counted for this thread by the one that handed it.
+                    return share.take(stream, peer);
                 }
             };
             let Some(other) = share.fewer() else {
@@ -1443,7 +1455,7 @@ impl Acceptor {
                 share.open[other].fetch_sub(1, Relaxed);
                 share.open[share.me].fetch_add(1, Relaxed);
                 let (stream, peer) = unsent.0;
-                return Ok((TcpStream::from_std(stream)?, peer));
+                return share.take(stream, peer);
             }
         }
     }
