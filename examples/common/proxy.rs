@@ -593,7 +593,12 @@ impl Proxy {
                             };
                             proxy.serve_from(acceptor, shutdown).await;
                         }
-                        Err(e) => eprintln!("proxy: thread {i}: {e}"),
+                        Err(e) => {
+                            // Handing it a connection now fails: the thread that accepted
+                            // the connection serves it.
+                            drop(share);
+                            eprintln!("proxy: thread {i}: {e}");
+                        }
                     }
                     drop(serving);
                     // Nothing is sent: this returns once every sender is dropped.
@@ -1447,7 +1452,8 @@ impl Acceptor {
                 share.open[share.me].fetch_add(1, Relaxed);
                 return Ok((stream, peer));
             };
-            // Out of this runtime's reactor, into the other's.
+            // Out of this runtime's reactor, into the other's. (One still queued when the other
+            // thread stops is closed unanswered, as one accepted as a thread stops is.)
             let stream = stream.into_std()?;
             share.open[other].fetch_add(1, Relaxed);
             if let Err(unsent) = share.to[other].send((stream, peer)) {
