@@ -1046,3 +1046,48 @@ async fn connections_are_shared_evenly_between_the_threads() {
     running.shutdown().await;
     assert_eq!(answered, 2, "answered while thread 0 was held");
 }
+
+/// A client whose request body fails on the way (it promises 100,000 bytes, more than the
+/// layer keeps to place a request again, so the body streams to the backend; it sends 10 and
+/// shuts its side) gets 400 "request body failed", on a dedicated connection as through the
+/// pool: the failure is the client's, not the backend's (a 502 would blame the backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_cut_by_its_client_gets_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, server) = shaping_backend().await;
+    let config = Config {
+        backends: vec![format!("http://{addr}")],
+        health_interval: None,
+        ..Config::default()
+    };
+    let running = Running::start(&config).await.expect("the proxy starts");
+    for dedicated in [false, true] {
+        let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+        if dedicated {
+            for _ in 0..4 {
+                let request =
+                    "POST /length HTTP/1.1\r\nhost: proxy.test\r\ncontent-length: 2\r\n\r\n{}";
+                stream.write_all(request.as_bytes()).await.unwrap();
+                read_answer(&mut stream, Some(8)).await;
+            }
+            assert_eq!(running.proxy.dedicated_connections(), 1);
+        }
+        let head = "POST /length HTTP/1.1\r\nhost: proxy.test\r\ncontent-length: 100000\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(b"0123456789").await.unwrap();
+        // Let the head and the first bytes reach the backend before the body fails.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.shutdown().await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+            .await
+            .expect("an answer, then the end of the connection")
+            .unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "dedicated {dedicated}: {answer:?}"
+        );
+    }
+    server.abort();
+    running.shutdown().await;
+}

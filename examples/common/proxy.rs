@@ -981,7 +981,7 @@ impl Sent {
                     // Written, at least in part, as when a pooled connection fails.
                     None => {
                         let error = unsent.into_error();
-                        return Err(written_and_failed(&error, error.is_user(), backend));
+                        return Err(written_and_failed(&error, body_failed(&error), backend));
                     }
                 },
             },
@@ -1263,11 +1263,19 @@ fn client_failed(error: &hyper_util::client::legacy::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
         if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
-            return hyper.is_user();
+            return body_failed(hyper);
         }
         source = e.source();
     }
     false
+}
+
+/// Whether hyper failed a request because its body did: a user error with the body's error
+/// as its cause. The other user error a client connection reports, "dispatch task is gone"
+/// (the connection's task was dropped under the request), has no cause, and is the
+/// backend side's failure, not the client's.
+fn body_failed(error: &hyper::Error) -> bool {
+    error.is_user() && std::error::Error::source(error).is_some()
 }
 
 /// Nothing listens at the address: refused, or the host or network is unreachable.
