@@ -936,6 +936,23 @@ impl Steering {
     }
 }
 
+/// `config`'s proxy served on two threads of its own (`Proxy::serve_on_threads`), each of
+/// whose shutdown futures the returned [`Steering`] can hold or complete.
+async fn on_two_steered_threads(config: &Config) -> (Running, Arc<Steering>) {
+    let steering = Arc::new(Steering::default());
+    let steer = steering.clone();
+    let running = Running::start_serving(config, move |proxy, listener, _| {
+        let listener = listener.into_std().unwrap();
+        let two = std::num::NonZeroUsize::new(2).unwrap();
+        proxy
+            .serve_on_threads(listener, two, move || steer.shutdown())
+            .unwrap()
+    })
+    .await
+    .expect("the proxy starts");
+    (running, steering)
+}
+
 /// With `--threads`, each thread has a pool of backend connections of its own (a pooled
 /// connection is driven by the runtime that opened it, and a request of another thread on
 /// it would cross threads twice), and a request in flight when the proxy stops is answered.
@@ -951,17 +968,7 @@ impl Steering {
 async fn each_thread_has_its_own_pool_and_answers_what_is_in_flight_on_shutdown() {
     let backend = backend().await;
     let config = config_for(&[&backend]);
-    let steering = Arc::new(Steering::default());
-    let steer = steering.clone();
-    let running = Running::start_serving(&config, move |proxy, listener, _| {
-        let listener = listener.into_std().unwrap();
-        let two = std::num::NonZeroUsize::new(2).unwrap();
-        proxy
-            .serve_on_threads(listener, two, move || steer.shutdown())
-            .unwrap()
-    })
-    .await
-    .expect("the proxy starts");
+    let (running, steering) = on_two_steered_threads(&config).await;
     steering.hold(Some(0)).await;
     let mut first = KeepAlive::open(running.addr).await;
     let pooled = first.call("/fast").await;
@@ -1003,17 +1010,7 @@ async fn each_thread_has_its_own_pool_and_answers_what_is_in_flight_on_shutdown(
 async fn connections_are_shared_evenly_between_the_threads() {
     let backend = backend().await;
     let config = config_for(&[&backend]);
-    let steering = Arc::new(Steering::default());
-    let steer = steering.clone();
-    let running = Running::start_serving(&config, move |proxy, listener, _| {
-        let listener = listener.into_std().unwrap();
-        let two = std::num::NonZeroUsize::new(2).unwrap();
-        proxy
-            .serve_on_threads(listener, two, move || steer.shutdown())
-            .unwrap()
-    })
-    .await
-    .expect("the proxy starts");
+    let (running, steering) = on_two_steered_threads(&config).await;
     steering.hold(Some(1)).await;
     let mut clients = Vec::new();
     for _ in 0..4 {
