@@ -19,6 +19,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{CallToolRequestParams, ServerCapabilities, ServerConfig};
 use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::common::client_side_sse::FixedInterval;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -165,12 +166,55 @@ pub type Session = RunningService<RoleClient, ()>;
 /// Opens a session at `url` (initialize handshake). With `reinit`, the client re-initializes
 /// by itself when the session is answered 404 (rmcp's default).
 pub async fn connect(url: &str, reinit: bool) -> Result<Session, String> {
-    let config =
+    connect_with(url, reinit, None).await
+}
+
+/// [`connect`], with a client that tries `resumes` times (200 ms apart) to resume a stream cut
+/// before its answer, then fails the call (`None`: rmcp's default, which tries forever).
+///
+/// rmcp 3.9 resumes a cut answer's stream with `GET` and `Last-Event-ID` until it succeeds,
+/// even when each try is answered 404 (the session is gone): a call in flight when its
+/// replica died never returns. With a bound, it fails with [`CUT_ANSWER`] instead, and the
+/// session's next request is answered 404, upon which rmcp starts over.
+pub async fn connect_with(
+    url: &str,
+    reinit: bool,
+    resumes: Option<usize>,
+) -> Result<Session, String> {
+    let mut config =
         StreamableHttpClientTransportConfig::with_uri(url).reinit_on_expired_session(reinit);
-    ().serve(StreamableHttpClientTransport::from_config(config))
+    if let Some(resumes) = resumes {
+        let mut policy = FixedInterval::default();
+        policy.max_times = Some(resumes);
+        policy.duration = std::time::Duration::from_millis(200);
+        config.retry_config = Arc::new(policy);
+    }
+    let transport = StreamableHttpClientTransport::from_config(config);
+    within(async { ().serve(transport).await.map_err(|e| e.to_string()) })
         .await
         .map_err(|e| format!("initialize via {url}: {e}"))
 }
+
+/// The longest any step of an rmcp client here waits for its answer: far longer than any
+/// answer takes, so that a request never answered fails with an error instead of hanging its
+/// caller (and a test) for good.
+pub const ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `step`, or an error once [`ANSWER_LIMIT`] has passed without its answer.
+async fn within<T>(step: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::time::timeout(ANSWER_LIMIT, step)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer in {ANSWER_LIMIT:?}")))
+}
+
+/// Ends `session` (rmcp sends `DELETE`), within [`ANSWER_LIMIT`].
+pub async fn close(session: Session) -> Result<(), String> {
+    within(async { session.cancel().await.map(drop).map_err(|e| e.to_string()) }).await
+}
+
+/// What rmcp fails a call with when its answer's stream was cut and could not be resumed
+/// (see [`connect_with`]).
+pub const CUT_ANSWER: &str = "closed before its final response";
 
 /// One `whoami` reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,12 +225,10 @@ pub struct Reply {
     pub count: u64,
 }
 
-/// Calls `whoami`.
+/// Calls `whoami` (an error if not answered within [`ANSWER_LIMIT`]).
 pub async fn whoami(session: &Session) -> Result<Reply, String> {
-    let result = session
-        .call_tool(CallToolRequestParams::new("whoami"))
-        .await
-        .map_err(|e| e.to_string())?;
+    let call = session.call_tool(CallToolRequestParams::new("whoami"));
+    let result = within(async { call.await.map_err(|e| e.to_string()) }).await?;
     let text = result
         .content
         .first()
