@@ -166,6 +166,8 @@ pub struct Proxy {
     bad_gateways: std::sync::atomic::AtomicU64,
     /// Of those, the ones a backend failed, by backend.
     bad_gateways_by: std::sync::Mutex<std::collections::HashMap<BackendId, u64>>,
+    /// 5xx answers sent, whoever made them.
+    server_errors: std::sync::atomic::AtomicU64,
     /// The sealing key file and when it was last read.
     seal_keys: Option<(
         std::path::PathBuf,
@@ -280,6 +282,7 @@ impl Proxy {
             shutdown_grace: config.shutdown_grace,
             bad_gateways: Default::default(),
             bad_gateways_by: Default::default(),
+            server_errors: Default::default(),
             seal_keys,
             store,
         });
@@ -494,6 +497,13 @@ impl Proxy {
     /// How many requests were answered 502.
     pub fn bad_gateways(&self) -> u64 {
         self.bad_gateways.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many requests were answered with a 5xx status, whoever made the answer: the
+    /// router (503 rejections), the layer, this proxy (502, "busy"), or a backend.
+    pub fn server_errors(&self) -> u64 {
+        self.server_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many requests were answered 502 because backend `id` failed them after they may
@@ -832,21 +842,28 @@ impl Connection {
             let response = match call {
                 Ok(call) => call.await,
                 Err(Some(error)) => Err(error),
-                Err(None) => {
-                    let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
-                    busy.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    return busy;
-                }
+                Err(None) => Err(ForwardError::Busy),
             };
-            match response {
+            let response = match response {
                 Ok(response) => response.map(Either::Left),
                 // The client's own body failed (it went away mid-request): nobody to tell.
                 Err(ForwardError::ClientBody) => {
                     text(StatusCode::BAD_REQUEST, "request body failed\n".into())
                 }
+                Err(ForwardError::Busy) => {
+                    let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
+                    busy.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    busy
+                }
                 Err(error) => proxy.bad_gateway(&error),
+            };
+            if response.status().is_server_error() {
+                proxy
+                    .server_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            response
         }
     }
 }
@@ -864,6 +881,8 @@ pub enum ForwardError {
     Undelivered(Undelivered, String),
     /// The client's request body failed on the way.
     ClientBody,
+    /// The gateway was not ready for the request (never with this forwarder).
+    Busy,
     /// The backend failed after the request may have run.
     Failed(BackendId, String),
 }
@@ -884,6 +903,7 @@ impl std::fmt::Display for ForwardError {
                 write!(f, "not delivered ({why:?}): {detail}")
             }
             ForwardError::ClientBody => f.write_str("request body failed"),
+            ForwardError::Busy => f.write_str("busy"),
             ForwardError::Failed(_, detail) => f.write_str(detail),
         }
     }

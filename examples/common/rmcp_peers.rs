@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::model::{CallToolRequestParams, ServerCapabilities, ServerConfig};
+use rmcp::model::{CallToolRequestParams, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::common::client_side_sse::FixedInterval;
@@ -46,8 +46,12 @@ impl Whoami {
 
 #[tool_handler]
 impl ServerHandler for Whoami {
+    /// Names the replica in `serverInfo`, so that a client knows where its session lives
+    /// before its first call ([`replica_of`]).
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_server_info(
+            Implementation::new(&*self.replica, env!("CARGO_PKG_VERSION")),
+        )
     }
 }
 
@@ -169,13 +173,15 @@ pub async fn connect(url: &str, reinit: bool) -> Result<Session, String> {
     connect_with(url, reinit, None).await
 }
 
-/// [`connect`], with a client that tries `resumes` times (200 ms apart) to resume a stream cut
-/// before its answer, then fails the call (`None`: rmcp's default, which tries forever).
+/// [`connect`], with a client that tries `resumes` times to resume a stream cut before its
+/// answer, then fails the call (`None`: rmcp's default, which tries forever).
 ///
 /// rmcp 3.9 resumes a cut answer's stream with `GET` and `Last-Event-ID` until it succeeds,
 /// even when each try is answered 404 (the session is gone): a call in flight when its
-/// replica died never returns. With a bound, it fails with [`CUT_ANSWER`] instead, and the
-/// session's next request is answered 404, upon which rmcp starts over.
+/// replica died never returns. With a bound, the call fails with "Transport closed" (rmcp's
+/// text for any call whose stream closed before its answer). The tries are 200 ms apart, or
+/// as far apart as the server's `retry:` field says (rmcp servers say 3 s): three take about
+/// 6 s, well within [`ANSWER_LIMIT`].
 pub async fn connect_with(
     url: &str,
     reinit: bool,
@@ -212,9 +218,11 @@ pub async fn close(session: Session) -> Result<(), String> {
     within(async { session.cancel().await.map(drop).map_err(|e| e.to_string()) }).await
 }
 
-/// What rmcp fails a call with when its answer's stream was cut and could not be resumed
-/// (see [`connect_with`]).
-pub const CUT_ANSWER: &str = "closed before its final response";
+/// The replica a session's `initialize` was answered by, as it names itself in `serverInfo`.
+pub fn replica_of(session: &Session) -> Option<String> {
+    let info = session.peer_info()?;
+    Some(info.server_info.as_ref()?.name.clone())
+}
 
 /// One `whoami` reply.
 #[derive(Clone, Debug, PartialEq, Eq)]

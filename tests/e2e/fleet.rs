@@ -236,7 +236,7 @@ pub fn rmcp_soak(url: &str, lines: Lines) -> Soak {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                let _ = session.cancel().await;
+                let _ = rmcp_peers::close(session).await;
             }
         });
     }
@@ -261,7 +261,7 @@ pub fn rmcp_soak(url: &str, lines: Lines) -> Soak {
                             Ok(reply) => json!({"starter": no, "replica": reply.replica, "count": reply.count}),
                             Err(e) => json!({"starter": no, "error": e, "kind": "other", "phase": "call"}),
                         };
-                        let _ = session.cancel().await;
+                        let _ = rmcp_peers::close(session).await;
                         line
                     }
                     Err(e) => json!({"starter": no, "error": e, "kind": "other", "phase": "initialize"}),
@@ -316,7 +316,7 @@ pub async fn rmcp_clients(url: &str, n: usize, calls: usize) -> Vec<Track> {
             for _ in 0..calls {
                 track.record(&rmcp_peers::whoami(&session).await?);
             }
-            let _ = session.cancel().await;
+            let _ = rmcp_peers::close(session).await;
             Ok::<_, String>(track)
         });
     }
