@@ -730,3 +730,58 @@ async fn typescript_streamable_sessions_of_a_killed_replica_get_404_and_no_new_s
 async fn typescript_legacy_sse_sessions_of_a_killed_replica_end_and_no_new_session_fails() {
     crash_and_come_back(Sdk::Node { sse: true }).await;
 }
+
+/// The rules of [`analyze`] for failures whose words do not say what rmcp was told, on
+/// made-up lines (no process): excused only on a session of the victim begun before the kill
+/// and failed after it.
+#[test]
+fn a_wordless_rmcp_failure_is_excused_only_on_a_victim_session_cut_by_the_kill() {
+    let reply = |worker: u64, replica: &str| {
+        json!({"worker": worker, "session": 0, "call": 0, "replica": replica, "count": 1})
+            .to_string()
+    };
+    let closed = |worker: u64, on: &str, since: usize| {
+        json!({"worker": worker, "session": 0, "error": "Transport closed", "kind": "inferred",
+               "on": on, "since": since})
+        .to_string()
+    };
+    let handshake = |starter: u64, since: usize| {
+        json!({"starter": starter, "error": "initialize via …: Transport channel closed, when \
+               send initialized notification", "kind": "inferred", "phase": "handshake",
+               "since": since})
+        .to_string()
+    };
+    let killed = json!({"killed": true}).to_string();
+    // Line 2 is the kill.
+    let run = |after: Vec<String>| {
+        let mut lines = vec![reply(1, "x2"), reply(2, "x1"), killed.clone()];
+        lines.extend(after);
+        analyze(&lines, "x2")
+    };
+
+    let fine = run(vec![closed(1, "x2", 0), handshake(7, 1)]);
+    assert!(fine.faults.is_empty(), "{fine:?}");
+    assert_eq!((fine.victims, fine.told_gone, fine.inferred), (2, 2, 2));
+
+    // On a live replica, a fault whatever it says: known by its replies, or, before any
+    // reply, by the replica its `initialize` named.
+    let live = run(vec![closed(2, "x1", 1)]);
+    assert!(live.faults[0].starts_with("collateral"), "{live:?}");
+    let live_first_call = run(vec![closed(4, "x1", 1)]);
+    assert!(
+        live_first_call.faults[0].starts_with("collateral"),
+        "{live_first_call:?}"
+    );
+    // Failed before the kill: the kill cannot have caused it.
+    let early = analyze(&[closed(1, "x2", 0), killed.clone()], "x2");
+    assert_eq!((early.victims, early.told_gone), (1, 0), "{early:?}");
+    // A session begun after the kill must never fail, its handshake included.
+    let late = run(vec![handshake(8, 3)]);
+    assert_eq!(late.failed_new, 1, "{late:?}");
+    let late_worker = run(vec![closed(3, "x2", 3)]);
+    assert_eq!(
+        (late_worker.victims, late_worker.told_gone),
+        (1, 0),
+        "{late_worker:?}"
+    );
+}
