@@ -1027,7 +1027,14 @@ impl Sent {
 /// [`written_and_failed`].
 fn pool_error(error: &hyper_util::client::legacy::Error, backend: BackendId) -> ForwardError {
     match undelivered(error) {
-        Some(why) => ForwardError::Undelivered(why, format!("{error:?}")),
+        Some(why) => {
+            // A refusal is how a dead backend answers; anything else (a timeout, a reset) is
+            // worth a line, as a 502 is: a pinned request is answered 503 for it.
+            if why != Undelivered::Refused {
+                eprintln!("proxy: not delivered to {backend} ({why:?}): {error:?}");
+            }
+            ForwardError::Undelivered(why, format!("{error:?}"))
+        }
         None => written_and_failed(error, client_failed(error), backend),
     }
 }
