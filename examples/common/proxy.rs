@@ -1637,15 +1637,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the answer is an event stream (`Content-Type: text/event-stream`, in any case),
+/// told without allocating: every answer is asked.
 fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
+    const SSE: &[u8] = b"text/event-stream";
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes().trim_ascii_start();
+        v.get(..SSE.len())
+            .is_some_and(|v| v.eq_ignore_ascii_case(SSE))
+    })
 }
 
 fn full(bytes: impl Into<Bytes>) -> ProxyBody {
