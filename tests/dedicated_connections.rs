@@ -99,6 +99,16 @@ fn config_for(backends: &[&Backend]) -> Config {
     }
 }
 
+/// The proxy in front of the one backend at `addr`, with no health checks.
+async fn proxy_in_front_of(addr: SocketAddr) -> Running {
+    let config = Config {
+        backends: vec![format!("http://{addr}")],
+        health_interval: None,
+        ..Config::default()
+    };
+    Running::start(&config).await.expect("the proxy starts")
+}
+
 struct KeepAlive {
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
     connection: tokio::task::JoinHandle<()>,
@@ -639,12 +649,7 @@ fn writes_so_far() -> Option<u64> {
 async fn an_answers_last_chunk_reaches_the_client_with_the_end_of_its_body() {
     use tokio::io::AsyncWriteExt;
     let (addr, server) = shaping_backend().await;
-    let config = Config {
-        backends: vec![format!("http://{addr}")],
-        health_interval: None,
-        ..Config::default()
-    };
-    let running = Running::start(&config).await.expect("the proxy starts");
+    let running = proxy_in_front_of(addr).await;
     let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     let request = |path: &str| {
         format!("POST {path} HTTP/1.1\r\nhost: proxy.test\r\ncontent-length: 2\r\n\r\n{{}}")
@@ -689,12 +694,7 @@ async fn an_answers_last_chunk_reaches_the_client_with_the_end_of_its_body() {
 async fn an_answer_cut_short_on_a_dedicated_connection_never_looks_complete() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (addr, server) = shaping_backend().await;
-    let config = Config {
-        backends: vec![format!("http://{addr}")],
-        health_interval: None,
-        ..Config::default()
-    };
-    let running = Running::start(&config).await.expect("the proxy starts");
+    let running = proxy_in_front_of(addr).await;
     let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     let request = |path: &str| {
         format!("POST {path} HTTP/1.1\r\nhost: proxy.test\r\ncontent-length: 2\r\n\r\n{{}}")
@@ -799,12 +799,7 @@ async fn read_until(stream: &mut tokio::net::TcpStream, all: &mut String, from: 
 async fn an_event_stream_on_a_dedicated_connection_passes_each_event_as_it_comes() {
     use tokio::io::AsyncWriteExt;
     let (addr, writes, server) = stepping_backend().await;
-    let config = Config {
-        backends: vec![format!("http://{addr}")],
-        health_interval: None,
-        ..Config::default()
-    };
-    let running = Running::start(&config).await.expect("the proxy starts");
+    let running = proxy_in_front_of(addr).await;
     let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     let mut all = String::new();
     let request = |path: &str| {
@@ -1052,12 +1047,7 @@ async fn connections_are_shared_evenly_between_the_threads() {
 async fn a_request_body_cut_by_its_client_gets_400() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (addr, server) = shaping_backend().await;
-    let config = Config {
-        backends: vec![format!("http://{addr}")],
-        health_interval: None,
-        ..Config::default()
-    };
-    let running = Running::start(&config).await.expect("the proxy starts");
+    let running = proxy_in_front_of(addr).await;
     for dedicated in [false, true] {
         let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
         if dedicated {
