@@ -513,6 +513,18 @@ impl Proxy {
         by.get(&id).copied().unwrap_or(0)
     }
 
+    /// The answer to the client for what the gateway made of its request.
+    fn answer(&self, made: Result<Response<GatewayBody>, ForwardError>) -> Response<ProxyBody> {
+        match made {
+            Ok(response) => response.map(Either::Left),
+            // The client's own body failed (it went away mid-request): nobody to tell.
+            Err(ForwardError::ClientBody) => {
+                text(StatusCode::BAD_REQUEST, "request body failed\n".into())
+            }
+            Err(error) => self.bad_gateway(&error),
+        }
+    }
+
     fn bad_gateway(&self, error: &ForwardError) -> Response<ProxyBody> {
         self.bad_gateways
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -840,23 +852,14 @@ impl Connection {
         let proxy = self.proxy.clone();
         async move {
             let response = match call {
-                Ok(call) => call.await,
-                Err(Some(error)) => Err(error),
-                Err(None) => Err(ForwardError::Busy),
-            };
-            let response = match response {
-                Ok(response) => response.map(Either::Left),
-                // The client's own body failed (it went away mid-request): nobody to tell.
-                Err(ForwardError::ClientBody) => {
-                    text(StatusCode::BAD_REQUEST, "request body failed\n".into())
-                }
-                Err(ForwardError::Busy) => {
+                Ok(call) => proxy.answer(call.await),
+                Err(Some(error)) => proxy.answer(Err(error)),
+                Err(None) => {
                     let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
                     busy.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                     busy
                 }
-                Err(error) => proxy.bad_gateway(&error),
             };
             if response.status().is_server_error() {
                 proxy
@@ -881,8 +884,6 @@ pub enum ForwardError {
     Undelivered(Undelivered, String),
     /// The client's request body failed on the way.
     ClientBody,
-    /// The gateway was not ready for the request (never with this forwarder).
-    Busy,
     /// The backend failed after the request may have run.
     Failed(BackendId, String),
 }
@@ -903,7 +904,6 @@ impl std::fmt::Display for ForwardError {
                 write!(f, "not delivered ({why:?}): {detail}")
             }
             ForwardError::ClientBody => f.write_str("request body failed"),
-            ForwardError::Busy => f.write_str("busy"),
             ForwardError::Failed(_, detail) => f.write_str(detail),
         }
     }
