@@ -44,6 +44,9 @@ use mcp_affinity::TenantId;
 use mcp_affinity::router::{End, HeadOutcome, Routed, Router};
 use mcp_affinity::table::{Key, KeyKind, MemoryTableConfig, SessionTable};
 
+#[path = "common/threads.rs"]
+mod threads;
+
 fn ids(n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
@@ -155,6 +158,43 @@ fn bench(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("table-lookup/hot", n), |b| {
             b.iter(|| black_box(lookup(next_hot())))
         });
+
+        // The same hot set on every thread at once: the whole decision (route, then the end
+        // of an exchange that learned nothing) against the bare lookup. Each thread walks the
+        // 256 requests from its own offset; what they share is the table's shards and lines
+        // and whatever the decision writes.
+        if n == 1_000_000 {
+            for threads in threads::counts() {
+                group.throughput(Throughput::Elements(threads as u64));
+                group.bench_function(
+                    BenchmarkId::new(format!("hot-threads/route/{threads}t"), n),
+                    |b| {
+                        b.iter_custom(|iters| {
+                            threads::on_threads(threads, iters, |t, i| {
+                                let request = &hot[(i as usize + t * 61) % hot.len()];
+                                match router.route(request, now) {
+                                    Routed::Forward(exchange) => {
+                                        router.on_exchange_end(exchange, End::Completed, now)
+                                    }
+                                    other => panic!("not pinned: {other:?}"),
+                                }
+                            })
+                        })
+                    },
+                );
+                group.bench_function(
+                    BenchmarkId::new(format!("hot-threads/table-lookup/{threads}t"), n),
+                    |b| {
+                        b.iter_custom(|iters| {
+                            threads::on_threads(threads, iters, |t, i| {
+                                black_box(lookup(&hot[(i as usize + t * 61) % hot.len()]));
+                            })
+                        })
+                    },
+                );
+            }
+            group.throughput(Throughput::Elements(1));
+        }
 
         // Cold: each request freshly built for a random session of the whole table, as a
         // proxy's HTTP stack hands it over (built outside the timing).

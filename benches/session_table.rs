@@ -100,6 +100,9 @@ use std::sync::RwLock as StdRwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "common/threads.rs"]
+mod threads;
+
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use dashmap::DashMap;
 use mcp_affinity::table::{Key, KeyKind, MemoryTable, MemoryTableConfig, SessionTable};
@@ -445,77 +448,55 @@ fn bench_chain_floor(c: &mut Criterion) {
     group.finish();
 }
 
-/// Two threads doing `iters` operations each; returns the wall time (so the reported time is
-/// per operation per thread).
-fn two_threads(iters: u64, op: impl Fn(usize, u64) + Sync) -> Duration {
-    let barrier = std::sync::Barrier::new(2);
-    let start = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|t| {
-                let (op, barrier) = (&op, &barrier);
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        op(t, i);
-                    }
-                    start
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .min()
-            .unwrap()
-    });
-    start.elapsed()
-}
-
 fn bench_concurrent<T: Table>(c: &mut Criterion, who: &str, n: usize) {
     let built = OnceCell::new();
-    let mut group = c.benchmark_group("table/2-readers");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function(BenchmarkId::new(who, n), |b| {
-        let Fixture {
-            table,
-            present,
-            order,
-            ..
-        } = fixture::<T>(&built, n);
-        b.iter_custom(|iters| {
-            two_threads(iters, |t, i| {
-                let at = order[(i as usize * 2 + t) % n];
-                black_box(table.lookup(&present[at]));
+    let counts: Vec<usize> = threads::counts().into_iter().filter(|&t| t > 1).collect();
+    let mut group = c.benchmark_group("table/readers");
+    for &threads in &counts {
+        group.throughput(Throughput::Elements(threads as u64));
+        group.bench_function(BenchmarkId::new(format!("{who}/{threads}t"), n), |b| {
+            let Fixture {
+                table,
+                present,
+                order,
+                ..
+            } = fixture::<T>(&built, n);
+            b.iter_custom(|iters| {
+                threads::on_threads(threads, iters, |t, i| {
+                    let at = order[(i as usize * threads + t) % n];
+                    black_box(table.lookup(&present[at]));
+                })
             })
-        })
-    });
+        });
+    }
     group.finish();
 
     // Writers insert fresh keys and remove them again later, so the size stays near `n`.
     let fresh = ids(1 << 16, 3);
     let mut group = c.benchmark_group("table/mix-95-5");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function(BenchmarkId::new(who, n), |b| {
-        let Fixture {
-            table,
-            present,
-            order,
-            ..
-        } = fixture::<T>(&built, n);
-        b.iter_custom(|iters| {
-            two_threads(iters, |t, i| {
-                let i = i as usize;
-                if i % 20 == 19 {
-                    let j = (i / 20 * 2 + t) % fresh.len();
-                    table.insert(&fresh[j], owner(j));
-                    table.remove(&fresh[(j + fresh.len() - 64) % fresh.len()]);
-                } else {
-                    black_box(table.lookup(&present[order[(i * 2 + t) % n]]));
-                }
+    for &threads in &counts {
+        group.throughput(Throughput::Elements(threads as u64));
+        group.bench_function(BenchmarkId::new(format!("{who}/{threads}t"), n), |b| {
+            let Fixture {
+                table,
+                present,
+                order,
+                ..
+            } = fixture::<T>(&built, n);
+            b.iter_custom(|iters| {
+                threads::on_threads(threads, iters, |t, i| {
+                    let i = i as usize;
+                    if i % 20 == 19 {
+                        let j = (i / 20 * threads + t) % fresh.len();
+                        table.insert(&fresh[j], owner(j));
+                        table.remove(&fresh[(j + fresh.len() - 64 * threads) % fresh.len()]);
+                    } else {
+                        black_box(table.lookup(&present[order[(i * threads + t) % n]]));
+                    }
+                })
             })
-        })
-    });
+        });
+    }
     group.finish();
 }
 
