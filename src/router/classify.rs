@@ -4,7 +4,6 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use http::Method;
-use http::header::HeaderName;
 use http::request::Parts;
 
 use super::path;
@@ -126,10 +125,11 @@ pub(crate) struct Paths {
 /// Python, Go.
 const SSE_PARAMS: [&str; 3] = ["sessionId", "session_id", "sessionid"];
 
-const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
-const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
-const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+// The MCP headers' names, as `http` holds every name: lowercase.
+const MCP_PROTOCOL_VERSION: &str = "mcp-protocol-version";
+const MCP_METHOD: &str = "mcp-method";
+const MCP_NAME: &str = "mcp-name";
+const MCP_SESSION_ID: &str = "mcp-session-id";
 
 /// The first protocol version of the modern era.
 const MODERN: &[u8; 10] = b"2026-07-28";
@@ -177,13 +177,57 @@ fn is_sse_param_bytes(name: &[u8]) -> bool {
     SSE_PARAMS.iter().any(|p| p.as_bytes() == name)
 }
 
-/// The value of a header that may appear once; `Err(())` if it appears more than once.
-fn single<'a>(req: &'a Parts, name: &HeaderName) -> Result<Option<&'a [u8]>, ()> {
-    let mut values = req.headers.get_all(name).iter();
-    let first = values.next().map(|v| v.as_bytes());
-    match values.next() {
-        Some(_) => Err(()),
-        None => Ok(first),
+/// A header that may appear once: its first value, and whether another followed.
+#[derive(Clone, Copy, Default)]
+struct Single<'a> {
+    first: Option<&'a [u8]>,
+    repeated: bool,
+}
+
+impl<'a> Single<'a> {
+    fn add(&mut self, value: &'a [u8]) {
+        match self.first {
+            None => self.first = Some(value),
+            Some(_) => self.repeated = true,
+        }
+    }
+
+    /// The value, if any; `Err(())` if the header appears more than once.
+    fn get(self) -> Result<Option<&'a [u8]>, ()> {
+        if self.repeated {
+            Err(())
+        } else {
+            Ok(self.first)
+        }
+    }
+}
+
+/// The MCP headers of a request, read in one pass over its headers: a request carries a
+/// handful, and comparing each name's length and bytes costs less than hashing the four names
+/// (`HeaderMap` hashes a non-standard name byte by byte).
+#[derive(Default)]
+struct McpHeaders<'a> {
+    session: Single<'a>,
+    method: Single<'a>,
+    name: Single<'a>,
+    version: Single<'a>,
+}
+
+impl<'a> McpHeaders<'a> {
+    fn read(req: &'a Parts) -> Self {
+        let mut found = McpHeaders::default();
+        for (name, value) in &req.headers {
+            let name = name.as_str();
+            let single = match name {
+                MCP_SESSION_ID => &mut found.session,
+                MCP_METHOD => &mut found.method,
+                MCP_NAME => &mut found.name,
+                MCP_PROTOCOL_VERSION => &mut found.version,
+                _ => continue,
+            };
+            single.add(value.as_bytes());
+        }
+        found
     }
 }
 
@@ -217,8 +261,11 @@ pub(crate) fn is_modern(version: Option<&[u8]>) -> Result<bool, BadEra> {
 /// routed by it or checked against it (see [`Carried`]). Paths are compared as a generous
 /// backend would read them ([`path::normalize`]).
 pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'a>, Reason> {
-    let session =
-        single(req, &MCP_SESSION_ID).map_err(|()| Reason::AmbiguousKey(KeyKind::Session))?;
+    let headers = McpHeaders::read(req);
+    let session = headers
+        .session
+        .get()
+        .map_err(|()| Reason::AmbiguousKey(KeyKind::Session))?;
     let sse = match req.uri.query() {
         Some(query) => sse_session_param(query)
             .map_err(|()| Reason::AmbiguousKey(KeyKind::SseSession))?
@@ -226,11 +273,15 @@ pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'
         None => None,
     };
     // A task is named by `Mcp-Name` on a `tasks/*` call, whatever the era or path claims.
-    let method = single(req, &MCP_METHOD).map_err(|()| Reason::BadEra(BadEra::AmbiguousMethod))?;
+    let method = headers
+        .method
+        .get()
+        .map_err(|()| Reason::BadEra(BadEra::AmbiguousMethod))?;
     let task = match method {
-        Some(b"tasks/get" | b"tasks/update" | b"tasks/cancel") => {
-            single(req, &MCP_NAME).map_err(|()| Reason::AmbiguousKey(KeyKind::Task))?
-        }
+        Some(b"tasks/get" | b"tasks/update" | b"tasks/cancel") => headers
+            .name
+            .get()
+            .map_err(|()| Reason::AmbiguousKey(KeyKind::Task))?,
         _ => None,
     };
     let path = path::normalize(req.uri.path());
@@ -276,7 +327,9 @@ pub(crate) fn classify<'a>(req: &'a Parts, paths: &Paths) -> Result<Classified<'
         return Ok(class);
     }
 
-    let version = single(req, &MCP_PROTOCOL_VERSION)
+    let version = headers
+        .version
+        .get()
         .map_err(|()| Reason::BadEra(BadEra::AmbiguousProtocolVersion))?;
     if is_modern(version).map_err(Reason::BadEra)? {
         let method = method.unwrap_or_default();
@@ -344,6 +397,76 @@ mod tests {
         assert_eq!(value("sessionId=a&session_id=a"), Err(()));
         assert_eq!(value("session_id=a&session%5Fid=b"), Err(()));
         assert_eq!(value("sessionId&sessionId=b"), Err(()));
+    }
+
+    fn paths() -> Paths {
+        Paths {
+            sse: Some("/sse".into()),
+            messages: vec!["/messages/".into()],
+            mcp: None,
+            task_creating: Vec::new(),
+        }
+    }
+
+    fn head(headers: &[(&str, &str)]) -> Parts {
+        let mut request = http::Request::post("/mcp");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn each_mcp_header_is_found_among_others_and_refused_when_repeated() {
+        let others = [
+            ("accept", "*/*"),
+            ("x-mcp-session-id", "x"),
+            ("mcp-sessionid", "y"),
+        ];
+        let with = |extra: &[(&str, &str)]| head(&[&others[..], extra].concat());
+
+        let routed = with(&[
+            ("mcp-session-id", "s1"),
+            ("mcp-protocol-version", "2025-11-25"),
+        ]);
+        let class = classify(&routed, &paths()).unwrap();
+        assert_eq!(class.intent, Intent::SessionPost);
+        assert_eq!(
+            class.key,
+            Some((KeyKind::Session, Cow::Borrowed(&b"s1"[..])))
+        );
+        let task = with(&[
+            ("mcp-method", "tasks/get"),
+            ("mcp-name", "t1"),
+            ("mcp-protocol-version", "2026-07-28"),
+        ]);
+        let class = classify(&task, &paths()).unwrap();
+        assert_eq!(class.intent, Intent::TaskRequest);
+        assert_eq!(class.key, Some((KeyKind::Task, Cow::Borrowed(&b"t1"[..]))));
+
+        let twice = |name, a, b, also: &[(&str, &str)]| {
+            classify(&with(&[&[(name, a), (name, b)], also].concat()), &paths()).err()
+        };
+        let modern = [("mcp-protocol-version", "2026-07-28")];
+        assert_eq!(
+            twice("mcp-session-id", "s1", "s1", &[]),
+            Some(Reason::AmbiguousKey(KeyKind::Session))
+        );
+        assert_eq!(
+            twice("mcp-method", "tasks/get", "tasks/get", &modern),
+            Some(Reason::BadEra(BadEra::AmbiguousMethod))
+        );
+        let get = [("mcp-method", "tasks/get"), modern[0]];
+        assert_eq!(
+            twice("mcp-name", "t1", "t2", &get),
+            Some(Reason::AmbiguousKey(KeyKind::Task))
+        );
+        assert_eq!(
+            twice("mcp-protocol-version", "2025-11-25", "2025-11-25", &[]),
+            Some(Reason::BadEra(BadEra::AmbiguousProtocolVersion))
+        );
+        // A repeated Mcp-Name off a tasks call routes nothing and is not refused.
+        assert_eq!(twice("mcp-name", "t1", "t2", &modern), None);
     }
 
     #[test]

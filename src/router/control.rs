@@ -90,7 +90,7 @@ impl<T: SessionTable> Router<T> {
             event!(info, backend = %id, keys = gone, "drain deadline passed: keys revoked");
             revoked += gone;
         }
-        self.counters.revoked.add(revoked as u64);
+        self.counters.here().revoked.add(revoked as u64);
         revoked
     }
 
@@ -123,7 +123,7 @@ impl<T: SessionTable> Router<T> {
 
     fn purge(&self, id: BackendId) -> usize {
         let purged = self.table.remove_owner(id);
-        self.counters.purged.add(purged as u64);
+        self.counters.here().purged.add(purged as u64);
         if purged > 0 {
             event!(debug, backend = %id, keys = purged, "keys of a gone backend purged");
         }
@@ -221,8 +221,11 @@ impl<T: SessionTable> Router<T> {
     }
 
     fn count_down(&self, id: BackendId) {
-        self.counters.down.incr();
-        self.counters.lost.add(self.table.count_owner(id) as u64);
+        self.counters.here().down.incr();
+        self.counters
+            .here()
+            .lost
+            .add(self.table.count_owner(id) as u64);
     }
 
     /// Periodic upkeep (call it every second or so): expires idle keys, looking at no more
@@ -232,7 +235,7 @@ impl<T: SessionTable> Router<T> {
     pub fn maintain(&self, now: Instant, budget: usize) -> Maintenance {
         let eviction = self.table.evict_idle(now, budget);
         self.store_upkeep(now, budget);
-        self.counters.expired.add(eviction.evicted as u64);
+        self.counters.here().expired.add(eviction.evicted as u64);
         if eviction.evicted > 0 {
             event!(debug, keys = eviction.evicted, "idle keys expired");
         }
@@ -290,7 +293,7 @@ impl<T: SessionTable> Router<T> {
     pub fn evict_key(&self, key: &Key<'_>) -> Option<Entry> {
         let removed = self.table.remove(key, None);
         if removed.is_some() {
-            self.counters.forgotten.incr();
+            self.counters.here().forgotten.incr();
         }
         removed
     }

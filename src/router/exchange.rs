@@ -24,6 +24,7 @@ pub(crate) enum IdBuf {
 }
 
 impl IdBuf {
+    #[inline]
     pub(crate) fn new(id: &[u8]) -> Self {
         if id.len() <= INLINE {
             let mut bytes = [0; INLINE];
@@ -164,6 +165,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    #[inline]
     pub(crate) fn new(
         tenant: TenantId,
         backend: BackendId,

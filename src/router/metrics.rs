@@ -1,5 +1,6 @@
-//! Counters: striped atomics (no lock, no shared cache line between threads on the hot path),
-//! summed into a [`Metrics`] snapshot on demand.
+//! Counters: per-thread stripes of atomics (no lock, and no cache line written by two threads
+//! on the hot path while there are no more threads than stripes), summed into a [`Metrics`]
+//! snapshot on demand.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -8,46 +9,34 @@ use super::fleet::BackendInfo;
 use super::reject::Reason;
 use crate::table::Occupancy;
 
-const STRIPES: usize = 8;
+/// Stripes of counters: a thread takes the next in turn the first time it counts, so up to
+/// this many threads count without sharing a cache line.
+const STRIPES: usize = 64;
 
-#[repr(align(64))]
+/// One counter of one stripe.
 #[derive(Default)]
-struct Padded(AtomicU64);
-
-/// A counter spread over cache lines; each thread adds to its own stripe.
-#[derive(Default)]
-pub(crate) struct Counter([Padded; STRIPES]);
-
-fn stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|s| {
-        if s.get() == usize::MAX {
-            s.set(NEXT.fetch_add(1, Relaxed) % STRIPES);
-        }
-        s.get()
-    })
-}
+pub(crate) struct Counter(AtomicU64);
 
 impl Counter {
     pub(crate) fn add(&self, n: u64) {
-        self.0[stripe()].0.fetch_add(n, Relaxed);
+        self.0.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn incr(&self) {
         self.add(1);
     }
 
-    pub(crate) fn get(&self) -> u64 {
-        self.0.iter().map(|p| p.0.load(Relaxed)).sum()
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
     }
 }
 
-/// The router's counters.
+/// Every counter of the router, once per stripe: a thread's counts land in its own stripe,
+/// whichever counters it touches (aligned to two cache lines, which some processors fetch in
+/// pairs).
+#[repr(align(128))]
 #[derive(Default)]
-pub(crate) struct Counters {
+pub(crate) struct Stripe {
     pub(crate) pinned: Counter,
     pub(crate) placed: Counter,
     pub(crate) rejected: [Counter; Reason::NAMES.len()],
@@ -78,6 +67,39 @@ pub(crate) struct Counters {
     pub(crate) tokens_sealed: Counter,
     pub(crate) tokens_opened: Counter,
     pub(crate) token_refused: [Counter; TOKEN_REFUSALS.len()],
+}
+
+/// The router's counters: [`STRIPES`] stripes; [`here`](Counters::here) is the calling
+/// thread's.
+pub(crate) struct Counters(Box<[Stripe]>);
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters((0..STRIPES).map(|_| Stripe::default()).collect())
+    }
+}
+
+impl Counters {
+    /// The calling thread's stripe.
+    #[inline]
+    pub(crate) fn here(&self) -> &Stripe {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+        }
+        let stripe = STRIPE.with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT.fetch_add(1, Relaxed) % STRIPES);
+            }
+            s.get()
+        });
+        &self.0[stripe]
+    }
+
+    /// One counter summed over the stripes.
+    fn sum(&self, counter: impl Fn(&Stripe) -> &Counter) -> u64 {
+        self.0.iter().map(|stripe| counter(stripe).get()).sum()
+    }
 }
 
 /// Why presented tokens were refused, in the order of [`Metrics::tokens_refused`]: not a
@@ -184,44 +206,44 @@ impl Counters {
         store_queue: usize,
     ) -> Metrics {
         Metrics {
-            pinned: self.pinned.get(),
-            placed: self.placed.get(),
+            pinned: self.sum(|s| &s.pinned),
+            placed: self.sum(|s| &s.placed),
             rejected: Reason::NAMES
                 .iter()
-                .zip(&self.rejected)
-                .map(|(name, c)| (*name, c.get()))
+                .enumerate()
+                .map(|(i, name)| (*name, self.sum(|s| &s.rejected[i])))
                 .collect(),
-            keys_learned: self.learned.get(),
-            keys_forgotten: self.forgotten.get(),
-            keys_expired: self.expired.get(),
-            keys_revoked: self.revoked.get(),
-            keys_purged: self.purged.get(),
-            keys_evicted: self.evicted.get(),
-            keys_released: self.released.get(),
-            key_conflicts: self.conflicts.get(),
-            id_mismatches: self.id_mismatches.get(),
-            keys_unlearned: self.unlearned.get(),
-            bodies_observed: self.observed.get(),
-            observe_limit_hits: self.observe_limit.get(),
-            bodies_encoded: self.encoded.get(),
-            vetoes: self.vetoed.get(),
-            owners_down: self.down.get(),
-            keys_lost: self.lost.get(),
-            placements_retried: self.retried.get(),
-            store_lookups: self.store_lookups.get(),
-            store_found: self.store_found.get(),
-            store_unavailable: self.store_unavailable.get(),
-            store_writes_dropped: self.store_dropped.get(),
+            keys_learned: self.sum(|s| &s.learned),
+            keys_forgotten: self.sum(|s| &s.forgotten),
+            keys_expired: self.sum(|s| &s.expired),
+            keys_revoked: self.sum(|s| &s.revoked),
+            keys_purged: self.sum(|s| &s.purged),
+            keys_evicted: self.sum(|s| &s.evicted),
+            keys_released: self.sum(|s| &s.released),
+            key_conflicts: self.sum(|s| &s.conflicts),
+            id_mismatches: self.sum(|s| &s.id_mismatches),
+            keys_unlearned: self.sum(|s| &s.unlearned),
+            bodies_observed: self.sum(|s| &s.observed),
+            observe_limit_hits: self.sum(|s| &s.observe_limit),
+            bodies_encoded: self.sum(|s| &s.encoded),
+            vetoes: self.sum(|s| &s.vetoed),
+            owners_down: self.sum(|s| &s.down),
+            keys_lost: self.sum(|s| &s.lost),
+            placements_retried: self.sum(|s| &s.retried),
+            store_lookups: self.sum(|s| &s.store_lookups),
+            store_found: self.sum(|s| &s.store_found),
+            store_unavailable: self.sum(|s| &s.store_unavailable),
+            store_writes_dropped: self.sum(|s| &s.store_dropped),
             store_queue,
-            store_adopted: self.store_adopted.get(),
-            store_lost_ignored: self.store_lost_ignored.get(),
-            store_restarts: self.store_restarts.get(),
-            tokens_sealed: self.tokens_sealed.get(),
-            tokens_opened: self.tokens_opened.get(),
+            store_adopted: self.sum(|s| &s.store_adopted),
+            store_lost_ignored: self.sum(|s| &s.store_lost_ignored),
+            store_restarts: self.sum(|s| &s.store_restarts),
+            tokens_sealed: self.sum(|s| &s.tokens_sealed),
+            tokens_opened: self.sum(|s| &s.tokens_opened),
             tokens_refused: TOKEN_REFUSALS
                 .iter()
-                .zip(&self.token_refused)
-                .map(|(name, c)| (*name, c.get()))
+                .enumerate()
+                .map(|(i, name)| (*name, self.sum(|s| &s.token_refused[i])))
                 .collect(),
             backends,
             table,

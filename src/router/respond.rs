@@ -119,7 +119,7 @@ impl<T: SessionTable> Router<T> {
             Intent::SseConnect | Intent::ModernCall { .. } if ok && !identity_encoded(headers) => {
                 // A compressed body cannot be read for its key (proxies should not ask
                 // backends for compression on these paths): counted, not observed.
-                self.counters.encoded.incr();
+                self.counters.here().encoded.incr();
                 HeadOutcome::Forward
             }
             Intent::SseConnect if ok && content_type_is(headers, "text/event-stream") => {
@@ -127,7 +127,7 @@ impl<T: SessionTable> Router<T> {
                 let seals = self.seals();
                 exchange.observer = Some(Box::new(Observer::endpoint(max_observe, seals)));
                 exchange.rewriting = seals;
-                self.counters.observed.incr();
+                self.counters.here().observed.incr();
                 if seals {
                     // The body's length changes.
                     edits.push(HeadEdit::Remove(http::header::CONTENT_LENGTH));
@@ -151,12 +151,12 @@ impl<T: SessionTable> Router<T> {
                             HeadOutcome::Forward
                         }
                         Err(Reason::UnroutableKey(kind)) => {
-                            self.counters.unlearned.incr();
+                            self.counters.here().unlearned.incr();
                             HeadOutcome::Replace(self.reject(Reason::UnroutableKey(kind)))
                         }
                         Err(_) => {
                             // Its backend was removed or went down meanwhile: nothing to seal for.
-                            self.counters.unlearned.incr();
+                            self.counters.here().unlearned.incr();
                             HeadOutcome::Forward
                         }
                     }
@@ -185,7 +185,7 @@ impl<T: SessionTable> Router<T> {
                     return HeadOutcome::Forward;
                 };
                 exchange.observer = Some(Box::new(observer));
-                self.counters.observed.incr();
+                self.counters.here().observed.incr();
                 HeadOutcome::Observe
             }
             _ => HeadOutcome::Forward,
@@ -221,7 +221,7 @@ impl<T: SessionTable> Router<T> {
                 && self.table.get(&key, now).is_some_and(|e| e.streams > 0);
             if !streaming && self.table.remove(&key, Some(exchange.backend)).is_some() {
                 event!(debug, tenant = exchange.tenant.get(), kind = key.kind().as_str(), backend = %exchange.backend, status = status.as_u16(), "key forgotten: the conversation ended");
-                self.counters.forgotten.incr();
+                self.counters.here().forgotten.incr();
                 self.store_forgotten(&key, exchange.backend);
             }
             return;
@@ -231,7 +231,7 @@ impl<T: SessionTable> Router<T> {
             if let Some(id) = headers.get(&MCP_SESSION_ID) {
                 if id.as_bytes() != key.id_bytes() {
                     // Another id for an existing session: not learned.
-                    self.counters.id_mismatches.incr();
+                    self.counters.here().id_mismatches.incr();
                 }
             }
         }
@@ -260,7 +260,7 @@ impl<T: SessionTable> Router<T> {
     ) -> Learned {
         let Ok(key) = Key::with_max_len(exchange.tenant, kind, id, self.config.key_bound(kind))
         else {
-            self.counters.unlearned.incr();
+            self.counters.here().unlearned.incr();
             return Learned::Unroutable;
         };
         let (backend, principal) = (exchange.backend, exchange.principal);
@@ -269,7 +269,7 @@ impl<T: SessionTable> Router<T> {
         // binds nothing.
         let live = || self.fleet.live_in(backend, exchange.term, now);
         if !live() {
-            self.counters.unlearned.incr();
+            self.counters.here().unlearned.incr();
             return Learned::OwnerGone;
         }
         let insert = || {
@@ -289,9 +289,9 @@ impl<T: SessionTable> Router<T> {
                 && stale.owner != backend
                 && self.fleet.owner_status(stale.owner, now) != OwnerStatus::Live;
             if dead && self.table.remove(&key, Some(stale.owner)).is_some() {
-                self.counters.purged.incr();
+                self.counters.here().purged.incr();
                 if stale.streams > 0 {
-                    self.counters.conflicts.incr();
+                    self.counters.here().conflicts.incr();
                     return Learned::Conflict(BackendId::CONTESTED);
                 }
                 inserted = insert();
@@ -300,9 +300,9 @@ impl<T: SessionTable> Router<T> {
         let learned = match inserted {
             Ok(Insert::Added { evicted }) => {
                 event!(debug, tenant = exchange.tenant.get(), kind = kind.as_str(), backend = %backend, evicted, "key learned");
-                self.counters.learned.incr();
+                self.counters.here().learned.incr();
                 if evicted {
-                    self.counters.evicted.incr();
+                    self.counters.here().evicted.incr();
                 }
                 match self.store_learned(&key, backend, principal, now) {
                     Shared::Queued => exchange.revealed = true,
@@ -310,7 +310,7 @@ impl<T: SessionTable> Router<T> {
                     // every other router: refused instead, so that the client starts again.
                     Shared::Dropped if kind == KeyKind::Session => {
                         if self.table.remove(&key, Some(backend)).is_some() {
-                            self.counters.unlearned.incr();
+                            self.counters.here().unlearned.incr();
                         }
                         return Learned::Unshared;
                     }
@@ -321,19 +321,19 @@ impl<T: SessionTable> Router<T> {
             Ok(Insert::Exists(entry)) if entry.owner == backend => Learned::Bound,
             Ok(Insert::Exists(entry)) => {
                 event!(warn, tenant = exchange.tenant.get(), kind = kind.as_str(), backend = %backend, owner = %entry.owner, "key conflict: a backend minted a key another backend owns");
-                self.counters.conflicts.incr();
+                self.counters.here().conflicts.incr();
                 Learned::Conflict(entry.owner)
             }
             Err(InsertError::Full { scope }) => {
                 event!(warn, tenant = exchange.tenant.get(), kind = kind.as_str(), scope = ?scope, "session table full: key not learned");
-                self.counters.unlearned.incr();
+                self.counters.here().unlearned.incr();
                 Learned::Full(scope)
             }
             Err(_) => Learned::Refused,
         };
         if learned == Learned::Bound && !live() {
             if self.table.remove(&key, Some(backend)).is_some() {
-                self.counters.purged.incr();
+                self.counters.here().purged.incr();
             }
             return Learned::OwnerGone;
         }
@@ -372,7 +372,7 @@ impl<T: SessionTable> Router<T> {
                 self.learn_from_body(exchange, &id, now);
             }
             Seen::Endpoint { .. } | Seen::Nothing => {}
-            Seen::Limit => self.counters.observe_limit.incr(),
+            Seen::Limit => self.counters.here().observe_limit.incr(),
         }
         exchange.observer = None;
         ChunkOutcome::Done
@@ -409,13 +409,13 @@ impl<T: SessionTable> Router<T> {
                 match self.seal_minted(exchange, KeyKind::SseSession, id.as_bytes(), now) {
                     Ok(Some(token)) => splice_endpoint(&held, &url, raw, &token),
                     _ => {
-                        self.counters.unlearned.incr();
+                        self.counters.here().unlearned.incr();
                         None
                     }
                 }
             }
             Seen::Limit => {
-                self.counters.observe_limit.incr();
+                self.counters.here().observe_limit.incr();
                 None
             }
             _ => None,
@@ -455,7 +455,7 @@ impl<T: SessionTable> Router<T> {
         let value = if same {
             exchange.token.as_deref().map(Bytes::copy_from_slice)
         } else {
-            self.counters.id_mismatches.incr();
+            self.counters.here().id_mismatches.incr();
             let echo = echo.as_bytes().to_vec();
             self.seal_minted(exchange, KeyKind::Session, &echo, now)
                 .ok()
@@ -532,7 +532,7 @@ impl<T: SessionTable> Router<T> {
                     }
                 }
                 None => match self.table.insert(&key, BackendId::CONTESTED, None, now) {
-                    Ok(Insert::Added { .. }) => self.counters.learned.incr(),
+                    Ok(Insert::Added { .. }) => self.counters.here().learned.incr(),
                     Ok(Insert::Exists(entry)) if entry.owner != BackendId::CONTESTED => {
                         holder = Some(entry.owner);
                         continue;
@@ -590,7 +590,7 @@ impl<T: SessionTable> Router<T> {
                     let released = self.table.release_stream(&key, exchange.backend, now);
                     if released.is_some_and(|entry| entry.streams == 0) {
                         event!(debug, tenant = exchange.tenant.get(), backend = %exchange.backend, "legacy SSE session ended with its stream");
-                        self.counters.released.incr();
+                        self.counters.here().released.incr();
                         self.store_forgotten(&key, exchange.backend);
                     }
                 }
@@ -598,13 +598,13 @@ impl<T: SessionTable> Router<T> {
                 Hold::Contest => {
                     let released = self.table.release_stream(&key, BackendId::CONTESTED, now);
                     if released.is_some_and(|entry| entry.streams == 0) {
-                        self.counters.released.incr();
+                        self.counters.here().released.incr();
                         if self
                             .table
                             .insert(&key, BackendId::CONTESTED, None, now)
                             .is_ok_and(|i| matches!(i, Insert::Added { .. }))
                         {
-                            self.counters.learned.incr();
+                            self.counters.here().learned.incr();
                         }
                     }
                 }

@@ -175,7 +175,7 @@ pub(super) enum Presented {
 
 impl Counters {
     fn refused(&self, why: Refusal) {
-        self.token_refused[why.index()].incr();
+        self.here().token_refused[why.index()].incr();
     }
 }
 
@@ -245,8 +245,8 @@ impl<T: SessionTable> Router<T> {
             // Sealed for a process this router knows is gone.
             return gone(Reason::OwnerGone(kind));
         }
-        self.counters.pinned.incr();
-        self.counters.tokens_opened.incr();
+        self.counters.here().pinned.incr();
+        self.counters.here().tokens_opened.incr();
         let mut exchange = Exchange::new(tenant, owner, How::Pinned, intent, principal);
         exchange.term = term;
         exchange.key = Some((kind, IdBuf::new(claims.id_bytes())));
@@ -278,7 +278,7 @@ impl<T: SessionTable> Router<T> {
         };
         let claims = Claims::new(owner, incarnation, sealing.unix(now), id)
             .map_err(|_| Reason::UnroutableKey(kind))?;
-        self.counters.tokens_sealed.incr();
+        self.counters.here().tokens_sealed.incr();
         let token = sealing.seal(&claims, &binding(kind, exchange.tenant, exchange.principal));
         Ok(Some(Bytes::copy_from_slice(token.as_bytes())))
     }

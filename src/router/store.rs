@@ -462,7 +462,7 @@ impl<T: SessionTable> Router<T> {
         principal: Option<Principal>,
     ) -> Option<Lookup> {
         let store = self.store.as_ref().filter(|_| self.shared(key.kind()))?;
-        self.counters.store_lookups.incr();
+        self.counters.here().store_lookups.incr();
         Some(Lookup {
             key: store.binding_key(key),
             tenant: key.tenant(),
@@ -509,7 +509,7 @@ impl<T: SessionTable> Router<T> {
             return reject(Reason::StoreUnavailable(kind));
         };
         let unavailable = || {
-            self.counters.store_unavailable.incr();
+            self.counters.here().store_unavailable.incr();
             reject(Reason::StoreUnavailable(kind))
         };
         let value = match answer {
@@ -576,8 +576,8 @@ impl<T: SessionTable> Router<T> {
                 let _ = self
                     .table
                     .insert(&key, owner, binding.principal, bound_at.min(now));
-                self.counters.store_found.incr();
-                self.counters.pinned.incr();
+                self.counters.here().store_found.incr();
+                self.counters.here().pinned.incr();
                 let mut exchange = Exchange::new(
                     lookup.tenant,
                     owner,
@@ -657,7 +657,7 @@ impl<T: SessionTable> Router<T> {
         }
         let drop_mine = || {
             if self.table.remove(&key, Some(mine.owner)).is_some() {
-                self.counters.purged.incr();
+                self.counters.here().purged.incr();
             }
         };
         let Some(found) = Binding::decode(value) else {
@@ -682,7 +682,7 @@ impl<T: SessionTable> Router<T> {
             OwnerStatus::Live if !lost => {
                 if mine.owner != winner {
                     let _ = self.table.set_owner(&key, mine.owner, winner, now);
-                    self.counters.store_adopted.incr();
+                    self.counters.here().store_adopted.incr();
                 }
             }
             OwnerStatus::Down if !lost => drop_mine(),
@@ -734,7 +734,7 @@ impl<T: SessionTable> Router<T> {
             .unix(now)
             .saturating_add(store.config.skew);
         if before > latest.saturating_add(FUTURE_LOST) {
-            self.counters.store_lost_ignored.incr();
+            self.counters.here().store_lost_ignored.incr();
             event!(
                 warn,
                 key,
@@ -760,7 +760,7 @@ impl<T: SessionTable> Router<T> {
                 dropped += 1;
             }
         }
-        self.counters.purged.add(dropped);
+        self.counters.here().purged.add(dropped);
         event!(debug, backend = %id, keys = dropped, "lost record: cached keys of a lost incarnation dropped");
     }
 
@@ -772,7 +772,7 @@ impl<T: SessionTable> Router<T> {
     pub fn on_store_restart(&self, now: Instant) {
         let Some(store) = &self.store else { return };
         *store.warm_until.lock() = now.checked_add(store.config.warmup);
-        self.counters.store_restarts.incr();
+        self.counters.here().store_restarts.incr();
         event!(warn, "the shared store came back empty: warming up");
     }
 
@@ -899,7 +899,7 @@ impl<T: SessionTable> Router<T> {
         };
         if key.kind() == KeyKind::Operator && !store.operator_bind_allowed(now) {
             // Client-chosen: past the budget, bound here only.
-            self.counters.store_dropped.incr();
+            self.counters.here().store_dropped.incr();
             return Shared::Dropped;
         }
         match self.bind_write(key, owner, principal, now) {
@@ -979,7 +979,7 @@ impl<T: SessionTable> Router<T> {
                         .position(|w| matches!(w, StoreWrite::Refresh { .. }))
                 })
                 .flatten();
-            self.counters.store_dropped.incr();
+            self.counters.here().store_dropped.incr();
             match refresh {
                 Some(at) => {
                     let _ = queue.remove(at);
