@@ -18,6 +18,11 @@ pub(crate) fn normalize(raw: &str) -> Cow<'_, [u8]> {
     if is_plain(bytes) {
         return Cow::Borrowed(bytes);
     }
+    Cow::Owned(rebuild(bytes))
+}
+
+/// [`normalize`]'s work for a path that is not plain: decoded, split and put back together.
+fn rebuild(bytes: &[u8]) -> Vec<u8> {
     let mut decoded = percent_decode(bytes, false);
     for b in &mut decoded {
         if *b == b'\\' {
@@ -46,7 +51,7 @@ pub(crate) fn normalize(raw: &str) -> Cow<'_, [u8]> {
     if out.is_empty() || decoded.ends_with(b"/") || ends_with_dot_segment(&decoded) {
         out.push(b'/');
     }
-    Cow::Owned(out)
+    out
 }
 
 /// Whether `path` names `configured`: ASCII case aside, a trailing slash aside.
@@ -69,24 +74,25 @@ fn trim_slash(path: &[u8]) -> &[u8] {
 /// A path that needs no normalizing: absolute, no escapes, no parameters, no empty or dot
 /// segments.
 fn is_plain(path: &[u8]) -> bool {
-    if path.first() != Some(&b'/') {
+    let [b'/', rest @ ..] = path else {
         return false;
-    }
-    if path.iter().any(|&b| matches!(b, b'%' | b';' | b'\\')) {
-        return false;
-    }
-    // Each segment after a '/' must be non-empty (except a final trailing slash) and not a dot
-    // segment.
-    let mut segments = path[1..].split(|&b| b == b'/').peekable();
-    while let Some(segment) = segments.next() {
-        let last = segments.peek().is_none();
-        match segment {
-            b"" if last => {}
-            b"" | b"." | b".." => return false,
+    };
+    // One pass: each segment must be non-empty and not a dot segment, but the last may be
+    // empty (a trailing slash, or the root).
+    let mut start = 0;
+    for (i, &b) in rest.iter().enumerate() {
+        match b {
+            b'%' | b';' | b'\\' => return false,
+            b'/' => {
+                if matches!(&rest[start..i], b"" | b"." | b"..") {
+                    return false;
+                }
+                start = i + 1;
+            }
             _ => {}
         }
     }
-    true
+    !matches!(&rest[start..], b"." | b"..")
 }
 
 fn ends_with_dot_segment(path: &[u8]) -> bool {
@@ -159,6 +165,29 @@ mod tests {
             assert!(matches!(normalize(path), Cow::Borrowed(_)), "{path}");
             assert_eq!(norm(path), path);
         }
+    }
+
+    #[test]
+    fn a_path_taken_as_plain_is_what_rebuilding_it_gives() {
+        // Every path of up to 6 bytes over the bytes that matter to normalizing.
+        let alphabet = b"/.a%;\\";
+        let mut paths = vec![Vec::new()];
+        for _ in 0..6 {
+            let longer: Vec<Vec<u8>> = paths
+                .iter()
+                .filter(|p| p.len() == paths.last().unwrap().len())
+                .flat_map(|p| alphabet.iter().map(move |&b| [&p[..], &[b]].concat()))
+                .collect();
+            paths.extend(longer);
+        }
+        let mut plain = 0;
+        for path in &paths {
+            if is_plain(path) {
+                plain += 1;
+                assert_eq!(rebuild(path), *path, "{:?}", String::from_utf8_lossy(path));
+            }
+        }
+        assert!(plain > 100, "only {plain} plain paths");
     }
 
     #[test]
