@@ -13,7 +13,11 @@
 # due: p50 and p99 are the measure, at equal calls/s).
 #
 # Usage: scripts/hop-bench.sh [SESSIONS] [ROUNDS] [SECONDS] [RATE]   (defaults: 32 4 10 8000)
+# RATE "half" offers half the calls/s of the slowest hop at saturation (any machine).
 # Needs haproxy (Debian: apt-get install -y haproxy); without it, HAProxy is skipped, loudly.
+# HOPS="pinned haproxy" measures only those beside the router's proxy (default: pooled shared
+# plain pinned haproxy); BIN_DIR=dir runs the `load` and `proxy` binaries found there instead
+# of building them (a machine without cargo).
 # Every server listens on 127.0.0.1 and is stopped when the script exits.
 #
 # "proxied" is the router's proxy as it runs by default: on threads of its own (one per CPU,
@@ -70,8 +74,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sessions="${1:-32}" rounds="${2:-4}" seconds="${3:-10}" rate="${4:-8000}"
 
-cargo build --release --example load --example proxy
-bin=target/release/examples
+hops=" ${HOPS:-pooled shared plain pinned haproxy} "
+measured() { [[ "$hops" == *" $1 "* ]]; }
+if [[ -n "${BIN_DIR:-}" ]]; then
+    bin="$BIN_DIR"
+else
+    cargo build --release --example load --example proxy
+    bin=target/release/examples
+fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 replica=$(port) proxy=$(port) admin=$(port) pooled=$(port) admin2=$(port) shared=$(port) admin3=$(port)
 plain=$(port) pinned=$(port) haproxy=$(port)
@@ -93,17 +103,29 @@ wait_port() {
 wait_port "$replica"
 "$bin/proxy" --listen "127.0.0.1:$proxy" --admin "127.0.0.1:$admin" \
     --backend "http://127.0.0.1:$replica" & pids+=($!)
-"$bin/proxy" --listen "127.0.0.1:$pooled" --admin "127.0.0.1:$admin2" --dedicated-connections 0 \
-    --backend "http://127.0.0.1:$replica" & pids+=($!)
-"$bin/proxy" --listen "127.0.0.1:$shared" --admin "127.0.0.1:$admin3" --threads 0 \
-    --backend "http://127.0.0.1:$replica" & pids+=($!)
-"$bin/load" --serve-plain "127.0.0.1:$plain" --to "127.0.0.1:$replica" & pids+=($!)
-"$bin/load" --serve-pinned "127.0.0.1:$pinned" --to "127.0.0.1:$replica" & pids+=($!)
-targets=(--target "pooled=http://127.0.0.1:$pooled/mcp" --target "shared=http://127.0.0.1:$shared/mcp"
-    --target "plain=http://127.0.0.1:$plain/mcp"
-    --target "pinned=http://127.0.0.1:$pinned/mcp")
+targets=()
+if measured pooled; then
+    "$bin/proxy" --listen "127.0.0.1:$pooled" --admin "127.0.0.1:$admin2" --dedicated-connections 0 \
+        --backend "http://127.0.0.1:$replica" & pids+=($!)
+    targets+=(--target "pooled=http://127.0.0.1:$pooled/mcp")
+fi
+if measured shared; then
+    "$bin/proxy" --listen "127.0.0.1:$shared" --admin "127.0.0.1:$admin3" --threads 0 \
+        --backend "http://127.0.0.1:$replica" & pids+=($!)
+    targets+=(--target "shared=http://127.0.0.1:$shared/mcp")
+fi
+if measured plain; then
+    "$bin/load" --serve-plain "127.0.0.1:$plain" --to "127.0.0.1:$replica" & pids+=($!)
+    targets+=(--target "plain=http://127.0.0.1:$plain/mcp")
+fi
+if measured pinned; then
+    "$bin/load" --serve-pinned "127.0.0.1:$pinned" --to "127.0.0.1:$replica" & pids+=($!)
+    targets+=(--target "pinned=http://127.0.0.1:$pinned/mcp")
+fi
 
-if command -v haproxy >/dev/null; then
+if ! measured haproxy; then
+    haproxy=""
+elif command -v haproxy >/dev/null; then
     # The setup a proxy operator would write: session affinity on the header the server sets.
     cat > "$tmp/haproxy.cfg" <<CFG
 global
@@ -129,13 +151,24 @@ CFG
     echo "$(haproxy -v | head -1)"
 else
     echo "haproxy not found: HAProxy is NOT measured (apt-get install -y haproxy)" >&2
+    haproxy=""
 fi
-for p in "$proxy" "$pooled" "$shared" "$plain" "$pinned" ${haproxy:+"$haproxy"}; do wait_port "$p" || true; done
+wait_port "$proxy"
+for hop in pooled shared plain pinned; do
+    if measured "$hop"; then wait_port "${!hop}"; fi
+done
+if [[ -n "$haproxy" ]]; then wait_port "$haproxy"; fi
 
 echo "machine: $(nproc) cores; $(date -u +%F)"
 load=("$bin/load" --sessions "$sessions" --rounds "$rounds" --max-seconds "$seconds" --calls 100000
     --direct "http://127.0.0.1:$replica/mcp" --proxy "http://127.0.0.1:$proxy/mcp" "${targets[@]}")
 echo; echo "== saturation: every session calls as fast as answers come"
-"${load[@]}"
+"${load[@]}" | tee "$tmp/saturation"
+if [[ "$rate" == half ]]; then
+    # The result table's rows: target sessions calls secs calls/s p50 p99 errors violations.
+    rate=$(awk 'NF == 9 && $2 == '"$sessions"' && $5 ~ /^[0-9]+$/ { print $5 }' "$tmp/saturation" |
+        sort -n | head -1)
+    rate=$((rate / 2))
+fi
 echo; echo "== a fixed offered load: $rate calls/s on a schedule"
 "${load[@]}" --rate "$rate"
