@@ -27,6 +27,17 @@
 # proxy on one tokio work-stealing runtime (--threads 0). The plain and pinned hops run on
 # threads of their own too (`load --threads`, the same default).
 #
+# Measured 2026-11-30 on a 16-core machine (a lent x86-64 VM, kernel 6.18; prebuilt
+# binaries, `HOPS="pinned haproxy" BIN_DIR=… scripts/hop-bench.sh 128 3 6 half`), 128
+# sessions, 3 rounds of 6 s; medians of the rounds' paired ratios (each round's, sorted):
+#   saturation, calls/s   proxied / HAProxy: 1.41x (1.38 1.41 1.46); p50 0.92x; p99 0.39x
+#                         (best rounds: proxied 82,255 calls/s, HAProxy 56,370, pinned 79,517,
+#                         direct 114,977; p99 3.9 ms against HAProxy's 10.0)
+#                         proxied / pinned:  0.99x (0.97 0.99 1.08); p50 1.00x; p99 1.02x
+#   27,111 calls/s offered (half the slowest hop's saturation), every hop kept up:
+#                         proxied / HAProxy: p50 1.03x (0.632 against 0.613 ms), p99 0.22x
+#                         (1.45 against 6.69 ms); proxied / pinned: p50 1.03x, p99 1.01x
+#
 # Measured 2026-11-30 (third session; threads, and answers looked ahead in), 32 sessions,
 # runs of 4 rounds of 8 s; medians of the paired ratios, one number per run:
 #   saturation, calls/s  proxied / HAProxy: 1.23x, 1.07x, 1.09x  (p50 1.03x, 1.07x, 1.01x;
