@@ -130,3 +130,70 @@ fn readers_never_lose_stable_keys_while_writers_churn() {
     assert_eq!(listed, len);
     assert!(len >= STABLE);
 }
+
+/// An owner removed over and over while other threads add and remove its keys in every
+/// shard (the table-wide count is retired at zero and made afresh; each shard keeps a handle
+/// on it): once every thread is done, the owner's count is exactly the keys it still has.
+#[test]
+fn an_owner_removed_while_its_keys_come_and_go_keeps_an_exact_count() {
+    const WRITERS: usize = 3;
+    const ROUNDS: usize = 20_000;
+    let table = MemoryTable::with_config(MemoryTableConfig::new().with_shards(4));
+    let owner = BackendId::new(1, 0);
+    let now = Instant::now();
+    let barrier = Barrier::new(WRITERS + 1);
+    let (removals, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let kept: Vec<Vec<String>> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (table, barrier, done) = (&table, &barrier, &done);
+                s.spawn(move || {
+                    barrier.wait();
+                    let mut mine = Vec::new();
+                    for round in 0..ROUNDS {
+                        let id = id(&format!("w{w}"), round);
+                        if table.insert(&key(&id), owner, None, now).is_ok() {
+                            mine.push(id);
+                        }
+                        // Remove one of the writer's keys about every other round.
+                        if round % 2 == 1 {
+                            if let Some(old) = mine.pop() {
+                                table.remove(&key(&old), None);
+                            }
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                    mine
+                })
+            })
+            .collect();
+        let (table, barrier, removals, done) = (&table, &barrier, &removals, &done);
+        s.spawn(move || {
+            barrier.wait();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while done.load(Ordering::Relaxed) < WRITERS && Instant::now() < deadline {
+                table.remove_owner(owner);
+                removals.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    // What the owner's removals did not take is still there.
+    let left = kept
+        .iter()
+        .flatten()
+        .filter(|id| table.get(&key(id), now).is_some())
+        .count();
+    assert!(
+        removals.load(Ordering::Relaxed) > 10,
+        "the owner was removed during the churn"
+    );
+    assert_eq!(table.count_owner(owner), left, "the count is the keys left");
+    assert_eq!(table.occupancy().len, left);
+    // And the count goes on counting: one more key, then none.
+    let extra = id("extra", 0);
+    table.insert(&key(&extra), owner, None, now).unwrap();
+    assert_eq!(table.count_owner(owner), left + 1);
+    assert_eq!(table.remove_owner(owner), left + 1);
+    assert_eq!(table.count_owner(owner), 0);
+}

@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hashbrown::{DefaultHashBuilder, HashMap};
@@ -245,10 +245,31 @@ struct Shard {
     long_free: Vec<u32>,
     /// Each owner's first slot.
     heads: HashMap<u32, u32>,
+    /// The table-wide counts of the owners and tenants this shard has held entries of, found
+    /// here under the shard's lock rather than in the table-wide maps under theirs.
+    counts: Counts,
     /// Where the idle sweep goes on.
     cursor: usize,
     /// State of the eviction sampler (xorshift).
     rng: u64,
+}
+
+/// The table-wide count of one owner's or one tenant's entries, shared by the table-wide map
+/// and by every shard that has held entries of it.
+#[derive(Default)]
+struct Count(AtomicUsize);
+
+/// Set on a [`Count`] taken out of the table-wide map at zero (its owner's entries were
+/// removed): a shard that still holds it must look the owner up afresh.
+const RETIRED: usize = 1 << (usize::BITS - 1);
+
+type CountMap<K> = HashMap<K, Arc<Count>>;
+
+/// A shard's handles on the counts of the owners and tenants it has held entries of.
+#[derive(Default)]
+struct Counts {
+    owners: CountMap<u32>,
+    tenants: CountMap<u16>,
 }
 
 /// A shard alone on its cache lines, so that locking one does not slow its neighbours.
@@ -295,8 +316,8 @@ pub struct MemoryTable<S = FastHash> {
     len: AtomicUsize,
     /// Entries of [`KeyKind::Operator`].
     operators: AtomicUsize,
-    owners: RwLock<HashMap<u32, AtomicUsize>>,
-    tenants: RwLock<HashMap<u16, AtomicUsize>>,
+    owners: RwLock<CountMap<u32>>,
+    tenants: RwLock<CountMap<u16>>,
     /// The shard the next idle sweep starts with.
     sweep: AtomicUsize,
 }
@@ -336,6 +357,7 @@ impl<S: BuildHasher> MemoryTable<S> {
                     long_ids: Vec::new(),
                     long_free: Vec::new(),
                     heads: HashMap::new(),
+                    counts: Counts::default(),
                     cursor: 0,
                     rng: 0x9E37_79B9_7F4A_7C15 ^ (i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9),
                 }))
@@ -400,37 +422,100 @@ impl<S: BuildHasher> MemoryTable<S> {
         .with_streams(u32::from(slot.streams))
     }
 
-    /// Adds `delta` to a counter of `map`, creating it if needed; returns the previous value.
+    /// Counts one entry more (`add`) or one fewer of `key`, through the shard's handle on its
+    /// count if it has one, else through the table-wide map; returns the count before.
+    ///
+    /// A handle is taken, and a count made, only under the map's lock, and
+    /// [`remove_owner`](SessionTable::remove_owner) retires a count at zero under the same
+    /// lock, atomically with the check: an add through a retired handle sees [`RETIRED`] in the
+    /// value it added to, takes it back, and goes to the map. A removal never meets a retired
+    /// count, since the entry it removes was counted on it.
     fn bump<K: Hash + Eq + Copy>(
-        map: &RwLock<HashMap<K, AtomicUsize>>,
+        map: &RwLock<CountMap<K>>,
+        handles: &mut CountMap<K>,
         key: K,
         add: bool,
     ) -> usize {
-        let apply = |counter: &AtomicUsize| {
-            if add {
-                counter.fetch_add(1, Relaxed)
-            } else {
-                counter.fetch_sub(1, Relaxed)
+        if let Some(count) = handles.get(&key) {
+            if !add {
+                return count.0.fetch_sub(1, Relaxed);
             }
-        };
-        if let Some(counter) = map.read().get(&key) {
-            return apply(counter);
+            let before = count.0.fetch_add(1, Relaxed);
+            if before & RETIRED == 0 {
+                return before;
+            }
+            count.0.fetch_sub(1, Relaxed);
+            handles.remove(&key);
         }
-        apply(map.write().entry(key).or_default())
+        let apply = |count: &Arc<Count>| {
+            let before = if add {
+                count.0.fetch_add(1, Relaxed)
+            } else {
+                count.0.fetch_sub(1, Relaxed)
+            };
+            (before, Arc::clone(count))
+        };
+        // Counted while the lock is held: a count is retired only at zero under the write lock.
+        let found = map.read().get(&key).map(apply);
+        let (before, count) = found.unwrap_or_else(|| apply(map.write().entry(key).or_default()));
+        handles.insert(key, count);
+        before
     }
 
-    fn read_count<K: Hash + Eq>(map: &RwLock<HashMap<K, AtomicUsize>>, key: &K) -> usize {
-        map.read().get(key).map_or(0, |c| c.load(Relaxed))
+    fn read_count<K: Hash + Eq>(map: &RwLock<CountMap<K>>, key: &K) -> usize {
+        map.read().get(key).map_or(0, |c| c.0.load(Relaxed))
     }
 
-    /// Updates the counters for a slot that left the table.
-    fn forget_counts(&self, slot: &Slot) {
+    /// Updates the counters for a slot that left the table (`counts`: its shard's).
+    fn forget_counts(&self, counts: &mut Counts, slot: &Slot) {
         self.len.fetch_sub(1, Relaxed);
         if slot.kind == OPERATOR {
             self.operators.fetch_sub(1, Relaxed);
         }
-        Self::bump(&self.owners, slot.owner, false);
-        Self::bump(&self.tenants, slot.tenant, false);
+        Self::bump(&self.owners, &mut counts.owners, slot.owner, false);
+        Self::bump(&self.tenants, &mut counts.tenants, slot.tenant, false);
+    }
+}
+
+impl<S: BuildHasher> MemoryTable<S> {
+    /// The first step of [`remove_owner`](SessionTable::remove_owner): every entry of the
+    /// owner `bits`, shard by shard, and each shard's handle on its count.
+    fn remove_entries_of(&self, bits: u32) -> usize {
+        let mut removed = 0;
+        let mut doomed = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.0.write();
+            doomed.clear();
+            let mut i = shard.heads.get(&bits).copied().unwrap_or(NIL);
+            while i != NIL {
+                doomed.push(i as usize);
+                i = shard.slots[i as usize].next;
+            }
+            // Highest first: a swap-removal then only moves slots this loop is done with.
+            doomed.sort_unstable_by(|a, b| b.cmp(a));
+            for &i in &doomed {
+                let (slot, _) = shard.remove_at(&self.hasher, i);
+                self.forget_counts(&mut shard.counts, &slot);
+            }
+            // No entry of the owner is left here: nor is the shard's handle on its count.
+            shard.counts.owners.remove(&bits);
+            removed += doomed.len();
+        }
+        removed
+    }
+
+    /// The second step: the owner's count leaves the map if it is at zero, retired in the
+    /// same step (see `bump`: a shard may have taken a handle on it since the first step).
+    fn retire_count_of(&self, bits: u32) {
+        let mut owners = self.owners.write();
+        let retired = owners.get(&bits).is_some_and(|count| {
+            (count.0)
+                .compare_exchange(0, RETIRED, Relaxed, Relaxed)
+                .is_ok()
+        });
+        if retired {
+            owners.remove(&bits);
+        }
     }
 }
 
@@ -460,7 +545,8 @@ impl<S: BuildHasher> MemoryTable<S> {
         // Reserve room first, so that concurrent inserts never overshoot a bound.
         let tenant = key.tenant().get();
         let global_ok = self.len.fetch_add(1, Relaxed) < self.config.capacity;
-        let tenant_ok = Self::bump(&self.tenants, tenant, true) < self.config.tenant_capacity;
+        let tenant_ok = Self::bump(&self.tenants, &mut shard.counts.tenants, tenant, true)
+            < self.config.tenant_capacity;
         let operator = key.kind() == KeyKind::Operator;
         let operator_ok =
             !operator || self.operators.fetch_add(1, Relaxed) < self.config.operator_capacity();
@@ -480,12 +566,12 @@ impl<S: BuildHasher> MemoryTable<S> {
             match shard.lru_victim(only) {
                 Some(victim) => {
                     let (slot, _) = shard.remove_at(&self.hasher, victim);
-                    self.forget_counts(&slot);
+                    self.forget_counts(&mut shard.counts, &slot);
                     evicted = true;
                 }
                 None => {
                     self.len.fetch_sub(1, Relaxed);
-                    Self::bump(&self.tenants, tenant, false);
+                    Self::bump(&self.tenants, &mut shard.counts.tenants, tenant, false);
                     if operator {
                         self.operators.fetch_sub(1, Relaxed);
                     }
@@ -495,7 +581,12 @@ impl<S: BuildHasher> MemoryTable<S> {
         }
         let i = shard.push(hash, key, owner.to_bits(), principal, tick);
         shard.slots[i].streams = streams;
-        Self::bump(&self.owners, owner.to_bits(), true);
+        Self::bump(
+            &self.owners,
+            &mut shard.counts.owners,
+            owner.to_bits(),
+            true,
+        );
         Ok(Insert::Added { evicted })
     }
 }
@@ -684,7 +775,7 @@ impl Shard {
         hasher: &S,
         budget: usize,
         expired: impl Fn(&Slot) -> bool,
-        mut gone: impl FnMut(&Slot),
+        mut gone: impl FnMut(&mut Counts, &Slot),
     ) -> (usize, usize) {
         let (mut examined, mut removed) = (0, 0);
         let start = self.cursor.min(self.slots.len());
@@ -694,7 +785,8 @@ impl Shard {
         while i < self.slots.len() && examined < budget {
             examined += 1;
             if expired(&self.slots[i]) {
-                gone(&self.remove_at(hasher, i).0);
+                let slot = self.remove_at(hasher, i).0;
+                gone(&mut self.counts, &slot);
                 removed += 1;
             } else {
                 i += 1;
@@ -711,7 +803,8 @@ impl Shard {
             examined += 1;
             if expired(&self.slots[i]) {
                 let last = self.slots.len() - 1;
-                gone(&self.remove_at(hasher, i).0);
+                let slot = self.remove_at(hasher, i).0;
+                gone(&mut self.counts, &slot);
                 removed += 1;
                 if last >= end {
                     i += 1;
@@ -825,8 +918,9 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
             shard.unlink(i);
             shard.slots[i].owner = new.to_bits();
             shard.link(i);
-            Self::bump(&self.owners, expected.to_bits(), false);
-            Self::bump(&self.owners, new.to_bits(), true);
+            let handles = &mut shard.counts.owners;
+            Self::bump(&self.owners, handles, expected.to_bits(), false);
+            Self::bump(&self.owners, handles, new.to_bits(), true);
         }
         shard.slots[i].used.store(tick, Relaxed);
         Ok(self.entry(&shard, i))
@@ -841,7 +935,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         }
         let entry = self.entry(&shard, i);
         let (slot, _) = shard.remove_at(&self.hasher, i);
-        self.forget_counts(&slot);
+        self.forget_counts(&mut shard.counts, &slot);
         Some(entry)
     }
 
@@ -881,35 +975,14 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         let entry = self.entry(&shard, i);
         if entry.streams == 0 {
             let (slot, _) = shard.remove_at(&self.hasher, i);
-            self.forget_counts(&slot);
+            self.forget_counts(&mut shard.counts, &slot);
         }
         Some(entry)
     }
 
     fn remove_owner(&self, owner: BackendId) -> usize {
-        let bits = owner.to_bits();
-        let mut removed = 0;
-        let mut doomed = Vec::new();
-        for shard in self.shards.iter() {
-            let mut shard = shard.0.write();
-            doomed.clear();
-            let mut i = shard.heads.get(&bits).copied().unwrap_or(NIL);
-            while i != NIL {
-                doomed.push(i as usize);
-                i = shard.slots[i as usize].next;
-            }
-            // Highest first: a swap-removal then only moves slots this loop is done with.
-            doomed.sort_unstable_by(|a, b| b.cmp(a));
-            for &i in &doomed {
-                let (slot, _) = shard.remove_at(&self.hasher, i);
-                self.forget_counts(&slot);
-            }
-            removed += doomed.len();
-        }
-        let mut owners = self.owners.write();
-        if owners.get(&bits).is_some_and(|c| c.load(Relaxed) == 0) {
-            owners.remove(&bits);
-        }
+        let removed = self.remove_entries_of(owner.to_bits());
+        self.retire_count_of(owner.to_bits());
         removed
     }
 
@@ -993,7 +1066,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
                 &self.hasher,
                 max_work - out.examined,
                 |slot| slot.streams == 0 && now.saturating_sub(slot.used.load(Relaxed)) >= ttl,
-                |slot| self.forget_counts(slot),
+                |counts, slot| self.forget_counts(counts, slot),
             );
             out = Eviction::new(out.examined + examined, out.evicted + evicted);
         }
@@ -1024,5 +1097,42 @@ impl<S> fmt::Debug for MemoryTable<S> {
             .field("config", &self.config)
             .field("len", &self.len.load(Relaxed))
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+// The tests hold the clock.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use crate::table::KeyKind;
+
+    /// The interleaving an owner's removal races with, in order: its entries removed, then a
+    /// key of the owner added and removed again (the shard takes a handle on the count, which
+    /// goes back to zero), then the count retired. The next key must count on a fresh count.
+    #[test]
+    fn a_shards_handle_on_a_retired_count_is_not_counted_on() {
+        let table = MemoryTable::with_config(MemoryTableConfig::new().with_shards(1));
+        let (owner, now) = (BackendId::new(3, 1), Instant::now());
+        let key = |id: &'static str| Key::new(TenantId::DEFAULT, KeyKind::Session, id.as_bytes());
+        table.insert(&key("a").unwrap(), owner, None, now).unwrap();
+
+        assert_eq!(table.remove_entries_of(owner.to_bits()), 1);
+        table.insert(&key("b").unwrap(), owner, None, now).unwrap();
+        table.remove(&key("b").unwrap(), None).unwrap();
+        table.retire_count_of(owner.to_bits());
+        assert_eq!(table.count_owner(owner), 0);
+
+        table.insert(&key("c").unwrap(), owner, None, now).unwrap();
+        assert_eq!(
+            table.count_owner(owner),
+            1,
+            "counted where count_owner reads"
+        );
+        table.insert(&key("d").unwrap(), owner, None, now).unwrap();
+        table.remove(&key("c").unwrap(), None).unwrap();
+        assert_eq!(table.count_owner(owner), 1);
+        assert_eq!(table.remove_owner(owner), 1);
+        assert_eq!(table.count_owner(owner), 0);
     }
 }
