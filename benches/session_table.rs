@@ -69,26 +69,29 @@
 //! 227, `RwLock<HashMap>`'s 230, the unlocked ceiling's 112, the fenced one's 122 (ours over
 //! theirs, median of the rounds' ratios: 0.79x, 0.79x, 1.63x, 1.45x); `hit-chain` 344 ns
 //! against 441, 429 and 418 (0.79x, 0.78x, 0.81x). At 16 threads (criterion medians, millions
-//! of operations per second, all threads together):
+//! of operations per second, all threads together; two runs of the whole group, `before`
+//! being the table before each shard kept handles on the owner and tenant counts, the row's
+//! two numbers from the run's two passes over our table):
 //!
-//! | group | n | mcp-affinity | dashmap | RwLock<HashMap> | ours / dashmap |
-//! |---|---|---|---|---|---|
-//! | readers | 10^4 | 63.5 | 63.5 | 4.8 | 1.00x |
-//! | readers | 10^6 | 27.8 | 30.4 | 5.4 | 0.92x |
-//! | mix-95-5 | 10^4 | 17.9 | 55.4 | 2.6 | 0.32x |
-//! | mix-95-5 | 10^6 | 16.8 | 25.7 | 2.3 | 0.65x |
+//! | group | n | mcp-affinity | before | dashmap | RwLock<HashMap> | ours / dashmap |
+//! |---|---|---|---|---|---|---|
+//! | readers | 10^4 | 71.4, 56.6 | 59.7, 57.5 | 76.4 | 4.6 | 0.93x |
+//! | readers | 10^6 | 25.3, 23.9 | 24.2, 22.2 | 27.1 | 5.0 | 0.93x |
+//! | mix-95-5 | 10^4 | 40.5, 34.1 | 13.5, 12.6 | 55.4 | 2.3 | 0.73x (was 0.26x) |
+//! | mix-95-5 | 10^6 | 20.8, 20.4 | 11.6, 10.6 | 22.6 | 2.2 | 0.92x (was 0.54x) |
 //!
-//! Lookups scale as dashmap's do (both take a read lock on one of 64 shards). Writes do not:
-//! from the readers' time, an insert plus a removal at 10^4 costs about 13 µs a pair on 16
-//! threads against dashmap's 1 µs. Ours also updates the table's exact counts, kept so that
-//! the bounds hold under concurrent inserts and so that placement reads a backend's sessions
-//! in O(1): the global length, the tenant's count and the owner's count, the last two in maps
-//! behind a lock (a read lock and an atomic add each). That is seven read-modify-writes on
-//! cache lines every thread shares, per insert and per removal, made while the shard's write
-//! lock is held, so the shard's readers wait the longer (a `parking_lot` lock parks a waiter
-//! after a short spin). Not profiled on that machine; dashmap keeps no counts. At 5 % writes on
-//! 16 threads the table takes 0.9 million inserts and removals a second; a proxy learns one
-//! key per conversation, orders of magnitude fewer.
+//! (`ours / dashmap` from the same pass; in the first run of the day, readers were 1.00x and
+//! 0.92x.) Lookups scale as dashmap's do: both take a read lock on one of 64 shards. Writes
+//! cost more than dashmap's because ours keep the table's counts exact (so that the bounds
+//! hold under concurrent inserts, and placement reads a backend's sessions in O(1)): the
+//! global length, the tenant's count and the owner's count, three read-modify-writes on cache
+//! lines every writing thread shares, made while the shard's write lock is held. The two
+//! counts used to be found in maps behind a lock, four read-modify-writes more on two more
+//! shared lines: from the readers' time, an insert plus a removal at 10^4 cost 13 to 19 µs a
+//! pair (two runs), against dashmap's 1 to 2 µs; now each shard keeps a handle on the counts
+//! of its entries' owners and tenants, and the pair costs about 4 µs. At 5 % writes on 16 threads the table
+//! takes 2 million inserts and removals a second; a proxy learns one key per conversation,
+//! orders of magnitude fewer.
 //!
 //! What a proxy meets is `hit-chain`: one lookup per request, nothing to overlap it with.
 //! There our table answers in 0.70x to 0.83x the time of every other (interleaved), the

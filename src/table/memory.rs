@@ -1115,21 +1115,25 @@ mod tests {
         let table = MemoryTable::with_config(MemoryTableConfig::new().with_shards(1));
         let (owner, now) = (BackendId::new(3, 1), Instant::now());
         let key = |id: &'static str| Key::new(TenantId::DEFAULT, KeyKind::Session, id.as_bytes());
-        table.insert(&key("a").unwrap(), owner, None, now).unwrap();
+        let add = |id| {
+            let added = table.insert(&key(id).unwrap(), owner, None, now);
+            assert!(matches!(added, Ok(Insert::Added { .. })), "{id}: {added:?}");
+        };
+        add("a");
 
         assert_eq!(table.remove_entries_of(owner.to_bits()), 1);
-        table.insert(&key("b").unwrap(), owner, None, now).unwrap();
+        add("b");
         table.remove(&key("b").unwrap(), None).unwrap();
         table.retire_count_of(owner.to_bits());
         assert_eq!(table.count_owner(owner), 0);
 
-        table.insert(&key("c").unwrap(), owner, None, now).unwrap();
+        add("c");
         assert_eq!(
             table.count_owner(owner),
             1,
             "counted where count_owner reads"
         );
-        table.insert(&key("d").unwrap(), owner, None, now).unwrap();
+        add("d");
         table.remove(&key("c").unwrap(), None).unwrap();
         assert_eq!(table.count_owner(owner), 1);
         assert_eq!(table.remove_owner(owner), 1);
