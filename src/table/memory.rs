@@ -265,7 +265,14 @@ const RETIRED: usize = 1 << (usize::BITS - 1);
 
 type CountMap<K> = HashMap<K, Arc<Count>>;
 
-/// A shard's handles on the counts of the owners and tenants it has held entries of.
+/// The most handles a shard keeps on owners' counts, and on tenants' counts: past it, a
+/// shard lets go of them all and takes them again as it needs them (a handle is a shortcut,
+/// not what the count rests on: an entry's count stays in the table-wide map while it counts
+/// any entry). 64 shards keep at most 2 x 64 x 256 handles, about half a MiB.
+const HANDLES: usize = 256;
+
+/// A shard's handles on the counts of the owners and tenants it has held entries of (at most
+/// [`HANDLES`] of each).
 #[derive(Default)]
 struct Counts {
     owners: CountMap<u32>,
@@ -429,7 +436,9 @@ impl<S: BuildHasher> MemoryTable<S> {
     /// [`remove_owner`](SessionTable::remove_owner) retires a count at zero under the same
     /// lock, atomically with the check: an add through a retired handle sees [`RETIRED`] in the
     /// value it added to, takes it back, and goes to the map. A removal never meets a retired
-    /// count, since the entry it removes was counted on it.
+    /// count: the entry it removes was counted on the shard's handle or, if the shard let go
+    /// of its handles since, on the count the map still holds (a count is retired only at
+    /// zero).
     fn bump<K: Hash + Eq + Copy>(
         map: &RwLock<CountMap<K>>,
         handles: &mut CountMap<K>,
@@ -458,6 +467,9 @@ impl<S: BuildHasher> MemoryTable<S> {
         // Counted while the lock is held: a count is retired only at zero under the write lock.
         let found = map.read().get(&key).map(apply);
         let (before, count) = found.unwrap_or_else(|| apply(map.write().entry(key).or_default()));
+        if handles.len() >= HANDLES {
+            handles.clear();
+        }
         handles.insert(key, count);
         before
     }
@@ -1138,5 +1150,39 @@ mod tests {
         assert_eq!(table.count_owner(owner), 1);
         assert_eq!(table.remove_owner(owner), 1);
         assert_eq!(table.count_owner(owner), 0);
+    }
+
+    /// A shard with entries of more tenants than it keeps handles for lets go of its handles
+    /// and counts on through the map: every count stays exact, and the handles bounded.
+    #[test]
+    fn a_shard_keeps_at_most_its_bound_of_handles_and_the_counts_stay_exact() {
+        let table = MemoryTable::with_config(MemoryTableConfig::new().with_shards(1));
+        let (owner, now) = (BackendId::new(0, 0), Instant::now());
+        let tenants = HANDLES as u16 * 2 + 3;
+        let id = |tenant: u16, i: u16| format!("s-{tenant}-{i}");
+        for round in 0..2 {
+            for tenant in 0..tenants {
+                let id = id(tenant, round);
+                let key = Key::new(TenantId::new(tenant), KeyKind::Session, id.as_bytes());
+                let added = table.insert(&key.unwrap(), owner, None, now);
+                assert!(matches!(added, Ok(Insert::Added { .. })), "{added:?}");
+                assert!(table.shards[0].0.read().counts.tenants.len() <= HANDLES);
+            }
+        }
+        // Remove the first round's keys, so that removals too go through dropped handles.
+        for tenant in 0..tenants {
+            let id = id(tenant, 0);
+            let key = Key::new(TenantId::new(tenant), KeyKind::Session, id.as_bytes());
+            assert!(table.remove(&key.unwrap(), None).is_some());
+        }
+        for tenant in 0..tenants {
+            assert_eq!(
+                table.count_tenant(TenantId::new(tenant)),
+                1,
+                "tenant {tenant}"
+            );
+        }
+        assert_eq!(table.count_owner(owner), usize::from(tenants));
+        assert_eq!(table.occupancy().len, usize::from(tenants));
     }
 }
