@@ -50,25 +50,35 @@ fn readers_never_lose_stable_keys_while_writers_churn() {
     }
 
     // The writers go on until both readers are done (bounded by MAX_CHURN_ROUNDS), so every
-    // read overlaps with writes.
+    // read overlaps with writes; the readers go on past READ_ROUNDS until the writer has
+    // written and the sweeper evicted (bounded in time: on two busy cores a reader can finish
+    // its rounds before the others are first scheduled).
     let readers_done = AtomicUsize::new(0);
+    let (wrote, swept) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(30);
     let barrier = Barrier::new(4);
     std::thread::scope(|s| {
         for reader in 0..2 {
             let (table, stable, readers_done, barrier) = (&table, &stable, &readers_done, &barrier);
+            let (wrote, swept) = (&wrote, &swept);
             s.spawn(move || {
                 barrier.wait();
-                for round in 0..READ_ROUNDS {
+                let churned =
+                    || wrote.load(Ordering::Relaxed) > 0 && swept.load(Ordering::Relaxed) > 0;
+                let mut round = 0;
+                while round < READ_ROUNDS || (!churned() && Instant::now() < deadline) {
                     for (i, id) in stable.iter().enumerate().skip(reader).step_by(2) {
                         let now = start + Duration::from_secs(round);
                         let entry = table.get(&key(id), now).expect("a stable key vanished");
                         assert_eq!(entry.owner, owner_of(i));
                     }
+                    round += 1;
                 }
                 readers_done.fetch_add(1, Ordering::Relaxed);
             });
         }
         let (table, barrier, readers_done) = (&table, &barrier, &readers_done);
+        let (wrote, swept) = (&wrote, &swept);
         let writer = s.spawn(move || {
             barrier.wait();
             let mut live = Vec::new();
@@ -86,6 +96,7 @@ fn readers_never_lose_stable_keys_while_writers_churn() {
                     table.remove(&key(&gone), None);
                 }
                 round += 1;
+                wrote.store(round, Ordering::Relaxed);
             }
             round
         });
@@ -97,6 +108,7 @@ fn readers_never_lose_stable_keys_while_writers_churn() {
                 // Time runs faster here: churn keys expire while stable ones are streaming.
                 let now = start + Duration::from_secs(round as u64);
                 evicted += table.evict_idle(now, 64).evicted;
+                swept.store(evicted, Ordering::Relaxed);
                 round += 1;
             }
             evicted
