@@ -479,51 +479,41 @@ fn bench_chain_floor(c: &mut Criterion) {
 }
 
 fn bench_concurrent<T: Table>(c: &mut Criterion, who: &str, n: usize) {
-    let built = OnceCell::new();
-    let counts: Vec<usize> = threads::counts().into_iter().filter(|&t| t > 1).collect();
-    let mut group = c.benchmark_group("table/readers");
-    for &threads in &counts {
-        group.throughput(Throughput::Elements(threads as u64));
-        group.bench_function(BenchmarkId::new(format!("{who}/{threads}t"), n), |b| {
-            let Fixture {
-                table,
-                present,
-                order,
-                ..
-            } = fixture::<T>(&built, n);
-            b.iter_custom(|iters| {
-                threads::on_threads(threads, iters, |t, i| {
-                    let at = order[(i as usize * threads + t) % n];
-                    black_box(table.lookup(&present[at]));
-                })
-            })
-        });
-    }
-    group.finish();
-
+    let built = OnceCell::<Fixture<T>>::new();
+    concurrent_group(c, "table/readers", who, n, &built, |f, threads, t, i| {
+        black_box(f.table.lookup(&f.present[f.order[(i * threads + t) % n]]));
+    });
     // Writers insert fresh keys and remove them again later, so the size stays near `n`.
     let fresh = ids(1 << 16, 3);
-    let mut group = c.benchmark_group("table/mix-95-5");
-    for &threads in &counts {
+    concurrent_group(c, "table/mix-95-5", who, n, &built, |f, threads, t, i| {
+        if i % 20 == 19 {
+            let j = (i / 20 * threads + t) % fresh.len();
+            f.table.insert(&fresh[j], owner(j));
+            f.table
+                .remove(&fresh[(j + fresh.len() - 64 * threads) % fresh.len()]);
+        } else {
+            black_box(f.table.lookup(&f.present[f.order[(i * threads + t) % n]]));
+        }
+    });
+}
+
+/// A group timing `op(fixture, threads, thread, i)` on 2 and more threads at once (see
+/// [`threads::counts`]); the throughput is all threads' operations together.
+fn concurrent_group<T: Table>(
+    c: &mut Criterion,
+    name: &str,
+    who: &str,
+    n: usize,
+    built: &OnceCell<Fixture<T>>,
+    op: impl Fn(&Fixture<T>, usize, usize, usize) + Sync,
+) {
+    let mut group = c.benchmark_group(name);
+    for threads in threads::counts().into_iter().filter(|&t| t > 1) {
         group.throughput(Throughput::Elements(threads as u64));
         group.bench_function(BenchmarkId::new(format!("{who}/{threads}t"), n), |b| {
-            let Fixture {
-                table,
-                present,
-                order,
-                ..
-            } = fixture::<T>(&built, n);
+            let fixture = fixture::<T>(built, n);
             b.iter_custom(|iters| {
-                threads::on_threads(threads, iters, |t, i| {
-                    let i = i as usize;
-                    if i % 20 == 19 {
-                        let j = (i / 20 * threads + t) % fresh.len();
-                        table.insert(&fresh[j], owner(j));
-                        table.remove(&fresh[(j + fresh.len() - 64 * threads) % fresh.len()]);
-                    } else {
-                        black_box(table.lookup(&present[order[(i * threads + t) % n]]));
-                    }
-                })
+                threads::on_threads(threads, iters, |t, i| op(fixture, threads, t, i as usize))
             })
         });
     }
