@@ -37,7 +37,9 @@ pin_project! {
     ///   client slows the backend (backpressure) and nothing is buffered, with one bounded
     ///   exception: when the router rewrites the body's first event
     ///   ([`HeadOutcome::Rewrite`](crate::router::HeadOutcome::Rewrite), sealed legacy SSE
-    ///   sessions), the bytes up to that event are held and sent rewritten.
+    ///   sessions), the bytes up to that event are held and sent rewritten; and a chunk that
+    ///   reveals a key the shared store must have first waits for its writes
+    ///   ([`with_store_sync`](ObservedBody::with_store_sync)).
     /// - Data frames go through [`Router::on_response_data`] only while the router is
     ///   observing or rewriting; after that the wrapper only forwards.
     /// - The end of the body ends the exchange as [`End::Completed`]; an error from the inner
@@ -250,16 +252,34 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        // Held bytes or a pending frame are still to come.
-        !self.observing && self.pending.is_none() && (self.ended || self.inner.is_end_stream())
+        // Held bytes, a pending frame or a chunk waiting for its store writes are still to
+        // come.
+        !self.observing
+            && self.pending.is_none()
+            && self.syncing.is_none()
+            && (self.ended || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
         // A rewritten body has another length.
-        match &self.exchange {
-            Some(exchange) if exchange.is_rewriting() => SizeHint::default(),
-            _ => self.inner.size_hint(),
+        if self.exchange.as_ref().is_some_and(Exchange::is_rewriting) {
+            return SizeHint::default();
         }
+        // A chunk taken from the inner body but not sent yet still counts.
+        let waiting = self.syncing.as_ref().map_or(0, |(_, chunk)| chunk.len())
+            + self
+                .pending
+                .as_ref()
+                .and_then(Frame::data_ref)
+                .map_or(0, Bytes::len);
+        let inner = self.inner.size_hint();
+        let waiting = waiting as u64;
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(waiting));
+        }
+        hint.set_lower(inner.lower().saturating_add(waiting));
+        hint
     }
 }
 

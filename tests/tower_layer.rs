@@ -16,6 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_executor::block_on;
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full, StreamBody};
 use mcp_affinity::router::store::{SharedStore, StoreWrite};
 use mcp_affinity::router::{NewBackend, Reason, Router, Undelivered};
@@ -601,7 +602,15 @@ fn a_task_revealed_in_a_body_is_written_to_the_store_before_the_body_reaches_the
         let response = service.call(call).await.unwrap();
         // Nothing was revealed by the head.
         assert!(written.lock().unwrap().is_empty());
-        response.into_body().collect().await.unwrap().to_bytes()
+        let mut body = std::pin::pin!(response.into_body());
+        // The chunk naming the task waits for its write: the body is not over yet, and the
+        // chunk still counts in its length.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        assert!(written.lock().unwrap().is_empty());
+        assert!(!body.is_end_stream(), "the chunk is still to come");
+        assert_eq!(body.size_hint().exact(), Some(task.len() as u64));
+        body.collect().await.unwrap().to_bytes()
     });
     assert_eq!(&body[..], task.as_bytes(), "the body goes on unchanged");
     assert_eq!(*written.lock().unwrap(), ["t:b:0:3:t-1"]);
