@@ -1,6 +1,6 @@
 //! Principle 6: routing a request of a known session allocates nothing. A counting global
 //! allocator proves it for the whole round trip of a pinned request: route, response head,
-//! end.
+//! end; and for placing a conversation start under every placement policy.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::cell::Cell;
 
 use common::*;
 use mcp_affinity::TenantId;
-use mcp_affinity::router::{End, HeadOutcome, Router};
+use mcp_affinity::router::{End, HeadOutcome, Placement, Routed, Router};
 
 struct Counting;
 
@@ -111,6 +111,42 @@ fn routing_a_request_of_a_known_session_allocates_nothing() {
         allocations, 0,
         "allocations while routing {pinned} pinned requests"
     );
+}
+
+#[test]
+fn placing_a_conversation_start_allocates_nothing_under_any_policy() {
+    let _one = one_at_a_time();
+    for placement in [
+        Placement::LeastSessions,
+        Placement::PowerOfTwoChoices,
+        Placement::WeightedRoundRobin,
+    ] {
+        let router = Router::builder().placement(placement).build();
+        for i in 0..5 {
+            router
+                .add_backend(TenantId::DEFAULT, &format!("b{i}"), 1)
+                .unwrap();
+        }
+        let clock = Clock::new();
+        let start = post("/mcp", &[]);
+        let _ = router.route(&start, clock.at(1));
+        let mut placed = 0;
+        let allocations = allocations_in(|| {
+            for round in 0..100 {
+                let now = clock.at(2 + round);
+                let Routed::Forward(exchange) = router.route(&start, now) else {
+                    panic!("a start with ready backends is placed");
+                };
+                router.on_exchange_end(exchange, End::Aborted, now);
+                placed += 1;
+            }
+        });
+        assert_eq!(placed, 100);
+        assert_eq!(
+            allocations, 0,
+            "{placement:?}: allocations placing {placed} starts"
+        );
+    }
 }
 
 #[test]

@@ -38,8 +38,8 @@ const DOWN: u64 = 1 << 20;
 
 /// How the router chooses a backend for a request without a known owner.
 ///
-/// Conversation starts (a legacy `initialize`, a legacy SSE connect) use this policy; keyless
-/// stateless calls (2026-07-28 era, non-MCP paths) always use weighted round robin, since they
+/// Conversation starts (a legacy `initialize`, a legacy SSE connect) and an operator key's
+/// first request (or one whose owner is gone) use this policy; keyless stateless calls (2026-07-28 era, non-MCP paths) always use weighted round robin, since they
 /// leave no session behind to balance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -373,7 +373,8 @@ pub(crate) struct Reported {
 /// The backends of every tenant.
 #[derive(Debug)]
 pub(crate) struct Fleet {
-    /// Per slot: generation (low 16 bits) and state flags.
+    /// Per slot: generation (low 16 bits), state flags (bits 16 to 20) and term (high 32
+    /// bits), as [`publish`](Fleet::publish) writes them.
     hot: Box<[AtomicU64]>,
     /// Per slot: the drain deadline in milliseconds since `epoch`, plus one (0: none).
     deadlines: Box<[AtomicU64]>,
@@ -932,10 +933,7 @@ impl Fleet {
         match policy {
             Placement::WeightedRoundRobin => weighted_turn(candidates, turn),
             Placement::LeastSessions => least_loaded(candidates, load),
-            Placement::PowerOfTwoChoices => {
-                let all: Vec<_> = candidates.collect();
-                two_choices(&all, turn, load)
-            }
+            Placement::PowerOfTwoChoices => two_choices(candidates, turn, load),
         }
     }
 
@@ -1013,20 +1011,22 @@ fn least_loaded(
         .map(|(_, _, id)| id)
 }
 
-/// Two pseudo-random candidates; the less loaded one.
+/// Two pseudo-random candidates; the less loaded one. (Walks the candidates instead of
+/// collecting them: a placement allocates nothing.)
 fn two_choices(
-    all: &[Candidate],
+    candidates: impl Iterator<Item = Candidate> + Clone,
     turn: u64,
     load: impl Fn(BackendId) -> usize,
 ) -> Option<BackendId> {
-    match all.len() {
+    let nth = |i: usize| candidates.clone().nth(i).map(|c| c.id);
+    match candidates.clone().count() {
         0 => None,
-        1 => Some(all[0].id),
+        1 => nth(0),
         n => {
             let mix = splitmix(turn);
             let a = (mix % n as u64) as usize;
             let b = (a + 1 + ((mix >> 32) % (n as u64 - 1)) as usize) % n;
-            let (a, b) = (all[a].id, all[b].id);
+            let (a, b) = (nth(a)?, nth(b)?);
             Some(if load(b) < load(a) { b } else { a })
         }
     }
