@@ -328,8 +328,9 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
     }
 
     /// Sets the largest request body (by its size hint) kept so that the request can be
-    /// placed again after a failed delivery. Only requests that may be placed again
-    /// (conversation starts, 2026-07-28 calls) are kept; 0 keeps none.
+    /// placed again after a failed delivery. Only requests that may be placed again are kept:
+    /// those not pinned by a session or task key (conversation starts, 2026-07-28 calls,
+    /// operator-key requests, non-MCP paths); 0 keeps none.
     pub fn replay_limit(mut self, bytes: u64) -> Self {
         self.replay_limit = bytes;
         self
@@ -527,6 +528,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                         Attempts::Kept(kept) => (parts.clone(), kept.body()),
                         Attempts::Once(once) => match once.take() {
                             Some(once) => (take_parts(&mut parts), ReplayBody::streamed(once)),
+                            // (Not reached: a spent body is never tried again, see below.)
                             None => return Ok(local(StatusCode::BAD_GATEWAY, "not delivered\n")),
                         },
                     };
@@ -565,6 +567,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                         .on_exchange_end(next, End::Aborted, self.clock.now());
                     return match error {
                         Some(error) => Err(error),
+                        // (Not reached: a body is spent only by a call, which failed.)
                         None => Ok(local(StatusCode::BAD_GATEWAY, "not delivered\n")),
                     };
                 }

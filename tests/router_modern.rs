@@ -281,4 +281,15 @@ fn a_compressed_response_is_not_observed() {
     assert!(matches!(outcome, HeadOutcome::Forward));
     assert_eq!(router.metrics().bodies_encoded, 1);
     assert_eq!(router.metrics().keys_learned, 0);
+    // A call that creates no task would not have been read: not counted.
+    let (_, outcome) = exchange(
+        &router,
+        &call("tools/list", ""),
+        200,
+        &[JSON, ("content-encoding", "br")],
+        &[TASK],
+        now,
+    );
+    assert!(matches!(outcome, HeadOutcome::Forward));
+    assert_eq!(router.metrics().bodies_encoded, 1);
 }

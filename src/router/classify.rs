@@ -42,7 +42,8 @@ pub(crate) enum Intent {
     SessionPost,
     /// Streamable HTTP `GET` with a session id: a stream that keeps the session alive.
     SessionStream,
-    /// Streamable HTTP `DELETE` with a session id: forgets the session on 2xx or 404.
+    /// Streamable HTTP `DELETE` with a session id: forgets the session on 2xx (and, as for any
+    /// request of a session, on 404 when principals are bound).
     SessionDelete,
     /// A 2026-07-28 call without a key: placed; its response may create a task.
     ModernCall {
@@ -72,6 +73,16 @@ impl Intent {
             self,
             Intent::SseConnect | Intent::SessionStart { versioned: false }
         )
+    }
+
+    /// Intents whose 2xx response body the router reads for a key: a legacy SSE connect's
+    /// `endpoint` event, and (feature `tasks`) the task a 2026-07-28 call may create.
+    pub(crate) fn reads_body(self) -> bool {
+        match self {
+            Intent::SseConnect => true,
+            Intent::ModernCall { may_create_task } => may_create_task && cfg!(feature = "tasks"),
+            _ => false,
+        }
     }
 }
 
@@ -133,11 +144,6 @@ const MCP_SESSION_ID: &str = "mcp-session-id";
 
 /// The first protocol version of the modern era.
 const MODERN: &[u8; 10] = b"2026-07-28";
-
-/// Whether a raw query parameter's name is one SDKs put the legacy SSE session in.
-pub(crate) fn is_sse_param(name: &str) -> bool {
-    is_sse_param_bytes(&path::decode_query(name.as_bytes()))
-}
 
 /// The legacy SSE session parameter of a query string: its value, decoded as servers decode it
 /// (percent-escapes, `+` as a space), and where the raw value is in the query.

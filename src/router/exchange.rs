@@ -73,22 +73,15 @@ const MCP_SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-sess
 /// `uri` with the value of its legacy SSE session parameter replaced by `id`.
 fn with_session_param(uri: &http::Uri, id: &[u8]) -> Option<http::Uri> {
     let query = uri.query()?;
-    let id = std::str::from_utf8(id).ok()?;
-    let mut rewritten = String::with_capacity(query.len() + id.len());
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            rewritten.push('&');
-        }
-        match pair.split_once('=') {
-            Some((name, _)) if super::classify::is_sse_param(name) => {
-                rewritten.push_str(name);
-                rewritten.push('=');
-                rewritten.push_str(&super::path::encode_query(id.as_bytes()));
-            }
-            _ => rewritten.push_str(pair),
-        }
-    }
-    let path_and_query = format!("{}?{rewritten}", uri.path());
+    // (The request was routed by this parameter: it names exactly one.)
+    let raw = super::classify::sse_session_param(query).ok()??.raw;
+    let path_and_query = format!(
+        "{}?{}{}{}",
+        uri.path(),
+        &query[..raw.start],
+        super::path::encode_query(id),
+        &query[raw.end..]
+    );
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query.parse().ok()?);
     http::Uri::from_parts(parts).ok()
@@ -191,6 +184,23 @@ impl Exchange {
             token: None,
             rewriting: false,
             revealed: false,
+        }
+    }
+
+    /// An exchange pinned by `key` to `owner`, in the owner's term `term`.
+    #[inline]
+    pub(crate) fn pinned(
+        tenant: TenantId,
+        owner: BackendId,
+        term: u32,
+        key: (KeyKind, IdBuf),
+        intent: Intent,
+        principal: Option<Principal>,
+    ) -> Self {
+        Exchange {
+            term,
+            key: Some(key),
+            ..Exchange::new(tenant, owner, How::Pinned, intent, principal)
         }
     }
 
@@ -350,8 +360,9 @@ pub enum HeadOutcome {
     /// through untouched. [`ObservedBody`](crate::body::ObservedBody) does it.
     Rewrite,
     /// Do not forward this response: the backend created a conversation the router cannot
-    /// record (table full, or an id another backend owns). Answer with the rejection instead,
-    /// so the client retries.
+    /// record (table full, an id another backend owns, an id the router cannot route, or,
+    /// with a shared store, a session whose binding could not be queued for the store).
+    /// Answer with the rejection instead, so the client retries.
     Replace(Rejection),
 }
 

@@ -89,12 +89,14 @@ type BodyOverride = dyn Fn(&Rejection) -> Option<Bytes> + Send + Sync;
 ///
 /// 1. [`route`](Router::route) (or [`route_with`](Router::route_with), whose closure may
 ///    veto a placement choice and ask for the next) classifies the request head:
-///    - a request carrying a key (legacy SSE session parameter, `Mcp-Session-Id`, a task's
-///      `Mcp-Name`, an operator key, an affinity cookie) is **pinned** to the key's owner, or
-///      **rejected** if the key is unknown, its owner gone, down or revoked, or it belongs to
-///      another principal;
-///    - a request without one is **placed** on a ready backend of its tenant by the
-///      [`Placement`] policy, or rejected if none is ready.
+///    - a request carrying a protocol key (legacy SSE session parameter, `Mcp-Session-Id`,
+///      a task's `Mcp-Name`) is **pinned** to the key's owner, or **rejected** if the key is
+///      unknown, its owner gone, down or revoked, or it belongs to another principal;
+///    - a request with an operator key is pinned to the key's live owner; a key not known,
+///      or whose owner is gone, is placed and bound afresh to the backend that answers it;
+///    - a request with an affinity cookie naming a ready backend goes there; with none, or a
+///      cookie naming a backend that is not ready, it is **placed** on a ready backend of its
+///      tenant by the [`Placement`] policy, or rejected if none is ready.
 ///
 ///    If the request cannot be delivered (nothing of it was written: the connection was
 ///    refused, timed out or failed), hand the exchange to

@@ -116,7 +116,7 @@ impl<T: SessionTable> Router<T> {
         }
         let max_observe = self.config.max_observe;
         match exchange.intent {
-            Intent::SseConnect | Intent::ModernCall { .. } if ok && !identity_encoded(headers) => {
+            intent if ok && intent.reads_body() && !identity_encoded(headers) => {
                 // A compressed body cannot be read for its key (proxies should not ask
                 // backends for compression on these paths): counted, not observed.
                 self.counters.here().encoded.incr();
@@ -137,30 +137,7 @@ impl<T: SessionTable> Router<T> {
                 }
             }
             Intent::SessionStart { .. } if ok => match headers.get(&MCP_SESSION_ID) {
-                Some(id) => {
-                    match self.seal_minted(exchange, KeyKind::Session, id.as_bytes(), now) {
-                        Ok(None) => {
-                            let id = id.as_bytes();
-                            let learned = self.learn(exchange, KeyKind::Session, id, false, now);
-                            self.learned_head(learned, KeyKind::Session)
-                        }
-                        Ok(Some(token)) => {
-                            let token = HeaderValue::from_maybe_shared(token)
-                                .expect("base64url is a valid header value");
-                            edits.push(HeadEdit::Insert(MCP_SESSION_ID, token));
-                            HeadOutcome::Forward
-                        }
-                        Err(Reason::UnroutableKey(kind)) => {
-                            self.counters.here().unlearned.incr();
-                            HeadOutcome::Replace(self.reject(Reason::UnroutableKey(kind)))
-                        }
-                        Err(_) => {
-                            // Its backend was removed or went down meanwhile: nothing to seal for.
-                            self.counters.here().unlearned.incr();
-                            HeadOutcome::Forward
-                        }
-                    }
-                }
+                Some(id) => self.session_started(exchange, id.as_bytes(), edits, now),
                 None => HeadOutcome::Forward,
             },
             Intent::SessionPost
@@ -189,6 +166,38 @@ impl<T: SessionTable> Router<T> {
                 HeadOutcome::Observe
             }
             _ => HeadOutcome::Forward,
+        }
+    }
+
+    /// A 2xx answer to a conversation start that minted session `id`: the session is
+    /// learned, or sealed into the id the client gets.
+    fn session_started(
+        &self,
+        exchange: &mut Exchange,
+        id: &[u8],
+        edits: &mut HeadEdits,
+        now: Instant,
+    ) -> HeadOutcome {
+        match self.seal_minted(exchange, KeyKind::Session, id, now) {
+            Ok(None) => {
+                let learned = self.learn(exchange, KeyKind::Session, id, false, now);
+                self.learned_head(learned, KeyKind::Session)
+            }
+            Ok(Some(token)) => {
+                let token = HeaderValue::from_maybe_shared(token)
+                    .expect("base64url is a valid header value");
+                edits.push(HeadEdit::Insert(MCP_SESSION_ID, token));
+                HeadOutcome::Forward
+            }
+            Err(Reason::UnroutableKey(kind)) => {
+                self.counters.here().unlearned.incr();
+                HeadOutcome::Replace(self.reject(Reason::UnroutableKey(kind)))
+            }
+            Err(_) => {
+                // Its backend was removed or went down meanwhile: nothing to seal for.
+                self.counters.here().unlearned.incr();
+                HeadOutcome::Forward
+            }
         }
     }
 
@@ -288,8 +297,7 @@ impl<T: SessionTable> Router<T> {
             let dead = stale.owner != BackendId::CONTESTED
                 && stale.owner != backend
                 && self.fleet.owner_status(stale.owner, now) != OwnerStatus::Live;
-            if dead && self.table.remove(&key, Some(stale.owner)).is_some() {
-                self.counters.here().purged.incr();
+            if dead && self.purge_key(&key, stale.owner) {
                 if stale.streams > 0 {
                     self.counters.here().conflicts.incr();
                     return Learned::Conflict(BackendId::CONTESTED);
@@ -332,9 +340,7 @@ impl<T: SessionTable> Router<T> {
             Err(_) => Learned::Refused,
         };
         if learned == Learned::Bound && !live() {
-            if self.table.remove(&key, Some(backend)).is_some() {
-                self.counters.here().purged.incr();
-            }
+            self.purge_key(&key, backend);
             return Learned::OwnerGone;
         }
         learned

@@ -260,16 +260,11 @@ impl<T: SessionTable> Router<T> {
                 return self.forward_owned(&key, entry, intent, principal, now);
             }
             // A client cannot start an operator key over: when its owner is gone, the key is
-            // bound afresh, as on its first request (with a store, where the fleet agrees:
-            // another router may have bound it afresh already).
-            if self.table.remove(&key, Some(entry.owner)).is_some() {
-                self.counters.here().purged.incr();
-            }
-            if let Some(lookup) = self.lookup(&key, intent, principal) {
-                return Routed::Lookup(lookup);
-            }
-        } else if let Some(lookup) = self.lookup(&key, intent, principal) {
-            // Another router may have bound it.
+            // bound afresh, as on its first request.
+            self.purge_key(&key, entry.owner);
+        }
+        // With a store, where the fleet agrees: another router may have bound it (afresh).
+        if let Some(lookup) = self.lookup(&key, intent, principal) {
             return Routed::Lookup(lookup);
         }
         let mut exchange =
@@ -302,11 +297,15 @@ impl<T: SessionTable> Router<T> {
             OwnerStatus::Live => {
                 self.counters.here().pinned.incr();
                 // Built where it is returned (a 208-byte exchange is not copied on the way).
-                return Routed::Forward(Exchange {
+                let (tenant, key) = (key.tenant(), (kind, IdBuf::new(key.id_bytes())));
+                return Routed::Forward(Exchange::pinned(
+                    tenant,
+                    entry.owner,
                     term,
-                    key: Some((kind, IdBuf::new(key.id_bytes()))),
-                    ..Exchange::new(key.tenant(), entry.owner, How::Pinned, intent, principal)
-                });
+                    key,
+                    intent,
+                    principal,
+                ));
             }
             OwnerStatus::Gone => (Reason::OwnerGone(kind), &self.counters.here().purged),
             OwnerStatus::Down => (Reason::OwnerDown(kind), &self.counters.here().purged),
@@ -400,6 +399,16 @@ impl<T: SessionTable> Router<T> {
         self.fleet.is_ready_in(id, tenant).then_some(id)
     }
 
+    /// Forgets `key` if `owner` still holds it (a key whose owner is gone, down or replaced),
+    /// counted as purged; whether it did.
+    pub(super) fn purge_key(&self, key: &Key<'_>, owner: BackendId) -> bool {
+        let purged = self.table.remove(key, Some(owner)).is_some();
+        if purged {
+            self.counters.here().purged.incr();
+        }
+        purged
+    }
+
     pub(super) fn reject(&self, reason: Reason) -> Rejection {
         self.counters.here().rejected[reason.index()].incr();
         let rejection = Rejection::new(reason, self.config.retry_after);
@@ -478,25 +487,20 @@ impl<T: SessionTable> Router<T> {
                     (Undelivered::Refused, _) | (_, OwnerStatus::Down) => Reason::OwnerDown(kind),
                     _ => Reason::OwnerUnreachable(kind),
                 };
-                if reason == Reason::OwnerDown(kind) {
-                    if let Some(key) = exchange.routed_key() {
-                        if self.table.remove(&key, Some(backend)).is_some() {
-                            self.counters.here().purged.incr();
-                        }
-                    }
+                if let Some(key) = exchange
+                    .routed_key()
+                    .filter(|_| reason == Reason::OwnerDown(kind))
+                {
+                    self.purge_key(&key, backend);
                 }
                 Routed::Reject(self.reject(reason))
             }
-            operator => {
+            // No key, or an operator key whose owner refused the connection.
+            _ => {
                 // Nothing was sent: safe to place anywhere else. An operator key is bound
                 // afresh, as when its owner is gone.
-                if operator.is_some() {
-                    if let Some(key) = exchange.routed_key() {
-                        if self.table.remove(&key, Some(backend)).is_some() {
-                            self.counters.here().purged.incr();
-                        }
-                    }
-                    let (_, id) = exchange.key.take().expect("an operator key");
+                if let Some((kind, id)) = exchange.key.take() {
+                    self.purge_key(&exchange.key_of(kind, &id), backend);
                     exchange.bind_operator = Some(Box::new(id));
                 }
                 exchange.pending = None;

@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
 
 use super::Router;
-use super::exchange::{Exchange, How, IdBuf, Routed};
+use super::exchange::{Exchange, IdBuf, Routed};
 use super::fleet::{Named, OwnerStatus};
 use super::metrics::Counters;
 use super::reject::Reason;
@@ -247,9 +247,8 @@ impl<T: SessionTable> Router<T> {
         }
         self.counters.here().pinned.incr();
         self.counters.here().tokens_opened.incr();
-        let mut exchange = Exchange::new(tenant, owner, How::Pinned, intent, principal);
-        exchange.term = term;
-        exchange.key = Some((kind, IdBuf::new(claims.id_bytes())));
+        let key = (kind, IdBuf::new(claims.id_bytes()));
+        let mut exchange = Exchange::pinned(tenant, owner, term, key, intent, principal);
         exchange.token = Some(value.into());
         Presented::Routed(Routed::Forward(exchange))
     }

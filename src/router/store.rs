@@ -578,16 +578,14 @@ impl<T: SessionTable> Router<T> {
                     .insert(&key, owner, binding.principal, bound_at.min(now));
                 self.counters.here().store_found.incr();
                 self.counters.here().pinned.incr();
-                let mut exchange = Exchange::new(
+                return Routed::Forward(Exchange::pinned(
                     lookup.tenant,
                     owner,
-                    How::Pinned,
+                    term,
+                    (kind, lookup.id),
                     lookup.intent,
                     lookup.principal,
-                );
-                exchange.term = term;
-                exchange.key = Some((kind, lookup.id));
-                return Routed::Forward(exchange);
+                ));
             }
             OwnerStatus::Live | OwnerStatus::Gone | OwnerStatus::Down => Reason::OwnerGone(kind),
             OwnerStatus::Revoked => Reason::OwnerRevoked(kind),
@@ -656,9 +654,7 @@ impl<T: SessionTable> Router<T> {
             return;
         }
         let drop_mine = || {
-            if self.table.remove(&key, Some(mine.owner)).is_some() {
-                self.counters.here().purged.incr();
-            }
+            self.purge_key(&key, mine.owner);
         };
         let Some(found) = Binding::decode(value) else {
             return drop_mine();

@@ -506,7 +506,7 @@ impl<S: BuildHasher> MemoryTable<S> {
             // Highest first: a swap-removal then only moves slots this loop is done with.
             doomed.sort_unstable_by(|a, b| b.cmp(a));
             for &i in &doomed {
-                let (slot, _) = shard.remove_at(&self.hasher, i);
+                let slot = shard.remove_at(&self.hasher, i);
                 self.forget_counts(&mut shard.counts, &slot);
             }
             // No entry of the owner is left here: nor is the shard's handle on its count.
@@ -577,7 +577,7 @@ impl<S: BuildHasher> MemoryTable<S> {
             };
             match shard.lru_victim(only) {
                 Some(victim) => {
-                    let (slot, _) = shard.remove_at(&self.hasher, victim);
+                    let slot = shard.remove_at(&self.hasher, victim);
                     self.forget_counts(&mut shard.counts, &slot);
                     evicted = true;
                 }
@@ -741,20 +741,16 @@ impl Shard {
         }
     }
 
-    /// Removes slot `i`, moving the last slot into its place; returns the removed slot and its
-    /// principal.
-    fn remove_at<S: BuildHasher>(&mut self, hasher: &S, i: usize) -> (Slot, Option<u64>) {
+    /// Removes slot `i`, moving the last slot into its place; returns the removed slot.
+    fn remove_at<S: BuildHasher>(&mut self, hasher: &S, i: usize) -> Slot {
         self.unlink(i);
         let hash = self.slot_hash(hasher, i);
         self.index.remove(hash, i as u32);
         let last = self.slots.len() - 1;
         let removed = self.slots.swap_remove(i);
-        let principal = if !self.tracks_principals {
-            None
-        } else {
-            let p = self.principals.swap_remove(i);
-            (removed.flags & HAS_PRINCIPAL != 0).then_some(p)
-        };
+        if self.tracks_principals {
+            self.principals.swap_remove(i);
+        }
         if i != last {
             // The former last slot now lives at `i`: re-point its index entry and neighbours.
             let hash = self.slot_hash(hasher, i);
@@ -777,7 +773,7 @@ impl Shard {
             self.long_ids[at as usize] = Box::default();
             self.long_free.push(at);
         }
-        (removed, principal)
+        removed
     }
 
     /// Looks at up to `budget` slots, each at most once, from the cursor on and around,
@@ -797,7 +793,7 @@ impl Shard {
         while i < self.slots.len() && examined < budget {
             examined += 1;
             if expired(&self.slots[i]) {
-                let slot = self.remove_at(hasher, i).0;
+                let slot = self.remove_at(hasher, i);
                 gone(&mut self.counts, &slot);
                 removed += 1;
             } else {
@@ -815,7 +811,7 @@ impl Shard {
             examined += 1;
             if expired(&self.slots[i]) {
                 let last = self.slots.len() - 1;
-                let slot = self.remove_at(hasher, i).0;
+                let slot = self.remove_at(hasher, i);
                 gone(&mut self.counts, &slot);
                 removed += 1;
                 if last >= end {
@@ -946,7 +942,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
             return None;
         }
         let entry = self.entry(&shard, i);
-        let (slot, _) = shard.remove_at(&self.hasher, i);
+        let slot = shard.remove_at(&self.hasher, i);
         self.forget_counts(&mut shard.counts, &slot);
         Some(entry)
     }
@@ -986,7 +982,7 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
         slot.used.store(tick, Relaxed);
         let entry = self.entry(&shard, i);
         if entry.streams == 0 {
-            let (slot, _) = shard.remove_at(&self.hasher, i);
+            let slot = shard.remove_at(&self.hasher, i);
             self.forget_counts(&mut shard.counts, &slot);
         }
         Some(entry)
