@@ -18,8 +18,9 @@
 //! ([`Proxy::serve_on_threads`]); in-process users (the demo, the load generator, most tests)
 //! serve them on the runtime they run on ([`Proxy::serve`]).
 //!
-//! Out of band: an admin listener (metrics, add/drain/undrain/remove/restart backends), a
-//! maintenance task (`Router::maintain` every second, TCP health checks), graceful shutdown.
+//! Out of band: an admin listener (metrics, add/drain/undrain/remove/restart backends:
+//! `admin.rs`), a maintenance task (`Router::maintain` every second, TCP health checks),
+//! graceful shutdown (the serving loop and how threads share connections: `accept.rs`).
 //!
 //! A fleet of proxies agrees on owners in two ways, alone or together:
 //!
@@ -36,7 +37,6 @@
 // Each includer uses part of this module.
 #![allow(dead_code)]
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -50,13 +50,11 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_affinity::router::{
-    BackendInfo, Metrics, NewBackend, OPENMETRICS_CONTENT_TYPE, Probe, Rejection, Router, Sealing,
-    SharedStore, Undelivered,
+    Metrics, NewBackend, Probe, Rejection, Router, Sealing, SharedStore, Undelivered,
 };
 use mcp_affinity::seal::Keyring;
 use mcp_affinity::table::{MemoryTable, MemoryTableConfig};
@@ -64,14 +62,19 @@ use mcp_affinity::tower::{
     Affinity, AffinityBody, AffinityLayer, ReplayBody, StoreAnswer, Upstream,
 };
 use mcp_affinity::{BackendId, TenantId};
-use mcp_affinity_redis::{Answer, RedisStore, RedisStoreConfig, StoreMetrics};
+use mcp_affinity_redis::{Answer, RedisStore, RedisStoreConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 
+#[path = "accept.rs"]
+mod accept;
+#[path = "admin.rs"]
+mod admin;
 #[path = "dedicated.rs"]
 pub mod dedicated;
+use accept::{Acceptor, Share, serve_with};
 use dedicated::{Dedicated, Limits, LookAhead};
 
 /// The body of every response the proxy sends: the gateway's (the backend's, observed by the
@@ -641,29 +644,6 @@ impl Proxy {
         })
     }
 
-    /// Serves the admin API on `listener` until `shutdown` completes.
-    pub async fn serve_admin(
-        self: Arc<Self>,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) {
-        let proxy = self;
-        serve_with(
-            Acceptor::alone(listener),
-            shutdown,
-            Duration::ZERO,
-            move |_| {
-                let proxy = proxy.clone();
-                let handler = move |req| {
-                    let proxy = proxy.clone();
-                    async move { proxy.admin(req) }
-                };
-                (handler, std::future::pending())
-            },
-        )
-        .await;
-    }
-
     /// Calls `Router::maintain` every second and, if on, checks every backend's TCP port,
     /// until `shutdown` completes; with a shared store, runs its sync task meanwhile (and
     /// lets it write what is queued, within its grace, on the way out).
@@ -727,86 +707,6 @@ impl Proxy {
         }
         while let Some(Ok((id, probe))) = set.join_next().await {
             let _ = self.router.report_health(id, probe, Instant::now());
-        }
-    }
-
-    /// The admin API.
-    ///
-    /// - `GET /metrics`: the router's metrics in the OpenMetrics text format (what Prometheus
-    ///   scrapes); `GET /metrics.json` (or `/metrics?format=json`): as JSON
-    /// - `GET /backends`: the backends as JSON
-    /// - `POST /backends?url=http://host:port`: adds a backend
-    /// - `POST /backends/<slot>/drain[?deadline=<seconds>]`, `.../undrain`, `.../remove`
-    ///   (also `DELETE /backends/<slot>`), `.../restart`
-    pub fn admin(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let path = req.uri().path().trim_end_matches('/');
-        let query = req.uri().query().unwrap_or("");
-        let param = |name: &str| {
-            query
-                .split('&')
-                .filter_map(|p| p.split_once('='))
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.to_string())
-        };
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let method = req.method().clone();
-        let result: Result<serde_json::Value, (StatusCode, String)> =
-            match (&method, segments.as_slice()) {
-                (&Method::GET, ["metrics"]) if param("format").as_deref() != Some("json") => {
-                    let mut response = text(StatusCode::OK, self.metrics().to_openmetrics());
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
-                    );
-                    return response;
-                }
-                (&Method::GET, ["metrics" | "metrics.json"]) => {
-                    Ok(metrics_json(&self.metrics(), self))
-                }
-                (&Method::GET, ["backends"]) => Ok(backends_json(&self.router.backends(), self)),
-                (&Method::POST, ["backends"]) => match param("url") {
-                    Some(url) => self
-                        .add_named(&param("name").unwrap_or_else(|| url.clone()), &url)
-                        .map(id_json)
-                        .map_err(|e| (StatusCode::BAD_REQUEST, e)),
-                    None => Err((StatusCode::BAD_REQUEST, "missing ?url=".into())),
-                },
-                (_, ["backends", slot, rest @ ..]) => {
-                    let Ok(slot) = slot.parse::<u16>() else {
-                        return text(StatusCode::BAD_REQUEST, format!("bad slot {slot:?}\n"));
-                    };
-                    let not_found = |e: String| (StatusCode::NOT_FOUND, e);
-                    match (&method, rest) {
-                        (&Method::POST, ["drain"]) => {
-                            let deadline = match param("deadline").map(|s| s.parse::<f64>()) {
-                                None => None,
-                                Some(Ok(s)) if s >= 0.0 && s.is_finite() => {
-                                    Some(Duration::from_secs_f64(s))
-                                }
-                                Some(_) => {
-                                    return text(StatusCode::BAD_REQUEST, "bad deadline\n".into());
-                                }
-                            };
-                            self.drain(slot, deadline).map(id_json).map_err(not_found)
-                        }
-                        (&Method::POST, ["undrain"]) => {
-                            self.undrain(slot).map(id_json).map_err(not_found)
-                        }
-                        (&Method::POST, ["remove"]) | (&Method::DELETE, []) => self
-                            .remove(slot)
-                            .map(|purged| serde_json::json!({ "purged": purged }))
-                            .map_err(not_found),
-                        (&Method::POST, ["restart"]) => {
-                            self.restart(slot).map(id_json).map_err(not_found)
-                        }
-                        _ => Err((StatusCode::NOT_FOUND, "no such admin action".into())),
-                    }
-                }
-                _ => Err((StatusCode::NOT_FOUND, "no such admin resource".into())),
-            };
-        match result {
-            Ok(value) => json(StatusCode::OK, &value),
-            Err((status, message)) => json(status, &serde_json::json!({ "error": message })),
         }
     }
 }
@@ -1186,95 +1086,6 @@ impl Backends {
     }
 }
 
-fn id_json(id: BackendId) -> serde_json::Value {
-    serde_json::json!({ "slot": id.slot(), "generation": id.generation(), "id": id.to_string() })
-}
-
-fn backends_json(backends: &[BackendInfo], proxy: &Proxy) -> serde_json::Value {
-    backends
-        .iter()
-        .map(|b| {
-            serde_json::json!({
-                "slot": b.id.slot(),
-                "generation": b.id.generation(),
-                "id": b.id.to_string(),
-                "url": &*b.label,
-                "live": proxy.url_of(b.id).is_some(),
-                "ready": b.ready(),
-                "healthy": b.healthy,
-                "draining": b.draining,
-                "revoked": b.revoked,
-                "sessions": b.sessions,
-            })
-        })
-        .collect()
-}
-
-/// The metrics as a JSON object.
-pub fn metrics_json(m: &Metrics, proxy: &Proxy) -> serde_json::Value {
-    let rejected: serde_json::Map<String, serde_json::Value> = m
-        .rejected
-        .iter()
-        .map(|(name, n)| ((*name).to_string(), (*n).into()))
-        .collect();
-    serde_json::json!({
-        "pinned": m.pinned,
-        "placed": m.placed,
-        "rejected": rejected,
-        "rejected_total": m.rejected_total(),
-        "keys_learned": m.keys_learned,
-        "keys_forgotten": m.keys_forgotten,
-        "keys_expired": m.keys_expired,
-        "keys_revoked": m.keys_revoked,
-        "keys_purged": m.keys_purged,
-        "keys_evicted": m.keys_evicted,
-        "keys_released": m.keys_released,
-        "key_conflicts": m.key_conflicts,
-        "id_mismatches": m.id_mismatches,
-        "keys_unlearned": m.keys_unlearned,
-        "bodies_observed": m.bodies_observed,
-        "observe_limit_hits": m.observe_limit_hits,
-        "vetoes": m.vetoes,
-        "table": { "len": m.table.len, "capacity": m.table.capacity },
-        "backends": backends_json(&m.backends, proxy),
-        "store": proxy.store().map(|store| store_json(m, &store.metrics())),
-        "dedicated_connections": proxy.dedicated_connections(),
-    })
-}
-
-/// The shared store's side of the metrics: the router's and the adapter's.
-fn store_json(m: &Metrics, s: &StoreMetrics) -> serde_json::Value {
-    let ms = |q: f64| {
-        s.lookup_latency
-            .quantile(q)
-            .map(|d| d.as_secs_f64() * 1000.0)
-    };
-    serde_json::json!({
-        "circuit": format!("{:?}", s.circuit),
-        "circuit_opened": s.circuit_opened,
-        "lookups": s.lookups,
-        "found": s.found,
-        "missing": s.missing,
-        "unavailable": s.unavailable,
-        "lookup_p50_ms": ms(0.5),
-        "lookup_p99_ms": ms(0.99),
-        "errors": {
-            "timeouts": s.errors.timeouts,
-            "connection": s.errors.connection,
-            "server": s.errors.server,
-            "other": s.errors.other,
-        },
-        "writes": s.writes,
-        "binds_taken": s.binds_taken,
-        "reseeds": s.reseeds,
-        "store_restarts": s.store_restarts,
-        "queue_depth": m.store_queue,
-        "pending_writes": s.pending_writes,
-        "writes_dropped": m.store_writes_dropped,
-        "adopted": m.store_adopted,
-    })
-}
-
 /// Why a request that failed never reached its backend, if it surely did not: hyper-util
 /// reports connection failures (nothing written) as connect errors.
 fn undelivered(error: &hyper_util::client::legacy::Error) -> Option<Undelivered> {
@@ -1397,201 +1208,6 @@ impl<B: Body<Data = Bytes>> Body for UntilGone<B> {
     }
 }
 
-/// Where a serving loop gets its connections: a listener, and on a thread of
-/// [`Proxy::serve_on_threads`], what the other threads hand it.
-struct Acceptor {
-    listener: TcpListener,
-    share: Option<Share>,
-}
-
-/// A connection on its way from one serving thread to another.
-type Handed = (std::net::TcpStream, SocketAddr);
-
-/// One thread's part in sharing the connections evenly: a thread that accepts a connection
-/// while it has more open than another hands it to the one with fewest (every thread is woken
-/// by a new connection, and the first to accept it gets it: in a burst, often the same one).
-/// HAProxy shares its connections between threads the same way.
-struct Share {
-    me: usize,
-    /// How many connections each thread has open (counted for the thread it is handed to,
-    /// from the moment it is handed).
-    open: Arc<[std::sync::atomic::AtomicUsize]>,
-    /// Where each thread takes the connections handed to it.
-    to: Arc<[tokio::sync::mpsc::UnboundedSender<Handed>]>,
-    handed: tokio::sync::mpsc::UnboundedReceiver<Handed>,
-}
-
-impl Share {
-    /// The parts of `threads` threads.
-    fn for_threads(threads: usize) -> Vec<Share> {
-        let (to, handed): (Vec<_>, Vec<_>) = (0..threads)
-            .map(|_| tokio::sync::mpsc::unbounded_channel())
-            .unzip();
-        let open: Arc<[_]> = (0..threads).map(|_| Default::default()).collect();
-        let to: Arc<[_]> = to.into();
-        handed
-            .into_iter()
-            .enumerate()
-            .map(|(me, handed)| Share {
-                me,
-                open: open.clone(),
-                to: to.clone(),
-                handed,
-            })
-            .collect()
-    }
-
-    /// A connection counted for this thread, into its runtime (uncounted if that fails).
-    fn take(
-        &self,
-        stream: std::net::TcpStream,
-        peer: SocketAddr,
-    ) -> std::io::Result<(TcpStream, SocketAddr)> {
-        let stream = TcpStream::from_std(stream).inspect_err(|_| {
-            self.open[self.me].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        })?;
-        Ok((stream, peer))
-    }
-
-    /// The thread with the fewest open connections, if it has fewer than this one.
-    fn fewer(&self) -> Option<usize> {
-        let load = |i: usize| self.open[i].load(std::sync::atomic::Ordering::Relaxed);
-        let least = (0..self.open.len()).min_by_key(|&i| load(i))?;
-        (load(least) < load(self.me)).then_some(least)
-    }
-}
-
-impl Acceptor {
-    fn alone(listener: TcpListener) -> Acceptor {
-        Acceptor {
-            listener,
-            share: None,
-        }
-    }
-
-    /// The next connection this thread serves: one it accepts and keeps, or one handed to it.
-    async fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr)> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let Some(share) = &mut self.share else {
-            return self.listener.accept().await;
-        };
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => accepted?,
-                Some((stream, peer)) = share.handed.recv() => {
-                    // Counted for this thread by the one that handed it.
-                    return share.take(stream, peer);
-                }
-            };
-            let Some(other) = share.fewer() else {
-                share.open[share.me].fetch_add(1, Relaxed);
-                return Ok((stream, peer));
-            };
-            // Out of this runtime's reactor, into the other's. (One still queued when the other
-            // thread stops is closed unanswered, as one accepted as a thread stops is.)
-            let stream = stream.into_std()?;
-            share.open[other].fetch_add(1, Relaxed);
-            if let Err(unsent) = share.to[other].send((stream, peer)) {
-                // That thread has stopped serving (shutting down): this one serves it.
-                share.open[other].fetch_sub(1, Relaxed);
-                share.open[share.me].fetch_add(1, Relaxed);
-                let (stream, peer) = unsent.0;
-                return share.take(stream, peer);
-            }
-        }
-    }
-
-    /// A connection this thread served has closed.
-    fn closed(&self) {
-        if let Some(share) = &self.share {
-            share.open[share.me].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-/// Accepts connections until `shutdown`, serving each with the handler `per_connection`
-/// makes for its peer (and polling, in the connection's task, the future it makes with it:
-/// the connection's dedicated backend connection); then tells every connection to finish its
-/// request in flight and close, and waits up to `grace` for them. The connections are owned by this future: those
-/// still open after the grace period, or when the future is dropped (its task aborted), are
-/// dropped with it.
-async fn serve_with<M, H, F, D>(
-    mut acceptor: Acceptor,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    per_connection: M,
-) where
-    M: Fn(SocketAddr) -> (H, D),
-    H: Fn(Request<Incoming>) -> F + Send + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
-    D: Future<Output = ()> + Send + 'static,
-{
-    // Each connection has its own stop signal: polling a oneshot receiver is an atomic load,
-    // where one `watch` shared by all (hyper-util's `GracefulShutdown`) takes a lock at every
-    // poll of every connection.
-    let mut stops = std::collections::HashMap::new();
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            Some(ended) = connections.join_next_with_id(), if !connections.is_empty() => {
-                // Ended, or panicked: either way its signal goes.
-                let id = match ended {
-                    Ok((id, ())) => id,
-                    Err(error) => error.id(),
-                };
-                stops.remove(&id);
-                acceptor.closed();
-                continue;
-            }
-            accepted = acceptor.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    eprintln!("proxy: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let (handler, drive) = per_connection(peer);
-        let service = service_fn(move |req| {
-            let response = handler(req);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        // No timer, so no timeout: an SSE stream may stay idle for as long as both ends like.
-        let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = connections.spawn(async move {
-            tokio::pin!(connection, drive, stopped);
-            let mut stopping = false;
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut connection => return,
-                    // Sent or dropped: shutting down.
-                    _ = &mut stopped, if !stopping => {
-                        stopping = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    // Never ends by itself.
-                    _ = &mut drive => {}
-                }
-            }
-        });
-        stops.insert(task.id(), stop);
-    }
-    drop(acceptor);
-    drop(stops);
-    let _ = tokio::time::timeout(grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-}
-
 /// The hop-by-hop headers (RFC 9110 §7.6.1), and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     const HOP_BY_HOP: [HeaderName; 7] = [
@@ -1662,16 +1278,6 @@ pub fn rejection_response(rejection: &Rejection) -> Response<ProxyBody> {
 /// waiting for an answer to their request forever.
 fn bad_gateway(why: &str) -> Response<ProxyBody> {
     text(StatusCode::BAD_GATEWAY, format!("Bad gateway: {why}\n"))
-}
-
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
-    let mut response = Response::new(full(format!("{value:#}\n")));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
