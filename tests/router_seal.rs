@@ -305,6 +305,37 @@ fn every_bad_token_is_answered_exactly_like_an_unknown_session() {
     assert_eq!(m.rejected("invalid_token"), 7);
 }
 
+/// A plain id the table holds is routed by the table even when it is shaped like a token
+/// (valid base64url of a token's length): one that fails to open is looked up before it is
+/// refused, as a malformed one is.
+#[test]
+fn a_plain_id_the_table_holds_is_routed_even_when_shaped_like_a_token() {
+    let now = Clock::new().now();
+    let (router, ids) = router_with(&[1], &["a", "b"], now);
+    // A token of another fleet: it fails to open here (its key is unknown), and one with a
+    // flipped byte (it fails authentication).
+    let (other_fleet, _) = router_with(&[2], &["a"], now);
+    let (foreign, _) = initialize_sealed(&other_fleet, UUID, now);
+    let mut flipped = foreign.clone().into_bytes();
+    flipped[40] = if flipped[40] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    for (value, owner) in [(foreign.as_str(), ids[1]), (flipped.as_str(), ids[0])] {
+        refused(&router, value, now);
+        // The same value learned as a plain id (a table that outlived a router without
+        // sealing).
+        let key =
+            mcp_affinity::table::Key::new(TenantId::DEFAULT, KeyKind::Session, value.as_bytes())
+                .unwrap();
+        router.table().insert(&key, owner, None, now).unwrap();
+        let ex = forward(router.route(&call(value), now));
+        assert_eq!(
+            (ex.backend(), ex.how(), ex.is_sealed()),
+            (owner, How::Pinned, false)
+        );
+        router.on_exchange_end(ex, End::Completed, now);
+    }
+}
+
 #[test]
 fn a_token_opens_only_in_its_tenant_and_for_its_principal() {
     fn by_header(req: &http::request::Parts) -> Option<TenantId> {

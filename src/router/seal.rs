@@ -33,7 +33,7 @@ use super::reject::Reason;
 use super::wall::WallClock;
 use crate::TenantId;
 use crate::seal::{Binding, Claims, Keyring, MAX_TOKEN_LEN, Nonces, OpenError, SealedToken};
-use crate::table::{KeyKind, Principal, SessionTable};
+use crate::table::{Key, KeyKind, Principal, SessionTable};
 
 /// Sealed session ids for a fleet of routers: the keyring, this router's nonce sequence, a
 /// wall clock, and the bounds (see [`RouterBuilder::sealing`](super::RouterBuilder::sealing)).
@@ -168,8 +168,8 @@ fn binding(kind: KeyKind, tenant: TenantId, principal: Option<Principal>) -> Bin
 pub(super) enum Presented {
     /// A token that opened: route by it.
     Routed(Routed),
-    /// Not a token at all: an id learned before sealing was turned on, maybe; look it up in
-    /// the table.
+    /// Not a token (or one that does not open, but a plain id the table holds): an id learned
+    /// before sealing was turned on, maybe; look it up in the table.
     NotAToken,
 }
 
@@ -208,6 +208,9 @@ impl<T: SessionTable> Router<T> {
         let claims = match sealing.open(value, &binding(kind, tenant, principal)) {
             Ok(claims) => claims,
             Err(OpenError::Malformed) => return Presented::NotAToken,
+            // Shaped like a token, but a plain id the table holds (one learned before sealing
+            // was on, in a table that outlives the router) all the same.
+            Err(_) if self.holds(tenant, kind, value, now) => return Presented::NotAToken,
             Err(OpenError::UnknownKey) => return refuse(Refusal::UnknownKey),
             Err(_) => return refuse(Refusal::Rejected),
         };
@@ -285,6 +288,12 @@ impl<T: SessionTable> Router<T> {
     /// Whether the router seals session ids.
     pub(super) fn seals(&self) -> bool {
         self.config.sealing.is_some()
+    }
+
+    /// Whether the table holds `id` as a plain key of `kind`.
+    fn holds(&self, tenant: TenantId, kind: KeyKind, id: &[u8], now: Instant) -> bool {
+        Key::with_max_len(tenant, kind, id, self.config.max_key_len)
+            .is_ok_and(|key| self.table.get(&key, now).is_some())
     }
 
     /// Why a presented key of `kind` that is neither a token nor in the table is refused:
