@@ -1050,6 +1050,12 @@ fn the_store_bindings_a_client_can_create_are_bounded() {
         "one client made the router write {bound} bindings; its table holds {}",
         router.metrics().table.len
     );
+    // Refused by the budget, not dropped: nothing the store should have is missing, so the
+    // sync task has nothing to write back (a dropped write starts a reseed).
+    let m = router.metrics();
+    assert!(m.keys_learned > 4, "{m:?}");
+    assert_eq!(m.store_operator_binds_refused, m.keys_learned - 4, "past the budget of 4");
+    assert_eq!(m.store_writes_dropped, 0);
 }
 
 // --- 15. Panic: a binding TTL of "forever" panics when a backend is lost ---------------------

@@ -61,6 +61,7 @@ pub(crate) struct Stripe {
     pub(crate) store_found: Counter,
     pub(crate) store_unavailable: Counter,
     pub(crate) store_dropped: Counter,
+    pub(crate) store_operator_refused: Counter,
     pub(crate) store_adopted: Counter,
     pub(crate) store_lost_ignored: Counter,
     pub(crate) store_restarts: Counter,
@@ -162,6 +163,9 @@ pub struct Metrics {
     pub store_unavailable: u64,
     /// Store writes dropped because the write queue was full (reseed when the store is back).
     pub store_writes_dropped: u64,
+    /// Operator keys bound in this router's table only: past the store's budget of
+    /// operator-key bindings ([`SharedStore::operator_binds`](super::SharedStore::operator_binds)).
+    pub store_operator_binds_refused: u64,
     /// Writes waiting in the store queue.
     pub store_queue: usize,
     /// Keys another router bound first, whose owner this router adopted.
@@ -234,6 +238,7 @@ impl Counters {
             store_found: self.sum(|s| &s.store_found),
             store_unavailable: self.sum(|s| &s.store_unavailable),
             store_writes_dropped: self.sum(|s| &s.store_dropped),
+            store_operator_binds_refused: self.sum(|s| &s.store_operator_refused),
             store_queue,
             store_adopted: self.sum(|s| &s.store_adopted),
             store_lost_ignored: self.sum(|s| &s.store_lost_ignored),

@@ -217,6 +217,21 @@ impl Metrics {
             self.store_writes_dropped,
         )?;
         x.counter(
+            "store_operator_binds_refused",
+            "Operator keys bound in this router only, past the store's operator-key budget.",
+            self.store_operator_binds_refused,
+        )?;
+        x.counter(
+            "store_restarts",
+            "Times the shared store came back empty (a warm-up followed).",
+            self.store_restarts,
+        )?;
+        x.counter(
+            "store_lost_ignored",
+            "Lost records ignored: dated beyond this router's clock plus the skew.",
+            self.store_lost_ignored,
+        )?;
+        x.counter(
             "store_adopted",
             "Keys another router bound first, whose owner this router adopted.",
             self.store_adopted,

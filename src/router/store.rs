@@ -151,8 +151,8 @@ impl SharedStore {
 
     /// The most operator-key bindings this router writes to the store per binding TTL
     /// (default 65,536). Operator keys are chosen by clients: past the budget a new one is
-    /// bound in this router's table only (counted in `store_writes_dropped`), so that no client
-    /// can grow the store without bound.
+    /// bound in this router's table only (counted in `store_operator_binds_refused`), so that
+    /// no client can grow the store without bound.
     pub fn operator_binds(mut self, binds: usize) -> Self {
         self.operator_binds = binds;
         self
@@ -894,8 +894,9 @@ impl<T: SessionTable> Router<T> {
             return Shared::No;
         };
         if key.kind() == KeyKind::Operator && !store.operator_bind_allowed(now) {
-            // Client-chosen: past the budget, bound here only.
-            self.counters.here().store_dropped.incr();
+            // Client-chosen: past the budget, bound here only. (Not a dropped write: the
+            // store misses nothing it should have, so nothing is written back for it.)
+            self.counters.here().store_operator_refused.incr();
             return Shared::Dropped;
         }
         match self.bind_write(key, owner, principal, now) {
