@@ -1054,7 +1054,11 @@ fn the_store_bindings_a_client_can_create_are_bounded() {
     // sync task has nothing to write back (a dropped write starts a reseed).
     let m = router.metrics();
     assert!(m.keys_learned > 4, "{m:?}");
-    assert_eq!(m.store_operator_binds_refused, m.keys_learned - 4, "past the budget of 4");
+    assert_eq!(
+        m.store_operator_binds_refused,
+        m.keys_learned - 4,
+        "past the budget of 4"
+    );
     assert_eq!(m.store_writes_dropped, 0);
 }
 

@@ -144,15 +144,20 @@ pub struct StoreMetrics {
     /// Writes the server refused with an error (dropped; see [`Errors::server`]).
     pub writes_refused: u64,
     /// Reseeds started: the store came back after an outage, came back empty (the restart
-    /// marker changed), or the router dropped writes.
+    /// marker changed), or the router dropped writes (one asked for while another runs
+    /// starts when that one ends).
     pub reseeds: u64,
-    /// Bind writes made by reseeding.
+    /// Writes made by reseeding (bindings, and the records of lost backends).
     pub reseed_writes: u64,
     /// Times the store's restart marker was found missing or changed (not counting the first
     /// reading).
     pub store_restarts: u64,
     /// Polls of the lost records.
     pub lost_polls: u64,
+    /// Polls the server answered with an error (a value of another type at the restart
+    /// marker's key: something else writes under the prefix); polled again a period later,
+    /// and the writes go on meanwhile.
+    pub poll_errors: u64,
     /// Lost records handed to the router (`on_lost`).
     pub lost_records: u64,
     /// The router's write queue as the sync task saw it last (`Router::store_queue_len`).
@@ -182,6 +187,7 @@ pub(crate) struct Counters {
     pub(crate) reseed_writes: AtomicU64,
     pub(crate) store_restarts: AtomicU64,
     pub(crate) lost_polls: AtomicU64,
+    pub(crate) poll_errors: AtomicU64,
     pub(crate) lost_records: AtomicU64,
     pub(crate) queue_depth: AtomicUsize,
     pub(crate) pending_writes: AtomicUsize,
@@ -208,6 +214,7 @@ impl Counters {
             reseed_writes: AtomicU64::new(0),
             store_restarts: AtomicU64::new(0),
             lost_polls: AtomicU64::new(0),
+            poll_errors: AtomicU64::new(0),
             lost_records: AtomicU64::new(0),
             queue_depth: AtomicUsize::new(0),
             pending_writes: AtomicUsize::new(0),
@@ -249,6 +256,7 @@ impl Counters {
             reseed_writes: get(&self.reseed_writes),
             store_restarts: get(&self.store_restarts),
             lost_polls: get(&self.lost_polls),
+            poll_errors: get(&self.poll_errors),
             lost_records: get(&self.lost_records),
             queue_depth: self.queue_depth.load(Relaxed),
             pending_writes: self.pending_writes.load(Relaxed),

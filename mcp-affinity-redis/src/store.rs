@@ -501,14 +501,15 @@ impl RedisStore {
         Ok((found, run_id))
     }
 
-    /// `MGET keys`: the values, `None` where missing.
-    pub(crate) async fn read(&self, keys: &[String]) -> Result<Vec<Option<String>>, Unavailable> {
+    /// `MGET keys`: the values, as bytes (one that is not text fails no other), `None` where
+    /// missing.
+    pub(crate) async fn read(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
         let inner = &*self.inner;
         inner
             .call(inner.config.command_timeout, |mut conn| async move {
                 redis::cmd("MGET")
                     .arg(keys)
-                    .query_async::<Vec<Option<String>>>(&mut conn)
+                    .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
                     .await
             })
             .await

@@ -107,6 +107,7 @@ impl RedisStore {
             pending: Vec::new(),
             ticket: None,
             reseed: None,
+            reseed_again: false,
             dropped_seen: 0,
             recovered_seen: self.inner.breaker.recovered(),
             next_poll: Instant::now(),
@@ -137,6 +138,8 @@ struct Sync<T> {
     /// for it, and a failed batch has nothing on its way). Reseed batches have none.
     ticket: Option<Ticket>,
     reseed: Option<ReseedCursor>,
+    /// Another pass was asked for while one was under way.
+    reseed_again: bool,
     /// The router's count of dropped writes, as last seen.
     dropped_seen: u64,
     /// The breaker's count of recoveries, as last seen.
@@ -191,8 +194,15 @@ impl<T: SessionTable + 'static> Sync<T> {
             self.next_poll = Instant::now();
         }
         if Instant::now() >= self.next_poll {
-            if self.poll().await.is_err() {
-                return false;
+            match self.poll().await {
+                Ok(()) => {}
+                // The server answered, with an error: a value of another type where the
+                // marker or a lost record lives (something else writes under the prefix).
+                // Polled again at the next period; the writes go on meanwhile.
+                Err(Unavailable::Server) => {
+                    inner.counters.poll_errors.fetch_add(1, Relaxed);
+                }
+                Err(_) => return false,
             }
             self.next_poll = Instant::now() + inner.config.lost_poll;
         }
@@ -202,17 +212,24 @@ impl<T: SessionTable + 'static> Sync<T> {
         let batch = inner.config.batch;
         if let Some(cursor) = &mut self.reseed {
             // Not ticketed: a reseed writes again what the store may miss, which no
-            // write-through waits for.
+            // write-through waits for. A batch of it a round, then a batch of the queue: a
+            // long reseed does not hold up what the router learns meanwhile (queued after
+            // the part of the table just scanned, so written after it).
             let writes = self.router.reseed_store(cursor, batch, now());
             if writes.is_empty() {
                 self.reseed = None;
+                if std::mem::take(&mut self.reseed_again) {
+                    self.begin_reseed();
+                }
             } else {
                 inner
                     .counters
                     .reseed_writes
                     .fetch_add(writes.len() as u64, Relaxed);
                 self.pending = writes;
-                return self.flush().await.is_ok();
+                if self.flush().await.is_err() {
+                    return false;
+                }
             }
         }
         self.take(batch);
@@ -222,7 +239,7 @@ impl<T: SessionTable + 'static> Sync<T> {
         if flushed.is_ok() && queued == 0 && self.reseed.is_none() {
             self.idle.send_modify(|n| *n += 1);
         }
-        flushed.is_ok() && queued > 0
+        flushed.is_ok() && (queued > 0 || self.reseed.is_some())
     }
 
     /// Performs the pending writes, a batch at a time, keeping what could not be written.
@@ -306,7 +323,9 @@ impl<T: SessionTable + 'static> Sync<T> {
         for chunk in keys.chunks(inner.config.batch) {
             let values = self.store.read(chunk).await?;
             for (key, value) in chunk.iter().zip(values) {
-                if let Some(before) = value.and_then(|v| v.parse::<u32>().ok()) {
+                // (A value that is not a number is no record of this protocol: ignored.)
+                let before = value.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u32>().ok());
+                if let Some(before) = before {
                     self.router.on_lost(key, before, now());
                     inner.counters.lost_records.fetch_add(1, Relaxed);
                 }
@@ -324,7 +343,18 @@ impl<T: SessionTable + 'static> Sync<T> {
         Ok(())
     }
 
+    /// Asks for a pass that writes back what the router holds: it starts now, or, if one is
+    /// under way, once that one ends (what it has passed may have been missed since; starting
+    /// it over would never end it while writes keep being dropped).
     fn start_reseed(&mut self) {
+        if self.reseed.is_some() {
+            self.reseed_again = true;
+        } else {
+            self.begin_reseed();
+        }
+    }
+
+    fn begin_reseed(&mut self) {
         self.store.inner.counters.reseeds.fetch_add(1, Relaxed);
         self.reseed = Some(ReseedCursor::default());
     }

@@ -222,6 +222,57 @@ async fn a_session_learned_by_one_router_is_routed_by_another_and_cached_there()
     b.leave().await;
 }
 
+/// Something else writes under the prefix: a hash where the restart marker lives. Each poll
+/// is answered with an error (counted), and the router's writes reach the store all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_value_at_the_restart_marker_does_not_stop_the_writes() {
+    let server = RedisServer::start();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{PREFIX}:epoch"))
+        .arg("x")
+        .arg("y")
+        .query(&mut server.admin())
+        .unwrap();
+    let a = Member::join(&server, Router::builder(), &["x", "y"]).await;
+    initialize(&a.router, "s1");
+    a.synced().await;
+    assert_eq!(server.keys("t:b:*"), vec![binding_key("s1")]);
+    assert!(a.store.metrics().poll_errors >= 1);
+    a.leave().await;
+}
+
+/// A long reseed (a store that came back empty, written back one binding a round) does not
+/// hold up what the router learns meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_learned_during_a_long_reseed_is_written_before_the_reseed_ends() {
+    const HELD: usize = 3_000;
+    let server = RedisServer::start();
+    let a = Member::join_with(&server, Router::builder(), &["x"], fast_config().batch(1)).await;
+    for i in 0..HELD {
+        initialize(&a.router, &format!("held-{i}"));
+    }
+    a.synced().await;
+    // The store comes back empty: the marker and every binding are gone.
+    let before = a.store.metrics().reseeds;
+    let _: () = redis::cmd("FLUSHALL").query(&mut server.admin()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.store.metrics().reseeds == before {
+        assert!(Instant::now() < deadline, "no reseed started");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    initialize(&a.router, "fresh");
+    while server.get(&binding_key("fresh")).is_none() {
+        assert!(Instant::now() < deadline, "the new session was never written");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let written = a.store.metrics().reseed_writes;
+    assert!(
+        written < HELD as u64,
+        "written after the reseed's {written} writes of {HELD} bindings"
+    );
+    a.leave().await;
+}
+
 /// The operator key every router of these tests reads: `Mcp-Param-Workspace`.
 fn by_workspace() -> mcp_affinity::router::RouterBuilder {
     let workspace = key_fn(|req| req.headers.get("mcp-param-workspace").map(|v| v.as_bytes()));
