@@ -320,13 +320,16 @@ fn a_plain_id_the_table_holds_is_routed_even_when_shaped_like_a_token() {
     flipped[40] = if flipped[40] == b'A' { b'B' } else { b'A' };
     let flipped = String::from_utf8(flipped).unwrap();
     for (value, owner) in [(foreign.as_str(), ids[1]), (flipped.as_str(), ids[0])] {
-        refused(&router, value, now);
+        assert_eq!(refused(&router, value, now).status(), StatusCode::NOT_FOUND);
         // The same value learned as a plain id (a table that outlived a router without
         // sealing).
         let key =
             mcp_affinity::table::Key::new(TenantId::DEFAULT, KeyKind::Session, value.as_bytes())
                 .unwrap();
-        router.table().insert(&key, owner, None, now).unwrap();
+        assert!(matches!(
+            router.table().insert(&key, owner, None, now),
+            Ok(mcp_affinity::table::Insert::Added { .. })
+        ));
         let ex = forward(router.route(&call(value), now));
         assert_eq!(
             (ex.backend(), ex.how(), ex.is_sealed()),

@@ -262,7 +262,10 @@ async fn a_session_learned_during_a_long_reseed_is_written_before_the_reseed_end
     }
     initialize(&a.router, "fresh");
     while server.get(&binding_key("fresh")).is_none() {
-        assert!(Instant::now() < deadline, "the new session was never written");
+        assert!(
+            Instant::now() < deadline,
+            "the new session was never written"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let written = a.store.metrics().reseed_writes;
