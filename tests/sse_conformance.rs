@@ -697,3 +697,36 @@ fn field_straddling_chunks_is_copied_whole() {
     assert!(!lies_within(event.data().as_bytes(), &first));
     assert!(!lies_within(event.data().as_bytes(), &second));
 }
+
+/// An event of many short `data:` lines, one per chunk and each chunk padded with a comment:
+/// the event holds copies of the short lines, not the chunks (which would hold many times
+/// `max_event_len`).
+#[test]
+fn short_data_lines_do_not_keep_their_chunks_alive() {
+    let mut parser = Parser::new();
+    let chunks: Vec<Bytes> = (0..64)
+        .map(|_| {
+            let mut chunk = b"data:x\n:".to_vec();
+            chunk.extend(std::iter::repeat_n(b'c', 16 * 1024));
+            chunk.push(b'\n');
+            Bytes::from(chunk)
+        })
+        .collect();
+    for chunk in &chunks {
+        parser.push(chunk.clone());
+        assert!(parser.next_event().is_none(), "the event is not over");
+    }
+    // Every chunk but the one being read is the test's alone.
+    let pinned = chunks[..63].iter().filter(|c| !c.is_unique()).count();
+    assert_eq!(pinned, 0, "chunks kept alive by the unfinished event");
+    parser.push(Bytes::from_static(b"\n"));
+    let event = parser
+        .next_event()
+        .expect("dispatched")
+        .expect("within limits");
+    let event = event.to_event();
+    assert_eq!(
+        event.data().as_bytes(),
+        vec![b"x".as_slice(); 64].join(&b"\n"[..])
+    );
+}

@@ -135,6 +135,18 @@ impl Span {
         }
     }
 
+    /// [`to_bytes`](Span::to_bytes) for a piece of an event's data that may stay a while: a
+    /// short one is copied, so that many short `data:` lines do not each keep a whole chunk
+    /// alive (one line per chunk, padded with comments, would hold many times the bound).
+    fn to_kept_bytes(&self, cur: &Bytes) -> Bytes {
+        let bytes = self.bytes(cur);
+        if bytes.len() < COPY_BELOW {
+            Bytes::copy_from_slice(bytes)
+        } else {
+            self.to_bytes(cur)
+        }
+    }
+
     fn is_empty(&self) -> bool {
         match self {
             Span::Cur { start, end } => start == end,
@@ -172,7 +184,7 @@ impl Rope {
             (Rope::None, Value::Span(span)) => Rope::One(span),
             (Rope::None, Value::Pieces(pieces)) => Rope::Many(pieces),
             (Rope::One(first), value) => {
-                let mut pieces = vec![first.to_bytes(cur), LF];
+                let mut pieces = vec![first.to_kept_bytes(cur), LF];
                 value.append_to(&mut pieces, cur);
                 Rope::Many(pieces)
             }
@@ -202,7 +214,7 @@ enum Value {
 impl Value {
     fn append_to(self, pieces: &mut Vec<Bytes>, cur: &Bytes) {
         match self {
-            Value::Span(span) => pieces.push(span.to_bytes(cur)),
+            Value::Span(span) => pieces.push(span.to_kept_bytes(cur)),
             Value::Pieces(more) => pieces.extend(more),
         }
     }
@@ -352,6 +364,10 @@ enum Bom {
 /// ([`Limits::max_event_len`]); beyond either, the event is skipped (see [`Skipped`]). Held
 /// slices keep their chunks alive: the chunks the unfinished line and event lie in, and the
 /// chunk the last event ID came from (which can outlive many events, until the next `id:`).
+/// An event of several `data:` lines holds each as a piece (a `Bytes` handle, and a copy when
+/// shorter than 256 bytes, so that no short line keeps a whole chunk alive): at most about 64
+/// bytes beyond the line's own for each line, which `max_event_len` counts as its length plus
+/// one.
 ///
 /// # Warning
 ///
