@@ -1178,3 +1178,39 @@ fn a_reseed_over_a_scan_that_makes_no_progress_returns() {
         "reseed_store returns, with nothing"
     );
 }
+
+/// A binding another router made long ago, looked up and cached here, is cached as used now:
+/// the next idle sweep does not take it (its next request would be another lookup).
+#[test]
+fn a_binding_cached_from_the_store_is_not_idle_at_once() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let mut store = Store::default();
+    let a = op_router(&["x", "y"], t0);
+    let b = fleet_router(
+        Router::builder()
+            .operator_key(key_fn(workspace))
+            .table_config(
+                mcp_affinity::table::MemoryTableConfig::new()
+                    .with_idle_ttl(Some(Duration::from_secs(60))),
+            ),
+        &["x", "y"],
+        t0,
+        T0,
+    );
+    assert_eq!(call_ws(&a, &store, "acme", Some("x"), t0), "x");
+    flush(&a, &mut store, t0);
+    // Five minutes later (the binding is older than B's idle timeout), B serves it.
+    let t1 = clock.advance(Duration::from_secs(300));
+    assert_eq!(call_ws(&b, &store, "acme", None, t1), "x");
+    assert_eq!(b.metrics().store_lookups, 1);
+    let _ = b.maintain(t1 + Duration::from_secs(1), 1 << 20);
+    assert!(
+        matches!(
+            b.route(&ws_call("acme"), t1 + Duration::from_secs(2)),
+            Routed::Forward(_)
+        ),
+        "cached: a local hit, not another lookup"
+    );
+    assert_eq!(b.metrics().keys_expired, 0);
+}

@@ -576,6 +576,8 @@ impl<T: SessionTable> Router<T> {
                 let _ = self
                     .table
                     .insert(&key, owner, binding.principal, bound_at.min(now));
+                // Used now, not when it was bound: an idle sweep must not take it at once.
+                let _ = self.table.get(&key, now);
                 self.counters.here().store_found.incr();
                 self.counters.here().pinned.incr();
                 return Routed::Forward(Exchange::pinned(
