@@ -217,6 +217,27 @@ fn a_legacy_sse_endpoint_is_rewritten_and_its_messages_restored() {
     );
 }
 
+/// The endpoint URL repeated after the endpoint event, in the same chunk (a message quoting
+/// it, or a second endpoint event): the endpoint event's own URL is the one sealed, and the
+/// bytes after it pass unchanged.
+#[test]
+fn only_the_endpoint_event_s_url_is_rewritten_when_the_chunk_repeats_it() {
+    let now = Clock::new().now();
+    let (router, _) = router_with(&[1], &["a"], now);
+    let mut stream = forward(router.route(&get("/sse", &[]), now));
+    let _ = router.on_response_head(&mut stream, &mut resp(200, &[SSE]), now);
+    let url = format!("/messages/?session_id={UUID}");
+    let chunk = format!("event: endpoint\ndata: {url}\n\nevent: endpoint\ndata: {url}\n\n");
+    let out = String::from_utf8(through(&router, &mut stream, &[chunk.as_bytes()], now)).unwrap();
+    let (first, second) = out.split_once("\n\n").unwrap();
+    assert!(!first.contains(UUID), "{out}");
+    assert_eq!(second, format!("event: endpoint\ndata: {url}\n\n"));
+    let token = first.split_once("session_id=").unwrap().1;
+    let message = post(&format!("/messages/?session_id={token}"), &[]);
+    assert_eq!(routes(&router, &message, now), stream.backend());
+    router.on_exchange_end(stream, End::Completed, now);
+}
+
 #[test]
 fn a_stream_without_an_endpoint_is_passed_on_whole_when_it_ends_or_the_bound_is_hit() {
     let now = Clock::new().now();

@@ -327,6 +327,7 @@ mod seal {
 
     pub(super) fn splice_endpoint(
         _: &[u8],
+        _: usize,
         _: &[u8],
         _: std::ops::Range<usize>,
         _: &[u8],

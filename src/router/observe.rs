@@ -21,6 +21,9 @@ pub(crate) enum Seen {
         url: Box<[u8]>,
         raw: std::ops::Range<usize>,
         id: IdBuf,
+        /// How many of the bytes fed so far come after the event's end (the rest of its
+        /// chunk, and of those queued behind it).
+        after: usize,
     },
     /// The body reveals no key: stop observing.
     Nothing,
@@ -97,9 +100,17 @@ impl Observer {
                 if let Some(held) = held {
                     held.extend_from_slice(chunk);
                 }
-                read_events(events, seen, chunk, max, b"endpoint", |data| {
+                match read_events(events, seen, chunk, max, b"endpoint", |data| {
                     Some(endpoint_session(data))
-                })
+                }) {
+                    Seen::Endpoint { url, raw, id, .. } => Seen::Endpoint {
+                        url,
+                        raw,
+                        id,
+                        after: events.unread_len(),
+                    },
+                    seen => seen,
+                }
             }
             #[cfg(feature = "tasks")]
             Observer::TaskEvents { events, seen } => read_events(
@@ -216,6 +227,7 @@ fn endpoint_session(data: &[u8]) -> Seen {
                 url: data.into(),
                 raw: at + param.raw.start..at + param.raw.end,
                 id: IdBuf::new(&param.value),
+                after: 0,
             }
         }
         _ => Seen::Nothing,

@@ -411,14 +411,25 @@ impl<T: SessionTable> Router<T> {
         exchange.observer = None;
         exchange.rewriting = false;
         let sealed = match seen {
-            Seen::Endpoint { url, raw, id } => {
-                match self.seal_minted(exchange, KeyKind::SseSession, id.as_bytes(), now) {
-                    Ok(Some(token)) => splice_endpoint(&held, &url, raw, &token),
-                    _ => {
-                        self.counters.here().unlearned.incr();
-                        None
-                    }
+            Seen::Endpoint {
+                url,
+                raw,
+                id,
+                after,
+            } => {
+                // The event ends where the bytes fed after it begin.
+                let end = held.len().saturating_sub(after);
+                let spliced =
+                    match self.seal_minted(exchange, KeyKind::SseSession, id.as_bytes(), now) {
+                        Ok(Some(token)) => splice_endpoint(&held, end, &url, raw, &token),
+                        _ => None,
+                    };
+                if spliced.is_none() {
+                    // Not sealed (its backend went away, or the URL is not in the bytes as
+                    // sent, e.g. split over `data:` lines): the client gets the backend's id.
+                    self.counters.here().unlearned.incr();
                 }
+                spliced
             }
             Seen::Limit => {
                 self.counters.here().observe_limit.incr();

@@ -309,16 +309,17 @@ impl<T: SessionTable> Router<T> {
 }
 
 /// `held` with the session id of an `endpoint` event's URL replaced by `token`: the URL (the
-/// event's data, `url`) is found as it was sent, last in the bytes held so far (the endpoint
-/// event has just ended), and the id at `id_at` within it is replaced. Everything else passes
-/// byte for byte: line endings, other fields, other events.
+/// event's data, `url`) is found as it was sent, last in the bytes held up to the event's end
+/// (`end`: the bytes after it may repeat the URL), and the id at `id_at` within it is
+/// replaced. Everything else passes byte for byte: line endings, other fields, other events.
 pub(super) fn splice_endpoint(
     held: &[u8],
+    end: usize,
     url: &[u8],
     id_at: std::ops::Range<usize>,
     token: &[u8],
 ) -> Option<Bytes> {
-    let at = memchr::memmem::rfind(held, url)?;
+    let at = memchr::memmem::rfind(held.get(..end)?, url)?;
     let (start, end) = (at + id_at.start, at + id_at.end);
     let mut out = BytesMut::with_capacity(held.len() - (end - start) + token.len());
     out.extend_from_slice(&held[..start]);

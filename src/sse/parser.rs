@@ -565,6 +565,11 @@ impl Parser {
         self.line_len + self.data_len
     }
 
+    /// Bytes pushed and not read yet: the rest of the current chunk, and the queued chunks.
+    pub(crate) fn unread_len(&self) -> usize {
+        self.cur.len() - self.pos + self.queue.iter().map(Bytes::len).sum::<usize>()
+    }
+
     /// Turns every range of the current chunk into a held slice: the chunk is being left.
     fn leave_chunk(&mut self) {
         if self.cur.is_empty() {
