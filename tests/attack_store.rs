@@ -1214,3 +1214,29 @@ fn a_binding_cached_from_the_store_is_not_idle_at_once() {
     );
     assert_eq!(b.metrics().keys_expired, 0);
 }
+
+/// An operator's eviction of a key is fleet-wide: the store forgets it too, so that another
+/// router does not look it up and route it.
+#[test]
+fn an_evicted_key_is_forgotten_in_the_store_too() {
+    let clock = Clock::new();
+    let t0 = clock.now();
+    let mut store = Store::default();
+    let (a, b) = (
+        fleet_router(Router::builder(), &["x", "y"], t0, T0),
+        fleet_router(Router::builder(), &["x", "y"], t0, T0),
+    );
+    initialize(&a, "s-evicted", t0);
+    flush(&a, &mut store, t0);
+    let request = post("/mcp", &[("mcp-session-id", "s-evicted"), LEGACY]);
+    let key =
+        mcp_affinity::table::Key::new(TenantId::DEFAULT, KeyKind::Session, b"s-evicted").unwrap();
+    assert!(a.evict_key(&key).is_some());
+    flush(&a, &mut store, t0);
+    assert!(rejected(route_via(&a, &store, &request, None, t0)).status() == StatusCode::NOT_FOUND);
+    assert_eq!(
+        rejected(route_via(&b, &store, &request, None, t0)).status(),
+        StatusCode::NOT_FOUND,
+        "another router finds it in the store no more"
+    );
+}

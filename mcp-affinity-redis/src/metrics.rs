@@ -91,9 +91,17 @@ impl Latency {
     }
 
     /// Each bucket's exclusive upper bound and count, shortest first, empty buckets included
-    /// (for a Prometheus histogram, sum the counts as you go).
+    /// (for a Prometheus histogram, sum the counts as you go). The last bucket counts every
+    /// longer latency too: its bound is `Duration::MAX` (`+Inf`).
     pub fn buckets(&self) -> impl Iterator<Item = (Duration, u64)> + '_ {
-        self.counts.iter().enumerate().map(|(i, &n)| (upper(i), n))
+        self.counts.iter().enumerate().map(|(i, &n)| {
+            let bound = if i == BUCKETS - 1 {
+                Duration::MAX
+            } else {
+                upper(i)
+            };
+            (bound, n)
+        })
     }
 }
 
@@ -309,5 +317,15 @@ mod tests {
         assert!(p50 > Duration::from_micros(100) && p50 <= Duration::from_micros(125));
         let p99 = s.quantile(0.99).unwrap();
         assert!(p99 > Duration::from_millis(10) && p99 <= Duration::from_micros(12_500));
+    }
+
+    #[test]
+    fn the_last_bucket_is_unbounded() {
+        let h = Histogram::new();
+        h.record(Duration::from_secs(3600));
+        let s = h.snapshot();
+        let (bound, count) = s.buckets().last().unwrap();
+        assert_eq!((bound, count), (Duration::MAX, 1));
+        assert!(s.buckets().all(|(bound, _)| bound > Duration::ZERO));
     }
 }

@@ -445,7 +445,8 @@ impl RedisStore {
             .collect())
     }
 
-    /// Loads the two scripts (after a restart, the server knows none).
+    /// Loads the three scripts: forget, refresh, keep-greatest (after a restart, the server
+    /// knows none).
     pub(crate) async fn load_scripts(&self) -> Result<(), Unavailable> {
         let inner = &*self.inner;
         let (forget, keep) = (inner.forget.clone(), inner.keep_greatest.clone());

@@ -229,9 +229,9 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// Periodic upkeep (call it every second or so): expires idle keys, looking at no more
-    /// than `budget` table entries; revokes the keys of draining backends past their
-    /// deadline; purges the keys of removed backends past the removal grace, and of down
-    /// backends.
+    /// than `budget` table entries (and, with a shared store, at up to `budget` more for the
+    /// store's refresh pass); revokes the keys of draining backends past their deadline;
+    /// purges the keys of removed backends past the removal grace, and of down backends.
     pub fn maintain(&self, now: Instant, budget: usize) -> Maintenance {
         let eviction = self.table.evict_idle(now, budget);
         self.store_upkeep(now, budget);
@@ -289,11 +289,15 @@ impl<T: SessionTable> Router<T> {
         self.table.keys_of(backend, max)
     }
 
-    /// Forgets one key (an operator's eviction); its next request is rejected as unknown.
+    /// Forgets one key (an operator's eviction), in the shared store too if its kind is
+    /// shared there; its next request is rejected as unknown.
     pub fn evict_key(&self, key: &Key<'_>) -> Option<Entry> {
         let removed = self.table.remove(key, None);
-        if removed.is_some() {
+        if let Some(entry) = &removed {
             self.counters.here().forgotten.incr();
+            if entry.owner != BackendId::CONTESTED {
+                self.store_forgotten(key, entry.owner);
+            }
         }
         removed
     }

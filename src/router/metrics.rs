@@ -139,7 +139,8 @@ pub struct Metrics {
     /// Responses to a keyed request that presented another session id (not learned).
     pub id_mismatches: u64,
     /// Keys a backend revealed that could not be stored: not routable (too long, bad bytes),
-    /// or the table full.
+    /// the table full, a binding the shared store could not be sent, or a legacy SSE
+    /// endpoint left unsealed.
     pub keys_unlearned: u64,
     /// Response bodies observed for a key.
     pub bodies_observed: u64,

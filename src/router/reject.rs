@@ -60,8 +60,10 @@ pub enum Reason {
     /// principal, expired (the metrics count each cause:
     /// [`Metrics::tokens_refused`](super::Metrics::tokens_refused)).
     InvalidToken(KeyKind),
-    /// A sealed id naming a backend this router does not know, or a newer incarnation of it:
-    /// the router is behind the fleet, and must not decide for the session.
+    /// A sealed id, or a binding in the shared store, naming a backend this router does not
+    /// know, a newer incarnation of it, or one it sees down that came back since; or a
+    /// binding it cannot read (a newer format during a rolling upgrade): the router is behind
+    /// the fleet, and must not decide for the key.
     UnknownOwner(KeyKind),
     /// The key is not known here and the shared store could not be asked in time (see
     /// [`store`](super::store)): the session may live elsewhere, so the client is asked to
@@ -193,10 +195,7 @@ impl fmt::Display for Reason {
             Reason::WrongPrincipal(kind) => write!(f, "{kind} key learned under another principal"),
             Reason::InvalidToken(kind) => write!(f, "sealed {kind} id does not open"),
             Reason::UnknownOwner(kind) => {
-                write!(
-                    f,
-                    "sealed {kind} id names a backend this router does not know"
-                )
+                write!(f, "owner of the {kind} key not known to this router yet")
             }
             Reason::StoreUnavailable(kind) => {
                 write!(
