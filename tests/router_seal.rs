@@ -236,6 +236,31 @@ fn only_the_endpoint_event_s_url_is_rewritten_when_the_chunk_repeats_it() {
     let message = post(&format!("/messages/?session_id={token}"), &[]);
     assert_eq!(routes(&router, &message, now), stream.backend());
     router.on_exchange_end(stream, End::Completed, now);
+
+    // Within the endpoint event, after its data line: a comment and an `id:` with the URL.
+    for repeat in [format!(": {url}"), format!("id: {url}")] {
+        let mut stream = forward(router.route(&get("/sse", &[]), now));
+        let _ = router.on_response_head(&mut stream, &mut resp(200, &[SSE]), now);
+        let chunk = format!("event: endpoint\r\ndata: {url}\r\n{repeat}\r\n\r\n");
+        let out =
+            String::from_utf8(through(&router, &mut stream, &[chunk.as_bytes()], now)).unwrap();
+        let (data, rest) = out
+            .split_once("\r\n")
+            .unwrap()
+            .1
+            .split_once("\r\n")
+            .unwrap();
+        assert!(
+            data.starts_with("data: /messages/?session_id=") && !data.contains(UUID),
+            "{out}"
+        );
+        assert_eq!(
+            rest,
+            format!("{repeat}\r\n\r\n"),
+            "the repeat passes unchanged"
+        );
+        router.on_exchange_end(stream, End::Completed, now);
+    }
 }
 
 #[test]

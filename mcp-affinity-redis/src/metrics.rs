@@ -163,8 +163,8 @@ pub struct StoreMetrics {
     /// Polls of the lost records.
     pub lost_polls: u64,
     /// Polls the server answered with an error (a value of another type at the restart
-    /// marker's key: something else writes under the prefix); polled again a period later,
-    /// and the writes go on meanwhile.
+    /// marker's key: something else writes under the prefix): the marker is read again a
+    /// period later; the lost records are read, and the writes go on, meanwhile.
     pub poll_errors: u64,
     /// Lost records handed to the router (`on_lost`).
     pub lost_records: u64,

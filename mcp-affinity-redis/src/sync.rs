@@ -210,11 +210,22 @@ impl<T: SessionTable + 'static> Sync<T> {
             return false;
         }
         let batch = inner.config.batch;
-        if let Some(cursor) = &mut self.reseed {
-            // Not ticketed: a reseed writes again what the store may miss, which no
-            // write-through waits for. A batch of it a round, then a batch of the queue: a
-            // long reseed does not hold up what the router learns meanwhile (queued after
-            // the part of the table just scanned, so written after it).
+        // The router's writes first, a batch a round: a long reseed does not hold up what the
+        // router learns meanwhile.
+        self.take(batch);
+        if self.flush().await.is_err() {
+            return false;
+        }
+        if let Some(cursor) = self
+            .reseed
+            .as_mut()
+            .filter(|_| self.router.store_queue_len() == 0)
+        {
+            // A batch of the reseed only once the queue is empty: what was queued before
+            // its scan (a forget, say) is never performed after the scan's view of the
+            // same key (and while the queue never empties, live writes go first). Not
+            // ticketed: a reseed writes again what the store may miss, which no
+            // write-through waits for.
             let writes = self.router.reseed_store(cursor, batch, now());
             if writes.is_empty() {
                 self.reseed = None;
@@ -232,14 +243,12 @@ impl<T: SessionTable + 'static> Sync<T> {
                 }
             }
         }
-        self.take(batch);
-        let flushed = self.flush().await;
         let queued = self.router.store_queue_len();
         inner.counters.queue_depth.store(queued, Relaxed);
-        if flushed.is_ok() && queued == 0 && self.reseed.is_none() {
+        if queued == 0 && self.reseed.is_none() {
             self.idle.send_modify(|n| *n += 1);
         }
-        flushed.is_ok() && (queued > 0 || self.reseed.is_some())
+        queued > 0 || self.reseed.is_some()
     }
 
     /// Performs the pending writes, a batch at a time, keeping what could not be written.
@@ -282,43 +291,18 @@ impl<T: SessionTable + 'static> Sync<T> {
     }
 
     /// Reads the restart marker and the lost records, and checks whether the router dropped
-    /// writes.
+    /// writes. A marker the server answers with an error for (a value of another type at its
+    /// key) does not keep the rest from being read; the error is returned after it.
     async fn poll(&mut self) -> Result<(), Unavailable> {
+        let marked = match self.marker.clone() {
+            Some(marker) => self.read_marker(marker).await,
+            None => Ok(()),
+        };
+        if matches!(marked, Err(e) if e != Unavailable::Server) {
+            return marked;
+        }
         let store = self.store.clone();
         let inner = &*store.inner;
-        if let Some(marker) = &self.marker {
-            let candidate = epoch();
-            let (found, run_id) = self.store.mark(marker, &candidate).await?;
-            let empty = found.is_none();
-            let observed = found.unwrap_or(candidate);
-            let first = self.epoch.is_none();
-            // Another server answers (a restart from a snapshot, a failover): the marker may
-            // have survived while the bindings written since were lost.
-            let other_server = run_id.is_some() && self.run_id.is_some() && run_id != self.run_id;
-            if run_id.is_some() {
-                self.run_id = run_id;
-            }
-            if self.epoch.as_ref() != Some(&observed) || other_server {
-                // Scripts are loaded on every store this task meets (a restarted one has
-                // none).
-                self.store.load_scripts().await?;
-                if !first {
-                    inner.counters.store_restarts.fetch_add(1, Relaxed);
-                }
-                self.epoch = Some(observed.clone());
-                *inner.epoch.lock().expect("epoch lock") = Some((marker.clone(), observed));
-                if !first {
-                    // The store came back empty or lost writes: absent keys may be on their
-                    // way back from the other routers; 503 meanwhile, not 404. (At the first
-                    // look, an empty store is a new one as far as this router knows: warming
-                    // up then would refuse a new fleet's operator keys for the warm-up.)
-                    self.router.on_store_restart(now());
-                }
-                if empty || !first {
-                    self.start_reseed();
-                }
-            }
-        }
         let keys = self.router.lost_keys();
         for chunk in keys.chunks(inner.config.batch) {
             let values = self.store.read(chunk).await?;
@@ -339,6 +323,44 @@ impl<T: SessionTable + 'static> Sync<T> {
         if dropped > self.dropped_seen {
             self.dropped_seen = dropped;
             self.start_reseed();
+        }
+        marked
+    }
+
+    /// Reads (or sets) the restart marker: a store that came back empty, or another server,
+    /// is warmed up and reseeded.
+    async fn read_marker(&mut self, marker: String) -> Result<(), Unavailable> {
+        let store = self.store.clone();
+        let inner = &*store.inner;
+        let candidate = epoch();
+        let (found, run_id) = self.store.mark(&marker, &candidate).await?;
+        let empty = found.is_none();
+        let observed = found.unwrap_or(candidate);
+        let first = self.epoch.is_none();
+        // Another server answers (a restart from a snapshot, a failover): the marker may
+        // have survived while the bindings written since were lost.
+        let other_server = run_id.is_some() && self.run_id.is_some() && run_id != self.run_id;
+        if run_id.is_some() {
+            self.run_id = run_id;
+        }
+        if self.epoch.as_ref() != Some(&observed) || other_server {
+            // Scripts are loaded on every store this task meets (a restarted one has none).
+            self.store.load_scripts().await?;
+            if !first {
+                inner.counters.store_restarts.fetch_add(1, Relaxed);
+            }
+            self.epoch = Some(observed.clone());
+            *inner.epoch.lock().expect("epoch lock") = Some((marker, observed));
+            if !first {
+                // The store came back empty or lost writes: absent keys may be on their way
+                // back from the other routers; 503 meanwhile, not 404. (At the first look, an
+                // empty store is a new one as far as this router knows: warming up then would
+                // refuse a new fleet's operator keys for the warm-up.)
+                self.router.on_store_restart(now());
+            }
+            if empty || !first {
+                self.start_reseed();
+            }
         }
         Ok(())
     }

@@ -309,9 +309,11 @@ impl<T: SessionTable> Router<T> {
 }
 
 /// `held` with the session id of an `endpoint` event's URL replaced by `token`: the URL (the
-/// event's data, `url`) is found as it was sent, last in the bytes held up to the event's end
-/// (`end`: the bytes after it may repeat the URL), and the id at `id_at` within it is
-/// replaced. Everything else passes byte for byte: line endings, other fields, other events.
+/// event's data, `url`) is found as it was sent, the last `data:` line whose whole value it
+/// is in the bytes held up to the event's end (`end`: the bytes after the event, and a
+/// comment or an `id:` line within it, may repeat the URL), and the id at `id_at` within it
+/// is replaced. Everything else passes byte for byte: line endings, other fields, other
+/// events.
 pub(super) fn splice_endpoint(
     held: &[u8],
     end: usize,
@@ -319,7 +321,21 @@ pub(super) fn splice_endpoint(
     id_at: std::ops::Range<usize>,
     token: &[u8],
 ) -> Option<Bytes> {
-    let at = memchr::memmem::rfind(held.get(..end)?, url)?;
+    let held_to_end = held.get(..end)?;
+    let is_data_line = |at: usize| {
+        let before = &held_to_end[..at];
+        let name = before
+            .strip_suffix(b"data: ")
+            .or_else(|| before.strip_suffix(b"data:"));
+        let line_start = name.is_some_and(|rest| {
+            rest.is_empty()
+                || rest.ends_with(b"\n")
+                || rest.ends_with(b"\r")
+                || rest == "\u{feff}".as_bytes()
+        });
+        line_start && matches!(held_to_end.get(at + url.len()), Some(b'\r' | b'\n'))
+    };
+    let at = memchr::memmem::rfind_iter(held_to_end, url).find(|&at| is_data_line(at))?;
     let (start, end) = (at + id_at.start, at + id_at.end);
     let mut out = BytesMut::with_capacity(held.len() - (end - start) + token.len());
     out.extend_from_slice(&held[..start]);
