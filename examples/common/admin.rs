@@ -206,6 +206,8 @@ fn store_json(m: &Metrics, s: &StoreMetrics) -> serde_json::Value {
         "queue_depth": m.store_queue,
         "pending_writes": s.pending_writes,
         "writes_dropped": m.store_writes_dropped,
+        "operator_binds_refused": m.store_operator_binds_refused,
+        "poll_errors": s.poll_errors,
         "adopted": m.store_adopted,
     })
 }
