@@ -1,6 +1,9 @@
 //! An MCP gateway on axum: `/healthz` is answered here; everything else goes through
 //! [`AffinityLayer`] to a pooled hyper-util client, so each conversation stays on the backend
-//! that owns it.
+//! that owns it. Hop-by-hop headers are not passed on; every backend's port is probed once a
+//! second (a backend marked down by a refused connection comes back when it listens again);
+//! on SIGTERM or Ctrl-C, requests in flight get two seconds (an open event stream has no end
+//! of its own).
 //!
 //! ```text
 //! cargo run --example axum_gateway -- --listen 127.0.0.1:8080 \
@@ -21,10 +24,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, Error};
 use hyper_util::rt::TokioExecutor;
 use mcp_affinity::TenantId;
-use mcp_affinity::router::{Router, Undelivered};
+use mcp_affinity::router::{Probe, Router, Undelivered};
 use mcp_affinity::tower::{AffinityLayer, ReplayBody, Upstream};
 use tokio::net::TcpStream;
 use tower_layer::Layer;
+
+#[path = "common/hop.rs"]
+mod hop;
+
+/// How long requests in flight get once the gateway is told to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// The gateway: `/healthz`, and every other request routed by `router` to its backends.
 pub fn app(router: Arc<Router>) -> axum::Router {
@@ -41,8 +50,11 @@ pub fn app(router: Arc<Router>) -> axum::Router {
         let upstream = request.extensions().get::<Upstream>().cloned();
         async move {
             let upstream = upstream.expect("set by the layer");
+            // (Every backend's URL was checked at startup.)
             *request.uri_mut() = upstream.uri_for(request.uri()).expect("http:// backends");
+            hop::strip_hop_by_hop(request.headers_mut());
             let mut response = client.request(request).await?;
+            hop::strip_hop_by_hop(response.headers_mut());
             if response
                 .headers()
                 .get(CONTENT_TYPE)
@@ -105,26 +117,66 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let router = Arc::new(Router::builder().build());
     for url in &backends {
+        // The forwarder joins paths to `http://host:port[/prefix]` URLs, and nothing else.
+        let uri: http::Uri = url.parse()?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(format!("--backend {url}: not an http://host:port URL").into());
+        }
         router.add_backend(TenantId::DEFAULT, url, 1)?;
     }
-    // Idle keys expire, drain deadlines pass: the router's clock work, once a second.
+    // Idle keys expire, drain deadlines pass, and every backend's port is probed: the router's
+    // clock work, once a second.
     let maintained = router.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let _ = maintained.maintain(Instant::now(), 4096);
+            probe(&maintained).await;
         }
     });
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     eprintln!("axum gateway on {} → {backends:?}", listener.local_addr()?);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    axum::serve(listener, app(router))
-        .with_graceful_shutdown(async move {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = axum::serve(listener, app(router)).with_graceful_shutdown(async move {
+        let _ = stopped.await;
+    });
+    let mut serve = std::pin::pin!(serve.into_future());
+    tokio::select! {
+        served = &mut serve => served?,
+        _ = async {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = terminate.recv() => {}
             }
-        })
-        .await?;
+        } => {
+            // Stop accepting; what is still open after the grace (an event stream) is cut.
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, serve).await;
+        }
+    }
     Ok(())
+}
+
+/// One round of TCP connect checks of every backend (250 ms each at most): a refused
+/// connection is [`Probe::Refused`] (nothing listens: down after a few), a timeout
+/// [`Probe::Failed`], a connection [`Probe::Up`] (a backend marked down comes back).
+async fn probe(router: &Router) {
+    for backend in router.backends() {
+        let Some(address) = backend
+            .label
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| Some(format!("{}:{}", uri.host()?, uri.port_u16().unwrap_or(80))))
+        else {
+            continue;
+        };
+        let connect = tokio::time::timeout(Duration::from_millis(250), TcpStream::connect(address));
+        let probe = match connect.await {
+            Ok(Ok(_)) => Probe::Up,
+            Ok(Err(e)) if Undelivered::from_io(&e) == Undelivered::Refused => Probe::Refused,
+            _ => Probe::Failed,
+        };
+        let _ = router.report_health(backend.id, probe, Instant::now());
+    }
 }

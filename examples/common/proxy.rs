@@ -74,8 +74,11 @@ mod accept;
 mod admin;
 #[path = "dedicated.rs"]
 pub mod dedicated;
+#[path = "hop.rs"]
+mod hop;
 use accept::{Acceptor, Share, serve_with};
 use dedicated::{Dedicated, Limits, LookAhead};
+pub use hop::strip_hop_by_hop;
 
 /// The body of every response the proxy sends: the gateway's (the backend's, observed by the
 /// router, or the router's rejection), or one the proxy writes itself. Two variants, not a
@@ -1205,51 +1208,6 @@ impl<B: Body<Data = Bytes>> Body for UntilGone<B> {
         self.inner
             .as_ref()
             .map_or(SizeHint::with_exact(0), |b| b.size_hint())
-    }
-}
-
-/// The hop-by-hop headers (RFC 9110 §7.6.1), and those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    const HOP_BY_HOP: [HeaderName; 7] = [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ];
-    let hop_by_hop = |name: &HeaderName| {
-        HOP_BY_HOP.contains(name) || name == "keep-alive" || name == "proxy-connection"
-    };
-    // Most messages carry none, or only `Transfer-Encoding` (a chunked answer): one pass over
-    // the names (cheap compares) finds those present, and only those are removed. Nine
-    // slots: there are nine hop-by-hop names, and `keys` gives each name once.
-    let mut found: [Option<HeaderName>; 9] = Default::default();
-    for (slot, name) in found
-        .iter_mut()
-        .zip(headers.keys().filter(|n| hop_by_hop(n)))
-    {
-        *slot = Some(name.clone());
-    }
-    if found
-        .iter()
-        .flatten()
-        .any(|name| name == header::CONNECTION)
-    {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in found.into_iter().flatten() {
-        headers.remove(name);
     }
 }
 
