@@ -29,6 +29,8 @@ use mcp_affinity::tower::{AffinityLayer, ReplayBody, Upstream};
 use tokio::net::TcpStream;
 use tower_layer::Layer;
 
+// (The end-to-end tests include this file beside the proxy, which has it too.)
+#[allow(clippy::duplicate_mod)]
 #[path = "common/hop.rs"]
 mod hop;
 
