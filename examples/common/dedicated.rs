@@ -23,8 +23,9 @@
 //!   backend closes it, or when it has been idle for the timeout. A client connection that
 //!   turns to another backend keeps its dedicated connection until then (the pool serves it
 //!   meanwhile): switching never opens a connection per switch. One whose dedicated
-//!   connection idled out before serving anything (its requests take longer than the idle
-//!   timeout) opens no other: the pool serves it as well.
+//!   connection idled out before serving anything opens no other for the rest of its life:
+//!   the pool serves it (its requests come further apart than the idle timeout, or it
+//!   turned to another backend, or its client paused longer than that once).
 //! - **Nothing else changes.** The router decides as before; the layer sees the same answers
 //!   and errors; a backend removed or restarted gets a new id, so its dedicated connection is
 //!   no longer chosen.

@@ -80,7 +80,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--admin" => parsed.admin = Some(value()?),
             "--threads" => {
                 let n = value()?;
-                parsed.threads = n.parse().map_err(|_| format!("--threads: {n:?}"))?;
+                parsed.threads = n
+                    .parse()
+                    .ok()
+                    .filter(|&threads: &usize| threads > 0)
+                    .ok_or(format!("--threads: {n:?} (at least 1)"))?;
             }
             "--exit-with-stdin" => parsed.exit_with_stdin = true,
             "--help" | "-h" => return Err(String::new()),
