@@ -136,6 +136,34 @@ impl ProxyHttp for McpProxy {
         e
     }
 
+    /// A request that failed on a reused connection to its backend: what pingora does by
+    /// default (it may go again if it is idempotent), and a conversation start too, which
+    /// leaves nothing behind that outlives its backend. Sent again to the same backend, it
+    /// finds whether that backend died: if the connection is refused, `fail_to_connect`
+    /// reports it and the router places the start on another (a new conversation does not
+    /// fail with the replica that crashed under it).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let starts = ctx
+            .exchange
+            .as_ref()
+            .is_some_and(Exchange::starts_conversation);
+        let again = starts || session.req_header().method.is_idempotent();
+        if again && !session.as_ref().retry_buffer_truncated() {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
     async fn response_filter(
         &self,
         _: &mut Session,

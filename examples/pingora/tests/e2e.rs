@@ -374,6 +374,78 @@ async fn backend_that_dies_mid_request() -> String {
     url
 }
 
+/// A backend that answers every request 200 with a new session, `s-0`, `s-1`…
+async fn answering_backend() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let minted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let minted = minted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0; 4096];
+                while let Ok(n) = stream.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    // Each request here is a head and a small body that ends in `}`.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    if !buf.ends_with(b"}") && buf.len() > end + 4 {
+                        continue;
+                    }
+                    buf.clear();
+                    let id = minted.fetch_add(1, Ordering::SeqCst);
+                    let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nmcp-session-id: s-{id}\r\n\
+                         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream
+                        .write_all(format!("{head}{body}").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// A conversation start sent on a pooled connection to a backend that dies as it arrives is
+/// sent again, finds the backend refusing connections, and is placed on the other: no 502,
+/// and the backend is marked down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_start_whose_backend_dies_under_it_is_placed_elsewhere() {
+    let dying = backend_that_dies_mid_request().await;
+    let answering = answering_backend().await;
+    let proxy = Pingora::start("start-dies", &[dying, answering], &[]).await;
+    let url = proxy.url("/mcp");
+    let raw = raw_client();
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    // Least sessions: the dying backend gets a start whenever it has no more than the other,
+    // so its second (the one it dies with) comes within a few.
+    for i in 0..8 {
+        let (status, _, body) = e2e::raw_post(&raw, &url, None, init).await;
+        assert_eq!(status, 200, "start {i}: {body}");
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m["owners_down"], 1,
+        "the dying backend died under a start: {m}"
+    );
+    assert_eq!(m["rejected_total"], 0, "{m}");
+    drop(proxy);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_backend_dies_with_it_gets_404_not_502() {
     let backend = backend_that_dies_mid_request().await;
