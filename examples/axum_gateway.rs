@@ -23,9 +23,9 @@ use http::{HeaderValue, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, Error};
 use hyper_util::rt::TokioExecutor;
-use mcp_affinity::TenantId;
 use mcp_affinity::router::{Probe, Router, Undelivered};
 use mcp_affinity::tower::{AffinityLayer, ReplayBody, Upstream};
+use mcp_affinity::{BackendId, TenantId};
 use tokio::net::TcpStream;
 use tower_layer::Layer;
 
@@ -118,13 +118,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let router = Arc::new(Router::builder().build());
+    // Each backend and the address its port is probed at.
+    let mut probed = Vec::new();
     for url in &backends {
         // The forwarder joins paths to `http://host:port[/prefix]` URLs, and nothing else.
         let uri: http::Uri = url.parse()?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        let (Some("http"), Some(host)) = (uri.scheme_str(), uri.host()) else {
             return Err(format!("--backend {url}: not an http://host:port URL").into());
-        }
-        router.add_backend(TenantId::DEFAULT, url, 1)?;
+        };
+        let address = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        probed.push((router.add_backend(TenantId::DEFAULT, url, 1)?, address));
     }
     // Idle keys expire, drain deadlines pass, and every backend's port is probed: the router's
     // clock work, once a second.
@@ -133,7 +136,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let _ = maintained.maintain(Instant::now(), 4096);
-            probe(&maintained).await;
+            probe(&maintained, &probed).await;
         }
     });
     let listener = tokio::net::TcpListener::bind(&listen).await?;
@@ -160,25 +163,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// One round of TCP connect checks of every backend (250 ms each at most): a refused
-/// connection is [`Probe::Refused`] (nothing listens: down after a few), a timeout
+/// One round of TCP connect checks of every backend at its address (250 ms each at most): a
+/// refused connection is [`Probe::Refused`] (nothing listens: down after a few), a timeout
 /// [`Probe::Failed`], a connection [`Probe::Up`] (a backend marked down comes back).
-async fn probe(router: &Router) {
-    for backend in router.backends() {
-        let Some(address) = backend
-            .label
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|uri| Some(format!("{}:{}", uri.host()?, uri.port_u16().unwrap_or(80))))
-        else {
-            continue;
-        };
+async fn probe(router: &Router, backends: &[(BackendId, String)]) {
+    for (id, address) in backends {
         let connect = tokio::time::timeout(Duration::from_millis(250), TcpStream::connect(address));
         let probe = match connect.await {
             Ok(Ok(_)) => Probe::Up,
             Ok(Err(e)) if Undelivered::from_io(&e) == Undelivered::Refused => Probe::Refused,
             _ => Probe::Failed,
         };
-        let _ = router.report_health(backend.id, probe, Instant::now());
+        let _ = router.report_health(*id, probe, Instant::now());
     }
 }
