@@ -1240,3 +1240,61 @@ fn an_evicted_key_is_forgotten_in_the_store_too() {
         "another router finds it in the store no more"
     );
 }
+
+/// The operator-key budget holds through the store's upkeep: a key bound in this router's
+/// table only (past the budget) is not created in the store by the refresh pass (which only
+/// extends operator keys' bindings) and, on a reseed, only as many operator keys as the
+/// budget of the window are bound. Before: the refresh pass re-created every operator key the
+/// table held (`SET NX` on a missing key), 20 bindings within a quarter of an hour for a
+/// budget of 4, and a reseed bound all 20.
+#[test]
+fn refreshes_and_reseeds_keep_to_the_operator_budget() {
+    let clock = Clock::new();
+    let t0 = clock.now();
+    let mut store = Store::default();
+    let router = fleet_router_with(
+        Router::builder().operator_key(key_fn(workspace)),
+        SharedStore::new("mcp", t0, T0).operator_binds(4),
+        &["x"],
+    );
+    let operator_bindings = |store: &Store, now| {
+        let keys = store.values.keys().filter(|k| k.starts_with("mcp:b:0:4:"));
+        keys.filter(|k| store.get(k, now).is_some()).count()
+    };
+    for i in 0..20 {
+        let _ = call_ws(&router, &store, &format!("junk-{i}"), None, t0);
+        flush(&router, &mut store, t0);
+    }
+    assert_eq!(operator_bindings(&store, t0), 4, "the first 4 are bound");
+    assert_eq!(router.metrics().store_operator_binds_refused, 16);
+
+    // A refresh pass later, every key in use again: the 4 live on, the 16 stay local.
+    let later = t0 + Duration::from_secs(16 * 60);
+    for i in 0..20 {
+        let _ = call_ws(&router, &store, &format!("junk-{i}"), None, later);
+    }
+    let _ = router.maintain(later, 1_000);
+    flush(&router, &mut store, later);
+    // (Past the first bindings' life, within the refreshed one.)
+    let still = t0 + Duration::from_secs(80 * 60);
+    assert_eq!(
+        operator_bindings(&store, still),
+        4,
+        "the refresh pass extends the 4 bindings and creates none"
+    );
+
+    // The store comes back empty (a window of the budget later): a reseed binds 4 of the 20.
+    store.values.clear();
+    let reseed_at = t0 + Duration::from_secs(60 * 60);
+    router.on_store_restart(reseed_at);
+    for write in reseed_pass(&router, 3, reseed_at, || {}) {
+        let _ = store.apply(write, reseed_at);
+    }
+    assert_eq!(
+        operator_bindings(&store, reseed_at),
+        4,
+        "the budget's worth"
+    );
+    let refused = router.metrics().store_operator_binds_refused;
+    assert_eq!(refused, 16 + 16, "the rest stay local, counted");
+}
