@@ -427,6 +427,54 @@ fn a_token_opens_only_in_its_tenant_and_for_its_principal() {
     assert!(matches!(router.route(&anonymous, now), Routed::Reject(_)));
 }
 
+/// With principal binding, a request that carries its own token without being routed by it
+/// (a discovery path, a 2026-07-28 version) passes the carried-key check: the token opens
+/// for its principal. Before, the check looked the token up in the table, which holds the
+/// backend's id, and refused the client's own session as unknown (404).
+#[test]
+fn a_token_carried_without_routing_passes_only_for_its_principal() {
+    fn bearer(req: &http::request::Parts) -> Option<Principal> {
+        let token = req.headers.get("authorization")?.as_bytes();
+        Some(Principal::new(token.iter().map(|b| u64::from(*b)).sum()))
+    }
+    let now = Clock::new().now();
+    let (router, _) = router_built(Router::builder().principal(bearer), &[1], &["a"], now);
+    let alice = ("authorization", "Bearer alice");
+    let (token, _) = initialize_as(&router, &[alice], UUID, now);
+    let modern = ("mcp-protocol-version", "2026-07-28");
+    let carried = |who: (&'static str, &'static str)| {
+        [
+            get(
+                "/.well-known/oauth-protected-resource",
+                &[who, ("mcp-session-id", &token)],
+            ),
+            post(
+                "/mcp",
+                &[
+                    who,
+                    modern,
+                    ("mcp-method", "tools/list"),
+                    ("mcp-session-id", &token),
+                ],
+            ),
+        ]
+    };
+    for request in carried(alice) {
+        let ex = forward(router.route(&request, now));
+        assert_eq!(ex.how(), How::Placed, "{:?}", request.uri);
+        router.on_exchange_end(ex, End::Completed, now);
+    }
+    for request in carried(("authorization", "Bearer mallory")) {
+        let rejection = rejected(router.route(&request, now));
+        assert_eq!(
+            rejection.status(),
+            StatusCode::NOT_FOUND,
+            "{:?}",
+            request.uri
+        );
+    }
+}
+
 #[test]
 fn rotation_opens_old_tokens_until_their_key_is_dropped() {
     let now = Clock::new().now();

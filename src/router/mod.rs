@@ -109,7 +109,8 @@ type BodyOverride = dyn Fn(&Rejection) -> Option<Bytes> + Send + Sync;
 ///    `Mcp-Session-Id`; a `DELETE` answered 2xx forgets the session, and so does a 404 to a
 ///    request with a legacy session when the router binds principals (without binding, a
 ///    404 may be the backend refusing a stranger who knows the id: the key stays until it
-///    idles out); a session `GET` stream keeps its session from expiring.
+///    idles out), except a legacy SSE session that a stream still carries (it ends with its
+///    streams); a session `GET` stream keeps its session from expiring.
 ///    It answers [`HeadOutcome::Observe`] when the body reveals a key (a legacy SSE stream's
 ///    `endpoint` event, a task created by a 2026-07-28 call) and
 ///    [`HeadOutcome::Replace`] when the backend created a conversation the router cannot
@@ -314,6 +315,16 @@ mod seal {
             _: Instant,
         ) -> Result<Option<Bytes>, Reason> {
             Ok(None)
+        }
+
+        pub(super) fn carries_own_token(
+            &self,
+            _: TenantId,
+            _: KeyKind,
+            _: &[u8],
+            _: Option<Principal>,
+        ) -> bool {
+            false
         }
 
         pub(super) fn seals(&self) -> bool {

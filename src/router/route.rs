@@ -137,9 +137,9 @@ impl<T: SessionTable> Router<T> {
         if let Some(backend) = self.cookie_backend(tenant, req) {
             // A hint, offered to the veto like any placement choice.
             if accept(backend) {
-                self.counters.here().pinned.incr();
+                self.counters.here().placed.incr();
                 let mut exchange =
-                    Exchange::new(tenant, backend, How::Pinned, class.intent, principal);
+                    Exchange::new(tenant, backend, How::Placed, class.intent, principal);
                 exchange.term = self.fleet.term(backend);
                 return Routed::Forward(exchange);
             }
@@ -158,10 +158,11 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// A key the request carries without being routed by it, with principal binding on: it
-    /// passes only if it is the principal's own. Known under another principal, the request
-    /// is refused as a hijack would be; unknown (or in a spelling the router cannot tell
-    /// from another: decoded, case, braces), it is refused as unknown, since a backend may
-    /// still read it as some session's.
+    /// passes only if it is the principal's own (a token sealed for it, or a key the table
+    /// holds under it). Known under another principal, the request is refused as a hijack
+    /// would be; unknown (or in a spelling the router cannot tell from another: decoded,
+    /// case, braces), it is refused as unknown, since a backend may still read it as some
+    /// session's.
     fn check_carried(
         &self,
         tenant: TenantId,
@@ -170,6 +171,9 @@ impl<T: SessionTable> Router<T> {
         principal: Option<Principal>,
         now: Instant,
     ) -> Option<Rejection> {
+        if self.carries_own_token(tenant, kind, id, principal) {
+            return None;
+        }
         let Ok(key) = Key::with_max_len(tenant, kind, id, self.config.max_key_len) else {
             return Some(self.reject(Reason::UnknownKey(kind)));
         };

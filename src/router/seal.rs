@@ -285,6 +285,26 @@ impl<T: SessionTable> Router<T> {
         Ok(Some(Bytes::copy_from_slice(token.as_bytes())))
     }
 
+    /// Whether `value`, a key of `kind` a request carries without being routed by it, is a
+    /// token sealed for `tenant` and `principal`: the principal's own session, whatever its
+    /// age or owner (nothing is routed by it, and a backend that gets it gets a token it
+    /// cannot read as any session).
+    pub(super) fn carries_own_token(
+        &self,
+        tenant: TenantId,
+        kind: KeyKind,
+        value: &[u8],
+        principal: Option<Principal>,
+    ) -> bool {
+        let Some(sealing) = self.config.sealing.as_ref().filter(|_| sealed_kind(kind)) else {
+            return false;
+        };
+        value.len() <= presented_bound(self.config.max_key_len)
+            && sealing
+                .open(value, &binding(kind, tenant, principal))
+                .is_ok()
+    }
+
     /// Whether the router seals session ids.
     pub(super) fn seals(&self) -> bool {
         self.config.sealing.is_some()
