@@ -7,7 +7,10 @@
 //! `mcp-affinity` is sans-IO. It opens no sockets, reads no clock, spawns no tasks and picks
 //! no runtime: the embedder (a proxy, a gateway, a load balancer) hands it request and response
 //! heads, body chunks and the current time, and acts on its decisions. It does not parse HTTP
-//! (it reads [`http`] parts you already have) and it never buffers a body.
+//! (it reads [`http`] parts you already have), and it observes bodies as they stream through
+//! rather than buffering them. The bounded exceptions: with sealed ids, a legacy SSE response
+//! is held up to its `endpoint` event (within the SSE parser's limits), and the tower layer
+//! keeps the body of a request it may place again, up to its `replay_limit`.
 //!
 //! # How it fits in a proxy
 //!

@@ -30,8 +30,9 @@
 //!    know is looked up through the [`StoreLookup`] the embedder gives, and a key a response
 //!    reveals is written through its [`StoreSync`] before the client sees it.
 //!
-//! Backpressure and cancellation pass through: `poll_ready` is the inner service's, bodies
-//! are polled only when the client polls, and dropping the response future or body drops the
+//! Backpressure and cancellation pass through: `poll_ready` is the inner service's, response
+//! bodies are polled only when the client polls (a request body kept for another placement,
+//! step 3, is read before the request is sent), and dropping the response future or body drops the
 //! inner one (the backend sees the client go). The layer needs no runtime; its response
 //! future is boxed (`Send`).
 //!
@@ -590,8 +591,11 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         }
         if let Some(sync) = &self.sync {
             if exchange.take_store_sync() {
-                // The head names a key the store must have before the client does.
+                // The head names a key the store must have before the client does. (The guard
+                // holds the exchange meanwhile: a client that goes away still ends it.)
+                pending.exchange = Some(exchange);
                 sync.sync().await;
+                exchange = pending.take();
             }
         }
         let mut body = ObservedBody::new(body, self.router.clone(), exchange, self.clock.clone());

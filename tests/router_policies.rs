@@ -179,14 +179,22 @@ fn the_affinity_cookie_routes_keyless_requests_to_its_ready_backend() {
     let (placed, cookie) = initialize_with_cookie(&router, None);
     let cookie = cookie.expect("a placed conversation start sets the cookie");
     assert!(cookie.starts_with("mcp-affinity="), "{cookie}");
-    // Keyless requests with the cookie follow it, whatever placement would say.
+    // Keyless requests with the cookie follow it, whatever placement would say. A hint, not
+    // an owner: the exchange says it was placed, and counts so.
+    let before = router.metrics();
     for _ in 0..6 {
         let headers = [("cookie", format!("theme=dark; {cookie}"))];
         let headers: Vec<_> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let ex = forward(router.route(&get("/mcp", &headers), now));
         assert_eq!(ex.backend(), placed);
+        assert_eq!(ex.how(), How::Placed);
         router.on_exchange_end(ex, End::Completed, now);
     }
+    let after = router.metrics();
+    assert_eq!(
+        (after.placed - before.placed, after.pinned - before.pinned),
+        (6, 0)
+    );
 }
 
 #[test]

@@ -112,7 +112,8 @@ impl<T> RouterBuilder<T> {
     }
 
     /// The longest key id accepted, in bytes (default 256); a longer one presented by a client
-    /// is answered as an unknown key ([`Reason::InvalidKey`](super::Reason::InvalidKey)), and one minted by a backend is
+    /// is answered as an unknown key ([`Reason::InvalidKey`](super::Reason::InvalidKey): 404,
+    /// or 400 for an operator key, which the client chose), and one minted by a backend is
     /// refused at once ([`Reason::UnroutableKey`](super::Reason::UnroutableKey)).
     pub fn max_key_len(mut self, bytes: usize) -> Self {
         self.config.max_key_len = bytes;
@@ -156,7 +157,8 @@ impl<T> RouterBuilder<T> {
         self
     }
 
-    /// How many backends a conversation start may be placed on before it is refused with
+    /// How many backends a placed request (a conversation start, a keyless call, an operator
+    /// key bound afresh) may be tried on before it is refused with
     /// [`Reason::NoReadyBackend`](super::Reason::NoReadyBackend), when the embedder reports that it could not deliver it
     /// (see [`Router::on_undelivered`]); default 3, at least 1.
     pub fn placement_attempts(mut self, attempts: usize) -> Self {

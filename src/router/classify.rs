@@ -142,6 +142,9 @@ const MCP_METHOD: &str = "mcp-method";
 const MCP_NAME: &str = "mcp-name";
 const MCP_SESSION_ID: &str = "mcp-session-id";
 
+/// `Mcp-Session-Id`, for the router's edits of heads.
+pub(super) const SESSION_HEADER: http::HeaderName = http::HeaderName::from_static(MCP_SESSION_ID);
+
 /// The first protocol version of the modern era.
 const MODERN: &[u8; 10] = b"2026-07-28";
 

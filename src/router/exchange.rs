@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::classify::{Era, Intent};
+use super::classify::{Era, Intent, SESSION_HEADER};
 use super::edit::{HeadEdit, HeadEdits};
 use super::fleet::PendingStart;
 use super::observe::Observer;
@@ -68,8 +68,6 @@ impl fmt::Debug for IdBuf {
     }
 }
 
-const MCP_SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
-
 /// `uri` with the value of its legacy SSE session parameter replaced by `id`.
 fn with_session_param(uri: &http::Uri, id: &[u8]) -> Option<http::Uri> {
     let query = uri.query()?;
@@ -101,7 +99,9 @@ pub(crate) enum Hold {
 pub enum How {
     /// The request's key is owned by this backend.
     Pinned,
-    /// The placement policy chose this backend for a request without a known owner.
+    /// The placement policy chose this backend for a request without a known owner (or the
+    /// affinity cookie named it: a hint, offered to the veto like any placement, and placed
+    /// elsewhere if it cannot be delivered).
     Placed,
 }
 
@@ -293,7 +293,7 @@ impl Exchange {
         match kind {
             KeyKind::Session => {
                 if let Ok(value) = http::HeaderValue::from_bytes(id.as_bytes()) {
-                    edits.push(HeadEdit::Insert(MCP_SESSION_ID, value));
+                    edits.push(HeadEdit::Insert(SESSION_HEADER, value));
                 }
             }
             KeyKind::SseSession => {

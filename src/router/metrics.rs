@@ -116,8 +116,8 @@ pub const TOKEN_REFUSALS: [&str; 4] = ["malformed", "unknown_key", "rejected", "
 pub struct Metrics {
     /// Requests forwarded to the owner of their key.
     pub pinned: u64,
-    /// Requests placed on a backend chosen by the placement policy (each placement: a request
-    /// placed again after a failed delivery counts again).
+    /// Requests placed on a backend chosen by the placement policy or named by the affinity
+    /// cookie (each placement: a request placed again after a failed delivery counts again).
     pub placed: u64,
     /// Requests rejected, by reason ([`Reason::as_str`] names, in [`Reason::NAMES`] order).
     pub rejected: Vec<(&'static str, u64)>,

@@ -115,7 +115,7 @@ impl Metrics {
         let mut x = Exposition { out };
         x.counters(
             "decisions",
-            "Routing decisions, by decision: pinned to their key's owner, placed by the placement policy, or rejected (a request placed again after a failed delivery, or whose answer was replaced by a rejection, counts once more).",
+            "Routing decisions, by decision: pinned to their key's owner, placed by the placement policy (or the affinity cookie), or rejected (a request placed again after a failed delivery, or whose answer was replaced by a rejection, counts once more).",
             "decision",
             &[
                 ("pinned", self.pinned),

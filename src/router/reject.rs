@@ -95,25 +95,7 @@ pub enum Reason {
 impl Reason {
     /// A stable lowercase name, for metrics and logs.
     pub fn as_str(&self) -> &'static str {
-        match self {
-            Reason::UnknownKey(_) => "unknown_key",
-            Reason::OwnerGone(_) => "owner_gone",
-            Reason::OwnerRevoked(_) => "owner_revoked",
-            Reason::OwnerDown(_) => "owner_down",
-            Reason::OwnerUnreachable(_) => "owner_unreachable",
-            Reason::WrongPrincipal(_) => "wrong_principal",
-            Reason::InvalidToken(_) => "invalid_token",
-            Reason::UnknownOwner(_) => "unknown_owner",
-            Reason::StoreUnavailable(_) => "store_unavailable",
-            Reason::UnknownTenant => "unknown_tenant",
-            Reason::InvalidKey(..) => "invalid_key",
-            Reason::BadEra(_) => "bad_era",
-            Reason::AmbiguousKey(_) => "ambiguous_key",
-            Reason::TableFull(_) => "table_full",
-            Reason::KeyConflict(_) => "key_conflict",
-            Reason::UnroutableKey(_) => "unroutable_key",
-            Reason::NoReadyBackend => "no_ready_backend",
-        }
+        Reason::NAMES[self.index()]
     }
 
     /// Every reason's name ([`as_str`](Reason::as_str)), in the order [`Metrics::rejected`](super::Metrics::rejected) lists them.
@@ -137,14 +119,27 @@ impl Reason {
         "no_ready_backend",
     ];
 
-    /// A dense index, for counters: the position of [`as_str`](Reason::as_str) in
-    /// [`NAMES`](Reason::NAMES).
+    /// A dense index, for counters: the reason's position in [`NAMES`](Reason::NAMES).
     pub(crate) fn index(&self) -> usize {
-        let name = self.as_str();
-        Reason::NAMES
-            .iter()
-            .position(|n| *n == name)
-            .expect("every reason is named")
+        match self {
+            Reason::UnknownKey(_) => 0,
+            Reason::OwnerGone(_) => 1,
+            Reason::OwnerRevoked(_) => 2,
+            Reason::OwnerDown(_) => 3,
+            Reason::OwnerUnreachable(_) => 4,
+            Reason::WrongPrincipal(_) => 5,
+            Reason::InvalidToken(_) => 6,
+            Reason::UnknownOwner(_) => 7,
+            Reason::StoreUnavailable(_) => 8,
+            Reason::UnknownTenant => 9,
+            Reason::InvalidKey(..) => 10,
+            Reason::BadEra(_) => 11,
+            Reason::AmbiguousKey(_) => 12,
+            Reason::TableFull(_) => 13,
+            Reason::KeyConflict(_) => 14,
+            Reason::UnroutableKey(_) => 15,
+            Reason::NoReadyBackend => 16,
+        }
     }
 
     /// The request's key names no conversation this router can serve: answered as "session
@@ -412,5 +407,50 @@ impl Rejection {
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.reason, self.status())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_name() {
+        let kind = KeyKind::Session;
+        let every = [
+            Reason::UnknownKey(kind),
+            Reason::OwnerGone(kind),
+            Reason::OwnerRevoked(kind),
+            Reason::OwnerDown(kind),
+            Reason::OwnerUnreachable(kind),
+            Reason::WrongPrincipal(kind),
+            Reason::InvalidToken(kind),
+            Reason::UnknownOwner(kind),
+            Reason::StoreUnavailable(kind),
+            Reason::UnknownTenant,
+            Reason::InvalidKey(kind, InvalidKey::Empty),
+            Reason::BadEra(BadEra::AmbiguousMethod),
+            Reason::AmbiguousKey(kind),
+            Reason::TableFull(Scope::Global),
+            Reason::KeyConflict(kind),
+            Reason::UnroutableKey(kind),
+            Reason::NoReadyBackend,
+        ];
+        let names: Vec<_> = every.iter().map(Reason::as_str).collect();
+        assert_eq!(names, Reason::NAMES, "each reason at its index, every index used");
+        // The names are the variants' names in snake case.
+        for (reason, name) in every.iter().zip(names) {
+            let variant = format!("{reason:?}");
+            let variant = variant.split('(').next().unwrap();
+            let snake: String = variant
+                .chars()
+                .enumerate()
+                .flat_map(|(i, c)| {
+                    let sep = (i > 0 && c.is_ascii_uppercase()).then_some('_');
+                    sep.into_iter().chain(std::iter::once(c.to_ascii_lowercase()))
+                })
+                .collect();
+            assert_eq!(name, snake);
+        }
     }
 }

@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
+use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 use http::{StatusCode, response};
 
-use super::classify::Intent;
+use super::classify::{Intent, SESSION_HEADER};
 use super::edit::{HeadEdit, HeadEdits};
 use super::exchange::{ChunkOutcome, Data, End, Exchange, HeadOutcome, Hold, IdBuf};
 use super::fleet::OwnerStatus;
@@ -18,9 +18,6 @@ use super::store::Shared;
 use super::{Router, content_type_is, identity_encoded};
 use crate::BackendId;
 use crate::table::{Insert, InsertError, Key, KeyKind, Scope, SessionTable, SetOwnerError};
-
-/// The response header that carries a Streamable HTTP session.
-const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 
 /// How learning a key a backend revealed went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +133,7 @@ impl<T: SessionTable> Router<T> {
                     HeadOutcome::Observe
                 }
             }
-            Intent::SessionStart { .. } if ok => match headers.get(&MCP_SESSION_ID) {
+            Intent::SessionStart { .. } if ok => match headers.get(&SESSION_HEADER) {
                 Some(id) => self.session_started(exchange, id.as_bytes(), edits, now),
                 None => HeadOutcome::Forward,
             },
@@ -186,7 +183,7 @@ impl<T: SessionTable> Router<T> {
             Ok(Some(token)) => {
                 let token = HeaderValue::from_maybe_shared(token)
                     .expect("base64url is a valid header value");
-                edits.push(HeadEdit::Insert(MCP_SESSION_ID, token));
+                edits.push(HeadEdit::Insert(SESSION_HEADER, token));
                 HeadOutcome::Forward
             }
             Err(Reason::UnroutableKey(kind)) => {
@@ -237,7 +234,7 @@ impl<T: SessionTable> Router<T> {
         }
         // (An answer to a sealed request had its echo sealed already.)
         if key.kind() == KeyKind::Session && exchange.token.is_none() {
-            if let Some(id) = headers.get(&MCP_SESSION_ID) {
+            if let Some(id) = headers.get(&SESSION_HEADER) {
                 if id.as_bytes() != key.id_bytes() {
                     // Another id for an existing session: not learned.
                     self.counters.here().id_mismatches.incr();
@@ -462,7 +459,7 @@ impl<T: SessionTable> Router<T> {
         edits: &mut HeadEdits,
         now: Instant,
     ) {
-        let Some(echo) = headers.get(&MCP_SESSION_ID) else {
+        let Some(echo) = headers.get(&SESSION_HEADER) else {
             return;
         };
         let same = exchange
@@ -479,9 +476,9 @@ impl<T: SessionTable> Router<T> {
                 .flatten()
         };
         match value.map(HeaderValue::from_maybe_shared) {
-            Some(Ok(token)) => edits.push(HeadEdit::Insert(MCP_SESSION_ID, token)),
+            Some(Ok(token)) => edits.push(HeadEdit::Insert(SESSION_HEADER, token)),
             // Never hand the client a backend's own id.
-            _ => edits.push(HeadEdit::Remove(MCP_SESSION_ID)),
+            _ => edits.push(HeadEdit::Remove(SESSION_HEADER)),
         }
     }
 
@@ -644,8 +641,8 @@ mod tests {
     use http::header::{HeaderValue, SET_COOKIE};
     use http::{Request, Response, StatusCode};
 
-    use super::MCP_SESSION_ID;
     use crate::TenantId;
+    use crate::router::classify::SESSION_HEADER;
     use crate::router::{HeadEdit, HeadOutcome, Routed, Router};
 
     /// An initialize, placed and answered with a minted session.
@@ -655,7 +652,7 @@ mod tests {
             panic!("placed")
         };
         let (head, ()) = Response::builder()
-            .header(MCP_SESSION_ID, "4f2a9c1e")
+            .header(SESSION_HEADER, "4f2a9c1e")
             .body(())
             .unwrap()
             .into_parts();
@@ -717,9 +714,9 @@ mod tests {
         let (outcome, edits) =
             router.on_response_head_edits(&mut exchange, StatusCode::OK, &head.headers, now);
         assert!(matches!(outcome, HeadOutcome::Forward));
-        assert_eq!(head.headers[&MCP_SESSION_ID], "4f2a9c1e", "not changed");
+        assert_eq!(head.headers[&SESSION_HEADER], "4f2a9c1e", "not changed");
         let token = match edits.into_iter().collect::<Vec<_>>().as_slice() {
-            [HeadEdit::Insert(name, token)] if *name == MCP_SESSION_ID => token.clone(),
+            [HeadEdit::Insert(name, token)] if *name == SESSION_HEADER => token.clone(),
             other => panic!("one insert of the token: {other:?}"),
         };
         assert_ne!(token, "4f2a9c1e");
@@ -727,7 +724,7 @@ mod tests {
 
         // The token's next request: the backend gets its own id back, as an edit.
         let (call, ()) = Request::post("/mcp")
-            .header(MCP_SESSION_ID, token.clone())
+            .header(SESSION_HEADER, token.clone())
             .body(())
             .unwrap()
             .into_parts();
@@ -736,10 +733,10 @@ mod tests {
         };
         let edits: Vec<HeadEdit> = exchange.request_edits(&call).into_iter().collect();
         let own = HeaderValue::from_static("4f2a9c1e");
-        assert_eq!(edits, [HeadEdit::Insert(MCP_SESSION_ID, own.clone())]);
+        assert_eq!(edits, [HeadEdit::Insert(SESSION_HEADER, own.clone())]);
         let mut rewritten = call.clone();
         exchange.rewrite_request(&mut rewritten);
-        assert_eq!(rewritten.headers[&MCP_SESSION_ID], own);
+        assert_eq!(rewritten.headers[&SESSION_HEADER], own);
         router.on_exchange_end(exchange, crate::router::End::Completed, now);
     }
 }
