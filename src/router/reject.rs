@@ -437,7 +437,11 @@ mod tests {
             Reason::NoReadyBackend,
         ];
         let names: Vec<_> = every.iter().map(Reason::as_str).collect();
-        assert_eq!(names, Reason::NAMES, "each reason at its index, every index used");
+        assert_eq!(
+            names,
+            Reason::NAMES,
+            "each reason at its index, every index used"
+        );
         // The names are the variants' names in snake case.
         for (reason, name) in every.iter().zip(names) {
             let variant = format!("{reason:?}");
@@ -447,7 +451,8 @@ mod tests {
                 .enumerate()
                 .flat_map(|(i, c)| {
                     let sep = (i > 0 && c.is_ascii_uppercase()).then_some('_');
-                    sep.into_iter().chain(std::iter::once(c.to_ascii_lowercase()))
+                    sep.into_iter()
+                        .chain(std::iter::once(c.to_ascii_lowercase()))
                 })
                 .collect();
             assert_eq!(name, snake);

@@ -87,191 +87,40 @@
 //! # });
 //! ```
 
+mod body;
+mod hooks;
+mod replay;
+mod upstream;
+
 use std::fmt;
 use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
-use http::uri::{PathAndQuery, Uri};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::BackendId;
 use crate::body::{Clock, ObservedBody};
-use crate::router::store::{Looked, StoreSync};
+use crate::router::store::StoreSync;
 use crate::router::{End, Exchange, HeadOutcome, Rejection, Routed, Router, Undelivered};
 use crate::table::{KeyKind, MemoryTable, SessionTable};
 
+pub use body::AffinityBody;
+pub use hooks::{
+    Classify, LookupFuture, PassErrors, RefusalCheck, RefusalFuture, StoreAnswer, StoreLookup,
+};
+pub use replay::ReplayBody;
+pub use upstream::Upstream;
+
+use body::{local, reject};
+use replay::{Attempts, keep};
+
 /// The default [`replay_limit`](AffinityLayer::replay_limit): 64 KiB.
 pub const DEFAULT_REPLAY_LIMIT: u64 = 64 * 1024;
-
-/// Where the layer sends a request: the request extension the inner service reads.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Upstream {
-    backend: BackendId,
-    label: Arc<str>,
-    pinned: bool,
-    starts_conversation: bool,
-}
-
-impl Upstream {
-    /// The backend the router chose.
-    pub fn backend(&self) -> BackendId {
-        self.backend
-    }
-
-    /// Whether a session or task key pins the request to its backend (it is never placed
-    /// elsewhere).
-    pub fn is_pinned(&self) -> bool {
-        self.pinned
-    }
-
-    /// Whether the request starts a conversation (an `initialize`, a legacy SSE connect).
-    ///
-    /// With [`is_pinned`](Upstream::is_pinned), it tells a forwarder when a request that
-    /// failed *after* it may have been written can still be reported as
-    /// [`Undelivered::Refused`], if the backend refuses connections since: a pinned
-    /// request's session died with the backend either way, and a conversation start left
-    /// nothing that survived. Any other request may have run, and must not be.
-    pub fn starts_conversation(&self) -> bool {
-        self.starts_conversation
-    }
-
-    /// The label the backend was added with (by convention its base URL).
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    /// `host:port` of the backend, when the label is a base URL (the scheme's port when the
-    /// URL has none): where a health check or a [`RefusalCheck`] connects.
-    pub fn host_port(&self) -> Option<String> {
-        let base: Uri = self.label.parse().ok()?;
-        let authority = base.authority()?;
-        let port = authority.port_u16().or(match base.scheme_str()? {
-            "http" => Some(80),
-            "https" => Some(443),
-            _ => None,
-        })?;
-        Some(format!("{}:{port}", authority.host()))
-    }
-
-    /// The request's URI on the backend, when the label is a base URL
-    /// (`scheme://host[:port][/prefix]`): the label's scheme and authority, its path as a
-    /// prefix, then the request's path and query. `None` when the label is not such a URL.
-    pub fn uri_for(&self, request: &Uri) -> Option<Uri> {
-        let base: Uri = self.label.parse().ok()?;
-        let (scheme, authority) = (base.scheme()?.clone(), base.authority()?.clone());
-        let prefix = base.path().trim_end_matches('/');
-        let path = request.path_and_query().map_or("/", PathAndQuery::as_str);
-        let path_and_query: PathAndQuery = if prefix.is_empty() {
-            path.parse().ok()?
-        } else {
-            format!("{prefix}{path}").parse().ok()?
-        };
-        Uri::builder()
-            .scheme(scheme)
-            .authority(authority)
-            .path_and_query(path_and_query)
-            .build()
-            .ok()
-    }
-}
-
-/// Says whether an error of the inner service means that nothing of the request was written
-/// (so the router may place it elsewhere, or learn that its backend is down). Implemented for
-/// every `Fn(&E) -> Option<Undelivered>`.
-///
-/// Answer `Some` only when the request surely did not reach the backend: a connection
-/// refused or timed out before a byte was sent. An error after that (a reset mid-response)
-/// must be `None`: the request may have run.
-pub trait Classify<E> {
-    /// Why the request was not delivered, if it surely was not.
-    fn undelivered(&self, error: &E) -> Option<Undelivered>;
-}
-
-impl<E, F: Fn(&E) -> Option<Undelivered>> Classify<E> for F {
-    fn undelivered(&self, error: &E) -> Option<Undelivered> {
-        self(error)
-    }
-}
-
-/// The default [`Classify`]: every error is passed through as it is (nothing is retried).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PassErrors;
-
-impl<E> Classify<E> for PassErrors {
-    fn undelivered(&self, _: &E) -> Option<Undelivered> {
-        None
-    }
-}
-
-/// What a shared store said of a key (the owned form of [`Looked`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreAnswer {
-    /// The key's value.
-    Found(String),
-    /// The store does not have the key.
-    Missing,
-    /// The store did not answer in time.
-    Unavailable,
-}
-
-impl StoreAnswer {
-    /// As the router takes it.
-    pub fn looked(&self) -> Looked<'_> {
-        match self {
-            StoreAnswer::Found(value) => Looked::Found(value),
-            StoreAnswer::Missing => Looked::Missing,
-            StoreAnswer::Unavailable => Looked::Unavailable,
-        }
-    }
-}
-
-/// The future of a [`StoreLookup`].
-pub type LookupFuture = Pin<Box<dyn Future<Output = StoreAnswer> + Send + 'static>>;
-
-/// Reads a key from the shared store, within the store's own timeout (an answer that does not
-/// come in time is [`StoreAnswer::Unavailable`]). Implemented for every
-/// `Fn(String) -> impl Future<Output = StoreAnswer>`.
-pub trait StoreLookup: Send + Sync + 'static {
-    /// Reads `key`.
-    fn lookup(&self, key: String) -> LookupFuture;
-}
-
-impl<F, Fut> StoreLookup for F
-where
-    F: Fn(String) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = StoreAnswer> + Send + 'static,
-{
-    fn lookup(&self, key: String) -> LookupFuture {
-        Box::pin(self(key))
-    }
-}
-
-/// The future of a [`RefusalCheck`].
-pub type RefusalFuture = Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
-
-/// Tells whether a backend refuses connections right now (nothing listens at its address:
-/// its process is gone). Implemented for every `Fn(&Upstream) -> impl Future<Output = bool>`.
-pub trait RefusalCheck: Send + Sync + 'static {
-    /// Whether `upstream` refuses connections.
-    fn refuses(&self, upstream: &Upstream) -> RefusalFuture;
-}
-
-impl<F, Fut> RefusalCheck for F
-where
-    F: Fn(&Upstream) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = bool> + Send + 'static,
-{
-    fn refuses(&self, upstream: &Upstream) -> RefusalFuture {
-        Box::pin(self(upstream))
-    }
-}
 
 /// The [`Layer`] that puts a [`Router`] in front of a forwarding service (see the
 /// [module docs](self)).
@@ -602,19 +451,14 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         if let Some(sync) = &self.sync {
             body = body.with_store_sync(sync.clone());
         }
-        Ok(Response::from_parts(
-            head,
-            AffinityBody {
-                inner: Answer::Backend { body },
-            },
-        ))
+        Ok(Response::from_parts(head, AffinityBody::backend(body)))
     }
 
     /// Whether a request that failed on its way can be reported as refused: its backend
     /// refuses connections now, and nothing the request did can have survived it.
     async fn died_with(&self, upstream: &Upstream) -> bool {
         match &self.refusals {
-            Some(check) if upstream.pinned || upstream.starts_conversation => {
+            Some(check) if upstream.is_pinned() || upstream.starts_conversation() => {
                 check.refuses(upstream).await
             }
             _ => false,
@@ -684,249 +528,4 @@ fn placeable(exchange: &Exchange) -> bool {
 /// Takes the parts out, leaving empty ones.
 fn take_parts(parts: &mut http::request::Parts) -> http::request::Parts {
     std::mem::replace(parts, Request::new(()).into_parts().0)
-}
-
-/// The bodies of the delivery attempts of one request.
-enum Attempts<B> {
-    /// Kept whole: every attempt sends it.
-    Kept(Kept),
-    /// Streamed as it comes: one attempt.
-    Once(Option<B>),
-}
-
-impl<B> Attempts<B> {
-    /// Whether another attempt can send the body.
-    fn can_send(&self) -> bool {
-        match self {
-            Attempts::Kept(_) => true,
-            Attempts::Once(once) => once.is_some(),
-        }
-    }
-}
-
-/// A request body read whole, to be sent again.
-struct Kept {
-    data: Bytes,
-    trailers: Option<HeaderMap>,
-}
-
-impl Kept {
-    fn body<B>(&self) -> ReplayBody<B> {
-        ReplayBody {
-            inner: Replay::Kept {
-                data: (!self.data.is_empty()).then(|| self.data.clone()),
-                trailers: self.trailers.clone(),
-            },
-        }
-    }
-}
-
-/// Reads a body that announced at most `limit` bytes; `None` if it failed or grew past that.
-async fn keep<B: Body<Data = Bytes>>(body: B, limit: u64) -> Option<Kept> {
-    let mut body = pin!(body);
-    let mut data = BytesMut::new();
-    let mut single: Option<Bytes> = None;
-    let mut trailers = None;
-    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        let frame = frame.ok()?;
-        match frame.into_data() {
-            Ok(chunk) => {
-                // One chunk (the usual case) is kept as it came, without a copy.
-                match single.take() {
-                    None if data.is_empty() => single = Some(chunk),
-                    first => {
-                        if let Some(first) = first {
-                            data.extend_from_slice(&first);
-                        }
-                        data.extend_from_slice(&chunk);
-                    }
-                }
-            }
-            Err(frame) => trailers = frame.into_trailers().ok(),
-        }
-        let len = single.as_ref().map_or(data.len(), Bytes::len);
-        if len as u64 > limit {
-            return None;
-        }
-    }
-    Some(Kept {
-        data: single.unwrap_or_else(|| data.freeze()),
-        trailers,
-    })
-}
-
-/// The router's rejection as a response.
-fn reject<B, C: Clock, T: SessionTable>(rejection: &Rejection) -> Response<AffinityBody<B, C, T>> {
-    rejection.to_response().map(AffinityBody::local)
-}
-
-/// A plain-text answer of the layer's own.
-fn local<B, C: Clock, T: SessionTable>(
-    status: StatusCode,
-    text: &'static str,
-) -> Response<AffinityBody<B, C, T>> {
-    let mut response = Response::new(AffinityBody::local(Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-pin_project! {
-    /// The request body the inner service gets: the client's, streamed as it comes, or, for a
-    /// request that may be placed again, the body read whole before the first attempt and
-    /// sent again on each.
-    pub struct ReplayBody<B> {
-        #[pin]
-        inner: Replay<B>,
-    }
-}
-
-pin_project! {
-    #[project = ReplayProj]
-    enum Replay<B> {
-        Kept { data: Option<Bytes>, trailers: Option<HeaderMap> },
-        Streamed { #[pin] body: B },
-    }
-}
-
-impl<B> ReplayBody<B> {
-    fn streamed(body: B) -> Self {
-        ReplayBody {
-            inner: Replay::Streamed { body },
-        }
-    }
-
-    /// Whether this is a body kept whole (sent again on another attempt).
-    pub fn is_kept(&self) -> bool {
-        matches!(self.inner, Replay::Kept { .. })
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().inner.project() {
-            ReplayProj::Kept { data, trailers } => match data.take() {
-                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
-            },
-            ReplayProj::Streamed { body } => body.poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Replay::Kept { data, trailers } => data.is_none() && trailers.is_none(),
-            Replay::Streamed { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Replay::Kept { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            Replay::Streamed { body } => body.size_hint(),
-        }
-    }
-}
-
-impl<B> fmt::Debug for ReplayBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReplayBody")
-            .field("kept", &self.is_kept())
-            .finish_non_exhaustive()
-    }
-}
-
-pin_project! {
-    /// The body of a response from an [`Affinity`] service: the backend's, observed by the
-    /// router ([`ObservedBody`]), or one the layer answered itself (a rejection).
-    pub struct AffinityBody<B, C, T>
-    where
-        C: Clock,
-        T: SessionTable,
-    {
-        #[pin]
-        inner: Answer<B, C, T>,
-    }
-}
-
-pin_project! {
-    #[project = AnswerProj]
-    enum Answer<B, C, T>
-    where
-        C: Clock,
-        T: SessionTable,
-    {
-        Backend { #[pin] body: ObservedBody<B, C, T> },
-        Local { data: Option<Bytes> },
-    }
-}
-
-impl<B, C: Clock, T: SessionTable> AffinityBody<B, C, T> {
-    fn local(data: Bytes) -> Self {
-        AffinityBody {
-            inner: Answer::Local {
-                data: (!data.is_empty()).then_some(data),
-            },
-        }
-    }
-
-    /// Whether the layer answered this response itself (a rejection), without a backend.
-    pub fn is_local(&self) -> bool {
-        matches!(self.inner, Answer::Local { .. })
-    }
-}
-
-impl<B, C, T> Body for AffinityBody<B, C, T>
-where
-    B: Body<Data = Bytes>,
-    C: Clock,
-    T: SessionTable,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().inner.project() {
-            AnswerProj::Backend { body } => body.poll_frame(cx),
-            AnswerProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Answer::Backend { body } => body.is_end_stream(),
-            Answer::Local { data } => data.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Answer::Backend { body } => body.size_hint(),
-            Answer::Local { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-        }
-    }
-}
-
-impl<B, C: Clock, T: SessionTable> fmt::Debug for AffinityBody<B, C, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AffinityBody")
-            .field("local", &self.is_local())
-            .finish_non_exhaustive()
-    }
 }
