@@ -1241,60 +1241,136 @@ fn an_evicted_key_is_forgotten_in_the_store_too() {
     );
 }
 
-/// The operator-key budget holds through the store's upkeep: a key bound in this router's
-/// table only (past the budget) is not created in the store by the refresh pass (which only
-/// extends operator keys' bindings) and, on a reseed, only as many operator keys as the
-/// budget of the window are bound. Before: the refresh pass re-created every operator key the
-/// table held (`SET NX` on a missing key), 20 bindings within a quarter of an hour for a
-/// budget of 4, and a reseed bound all 20.
+// --- 16. The operator budget paces binds; it must not lose a key a router routes by --------
+// A change that made the budget also cover reseeds, and made an operator key's refresh a
+// bare `PEXPIRE`, was attacked by a helper and reverted: each of these failed on it, with
+// one workspace sent to two backends by two routers.
+
+/// Whether the store holds a live binding for the operator key `ws`.
+fn ws_bound(store: &Store, ws: &str, now: Instant) -> bool {
+    store
+        .values
+        .keys()
+        .any(|k| k.starts_with("mcp:b:0:4:") && k.ends_with(ws) && store.get(k, now).is_some())
+}
+
+/// A legitimate workspace is bound within r1's budget; a client spends the rest of the
+/// window's budget on junk workspaces; the store restarts empty in the same window. The
+/// reseed must write the workspace back (a reseed charged to the spent budget did not, and a
+/// bare-`PEXPIRE` refresh never did either): else r1 keeps routing it to x while r2, after the
+/// warm-up, finds it missing and places it on y.
 #[test]
-fn refreshes_and_reseeds_keep_to_the_operator_budget() {
+fn a_legit_operator_key_is_written_back_after_a_restart_in_a_spent_window() {
     let clock = Clock::new();
     let t0 = clock.now();
     let mut store = Store::default();
-    let router = fleet_router_with(
+    let r1 = fleet_router_with(
         Router::builder().operator_key(key_fn(workspace)),
-        SharedStore::new("mcp", t0, T0).operator_binds(4),
-        &["x"],
+        SharedStore::new("mcp", t0, T0).operator_binds(2),
+        &["x", "y"],
     );
-    let operator_bindings = |store: &Store, now| {
-        let keys = store.values.keys().filter(|k| k.starts_with("mcp:b:0:4:"));
-        keys.filter(|k| store.get(k, now).is_some()).count()
-    };
-    for i in 0..20 {
-        let _ = call_ws(&router, &store, &format!("junk-{i}"), None, t0);
-        flush(&router, &mut store, t0);
-    }
-    assert_eq!(operator_bindings(&store, t0), 4, "the first 4 are bound");
-    assert_eq!(router.metrics().store_operator_binds_refused, 16);
+    let r2 = op_router(&["x", "y"], t0);
 
-    // A refresh pass later, every key in use again: the 4 live on, the 16 stay local.
-    let later = t0 + Duration::from_secs(16 * 60);
-    for i in 0..20 {
-        let _ = call_ws(&router, &store, &format!("junk-{i}"), None, later);
+    assert_eq!(call_ws(&r1, &store, "legit", Some("x"), t0), "x");
+    flush(&r1, &mut store, t0);
+    assert!(ws_bound(&store, "legit", t0), "bound within the budget");
+    // A client spends the rest of r1's budget for this window.
+    for i in 0..3 {
+        let _ = call_ws(&r1, &store, &format!("junk-{i}"), None, t0);
+        flush(&r1, &mut store, t0);
     }
-    let _ = router.maintain(later, 1_000);
-    flush(&router, &mut store, later);
-    // (Past the first bindings' life, within the refreshed one.)
-    let still = t0 + Duration::from_secs(80 * 60);
-    assert_eq!(
-        operator_bindings(&store, still),
-        4,
-        "the refresh pass extends the 4 bindings and creates none"
-    );
 
-    // The store comes back empty (a window of the budget later): a reseed binds 4 of the 20.
+    // The store comes back empty, same budget window: r1 reseeds.
+    let t1 = t0 + Duration::from_secs(60);
     store.values.clear();
-    let reseed_at = t0 + Duration::from_secs(60 * 60);
-    router.on_store_restart(reseed_at);
-    for write in reseed_pass(&router, 3, reseed_at, || {}) {
-        let _ = store.apply(write, reseed_at);
+    r1.on_store_restart(t1);
+    for write in reseed_pass(&r1, 16, t1, || {}) {
+        let _ = store.apply(write, t1);
     }
-    assert_eq!(
-        operator_bindings(&store, reseed_at),
-        4,
-        "the budget's worth"
+
+    // A refresh period later (past the warm-up, a new budget window), the workspace in use.
+    let t2 = t1 + Duration::from_secs(16 * 60);
+    assert_eq!(call_ws(&r1, &store, "legit", None, t2), "x");
+    let _ = r1.maintain(t2, 1_000);
+    flush(&r1, &mut store, t2);
+    assert!(
+        ws_bound(&store, "legit", t2),
+        "a key bound within the budget is back in the store (reseed or refresh)"
     );
-    let refused = router.metrics().store_operator_binds_refused;
-    assert_eq!(refused, 16 + 16, "the rest stay local, counted");
+    assert_eq!(
+        call_ws(&r2, &store, "legit", Some("y"), t2),
+        "x",
+        "one workspace, one backend across routers"
+    );
+}
+
+/// A binding the store loses while r1 uses the key (Redis eviction under `maxmemory-policy
+/// volatile-lru`/`allkeys-lru`: every binding has a TTL, the restart marker has none, so no
+/// restart is seen and no reseed runs) is re-created by r1's next refresh (`Refresh`:
+/// `PEXPIRE`, or `SET NX` if gone). A bare `PEXPIRE` left it missing while r1 routed it, and
+/// r2 placed it anew.
+#[test]
+fn an_operator_binding_the_store_lost_is_written_back_by_the_refresh_pass() {
+    let clock = Clock::new();
+    let t0 = clock.now();
+    let mut store = Store::default();
+    let r1 = op_router(&["x", "y"], t0);
+    let r2 = op_router(&["x", "y"], t0);
+
+    assert_eq!(call_ws(&r1, &store, "legit", Some("x"), t0), "x");
+    flush(&r1, &mut store, t0);
+    assert!(ws_bound(&store, "legit", t0));
+    // Evicted.
+    store.values.retain(|k, _| !k.ends_with("legit"));
+
+    let t1 = t0 + Duration::from_secs(16 * 60);
+    assert_eq!(call_ws(&r1, &store, "legit", None, t1), "x");
+    let _ = r1.maintain(t1, 1_000);
+    flush(&r1, &mut store, t1);
+    assert!(
+        ws_bound(&store, "legit", t1),
+        "r1's refresh writes back the binding of a key it routes (it did before Extend)"
+    );
+    assert_eq!(call_ws(&r2, &store, "legit", Some("y"), t1), "x");
+}
+
+/// A reseed after a short outage (the Redis adapter reseeds when an outage ends and whenever
+/// the router dropped a write) re-binds every operator key the router holds, most of which
+/// the store still has. Charged to the window's budget, that housekeeping spent the budget
+/// meant for new client keys: the next new workspace (r1's 3rd, budget 3) was kept local and
+/// r2 placed it elsewhere, and the skipped re-binds were counted as refused client binds.
+#[test]
+fn a_reseed_of_keys_the_store_has_spends_no_budget_of_new_keys() {
+    let clock = Clock::new();
+    let t0 = clock.now();
+    let mut store = Store::default();
+    let r1 = fleet_router_with(
+        Router::builder().operator_key(key_fn(workspace)),
+        SharedStore::new("mcp", t0, T0).operator_binds(3),
+        &["x", "y"],
+    );
+    let r2 = op_router(&["x", "y"], t0);
+    for ws in ["ws-0", "ws-1"] {
+        assert_eq!(call_ws(&r1, &store, ws, Some("x"), t0), "x");
+        flush(&r1, &mut store, t0);
+    }
+    // An outage ends (the store lost nothing): r1 reseeds.
+    for write in reseed_pass(&r1, 16, t0, || {}) {
+        if let Some((key, found)) = store.apply(write, t0) {
+            r1.on_bind_taken(&key, &found, t0);
+        }
+    }
+    // A new workspace, the 3rd r1 ever bound: within the budget of 3.
+    assert_eq!(call_ws(&r1, &store, "fresh", Some("x"), t0), "x");
+    flush(&r1, &mut store, t0);
+    assert!(
+        ws_bound(&store, "fresh", t0),
+        "the 3rd new key of a budget of 3 is shared"
+    );
+    assert_eq!(call_ws(&r2, &store, "fresh", Some("y"), t0), "x");
+    assert_eq!(
+        r1.metrics().store_operator_binds_refused,
+        0,
+        "no client bind was refused"
+    );
 }

@@ -777,3 +777,68 @@ proptest! {
         }
     }
 }
+
+/// The carried-token check lets through only a token that opens for the request's own kind,
+/// tenant and principal: none of these may pass.
+#[test]
+fn carried_tokens_of_another_kind_tenant_principal_or_tampered_are_refused() {
+    fn bearer(req: &http::request::Parts) -> Option<Principal> {
+        let token = req.headers.get("authorization")?.as_bytes();
+        Some(Principal::new(token.iter().map(|b| u64::from(*b)).sum()))
+    }
+    let now = Clock::new().now();
+    let (router, _) = router_built(Router::builder().principal(bearer), &[1], &["a"], now);
+    let alice = ("authorization", "Bearer alice");
+    let (token, _) = initialize_as(&router, &[alice], UUID, now);
+    let mut tampered = token.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let long = format!("{token}{}", "A".repeat(4096));
+    let cases: Vec<(String, http::request::Parts)> = vec![
+        // A Session token carried as a legacy SSE session (another kind).
+        (
+            "kind".into(),
+            get(&format!("/.well-known/x?sessionId={token}"), &[alice]),
+        ),
+        (
+            "kind-mcp".into(),
+            get(&format!("/mcp?sessionId={token}"), &[alice]),
+        ),
+        (
+            "tampered".into(),
+            get("/.well-known/x", &[alice, ("mcp-session-id", &tampered)]),
+        ),
+        (
+            "long".into(),
+            get("/.well-known/x", &[alice, ("mcp-session-id", &long)]),
+        ),
+        (
+            "anonymous".into(),
+            get("/.well-known/x", &[("mcp-session-id", &token)]),
+        ),
+        (
+            "mallory-modern".into(),
+            post(
+                "/mcp",
+                &[
+                    ("authorization", "Bearer mallory"),
+                    ("mcp-protocol-version", "2026-07-28"),
+                    ("mcp-session-id", &token),
+                ],
+            ),
+        ),
+    ];
+    for (name, request) in cases {
+        match router.route(&request, now) {
+            Routed::Reject(_) => {}
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // Another tenant.
+    let request = get("/.well-known/x", &[alice, ("mcp-session-id", &token)]);
+    assert!(matches!(
+        router.route_in(TenantId::new(2), &request, now, |_| true),
+        Routed::Reject(_)
+    ));
+}

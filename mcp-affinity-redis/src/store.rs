@@ -335,7 +335,6 @@ impl RedisStore {
     /// |---|---|
     /// | [`StoreWrite::Bind`] | `SET key value NX PX ttl GET` (Redis 7.0+): the value found, if any, is [`Performed::taken`] |
     /// | [`StoreWrite::Refresh`] | a Lua refresh: `PEXPIRE key ttl`, or, if the key is gone, `SET key value NX PX ttl` |
-    /// | [`StoreWrite::Extend`] | `PEXPIRE key ttl` |
     /// | [`StoreWrite::Forget`] | a Lua compare-and-delete: deleted only if the value starts with `owner` |
     /// | [`StoreWrite::Lost`] | a Lua keep-greatest: set to `before` with `PX ttl` unless a greater number is stored |
     ///
@@ -411,9 +410,6 @@ impl RedisStore {
                         .arg(key)
                         .arg(value)
                         .arg(millis(*ttl));
-                }
-                StoreWrite::Extend { key, ttl } => {
-                    pipe.cmd("PEXPIRE").arg(key).arg(millis(*ttl));
                 }
                 StoreWrite::Forget { key, owner } => {
                     pipe.cmd("EVALSHA")
@@ -594,10 +590,7 @@ impl Reply {
                     Err(_) => Reply::Refused,
                 }
             }
-            (
-                StoreWrite::Bind { .. } | StoreWrite::Refresh { .. } | StoreWrite::Extend { .. },
-                _,
-            ) => Reply::Written,
+            (StoreWrite::Bind { .. } | StoreWrite::Refresh { .. }, _) => Reply::Written,
             (StoreWrite::Forget { .. } | StoreWrite::Lost { .. }, _) => Reply::Written,
             _ => Reply::Refused,
         }

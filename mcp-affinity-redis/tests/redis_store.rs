@@ -29,7 +29,7 @@ fn pttl(server: &RedisServer, key: &str) -> i64 {
 // --- The protocol's commands ---------------------------------------------------------------
 
 #[tokio::test]
-async fn writes_are_bind_if_absent_refresh_extend_fenced_forget_and_keep_greatest() {
+async fn writes_are_bind_if_absent_refresh_fenced_forget_and_keep_greatest() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url(), fast_config())
         .await
@@ -76,26 +76,6 @@ async fn writes_are_bind_if_absent_refresh_extend_fenced_forget_and_keep_greates
     assert_eq!(server.get("t:b:0:2:s1").as_deref(), Some(mine));
     assert_eq!(server.get("t:b:0:1:gone").as_deref(), Some(mine));
     assert!(pttl(&server, "t:b:0:1:gone") > 59_000);
-
-    // Extend (an operator key's refresh): a binding there gets its life back; one that is
-    // missing stays missing (only a bind within the operator budget creates one).
-    let _: () = redis::cmd("PEXPIRE")
-        .arg("t:b:0:2:s1")
-        .arg(5_000)
-        .query(&mut server.admin())
-        .unwrap();
-    let extend = |key: &str| StoreWrite::Extend {
-        key: key.into(),
-        ttl: MINUTE,
-    };
-    let done = store
-        .perform(&[extend("t:b:0:2:s1"), extend("t:b:0:4:a.kept-local")])
-        .await
-        .unwrap();
-    assert_eq!((done.written, done.refused), (2, 0));
-    assert!(pttl(&server, "t:b:0:2:s1") > 59_000);
-    assert_eq!(server.get("t:b:0:2:s1").as_deref(), Some(mine));
-    assert_eq!(server.get("t:b:0:4:a.kept-local"), None);
 
     // Forget: only the owner the value names deletes it.
     let forget = |owner: &str| StoreWrite::Forget {

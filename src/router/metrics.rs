@@ -165,9 +165,8 @@ pub struct Metrics {
     pub store_unavailable: u64,
     /// Store writes dropped because the write queue was full (reseed when the store is back).
     pub store_writes_dropped: u64,
-    /// Operator-key binds not written to the store (a reseed's included), the key bound in
-    /// this router's table only: past the store's budget of operator-key bindings
-    /// ([`SharedStore::operator_binds`](super::SharedStore::operator_binds)).
+    /// Operator keys bound in this router's table only: past the store's budget of
+    /// operator-key bindings ([`SharedStore::operator_binds`](super::SharedStore::operator_binds)).
     pub store_operator_binds_refused: u64,
     /// Writes waiting in the store queue.
     pub store_queue: usize,

@@ -218,7 +218,7 @@ impl Metrics {
         )?;
         x.counter(
             "store_operator_binds_refused",
-            "Operator-key binds kept in this router only (reseeds included), past the store's operator-key budget.",
+            "Operator keys bound in this router only, past the store's operator-key budget.",
             self.store_operator_binds_refused,
         )?;
         x.counter(

@@ -19,8 +19,7 @@
 //!   another router bound it first, report the value found with
 //!   [`on_bind_taken`](Router::on_bind_taken), and the router adopts that owner); a key in use
 //!   is refreshed lazily, at most once per [refresh period](SharedStore::refresh_after)
-//!   ([`StoreWrite::Refresh`]: `PEXPIRE`, or bound again if it is gone; an operator key's
-//!   [`StoreWrite::Extend`]: `PEXPIRE` only); a forgotten key is deleted only if it still names
+//!   ([`StoreWrite::Refresh`]: `PEXPIRE`); a forgotten key is deleted only if it still names
 //!   the owner that forgets it ([`StoreWrite::Forget`]: compare-and-delete); an owner lost
 //!   (removed, restarted, down) records when ([`StoreWrite::Lost`]: keep the greatest).
 //! - **Owners lost anywhere.** A binding names its owner by fleet-wide name and incarnation
@@ -82,7 +81,7 @@ use crate::{BackendId, TenantId};
 /// | [`write_queue`](SharedStore::write_queue) | 65,536 | writes waiting for the embedder; past it, dropped and counted |
 /// | [`clock_skew`](SharedStore::clock_skew) | 2 s | how far apart the routers' clocks may be |
 /// | [`restart_warmup`](SharedStore::restart_warmup) | 30 s | after the store came back empty, how long a key it does not have is 503, not 404 |
-/// | [`operator_binds`](SharedStore::operator_binds) | 65,536 | operator-key binds (reseeds included) this router writes per binding TTL; past it, kept local |
+/// | [`operator_binds`](SharedStore::operator_binds) | 65,536 | operator-key binds this router writes per binding TTL as it learns keys; past it, kept local until the refresh pass |
 ///
 /// The binding TTL the router uses is at least the table's idle TTL plus the refresh period,
 /// so that a key the router still holds never expires in the store first.
@@ -151,12 +150,20 @@ impl SharedStore {
         self
     }
 
-    /// The most operator-key bindings this router writes to the store per binding TTL
-    /// (default 65,536). Operator keys are chosen by clients: past the budget a new one is
-    /// bound in this router's table only (counted in `store_operator_binds_refused`), so that
-    /// no client can grow the store without bound. The binds of a
-    /// [reseed](Router::reseed_store) count too; a refresh of an operator key only extends a
-    /// binding the store has ([`StoreWrite::Extend`]), so a key kept local stays local.
+    /// The most operator-key binds this router writes to the store per binding TTL as it
+    /// learns keys (default 65,536). Operator keys are chosen by clients: past the budget a
+    /// new one is bound in this router's table only (counted in
+    /// `store_operator_binds_refused`), so that a burst of fresh keys does not become a burst
+    /// of store writes.
+    ///
+    /// The budget paces binds; it does not cap what the store holds. The refresh pass and a
+    /// reseed write back every key this router's table holds and uses, operator keys kept
+    /// local included (a binding a router routes by must not go missing from the store, or
+    /// another router would place its key elsewhere). What one router keeps in the store is
+    /// bounded by the operator keys its table holds
+    /// ([`with_operator_capacity`](crate::table::MemoryTableConfig::with_operator_capacity),
+    /// an eighth of the capacity by default), each living at most a binding TTL past its last
+    /// use.
     pub fn operator_binds(mut self, binds: usize) -> Self {
         self.operator_binds = binds;
         self
@@ -218,15 +225,6 @@ pub enum StoreWrite {
         /// Its new life.
         ttl: Duration,
     },
-    /// Extend `key`'s life to `ttl` from now if it is present (`PEXPIRE`), and nothing more:
-    /// the refresh of an operator key, whose binding only a bind within the
-    /// [operator budget](SharedStore::operator_binds) may create. Nothing to report.
-    Extend {
-        /// The binding's store key.
-        key: String,
-        /// Its new life.
-        ttl: Duration,
-    },
     /// Delete `key` only if its value starts with `owner` (compare-and-delete): a binding
     /// another router made since, for another owner (or for the same owner later), stays.
     Forget {
@@ -247,14 +245,6 @@ pub enum StoreWrite {
         /// Its life (the bindings it condemns are gone by then).
         ttl: Duration,
     },
-}
-
-impl StoreWrite {
-    /// A refresh only extends a life: dropped first from a full queue (the next pass writes
-    /// it again).
-    fn is_refresh(&self) -> bool {
-        matches!(self, StoreWrite::Refresh { .. } | StoreWrite::Extend { .. })
-    }
 }
 
 /// A presented key the local table does not know: read [`key`](Lookup::key) from the store
@@ -843,7 +833,6 @@ impl<T: SessionTable> Router<T> {
                 shown += 1;
                 if !self.shared(key.kind())
                     || self.fleet.owner_status(entry.owner, now) != OwnerStatus::Live
-                    || !self.operator_bind_allowed(store, key.kind(), now)
                 {
                     return;
                 }
@@ -894,23 +883,10 @@ impl<T: SessionTable> Router<T> {
                 {
                     return;
                 }
-                if let Some(StoreWrite::Bind {
-                    key: at,
-                    value,
-                    ttl,
-                }) = self.bind_write(key, entry.owner, entry.principal, entry.learned_at())
+                if let Some(StoreWrite::Bind { key, value, ttl }) =
+                    self.bind_write(key, entry.owner, entry.principal, entry.learned_at())
                 {
-                    // An operator key may be bound here only (past the budget): its refresh
-                    // must not create it.
-                    refreshes.push(if key.kind() == KeyKind::Operator {
-                        StoreWrite::Extend { key: at, ttl }
-                    } else {
-                        StoreWrite::Refresh {
-                            key: at,
-                            value,
-                            ttl,
-                        }
-                    });
+                    refreshes.push(StoreWrite::Refresh { key, value, ttl });
                 }
             });
         drop(upkeep);
@@ -930,9 +906,10 @@ impl<T: SessionTable> Router<T> {
         let Some(store) = self.store.as_ref().filter(|_| self.shared(key.kind())) else {
             return Shared::No;
         };
-        if !self.operator_bind_allowed(store, key.kind(), now) {
-            // (Not a dropped write: the store misses nothing it should have, so nothing is
-            // written back for it.)
+        if key.kind() == KeyKind::Operator && !store.operator_bind_allowed(now) {
+            // Client-chosen: past the budget, bound here only. (Not a dropped write: the
+            // store misses nothing it should have, so nothing is written back for it.)
+            self.counters.here().store_operator_refused.incr();
             return Shared::Dropped;
         }
         match self.bind_write(key, owner, principal, now) {
@@ -945,17 +922,6 @@ impl<T: SessionTable> Router<T> {
             }
             None => Shared::Dropped,
         }
-    }
-
-    /// Whether a bind of a key of `kind` may be written: any but an operator key's, which
-    /// are chosen by clients and counted against the budget; past it, the key is bound here
-    /// only (counted).
-    fn operator_bind_allowed(&self, store: &StoreState, kind: KeyKind, now: Instant) -> bool {
-        if kind != KeyKind::Operator || store.operator_bind_allowed(now) {
-            return true;
-        }
-        self.counters.here().store_operator_refused.incr();
-        false
     }
 
     fn bind_write(
@@ -1016,8 +982,12 @@ impl<T: SessionTable> Router<T> {
         };
         let mut queue = store.queue.lock();
         if queue.len() >= store.config.queue {
-            let refresh = (!write.is_refresh())
-                .then(|| queue.iter().position(StoreWrite::is_refresh))
+            let refresh = (!matches!(write, StoreWrite::Refresh { .. }))
+                .then(|| {
+                    queue
+                        .iter()
+                        .position(|w| matches!(w, StoreWrite::Refresh { .. }))
+                })
                 .flatten();
             self.counters.here().store_dropped.incr();
             match refresh {

@@ -1,5 +1,5 @@
 //! A shared store simulated in memory for the store-protocol tests: the semantics the Redis
-//! adapter gives each write (set-if-absent binds, refresh or re-set, extend, fenced forget,
+//! adapter gives each write (set-if-absent binds, refresh or re-set, fenced forget,
 //! keep-greatest lost records), TTLs on the manual clock.
 
 use std::collections::HashMap;
@@ -38,11 +38,6 @@ impl SimStore {
                     None => {
                         self.values.insert(key, (value, now + ttl));
                     }
-                }
-            }
-            StoreWrite::Extend { key, ttl } => {
-                if let Some((_, expiry)) = self.values.get_mut(&key).filter(|(_, e)| *e > now) {
-                    *expiry = now + ttl;
                 }
             }
             StoreWrite::Forget { key, owner } => {
