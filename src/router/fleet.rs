@@ -26,7 +26,8 @@ use std::time::Instant;
 use hashbrown::HashMap;
 use parking_lot::RwLock;
 
-use crate::table::SessionTable;
+use super::reject::Reason;
+use crate::table::{KeyKind, SessionTable};
 use crate::{BackendId, TenantId};
 
 const OCCUPIED: u64 = 1 << 16;
@@ -220,6 +221,19 @@ pub(crate) enum OwnerStatus {
     Revoked,
     /// Refusing connections: its sessions died with its process.
     Down,
+}
+
+impl OwnerStatus {
+    /// Why a request for a key of `kind` owned by a backend in this state is refused; `None`
+    /// when the owner is live.
+    pub(crate) fn refusal(self, kind: KeyKind) -> Option<Reason> {
+        match self {
+            OwnerStatus::Live => None,
+            OwnerStatus::Gone => Some(Reason::OwnerGone(kind)),
+            OwnerStatus::Revoked => Some(Reason::OwnerRevoked(kind)),
+            OwnerStatus::Down => Some(Reason::OwnerDown(kind)),
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -291,34 +291,52 @@ impl<T: SessionTable> Router<T> {
             // Two backends minted this id: neither is asked to serve it.
             return Routed::Reject(self.reject(Reason::UnknownKey(kind)));
         }
-        let shared =
-            kind == KeyKind::Operator && self.config.operator_scope == OperatorScope::Shared;
-        if self.config.principal.is_some() && !shared && entry.principal != principal {
+        if self.foreign_principal(kind, entry.principal, principal) {
             return Routed::Reject(self.reject(Reason::WrongPrincipal(kind)));
         }
         let (status, term) = self.fleet.owner_state(entry.owner, now);
-        let (reason, purged) = match status {
-            OwnerStatus::Live => {
-                self.counters.here().pinned.incr();
-                // Built where it is returned (a 208-byte exchange is not copied on the way).
-                let (tenant, key) = (key.tenant(), (kind, IdBuf::new(key.id_bytes())));
-                return Routed::Forward(Exchange::pinned(
-                    tenant,
-                    entry.owner,
-                    term,
-                    key,
-                    intent,
-                    principal,
-                ));
-            }
-            OwnerStatus::Gone => (Reason::OwnerGone(kind), &self.counters.here().purged),
-            OwnerStatus::Down => (Reason::OwnerDown(kind), &self.counters.here().purged),
-            OwnerStatus::Revoked => (Reason::OwnerRevoked(kind), &self.counters.here().revoked),
+        let Some(reason) = status.refusal(kind) else {
+            let routed_by = (kind, IdBuf::new(key.id_bytes()));
+            let (tenant, owner) = (key.tenant(), entry.owner);
+            return Routed::Forward(self.pin(tenant, owner, term, routed_by, intent, principal));
         };
         if self.table.remove(key, Some(entry.owner)).is_some() {
-            purged.incr();
+            match status {
+                OwnerStatus::Revoked => self.counters.here().revoked.incr(),
+                _ => self.counters.here().purged.incr(),
+            }
         }
         Routed::Reject(self.reject(reason))
+    }
+
+    /// An exchange pinned by `key` to `owner`, live in the term `term`, and counted. (Inlined:
+    /// the 208-byte exchange is built where it is returned, not copied on the way.)
+    #[inline]
+    pub(super) fn pin(
+        &self,
+        tenant: TenantId,
+        owner: BackendId,
+        term: u32,
+        key: (KeyKind, IdBuf),
+        intent: Intent,
+        principal: Option<Principal>,
+    ) -> Exchange {
+        self.counters.here().pinned.incr();
+        Exchange::pinned(tenant, owner, term, key, intent, principal)
+    }
+
+    /// Whether a key of `kind` bound under `bound` is presented by another principal, which
+    /// the router refuses when it binds principals (an operator key of the shared scope is
+    /// anyone's).
+    pub(super) fn foreign_principal(
+        &self,
+        kind: KeyKind,
+        bound: Option<Principal>,
+        presented: Option<Principal>,
+    ) -> bool {
+        let shared =
+            kind == KeyKind::Operator && self.config.operator_scope == OperatorScope::Shared;
+        self.config.principal.is_some() && !shared && bound != presented
     }
 
     /// Places a request on a ready backend of its tenant, skipping those it was already tried

@@ -27,7 +27,7 @@ use parking_lot::RwLock;
 
 use super::Router;
 use super::exchange::{Exchange, IdBuf, Routed};
-use super::fleet::{Named, OwnerStatus};
+use super::fleet::Named;
 use super::metrics::Counters;
 use super::reject::Reason;
 use super::wall::WallClock;
@@ -238,20 +238,16 @@ impl<T: SessionTable> Router<T> {
             return gone(Reason::UnknownOwner(kind));
         }
         let (status, term) = self.fleet.owner_state(owner, now);
-        match status {
-            OwnerStatus::Down => return gone(Reason::OwnerDown(kind)),
-            OwnerStatus::Revoked => return gone(Reason::OwnerRevoked(kind)),
-            OwnerStatus::Gone => return gone(Reason::OwnerGone(kind)),
-            OwnerStatus::Live => {}
+        if let Some(reason) = status.refusal(kind) {
+            return gone(reason);
         }
         if claims.incarnation < incarnation || claims.sealed_at < lost_before {
             // Sealed for a process this router knows is gone.
             return gone(Reason::OwnerGone(kind));
         }
-        self.counters.here().pinned.incr();
         self.counters.here().tokens_opened.incr();
         let key = (kind, IdBuf::new(claims.id_bytes()));
-        let mut exchange = Exchange::pinned(tenant, owner, term, key, intent, principal);
+        let mut exchange = self.pin(tenant, owner, term, key, intent, principal);
         exchange.token = Some(value.into());
         Presented::Routed(Routed::Forward(exchange))
     }

@@ -61,7 +61,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::OperatorScope;
 use super::Router;
 use super::classify::Intent;
 use super::exchange::{Exchange, How, IdBuf, Routed};
@@ -558,9 +557,7 @@ impl<T: SessionTable> Router<T> {
             return reject(Reason::UnknownKey(kind));
         };
         let lost = binding.incarnation < incarnation || binding.bound_at < lost_before;
-        let shared =
-            kind == KeyKind::Operator && self.config.operator_scope == OperatorScope::Shared;
-        if self.config.principal.is_some() && !shared && binding.principal != lookup.principal {
+        if self.foreign_principal(kind, binding.principal, lookup.principal) {
             return reject(Reason::WrongPrincipal(kind));
         }
         let (status, term) = self.fleet.owner_state(owner, now);
@@ -590,8 +587,7 @@ impl<T: SessionTable> Router<T> {
                 // Used now, not when it was bound: an idle sweep must not take it at once.
                 let _ = self.table.get(&key, now);
                 self.counters.here().store_found.incr();
-                self.counters.here().pinned.incr();
-                return Routed::Forward(Exchange::pinned(
+                return Routed::Forward(self.pin(
                     lookup.tenant,
                     owner,
                     term,
