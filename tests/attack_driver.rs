@@ -202,7 +202,7 @@ impl World {
                 Undelivered::TimedOut,
                 Undelivered::Failed,
             ]);
-            let (backend, how) = (ex.backend(), ex.how());
+            let (backend, how, placeable) = (ex.backend(), ex.how(), ex.is_placeable());
             self.log.push(format!(
                 "{}: undelivered {why:?} on {backend} ({how:?} {:?})",
                 self.step, req.uri
@@ -216,7 +216,7 @@ impl World {
                         format!("placed again on tried {}", again.backend()),
                     );
                 }
-                if how == How::Pinned && again.key().is_some_and(|(k, _)| k != KeyKind::Operator) {
+                if !placeable {
                     self.violation(
                         "forward",
                         format!("a pinned request moved to {}", again.backend()),

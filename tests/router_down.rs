@@ -56,6 +56,7 @@ fn a_refused_connection_to_a_pinned_owner_is_answered_404_not_502() {
     let victim = session_on(&router, ids[0], "v", now);
     let ex = forward(router.route(&session_request(&victim), now));
     assert_eq!(ex.how(), How::Pinned);
+    assert!(!ex.is_placeable(), "its owner is the only backend that can serve it");
     let rejection = rejected(router.on_undelivered(ex, Undelivered::Refused, now));
     assert_eq!(rejection.reason(), Reason::OwnerDown(KeyKind::Session));
     assert_eq!(rejection.status(), StatusCode::NOT_FOUND);
@@ -132,6 +133,7 @@ fn a_refused_placement_is_placed_again_never_on_the_same_backend() {
     let (router, ids) = fleet(3);
     let now = Clock::new().now();
     let ex = forward(router.route(&post("/mcp", &[]), now));
+    assert!(ex.is_placeable());
     let first = ex.backend();
     let ex = forward(router.on_undelivered(ex, Undelivered::Refused, now));
     assert_ne!(ex.backend(), first);

@@ -219,6 +219,16 @@ impl Exchange {
         self.how
     }
 
+    /// Whether [`on_undelivered`](super::Router::on_undelivered) may place this request on
+    /// another backend: it is not pinned by a session or task key, whose owner is the only
+    /// backend that can serve it (an operator key whose owner refuses connections is bound
+    /// afresh elsewhere). A forwarder keeps the body of such a request to send it again.
+    pub fn is_placeable(&self) -> bool {
+        self.key
+            .as_ref()
+            .is_none_or(|(kind, _)| *kind == KeyKind::Operator)
+    }
+
     /// The MCP era the request belongs to; `None` for a request routed as plain HTTP (a
     /// non-MCP path, or a keyless legacy `GET`).
     pub fn era(&self) -> Option<Era> {

@@ -107,7 +107,7 @@ use tower_service::Service;
 use crate::body::{Clock, ObservedBody};
 use crate::router::store::StoreSync;
 use crate::router::{End, Exchange, HeadOutcome, Rejection, Routed, Router, Undelivered};
-use crate::table::{KeyKind, MemoryTable, SessionTable};
+use crate::table::{MemoryTable, SessionTable};
 
 pub use body::AffinityBody;
 pub use hooks::{
@@ -359,7 +359,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         // A request that may be placed again keeps a small body for that.
         let announced = body.size_hint().upper();
         let small = announced.filter(|&upper| upper <= self.replay_limit);
-        let mut body = if let Some(upper) = small.filter(|_| placeable(pending.exchange())) {
+        let mut body = if let Some(upper) = small.filter(|_| pending.exchange().is_placeable()) {
             match keep(body, upper).await {
                 Some(kept) => Attempts::Kept(kept),
                 None => return Ok(local(StatusCode::BAD_REQUEST, "request body failed\n")),
@@ -386,7 +386,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                     let upstream = Upstream {
                         backend,
                         label,
-                        pinned: !placeable(exchange),
+                        pinned: !exchange.is_placeable(),
                         starts_conversation: exchange.starts_conversation(),
                     };
                     let mut request = Request::from_parts(head, attempt);
@@ -515,14 +515,6 @@ impl<T: SessionTable, C: Clock, U> Drop for Pending<'_, T, C, U> {
                 .on_exchange_end(exchange, End::Aborted, now);
         }
     }
-}
-
-/// Whether the router may place the request again after a failed delivery: it is not pinned
-/// by a session or task key.
-fn placeable(exchange: &Exchange) -> bool {
-    exchange
-        .key()
-        .is_none_or(|(kind, _)| kind == KeyKind::Operator)
 }
 
 /// Takes the parts out, leaving empty ones.

@@ -22,10 +22,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use mcp_affinity::BackendId;
 use mcp_affinity::router::{
-    Data, End, Exchange, HeadEdit, HeadEdits, HeadOutcome, How, Rejection, Routed, Router,
-    Undelivered,
+    Data, End, Exchange, HeadEdit, HeadEdits, HeadOutcome, Rejection, Routed, Router, Undelivered,
 };
-use mcp_affinity::table::KeyKind;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -280,10 +278,7 @@ impl McpProxy {
         ctx: &mut Ctx,
     ) -> Option<Rejection> {
         let exchange = ctx.exchange.as_ref()?;
-        let pinned = exchange.how() == How::Pinned
-            && exchange
-                .key()
-                .is_some_and(|(kind, _)| kind != KeyKind::Operator);
+        let pinned = !exchange.is_placeable();
         if !pinned || *e.esource() != ErrorSource::Upstream || session.response_written().is_some()
         {
             return None;
