@@ -56,7 +56,10 @@ fn a_refused_connection_to_a_pinned_owner_is_answered_404_not_502() {
     let victim = session_on(&router, ids[0], "v", now);
     let ex = forward(router.route(&session_request(&victim), now));
     assert_eq!(ex.how(), How::Pinned);
-    assert!(!ex.is_placeable(), "its owner is the only backend that can serve it");
+    assert!(
+        !ex.is_placeable(),
+        "its owner is the only backend that can serve it"
+    );
     let rejection = rejected(router.on_undelivered(ex, Undelivered::Refused, now));
     assert_eq!(rejection.reason(), Reason::OwnerDown(KeyKind::Session));
     assert_eq!(rejection.status(), StatusCode::NOT_FOUND);

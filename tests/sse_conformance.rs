@@ -559,6 +559,19 @@ fn line_too_long_skips_its_event_and_resyncs_at_the_blank_line() {
     );
 }
 
+/// The short values a many-line event had gathered before it was skipped are dropped with it:
+/// nothing of them reaches the next event.
+#[test]
+fn a_skipped_many_line_event_leaves_nothing_to_the_next() {
+    let (items, _) = run_with(
+        &mut small(),
+        &[b"data: a\ndata: b\ndata: 0123456789\ndata: 0123456789\n\ndata: c\ndata: d\n\n"],
+    );
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(items[0], Err(Skipped::EventTooLarge { limit: 24 }));
+    assert_eq!(items[1].as_ref().unwrap().data(), "c\nd");
+}
+
 #[test]
 fn line_too_long_is_detected_across_chunks_without_buffering_it() {
     let mut parser = small();
