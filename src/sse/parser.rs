@@ -257,7 +257,7 @@ fn keep_piece(piece: Bytes, pieces: &mut Vec<Bytes>, tail: &mut BytesMut) {
 /// Moves what `tail` holds into `pieces`, keeping the order.
 fn flush_into(pieces: &mut Vec<Bytes>, tail: &mut BytesMut) {
     if !tail.is_empty() {
-        pieces.push(tail.split().freeze());
+        pieces.push(std::mem::take(tail).freeze());
     }
 }
 
@@ -818,14 +818,30 @@ impl Parser {
 
     #[inline]
     fn flush_line_tail(&mut self) {
-        if !self.line_tail.is_empty() {
-            self.line.push(self.line_tail.split().freeze());
+        if self.line_tail.is_empty() {
+            return;
         }
+        // A piece keeps at most twice its bytes alive, and never another line's (a split of
+        // the buffer would share it, earlier lines' bytes included): a well-filled buffer
+        // moves out whole (a long line fed in tiny chunks is not copied again), anything
+        // else is copied exactly.
+        let piece = if self.line_tail.len() >= self.line_tail.capacity() / 2 {
+            std::mem::take(&mut self.line_tail).freeze()
+        } else {
+            let piece = Bytes::copy_from_slice(&self.line_tail);
+            self.line_tail.clear();
+            piece
+        };
+        self.line.push(piece);
     }
 
     fn drop_line(&mut self) {
         self.line.clear();
-        self.line_tail.clear();
+        if self.line_tail.capacity() > TAIL_ROOM {
+            self.line_tail = BytesMut::new();
+        } else {
+            self.line_tail.clear();
+        }
         self.line_len = 0;
     }
 
@@ -863,6 +879,9 @@ impl Parser {
     /// Interprets the line assembled across chunks (never empty).
     fn line_across_chunks(&mut self) -> Option<Result<(), Skipped>> {
         self.flush_line_tail();
+        if self.line_tail.capacity() > TAIL_ROOM {
+            self.line_tail = BytesMut::new();
+        }
         self.line_len = 0;
         let mut pieces = std::mem::take(&mut self.line);
         let item = self.interpret_pieces(&mut pieces);
