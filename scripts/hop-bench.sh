@@ -53,9 +53,12 @@
 #   them in hyper and http (non-standard header names, buffer splits, body channels, the read
 #   buffer, the client's dispatch), about 5 in the layer and the proxy (the `Upstream` request
 #   extension is 2.5 of them); HAProxy makes none. mimalloc as the proxy's allocator changed
-#   CPU per call by +4% (45.4 against 43.8 us): allocation is not where the time goes. So the
-#   remaining p50 gap on 2 cores is hyper's per-request work; the pinned hop (hyper with no
-#   router) sits in the same range of HAProxy round by round.
+#   CPU per call by +4% (45.4 against 43.8 us): allocation is not where the time goes. At this
+#   fixed load the proxy's p50 is 1.01x the plain hop's (hyper's server and pooled client, no
+#   router) and 1.16x the pinned hop's, which is within HAProxy's range round by round. That
+#   16% is the router, the tower layer and the proxy's dedicated-connection handling
+#   together (their code is about 6.6% of the proxy's CPU); they were not measured apart.
+#   (An earlier note put the whole gap on hyper; the pinned hop, on hyper too, says otherwise.)
 #
 # Measured 2026-11-30 (third session; threads, and answers looked ahead in), 32 sessions,
 # runs of 4 rounds of 8 s; medians of the paired ratios, one number per run:
