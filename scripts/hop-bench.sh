@@ -54,11 +54,14 @@
 #   buffer, the client's dispatch), about 5 in the layer and the proxy (the `Upstream` request
 #   extension is 2.5 of them); HAProxy makes none. mimalloc as the proxy's allocator changed
 #   CPU per call by +4% (45.4 against 43.8 us): allocation is not where the time goes. At this
-#   fixed load the proxy's p50 is 1.01x the plain hop's (hyper's server and pooled client, no
-#   router) and 1.16x the pinned hop's, which is within HAProxy's range round by round. That
-#   16% is the router, the tower layer and the proxy's dedicated-connection handling
-#   together (their code is about 6.6% of the proxy's CPU); they were not measured apart.
-#   (An earlier note put the whole gap on hyper; the pinned hop, on hyper too, says otherwise.)
+#   fixed load this run had the proxy's p50 at 1.01x the plain hop's and 1.16x the pinned
+#   hop's, with pinned about 0.95x HAProxy's. A later run (fifth session, `HOPS="pinned plain
+#   haproxy" scripts/hop-bench.sh 32 4 6 8000`) had it at 0.98x pinned and 0.88x plain, with
+#   pinned 1.09x to 1.14x HAProxy round by round (0.675/0.591, 0.633/0.581, 0.664/0.596,
+#   0.666/0.584 ms) and the proxy 1.12x HAProxy; at saturation calls/s 1.10x HAProxy, p50
+#   1.02x, p99 0.50x, and 0.97x pinned. So the two runs disagree on whether the gap is the
+#   hop on hyper or the proxy's own handling; on two shared cores the hop's p50 moves by more
+#   than the router's share (about 6.6% of the proxy's CPU).
 #
 # Measured 2026-11-30 (third session; threads, and answers looked ahead in), 32 sessions,
 # runs of 4 rounds of 8 s; medians of the paired ratios, one number per run:
