@@ -16,7 +16,7 @@ use mcp_affinity::router::{
     Undelivered,
 };
 use mcp_affinity::seal::{Keyring, SealKey};
-use mcp_affinity::table::{KeyKind, Principal, SessionTable};
+use mcp_affinity::table::{KeyKind, SessionTable};
 use mcp_affinity::{BackendId, TenantId};
 use proptest::prelude::*;
 
@@ -391,10 +391,6 @@ fn a_token_opens_only_in_its_tenant_and_for_its_principal() {
         let n = req.headers.get("x-tenant")?.to_str().ok()?.parse().ok()?;
         Some(TenantId::new(n))
     }
-    fn bearer(req: &http::request::Parts) -> Option<Principal> {
-        let token = req.headers.get("authorization")?.as_bytes();
-        Some(Principal::new(token.iter().map(|b| u64::from(*b)).sum()))
-    }
     let now = Clock::new().now();
     let sealing = Sealing::new(ring(&[1]), [3; 12], now, T0);
     let router = Router::builder()
@@ -427,20 +423,24 @@ fn a_token_opens_only_in_its_tenant_and_for_its_principal() {
     assert!(matches!(router.route(&anonymous, now), Routed::Reject(_)));
 }
 
+const ALICE: (&str, &str) = ("authorization", "Bearer alice");
+
+/// A sealing router that binds principals ([`bearer`]), and the token of a session alice
+/// started on it.
+fn alice_session(now: std::time::Instant) -> (Router, String) {
+    let (router, _) = router_built(Router::builder().principal(bearer), &[1], &["a"], now);
+    let (token, _) = initialize_as(&router, &[ALICE], UUID, now);
+    (router, token)
+}
+
 /// With principal binding, a request that carries its own token without being routed by it
 /// (a discovery path, a 2026-07-28 version) passes the carried-key check: the token opens
 /// for its principal. Before, the check looked the token up in the table, which holds the
 /// backend's id, and refused the client's own session as unknown (404).
 #[test]
 fn a_token_carried_without_routing_passes_only_for_its_principal() {
-    fn bearer(req: &http::request::Parts) -> Option<Principal> {
-        let token = req.headers.get("authorization")?.as_bytes();
-        Some(Principal::new(token.iter().map(|b| u64::from(*b)).sum()))
-    }
     let now = Clock::new().now();
-    let (router, _) = router_built(Router::builder().principal(bearer), &[1], &["a"], now);
-    let alice = ("authorization", "Bearer alice");
-    let (token, _) = initialize_as(&router, &[alice], UUID, now);
+    let (router, token) = alice_session(now);
     let modern = ("mcp-protocol-version", "2026-07-28");
     let carried = |who: (&'static str, &'static str)| {
         [
@@ -459,7 +459,7 @@ fn a_token_carried_without_routing_passes_only_for_its_principal() {
             ),
         ]
     };
-    for request in carried(alice) {
+    for request in carried(ALICE) {
         let ex = forward(router.route(&request, now));
         assert_eq!(ex.how(), How::Placed, "{:?}", request.uri);
         router.on_exchange_end(ex, End::Completed, now);
@@ -782,14 +782,8 @@ proptest! {
 /// tenant and principal: none of these may pass.
 #[test]
 fn carried_tokens_of_another_kind_tenant_principal_or_tampered_are_refused() {
-    fn bearer(req: &http::request::Parts) -> Option<Principal> {
-        let token = req.headers.get("authorization")?.as_bytes();
-        Some(Principal::new(token.iter().map(|b| u64::from(*b)).sum()))
-    }
     let now = Clock::new().now();
-    let (router, _) = router_built(Router::builder().principal(bearer), &[1], &["a"], now);
-    let alice = ("authorization", "Bearer alice");
-    let (token, _) = initialize_as(&router, &[alice], UUID, now);
+    let (router, token) = alice_session(now);
     let mut tampered = token.clone().into_bytes();
     let last = tampered.len() - 2;
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
@@ -799,19 +793,19 @@ fn carried_tokens_of_another_kind_tenant_principal_or_tampered_are_refused() {
         // A Session token carried as a legacy SSE session (another kind).
         (
             "kind".into(),
-            get(&format!("/.well-known/x?sessionId={token}"), &[alice]),
+            get(&format!("/.well-known/x?sessionId={token}"), &[ALICE]),
         ),
         (
             "kind-mcp".into(),
-            get(&format!("/mcp?sessionId={token}"), &[alice]),
+            get(&format!("/mcp?sessionId={token}"), &[ALICE]),
         ),
         (
             "tampered".into(),
-            get("/.well-known/x", &[alice, ("mcp-session-id", &tampered)]),
+            get("/.well-known/x", &[ALICE, ("mcp-session-id", &tampered)]),
         ),
         (
             "long".into(),
-            get("/.well-known/x", &[alice, ("mcp-session-id", &long)]),
+            get("/.well-known/x", &[ALICE, ("mcp-session-id", &long)]),
         ),
         (
             "anonymous".into(),
@@ -836,7 +830,7 @@ fn carried_tokens_of_another_kind_tenant_principal_or_tampered_are_refused() {
         }
     }
     // Another tenant.
-    let request = get("/.well-known/x", &[alice, ("mcp-session-id", &token)]);
+    let request = get("/.well-known/x", &[ALICE, ("mcp-session-id", &token)]);
     assert!(matches!(
         router.route_in(TenantId::new(2), &request, now, |_| true),
         Routed::Reject(_)
