@@ -137,26 +137,23 @@ pub struct AffinityLayer<
     C = fn() -> std::time::Instant,
     U = PassErrors,
 > {
-    router: Arc<Router<T>>,
-    clock: C,
-    classify: U,
-    replay_limit: u64,
-    store: Option<Arc<dyn StoreLookup>>,
-    refusals: Option<Arc<dyn RefusalCheck>>,
-    sync: Option<Arc<dyn StoreSync>>,
+    /// The settings every service it makes shares.
+    shared: Shared<T, C, U>,
 }
 
 impl<T: SessionTable, C: Clock + Clone> AffinityLayer<T, C, PassErrors> {
     /// A layer for `router`, reading the time from `clock` (`std::time::Instant::now`).
     pub fn new(router: Arc<Router<T>>, clock: C) -> Self {
         AffinityLayer {
-            router,
-            clock,
-            classify: PassErrors,
-            replay_limit: DEFAULT_REPLAY_LIMIT,
-            store: None,
-            refusals: None,
-            sync: None,
+            shared: Shared {
+                router,
+                clock,
+                classify: PassErrors,
+                replay_limit: DEFAULT_REPLAY_LIMIT,
+                store: None,
+                refusals: None,
+                sync: None,
+            },
         }
     }
 }
@@ -166,14 +163,25 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
     /// those are reported to the router ([`Router::on_undelivered`]), which may place the
     /// request again or reject it; the others are returned as they are.
     pub fn undelivered<V>(self, classify: V) -> AffinityLayer<T, C, V> {
+        let Shared {
+            router,
+            clock,
+            classify: _,
+            replay_limit,
+            store,
+            refusals,
+            sync,
+        } = self.shared;
         AffinityLayer {
-            router: self.router,
-            clock: self.clock,
-            classify,
-            replay_limit: self.replay_limit,
-            store: self.store,
-            refusals: self.refusals,
-            sync: self.sync,
+            shared: Shared {
+                router,
+                clock,
+                classify,
+                replay_limit,
+                store,
+                refusals,
+                sync,
+            },
         }
     }
 
@@ -182,7 +190,7 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
     /// those not pinned by a session or task key (conversation starts, 2026-07-28 calls,
     /// operator-key requests, non-MCP paths); 0 keeps none.
     pub fn replay_limit(mut self, bytes: u64) -> Self {
-        self.replay_limit = bytes;
+        self.shared.replay_limit = bytes;
         self
     }
 
@@ -195,7 +203,7 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
     /// and answers 404 for the dead session, or places the conversation start elsewhere.
     /// Any other request may have run: its error is returned as it is.
     pub fn refusal_check(mut self, check: impl RefusalCheck) -> Self {
-        self.refusals = Some(Arc::new(check));
+        self.shared.refusals = Some(Arc::new(check));
         self
     }
 
@@ -205,32 +213,26 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
     /// before the client gets the head or chunk, so that the client's next request, whichever
     /// router it reaches, finds the key in the store.
     pub fn store_sync(mut self, sync: impl StoreSync) -> Self {
-        self.sync = Some(Arc::new(sync));
+        self.shared.sync = Some(Arc::new(sync));
         self
     }
 
     /// Sets how keys are read from the shared store, for a router built with one.
     pub fn store_lookup(mut self, lookup: impl StoreLookup) -> Self {
-        self.store = Some(Arc::new(lookup));
+        self.shared.store = Some(Arc::new(lookup));
         self
     }
 
     /// The router.
     pub fn router(&self) -> &Arc<Router<T>> {
-        &self.router
+        &self.shared.router
     }
 }
 
 impl<T: SessionTable, C: Clone, U: Clone> Clone for AffinityLayer<T, C, U> {
     fn clone(&self) -> Self {
         AffinityLayer {
-            router: self.router.clone(),
-            clock: self.clock.clone(),
-            classify: self.classify.clone(),
-            replay_limit: self.replay_limit,
-            store: self.store.clone(),
-            refusals: self.refusals.clone(),
-            sync: self.sync.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -238,8 +240,8 @@ impl<T: SessionTable, C: Clone, U: Clone> Clone for AffinityLayer<T, C, U> {
 impl<T: SessionTable, C, U> fmt::Debug for AffinityLayer<T, C, U> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AffinityLayer")
-            .field("replay_limit", &self.replay_limit)
-            .field("store", &self.store.is_some())
+            .field("replay_limit", &self.shared.replay_limit)
+            .field("store", &self.shared.store.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -250,20 +252,12 @@ impl<S, T: SessionTable, C: Clock + Clone, U: Clone> Layer<S> for AffinityLayer<
     fn layer(&self, inner: S) -> Self::Service {
         Affinity {
             inner,
-            shared: Arc::new(Shared {
-                router: self.router.clone(),
-                clock: self.clock.clone(),
-                classify: self.classify.clone(),
-                replay_limit: self.replay_limit,
-                store: self.store.clone(),
-                refusals: self.refusals.clone(),
-                sync: self.sync.clone(),
-            }),
+            shared: Arc::new(self.shared.clone()),
         }
     }
 }
 
-/// What every clone of an [`Affinity`] service shares.
+/// A layer's settings: what every clone of an [`Affinity`] service it makes shares.
 struct Shared<T: SessionTable, C, U> {
     router: Arc<Router<T>>,
     clock: C,
@@ -272,6 +266,21 @@ struct Shared<T: SessionTable, C, U> {
     store: Option<Arc<dyn StoreLookup>>,
     refusals: Option<Arc<dyn RefusalCheck>>,
     sync: Option<Arc<dyn StoreSync>>,
+}
+
+// (Not derived: `T` itself need not be `Clone`.)
+impl<T: SessionTable, C: Clone, U: Clone> Clone for Shared<T, C, U> {
+    fn clone(&self) -> Self {
+        Shared {
+            router: self.router.clone(),
+            clock: self.clock.clone(),
+            classify: self.classify.clone(),
+            replay_limit: self.replay_limit,
+            store: self.store.clone(),
+            refusals: self.refusals.clone(),
+            sync: self.sync.clone(),
+        }
+    }
 }
 
 /// The [`Service`] of an [`AffinityLayer`]: the router in front of `S`.
