@@ -39,6 +39,16 @@ struct Ref {
     retry: Option<u64>,
 }
 
+/// The event being read: its data (joined by LF), the bytes it counts against the bound, its
+/// type, and whether any field line started it.
+#[derive(Default)]
+struct Block {
+    data: Option<Vec<u8>>,
+    data_len: usize,
+    ty: Vec<u8>,
+    started: bool,
+}
+
 impl Ref {
     fn run(&mut self, input: &[u8], l: usize, e: usize) -> Outcome {
         let mut input = input;
@@ -69,11 +79,8 @@ impl Ref {
         let tail = &input[start..];
         let mut items = Vec::new();
         let mut buf: Vec<u8> = Vec::new(); // last event ID buffer: new stream starts empty
-        let mut data: Option<Vec<u8>> = None;
-        let mut data_len = 0usize;
-        let mut ty: Vec<u8> = Vec::new();
+        let mut block = Block::default();
         let mut skipping = false;
-        let mut started = false;
         for line in lines {
             if skipping {
                 if line.is_empty() {
@@ -85,31 +92,26 @@ impl Ref {
             if line.len() > l {
                 items.push(Err(Skipped::LineTooLong { limit: l }));
                 skipping = true;
-                data = None;
-                data_len = 0;
-                ty.clear();
-                started = false;
+                block = Block::default();
                 continue;
             }
             if line.is_empty() {
                 self.last = buf.clone();
-                started = false;
-                data_len = 0;
-                if let Some(d) = data.take() {
-                    let t = if ty.is_empty() {
+                let ended = std::mem::take(&mut block);
+                if let Some(d) = ended.data {
+                    let t = if ended.ty.is_empty() {
                         b"message".to_vec()
                     } else {
-                        ty.clone()
+                        ended.ty
                     };
                     items.push(Ok((t, d, self.last.clone())));
                 }
-                ty.clear();
                 continue;
             }
             if line[0] == b':' {
                 continue;
             }
-            started = true;
+            block.started = true;
             let (name, value) = match line.iter().position(|&b| b == b':') {
                 Some(c) => {
                     let v = &line[c + 1..];
@@ -119,25 +121,22 @@ impl Ref {
             };
             match name {
                 b"data" => {
-                    if data_len + value.len() + 1 > e {
+                    if block.data_len + value.len() + 1 > e {
                         items.push(Err(Skipped::EventTooLarge { limit: e }));
                         skipping = true;
-                        data = None;
-                        data_len = 0;
-                        ty.clear();
-                        started = false;
+                        block = Block::default();
                         continue;
                     }
-                    data_len += value.len() + 1;
-                    match &mut data {
+                    block.data_len += value.len() + 1;
+                    match &mut block.data {
                         Some(d) => {
                             d.push(b'\n');
                             d.extend_from_slice(value);
                         }
-                        None => data = Some(value.to_vec()),
+                        None => block.data = Some(value.to_vec()),
                     }
                 }
-                b"event" => ty = value.to_vec(),
+                b"event" => block.ty = value.to_vec(),
                 b"id" if !value.contains(&0) => buf = value.to_vec(),
                 b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
                     self.retry = Some(value.iter().fold(0u64, |n, d| {
@@ -148,16 +147,12 @@ impl Ref {
             }
         }
         // An unterminated tail line: counts against the line bound as it arrives.
-        let mut dropped = started || skipping || !tail.is_empty();
+        // (A stream that is only a BOM prefix is an unterminated tail too.)
+        let dropped = block.started || skipping || !tail.is_empty();
         let bom_prefix = !input.is_empty() && input.len() < 3 && b"\xEF\xBB\xBF".starts_with(input);
         if !skipping && tail.len() > l && !bom_prefix {
             items.push(Err(Skipped::LineTooLong { limit: l }));
         }
-        // A stream that is only a BOM prefix.
-        if input.is_empty() && !tail.is_empty() {
-            dropped = true;
-        }
-        let _ = &mut dropped;
         Outcome {
             items,
             dropped,
