@@ -997,7 +997,7 @@ impl Parser {
     fn clear_dispatched(&mut self) {
         self.dispatched = false;
         self.event_type = None;
-        self.release_data_tail();
+        // (`data_tail` is empty: dispatch moved its buffer into the event.)
         if let Rope::Many(mut pieces) = std::mem::take(&mut self.data) {
             // Reuse the piece list for the next line split across chunks.
             pieces.clear();
