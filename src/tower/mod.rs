@@ -343,6 +343,8 @@ where
 }
 
 impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
+    /// One request through the layer: decided, delivered (and placed again while it is not),
+    /// answered.
     async fn serve<S, ReqB, ResB>(
         self: Arc<Self>,
         mut inner: S,
@@ -361,35 +363,61 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         };
         // A sealed session id: the backend gets its own id back.
         exchange.rewrite_request(&mut parts);
+        let placeable = exchange.is_placeable();
         let mut pending = Pending {
             shared: &self,
             exchange: Some(exchange),
         };
-        // A request that may be placed again keeps a small body for that.
-        let announced = body.size_hint().upper();
-        let small = announced.filter(|&upper| upper <= self.replay_limit);
-        let mut body = if let Some(upper) = small.filter(|_| pending.exchange().is_placeable()) {
-            match keep(body, upper).await {
-                Some(kept) => Attempts::Kept(kept),
-                None => return Ok(local(StatusCode::BAD_REQUEST, "request body failed\n")),
-            }
-        } else {
-            Attempts::Once(Some(body))
+        let Some(body) = self.attempts(body, placeable).await else {
+            return Ok(local(StatusCode::BAD_REQUEST, "request body failed\n"));
         };
+        Ok(
+            match self.deliver(&mut inner, &mut pending, parts, body).await? {
+                Delivery::Answered(response) => self.answer(pending, response).await,
+                Delivery::Rejected(rejection) => reject(&rejection),
+                Delivery::Failed(status) => local(status, "not delivered\n"),
+            },
+        )
+    }
+
+    /// The request body of each delivery attempt: a request that may be placed again keeps a
+    /// small body (within the replay limit) to send it again; `None` if reading it failed.
+    async fn attempts<B: Body<Data = Bytes>>(
+        &self,
+        body: B,
+        placeable: bool,
+    ) -> Option<Attempts<B>> {
+        let announced = body.size_hint().upper();
+        match announced.filter(|&upper| placeable && upper <= self.replay_limit) {
+            Some(upper) => keep(body, upper).await.map(Attempts::Kept),
+            None => Some(Attempts::Once(Some(body))),
+        }
+    }
+
+    /// Sends the request to the exchange's backend and, for as long as it is not delivered
+    /// and the router places it again, to the next one.
+    async fn deliver<S, ReqB, ResB>(
+        &self,
+        inner: &mut S,
+        pending: &mut Pending<'_, T, C, U>,
+        mut parts: http::request::Parts,
+        mut body: Attempts<ReqB>,
+    ) -> Result<Delivery<Response<ResB>>, S::Error>
+    where
+        S: Service<Request<ReplayBody<ReqB>>, Response = Response<ResB>>,
+        U: Classify<S::Error>,
+    {
+        let not_delivered = || Ok(Delivery::Failed(StatusCode::BAD_GATEWAY));
         let mut first = true;
-        let response = loop {
+        loop {
             let backend = pending.exchange().backend();
             let (why, error) = match self.router.backend_label(backend) {
                 // Removed between the decision and here: nothing listens for it any more.
                 None => (Undelivered::Refused, None),
                 Some(label) => {
-                    let (head, attempt) = match &mut body {
-                        Attempts::Kept(kept) => (parts.clone(), kept.body()),
-                        Attempts::Once(once) => match once.take() {
-                            Some(once) => (take_parts(&mut parts), ReplayBody::streamed(once)),
-                            // (Not reached: a spent body is never tried again, see below.)
-                            None => return Ok(local(StatusCode::BAD_GATEWAY, "not delivered\n")),
-                        },
+                    // (Never `None`: a spent body is not tried again, see below.)
+                    let Some((head, attempt)) = body.next(&mut parts) else {
+                        return not_delivered();
                     };
                     let exchange = pending.exchange();
                     let upstream = Upstream {
@@ -405,7 +433,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                     }
                     first = false;
                     let error = match inner.call(request).await {
-                        Ok(response) => break response,
+                        Ok(response) => return Ok(Delivery::Answered(response)),
                         Err(error) => error,
                     };
                     match self.classify.undelivered(&error) {
@@ -417,26 +445,34 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                     }
                 }
             };
-            let exchange = pending.take();
-            match self.router.on_undelivered(exchange, why, self.clock.now()) {
+            match self
+                .router
+                .on_undelivered(pending.take(), why, self.clock.now())
+            {
                 Routed::Forward(next) if body.can_send() => pending.exchange = Some(next),
                 Routed::Forward(next) => {
                     // Its body went with the first attempt: nothing to send again.
                     self.router
                         .on_exchange_end(next, End::Aborted, self.clock.now());
-                    return match error {
-                        Some(error) => Err(error),
-                        // (Not reached: a body is spent only by a call, which failed.)
-                        None => Ok(local(StatusCode::BAD_GATEWAY, "not delivered\n")),
-                    };
+                    // (An error is always at hand: a body is spent only by a call, which
+                    // failed.)
+                    return error.map_or_else(not_delivered, Err);
                 }
-                Routed::Reject(rejection) => return Ok(reject(&rejection)),
+                Routed::Reject(rejection) => return Ok(Delivery::Rejected(rejection)),
                 // (A failed delivery is placed again or rejected, never looked up.)
-                Routed::Lookup(_) => {
-                    return Ok(local(StatusCode::SERVICE_UNAVAILABLE, "not delivered\n"));
-                }
+                Routed::Lookup(_) => return Ok(Delivery::Failed(StatusCode::SERVICE_UNAVAILABLE)),
             }
-        };
+        }
+    }
+
+    /// A backend's response, shown to the router (which may replace it by a rejection): when
+    /// its head reveals a key the store must have first, the store is synced before the client
+    /// gets it; its body is observed by the router to the end.
+    async fn answer<B: Body<Data = Bytes>>(
+        &self,
+        mut pending: Pending<'_, T, C, U>,
+        response: Response<B>,
+    ) -> Response<AffinityBody<B, C, T>> {
         let (mut head, body) = response.into_parts();
         let mut exchange = pending.take();
         let now = self.clock.now();
@@ -445,7 +481,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         {
             drop(body);
             self.router.on_exchange_end(exchange, End::Aborted, now);
-            return Ok(reject(&rejection));
+            return reject(&rejection);
         }
         if let Some(sync) = &self.sync {
             if exchange.take_store_sync() {
@@ -460,7 +496,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         if let Some(sync) = &self.sync {
             body = body.with_store_sync(sync.clone());
         }
-        Ok(Response::from_parts(head, AffinityBody::backend(body)))
+        Response::from_parts(head, AffinityBody::backend(body))
     }
 
     /// Whether a request that failed on its way can be reported as refused: its backend
@@ -526,7 +562,12 @@ impl<T: SessionTable, C: Clock, U> Drop for Pending<'_, T, C, U> {
     }
 }
 
-/// Takes the parts out, leaving empty ones.
-fn take_parts(parts: &mut http::request::Parts) -> http::request::Parts {
-    std::mem::replace(parts, Request::new(()).into_parts().0)
+/// How the delivery of a request ended.
+enum Delivery<R> {
+    /// A backend answered.
+    Answered(R),
+    /// The router refused to place it again.
+    Rejected(Rejection),
+    /// It could be delivered nowhere (the client gets this status, "not delivered").
+    Failed(StatusCode),
 }

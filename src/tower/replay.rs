@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
+use http::request::Parts;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -26,6 +27,19 @@ impl<B> Attempts<B> {
         match self {
             Attempts::Kept(_) => true,
             Attempts::Once(once) => once.is_some(),
+        }
+    }
+
+    /// The head and body of the next attempt: a copy of `head` and the kept body, or `head`
+    /// itself and the streamed body (`None` once that was sent).
+    pub(super) fn next(&mut self, head: &mut Parts) -> Option<(Parts, ReplayBody<B>)> {
+        match self {
+            Attempts::Kept(kept) => Some((head.clone(), kept.body())),
+            Attempts::Once(once) => {
+                let body = once.take()?;
+                let head = std::mem::replace(head, http::Request::new(()).into_parts().0);
+                Some((head, ReplayBody::streamed(body)))
+            }
         }
     }
 }
