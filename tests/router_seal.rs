@@ -569,6 +569,41 @@ fn a_token_of_a_removed_down_or_unknown_owner_is_never_forwarded() {
     assert!(rejection.headers().contains_key("retry-after"));
 }
 
+/// A router that saw a backend refuse connections keeps it down until its own checks see it
+/// answer again; meanwhile another router, which saw the new process first, seals sessions on
+/// it. Those tokens are not this router's to end: 503 (behind the fleet), not the 404 of a
+/// lost session; tokens sealed before the loss are still 404 at once.
+#[test]
+fn a_router_that_has_not_seen_a_comeback_answers_the_new_process_s_tokens_503() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let (a, _) = router_with(&[1], &["x"], t0);
+    let (b, ids) = router_with(&[1], &["x"], t0);
+    let (old, _) = initialize_sealed(&b, "old", t0);
+    // x's process dies; B's request to it is refused.
+    let t1 = clock.advance(Duration::from_secs(30));
+    let ex = pinned(&b, &call(&old), t1);
+    let _ = b.on_undelivered(ex, Undelivered::Refused, t1);
+    // Seconds later the new process is up; A, which never saw it die, seals a session on it.
+    let t2 = clock.advance(Duration::from_secs(5));
+    let (new, _) = initialize_sealed(&a, "new", t2);
+    let rejection = refused(&b, &new, t2);
+    assert_eq!(rejection.reason(), Reason::UnknownOwner(KeyKind::Session));
+    assert_eq!(rejection.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(rejection.headers().contains_key("retry-after"));
+    let rejection = refused(&b, &old, t2);
+    assert_eq!(rejection.reason(), Reason::OwnerDown(KeyKind::Session));
+    assert_eq!(rejection.status(), StatusCode::NOT_FOUND);
+    // Once B's checks see x answer, the new session routes there and the old one is gone.
+    b.report_health(ids[0], Probe::Up, t2).unwrap();
+    b.report_health(ids[0], Probe::Up, t2).unwrap();
+    assert_eq!(routes(&b, &call(&new), t2), ids[0]);
+    assert_eq!(
+        refused(&b, &old, t2).reason(),
+        Reason::OwnerGone(KeyKind::Session)
+    );
+}
+
 #[test]
 fn restarts_and_incarnations_refuse_the_tokens_of_a_lost_process() {
     let mut clock = Clock::new();

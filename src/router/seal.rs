@@ -12,8 +12,10 @@
 //! - **Refusing.** Anything that does not open (garbage, truncated, over-long, forged, another
 //!   key, tenant or principal, expired) is answered exactly like an unknown session (404 with
 //!   the JSON-RPC body); the metrics count each cause. A token naming a backend that is gone,
-//!   down, or a previous incarnation is answered as gone (404); one naming a backend this
-//!   router does not know, or a newer incarnation, as a router that is behind (503 +
+//!   or a previous incarnation, is answered as gone (404), and so is one naming a backend
+//!   that is down, if it was sealed before the loss (less the clock skew); one naming a
+//!   backend this router does not know, a newer incarnation, or a down backend after the
+//!   loss (another router has seen it come back), as a router that is behind (503 +
 //!   `Retry-After`): another router of the fleet may know better.
 //!
 //! 2026-07-28 task ids and operator keys are not sealed: they are learned from bodies or chosen
@@ -27,7 +29,7 @@ use parking_lot::RwLock;
 
 use super::Router;
 use super::exchange::{Exchange, IdBuf, Routed};
-use super::fleet::Named;
+use super::fleet::{Named, OwnerStatus};
 use super::metrics::Counters;
 use super::reject::Reason;
 use super::wall::WallClock;
@@ -237,12 +239,19 @@ impl<T: SessionTable> Router<T> {
             // and must not decide for the session.
             return gone(Reason::UnknownOwner(kind));
         }
+        // Sealed for a process this router knows is gone.
+        let lost = claims.incarnation < incarnation || claims.sealed_at < lost_before;
         let (status, term) = self.fleet.owner_state(owner, now);
+        if status == OwnerStatus::Down && !lost {
+            // Sealed after the loss this router knows of (less the clock skew): another
+            // router has seen the backend's new process, this one has not yet. Not this
+            // router's to end: 503, as for a store binding.
+            return gone(Reason::UnknownOwner(kind));
+        }
         if let Some(reason) = status.refusal(kind) {
             return gone(reason);
         }
-        if claims.incarnation < incarnation || claims.sealed_at < lost_before {
-            // Sealed for a process this router knows is gone.
+        if lost {
             return gone(Reason::OwnerGone(kind));
         }
         self.counters.here().tokens_opened.incr();
