@@ -34,8 +34,8 @@ pin_project! {
     /// unchanged, and ends the exchange when the body ends, fails or is dropped.
     ///
     /// - It polls the inner body only when it is polled, and holds no frame back, so a slow
-    ///   client slows the backend (backpressure) and nothing is buffered, with one bounded
-    ///   exception: when the router rewrites the body's first event
+    ///   client slows the backend (backpressure) and nothing is buffered, with two bounded
+    ///   exceptions: when the router rewrites the body's first event
     ///   ([`HeadOutcome::Rewrite`](crate::router::HeadOutcome::Rewrite), sealed legacy SSE
     ///   sessions), the bytes up to that event are held and sent rewritten; and a chunk that
     ///   reveals a key the shared store must have first waits for its writes
@@ -45,8 +45,10 @@ pin_project! {
     /// - The end of the body ends the exchange as [`End::Completed`]; an error from the inner
     ///   body, or dropping the wrapper first (a client that went away), as [`End::Aborted`].
     ///   Dropping the wrapper drops the inner body at once: the backend sees the cancellation.
-    /// - Trailers, [`size_hint`](Body::size_hint) and [`is_end_stream`](Body::is_end_stream)
-    ///   pass through.
+    /// - Trailers pass through. [`size_hint`](Body::size_hint) is the inner body's, plus the
+    ///   bytes taken from it and not yet sent (unknown while the body is being rewritten: it
+    ///   will have another length); [`is_end_stream`](Body::is_end_stream) is the inner
+    ///   body's once nothing is held.
     ///
     /// ```
     /// # futures_executor::block_on(async {

@@ -9,7 +9,9 @@
 //! heads, body chunks and the current time, and acts on its decisions. It does not parse HTTP
 //! (it reads [`http`] parts you already have), and it observes bodies as they stream through
 //! rather than buffering them. The bounded exceptions: with sealed ids, a legacy SSE response
-//! is held up to its `endpoint` event (within the SSE parser's limits), and the tower layer
+//! is held up to its `endpoint` event (at most
+//! [`max_observed_bytes`](router::RouterBuilder::max_observed_bytes) and the chunk that
+//! crosses it), and the tower layer
 //! keeps the body of a request it may place again, up to its `replay_limit`.
 //!
 //! # How it fits in a proxy

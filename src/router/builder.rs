@@ -93,8 +93,10 @@ impl<T> RouterBuilder<T> {
     }
 
     /// The paths of the Streamable HTTP / 2026-07-28 endpoints (for example `/mcp`). Requests
-    /// to other paths are routed as plain HTTP: placed, their keys neither looked up nor
-    /// learned nor forgotten. By default every path is an endpoint except `/.well-known/…`
+    /// to other paths are routed as plain HTTP: placed, nothing learned or forgotten from
+    /// their answers; with principal binding, a session or task key they carry is still
+    /// checked (refused if unknown or another principal's: a backend may read the request as
+    /// one of that session's). By default every path is an endpoint except `/.well-known/…`
     /// (OAuth discovery and the like).
     pub fn mcp_paths<I: IntoIterator<Item = S>, S: Into<String>>(mut self, paths: I) -> Self {
         self.config.paths.mcp = Some(paths.into_iter().map(Into::into).collect());
@@ -113,15 +115,20 @@ impl<T> RouterBuilder<T> {
 
     /// The longest key id accepted, in bytes (default 256); a longer one presented by a client
     /// is answered as an unknown key ([`Reason::InvalidKey`](super::Reason::InvalidKey): 404,
-    /// or 400 for an operator key, which the client chose), and one minted by a backend is
-    /// refused at once ([`Reason::UnroutableKey`](super::Reason::UnroutableKey)).
+    /// or 400 for an operator key, which the client chose). A backend's `Mcp-Session-Id`
+    /// past it is refused at once ([`Reason::UnroutableKey`](super::Reason::UnroutableKey),
+    /// 502, in place of the response); one revealed in a body (a legacy SSE `endpoint`, a
+    /// `taskId`), which is already on its way to the client, is only counted, and its
+    /// client's next request is answered as an unknown key.
     pub fn max_key_len(mut self, bytes: usize) -> Self {
         self.config.max_key_len = bytes;
         self
     }
 
     /// The most bytes of a response body observed for a key (default 64 KiB); past it the
-    /// router stops observing.
+    /// router stops observing. It is also what one exchange may hold: a 2026-07-28 JSON
+    /// answer is copied up to it to be parsed, and with sealed ids a legacy SSE stream is held
+    /// back up to it (and the chunk that crosses it) until its `endpoint` event.
     pub fn max_observed_bytes(mut self, bytes: usize) -> Self {
         self.config.max_observe = bytes;
         self
@@ -133,7 +140,8 @@ impl<T> RouterBuilder<T> {
         self
     }
 
-    /// The most backend slots, up to 65,535 (default 4,096).
+    /// The most backend slots, from 1 to 65,535 (default 4,096; a value out of that range is
+    /// clamped into it).
     pub fn max_backends(mut self, slots: usize) -> Self {
         self.max_backends = slots;
         self
@@ -142,7 +150,7 @@ impl<T> RouterBuilder<T> {
     /// Consecutive results that change a backend's [`Health`](super::Health) (see
     /// [`Router::report_health`]): `unhealthy_after` failed checks make it unhealthy, and as
     /// many refused connections make it down (default 3); `healthy_after` good checks make it
-    /// healthy again (default 2).
+    /// healthy again (default 2). A threshold of 0 counts as 1.
     pub fn health_thresholds(mut self, unhealthy_after: u32, healthy_after: u32) -> Self {
         self.unhealthy_after = unhealthy_after;
         self.healthy_after = healthy_after;
@@ -210,7 +218,10 @@ impl<T> RouterBuilder<T> {
     }
 
     /// Replaces rejection bodies: `body(&rejection)` returns the body to send, or `None` for
-    /// the default JSON-RPC error.
+    /// the default one (a JSON-RPC error for a lost legacy session, plain text otherwise: see
+    /// [`Rejection`]). The `Content-Type` of [`Rejection::headers`] still follows the reason
+    /// (`application/json` only where the default body is JSON-RPC): an embedder whose bodies
+    /// differ sets its own.
     pub fn rejection_body(
         mut self,
         body: impl Fn(&Rejection) -> Option<Bytes> + Send + Sync + 'static,

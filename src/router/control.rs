@@ -26,7 +26,7 @@ pub struct Maintenance {
 impl<T: SessionTable> Router<T> {
     /// Adds a backend to `tenant`'s fleet, ready for new conversations. `label` is yours (for
     /// example its base URL) and is its name too; `weight` counts for weighted round robin.
-    /// [`add`](Router::add) sets a name and an incarnation as well.
+    /// [`add`](Router::add) sets a name and an incarnation as well. Errors as `add` does.
     pub fn add_backend(
         &self,
         tenant: TenantId,
@@ -37,7 +37,10 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// Adds a backend, ready for new conversations. Its name must be unique in its tenant
-    /// ([`FleetError::DuplicateName`]).
+    /// ([`FleetError::DuplicateName`]), and a slot must be free
+    /// ([`FleetError::Full`] past [`max_backends`](super::RouterBuilder::max_backends); a
+    /// removed backend's slot is free again at once, for a new generation that inherits
+    /// nothing).
     pub fn add(&self, backend: NewBackend) -> Result<BackendId, FleetError> {
         let added = self.fleet.add(backend, |id| {
             // Only after 65,536 generations of one slot can an id come back: whatever keys
@@ -172,8 +175,10 @@ impl<T: SessionTable> Router<T> {
     /// - refused connections make it [down](Health::Down): its keys are answered as
     ///   [`OwnerDown`](super::Reason::OwnerDown) (404) at once and purged by
     ///   [`maintain`](Router::maintain);
-    /// - good checks make it healthy again; a down backend comes back as a new incarnation,
-    ///   keeping its [`BackendId`] but none of its keys.
+    /// - good checks make it healthy again; a down backend comes back as a new process of
+    ///   the replica, keeping its [`BackendId`] and its
+    ///   [`incarnation`](super::BackendInfo::incarnation) number but none of its keys (sealed
+    ///   ids issued before it went down are refused).
     ///
     /// `now` dates a change of health: sealed ids issued before a backend went down (less the
     /// clock skew) are refused once it is back.
@@ -290,7 +295,8 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// Forgets one key (an operator's eviction), in the shared store too if its kind is
-    /// shared there; its next request is rejected as unknown.
+    /// shared there; its next request is rejected as unknown (an operator key's is placed
+    /// and bound afresh). Counted in `keys_forgotten`.
     pub fn evict_key(&self, key: &Key<'_>) -> Option<Entry> {
         let removed = self.table.remove(key, None);
         if let Some(entry) = &removed {

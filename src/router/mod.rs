@@ -75,14 +75,17 @@ type BodyOverride = dyn Fn(&Rejection) -> Option<Bytes> + Send + Sync;
 /// ```text
 ///  request head ──► route ──► Reject(rejection) ──► answer rejection.to_response()
 ///                     │
+///                     ├─► Lookup(lookup) ──► ask the shared store ──► on_lookup ──► (a decision)
+///                     │
 ///                     └─► Forward(exchange) ──► send to exchange.backend()
 ///                               ▲                       │
 ///                               │            could not connect
 ///                               └── on_undelivered ◄────┤
 ///                                                       │
-///  response head ──► on_response_head(&mut exchange) ──► Forward | Observe | Replace(rejection)
-///                                                                    │
-///  each body chunk ──► on_response_chunk(&mut exchange, &chunk) ─────┘ (until Done)
+///  response head ──► on_response_head(&mut exchange) ──► Forward | Observe | Rewrite | Replace
+///                                                                    │        │
+///  each body chunk ──► on_response_chunk(&mut exchange, &chunk) ─────┘        │ (until Done)
+///                  ──► on_response_data(&mut exchange, chunk) → Data ─────────┘ (send what it returns)
 ///                                                       │
 ///  end or abort ──► on_exchange_end(exchange, End::Completed | End::Aborted)
 /// ```
@@ -98,29 +101,45 @@ type BodyOverride = dyn Fn(&Rejection) -> Option<Bytes> + Send + Sync;
 ///      cookie naming a backend that is not ready, it is **placed** on a ready backend of its
 ///      tenant by the [`Placement`] policy, or rejected if none is ready.
 ///
+///    With a [shared store](store), a key this router does not hold is answered
+///    [`Routed::Lookup`]: read the key from the store and hand the answer to
+///    [`on_lookup`](Router::on_lookup), which decides as `route` would have.
+///
 ///    If the request cannot be delivered (nothing of it was written: the connection was
 ///    refused, timed out or failed), hand the exchange to
 ///    [`on_undelivered`](Router::on_undelivered) instead of going on: a refused connection
-///    means the backend is **down**, so a pinned request gets the owner-gone 404 at once and
-///    every other key of that backend with it; a placed request is placed again on another
-///    ready backend, within [`placement_attempts`](RouterBuilder::placement_attempts).
+///    means the backend is **down**, so a pinned request gets `OwnerDown` (404) at once and
+///    every other key of that backend with it (a timeout or another failure:
+///    `OwnerUnreachable`, 503); a placed request is placed again on another ready backend,
+///    within [`placement_attempts`](RouterBuilder::placement_attempts).
 /// 2. [`on_response_head`](Router::on_response_head) learns and forgets from the response
 ///    head, and may add an affinity cookie to it: a 2xx answer to an `initialize` binds its
 ///    `Mcp-Session-Id`; a `DELETE` answered 2xx forgets the session, and so does a 404 to a
 ///    request with a legacy session when the router binds principals (without binding, a
 ///    404 may be the backend refusing a stranger who knows the id: the key stays until it
 ///    idles out), except a legacy SSE session that a stream still carries (it ends with its
-///    streams); a session `GET` stream keeps its session from expiring.
+///    streams); a session `GET` stream keeps its session from expiring. With sealed ids it
+///    puts the client's token in place of a minted `Mcp-Session-Id`.
 ///    It answers [`HeadOutcome::Observe`] when the body reveals a key (a legacy SSE stream's
-///    `endpoint` event, a task created by a 2026-07-28 call) and
-///    [`HeadOutcome::Replace`] when the backend created a conversation the router cannot
-///    record. An embedder whose heads are not `http`'s `Parts` (pingora) calls
+///    `endpoint` event, a task created by a 2026-07-28 call), [`HeadOutcome::Rewrite`] when
+///    the router must change the body (with sealed ids, a legacy SSE stream's `endpoint`
+///    event), and [`HeadOutcome::Replace`] when the backend created a conversation the
+///    router cannot record. An embedder whose heads are not `http`'s `Parts` (pingora) calls
 ///    [`on_response_head_edits`](Router::on_response_head_edits) instead, which returns the
 ///    header changes as [`HeadEdits`] to make (and [`Exchange::request_edits`] does the same
-///    for [`Exchange::rewrite_request`]).
-/// 3. [`on_response_chunk`](Router::on_response_chunk), while observing, reads each body chunk
+///    for [`Exchange::rewrite_request`]). With a shared store, when
+///    [`Exchange::take_store_sync`] answers `true`, write the router's queued store writes
+///    before the client gets the head.
+/// 3. After `Observe`, [`on_response_chunk`](Router::on_response_chunk) reads each body chunk
 ///    as it passes (never holding it back) until the key is learned or the byte bound is hit,
-///    then answers [`ChunkOutcome::Done`].
+///    then answers [`ChunkOutcome::Done`]. After `Rewrite`, every chunk goes through
+///    [`on_response_data`](Router::on_response_data) instead, and the client gets what it
+///    returns (it holds the body back up to the `endpoint` event, at most
+///    [`max_observed_bytes`](RouterBuilder::max_observed_bytes) and the chunk that crosses
+///    it), then what [`on_response_data_end`](Router::on_response_data_end) returns when the
+///    body ends; `on_response_chunk` alone would learn nothing, and the client would present
+///    the backend's own id, refused as unknown. [`ObservedBody`](crate::body::ObservedBody)
+///    does all of step 3.
 /// 4. [`on_exchange_end`](Router::on_exchange_end), when the response ended or was cut short,
 ///    releases what the stream held: a legacy SSE session lives exactly as long as its `GET`
 ///    stream; a session `GET` stream stops keeping its session alive.
@@ -148,7 +167,8 @@ type BodyOverride = dyn Fn(&Rejection) -> Option<Bytes> + Send + Sync;
 /// *Down is not unhealthy*: a backend that refuses connections has lost its in-memory
 /// sessions, so they are answered as gone at once (the 404 that makes clients start over);
 /// one that answers but fails checks still holds them, so they keep going to it. A down
-/// backend that answers again comes back as a new incarnation with no keys.
+/// backend that answers again comes back with none of its keys (a new process of the
+/// replica; its [`BackendId`] and incarnation number stay).
 ///
 /// # The eras
 ///
@@ -160,7 +180,9 @@ type BodyOverride = dyn Fn(&Rejection) -> Option<Bytes> + Send + Sync;
 ///
 /// The era of a request comes from its `MCP-Protocol-Version` header: a date on or after
 /// 2026-07-28 is the modern era, where a 404 means *method not found*, never *session gone*.
-/// A version that is not a date, or that appears twice, is refused ([`BadEra`]).
+/// On an MCP endpoint, a version that is not a date, or that appears twice, is refused
+/// ([`BadEra`], 400); the legacy SSE paths and non-MCP paths do not read it. A repeated
+/// `Mcp-Method` is refused on every path.
 ///
 /// # Principles
 ///

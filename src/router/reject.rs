@@ -86,7 +86,9 @@ pub enum Reason {
     /// forwarded, so the client retries and gets a fresh id.
     KeyConflict(KeyKind),
     /// A backend minted a key this router cannot route by (longer than its bound, or not
-    /// visible ASCII): the conversation could never be routed, so it is refused at once.
+    /// visible ASCII): the conversation could never be routed, so a response head that names
+    /// it is refused at once. (A key revealed in a body has already reached the client: it
+    /// is only counted, and the client's next request is answered as an unknown key.)
     UnroutableKey(KeyKind),
     /// A new conversation found no ready backend in its tenant's fleet.
     NoReadyBackend,
@@ -244,7 +246,7 @@ impl fmt::Display for BadEra {
 /// A refused request: its [`Reason`], and the response to send instead of forwarding it.
 ///
 /// A lost legacy session (a `Mcp-Session-Id` or legacy SSE session that is unknown, gone,
-/// revoked or another principal's) is answered as MCP servers answer it: 404 with a JSON-RPC
+/// down, revoked, another principal's, or presented as an invalid id or token) is answered as MCP servers answer it: 404 with a JSON-RPC
 /// error, `{"jsonrpc":"2.0","error":{"code":-32001,"message":"Session not found"},"id":null}`,
 /// which every SDK reads as "start a new session" (rmcp re-initializes on its own).
 ///
@@ -332,7 +334,8 @@ impl Rejection {
         headers
     }
 
-    /// The JSON-RPC error code of the body.
+    /// The JSON-RPC error code of the rejection: the one the default body carries when it is
+    /// JSON-RPC, and the one [`jsonrpc_body`](Rejection::jsonrpc_body) uses.
     pub fn code(&self) -> i32 {
         match (self.reason, self.reason.kind()) {
             (reason, Some(KeyKind::Task)) if reason.lost() => -32602,

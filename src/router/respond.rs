@@ -40,8 +40,11 @@ enum Learned {
 
 impl<T: SessionTable> Router<T> {
     /// Learns and forgets from a response head, and says whether to observe its body: see the
-    /// [call protocol](Router#the-call-protocol). May add a `Set-Cookie` header (affinity
-    /// cookie fallback).
+    /// [call protocol](Router#the-call-protocol). May change the head: add a `Set-Cookie`
+    /// header (affinity cookie fallback), put the client's sealed token in place of a minted
+    /// `Mcp-Session-Id`, and remove `Content-Length` from a body it will rewrite
+    /// ([`HeadOutcome::Rewrite`]); [`on_response_head_edits`](Router::on_response_head_edits)
+    /// returns the same changes instead of making them.
     pub fn on_response_head(
         &self,
         exchange: &mut Exchange,

@@ -5,8 +5,10 @@
 //! `reqwest` wrapper, anything that is a `Service<Request<_>>`) and drives the whole
 //! [call protocol](crate::router::Router#the-call-protocol) around it:
 //!
-//! 1. it routes each request; a rejection is answered at once (404, 400 or 503 with its
-//!    JSON-RPC body and `Retry-After`) and the inner service is not called;
+//! 1. it routes each request; a rejection is answered at once with
+//!    [`Rejection::to_response`](crate::router::Rejection::to_response) (404, 400, 502 or
+//!    503; a JSON-RPC body for a lost legacy session, plain text otherwise; `Retry-After` on
+//!    503) and the inner service is not called;
 //! 2. it applies the rewrite the router asks for (a sealed session id becomes the backend's
 //!    own) and tells the inner service where to send: an [`Upstream`] request extension with
 //!    the backend's id and label (its base URL, by convention; [`Upstream::uri_for`] joins
@@ -23,6 +25,9 @@
 //!    A request that may be placed again keeps its body for that when it is small (at most
 //!    [`replay_limit`](AffinityLayer::replay_limit) bytes, 64 KiB by default, announced by
 //!    its size hint); any other body is streamed once;
+//!    The layer's own answers: 400 `request body failed` when a body it keeps fails or grows
+//!    past its size hint; 502 `not delivered` when a failed request cannot be sent again
+//!    (its body was streamed) and the inner service gave no error to return;
 //! 4. it shows the router the response head (which may replace it by a rejection), and wraps
 //!    the response body in an [`ObservedBody`] that feeds the router and ends the exchange
 //!    when the body ends, fails or is dropped;
@@ -188,7 +193,9 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
     /// Sets the largest request body (by its size hint) kept so that the request can be
     /// placed again after a failed delivery. Only requests that may be placed again are kept:
     /// those not pinned by a session or task key (conversation starts, 2026-07-28 calls,
-    /// operator-key requests, non-MCP paths); 0 keeps none.
+    /// operator-key requests, non-MCP paths); 0 keeps none. A kept body is read whole before
+    /// the first attempt: one that fails, or grows past the size it announced, is answered
+    /// 400 by the layer (`request body failed`) and sent nowhere.
     pub fn replay_limit(mut self, bytes: u64) -> Self {
         self.shared.replay_limit = bytes;
         self
