@@ -142,6 +142,47 @@ fn a_streamable_session_is_sealed_opened_and_restored() {
     assert_eq!((m.tokens_sealed, m.tokens_opened), (1, 4));
 }
 
+/// Python servers put the session id on their error answers too, and the TypeScript client
+/// adopts the id of any answer, failed or not: an error must give the client its token back
+/// (or nothing), never the backend's own id, which the router would refuse from then on.
+#[test]
+fn no_answer_hands_the_client_the_backend_s_own_id_whatever_its_status() {
+    let now = Clock::new().now();
+    let (router, _) = router_with(&[1], &["a"], now);
+    let (token, _) = initialize_sealed(&router, UUID, now);
+    for status in [200, 202, 400, 404, 406, 500] {
+        for echo in [UUID, "another-id"] {
+            let mut ex = pinned(&router, &call(&token), now);
+            let mut head = resp(status, &[("mcp-session-id", echo), JSON]);
+            let _ = router.on_response_head(&mut ex, &mut head, now);
+            router.on_exchange_end(ex, End::Completed, now);
+            let seen = head
+                .headers
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap());
+            assert_ne!(seen, Some(echo), "{status} echoing {echo}");
+            match (status, echo) {
+                (_, UUID) => assert_eq!(seen, Some(token.as_str()), "{status}"),
+                // A 2xx naming another id: sealed for the same owner.
+                (200 | 202, _) => assert!(seen.is_some(), "{status}"),
+                // A failed answer naming another id: nothing to seal it for.
+                _ => assert_eq!(seen, None, "{status}"),
+            }
+            // What a TypeScript client presents next still routes (a 404 ends the session,
+            // so the router forgets nothing here without principal binding either way).
+            if let Some(next) = seen {
+                routes(&router, &call(next), now);
+            }
+        }
+    }
+    // A failed conversation start that names an id: removed, since nothing sealed it.
+    let mut ex = forward(router.route(&post("/mcp", &[]), now));
+    let mut head = resp(500, &[("mcp-session-id", "minted-then-failed"), JSON]);
+    let _ = router.on_response_head(&mut ex, &mut head, now);
+    router.on_exchange_end(ex, End::Completed, now);
+    assert!(!head.headers.contains_key("mcp-session-id"));
+}
+
 /// Feeds `chunks` of a legacy SSE stream through the router as `ObservedBody` would; returns
 /// what the client gets.
 fn through(router: &Router, ex: &mut Exchange, chunks: &[&[u8]], now: Instant) -> Vec<u8> {

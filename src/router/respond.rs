@@ -111,8 +111,13 @@ impl<T: SessionTable> Router<T> {
                 }
             }
         }
-        if exchange.token.is_some() && ok {
-            self.reseal_echo(exchange, headers, edits, now);
+        if exchange.token.is_some() {
+            self.reseal_echo(exchange, ok, headers, edits, now);
+        } else if !ok && self.seals() && headers.contains_key(&SESSION_HEADER) {
+            // A failed answer (to a conversation start, say) that names an id nothing seals:
+            // a client must not adopt the backend's own id (the TypeScript SDK takes it from
+            // any answer).
+            edits.push(HeadEdit::Remove(SESSION_HEADER));
         }
         let max_observe = self.config.max_observe;
         match exchange.intent {
@@ -452,12 +457,14 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// An answer to a request that presented a sealed id echoes the backend's own session id
-    /// (Python and TypeScript servers put it on every answer): the client gets its token back,
-    /// never the backend's id. Another id (a backend that changed its session's id) is sealed
-    /// for the same owner.
+    /// (Python and TypeScript servers put it on every answer, errors included): the client
+    /// gets its token back, never the backend's id, whatever the status. Another id in a 2xx
+    /// answer (a backend that changed its session's id) is sealed for the same owner; in any
+    /// other answer it is removed.
     fn reseal_echo(
         &self,
         exchange: &Exchange,
+        ok: bool,
         headers: &HeaderMap,
         edits: &mut HeadEdits,
         now: Instant,
@@ -471,6 +478,9 @@ impl<T: SessionTable> Router<T> {
             .is_some_and(|(_, id)| id.as_bytes() == echo.as_bytes());
         let value = if same {
             exchange.token.as_deref().map(Bytes::copy_from_slice)
+        } else if !ok {
+            // Nothing is sealed for an id that only a failed answer names.
+            None
         } else {
             self.counters.here().id_mismatches.incr();
             let echo = echo.as_bytes().to_vec();
