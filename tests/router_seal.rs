@@ -645,6 +645,31 @@ fn a_router_that_has_not_seen_a_comeback_answers_the_new_process_s_tokens_503() 
     );
 }
 
+/// A backend removed and added again under its name (a service-discovery loop that saw a pod
+/// go and come back) is a new owner, as its table keys say without sealing: the tokens sealed
+/// before the removal are gone (404), never forwarded to the new generation; tokens sealed
+/// for the new one route.
+#[test]
+fn a_backend_removed_and_added_again_by_name_inherits_no_sealed_session() {
+    let mut clock = Clock::new();
+    let now = clock.now();
+    let (router, ids) = router_with(&[1], &["a"], now);
+    let (old, _) = initialize_sealed(&router, "old-process", now);
+    let removed = clock.advance(Duration::from_secs(30));
+    router.remove_backend(ids[0], removed).unwrap();
+    let again = clock.advance(Duration::from_secs(30));
+    let reborn = router
+        .add(NewBackend::new(TenantId::DEFAULT, "http://a").name("a"))
+        .unwrap();
+    assert_ne!(reborn, ids[0]);
+    let rejection = refused(&router, &old, again);
+    assert_eq!(rejection.reason(), Reason::OwnerGone(KeyKind::Session));
+    assert_eq!(rejection.status(), StatusCode::NOT_FOUND);
+    let (new, owner) = initialize_sealed(&router, "new-process", again);
+    assert_eq!(owner, reborn);
+    assert_eq!(routes(&router, &call(&new), again), reborn);
+}
+
 #[test]
 fn restarts_and_incarnations_refuse_the_tokens_of_a_lost_process() {
     let mut clock = Clock::new();

@@ -41,7 +41,16 @@ impl<T: SessionTable> Router<T> {
     /// ([`FleetError::Full`] past [`max_backends`](super::RouterBuilder::max_backends); a
     /// removed backend's slot is free again at once, for a new generation that inherits
     /// nothing).
-    pub fn add(&self, backend: NewBackend) -> Result<BackendId, FleetError> {
+    ///
+    /// A backend added under the name of one removed lately (of the last 4,096 removals)
+    /// inherits none of its sessions, sealed ones included: tokens sealed before that removal
+    /// (less the clock skew) are answered as gone (404), as the removed backend's table keys
+    /// were purged. (A replica that restarts should also come back with a higher
+    /// [`incarnation`](NewBackend::incarnation), which every router of a fleet agrees on.)
+    pub fn add(&self, mut backend: NewBackend) -> Result<BackendId, FleetError> {
+        if let Some(removed_at) = self.fleet.removed_at(&backend) {
+            backend.lost_before = backend.lost_before.max(self.lost_cutoff(removed_at));
+        }
         let added = self.fleet.add(backend, |id| {
             // Only after 65,536 generations of one slot can an id come back: whatever keys
             // or scheduled purge its last holder left go first.

@@ -684,6 +684,17 @@ impl Fleet {
         })
     }
 
+    /// When a backend of `backend`'s tenant and name was removed, if lately (see
+    /// [`REMOVED_NAMES`]).
+    pub(crate) fn removed_at(&self, backend: &NewBackend) -> Option<Instant> {
+        let owner = crate::backend::fnv1a(backend.name_or_label().as_bytes());
+        self.state
+            .read()
+            .removed
+            .get(&(backend.tenant, owner))
+            .copied()
+    }
+
     pub(crate) fn remove(&self, id: BackendId, now: Instant) -> Result<(), FleetError> {
         let mut state = self.state.write();
         let meta = state.live_mut(id)?;
