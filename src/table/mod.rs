@@ -319,9 +319,15 @@ pub trait SessionTable: Send + Sync {
 
     /// Removes `key`, only if `owner` owns it when `owner` is given; returns the removed entry.
     ///
-    /// The router calls this when a conversation ends: a `DELETE` answered 2xx or 404, a 404
-    /// to a request carrying a legacy-era session, the end of a legacy SSE stream; when a key's
-    /// owner turns out gone; and for [`Router::evict_key`](crate::router::Router::evict_key).
+    /// The router calls this when a conversation ends: a `DELETE` answered 2xx; a 404 to a
+    /// request carrying a legacy-era session (a `DELETE` among them), but only when the router
+    /// binds principals (without binding, a 404 may be the backend refusing a stranger who
+    /// knows the id, and the key stays until it idles out); the end of a legacy SSE session's
+    /// last stream (through the default [`release_stream`](SessionTable::release_stream)). A
+    /// `DELETE` or a 404 never removes a legacy SSE session that a stream still carries. The
+    /// router also calls this when a key's owner turns out gone (removed, down, revoked, or a
+    /// lost incarnation), when a new session's binding cannot be queued for the shared store,
+    /// and for [`Router::evict_key`](crate::router::Router::evict_key).
     fn remove(&self, key: &Key<'_>, owner: Option<BackendId>) -> Option<Entry>;
 
     /// Counts one more stream open on `key` and marks it used; `None` if the key is unknown.
@@ -350,7 +356,9 @@ pub trait SessionTable: Send + Sync {
         Some(closed)
     }
 
-    /// Removes every key `owner` owns and returns how many; used when a backend is removed.
+    /// Removes every key `owner` owns and returns how many; used when a backend is removed (at
+    /// once, or once the removal grace has passed), after a backend was declared down, and
+    /// when a draining backend's deadline passes.
     fn remove_owner(&self, owner: BackendId) -> usize;
 
     /// Lists up to `max` keys that `owner` owns, in no particular order.
