@@ -169,7 +169,9 @@ impl Eq for Entry {}
 pub enum Insert {
     /// The key was unknown and is now bound to the owner.
     Added {
-        /// The table was full and evicted its least recently used idle entry to make room.
+        /// The table was full and evicted an entry to make room. A [`MemoryTable`] evicts the
+        /// least recently used entry with no open stream among 16 sampled from the key's
+        /// shard, whether or not it has been idle for long.
         evicted: bool,
     },
     /// The key is already bound; nothing changed. This is the existing entry, whose owner may
@@ -186,7 +188,7 @@ pub enum Scope {
     /// The capacity of the key's tenant.
     Tenant,
     /// The bound on client-chosen ([`KeyKind::Operator`]) keys; also an operator key that
-    /// finds the table full and no idle operator key to evict.
+    /// finds the table full and no operator key with no open stream to evict.
     Operator,
 }
 
@@ -194,7 +196,9 @@ pub enum Scope {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InsertError {
-    /// The table (or the key's tenant) is at capacity and no idle entry could be evicted.
+    /// The table (or the key's tenant, or the operator keys) is at capacity and no entry
+    /// could be evicted: a [`MemoryTable`] found no entry with no open stream that it may
+    /// evict among those it sampled (see [`MemoryTableConfig`]).
     #[error("session table full ({scope:?} capacity)")]
     Full {
         /// The bound that was hit.
