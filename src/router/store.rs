@@ -126,7 +126,8 @@ impl SharedStore {
         self
     }
 
-    /// The most writes waiting to be taken (default 65,536).
+    /// The most writes waiting to be taken (default 65,536; at least 1: `write_queue(0)` is
+    /// taken as 1).
     pub fn write_queue(mut self, writes: usize) -> Self {
         self.queue = writes.max(1);
         self
