@@ -9,10 +9,16 @@
 //!     --proxy http://127.0.0.1:8080/mcp                    # measure running servers instead
 //! cargo run --release --example load -- --serve-replica 127.0.0.1:9001   # a replica alone
 //! cargo run --release --example load -- --serve-plain 127.0.0.1:8090 --to 127.0.0.1:9001
+//! cargo run --release --example load -- --serve-pinned 127.0.0.1:8091 --to 127.0.0.1:9001
 //! ```
 //!
-//! `scripts/hop-bench.sh` runs the side-by-side hop benchmark with these: one replica, the
-//! router's proxy, the plain hop and HAProxy, each its own process, rounds alternated.
+//! `scripts/hop-bench.sh` runs the side-by-side hop benchmark with these: one replica, and in
+//! front of it the router's proxy as it runs by default, `pooled` (the same proxy with
+//! `--dedicated-connections 0`), `shared` (the same proxy with `--threads 0`), `plain` (the
+//! plain hop, `--serve-plain`), `pinned` (the plain hop with a backend connection per client
+//! connection, `--serve-pinned`) and HAProxy (skipped, loudly, when it is not installed),
+//! each its own process, rounds alternated. `HOPS` picks which of them run beside the
+//! router's proxy (by default, all).
 //!
 //! Each session is a real Streamable HTTP session opened by hand: raw HTTP POSTs (hyper-util,
 //! pooled keep-alive connections) of `initialize`, `notifications/initialized`, then

@@ -15,7 +15,7 @@
 //!
 //! ```sh
 //! openssl rand -hex 32 > keys.txt     # or: head -c32 /dev/urandom | xxd -p -c64
-//! proxy --listen 127.0.0.1:8080 --seal-key-file keys.txt \\
+//! proxy --listen 127.0.0.1:8080 --seal-key-file keys.txt \
 //!     --backend a=http://10.0.0.7:9001 --backend b=http://10.0.0.8:9001
 //! ```
 //!
@@ -24,7 +24,7 @@
 //! are sealed too, the sessions; with both flags, sessions need no Redis at all.
 //!
 //! ```sh
-//! proxy --listen 127.0.0.1:8080 --redis redis://10.0.0.2:6379/0 \\
+//! proxy --listen 127.0.0.1:8080 --redis redis://10.0.0.2:6379/0 \
 //!     --backend a=http://10.0.0.7:9001 --backend b=http://10.0.0.8:9001
 //! ```
 //!

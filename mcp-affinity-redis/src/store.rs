@@ -74,7 +74,8 @@ pub(crate) struct Inner {
     /// The batches of writes taken from the router and not yet performed (one dropped
     /// unperformed, as by a write-through that failed, has the sync task reseed).
     pub(crate) in_flight: Arc<InFlight>,
-    /// When a call last failed (a timeout, a connection error, an open circuit).
+    /// When a call last lost its connection or met the open circuit (a lone timeout is not
+    /// recorded): the start of the recovery grace.
     last_failure: std::sync::Mutex<Option<Instant>>,
     /// The restart marker's key and the value the sync task last read: a lookup that finds
     /// its key missing reads the marker in the same round trip.

@@ -123,13 +123,21 @@ pub struct Metrics {
     pub rejected: Vec<(&'static str, u64)>,
     /// Keys learned from backend responses (and operator keys bound on a 2xx).
     pub keys_learned: u64,
-    /// Keys forgotten because the conversation ended (`DELETE`, a 404 to a keyed request).
+    /// Keys forgotten because the conversation ended (a `DELETE` answered 2xx, or a 404 to a
+    /// request carrying a legacy session when the router binds principals), and keys an
+    /// operator evicted ([`Router::evict_key`](super::Router::evict_key)).
     pub keys_forgotten: u64,
     /// Keys expired after the idle TTL.
     pub keys_expired: u64,
     /// Keys revoked when a draining backend's deadline passed.
     pub keys_revoked: u64,
-    /// Keys purged because their owner was removed or restarted.
+    /// Keys purged because their owner is no longer live: removed (a restart removes it too),
+    /// down (a refused connection or refused health checks), or a lost incarnation (a lost
+    /// record read from the shared store). Also a key whose revoked owner loses it to a new
+    /// binding (an operator key bound afresh, an id another backend mints), and a key this
+    /// router drops because the shared store holds a binding it cannot adopt yet
+    /// ([`Router::on_bind_taken`](super::Router::on_bind_taken)). Keys that a drain deadline
+    /// revokes count in [`keys_revoked`](Metrics::keys_revoked).
     pub keys_purged: u64,
     /// Keys evicted to make room in a full table.
     pub keys_evicted: u64,
@@ -155,7 +163,10 @@ pub struct Metrics {
     pub owners_down: u64,
     /// Keys whose owner went down: sessions that died with their backend's process.
     pub keys_lost: u64,
-    /// Conversation starts placed again on another backend after a failed delivery.
+    /// Times a request was placed again after a failed delivery, within
+    /// [`placement_attempts`](super::RouterBuilder::placement_attempts): any placed request (a
+    /// conversation start, a 2026-07-28 call, an operator key's first request, a cookie hint),
+    /// and a request for an operator key whose owner refused the connection (bound afresh).
     pub placements_retried: u64,
     /// Presented keys looked up in the shared store ([`Routed::Lookup`](super::Routed::Lookup)).
     pub store_lookups: u64,

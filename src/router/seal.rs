@@ -84,7 +84,9 @@ impl Sealing {
         }
     }
 
-    /// The oldest token accepted (default 24 hours); its client is told to start over.
+    /// The oldest token accepted (default 24 hours); an older token's client is told to start
+    /// over. The age is kept in whole seconds, the fraction dropped: `max_age(500 ms)` means 0,
+    /// which accepts only a token sealed in the current second (or ahead within the clock skew).
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
         self
@@ -92,7 +94,8 @@ impl Sealing {
 
     /// How far apart the clocks of the fleet's routers may be (default 2 s): a token sealed
     /// that much in the future is still accepted, and the cut-off for tokens of a backend's
-    /// lost incarnation is moved back by as much.
+    /// lost incarnation is moved back by as much. The skew is kept in whole seconds, the
+    /// fraction dropped: `clock_skew(500 ms)` means 0, and 2.5 s means 2 s.
     pub fn clock_skew(mut self, skew: Duration) -> Self {
         self.skew = u32::try_from(skew.as_secs()).unwrap_or(u32::MAX);
         self

@@ -126,7 +126,8 @@ impl SharedStore {
         self
     }
 
-    /// The most writes waiting to be taken (default 65,536).
+    /// The most writes waiting to be taken (default 65,536; at least 1: `write_queue(0)` is
+    /// taken as 1).
     pub fn write_queue(mut self, writes: usize) -> Self {
         self.queue = writes.max(1);
         self
@@ -135,7 +136,9 @@ impl SharedStore {
     /// How far apart the routers' clocks may be (default 2 s). A lost record dated further
     /// ahead of this router's clock is believed only up to this router's time plus the skew,
     /// and one dated more than a minute beyond that is ignored (and counted): one router with
-    /// a clock far ahead must not condemn every new binding of a backend.
+    /// a clock far ahead must not condemn every new binding of a backend. The skew is kept
+    /// in whole seconds, the fraction dropped: `clock_skew(500 ms)` means 0, and 2.5 s means
+    /// 2 s.
     pub fn clock_skew(mut self, skew: Duration) -> Self {
         self.skew = u32::try_from(skew.as_secs()).unwrap_or(u32::MAX);
         self

@@ -6,9 +6,11 @@ use bytes::Bytes;
 
 /// An immutable UTF-8 string backed by [`Bytes`].
 ///
-/// The SSE parser hands out fields as slices of the chunks it was given, so a field that lies
-/// within one chunk costs no copy. A `ByteStr` always holds valid UTF-8 (the parser replaced
-/// invalid input by U+FFFD when it decoded the field).
+/// The SSE parser hands out fields as slices of what it holds (the chunks it was given, and its
+/// copies of short pieces), so a field costs no further copy unless its data came in several
+/// pieces, which are joined into one (see [`Parser`](super::Parser)'s *Cost*). A `ByteStr`
+/// always holds valid UTF-8 (the parser replaced invalid input by U+FFFD when it decoded the
+/// field).
 ///
 /// [`as_str`](ByteStr::as_str) checks the UTF-8 again on each call (the crate has no `unsafe`
 /// code); when you only need the bytes, for example to hand them to a JSON parser, use

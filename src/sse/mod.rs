@@ -1,10 +1,13 @@
 //! An incremental, WHATWG-conformant parser for server-sent events (`text/event-stream`).
 //!
 //! [`Parser`] is sans-IO: push the body's chunks as they arrive, in any size and split, and pull
-//! events. Parsing is a `memchr` scan for line endings and nothing more per byte: events come out
-//! as [`EventRef`]s borrowing the chunks, and are decoded into owned [`Event`]s only on request.
-//! Memory is bounded ([`Limits`]); an event over the bounds is skipped and reported
-//! ([`Skipped`]) while the stream goes on.
+//! events. Parsing is a `memchr` scan for line endings. Values stay in the chunks they came in,
+//! except short pieces (under 256 bytes, or under a quarter of their chunk), which are copied
+//! when the parser leaves their chunk or joins them to other pieces. Events come out as
+//! [`EventRef`]s borrowing the parser, and are decoded into owned [`Event`]s only on request.
+//! Memory is bounded ([`Limits`]): what the parser holds for an event stays within about four
+//! times its data, and an event over the bounds is skipped and reported ([`Skipped`]) while the
+//! stream goes on.
 //!
 //! With the `stream` feature, [`EventStream`] adapts a `futures_core::Stream` of body chunks.
 //!

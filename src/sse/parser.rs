@@ -398,25 +398,31 @@ enum Bom {
 ///
 /// # Cost
 ///
-/// The parser finds line endings with `memchr` and does nothing else per byte: it neither copies
-/// nor decodes while parsing. An event is handed out as an [`EventRef`] that borrows the chunk it
-/// lies in; values are decoded (UTF-8, U+FFFD for invalid input) only when you ask for text, in
-/// [`EventRef::to_event`], which checks each value once (ASCII first) and takes one `Bytes`
-/// handle per non-empty field other than the type `message` (a static string); data in several
-/// pieces is joined into one copy. A line split across chunks is kept as slices of those chunks
-/// (short pieces are copied), so a long line costs no more fed in pieces than whole, beyond a
-/// small cost per chunk.
+/// The parser finds line endings with `memchr` and decodes nothing while parsing. While it reads
+/// a chunk, values stay ranges of that chunk: an event that lies whole in one chunk and has one
+/// `data:` line is handed out, with no copy, as an [`EventRef`] that borrows the chunk. Beyond
+/// that, the parser copies short pieces. When it leaves a chunk, and when it joins a line
+/// split across chunks or the `data:` lines of one event, a piece of at least 256 bytes and at
+/// least a quarter of its chunk is kept as a slice of the chunk; a shorter piece is copied. The
+/// short pieces of a line are joined in one buffer, and the short values of an event, with the
+/// LFs between them, in another; so a line fed a few bytes at a time costs a copy of its bytes,
+/// not a `Bytes` handle per piece. Values are decoded (UTF-8, U+FFFD for invalid input) only when
+/// you ask for text, in [`EventRef::to_event`], which checks each value once (ASCII first) and
+/// takes one `Bytes` handle per non-empty field other than the type `message` (a static string);
+/// data in several pieces is joined into one copy.
 ///
 /// # Bounded memory
 ///
 /// The parser holds at most one unfinished line ([`Limits::max_line_len`]) and one event's data
-/// ([`Limits::max_event_len`]); beyond either, the event is skipped (see [`Skipped`]). Held
-/// slices keep their chunks alive: the chunks the unfinished line and event lie in, and the
-/// chunk the last event ID came from (which can outlive many events, until the next `id:`).
-/// An event of several `data:` lines holds each as a piece (a `Bytes` handle, and a copy when
-/// shorter than 256 bytes, so that no short line keeps a whole chunk alive): at most about 64
-/// bytes beyond the line's own for each line, which `max_event_len` counts as its length plus
-/// one.
+/// ([`Limits::max_event_len`]); beyond either, the event is skipped (see [`Skipped`]). What it
+/// holds for them stays within about four times their bytes, however the lines and chunks fall
+/// (see [`Limits`]). A slice keeps its whole chunk alive, but only a piece of at least 256 bytes
+/// and a quarter of its chunk is kept as a slice, so it keeps at most four times its own length
+/// alive. Everything shorter is copied, whether a piece of a line, a `data:` value, the event
+/// type or the last event ID. So the last event ID, which can outlive many events (until the
+/// next `id:`), keeps a chunk alive only when it is that long itself. The LF after each `data:`
+/// value is one byte in the buffer of copies, and `max_event_len` counts each value as its length
+/// plus one.
 ///
 /// # Warning
 ///

@@ -26,8 +26,8 @@ const LONG: u8 = u8::MAX;
 const NIL: u32 = u32::MAX;
 /// Entries sampled when looking for one to evict.
 const SAMPLES: usize = 16;
-/// Entries scanned, after sampling failed, for an idle entry of a full tenant (or an idle
-/// operator key).
+/// Entries scanned, after sampling failed, for an entry with no open stream of a full tenant
+/// (or an operator key with no open stream).
 const TENANT_SCAN: usize = 256;
 /// `Slot::kind` of a [`KeyKind::Operator`] key.
 const OPERATOR: u8 = KeyKind::Operator.to_u8();
@@ -61,9 +61,9 @@ const HAS_PRINCIPAL: u8 = 1;
 ///
 /// Operator keys are chosen by clients, not minted by backends, so they have a bound of
 /// their own and never displace another kind: an operator key that finds the table full, or
-/// the operator keys at their bound, may only evict an idle operator key (else it is refused
-/// with [`Scope::Operator`]). A client sending fresh operator values evicts operator keys,
-/// never a backend-minted session.
+/// the operator keys at their bound, may only evict an operator key with no open stream,
+/// chosen as above (else it is refused with [`Scope::Operator`]). A client sending fresh
+/// operator values evicts operator keys, never a backend-minted session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryTableConfig {
     capacity: usize,
@@ -604,7 +604,8 @@ impl<S: BuildHasher> MemoryTable<S> {
 }
 
 /// Counts more open streams. At the top of the count it sticks: a session with 65,535 open
-/// streams never expires by idleness (it ends by `DELETE`, a 404, or its owner's removal).
+/// streams never expires by idleness (it ends by a `DELETE`, a 404 when the router binds
+/// principals, or the loss of its owner: removed, down or revoked).
 fn add_streams(streams: u16, more: u16) -> u16 {
     streams.saturating_add(more)
 }

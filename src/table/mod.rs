@@ -169,7 +169,9 @@ impl Eq for Entry {}
 pub enum Insert {
     /// The key was unknown and is now bound to the owner.
     Added {
-        /// The table was full and evicted its least recently used idle entry to make room.
+        /// The table was full and evicted an entry to make room. A [`MemoryTable`] evicts the
+        /// least recently used entry with no open stream among 16 sampled from the key's
+        /// shard, whether or not it has been idle for long.
         evicted: bool,
     },
     /// The key is already bound; nothing changed. This is the existing entry, whose owner may
@@ -186,7 +188,7 @@ pub enum Scope {
     /// The capacity of the key's tenant.
     Tenant,
     /// The bound on client-chosen ([`KeyKind::Operator`]) keys; also an operator key that
-    /// finds the table full and no idle operator key to evict.
+    /// finds the table full and no operator key with no open stream to evict.
     Operator,
 }
 
@@ -194,7 +196,9 @@ pub enum Scope {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InsertError {
-    /// The table (or the key's tenant) is at capacity and no idle entry could be evicted.
+    /// The table (or the key's tenant, or the operator keys) is at capacity and no entry
+    /// could be evicted: a [`MemoryTable`] found no entry with no open stream that it may
+    /// evict among those it sampled (see [`MemoryTableConfig`]).
     #[error("session table full ({scope:?} capacity)")]
     Full {
         /// The bound that was hit.
@@ -319,9 +323,15 @@ pub trait SessionTable: Send + Sync {
 
     /// Removes `key`, only if `owner` owns it when `owner` is given; returns the removed entry.
     ///
-    /// The router calls this when a conversation ends: a `DELETE` answered 2xx or 404, a 404
-    /// to a request carrying a legacy-era session, the end of a legacy SSE stream; when a key's
-    /// owner turns out gone; and for [`Router::evict_key`](crate::router::Router::evict_key).
+    /// The router calls this when a conversation ends: a `DELETE` answered 2xx; a 404 to a
+    /// request carrying a legacy-era session (a `DELETE` among them), but only when the router
+    /// binds principals (without binding, a 404 may be the backend refusing a stranger who
+    /// knows the id, and the key stays until it idles out); the end of a legacy SSE session's
+    /// last stream (through the default [`release_stream`](SessionTable::release_stream)). A
+    /// `DELETE` or a 404 never removes a legacy SSE session that a stream still carries. The
+    /// router also calls this when a key's owner turns out gone (removed, down, revoked, or a
+    /// lost incarnation), when a new session's binding cannot be queued for the shared store,
+    /// and for [`Router::evict_key`](crate::router::Router::evict_key).
     fn remove(&self, key: &Key<'_>, owner: Option<BackendId>) -> Option<Entry>;
 
     /// Counts one more stream open on `key` and marks it used; `None` if the key is unknown.
@@ -350,7 +360,9 @@ pub trait SessionTable: Send + Sync {
         Some(closed)
     }
 
-    /// Removes every key `owner` owns and returns how many; used when a backend is removed.
+    /// Removes every key `owner` owns and returns how many; used when a backend is removed (at
+    /// once, or once the removal grace has passed), after a backend was declared down, and
+    /// when a draining backend's deadline passes.
     fn remove_owner(&self, owner: BackendId) -> usize;
 
     /// Lists up to `max` keys that `owner` owns, in no particular order.
