@@ -872,6 +872,36 @@ fn a_cookie_hint_is_offered_to_the_veto_like_any_placement() {
     }
 }
 
+/// (Third review.) A vetoed cookie hint was offered again by the placement that followed, and
+/// its veto counted twice: the veto may count or reserve, so each backend is offered once.
+#[test]
+fn a_vetoed_cookie_hint_is_offered_once() {
+    let router = Router::builder().affinity_cookie("aff").build();
+    let backends = ["a", "b", "c"].map(|l| router.add_backend(TenantId::DEFAULT, l, 1).unwrap());
+    let now = Clock::new().now();
+    for hinted in backends {
+        let cookie = format!("aff={}.{}", hinted.slot(), hinted.generation());
+        let mut offered = Vec::new();
+        let vetoes = router.metrics().vetoes;
+        let routed = router.route_with(&post("/mcp", &[("cookie", &cookie)]), now, |b| {
+            offered.push(b);
+            false
+        });
+        assert_eq!(rejected(routed).reason(), Reason::NoReadyBackend);
+        assert_eq!(offered[0], hinted, "the hint is offered first");
+        let mut once = offered.clone();
+        once.sort();
+        once.dedup();
+        assert_eq!(once.len(), offered.len(), "offered {offered:?}");
+        assert_eq!(
+            offered.len(),
+            3,
+            "every ready backend is offered: {offered:?}"
+        );
+        assert_eq!(router.metrics().vetoes - vetoes, 3);
+    }
+}
+
 // --- 12. A pinned operator key moves on a connect timeout ------------------------------------
 /// Severity: DOC MISMATCH / MISROUTE (state split for operator keys).
 ///

@@ -136,7 +136,7 @@ impl Metrics {
         )?;
         x.counters(
             "keys_ended",
-            "Keys that left the table, by fate: forgotten (DELETE, a vouched 404), expired (idle), revoked (drain deadline), purged (owner removed or restarted), evicted (table full), released (legacy SSE stream ended).",
+            "Keys that left the table, by fate: forgotten (DELETE, a vouched 404, an operator's eviction), expired (idle), revoked (drain deadline), purged (owner removed, restarted or down), evicted (table full), released (legacy SSE stream ended).",
             "fate",
             &[
                 ("forgotten", self.keys_forgotten),

@@ -134,8 +134,9 @@ impl<T: SessionTable> Router<T> {
         if let Some(id) = self.config.operator.as_ref().and_then(|op| op.key(req)) {
             return self.route_operator(tenant, id, class.intent, principal, now, accept);
         }
+        let mut vetoed = None;
         if let Some(backend) = self.cookie_backend(tenant, req) {
-            // A hint, offered to the veto like any placement choice.
+            // A hint, offered to the veto like any placement choice (and once only).
             if accept(backend) {
                 self.counters.here().placed.incr();
                 let mut exchange =
@@ -144,6 +145,7 @@ impl<T: SessionTable> Router<T> {
                 return Routed::Forward(exchange);
             }
             self.counters.here().vetoed.incr();
+            vetoed = Some(backend);
         }
         self.place(
             Exchange::new(
@@ -153,6 +155,7 @@ impl<T: SessionTable> Router<T> {
                 class.intent,
                 principal,
             ),
+            vetoed,
             accept,
         )
     }
@@ -274,7 +277,7 @@ impl<T: SessionTable> Router<T> {
         let mut exchange =
             Exchange::new(tenant, BackendId::CONTESTED, How::Placed, intent, principal);
         exchange.bind_operator = Some(Box::new(scoped));
-        self.place(exchange, accept)
+        self.place(exchange, None, accept)
     }
 
     /// Forwards to the owner of `key`, if it may serve it.
@@ -340,10 +343,12 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// Places a request on a ready backend of its tenant, skipping those it was already tried
-    /// on; `exchange` carries everything but the backend.
+    /// on and `vetoed` (already offered to `accept`); `exchange` carries everything but the
+    /// backend.
     pub(super) fn place(
         &self,
         mut exchange: Exchange,
+        vetoed: Option<BackendId>,
         accept: impl FnMut(BackendId) -> bool,
     ) -> Routed {
         // Sessions are balanced by the policy; stateless calls, which leave nothing behind to
@@ -354,7 +359,8 @@ impl<T: SessionTable> Router<T> {
         } else {
             Placement::WeightedRoundRobin
         };
-        let Some(backend) = self.choose(exchange.tenant, policy, &exchange.tried, accept) else {
+        let tried = &exchange.tried;
+        let Some(backend) = self.choose(exchange.tenant, policy, tried, vetoed, accept) else {
             return Routed::Reject(self.reject(Reason::NoReadyBackend));
         };
         self.counters.here().placed.incr();
@@ -368,27 +374,31 @@ impl<T: SessionTable> Router<T> {
         Routed::Forward(exchange)
     }
 
-    /// The policy's first choice that `accept` takes, never one of `tried`. The fleet lock is
-    /// not held while `accept` runs, so it may call back into the router. The first choice
-    /// allocates nothing; past it, the ready backends are ranked once.
+    /// The policy's first choice that `accept` takes, never one of `tried`, and each backend
+    /// offered once (`vetoed` was already). The fleet lock is not held while `accept` runs,
+    /// so it may call back into the router. The first choice allocates nothing; past it, the
+    /// ready backends are ranked once.
     fn choose(
         &self,
         tenant: TenantId,
         policy: Placement,
         tried: &[BackendId],
+        vetoed: Option<BackendId>,
         mut accept: impl FnMut(BackendId) -> bool,
     ) -> Option<BackendId> {
-        let mut vetoed = None;
+        let mut offered = [vetoed, None];
         if tried.is_empty() {
             let first = self.fleet.pick(tenant, policy, &self.table)?;
-            if accept(first) {
-                return Some(first);
+            if Some(first) != vetoed {
+                if accept(first) {
+                    return Some(first);
+                }
+                self.counters.here().vetoed.incr();
+                offered[1] = Some(first);
             }
-            self.counters.here().vetoed.incr();
-            vetoed = Some(first);
         }
         for id in self.fleet.ranked(tenant, policy, &self.table) {
-            if Some(id) == vetoed || tried.contains(&id) {
+            if offered.contains(&Some(id)) || tried.contains(&id) {
                 continue;
             }
             if accept(id) {
@@ -531,7 +541,7 @@ impl<T: SessionTable> Router<T> {
                     return Routed::Reject(self.reject(Reason::NoReadyBackend));
                 }
                 self.counters.here().retried.incr();
-                self.place(exchange, accept)
+                self.place(exchange, None, accept)
             }
         }
     }

@@ -617,7 +617,7 @@ impl<T: SessionTable> Router<T> {
             lookup.principal,
         );
         exchange.bind_operator = Some(Box::new(lookup.id));
-        self.place(exchange, accept)
+        self.place(exchange, None, accept)
     }
 
     /// The shared store's settings, if the router shares its keys through one.
