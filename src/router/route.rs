@@ -166,6 +166,12 @@ impl<T: SessionTable> Router<T> {
     /// would be; unknown (or in a spelling the router cannot tell from another: decoded,
     /// case, braces), it is refused as unknown, since a backend may still read it as some
     /// session's.
+    ///
+    /// Known limit: with a shared store, a carried key that only another router holds is not
+    /// looked up, and is refused as unknown (404) here while that router places the request.
+    /// Looking it up would need the rest of the decision carried through the lookup. Only
+    /// requests the key does not route carry one (a discovery path, a 2026-07-28 version),
+    /// which clients rarely send.
     fn check_carried(
         &self,
         tenant: TenantId,
