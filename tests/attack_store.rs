@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use http::StatusCode;
-use mcp_affinity::router::store::{Looked, ReseedCursor, StoreWrite};
+use mcp_affinity::router::store::{Looked, MAX_LOOKUPS, ReseedCursor, StoreWrite};
 use mcp_affinity::router::{
-    End, Exchange, NewBackend, Probe, Reason, Routed, Router, RouterBuilder, SharedStore,
-    Undelivered, key_fn,
+    End, Exchange, HeadOutcome, How, NewBackend, Probe, Reason, Routed, Router, RouterBuilder,
+    SharedStore, Undelivered, key_fn,
 };
 use mcp_affinity::table::KeyKind;
 use mcp_affinity::{BackendId, TenantId};
@@ -141,13 +141,20 @@ fn route_via(
     choose: Option<&str>,
     now: Instant,
 ) -> Routed {
-    match router.route_with(request, now, only(router, choose)) {
-        Routed::Lookup(lookup) => {
-            let answer = store.answer(lookup.key(), now);
-            router.on_lookup_with(lookup, answer, now, only(router, choose))
-        }
-        routed => routed,
+    let mut routed = router.route_with(request, now, only(router, choose));
+    // Once for each key the request names.
+    for _ in 0..MAX_LOOKUPS {
+        let Routed::Lookup(lookup) = routed else {
+            return routed;
+        };
+        let answer = store.answer(lookup.key(), now);
+        routed = router.on_lookup_with(lookup, answer, now, only(router, choose));
     }
+    assert!(
+        !matches!(routed, Routed::Lookup(_)),
+        "more lookups than keys"
+    );
+    routed
 }
 
 /// Performs every queued write of `router` on `store`, reporting refused binds back, until
@@ -1373,4 +1380,140 @@ fn a_reseed_of_keys_the_store_has_spends_no_budget_of_new_keys() {
         0,
         "no client bind was refused"
     );
+}
+
+// --- 17. A carried key known only to the store -------------------------------------------
+// (Third review.) With principal binding, a request that carries a session key without being
+// routed by it (a 2026-07-28 call with an `Mcp-Session-Id`) was checked against the local
+// table only: the router that held the session placed it, and any other router refused it as
+// unknown (404), ending the client's session. Now the key is looked up in the store first.
+
+fn alice(headers: &[(&'static str, &'static str)]) -> http::request::Parts {
+    let mut all = vec![("authorization", "Bearer alice")];
+    all.extend_from_slice(headers);
+    post("/mcp", &all)
+}
+
+/// Alice's session, bound by router A, carried on a 2026-07-28 call that reaches router B:
+/// B asks the store and places the call as A does. Mallory carrying it is refused as a hijack
+/// (the 404 of another principal's session), an id nobody bound as unknown, and a
+/// store that does not answer makes it 503, never 404.
+#[test]
+fn a_carried_key_only_the_store_knows_is_looked_up_before_the_request_is_placed() {
+    let now = Clock::new().now();
+    let mut store = Store::default();
+    let a = fleet_router(Router::builder().principal(bearer), &["x", "y"], now, T0);
+    let b = fleet_router(Router::builder().principal(bearer), &["x", "y"], now, T0);
+    let (_, start) = exchange(
+        &a,
+        &alice(&[]),
+        200,
+        &[("mcp-session-id", "alice-s")],
+        &[],
+        now,
+    );
+    assert!(matches!(start, HeadOutcome::Forward));
+    flush(&a, &mut store, now);
+    let carried = |who: &'static str, id: &'static str| {
+        post(
+            "/mcp",
+            &[
+                ("authorization", who),
+                MODERN,
+                ("mcp-method", "tools/list"),
+                ("mcp-session-id", id),
+            ],
+        )
+    };
+    for router in [&a, &b] {
+        let ex = forward(route_via(
+            router,
+            &store,
+            &carried("Bearer alice", "alice-s"),
+            None,
+            now,
+        ));
+        assert_eq!(ex.how(), How::Placed);
+        router.on_exchange_end(ex, End::Completed, now);
+    }
+    let lookups = b.metrics().store_lookups;
+    assert!(lookups >= 1, "B asked the store");
+    // Another principal carrying it: the hijack refusal, from the store's word as from A's table.
+    for router in [&a, &b] {
+        let refused = rejected(route_via(
+            router,
+            &store,
+            &carried("Bearer mallory", "alice-s"),
+            None,
+            now,
+        ));
+        assert_eq!(refused.reason(), Reason::WrongPrincipal(KeyKind::Session));
+    }
+    // Bound nowhere: unknown, as before.
+    let refused = rejected(route_via(
+        &b,
+        &store,
+        &carried("Bearer alice", "nobody-s"),
+        None,
+        now,
+    ));
+    assert_eq!(refused.reason(), Reason::UnknownKey(KeyKind::Session));
+    // The store does not answer: 503, never the 404 that ends a session.
+    let Routed::Lookup(lookup) = b.route(&carried("Bearer alice", "alice-s"), now) else {
+        panic!("a lookup");
+    };
+    let refused = rejected(b.on_lookup(lookup, Looked::Unavailable, now));
+    assert_eq!(refused.reason(), Reason::StoreUnavailable(KeyKind::Session));
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// A request routed by one key and carrying another, neither held by this router: the carried
+/// key is looked up first, then the routing key; the request reaches the routing key's owner.
+#[test]
+fn a_request_may_ask_the_store_once_for_each_key_it_names() {
+    let now = Clock::new().now();
+    let mut store = Store::default();
+    let a = fleet_router(Router::builder().principal(bearer), &["x", "y"], now, T0);
+    let b = fleet_router(Router::builder().principal(bearer), &["x", "y"], now, T0);
+    // Two of Alice's sessions, bound by A: one legacy SSE, one Streamable HTTP.
+    let mut connect = forward(a.route(&get("/sse", &[("authorization", "Bearer alice")]), now));
+    let mut head = resp(200, &[SSE]);
+    assert!(matches!(
+        a.on_response_head(&mut connect, &mut head, now),
+        HeadOutcome::Observe
+    ));
+    let event =
+        bytes::Bytes::from_static(b"event: endpoint\ndata: /messages/?session_id=sse-1\n\n");
+    let _ = a.on_response_chunk(&mut connect, &event, now);
+    let sse_owner = connect.backend();
+    let _ = exchange(
+        &a,
+        &alice(&[]),
+        200,
+        &[("mcp-session-id", "alice-s")],
+        &[],
+        now,
+    );
+    flush(&a, &mut store, now);
+    // A legacy message routed by its session parameter, carrying the other session's header.
+    let message = post(
+        "/messages/?session_id=sse-1",
+        &[
+            ("authorization", "Bearer alice"),
+            ("mcp-session-id", "alice-s"),
+        ],
+    );
+    let mut asked = Vec::new();
+    let mut routed = b.route(&message, now);
+    while let Routed::Lookup(lookup) = routed {
+        asked.push(lookup.kind());
+        let answer = store.answer(lookup.key(), now);
+        routed = b.on_lookup(lookup, answer, now);
+    }
+    assert_eq!(asked, [KeyKind::Session, KeyKind::SseSession]);
+    let ex = forward(routed);
+    assert_eq!(name_of(&b, ex.backend()), name_of(&a, sse_owner));
+    assert_eq!(ex.how(), How::Pinned);
+    b.on_exchange_end(ex, End::Completed, now);
+    a.on_exchange_end(connect, End::Completed, now);
 }

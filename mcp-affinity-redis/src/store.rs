@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use mcp_affinity::BackendId;
-use mcp_affinity::router::store::{Looked, StoreWrite};
+use mcp_affinity::router::store::{Looked, MAX_LOOKUPS, StoreWrite};
 use mcp_affinity::router::{Routed, Router};
 use mcp_affinity::table::SessionTable;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -261,7 +261,8 @@ impl RedisStore {
     /// Completes a routing decision: a [`Routed::Lookup`] is looked up in the store and
     /// handed to [`Router::on_lookup`] (which forwards to the owner the store names, places
     /// an operator key nobody bound, or rejects; when the store does not answer in time, 503 +
-    /// `Retry-After`); any other decision is returned as it is.
+    /// `Retry-After`), as often as the router asks (once for each key the request names, at
+    /// most [`MAX_LOOKUPS`]); any other decision is returned as it is.
     ///
     /// The router is told the time after the store answered.
     pub async fn resolve<T: SessionTable>(&self, router: &Router<T>, routed: Routed) -> Routed {
@@ -274,13 +275,25 @@ impl RedisStore {
         &self,
         router: &Router<T>,
         routed: Routed,
-        accept: impl FnMut(BackendId) -> bool,
+        mut accept: impl FnMut(BackendId) -> bool,
     ) -> Routed {
-        let Routed::Lookup(lookup) = routed else {
-            return routed;
-        };
-        let answer = self.lookup(lookup.key()).await;
-        router.on_lookup_with(lookup, answer.looked(), Instant::now().into_std(), accept)
+        let mut routed = routed;
+        // Once for each key the request names (a key it carries is checked first).
+        for _ in 0..MAX_LOOKUPS {
+            let Routed::Lookup(lookup) = routed else {
+                return routed;
+            };
+            let answer = self.lookup(lookup.key()).await;
+            let now = Instant::now().into_std();
+            routed = router.on_lookup_with(lookup, answer.looked(), now, &mut accept);
+        }
+        match routed {
+            // (Not reached: the router asks no more than that.)
+            Routed::Lookup(lookup) => {
+                router.on_lookup(lookup, Looked::Unavailable, Instant::now().into_std())
+            }
+            decided => decided,
+        }
     }
 
     /// Performs what `router` has queued now, in batches, reporting taken binds to it: the

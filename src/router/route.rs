@@ -19,6 +19,52 @@ use crate::{BackendId, TenantId};
 /// key scoped by principal. The anonymous principal's prefix is `a.`.
 pub(super) const PRINCIPAL_PREFIX_LEN: usize = 18;
 
+/// Who asks where a request goes: its tenant, intent and principal.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ask {
+    pub(super) tenant: TenantId,
+    pub(super) intent: Intent,
+    pub(super) principal: Option<Principal>,
+}
+
+/// What routes a request once the keys it carries passed: the key it is routed by, an
+/// operator key, or placement (with the affinity cookie's hint). Borrowed while routing;
+/// owned while the request waits for the store's word on a carried key.
+#[derive(Debug)]
+pub(super) enum Next<I> {
+    Key(KeyKind, I),
+    Operator(I),
+    Place { cookie: Option<BackendId> },
+}
+
+impl Next<&[u8]> {
+    fn to_owned(&self) -> Next<IdBuf> {
+        match *self {
+            Next::Key(kind, id) => Next::Key(kind, IdBuf::new(id)),
+            Next::Operator(id) => Next::Operator(IdBuf::new(id)),
+            Next::Place { cookie } => Next::Place { cookie },
+        }
+    }
+}
+
+impl Next<IdBuf> {
+    pub(super) fn as_ref(&self) -> Next<&[u8]> {
+        match self {
+            Next::Key(kind, id) => Next::Key(*kind, id.as_bytes()),
+            Next::Operator(id) => Next::Operator(id.as_bytes()),
+            Next::Place { cookie } => Next::Place { cookie: *cookie },
+        }
+    }
+}
+
+/// The verdict on a carried key.
+enum Carry {
+    Passes,
+    Refused(Reason),
+    /// Only the shared store can tell.
+    Ask(super::store::Lookup),
+}
+
 impl<T: SessionTable> Router<T> {
     /// Decides where a request goes: see the [call protocol](Router#the-call-protocol).
     pub fn route(&self, req: &request::Parts, now: Instant) -> Routed {
@@ -110,7 +156,7 @@ impl<T: SessionTable> Router<T> {
         tenant: TenantId,
         req: &request::Parts,
         now: Instant,
-        mut accept: impl FnMut(BackendId) -> bool,
+        accept: impl FnMut(BackendId) -> bool,
     ) -> Routed {
         let class = match classify(req, &self.config.paths) {
             Ok(class) => class,
@@ -121,78 +167,110 @@ impl<T: SessionTable> Router<T> {
             .principal
             .as_ref()
             .and_then(|p| p.principal(req));
+        let next = match &class.key {
+            Some((kind, id)) => Next::Key(*kind, &id[..]),
+            None => match self.config.operator.as_ref().and_then(|op| op.key(req)) {
+                Some(id) => Next::Operator(id),
+                None => Next::Place {
+                    cookie: self.cookie_backend(tenant, req),
+                },
+            },
+        };
+        let ask = Ask {
+            tenant,
+            intent: class.intent,
+            principal,
+        };
         if self.config.principal.is_some() {
-            for (kind, id) in class.carried.keys() {
-                if let Some(rejection) = self.check_carried(tenant, kind, id, principal, now) {
-                    return Routed::Reject(rejection);
+            self.route_checked(ask, class.carried.keys(), next, now, accept)
+        } else {
+            self.route_next(ask, next, now, accept)
+        }
+    }
+
+    /// Checks the keys a request carries without being routed by them (with principal
+    /// binding on), then routes it by `next`. A carried key that only the shared store may
+    /// know is looked up first: the lookup carries the keys still to check and `next`, and
+    /// [`on_lookup`](Router::on_lookup) goes on from there.
+    pub(super) fn route_checked<'k>(
+        &self,
+        ask: Ask,
+        mut carried: impl Iterator<Item = (KeyKind, &'k [u8])>,
+        next: Next<&[u8]>,
+        now: Instant,
+        accept: impl FnMut(BackendId) -> bool,
+    ) -> Routed {
+        while let Some((kind, id)) = carried.next() {
+            match self.check_carried(ask, kind, id, now) {
+                Carry::Passes => {}
+                Carry::Refused(reason) => return Routed::Reject(self.reject(reason)),
+                Carry::Ask(lookup) => {
+                    let carried = carried.map(|(kind, id)| (kind, IdBuf::new(id))).collect();
+                    return Routed::Lookup(lookup.then(carried, next.to_owned()));
                 }
             }
         }
-        if let Some((kind, id)) = class.key {
-            return self.route_key(tenant, kind, &id, class.intent, principal, now);
-        }
-        if let Some(id) = self.config.operator.as_ref().and_then(|op| op.key(req)) {
-            return self.route_operator(tenant, id, class.intent, principal, now, accept);
-        }
+        self.route_next(ask, next, now, accept)
+    }
+
+    /// Routes a request whose carried keys passed by what routes it.
+    fn route_next(
+        &self,
+        ask: Ask,
+        next: Next<&[u8]>,
+        now: Instant,
+        mut accept: impl FnMut(BackendId) -> bool,
+    ) -> Routed {
+        let Ask {
+            tenant,
+            intent,
+            principal,
+        } = ask;
+        let cookie = match next {
+            Next::Key(kind, id) => return self.route_key(tenant, kind, id, intent, principal, now),
+            Next::Operator(id) => {
+                return self.route_operator(tenant, id, intent, principal, now, accept);
+            }
+            Next::Place { cookie } => cookie,
+        };
         let mut vetoed = None;
-        if let Some(backend) = self.cookie_backend(tenant, req) {
+        if let Some(backend) = cookie {
             // A hint, offered to the veto like any placement choice (and once only).
             if accept(backend) {
                 self.counters.here().placed.incr();
-                let mut exchange =
-                    Exchange::new(tenant, backend, How::Placed, class.intent, principal);
+                let mut exchange = Exchange::new(tenant, backend, How::Placed, intent, principal);
                 exchange.term = self.fleet.term(backend);
                 return Routed::Forward(exchange);
             }
             self.counters.here().vetoed.incr();
             vetoed = Some(backend);
         }
-        self.place(
-            Exchange::new(
-                tenant,
-                BackendId::CONTESTED,
-                How::Placed,
-                class.intent,
-                principal,
-            ),
-            vetoed,
-            accept,
-        )
+        let exchange = Exchange::new(tenant, BackendId::CONTESTED, How::Placed, intent, principal);
+        self.place(exchange, vetoed, accept)
     }
 
     /// A key the request carries without being routed by it, with principal binding on: it
     /// passes only if it is the principal's own (a token sealed for it, or a key the table
-    /// holds under it). Known under another principal, the request is refused as a hijack
-    /// would be; unknown (or in a spelling the router cannot tell from another: decoded,
-    /// case, braces), it is refused as unknown, since a backend may still read it as some
-    /// session's.
-    ///
-    /// Known limit: with a shared store, a carried key that only another router holds is not
-    /// looked up, and is refused as unknown (404) here while that router places the request.
-    /// Looking it up would need the rest of the decision carried through the lookup. Only
-    /// requests the key does not route carry one (a discovery path, a 2026-07-28 version),
-    /// which clients rarely send.
-    fn check_carried(
-        &self,
-        tenant: TenantId,
-        kind: KeyKind,
-        id: &[u8],
-        principal: Option<Principal>,
-        now: Instant,
-    ) -> Option<Rejection> {
-        if self.carries_own_token(tenant, kind, id, principal) {
-            return None;
+    /// holds under it, or, with a shared store, one the store binds to it). Known under
+    /// another principal, the request is refused as a hijack would be; unknown (or in a
+    /// spelling the router cannot tell from another: decoded, case, braces), it is refused as
+    /// unknown, since a backend may still read it as some session's.
+    fn check_carried(&self, ask: Ask, kind: KeyKind, id: &[u8], now: Instant) -> Carry {
+        if self.carries_own_token(ask.tenant, kind, id, ask.principal) {
+            return Carry::Passes;
         }
-        let Ok(key) = Key::with_max_len(tenant, kind, id, self.config.max_key_len) else {
-            return Some(self.reject(Reason::UnknownKey(kind)));
+        let Ok(key) = Key::with_max_len(ask.tenant, kind, id, self.config.max_key_len) else {
+            return Carry::Refused(Reason::UnknownKey(kind));
         };
-        let reason = match self.table.get(&key, now) {
+        Carry::Refused(match self.table.get(&key, now) {
             Some(entry) if entry.owner == BackendId::CONTESTED => Reason::UnknownKey(kind),
-            Some(entry) if entry.principal == principal => return None,
+            Some(entry) if entry.principal == ask.principal => return Carry::Passes,
             Some(_) => Reason::WrongPrincipal(kind),
-            None => Reason::UnknownKey(kind),
-        };
-        Some(self.reject(reason))
+            None => match self.lookup(&key, ask.intent, ask.principal) {
+                Some(lookup) => return Carry::Ask(lookup),
+                None => Reason::UnknownKey(kind),
+            },
+        })
     }
 
     fn route_key(

@@ -13,6 +13,11 @@
 //!   [`Looked::Missing`], or [`Looked::Unavailable`] when the store could not answer in
 //!   time), which answers as [`route`](Router::route) would have: forward to the owner the
 //!   store names (and cache it), or reject. An operator key the store does not know is placed.
+//!   With principal binding, a key the request carries without being routed by it (a
+//!   session header on a discovery path, say) is looked up the same way before the request
+//!   is routed: it passes if the store binds it to the request's principal. So one request
+//!   may ask again, once for each key it names ([`MAX_LOOKUPS`]): answer every
+//!   `Routed::Lookup` that `on_lookup` returns, as the first.
 //! - **Writes.** What the router learns and forgets becomes [`StoreWrite`]s in a bounded queue
 //!   the embedder drains with [`take_store_writes`](Router::take_store_writes) and performs:
 //!   a learned key is bound if absent ([`StoreWrite::Bind`]: `SET key value NX PX ttl`; if
@@ -66,6 +71,7 @@ use super::classify::Intent;
 use super::exchange::{Exchange, How, IdBuf, Routed};
 use super::fleet::{Named, OwnerStatus};
 use super::reject::Reason;
+use super::route::{Ask, Next};
 use super::wall::WallClock;
 use crate::table::{Key, KeyKind, Principal, SessionTable};
 use crate::{BackendId, TenantId};
@@ -249,6 +255,11 @@ pub enum StoreWrite {
     },
 }
 
+/// The most lookups one request needs: one for each key it carries without being routed by
+/// it (a session header, a legacy session parameter, a task name) and one for the key that
+/// routes it.
+pub const MAX_LOOKUPS: usize = 4;
+
 /// A presented key the local table does not know: read [`key`](Lookup::key) from the store
 /// and hand the answer to [`Router::on_lookup`].
 #[must_use = "a lookup must be answered with Router::on_lookup"]
@@ -259,6 +270,17 @@ pub struct Lookup {
     id: IdBuf,
     intent: Intent,
     principal: Option<Principal>,
+    /// A key the request carries without being routed by it: what routes the request once
+    /// the key passed (rare: boxed).
+    then: Option<Box<Resume>>,
+}
+
+/// The rest of a decision that waits for the store's word on a key the request carries: the
+/// carried keys still to check, and what routes the request.
+#[derive(Debug)]
+struct Resume {
+    carried: Vec<(KeyKind, IdBuf)>,
+    next: Next<IdBuf>,
 }
 
 impl Lookup {
@@ -275,6 +297,13 @@ impl Lookup {
     /// The tenant of the request.
     pub fn tenant(&self) -> TenantId {
         self.tenant
+    }
+
+    /// This lookup, of a key the request carries without being routed by it, to be followed
+    /// by the rest of the decision.
+    pub(super) fn then(mut self, carried: Vec<(KeyKind, IdBuf)>, next: Next<IdBuf>) -> Self {
+        self.then = Some(Box::new(Resume { carried, next }));
+        self
     }
 }
 
@@ -483,12 +512,15 @@ impl<T: SessionTable> Router<T> {
             id: IdBuf::new(key.id_bytes()),
             intent,
             principal,
+            then: None,
         })
     }
 
     /// Routes a request whose key was looked up in the store: see the
-    /// [store protocol](super::store). Answers [`Routed::Forward`] or [`Routed::Reject`],
-    /// never another lookup.
+    /// [store protocol](super::store). Answers [`Routed::Forward`] or [`Routed::Reject`];
+    /// or, when the key looked up was one the request carries without being routed by it
+    /// (checked against the principal), another [`Routed::Lookup`] for the next key the
+    /// request names that this router does not hold: at most [`MAX_LOOKUPS`] in all.
     pub fn on_lookup(&self, lookup: Lookup, answer: Looked<'_>, now: Instant) -> Routed {
         self.on_lookup_with(lookup, answer, now, |_| true)
     }
@@ -525,6 +557,29 @@ impl<T: SessionTable> Router<T> {
             self.counters.here().store_unavailable.incr();
             reject(Reason::StoreUnavailable(kind))
         };
+        if let Some(resume) = lookup.then {
+            // A carried key: it passes if the store binds it to the request's principal
+            // (whatever became of its owner), as a local entry would.
+            let reason = match answer {
+                Looked::Missing if store.warming(now) => return unavailable(),
+                Looked::Missing => Reason::UnknownKey(kind),
+                Looked::Unavailable => return unavailable(),
+                Looked::Found(value) => match Binding::decode(value) {
+                    None => Reason::UnknownOwner(kind),
+                    Some(binding) if binding.principal == lookup.principal => {
+                        let ask = Ask {
+                            tenant: lookup.tenant,
+                            intent: lookup.intent,
+                            principal: lookup.principal,
+                        };
+                        let carried = resume.carried.iter().map(|(k, id)| (*k, id.as_bytes()));
+                        return self.route_checked(ask, carried, resume.next.as_ref(), now, accept);
+                    }
+                    Some(_) => Reason::WrongPrincipal(kind),
+                },
+            };
+            return reject(reason);
+        }
         let value = match answer {
             // The store came back empty and the fleet is still writing back what it holds:
             // absent may only mean "not yet".

@@ -110,7 +110,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{Clock, ObservedBody};
-use crate::router::store::StoreSync;
+use crate::router::store::{MAX_LOOKUPS, StoreSync};
 use crate::router::{End, Exchange, HeadOutcome, Rejection, Routed, Router, Undelivered};
 use crate::table::{MemoryTable, SessionTable};
 
@@ -520,19 +520,21 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
     /// Routes a request, looking its key up in the shared store if the router asks.
     async fn decide(&self, parts: &http::request::Parts) -> Result<Exchange, Rejection> {
         let mut routed = self.router.route(parts, self.clock.now());
-        let mut asked = false;
+        let mut asked = 0;
         loop {
             routed = match routed {
                 Routed::Forward(exchange) => return Ok(exchange),
                 Routed::Reject(rejection) => return Err(rejection),
                 Routed::Lookup(lookup) => {
-                    // The router answers a lookup with a decision; were it ever to ask again,
-                    // the second answer is "unavailable", which it must refuse.
+                    // The router asks once for each key the request names; were it ever to
+                    // ask more, the answer is "unavailable", which it must refuse.
                     let answer = match &self.store {
-                        Some(store) if !asked => store.lookup(lookup.key().to_owned()).await,
+                        Some(store) if asked < MAX_LOOKUPS => {
+                            store.lookup(lookup.key().to_owned()).await
+                        }
                         _ => StoreAnswer::Unavailable,
                     };
-                    asked = true;
+                    asked += 1;
                     self.router
                         .on_lookup(lookup, answer.looked(), self.clock.now())
                 }
