@@ -956,6 +956,39 @@ fn a_router_that_has_not_seen_a_comeback_does_not_end_the_new_process_s_sessions
     assert!(still_bound, "the live binding was deleted from the store");
 }
 
+/// The other side of 12 (fourth review): a session bound a second before its owner was found
+/// refusing connections belongs to the dead process, and must get the 404 that makes its
+/// client start over, for as long as the backend stays down; not 503 until it expires.
+#[test]
+fn a_session_bound_just_before_its_owner_died_is_404_while_it_stays_down() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let mut store = Store::default();
+    let a = fleet_router(Router::builder(), &["x"], t0, T0);
+    let b = fleet_router(Router::builder(), &["x"], t0, T0);
+    let _ = exchange(
+        &a,
+        &post("/mcp", &[]),
+        200,
+        &[("mcp-session-id", "s0")],
+        &[],
+        t0,
+    );
+    flush(&a, &mut store, t0);
+    let t1 = clock.advance(Duration::from_secs(1));
+    sees_down(&b, "x", t1);
+    for later in [5, 600, 3000] {
+        let now = t1 + Duration::from_secs(later);
+        let next = post("/mcp", &[("mcp-session-id", "s0"), LEGACY]);
+        let rejection = rejected(route_via(&b, &store, &next, None, now));
+        assert_eq!(
+            rejection.status(),
+            StatusCode::NOT_FOUND,
+            "{later} s after the loss"
+        );
+    }
+}
+
 // --- 13. Wrong status: a store that came back empty is believed before it is reseeded --------
 /// Severity: WRONG STATUS (404 for every live session known only elsewhere, fleet-wide, for
 /// as long as the reseed takes: a million keys per router at pipeline speed is seconds to

@@ -645,6 +645,50 @@ fn a_router_that_has_not_seen_a_comeback_answers_the_new_process_s_tokens_503() 
     );
 }
 
+/// The other side of the 503 above: a session sealed a second before its backend was found
+/// refusing connections belongs to the dead process. It must end (404) at once and for as
+/// long as the backend stays down, not be answered 503 until its token's max age (fourth
+/// review); and with no clock skew, the request whose refusal found the backend down and the
+/// next one get the same 404.
+#[test]
+fn a_session_sealed_just_before_the_loss_is_404_for_as_long_as_its_backend_is_down() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let (router, ids) = router_with(&[1], &["x"], t0);
+    let (token, _) = initialize_sealed(&router, UUID, t0);
+    let t1 = clock.advance(Duration::from_secs(1));
+    for _ in 0..3 {
+        router.report_health(ids[0], Probe::Refused, t1).unwrap();
+    }
+    for hours in [0, 1, 12, 23] {
+        let now = t1 + Duration::from_secs(hours * 3600 + 5);
+        let _ = router.maintain(now, 1000);
+        let rejection = refused(&router, &token, now);
+        assert_eq!(
+            (rejection.reason(), rejection.status()),
+            (Reason::OwnerDown(KeyKind::Session), StatusCode::NOT_FOUND),
+            "{hours} h after the loss"
+        );
+    }
+
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let sealing = Sealing::new(ring(&[1]), [9; 12], t0, T0).clock_skew(Duration::ZERO);
+    let router = Router::builder().sealing(sealing).build();
+    router
+        .add(NewBackend::new(TenantId::DEFAULT, "http://x").name("x"))
+        .unwrap();
+    let (token, _) = initialize_sealed(&router, UUID, t0);
+    let t1 = clock.advance(Duration::from_millis(300));
+    let ex = pinned(&router, &call(&token), t1);
+    let first = rejected(router.on_undelivered(ex, Undelivered::Refused, t1));
+    assert_eq!(first.reason(), Reason::OwnerDown(KeyKind::Session));
+    assert_eq!(
+        refused(&router, &token, t1).reason(),
+        Reason::OwnerDown(KeyKind::Session)
+    );
+}
+
 /// A backend removed and added again under its name (a service-discovery loop that saw a pod
 /// go and come back) is a new owner, as its table keys say without sealing: the tokens sealed
 /// before the removal are gone (404), never forwarded to the new generation; tokens sealed

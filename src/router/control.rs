@@ -197,7 +197,9 @@ impl<T: SessionTable> Router<T> {
         probe: impl Into<Probe>,
         now: Instant,
     ) -> Result<Health, FleetError> {
-        let reported = self.fleet.report(id, probe.into(), self.lost_cutoff(now))?;
+        let reported = self
+            .fleet
+            .report(id, probe.into(), self.lost_cutoff(now), now)?;
         if reported.health != reported.was {
             match reported.health {
                 Health::Healthy => event!(info, backend = %id, "backend healthy"),
@@ -227,7 +229,7 @@ impl<T: SessionTable> Router<T> {
     /// A request's connection to `id`, routed in `term`, was refused: it is down from now on
     /// (unless it is in another term already).
     pub(super) fn declare_down(&self, id: BackendId, term: u32, now: Instant) {
-        if self.fleet.mark_down(id, term, self.lost_cutoff(now)) == Ok(true) {
+        if self.fleet.mark_down(id, term, self.lost_cutoff(now), now) == Ok(true) {
             event!(warn, backend = %id, "backend down (connection refused): its sessions are gone");
             self.count_down(id);
             self.store_lost(self.fleet.identity(id), now);

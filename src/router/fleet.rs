@@ -261,6 +261,10 @@ struct Meta {
     streak_of: Option<Probe>,
     /// Down, and the keys of its lost incarnation are not purged yet.
     purge_pending: bool,
+    /// While down: when this router saw it go down. A token or binding dated more than the
+    /// clock skew after that was surely made after the loss (by a router that has seen the
+    /// backend's new process).
+    down_since: Option<Instant>,
 }
 
 impl Meta {
@@ -295,6 +299,7 @@ pub(crate) enum Named {
         id: BackendId,
         incarnation: u32,
         lost_before: u32,
+        down_since: Option<Instant>,
     },
     /// A backend of that name was removed.
     Removed,
@@ -535,6 +540,7 @@ impl Fleet {
             streak: 0,
             streak_of: None,
             purge_pending: false,
+            down_since: None,
         };
         let slot = match state.free.pop() {
             Some(slot) => {
@@ -603,6 +609,7 @@ impl Fleet {
                     id: BackendId::new(slot, meta.generation),
                     incarnation: meta.incarnation,
                     lost_before: meta.lost_before,
+                    down_since: meta.down_since,
                 }
             }
             None if state.removed.contains_key(&(tenant, owner)) => Named::Removed,
@@ -759,6 +766,7 @@ impl Fleet {
         id: BackendId,
         probe: Probe,
         lost_before: u32,
+        now: Instant,
     ) -> Result<Reported, FleetError> {
         let (unhealthy_after, healthy_after) = (self.unhealthy_after, self.healthy_after);
         self.update(id, |meta| {
@@ -794,6 +802,7 @@ impl Fleet {
                                 meta.term = meta.term.wrapping_add(1);
                                 meta.purge_pending = true;
                                 meta.lost_before = meta.lost_before.max(lost_before);
+                                meta.down_since = Some(now);
                             }
                             meta.health = health;
                             meta.streak = 0;
@@ -819,6 +828,7 @@ impl Fleet {
             if meta.health == Health::Down && meta.term == term {
                 meta.health = Health::Healthy;
                 meta.purge_pending = false;
+                meta.down_since = None;
                 meta.streak = 0;
                 meta.streak_of = None;
             }
@@ -834,6 +844,7 @@ impl Fleet {
         id: BackendId,
         term: u32,
         lost_before: u32,
+        now: Instant,
     ) -> Result<bool, FleetError> {
         self.update(id, |meta| {
             // A report from an exchange of an older term speaks for a process long gone.
@@ -841,6 +852,9 @@ impl Fleet {
                 return false;
             }
             let was_up = meta.health != Health::Down;
+            if was_up {
+                meta.down_since = Some(now);
+            }
             meta.term = meta.term.wrapping_add(1);
             meta.lost_before = meta.lost_before.max(lost_before);
             meta.health = Health::Down;

@@ -228,12 +228,14 @@ impl<T: SessionTable> Router<T> {
             return refuse(Refusal::Expired);
         }
         let gone = |reason| Presented::Routed(Routed::Reject(self.reject(reason)));
-        let (owner, incarnation, lost_before) = match self.fleet.named(tenant, claims.owner) {
+        let named = self.fleet.named(tenant, claims.owner);
+        let (owner, incarnation, lost_before, down_since) = match named {
             Named::Backend {
                 id,
                 incarnation,
                 lost_before,
-            } => (id, incarnation, lost_before),
+                down_since,
+            } => (id, incarnation, lost_before, down_since),
             Named::Removed => return gone(Reason::OwnerGone(kind)),
             Named::Unknown => return gone(Reason::UnknownOwner(kind)),
         };
@@ -245,10 +247,14 @@ impl<T: SessionTable> Router<T> {
         // Sealed for a process this router knows is gone.
         let lost = claims.incarnation < incarnation || claims.sealed_at < lost_before;
         let (status, term) = self.fleet.owner_state(owner, now);
-        if status == OwnerStatus::Down && !lost {
-            // Sealed after the loss this router knows of (less the clock skew): another
-            // router has seen the backend's new process, this one has not yet. Not this
-            // router's to end: 503, as for a store binding.
+        let after_loss = down_since
+            .is_some_and(|at| claims.sealed_at > sealing.unix(at).saturating_add(sealing.skew));
+        if status == OwnerStatus::Down && !lost && after_loss {
+            // Sealed more than the clock skew after this router saw the backend go down:
+            // another router has seen its new process, this one has not yet. Not this
+            // router's to end: 503, as for a store binding. (Sealed earlier, even within the
+            // skew, it is taken for the lost process's: 404, or it would be 503 for as long
+            // as a dead backend stays down.)
             return gone(Reason::UnknownOwner(kind));
         }
         if let Some(reason) = status.refusal(kind) {

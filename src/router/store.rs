@@ -597,13 +597,14 @@ impl<T: SessionTable> Router<T> {
         let Some(binding) = Binding::decode(value) else {
             return reject(Reason::UnknownOwner(kind));
         };
-        let (owner, incarnation, lost_before) = match self.fleet.named(lookup.tenant, binding.owner)
-        {
+        let named = self.fleet.named(lookup.tenant, binding.owner);
+        let (owner, incarnation, lost_before, down_since) = match named {
             Named::Backend {
                 id,
                 incarnation,
                 lost_before,
-            } => (id, incarnation, lost_before),
+                down_since,
+            } => (id, incarnation, lost_before, down_since),
             Named::Removed => return reject(Reason::OwnerGone(kind)),
             Named::Unknown => return reject(Reason::UnknownOwner(kind)),
         };
@@ -619,9 +620,14 @@ impl<T: SessionTable> Router<T> {
             return reject(Reason::WrongPrincipal(kind));
         }
         let (status, term) = self.fleet.owner_state(owner, now);
-        if status == OwnerStatus::Down && !lost {
-            // Bound after the loss this router knows of: the backend's new process is up, and
-            // this router has not seen it yet. Not this router's to end: 503, nothing forgotten.
+        let skew = store.config.skew;
+        let after_loss = down_since
+            .is_some_and(|at| binding.bound_at > store.config.clock.unix(at).saturating_add(skew));
+        if status == OwnerStatus::Down && !lost && after_loss {
+            // Bound more than the clock skew after this router saw the owner go down: the
+            // backend's new process is up, and this router has not seen it yet. Not this
+            // router's to end: 503, nothing forgotten. (Bound earlier, it is the lost
+            // process's, or it would be 503 for as long as a dead backend stays down.)
             return reject(Reason::UnknownOwner(kind));
         }
         let forget = StoreWrite::Forget {
@@ -731,6 +737,7 @@ impl<T: SessionTable> Router<T> {
                 id,
                 incarnation,
                 lost_before,
+                ..
             } => (id, incarnation, lost_before),
             Named::Removed => (BackendId::CONTESTED, u32::MAX, u32::MAX),
             Named::Unknown => return drop_mine(),
