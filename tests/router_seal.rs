@@ -714,6 +714,40 @@ fn a_backend_removed_and_added_again_by_name_inherits_no_sealed_session() {
     assert_eq!(routes(&router, &call(&new), again), reborn);
 }
 
+/// Removed and added again with a higher incarnation (the replica restarted, as the docs ask
+/// it be numbered), by two routers whose discovery sees it ten seconds apart: the router that
+/// lags forwards the sessions the other one sealed on the new process meanwhile (fourth
+/// review), and still refuses the old process's by their incarnation.
+#[test]
+fn a_re_add_with_a_higher_incarnation_keeps_the_new_process_s_sessions() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let x = |incarnation| {
+        NewBackend::new(TenantId::DEFAULT, "http://x")
+            .name("x")
+            .incarnation(incarnation)
+    };
+    let (a, _) = router_with(&[1], &[], t0);
+    let (b, _) = router_with(&[1], &[], t0);
+    let a1 = a.add(x(1)).unwrap();
+    let b1 = b.add(x(1)).unwrap();
+    let (old, _) = initialize_sealed(&a, "old-process", t0);
+    let t = clock.advance(Duration::from_secs(60));
+    b.remove_backend(b1, t).unwrap();
+    let b2 = b.add(x(2)).unwrap();
+    let t1 = clock.advance(Duration::from_secs(1));
+    let (new, owner) = initialize_sealed(&b, "new-process", t1);
+    assert_eq!(owner, b2);
+    let t10 = clock.advance(Duration::from_secs(9));
+    a.remove_backend(a1, t10).unwrap();
+    let a2 = a.add(x(2)).unwrap();
+    assert_eq!(routes(&a, &call(&new), t10), a2);
+    assert_eq!(
+        refused(&a, &old, t10).reason(),
+        Reason::OwnerGone(KeyKind::Session)
+    );
+}
+
 #[test]
 fn restarts_and_incarnations_refuse_the_tokens_of_a_lost_process() {
     let mut clock = Clock::new();

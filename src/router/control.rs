@@ -42,14 +42,19 @@ impl<T: SessionTable> Router<T> {
     /// removed backend's slot is free again at once, for a new generation that inherits
     /// nothing).
     ///
-    /// A backend added under the name of one removed lately (of the last 4,096 removals)
-    /// inherits none of its sessions, sealed ones included: tokens sealed before that removal
-    /// (less the clock skew) are answered as gone (404), as the removed backend's table keys
-    /// were purged. (A replica that restarts should also come back with a higher
-    /// [`incarnation`](NewBackend::incarnation), which every router of a fleet agrees on.)
+    /// A backend added under the name of one removed lately (of the last 4,096 removals),
+    /// and with no higher [`incarnation`](NewBackend::incarnation), inherits none of its
+    /// sessions, sealed ones included: tokens sealed before that removal (less the clock
+    /// skew) are answered as gone (404), as the removed backend's table keys were purged.
+    /// With a higher incarnation the old process's tokens are refused by their incarnation,
+    /// and the new one's, which another router may already have sealed, route. (A replica
+    /// that restarts should come back with a higher incarnation: every router of a fleet
+    /// agrees on it, whenever each sees the restart.)
     pub fn add(&self, mut backend: NewBackend) -> Result<BackendId, FleetError> {
-        if let Some(removed_at) = self.fleet.removed_at(&backend) {
-            backend.lost_before = backend.lost_before.max(self.lost_cutoff(removed_at));
+        if let Some((removed_at, incarnation)) = self.fleet.removed(&backend) {
+            if backend.incarnation <= incarnation {
+                backend.lost_before = backend.lost_before.max(self.lost_cutoff(removed_at));
+            }
         }
         let added = self.fleet.add(backend, |id| {
             // Only after 65,536 generations of one slot can an id come back: whatever keys

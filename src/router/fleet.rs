@@ -281,9 +281,10 @@ struct State {
     tenants: HashMap<TenantId, Tenant>,
     /// Live backends by tenant and name fingerprint.
     names: HashMap<(TenantId, u64), u16>,
-    /// Names of backends removed lately, and when: their tokens are answered as gone, not
-    /// as unknown (at most [`REMOVED_NAMES`], the oldest forgotten first).
-    removed: HashMap<(TenantId, u64), Instant>,
+    /// Names of backends removed lately, when, and their incarnation: their tokens are
+    /// answered as gone, not as unknown (at most [`REMOVED_NAMES`], the oldest forgotten
+    /// first).
+    removed: HashMap<(TenantId, u64), (Instant, u32)>,
 }
 
 /// The most removed backends' names a fleet remembers.
@@ -692,8 +693,8 @@ impl Fleet {
     }
 
     /// When a backend of `backend`'s tenant and name was removed, if lately (see
-    /// [`REMOVED_NAMES`]).
-    pub(crate) fn removed_at(&self, backend: &NewBackend) -> Option<Instant> {
+    /// [`REMOVED_NAMES`]), and its incarnation.
+    pub(crate) fn removed(&self, backend: &NewBackend) -> Option<(Instant, u32)> {
         let owner = crate::backend::fnv1a(backend.name_or_label().as_bytes());
         self.state
             .read()
@@ -707,7 +708,7 @@ impl Fleet {
         let meta = state.live_mut(id)?;
         meta.occupied = false;
         meta.term = meta.term.wrapping_add(1);
-        let (tenant, owner) = (meta.tenant, meta.owner);
+        let (tenant, owner, incarnation) = (meta.tenant, meta.owner, meta.incarnation);
         self.publish(id.slot(), meta);
         state.free.push(id.slot());
         if let Some(fleet) = state.tenants.get_mut(&tenant) {
@@ -718,13 +719,13 @@ impl Fleet {
             let oldest = state
                 .removed
                 .iter()
-                .min_by_key(|(_, at)| **at)
+                .min_by_key(|(_, (at, _))| *at)
                 .map(|(k, _)| *k);
             if let Some(oldest) = oldest {
                 state.removed.remove(&oldest);
             }
         }
-        state.removed.insert((tenant, owner), now);
+        state.removed.insert((tenant, owner), (now, incarnation));
         Ok(())
     }
 
