@@ -183,6 +183,53 @@ fn no_answer_hands_the_client_the_backend_s_own_id_whatever_its_status() {
     assert!(!head.headers.contains_key("mcp-session-id"));
 }
 
+/// Nor does any other answer under sealing (fourth review): a conversation start answered
+/// 2xx after its backend was removed or found down (nothing to seal for), an answer to a
+/// request routed without a session, and a legacy SSE stream compressed so that its endpoint
+/// cannot be sealed (refused: 502).
+#[test]
+fn no_unsealed_id_reaches_a_client_of_a_sealing_router() {
+    let now = Clock::new().now();
+    for gone in ["removed", "down"] {
+        let (router, ids) = router_with(&[1], &["a"], now);
+        let mut ex = forward(router.route(&post("/mcp", &[]), now));
+        if gone == "removed" {
+            router.remove_backend(ids[0], now).unwrap();
+        } else {
+            for _ in 0..3 {
+                router.report_health(ids[0], Probe::Refused, now).unwrap();
+            }
+        }
+        let mut head = resp(200, &[("mcp-session-id", UUID), SSE]);
+        let _ = router.on_response_head(&mut ex, &mut head, now);
+        router.on_exchange_end(ex, End::Completed, now);
+        assert!(!head.headers.contains_key("mcp-session-id"), "{gone}");
+    }
+    let (router, _) = router_with(&[1], &["a"], now);
+    for request in [
+        post("/mcp", &[MODERN, ("mcp-method", "tools/list")]),
+        get("/.well-known/oauth-protected-resource", &[]),
+    ] {
+        let mut ex = forward(router.route(&request, now));
+        let mut head = resp(200, &[("mcp-session-id", UUID), JSON]);
+        let _ = router.on_response_head(&mut ex, &mut head, now);
+        router.on_exchange_end(ex, End::Completed, now);
+        assert!(
+            !head.headers.contains_key("mcp-session-id"),
+            "{}",
+            request.uri
+        );
+    }
+    let mut ex = forward(router.route(&get("/sse", &[]), now));
+    let mut head = resp(200, &[SSE, ("content-encoding", "gzip")]);
+    let outcome = router.on_response_head(&mut ex, &mut head, now);
+    router.on_exchange_end(ex, End::Aborted, now);
+    let HeadOutcome::Replace(rejection) = outcome else {
+        panic!("a compressed stream whose endpoint cannot be sealed is forwarded");
+    };
+    assert_eq!(rejection.status(), StatusCode::BAD_GATEWAY);
+}
+
 /// Feeds `chunks` of a legacy SSE stream through the router as `ObservedBody` would; returns
 /// what the client gets.
 fn through(router: &Router, ex: &mut Exchange, chunks: &[&[u8]], now: Instant) -> Vec<u8> {

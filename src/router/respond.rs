@@ -113,10 +113,13 @@ impl<T: SessionTable> Router<T> {
         }
         if exchange.token.is_some() {
             self.reseal_echo(exchange, ok, headers, edits, now);
-        } else if !ok && self.seals() && headers.contains_key(&SESSION_HEADER) {
-            // A failed answer (to a conversation start, say) that names an id nothing seals:
-            // a client must not adopt the backend's own id (the TypeScript SDK takes it from
-            // any answer).
+        } else if self.seals()
+            && headers.contains_key(&SESSION_HEADER)
+            && !(ok && matches!(exchange.intent, Intent::SessionStart { .. }))
+        {
+            // An answer that names an id nothing seals (a failed conversation start, a call
+            // routed without a session): a client must not adopt the backend's own id (the
+            // TypeScript SDK takes it from any answer). A 2xx start's id is sealed below.
             edits.push(HeadEdit::Remove(SESSION_HEADER));
         }
         let max_observe = self.config.max_observe;
@@ -125,6 +128,15 @@ impl<T: SessionTable> Router<T> {
                 // A compressed body cannot be read for its key (proxies should not ask
                 // backends for compression on these paths): counted, not observed.
                 self.counters.here().encoded.incr();
+                if intent == Intent::SseConnect
+                    && self.seals()
+                    && content_type_is(headers, "text/event-stream")
+                {
+                    // Nor can its endpoint be sealed: the client would get the backend's own
+                    // id, which every router refuses.
+                    let reason = Reason::UnroutableKey(KeyKind::SseSession);
+                    return HeadOutcome::Replace(self.reject(reason));
+                }
                 HeadOutcome::Forward
             }
             Intent::SseConnect if ok && content_type_is(headers, "text/event-stream") => {
@@ -199,8 +211,10 @@ impl<T: SessionTable> Router<T> {
                 HeadOutcome::Replace(self.reject(Reason::UnroutableKey(kind)))
             }
             Err(_) => {
-                // Its backend was removed or went down meanwhile: nothing to seal for.
+                // Its backend was removed or went down meanwhile: nothing to seal for, and the
+                // client must not adopt the backend's own id.
                 self.counters.here().unlearned.incr();
+                edits.push(HeadEdit::Remove(SESSION_HEADER));
                 HeadOutcome::Forward
             }
         }
