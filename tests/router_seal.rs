@@ -183,10 +183,10 @@ fn no_answer_hands_the_client_the_backend_s_own_id_whatever_its_status() {
     assert!(!head.headers.contains_key("mcp-session-id"));
 }
 
-/// Nor does any other answer under sealing (fourth review): a conversation start answered
-/// 2xx after its backend was removed or found down (nothing to seal for), an answer to a
-/// request routed without a session, and a legacy SSE stream compressed so that its endpoint
-/// cannot be sealed (refused: 502).
+/// Nor does any other answer under sealing (fourth and fifth reviews): a conversation start
+/// answered 2xx after its backend was removed or found down (nothing to seal for: refused,
+/// 502), an answer to a request routed without a session (the header removed), and a legacy
+/// SSE stream compressed so that its endpoint cannot be sealed (refused: 502).
 #[test]
 fn no_unsealed_id_reaches_a_client_of_a_sealing_router() {
     let now = Clock::new().now();
@@ -200,10 +200,14 @@ fn no_unsealed_id_reaches_a_client_of_a_sealing_router() {
                 router.report_health(ids[0], Probe::Refused, now).unwrap();
             }
         }
+        // Not forwarded: without an id the client would go on without a session; it retries.
         let mut head = resp(200, &[("mcp-session-id", UUID), SSE]);
-        let _ = router.on_response_head(&mut ex, &mut head, now);
-        router.on_exchange_end(ex, End::Completed, now);
-        assert!(!head.headers.contains_key("mcp-session-id"), "{gone}");
+        let outcome = router.on_response_head(&mut ex, &mut head, now);
+        router.on_exchange_end(ex, End::Aborted, now);
+        let HeadOutcome::Replace(rejection) = outcome else {
+            panic!("{gone}: {outcome:?}");
+        };
+        assert_eq!(rejection.status(), StatusCode::BAD_GATEWAY, "{gone}");
     }
     let (router, _) = router_with(&[1], &["a"], now);
     for request in [
@@ -693,35 +697,53 @@ fn a_router_that_has_not_seen_a_comeback_answers_the_new_process_s_tokens_503() 
 }
 
 /// The other side of the 503 above: a session sealed a second before its backend was found
-/// refusing connections belongs to the dead process. It must end (404) at once and for as
-/// long as the backend stays down, not be answered 503 until its token's max age (fourth
-/// review); and with no clock skew, the request whose refusal found the backend down and the
-/// next one get the same 404.
+/// refusing connections may be the dead process's, or (after a quick restart another router
+/// saw) the new one's. Unsure, the router answers 503 for as long as the backend is down here
+/// by default (principle: never a 404 for a session that may be live); with a down grace,
+/// 503 only that long after the loss, then the 404 that makes a dead session's client start
+/// over, not 503 until its token's max age (fourth review). A grace of zero: 404 at once.
 #[test]
-fn a_session_sealed_just_before_the_loss_is_404_for_as_long_as_its_backend_is_down() {
+fn a_session_sealed_within_the_skew_of_a_loss_is_503_while_unsure() {
     let mut clock = Clock::new();
     let t0 = clock.now();
-    let (router, ids) = router_with(&[1], &["x"], t0);
-    let (token, _) = initialize_sealed(&router, UUID, t0);
+    let grace = |secs| Router::builder().down_grace(Duration::from_secs(secs));
+    let (unsure, _) = router_with(&[1], &["x"], t0);
+    let (graced, _) = router_built(grace(30), &[1], &["x"], t0);
+    let (graceless, _) = router_built(grace(0), &[1], &["x"], t0);
+    let routers = [&unsure, &graced, &graceless];
+    let tokens = routers.map(|router| initialize_sealed(router, UUID, t0).0);
     let t1 = clock.advance(Duration::from_secs(1));
-    for _ in 0..3 {
-        router.report_health(ids[0], Probe::Refused, t1).unwrap();
+    for router in routers {
+        let x = router.backends()[0].id;
+        for _ in 0..3 {
+            router.report_health(x, Probe::Refused, t1).unwrap();
+        }
     }
-    for hours in [0, 1, 12, 23] {
-        let now = t1 + Duration::from_secs(hours * 3600 + 5);
-        let _ = router.maintain(now, 1000);
-        let rejection = refused(&router, &token, now);
-        assert_eq!(
-            (rejection.reason(), rejection.status()),
-            (Reason::OwnerDown(KeyKind::Session), StatusCode::NOT_FOUND),
-            "{hours} h after the loss"
-        );
+    let (gone, unsure_) = (StatusCode::NOT_FOUND, StatusCode::SERVICE_UNAVAILABLE);
+    for (after, expected) in [
+        (0, [unsure_, unsure_, gone]),
+        (29, [unsure_, unsure_, gone]),
+        (30, [unsure_, gone, gone]),
+        (23 * 3600, [unsure_, gone, gone]),
+    ] {
+        let now = t1 + Duration::from_secs(after);
+        for ((router, token), expected) in routers.iter().zip(&tokens).zip(expected) {
+            let _ = router.maintain(now, 1000);
+            assert_eq!(
+                refused(router, token, now).status(),
+                expected,
+                "{after} s after"
+            );
+        }
     }
 
+    // With no clock skew, a token of the loss's own second is as unsure: the request whose
+    // refusal found the backend down is 404 (`on_undelivered`), the next ones 503 within the
+    // grace.
     let mut clock = Clock::new();
     let t0 = clock.now();
     let sealing = Sealing::new(ring(&[1]), [9; 12], t0, T0).clock_skew(Duration::ZERO);
-    let router = Router::builder().sealing(sealing).build();
+    let router = grace(30).sealing(sealing).build();
     router
         .add(NewBackend::new(TenantId::DEFAULT, "http://x").name("x"))
         .unwrap();
@@ -730,8 +752,9 @@ fn a_session_sealed_just_before_the_loss_is_404_for_as_long_as_its_backend_is_do
     let ex = pinned(&router, &call(&token), t1);
     let first = rejected(router.on_undelivered(ex, Undelivered::Refused, t1));
     assert_eq!(first.reason(), Reason::OwnerDown(KeyKind::Session));
+    assert_eq!(refused(&router, &token, t1).status(), unsure_);
     assert_eq!(
-        refused(&router, &token, t1).reason(),
+        refused(&router, &token, t1 + Duration::from_secs(31)).reason(),
         Reason::OwnerDown(KeyKind::Session)
     );
 }
@@ -820,9 +843,16 @@ fn restarts_and_incarnations_refuse_the_tokens_of_a_lost_process() {
         refused(&at_two, &after, later).reason(),
         Reason::OwnerGone(KeyKind::Session)
     );
+    let (behind, _) = router_with(&[1], &["a"], now);
+    assert_eq!(
+        refused(&behind, &new_token, later).reason(),
+        Reason::UnknownOwner(KeyKind::Session)
+    );
+    // Unless the token was sealed before a loss the router knows of: whatever its number,
+    // the process it names has died since (`router` restarted `a` after it was sealed).
     assert_eq!(
         refused(&router, &new_token, later).reason(),
-        Reason::UnknownOwner(KeyKind::Session)
+        Reason::OwnerGone(KeyKind::Session)
     );
 }
 

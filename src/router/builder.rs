@@ -43,6 +43,7 @@ impl Router {
                 placement_attempts: 3,
                 retry_after: 1,
                 removal_grace: Duration::from_secs(60),
+                down_grace: None,
                 cookie: None,
                 tenant: None,
                 operator: None,
@@ -162,6 +163,22 @@ impl<T> RouterBuilder<T> {
     /// once). Nothing is ever routed to a removed backend meanwhile.
     pub fn removal_grace(mut self, grace: Duration) -> Self {
         self.config.removal_grace = grace;
+        self
+    }
+
+    /// With a fleet of routers (sealed ids or a shared store): how long after this router saw
+    /// a backend go down a session it cannot place on either side of the loss is answered 503
+    /// rather than 404 (default: for as long as the backend is down here). Such a session was
+    /// sealed or bound within the clock skew of the loss: by the process that died, or by its
+    /// new one, which another router has seen come back sooner; unsure, the router never
+    /// turns it into a 404 by default. It ends when the backend comes back here (its new
+    /// process answers 404 for what it does not know) or is removed (404). With a grace,
+    /// a backend still down here past it is taken for dead and the session gets the 404 that
+    /// makes its client start over: set it to the time this router's health checks surely
+    /// take to see a backend answer again. (A session surely made after the loss is 503 for
+    /// as long as the backend is down here; one surely made before, 404 at once.)
+    pub fn down_grace(mut self, grace: Duration) -> Self {
+        self.config.down_grace = Some(grace);
         self
     }
 

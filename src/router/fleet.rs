@@ -261,13 +261,21 @@ struct Meta {
     streak_of: Option<Probe>,
     /// Down, and the keys of its lost incarnation are not purged yet.
     purge_pending: bool,
-    /// While down: when this router saw it go down. A token or binding dated more than the
-    /// clock skew after that was surely made after the loss (by a router that has seen the
-    /// backend's new process).
-    down_since: Option<Instant>,
+    /// While down: when this router saw it go down, and the incarnation that did. A token or
+    /// binding of a newer incarnation, or dated more than the clock skew after that, was
+    /// surely made after the loss (by a router that has seen the backend's new process).
+    down_since: Option<(Instant, u32)>,
 }
 
 impl Meta {
+    fn identity(&self) -> Identity {
+        Identity {
+            tenant: self.tenant,
+            owner: self.owner,
+            incarnation: self.incarnation,
+        }
+    }
+
     /// Ready for new conversations: present, healthy, not draining, weighted above zero.
     fn ready(&self) -> bool {
         self.occupied && !self.draining && self.health == Health::Healthy && self.weight > 0
@@ -290,6 +298,15 @@ struct State {
 /// The most removed backends' names a fleet remembers.
 const REMOVED_NAMES: usize = 4096;
 
+/// A backend as the fleet of routers names it: its tenant, its name's fingerprint, and the
+/// incarnation of its process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) tenant: TenantId,
+    pub(crate) owner: u64,
+    pub(crate) incarnation: u32,
+}
+
 /// Who a sealed token's owner is, as this router knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(feature = "seal"), allow(dead_code))]
@@ -300,7 +317,7 @@ pub(crate) enum Named {
         id: BackendId,
         incarnation: u32,
         lost_before: u32,
-        down_since: Option<Instant>,
+        down_since: Option<(Instant, u32)>,
     },
     /// A backend of that name was removed.
     Removed,
@@ -619,49 +636,49 @@ impl Fleet {
     }
 
     /// The tenant and name fingerprint of every backend.
-    pub(crate) fn identities(&self) -> Vec<(TenantId, u64)> {
+    pub(crate) fn identities(&self) -> Vec<Identity> {
         let state = self.state.read();
-        state.names.keys().copied().collect()
+        state
+            .names
+            .values()
+            .map(|&slot| state.slots[usize::from(slot)].identity())
+            .collect()
     }
 
     /// The tenant and name fingerprint of a live backend.
-    pub(crate) fn identity(&self, id: BackendId) -> Option<(TenantId, u64)> {
+    pub(crate) fn identity(&self, id: BackendId) -> Option<Identity> {
         let state = self.state.read();
         state
             .slots
             .get(usize::from(id.slot()))
             .filter(|m| m.occupied && m.generation == id.generation())
-            .map(|m| (m.tenant, m.owner))
+            .map(Meta::identity)
     }
 
-    /// Another router recorded that the backend named `owner` lost an incarnation: tokens and
-    /// bindings of it from before `before` (Unix seconds) are refused here too.
-    /// Returns the backend if that raised what this router knew.
-    pub(crate) fn raise_lost_before(
-        &self,
-        tenant: TenantId,
-        owner: u64,
-        before: u32,
-    ) -> Option<BackendId> {
+    /// Another router recorded that the backend `lost` names lost its process of that
+    /// incarnation: tokens and bindings of it from before `before` (Unix seconds) are refused
+    /// here too, unless this router knows a newer incarnation (whose sessions the record
+    /// does not speak of). Returns the backend if that raised what this router knew.
+    pub(crate) fn raise_lost_before(&self, lost: Identity, before: u32) -> Option<BackendId> {
         let mut state = self.state.write();
-        let slot = *state.names.get(&(tenant, owner))?;
+        let slot = *state.names.get(&(lost.tenant, lost.owner))?;
         let meta = &mut state.slots[usize::from(slot)];
-        if before <= meta.lost_before {
+        if before <= meta.lost_before || meta.incarnation > lost.incarnation {
             return None;
         }
         meta.lost_before = before;
         Some(BackendId::new(slot, meta.generation))
     }
 
-    /// Every backend that lost an incarnation, with the Unix second before which its tokens
-    /// and bindings are refused: its tenant, name fingerprint and that second.
-    pub(crate) fn lost_records(&self) -> Vec<(TenantId, u64, u32)> {
+    /// Every backend that lost a process, with the Unix second before which its tokens and
+    /// bindings are refused.
+    pub(crate) fn lost_records(&self) -> Vec<(Identity, u32)> {
         let state = self.state.read();
         state
             .slots
             .iter()
             .filter(|m| m.occupied && m.lost_before > 0)
-            .map(|m| (m.tenant, m.owner, m.lost_before))
+            .map(|m| (m.identity(), m.lost_before))
             .collect()
     }
 
@@ -676,8 +693,9 @@ impl Fleet {
             .map(|m| (m.owner, m.incarnation))
     }
 
-    /// The backend runs as `incarnation` now; an older incarnation is lost: its tokens are
-    /// refused, and so are those sealed before `lost_before` (Unix seconds).
+    /// The backend runs as `incarnation` now. A higher one refuses the older incarnations'
+    /// tokens by their number; a lower one (a replica whose count started over) also refuses
+    /// those sealed before `lost_before` (Unix seconds), whatever their number.
     pub(crate) fn set_incarnation(
         &self,
         id: BackendId,
@@ -685,10 +703,10 @@ impl Fleet {
         lost_before: u32,
     ) -> Result<(), FleetError> {
         self.update(id, |meta| {
-            if incarnation != meta.incarnation {
-                meta.incarnation = incarnation;
+            if incarnation < meta.incarnation {
                 meta.lost_before = meta.lost_before.max(lost_before);
             }
+            meta.incarnation = incarnation;
         })
     }
 
@@ -803,7 +821,7 @@ impl Fleet {
                                 meta.term = meta.term.wrapping_add(1);
                                 meta.purge_pending = true;
                                 meta.lost_before = meta.lost_before.max(lost_before);
-                                meta.down_since = Some(now);
+                                meta.down_since = Some((now, meta.incarnation));
                             }
                             meta.health = health;
                             meta.streak = 0;
@@ -854,7 +872,7 @@ impl Fleet {
             }
             let was_up = meta.health != Health::Down;
             if was_up {
-                meta.down_since = Some(now);
+                meta.down_since = Some((now, meta.incarnation));
             }
             meta.term = meta.term.wrapping_add(1);
             meta.lost_before = meta.lost_before.max(lost_before);

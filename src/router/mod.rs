@@ -267,6 +267,7 @@ struct Config {
     placement_attempts: usize,
     retry_after: u32,
     removal_grace: Duration,
+    down_grace: Option<Duration>,
     cookie: Option<Arc<str>>,
     tenant: Option<Box<dyn TenantExtractor>>,
     operator: Option<Box<dyn KeyExtractor>>,

@@ -87,8 +87,9 @@ pub enum Reason {
     KeyConflict(KeyKind),
     /// A backend minted a key this router cannot route by (longer than its bound, or not
     /// visible ASCII; with sealed ids, in a compressed legacy SSE stream, whose `endpoint`
-    /// cannot be sealed): the conversation could never be routed, so a response head that
-    /// names it is refused at once. (A key revealed in a body has already reached the client: it
+    /// cannot be sealed, or for a backend removed or found down before its answer came, for
+    /// which nothing is sealed): the conversation could never be routed, so a response head
+    /// that names it is refused at once. (A key revealed in a body has already reached the client: it
     /// is only counted, and the client's next request is answered as an unknown key.)
     UnroutableKey(KeyKind),
     /// A new conversation found no ready backend in its tenant's fleet.

@@ -211,11 +211,11 @@ impl<T: SessionTable> Router<T> {
                 HeadOutcome::Replace(self.reject(Reason::UnroutableKey(kind)))
             }
             Err(_) => {
-                // Its backend was removed or went down meanwhile: nothing to seal for, and the
-                // client must not adopt the backend's own id.
+                // Its backend was removed or went down meanwhile: nothing to seal for. Not
+                // forwarded: without an id the client would go on without a session, and
+                // with the backend's own it would be refused; it retries instead.
                 self.counters.here().unlearned.incr();
-                edits.push(HeadEdit::Remove(SESSION_HEADER));
-                HeadOutcome::Forward
+                HeadOutcome::Replace(self.reject(Reason::UnroutableKey(KeyKind::Session)))
             }
         }
     }

@@ -172,7 +172,7 @@ impl<T: SessionTable> Router<T> {
             None => match self.config.operator.as_ref().and_then(|op| op.key(req)) {
                 Some(id) => Next::Operator(id),
                 None => Next::Place {
-                    cookie: self.cookie_backend(tenant, req),
+                    cookie: self.cookie_hint(req),
                 },
             },
         };
@@ -234,8 +234,9 @@ impl<T: SessionTable> Router<T> {
             Next::Place { cookie } => cookie,
         };
         let mut vetoed = None;
-        if let Some(backend) = cookie {
-            // A hint, offered to the veto like any placement choice (and once only).
+        // A hint toward a ready backend (judged now: the request may have waited for the
+        // store), offered to the veto like any placement choice (and once only).
+        if let Some(backend) = cookie.filter(|&id| self.fleet.is_ready_in(id, tenant)) {
             if accept(backend) {
                 self.counters.here().placed.incr();
                 let mut exchange = Exchange::new(tenant, backend, How::Placed, intent, principal);
@@ -494,12 +495,13 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// The backend named by the request's affinity cookie, if the fallback is on and the
-    /// cookie names a ready backend of the tenant. Anything else (no cookie, a malformed one,
-    /// a backend gone, draining, unhealthy or of another tenant) is no hint at all: the
-    /// request is placed like any keyless request, and a conversation start gets a fresh
-    /// cookie. A client can name any ready backend of its tenant this way, which is no more
-    /// than placement could have given it.
-    fn cookie_backend(&self, tenant: TenantId, req: &request::Parts) -> Option<BackendId> {
+    /// cookie is well formed; [`route_next`](Router::route_next) takes it only if it names a
+    /// ready backend of the tenant. Anything else (no cookie, a malformed one, a backend gone,
+    /// draining, unhealthy or of another tenant) is no hint at all: the request is placed like
+    /// any keyless request, and a conversation start gets a fresh cookie. A client can name
+    /// any ready backend of its tenant this way, which is no more than placement could have
+    /// given it.
+    fn cookie_hint(&self, req: &request::Parts) -> Option<BackendId> {
         let name = self.config.cookie.as_deref()?;
         let value = req
             .headers
@@ -511,8 +513,7 @@ impl<T: SessionTable> Router<T> {
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v)?;
         let (slot, generation) = value.split_once('.')?;
-        let id = BackendId::new(slot.parse().ok()?, generation.parse().ok()?);
-        self.fleet.is_ready_in(id, tenant).then_some(id)
+        Some(BackendId::new(slot.parse().ok()?, generation.parse().ok()?))
     }
 
     /// Forgets `key` if `owner` still holds it (a key whose owner is gone, down or replaced),

@@ -239,22 +239,27 @@ impl<T: SessionTable> Router<T> {
             Named::Removed => return gone(Reason::OwnerGone(kind)),
             Named::Unknown => return gone(Reason::UnknownOwner(kind)),
         };
-        if claims.incarnation > incarnation {
+        // Sealed for a process this router knows is gone: an older incarnation, or before a
+        // loss (whatever its number: a replica's count may start over).
+        let lost = claims.incarnation < incarnation || claims.sealed_at < lost_before;
+        if claims.incarnation > incarnation && !lost {
             // Another router knows a newer process of this backend: this one is behind,
             // and must not decide for the session.
             return gone(Reason::UnknownOwner(kind));
         }
-        // Sealed for a process this router knows is gone.
-        let lost = claims.incarnation < incarnation || claims.sealed_at < lost_before;
         let (status, term) = self.fleet.owner_state(owner, now);
-        let after_loss = down_since
-            .is_some_and(|at| claims.sealed_at > sealing.unix(at).saturating_add(sealing.skew));
-        if status == OwnerStatus::Down && !lost && after_loss {
-            // Sealed more than the clock skew after this router saw the backend go down:
-            // another router has seen its new process, this one has not yet. Not this
-            // router's to end: 503, as for a store binding. (Sealed earlier, even within the
-            // skew, it is taken for the lost process's: 404, or it would be 503 for as long
-            // as a dead backend stays down.)
+        let unsure = down_since.is_some_and(|(at, down)| {
+            // Of a newer incarnation than the one that went down, or sealed more than the
+            // clock skew after this router saw it go down: surely the new process's.
+            claims.incarnation > down
+                || claims.sealed_at > sealing.unix(at).saturating_add(sealing.skew)
+                // Within the skew: either process's; unsure, unless a down grace has passed.
+                || (self.config.down_grace)
+                    .is_none_or(|grace| now.saturating_duration_since(at) < grace)
+        });
+        if status == OwnerStatus::Down && !lost && unsure {
+            // Another router may have seen the new process, this one has not yet. Not this
+            // router's to end: 503, as for a store binding.
             return gone(Reason::UnknownOwner(kind));
         }
         if let Some(reason) = status.refusal(kind) {

@@ -52,11 +52,12 @@
 //! | key | value | written by |
 //! |---|---|---|
 //! | `{prefix}:b:{tenant}:{kind}:{id}` | `1:{owner}:{incarnation}:{bound at}:{principal}` | [`StoreWrite::Bind`], refreshed, compare-and-deleted on the `1:{owner}:{incarnation}:` prefix |
-//! | `{prefix}:lost:{tenant}:{owner}` | Unix seconds | [`StoreWrite::Lost`], the greatest kept |
+//! | `{prefix}:lost:{tenant}:{owner}:{incarnation}` | Unix seconds | [`StoreWrite::Lost`], the greatest kept |
 //!
 //! `{owner}` is the backend name's fingerprint (16 hex digits,
 //! [`seal::owner_fingerprint`](crate::seal)-compatible: FNV-1a 64), `{principal}` the
-//! principal's fingerprint in hex or `-`, times Unix seconds, `{kind}` the key kind's number.
+//! principal's fingerprint in hex or `-`, times Unix seconds, `{kind}` the key kind's number,
+//! `{incarnation}` the lost process's (decimal): a router that knows a newer one ignores it.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -69,7 +70,7 @@ use parking_lot::Mutex;
 use super::Router;
 use super::classify::Intent;
 use super::exchange::{Exchange, How, IdBuf, Routed};
-use super::fleet::{Named, OwnerStatus};
+use super::fleet::{Identity, Named, OwnerStatus};
 use super::reject::Reason;
 use super::route::{Ask, Next};
 use super::wall::WallClock;
@@ -472,20 +473,28 @@ impl StoreState {
         )
     }
 
-    fn lost_key(&self, tenant: TenantId, owner: u64) -> String {
-        format!("{}:lost:{}:{owner:016x}", self.config.prefix, tenant.get())
+    fn lost_key(&self, lost: Identity) -> String {
+        format!(
+            "{}:lost:{}:{:016x}:{}",
+            self.config.prefix,
+            lost.tenant.get(),
+            lost.owner,
+            lost.incarnation
+        )
     }
 
-    /// The key of a lost record back to its tenant and owner.
-    fn parse_lost_key(&self, key: &str) -> Option<(TenantId, u64)> {
+    /// The key of a lost record back to the backend it names.
+    fn parse_lost_key(&self, key: &str) -> Option<Identity> {
         let rest = key
             .strip_prefix(&*self.config.prefix)?
             .strip_prefix(":lost:")?;
-        let (tenant, owner) = rest.split_once(':')?;
-        Some((
-            TenantId::new(tenant.parse().ok()?),
-            u64::from_str_radix(owner, 16).ok()?,
-        ))
+        let mut parts = rest.split(':');
+        let lost = Identity {
+            tenant: TenantId::new(parts.next()?.parse().ok()?),
+            owner: u64::from_str_radix(parts.next()?, 16).ok()?,
+            incarnation: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(lost)
     }
 }
 
@@ -608,26 +617,39 @@ impl<T: SessionTable> Router<T> {
             Named::Removed => return reject(Reason::OwnerGone(kind)),
             Named::Unknown => return reject(Reason::UnknownOwner(kind)),
         };
-        if binding.incarnation > incarnation {
+        // Bound for a process this router knows is gone: an older incarnation, or before a
+        // loss (whatever its number: a replica's count may start over).
+        let lost = binding.incarnation < incarnation || binding.bound_at < lost_before;
+        if binding.incarnation > incarnation && !lost {
+            // Another router knows a newer process of this backend: this one is behind.
             return reject(Reason::UnknownOwner(kind));
         }
         let Ok(key) = Key::with_max_len(lookup.tenant, kind, lookup.id.as_bytes(), usize::MAX)
         else {
             return reject(Reason::UnknownKey(kind));
         };
-        let lost = binding.incarnation < incarnation || binding.bound_at < lost_before;
         if self.foreign_principal(kind, binding.principal, lookup.principal) {
             return reject(Reason::WrongPrincipal(kind));
         }
         let (status, term) = self.fleet.owner_state(owner, now);
         let skew = store.config.skew;
-        let after_loss = down_since
-            .is_some_and(|at| binding.bound_at > store.config.clock.unix(at).saturating_add(skew));
-        if status == OwnerStatus::Down && !lost && after_loss {
-            // Bound more than the clock skew after this router saw the owner go down: the
-            // backend's new process is up, and this router has not seen it yet. Not this
-            // router's to end: 503, nothing forgotten. (Bound earlier, it is the lost
-            // process's, or it would be 503 for as long as a dead backend stays down.)
+        // An operator key bound after the loss's cut-off is never taken for the lost
+        // process's: it would be bound afresh here while the routers that saw the comeback
+        // keep it where it is (a split); 503 until this router sees the owner back, or the
+        // binding expires.
+        let unsure = kind == KeyKind::Operator
+            || down_since.is_some_and(|(at, down)| {
+                // Of a newer incarnation than the one that went down, or bound more than the
+                // clock skew after this router saw it go down: surely the new process's.
+                binding.incarnation > down
+                    || binding.bound_at > store.config.clock.unix(at).saturating_add(skew)
+                    // Within the skew: either process's; unsure, unless a down grace has passed.
+                    || (self.config.down_grace)
+                        .is_none_or(|grace| now.saturating_duration_since(at) < grace)
+            });
+        if status == OwnerStatus::Down && !lost && unsure {
+            // The backend's new process may be up, and this router has not seen it yet. Not
+            // this router's to end: 503, nothing forgotten.
             return reject(Reason::UnknownOwner(kind));
         }
         let forget = StoreWrite::Forget {
@@ -779,7 +801,7 @@ impl<T: SessionTable> Router<T> {
         self.fleet
             .identities()
             .into_iter()
-            .map(|(tenant, owner)| store.lost_key(tenant, owner))
+            .map(|identity| store.lost_key(identity))
             .collect()
     }
 
@@ -792,7 +814,7 @@ impl<T: SessionTable> Router<T> {
     /// ignored and counted (`store_lost_ignored`).
     pub fn on_lost(&self, key: &str, before: u32, now: Instant) {
         let Some(store) = &self.store else { return };
-        let Some((tenant, owner)) = store.parse_lost_key(key) else {
+        let Some(lost) = store.parse_lost_key(key) else {
             return;
         };
         // Dated ahead of this router's clock plus the skew, it comes from a clock that runs
@@ -815,7 +837,7 @@ impl<T: SessionTable> Router<T> {
             return;
         }
         let before = before.min(latest);
-        let Some(id) = self.fleet.raise_lost_before(tenant, owner, before) else {
+        let Some(id) = self.fleet.raise_lost_before(lost, before) else {
             return;
         };
         let cutoff = store.config.clock.instant(before, now);
@@ -867,9 +889,9 @@ impl<T: SessionTable> Router<T> {
         let mut writes = Vec::new();
         if !cursor.lost_done {
             let lost = self.fleet.lost_records();
-            for &(tenant, owner, before) in lost.iter().skip(cursor.lost).take(max) {
+            for &(identity, before) in lost.iter().skip(cursor.lost).take(max) {
                 writes.push(StoreWrite::Lost {
-                    key: store.lost_key(tenant, owner),
+                    key: store.lost_key(identity),
                     before,
                     ttl: store.ttl.saturating_mul(2),
                 });
@@ -1021,14 +1043,14 @@ impl<T: SessionTable> Router<T> {
         }
     }
 
-    /// The backend `identity` names (its tenant and name fingerprint) was lost (removed,
-    /// restarted, down) at `now`: every router must refuse its bindings from before.
-    pub(super) fn store_lost(&self, identity: Option<(TenantId, u64)>, now: Instant) {
-        let (Some(store), Some((tenant, owner))) = (&self.store, identity) else {
+    /// The process `identity` names was lost (removed, restarted, down) at `now`: every
+    /// router that knows it must refuse its bindings from before.
+    pub(super) fn store_lost(&self, identity: Option<Identity>, now: Instant) {
+        let (Some(store), Some(identity)) = (&self.store, identity) else {
             return;
         };
         self.enqueue(StoreWrite::Lost {
-            key: store.lost_key(tenant, owner),
+            key: store.lost_key(identity),
             before: store.cutoff(now),
             ttl: store.ttl.saturating_mul(2),
         });
