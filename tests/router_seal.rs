@@ -848,11 +848,11 @@ fn restarts_and_incarnations_refuse_the_tokens_of_a_lost_process() {
         refused(&behind, &new_token, later).reason(),
         Reason::UnknownOwner(KeyKind::Session)
     );
-    // Unless the token was sealed before a loss the router knows of: whatever its number,
-    // the process it names has died since (`router` restarted `a` after it was sealed).
+    // So does `router`, which restarted `a` after that token was sealed: the loss it knows of
+    // is incarnation 0's, and says nothing of 2's process.
     assert_eq!(
         refused(&router, &new_token, later).reason(),
-        Reason::OwnerGone(KeyKind::Session)
+        Reason::UnknownOwner(KeyKind::Session)
     );
 }
 

@@ -176,7 +176,10 @@ impl<T> RouterBuilder<T> {
     /// a backend still down here past it is taken for dead and the session gets the 404 that
     /// makes its client start over: set it to the time this router's health checks surely
     /// take to see a backend answer again. (A session surely made after the loss is 503 for
-    /// as long as the backend is down here; one surely made before, 404 at once.)
+    /// as long as the backend is down here; one surely made before, 404 at once.) Operator
+    /// keys are not bounded by it: one bound within the skew of its owner's loss is 503 for
+    /// as long as the owner is down here or its store binding lives, since binding it afresh
+    /// here while a router that saw the comeback keeps it would split it.
     pub fn down_grace(mut self, grace: Duration) -> Self {
         self.config.down_grace = Some(grace);
         self

@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::Router;
 use super::fleet::{BackendInfo, FleetError, Health, NewBackend, Probe};
 use super::metrics::Metrics;
-use crate::table::{Entry, Key, OwnedKey, SessionTable};
+use crate::table::{Entry, Key, KeyKind, OwnedKey, SessionTable};
 use crate::{BackendId, TenantId};
 
 /// What one [`Router::maintain`] call did.
@@ -53,7 +53,9 @@ impl<T: SessionTable> Router<T> {
     pub fn add(&self, mut backend: NewBackend) -> Result<BackendId, FleetError> {
         if let Some((removed_at, incarnation)) = self.fleet.removed(&backend) {
             if backend.incarnation <= incarnation {
-                backend.lost_before = backend.lost_before.max(self.lost_cutoff(removed_at));
+                backend
+                    .lost
+                    .raise(self.lost_cutoff(removed_at), incarnation);
             }
         }
         let added = self.fleet.add(backend, |id| {
@@ -153,7 +155,8 @@ impl<T: SessionTable> Router<T> {
     /// skew of [`Sealing`](super::Sealing), are refused as well).
     pub fn restart_backend(&self, id: BackendId, now: Instant) -> Result<BackendId, FleetError> {
         let mut backend = self.fleet.describe(id)?;
-        backend.lost_before = backend.lost_before.max(self.lost_cutoff(now));
+        let incarnation = backend.incarnation;
+        backend.lost.raise(self.lost_cutoff(now), incarnation);
         self.remove_backend(id, now)?;
         self.add(backend)
     }
@@ -161,16 +164,29 @@ impl<T: SessionTable> Router<T> {
     /// The backend now runs as `incarnation` (a new process of the replica, as the
     /// orchestrator numbers them; see [`NewBackend::incarnation`]). Sealed ids naming another
     /// incarnation are refused from now on: older ones as gone (404), newer ones as a router
-    /// that is behind (503). Keys in the table are untouched: a new process that does not know
-    /// them answers 404 itself.
+    /// that is behind (503). Session and task keys in the table are untouched: a new process
+    /// that does not know them answers 404 itself. Its operator keys are purged: a client
+    /// cannot start one over, so each is bound afresh on its next request, as when its owner
+    /// is gone (with a shared store, every router finds the old binding lost by its number
+    /// and binds it the same way).
     pub fn set_incarnation(
         &self,
         id: BackendId,
         incarnation: u32,
         now: Instant,
     ) -> Result<(), FleetError> {
-        self.fleet
-            .set_incarnation(id, incarnation, self.lost_cutoff(now))
+        if self
+            .fleet
+            .set_incarnation(id, incarnation, self.lost_cutoff(now))?
+        {
+            for owned in self.table.keys_of(id, usize::MAX) {
+                let key = owned.as_key();
+                if key.kind() == KeyKind::Operator {
+                    self.purge_key(&key, id);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sets a backend's weight for weighted round robin; 0 takes it out of every placement

@@ -108,8 +108,33 @@ pub struct NewBackend {
     pub(crate) name: Option<Arc<str>>,
     pub(crate) weight: u32,
     pub(crate) incarnation: u32,
-    /// Unix seconds before which tokens of this backend belong to a lost incarnation.
-    pub(crate) lost_before: u32,
+    /// What this router knows was lost of the backend's processes.
+    pub(crate) lost: Loss,
+}
+
+/// What a router knows was lost of a backend's processes: tokens and bindings of incarnations
+/// up to `upto` made before `before` (Unix seconds) belong to a process that died. A newer
+/// incarnation's are not judged by it: the loss is not of their process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Loss {
+    pub(crate) before: u32,
+    pub(crate) upto: u32,
+}
+
+impl Loss {
+    /// Whether a token or binding of `incarnation` made at `at` belongs to a lost process.
+    pub(crate) fn condemns(self, incarnation: u32, at: u32) -> bool {
+        incarnation <= self.upto && at < self.before
+    }
+
+    /// Adds the loss of `incarnation`'s process before `before`; whether that changed it.
+    pub(crate) fn raise(&mut self, before: u32, incarnation: u32) -> bool {
+        let raised = Loss {
+            before: self.before.max(before),
+            upto: self.upto.max(incarnation),
+        };
+        std::mem::replace(self, raised) != raised
+    }
 }
 
 impl NewBackend {
@@ -122,7 +147,7 @@ impl NewBackend {
             name: None,
             weight: 1,
             incarnation: 0,
-            lost_before: 0,
+            lost: Loss::default(),
         }
     }
 
@@ -247,8 +272,8 @@ struct Meta {
     /// The name's fingerprint: how sealed tokens name this backend.
     owner: u64,
     incarnation: u32,
-    /// Unix seconds: tokens sealed before belong to an incarnation this router saw die.
-    lost_before: u32,
+    /// The processes this router knows died.
+    lost: Loss,
     weight: u32,
     generation: u16,
     occupied: bool,
@@ -316,7 +341,7 @@ pub(crate) enum Named {
     Backend {
         id: BackendId,
         incarnation: u32,
-        lost_before: u32,
+        lost: Loss,
         down_since: Option<(Instant, u32)>,
     },
     /// A backend of that name was removed.
@@ -547,7 +572,7 @@ impl Fleet {
             name,
             owner,
             incarnation: backend.incarnation,
-            lost_before: backend.lost_before,
+            lost: backend.lost,
             weight: backend.weight,
             generation,
             occupied: true,
@@ -611,7 +636,7 @@ impl Fleet {
                 name: Some(m.name.clone()),
                 weight: m.weight,
                 incarnation: m.incarnation,
-                lost_before: m.lost_before,
+                lost: m.lost,
             })
             .ok_or(FleetError::NotFound(id))
     }
@@ -626,7 +651,7 @@ impl Fleet {
                 Named::Backend {
                     id: BackendId::new(slot, meta.generation),
                     incarnation: meta.incarnation,
-                    lost_before: meta.lost_before,
+                    lost: meta.lost,
                     down_since: meta.down_since,
                 }
             }
@@ -663,22 +688,28 @@ impl Fleet {
         let mut state = self.state.write();
         let slot = *state.names.get(&(lost.tenant, lost.owner))?;
         let meta = &mut state.slots[usize::from(slot)];
-        if before <= meta.lost_before || meta.incarnation > lost.incarnation {
+        if meta.incarnation > lost.incarnation || !meta.lost.raise(before, lost.incarnation) {
             return None;
         }
-        meta.lost_before = before;
         Some(BackendId::new(slot, meta.generation))
     }
 
-    /// Every backend that lost a process, with the Unix second before which its tokens and
-    /// bindings are refused.
+    /// Every backend that lost a process, named with the newest incarnation lost, and the
+    /// Unix second before which its tokens and bindings of that incarnation or older are
+    /// refused.
     pub(crate) fn lost_records(&self) -> Vec<(Identity, u32)> {
         let state = self.state.read();
         state
             .slots
             .iter()
-            .filter(|m| m.occupied && m.lost_before > 0)
-            .map(|m| (m.identity(), m.lost_before))
+            .filter(|m| m.occupied && m.lost.before > 0)
+            .map(|m| {
+                let lost = Identity {
+                    incarnation: m.lost.upto,
+                    ..m.identity()
+                };
+                (lost, m.lost.before)
+            })
             .collect()
     }
 
@@ -693,7 +724,8 @@ impl Fleet {
             .map(|m| (m.owner, m.incarnation))
     }
 
-    /// The backend runs as `incarnation` now. A higher one refuses the older incarnations'
+    /// The backend runs as `incarnation` now (whether that changed it). A higher one refuses
+    /// the older incarnations'
     /// tokens by their number; a lower one (a replica whose count started over) also refuses
     /// those sealed before `lost_before` (Unix seconds), whatever their number.
     pub(crate) fn set_incarnation(
@@ -701,12 +733,12 @@ impl Fleet {
         id: BackendId,
         incarnation: u32,
         lost_before: u32,
-    ) -> Result<(), FleetError> {
+    ) -> Result<bool, FleetError> {
         self.update(id, |meta| {
             if incarnation < meta.incarnation {
-                meta.lost_before = meta.lost_before.max(lost_before);
+                meta.lost.raise(lost_before, meta.incarnation);
             }
-            meta.incarnation = incarnation;
+            std::mem::replace(&mut meta.incarnation, incarnation) != incarnation
         })
     }
 
@@ -820,7 +852,7 @@ impl Fleet {
                             if health == Health::Down {
                                 meta.term = meta.term.wrapping_add(1);
                                 meta.purge_pending = true;
-                                meta.lost_before = meta.lost_before.max(lost_before);
+                                meta.lost.raise(lost_before, meta.incarnation);
                                 meta.down_since = Some((now, meta.incarnation));
                             }
                             meta.health = health;
@@ -875,7 +907,7 @@ impl Fleet {
                 meta.down_since = Some((now, meta.incarnation));
             }
             meta.term = meta.term.wrapping_add(1);
-            meta.lost_before = meta.lost_before.max(lost_before);
+            meta.lost.raise(lost_before, meta.incarnation);
             meta.health = Health::Down;
             meta.streak = 0;
             meta.streak_of = None;

@@ -229,19 +229,21 @@ impl<T: SessionTable> Router<T> {
         }
         let gone = |reason| Presented::Routed(Routed::Reject(self.reject(reason)));
         let named = self.fleet.named(tenant, claims.owner);
-        let (owner, incarnation, lost_before, down_since) = match named {
+        let (owner, incarnation, loss, down_since) = match named {
             Named::Backend {
                 id,
                 incarnation,
-                lost_before,
+                lost,
                 down_since,
-            } => (id, incarnation, lost_before, down_since),
+            } => (id, incarnation, lost, down_since),
             Named::Removed => return gone(Reason::OwnerGone(kind)),
             Named::Unknown => return gone(Reason::UnknownOwner(kind)),
         };
-        // Sealed for a process this router knows is gone: an older incarnation, or before a
-        // loss (whatever its number: a replica's count may start over).
-        let lost = claims.incarnation < incarnation || claims.sealed_at < lost_before;
+        // Sealed for a process this router knows is gone: an older incarnation, or one of a
+        // loss (as new as the incarnation lost, whatever the current one: a replica's count
+        // may start over).
+        let lost =
+            claims.incarnation < incarnation || loss.condemns(claims.incarnation, claims.sealed_at);
         if claims.incarnation > incarnation && !lost {
             // Another router knows a newer process of this backend: this one is behind,
             // and must not decide for the session.

@@ -70,7 +70,7 @@ use parking_lot::Mutex;
 use super::Router;
 use super::classify::Intent;
 use super::exchange::{Exchange, How, IdBuf, Routed};
-use super::fleet::{Identity, Named, OwnerStatus};
+use super::fleet::{Identity, Loss, Named, OwnerStatus};
 use super::reject::Reason;
 use super::route::{Ask, Next};
 use super::wall::WallClock;
@@ -607,19 +607,29 @@ impl<T: SessionTable> Router<T> {
             return reject(Reason::UnknownOwner(kind));
         };
         let named = self.fleet.named(lookup.tenant, binding.owner);
-        let (owner, incarnation, lost_before, down_since) = match named {
+        let (owner, incarnation, loss, down_since) = match named {
             Named::Backend {
                 id,
                 incarnation,
-                lost_before,
+                lost,
                 down_since,
-            } => (id, incarnation, lost_before, down_since),
+            } => (id, incarnation, lost, down_since),
+            Named::Removed if kind == KeyKind::Operator => {
+                // A client cannot start an operator key over: its owner removed, it is bound
+                // afresh (this binding, and no later one, is cleared first).
+                self.enqueue(StoreWrite::Forget {
+                    key: lookup.key.clone(),
+                    owner: binding.exact_prefix(),
+                });
+                return self.place_operator(lookup, accept);
+            }
             Named::Removed => return reject(Reason::OwnerGone(kind)),
             Named::Unknown => return reject(Reason::UnknownOwner(kind)),
         };
-        // Bound for a process this router knows is gone: an older incarnation, or before a
-        // loss (whatever its number: a replica's count may start over).
-        let lost = binding.incarnation < incarnation || binding.bound_at < lost_before;
+        // Bound for a process this router knows is gone: an older incarnation, or one of a
+        // loss (as new as the incarnation lost, whatever the current one).
+        let lost = binding.incarnation < incarnation
+            || loss.condemns(binding.incarnation, binding.bound_at);
         if binding.incarnation > incarnation && !lost {
             // Another router knows a newer process of this backend: this one is behind.
             return reject(Reason::UnknownOwner(kind));
@@ -754,17 +764,18 @@ impl<T: SessionTable> Router<T> {
         let Some(found) = Binding::decode(value) else {
             return drop_mine();
         };
-        let (winner, incarnation, lost_before) = match self.fleet.named(tenant, found.owner) {
+        let (winner, incarnation, loss) = match self.fleet.named(tenant, found.owner) {
             Named::Backend {
                 id,
                 incarnation,
-                lost_before,
+                lost,
                 ..
-            } => (id, incarnation, lost_before),
-            Named::Removed => (BackendId::CONTESTED, u32::MAX, u32::MAX),
+            } => (id, incarnation, lost),
+            Named::Removed => (BackendId::CONTESTED, u32::MAX, Loss::default()),
             Named::Unknown => return drop_mine(),
         };
-        let lost = found.incarnation < incarnation || found.bound_at < lost_before;
+        let lost =
+            found.incarnation < incarnation || loss.condemns(found.incarnation, found.bound_at);
         let status = if winner == BackendId::CONTESTED {
             OwnerStatus::Gone
         } else {
