@@ -988,10 +988,15 @@ fn a_fleet_sharing_an_unreliable_store_keeps_one_owner_per_key_and_never_404s_a_
     }
     let mut failures: HashMap<&'static str, (u64, usize, String, usize)> = HashMap::new();
     let mut lagged = 0;
+    // `ATTACK_STORE_LIST=1`: every failing seed, not only the first of each kind.
+    let list = std::env::var("ATTACK_STORE_LIST").is_ok_and(|v| v == "1");
     for seed in 0..seeds {
         match run(seed, steps, mode, false) {
             Ok(n) => lagged += n,
             Err((step, Violation(kind, what))) => {
+                if list {
+                    eprintln!("seed {seed}, step {step}: {kind}: {what}");
+                }
                 let entry = failures.entry(kind).or_insert((seed, step, what, 0));
                 entry.3 += 1;
             }
