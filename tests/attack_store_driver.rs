@@ -161,6 +161,7 @@ struct World {
     deaths: bool,
     incarnations: bool,
     strict: bool,
+    poll_all: bool,
     trace: bool,
 }
 
@@ -226,6 +227,7 @@ impl World {
             deaths,
             incarnations,
             strict,
+            poll_all: std::env::var("ATTACK_STORE_POLL_ALL").is_ok_and(|v| v == "1"),
             trace,
         }
     }
@@ -384,7 +386,18 @@ impl World {
         if self.store.down {
             return;
         }
-        for key in self.routers[r].lost_keys() {
+        let mut keys = self.routers[r].lost_keys();
+        if self.poll_all {
+            // Diagnostic for R7-2 (tests/attack_round7.rs): also read the records of higher
+            // numbers than the one each backend runs, where a reseed may have put them.
+            let more: Vec<String> = keys
+                .iter()
+                .filter_map(|k| k.rsplit_once(':'))
+                .flat_map(|(owner, _)| (0..12).map(move |n| format!("{owner}:{n}")))
+                .collect();
+            keys.extend(more);
+        }
+        for key in keys {
             if let Some(before) = self.store.get(&key, now).and_then(|v| v.parse().ok()) {
                 self.routers[r].on_lost(&key, before, now);
             }
@@ -676,10 +689,15 @@ impl World {
                     self.log(|| format!("R{r}: live {id} (minted during a lag) answered 404"));
                 } else if rejection.status() == StatusCode::NOT_FOUND && live && who == owner_who {
                     let what = format!(
-                        "R{r}: live {id} of {} on {} answered 404 ({})",
+                        "R{r}: live {id} of {} on {} answered 404 ({}){}",
                         WHO[who],
                         NAMES[owner],
-                        rejection.reason().as_str()
+                        rejection.reason().as_str(),
+                        if self.present[r][owner] {
+                            ""
+                        } else {
+                            ", removed here (not re-added yet)"
+                        }
                     );
                     if store_down {
                         return Err(Violation("outage404", what));
