@@ -201,7 +201,10 @@ fn a_router_behind_on_a_re_add_does_not_404_a_session_of_the_newer_incarnation()
     flush(&b, &mut store, t1);
     let call = post("/mcp", &[("mcp-session-id", "s-new"), LEGACY]);
     // B forwards it.
-    assert!(matches!(route_via(&b, &store, &call, t1), Routed::Forward(_)));
+    assert!(matches!(
+        route_via(&b, &store, &call, t1),
+        Routed::Forward(_)
+    ));
     // A, behind on the re-add.
     clock.advance(Duration::from_secs(1));
     let t2 = clock.now();
@@ -219,7 +222,10 @@ fn a_router_behind_on_a_re_add_does_not_404_a_session_of_the_newer_incarnation()
     // Caught up, A forwards it.
     a.add(backend("x", 5)).unwrap();
     flush(&a, &mut store, t2);
-    assert!(matches!(route_via(&a, &store, &call, t2), Routed::Forward(_)));
+    assert!(matches!(
+        route_via(&a, &store, &call, t2),
+        Routed::Forward(_)
+    ));
 }
 
 // --- R7-2. A reseeded lost record is keyed by a number nobody polls ------------------------
@@ -257,7 +263,10 @@ fn a_reseeded_lost_record_reaches_the_routers_of_a_count_that_started_over() {
     }
     clock.advance(Duration::from_secs(60));
     let t1 = clock.now();
-    assert_eq!(call_ws(&b, &mut store, "acme", Some("x"), t1), Ok("x".into()));
+    assert_eq!(
+        call_ws(&b, &mut store, "acme", Some("x"), t1),
+        Ok("x".into())
+    );
     assert_eq!(call_ws(&a, &mut store, "acme", None, t1), Ok("x".into()));
     // x's process dies and comes back (the same number); only A's checks see it.
     clock.advance(Duration::from_secs(60));
@@ -289,10 +298,15 @@ fn a_reseeded_lost_record_reaches_the_routers_of_a_count_that_started_over() {
     poll_lost(&b, &store, t3);
     let again_b = call_ws(&b, &mut store, "acme", Some("y"), t3);
     assert_eq!(
-        on_a, again_b,
+        on_a,
+        again_b,
         "acme goes to {on_a:?} through A and {on_b:?}, then {again_b:?} through B; B polls \
          {:?}, the store holds {:?}",
         b.lost_keys(),
-        store.values.keys().filter(|k| k.contains(":lost:")).collect::<Vec<_>>()
+        store
+            .values
+            .keys()
+            .filter(|k| k.contains(":lost:"))
+            .collect::<Vec<_>>()
     );
 }

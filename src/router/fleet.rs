@@ -344,8 +344,8 @@ pub(crate) enum Named {
         lost: Loss,
         down_since: Option<(Instant, u32)>,
     },
-    /// A backend of that name was removed.
-    Removed,
+    /// A backend of that name was removed: when, and the incarnation it was.
+    Removed { at: Instant, incarnation: u32 },
     /// No backend of that name, ever (to this router's knowledge).
     Unknown,
 }
@@ -655,8 +655,10 @@ impl Fleet {
                     down_since: meta.down_since,
                 }
             }
-            None if state.removed.contains_key(&(tenant, owner)) => Named::Removed,
-            None => Named::Unknown,
+            None => match state.removed.get(&(tenant, owner)) {
+                Some(&(at, incarnation)) => Named::Removed { at, incarnation },
+                None => Named::Unknown,
+            },
         }
     }
 
@@ -694,22 +696,16 @@ impl Fleet {
         Some(BackendId::new(slot, meta.generation))
     }
 
-    /// Every backend that lost a process, named with the newest incarnation lost, and the
-    /// Unix second before which its tokens and bindings of that incarnation or older are
-    /// refused.
+    /// Every backend that lost a process, named with its current incarnation (as
+    /// [`store_lost`](super::Router::store_lost) names it, and every router that knows it polls),
+    /// and the Unix second before which its lost processes' tokens and bindings are refused.
     pub(crate) fn lost_records(&self) -> Vec<(Identity, u32)> {
         let state = self.state.read();
         state
             .slots
             .iter()
             .filter(|m| m.occupied && m.lost.before > 0)
-            .map(|m| {
-                let lost = Identity {
-                    incarnation: m.lost.upto,
-                    ..m.identity()
-                };
-                (lost, m.lost.before)
-            })
+            .map(|m| (m.identity(), m.lost.before))
             .collect()
     }
 

@@ -236,7 +236,16 @@ impl<T: SessionTable> Router<T> {
                 lost,
                 down_since,
             } => (id, incarnation, lost, down_since),
-            Named::Removed => return gone(Reason::OwnerGone(kind)),
+            // A newer process than the one removed here, or sealed more than the clock skew
+            // after the removal: another router added it since (or had not removed it yet).
+            // Not this router's to end: 503.
+            Named::Removed { at, incarnation }
+                if claims.incarnation > incarnation
+                    || claims.sealed_at > sealing.unix(at).saturating_add(sealing.skew) =>
+            {
+                return gone(Reason::UnknownOwner(kind));
+            }
+            Named::Removed { .. } => return gone(Reason::OwnerGone(kind)),
             Named::Unknown => return gone(Reason::UnknownOwner(kind)),
         };
         // Sealed for a process this router knows is gone: an older incarnation, or one of a

@@ -614,7 +614,21 @@ impl<T: SessionTable> Router<T> {
                 lost,
                 down_since,
             } => (id, incarnation, lost, down_since),
-            Named::Removed if kind == KeyKind::Operator => {
+            // A newer process than the one removed here, or bound more than the clock skew
+            // after the removal: another router added it since (or had not removed it yet).
+            // Not this router's to end: 503, nothing forgotten.
+            Named::Removed { at, incarnation }
+                if binding.incarnation > incarnation
+                    || binding.bound_at
+                        > store
+                            .config
+                            .clock
+                            .unix(at)
+                            .saturating_add(store.config.skew) =>
+            {
+                return reject(Reason::UnknownOwner(kind));
+            }
+            Named::Removed { .. } if kind == KeyKind::Operator => {
                 // A client cannot start an operator key over: its owner removed, it is bound
                 // afresh (this binding, and no later one, is cleared first).
                 self.enqueue(StoreWrite::Forget {
@@ -623,7 +637,7 @@ impl<T: SessionTable> Router<T> {
                 });
                 return self.place_operator(lookup, accept);
             }
-            Named::Removed => return reject(Reason::OwnerGone(kind)),
+            Named::Removed { .. } => return reject(Reason::OwnerGone(kind)),
             Named::Unknown => return reject(Reason::UnknownOwner(kind)),
         };
         // Bound for a process this router knows is gone: an older incarnation, or one of a
@@ -771,7 +785,20 @@ impl<T: SessionTable> Router<T> {
                 lost,
                 ..
             } => (id, incarnation, lost),
-            Named::Removed => (BackendId::CONTESTED, u32::MAX, Loss::default()),
+            // A newer process than the one removed here, or bound after the removal: not this
+            // router's to judge.
+            Named::Removed { at, incarnation }
+                if found.incarnation > incarnation
+                    || found.bound_at
+                        > store
+                            .config
+                            .clock
+                            .unix(at)
+                            .saturating_add(store.config.skew) =>
+            {
+                return drop_mine();
+            }
+            Named::Removed { .. } => (BackendId::CONTESTED, u32::MAX, Loss::default()),
             Named::Unknown => return drop_mine(),
         };
         let lost =
