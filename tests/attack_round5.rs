@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use http::StatusCode;
-use mcp_affinity::router::store::{Looked, MAX_LOOKUPS};
+
 use mcp_affinity::router::{
     End, HeadOutcome, NewBackend, Probe, Reason, Routed, Router, RouterBuilder, Sealing,
     SharedStore,
@@ -22,13 +22,7 @@ use mcp_affinity::{BackendId, TenantId};
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-
-fn answer<'a>(store: &'a Store, key: &str, now: Instant) -> Looked<'a> {
-    match store.get(key, now) {
-        Some(value) => Looked::Found(value),
-        None => Looked::Missing,
-    }
-}
+use common::sim_store::{flush, poll_lost, route_via};
 
 fn fleet_router(builder: RouterBuilder, names: &[&str], now: Instant) -> Router {
     let router = builder
@@ -49,46 +43,6 @@ fn id_of(router: &Router, name: &str) -> BackendId {
         .find(|b| &*b.name == name)
         .unwrap()
         .id
-}
-
-fn flush(router: &Router, store: &mut Store, now: Instant) {
-    for _ in 0..8 {
-        let writes = router.take_store_writes(usize::MAX);
-        if writes.is_empty() {
-            return;
-        }
-        for write in writes {
-            if let Some((key, found)) = store.apply(write, now) {
-                router.on_bind_taken(&key, &found, now);
-            }
-        }
-    }
-    panic!("the write queue never empties");
-}
-
-fn poll_lost(router: &Router, store: &Store, now: Instant) {
-    for key in router.lost_keys() {
-        if let Some(before) = store.get(&key, now).and_then(|v| v.parse().ok()) {
-            router.on_lost(&key, before, now);
-        }
-    }
-}
-
-fn route_via(
-    router: &Router,
-    store: &Store,
-    request: &http::request::Parts,
-    now: Instant,
-) -> Routed {
-    let mut routed = router.route(request, now);
-    for _ in 0..MAX_LOOKUPS {
-        let Routed::Lookup(lookup) = routed else {
-            return routed;
-        };
-        let found = answer(store, lookup.key(), now);
-        routed = router.on_lookup(lookup, found, now);
-    }
-    routed
 }
 
 fn ring() -> Keyring {
@@ -179,7 +133,7 @@ fn a_cookie_hint_is_judged_again_after_the_store_answers() {
             }
             _ => b.drain_backend(bx, None, now).unwrap(),
         }
-        let found = answer(&store, lookup.key(), now);
+        let found = store.answer(lookup.key(), now);
         let routed = b.on_lookup(lookup, found, now);
         let ex = forward(routed);
         let to = ex.backend();

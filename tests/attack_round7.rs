@@ -12,43 +12,14 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::StatusCode;
 use mcp_affinity::router::key_fn;
-use mcp_affinity::router::store::{Looked, MAX_LOOKUPS, ReseedCursor};
+use mcp_affinity::router::store::{MAX_LOOKUPS, ReseedCursor};
 use mcp_affinity::router::{End, HeadOutcome, NewBackend, Probe, Routed, Router, SharedStore};
 use mcp_affinity::{BackendId, TenantId};
 
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-
-fn answer<'a>(store: &'a Store, key: &str, now: Instant) -> Looked<'a> {
-    match store.get(key, now) {
-        Some(value) => Looked::Found(value),
-        None => Looked::Missing,
-    }
-}
-
-fn flush(router: &Router, store: &mut Store, now: Instant) {
-    for _ in 0..8 {
-        let writes = router.take_store_writes(usize::MAX);
-        if writes.is_empty() {
-            return;
-        }
-        for write in writes {
-            if let Some((key, found)) = store.apply(write, now) {
-                router.on_bind_taken(&key, &found, now);
-            }
-        }
-    }
-    panic!("the write queue never empties");
-}
-
-fn poll_lost(router: &Router, store: &Store, now: Instant) {
-    for key in router.lost_keys() {
-        if let Some(before) = store.get(&key, now).and_then(|v| v.parse().ok()) {
-            router.on_lost(&key, before, now);
-        }
-    }
-}
+use common::sim_store::{flush, poll_lost, route_via};
 
 fn reseed(router: &Router, store: &mut Store, now: Instant) {
     let mut cursor = ReseedCursor::default();
@@ -63,23 +34,6 @@ fn reseed(router: &Router, store: &mut Store, now: Instant) {
             }
         }
     }
-}
-
-fn route_via(
-    router: &Router,
-    store: &Store,
-    request: &http::request::Parts,
-    now: Instant,
-) -> Routed {
-    let mut routed = router.route(request, now);
-    for _ in 0..MAX_LOOKUPS {
-        let Routed::Lookup(lookup) = routed else {
-            return routed;
-        };
-        let found = answer(store, lookup.key(), now);
-        routed = router.on_lookup(lookup, found, now);
-    }
-    routed
 }
 
 fn backend(name: &str, incarnation: u32) -> NewBackend {
@@ -142,7 +96,7 @@ fn call_ws(
         let Routed::Lookup(lookup) = routed else {
             break;
         };
-        let found = answer(store, lookup.key(), now);
+        let found = store.answer(lookup.key(), now);
         routed = router.on_lookup_with(lookup, found, now, ok);
     }
     let out = match routed {

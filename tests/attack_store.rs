@@ -39,15 +39,6 @@ const DAY: u64 = 86_400;
 
 type Store = common::sim_store::SimStore;
 
-impl Store {
-    fn answer(&self, key: &str, now: Instant) -> Looked<'_> {
-        match self.get(key, now) {
-            Some(value) => Looked::Found(value),
-            None => Looked::Missing,
-        }
-    }
-}
-
 /// A router sharing through the store with backends named `names`, its wall clock reading
 /// `unix` at `now` (every router of a fleet reads its own).
 fn fleet_router(builder: RouterBuilder, names: &[&str], now: Instant, unix: u64) -> Router {

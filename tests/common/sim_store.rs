@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use mcp_affinity::router::store::StoreWrite;
+use mcp_affinity::router::store::{Looked, MAX_LOOKUPS, StoreWrite};
+use mcp_affinity::router::{Routed, Router};
 
 /// The store: each key's value and expiry; `down` for the tests that take it away.
 #[derive(Default)]
@@ -15,6 +16,14 @@ pub struct SimStore {
 }
 
 impl SimStore {
+    /// What the store says of `key`, as [`Router::on_lookup`] takes it.
+    pub fn answer(&self, key: &str, now: Instant) -> Looked<'_> {
+        match self.get(key, now) {
+            Some(value) => Looked::Found(value),
+            None => Looked::Missing,
+        }
+    }
+
     pub fn get(&self, key: &str, now: Instant) -> Option<&str> {
         self.values
             .get(key)
@@ -55,4 +64,48 @@ impl SimStore {
         }
         None
     }
+}
+
+/// Performs every write `router` queued, reporting refused binds back, until its queue is
+/// empty (a refused bind may queue a repair), as an embedder's drain does.
+pub fn flush(router: &Router, store: &mut SimStore, now: Instant) {
+    for _ in 0..8 {
+        let writes = router.take_store_writes(usize::MAX);
+        if writes.is_empty() {
+            return;
+        }
+        for write in writes {
+            if let Some((key, found)) = store.apply(write, now) {
+                router.on_bind_taken(&key, &found, now);
+            }
+        }
+    }
+    panic!("the write queue never empties");
+}
+
+/// Hands `router` the lost records of the backends it knows, as an embedder's poll does.
+pub fn poll_lost(router: &Router, store: &SimStore, now: Instant) {
+    for key in router.lost_keys() {
+        if let Some(before) = store.get(&key, now).and_then(|v| v.parse().ok()) {
+            router.on_lost(&key, before, now);
+        }
+    }
+}
+
+/// Routes `request` through `router`, answering every lookup from `store`.
+pub fn route_via(
+    router: &Router,
+    store: &SimStore,
+    request: &http::request::Parts,
+    now: Instant,
+) -> Routed {
+    let mut routed = router.route(request, now);
+    for _ in 0..MAX_LOOKUPS {
+        let Routed::Lookup(lookup) = routed else {
+            return routed;
+        };
+        let found = store.answer(lookup.key(), now);
+        routed = router.on_lookup(lookup, found, now);
+    }
+    routed
 }
