@@ -27,6 +27,7 @@ use hashbrown::HashMap;
 use parking_lot::RwLock;
 
 use super::reject::Reason;
+use super::wall::WallClock;
 use crate::table::{KeyKind, SessionTable};
 use crate::{BackendId, TenantId};
 
@@ -322,6 +323,30 @@ struct State {
 
 /// The most removed backends' names a fleet remembers.
 const REMOVED_NAMES: usize = 4096;
+
+/// What a sealed token or a store binding says of its owner's process: its incarnation, and
+/// the Unix second it was made (sealed or bound).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Claim {
+    pub(crate) incarnation: u32,
+    pub(crate) made: u32,
+}
+
+impl Claim {
+    /// Made for a process this router knows is gone: an older incarnation than `current`, or
+    /// one of `loss` (as new as the incarnation lost, whatever the current one: a replica's
+    /// count may start over).
+    pub(crate) fn lost(self, current: u32, loss: Loss) -> bool {
+        self.incarnation < current || loss.condemns(self.incarnation, self.made)
+    }
+
+    /// Surely not of the process that ran as incarnation `then` at `at` (when this router saw
+    /// it removed or go down): of a newer incarnation, or made more than `skew` after `at`,
+    /// read on `clock`.
+    pub(crate) fn after(self, (at, then): (Instant, u32), clock: &WallClock, skew: u32) -> bool {
+        self.incarnation > then || self.made > clock.unix(at).saturating_add(skew)
+    }
+}
 
 /// A backend as the fleet of routers names it: its tenant, its name's fingerprint, and the
 /// incarnation of its process.

@@ -279,6 +279,25 @@ struct Config {
 }
 
 impl<T: crate::table::SessionTable> Router<T> {
+    /// Whether `claim`, of an owner this router saw go down (`down_since`: when, and as which
+    /// incarnation), may be its new process's, which another router has seen come back: of a
+    /// newer incarnation, or made more than `skew` after the loss, read on `clock`; or made
+    /// within the skew, while the down grace (if any) has not passed.
+    fn unsure_of_loss(
+        &self,
+        claim: fleet::Claim,
+        down_since: Option<(Instant, u32)>,
+        clock: &wall::WallClock,
+        skew: u32,
+        now: Instant,
+    ) -> bool {
+        down_since.is_some_and(|since| {
+            claim.after(since, clock, skew)
+                || (self.config.down_grace)
+                    .is_none_or(|grace| now.saturating_duration_since(since.0) < grace)
+        })
+    }
+
     /// Unix seconds before which the sealed ids and shared bindings of a backend lost at `now`
     /// are refused: now, less the clock skew (0 without sealing or a store).
     fn lost_cutoff(&self, now: Instant) -> u32 {

@@ -29,7 +29,7 @@ use parking_lot::RwLock;
 
 use super::Router;
 use super::exchange::{Exchange, IdBuf, Routed};
-use super::fleet::{Named, OwnerStatus};
+use super::fleet::{Claim, Named, OwnerStatus};
 use super::metrics::Counters;
 use super::reject::Reason;
 use super::wall::WallClock;
@@ -228,6 +228,10 @@ impl<T: SessionTable> Router<T> {
             return refuse(Refusal::Expired);
         }
         let gone = |reason| Presented::Routed(Routed::Reject(self.reject(reason)));
+        let claim = Claim {
+            incarnation: claims.incarnation,
+            made: claims.sealed_at,
+        };
         let named = self.fleet.named(tenant, claims.owner);
         let (owner, incarnation, loss, down_since) = match named {
             Named::Backend {
@@ -240,34 +244,21 @@ impl<T: SessionTable> Router<T> {
             // after the removal: another router added it since (or had not removed it yet).
             // Not this router's to end: 503.
             Named::Removed { at, incarnation }
-                if claims.incarnation > incarnation
-                    || claims.sealed_at > sealing.unix(at).saturating_add(sealing.skew) =>
+                if claim.after((at, incarnation), &sealing.clock, sealing.skew) =>
             {
                 return gone(Reason::UnknownOwner(kind));
             }
             Named::Removed { .. } => return gone(Reason::OwnerGone(kind)),
             Named::Unknown => return gone(Reason::UnknownOwner(kind)),
         };
-        // Sealed for a process this router knows is gone: an older incarnation, or one of a
-        // loss (as new as the incarnation lost, whatever the current one: a replica's count
-        // may start over).
-        let lost =
-            claims.incarnation < incarnation || loss.condemns(claims.incarnation, claims.sealed_at);
+        let lost = claim.lost(incarnation, loss);
         if claims.incarnation > incarnation && !lost {
             // Another router knows a newer process of this backend: this one is behind,
             // and must not decide for the session.
             return gone(Reason::UnknownOwner(kind));
         }
         let (status, term) = self.fleet.owner_state(owner, now);
-        let unsure = down_since.is_some_and(|(at, down)| {
-            // Of a newer incarnation than the one that went down, or sealed more than the
-            // clock skew after this router saw it go down: surely the new process's.
-            claims.incarnation > down
-                || claims.sealed_at > sealing.unix(at).saturating_add(sealing.skew)
-                // Within the skew: either process's; unsure, unless a down grace has passed.
-                || (self.config.down_grace)
-                    .is_none_or(|grace| now.saturating_duration_since(at) < grace)
-        });
+        let unsure = self.unsure_of_loss(claim, down_since, &sealing.clock, sealing.skew, now);
         if status == OwnerStatus::Down && !lost && unsure {
             // Another router may have seen the new process, this one has not yet. Not this
             // router's to end: 503, as for a store binding.

@@ -70,7 +70,7 @@ use parking_lot::Mutex;
 use super::Router;
 use super::classify::Intent;
 use super::exchange::{Exchange, How, IdBuf, Routed};
-use super::fleet::{Identity, Loss, Named, OwnerStatus};
+use super::fleet::{Claim, Identity, Loss, Named, OwnerStatus};
 use super::reject::Reason;
 use super::route::{Ask, Next};
 use super::wall::WallClock;
@@ -374,6 +374,14 @@ struct Binding {
 }
 
 impl Binding {
+    /// What it says of its owner's process.
+    fn claim(&self) -> Claim {
+        Claim {
+            incarnation: self.incarnation,
+            made: self.bound_at,
+        }
+    }
+
     /// `1:{owner}:{incarnation}:{bound at}:{principal}`.
     fn encode(&self) -> String {
         let mut value = owner_prefix(self.owner, self.incarnation);
@@ -606,6 +614,8 @@ impl<T: SessionTable> Router<T> {
         let Some(binding) = Binding::decode(value) else {
             return reject(Reason::UnknownOwner(kind));
         };
+        let (clock, skew) = (&store.config.clock, store.config.skew);
+        let claim = binding.claim();
         let named = self.fleet.named(lookup.tenant, binding.owner);
         let (owner, incarnation, loss, down_since) = match named {
             Named::Backend {
@@ -617,15 +627,7 @@ impl<T: SessionTable> Router<T> {
             // A newer process than the one removed here, or bound more than the clock skew
             // after the removal: another router added it since (or had not removed it yet).
             // Not this router's to end: 503, nothing forgotten.
-            Named::Removed { at, incarnation }
-                if binding.incarnation > incarnation
-                    || binding.bound_at
-                        > store
-                            .config
-                            .clock
-                            .unix(at)
-                            .saturating_add(store.config.skew) =>
-            {
+            Named::Removed { at, incarnation } if claim.after((at, incarnation), clock, skew) => {
                 return reject(Reason::UnknownOwner(kind));
             }
             Named::Removed { .. } if kind == KeyKind::Operator => {
@@ -640,10 +642,7 @@ impl<T: SessionTable> Router<T> {
             Named::Removed { .. } => return reject(Reason::OwnerGone(kind)),
             Named::Unknown => return reject(Reason::UnknownOwner(kind)),
         };
-        // Bound for a process this router knows is gone: an older incarnation, or one of a
-        // loss (as new as the incarnation lost, whatever the current one).
-        let lost = binding.incarnation < incarnation
-            || loss.condemns(binding.incarnation, binding.bound_at);
+        let lost = claim.lost(incarnation, loss);
         if binding.incarnation > incarnation && !lost {
             // Another router knows a newer process of this backend: this one is behind.
             return reject(Reason::UnknownOwner(kind));
@@ -656,21 +655,12 @@ impl<T: SessionTable> Router<T> {
             return reject(Reason::WrongPrincipal(kind));
         }
         let (status, term) = self.fleet.owner_state(owner, now);
-        let skew = store.config.skew;
         // An operator key bound after the loss's cut-off is never taken for the lost
         // process's: it would be bound afresh here while the routers that saw the comeback
         // keep it where it is (a split); 503 until this router sees the owner back, or the
         // binding expires.
-        let unsure = kind == KeyKind::Operator
-            || down_since.is_some_and(|(at, down)| {
-                // Of a newer incarnation than the one that went down, or bound more than the
-                // clock skew after this router saw it go down: surely the new process's.
-                binding.incarnation > down
-                    || binding.bound_at > store.config.clock.unix(at).saturating_add(skew)
-                    // Within the skew: either process's; unsure, unless a down grace has passed.
-                    || (self.config.down_grace)
-                        .is_none_or(|grace| now.saturating_duration_since(at) < grace)
-            });
+        let unsure =
+            kind == KeyKind::Operator || self.unsure_of_loss(claim, down_since, clock, skew, now);
         if status == OwnerStatus::Down && !lost && unsure {
             // The backend's new process may be up, and this router has not seen it yet. Not
             // this router's to end: 503, nothing forgotten.
@@ -788,21 +778,18 @@ impl<T: SessionTable> Router<T> {
             // A newer process than the one removed here, or bound after the removal: not this
             // router's to judge.
             Named::Removed { at, incarnation }
-                if found.incarnation > incarnation
-                    || found.bound_at
-                        > store
-                            .config
-                            .clock
-                            .unix(at)
-                            .saturating_add(store.config.skew) =>
+                if found.claim().after(
+                    (at, incarnation),
+                    &store.config.clock,
+                    store.config.skew,
+                ) =>
             {
                 return drop_mine();
             }
             Named::Removed { .. } => (BackendId::CONTESTED, u32::MAX, Loss::default()),
             Named::Unknown => return drop_mine(),
         };
-        let lost =
-            found.incarnation < incarnation || loss.condemns(found.incarnation, found.bound_at);
+        let lost = found.claim().lost(incarnation, loss);
         let status = if winner == BackendId::CONTESTED {
             OwnerStatus::Gone
         } else {
