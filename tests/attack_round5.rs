@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::StatusCode;
 
+use mcp_affinity::TenantId;
 use mcp_affinity::router::{
-    End, HeadOutcome, NewBackend, Probe, Reason, Routed, Router, RouterBuilder, Sealing,
-    SharedStore,
+    End, HeadOutcome, NewBackend, Probe, Routed, Router, RouterBuilder, Sealing, SharedStore,
 };
 use mcp_affinity::seal::{Keyring, SealKey};
-use mcp_affinity::table::KeyKind;
-use mcp_affinity::{BackendId, TenantId};
 
 const T0: u64 = 1_795_000_000;
 
@@ -34,15 +32,6 @@ fn fleet_router(builder: RouterBuilder, names: &[&str], now: Instant) -> Router 
             .unwrap();
     }
     router
-}
-
-fn id_of(router: &Router, name: &str) -> BackendId {
-    router
-        .backends()
-        .into_iter()
-        .find(|b| &*b.name == name)
-        .unwrap()
-        .id
 }
 
 fn ring() -> Keyring {
@@ -327,6 +316,3 @@ fn a_2xx_start_whose_backend_went_away_is_not_a_session_less_success() {
         head.headers
     );
 }
-
-#[allow(dead_code)]
-fn unused(_: Reason, _: KeyKind) {}

@@ -50,36 +50,6 @@ fn router(at: Instant) -> Router {
         .build()
 }
 
-fn name_of(router: &Router, id: BackendId) -> String {
-    router
-        .backends()
-        .into_iter()
-        .find(|b| b.id == id)
-        .map(|b| b.name.to_string())
-        .unwrap()
-}
-
-fn id_of(router: &Router, name: &str) -> BackendId {
-    router
-        .backends()
-        .into_iter()
-        .find(|b| &*b.name == name)
-        .unwrap()
-        .id
-}
-
-fn ws_call(ws: &str) -> http::request::Parts {
-    post(
-        "/mcp",
-        &[
-            MODERN,
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "edit"),
-            ("mcp-param-workspace", ws),
-        ],
-    )
-}
-
 /// A workspace call through `router` (placements only on `choose`, if given), answered 200
 /// by whichever backend gets it: that backend's name, or the rejection's status. The router's
 /// writes are performed after it.

@@ -65,25 +65,6 @@ fn op_router(names: &[&str], now: Instant) -> Router {
     )
 }
 
-fn id_of(router: &Router, name: &str) -> BackendId {
-    router
-        .backends()
-        .into_iter()
-        .find(|b| &*b.name == name)
-        .unwrap()
-        .id
-}
-
-fn name_of(router: &Router, id: BackendId) -> String {
-    router
-        .backends()
-        .into_iter()
-        .find(|b| b.id == id)
-        .unwrap()
-        .name
-        .to_string()
-}
-
 /// A whole reseed pass, `max` writes a call (each batch checked against it), `between` run
 /// after every call: every write, in order.
 fn reseed_pass(
@@ -189,19 +170,6 @@ fn poll_lost(router: &Router, store: &Store, now: Instant) {
             router.on_lost(&key, before, now);
         }
     }
-}
-
-/// A 2026-07-28 call in the workspace `ws`.
-fn ws_call(ws: &str) -> http::request::Parts {
-    post(
-        "/mcp",
-        &[
-            MODERN,
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "edit"),
-            ("mcp-param-workspace", ws),
-        ],
-    )
 }
 
 /// Answers a forwarded exchange 200 and ends it; returns the backend's name.

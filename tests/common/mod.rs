@@ -274,6 +274,40 @@ pub fn workspace(req: &request::Parts) -> Option<&[u8]> {
     req.headers.get("mcp-param-workspace").map(|v| v.as_bytes())
 }
 
+/// A 2026-07-28 tool call naming workspace `ws` (the operator key [`workspace`] reads).
+pub fn ws_call(ws: &str) -> request::Parts {
+    post(
+        "/mcp",
+        &[
+            MODERN,
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "edit"),
+            ("mcp-param-workspace", ws),
+        ],
+    )
+}
+
+/// The id of `router`'s backend named `name`.
+pub fn id_of(router: &Router, name: &str) -> mcp_affinity::BackendId {
+    router
+        .backends()
+        .into_iter()
+        .find(|b| &*b.name == name)
+        .unwrap()
+        .id
+}
+
+/// The name of `router`'s backend `id`.
+pub fn name_of(router: &Router, id: mcp_affinity::BackendId) -> String {
+    router
+        .backends()
+        .into_iter()
+        .find(|b| b.id == id)
+        .unwrap()
+        .name
+        .to_string()
+}
+
 /// A small deterministic generator (xorshift*) for the randomised drivers.
 pub struct Rng(pub u64);
 
