@@ -64,6 +64,10 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
                              tasks and operator keys always, sessions unless sealed; while Redis is down,
                              keys this proxy does not know get 503 + Retry-After
   --redis-prefix PREFIX      prefix of the fleet's keys in Redis (default mcpa; the same on every proxy)
+  --down-grace SECS          in a fleet, how long a session of a backend down here that may belong to
+                             its crashed process or to its new one gets 503 before 404 (default: for
+                             as long as the backend is down here); set it to the time the health
+                             checks surely take to see a restarted backend
   --admin ADDR               admin API: GET /metrics (OpenMetrics), /metrics.json, GET /backends,
                              POST /backends?url=URL, POST /backends/<slot>/{drain,undrain,remove,restart}
                              (drain takes ?deadline=SECONDS); no authentication: keep it on loopback
@@ -136,6 +140,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 config.health_interval = (!every.is_zero()).then_some(every);
             }
             "--shutdown-grace" => config.shutdown_grace = seconds(&flag, &value)?,
+            "--down-grace" => config.down_grace = Some(seconds(&flag, &value)?),
             "--threads" => {
                 threads = value
                     .parse()

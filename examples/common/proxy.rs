@@ -124,6 +124,10 @@ pub struct Config {
     pub redis: Option<String>,
     /// The prefix of every key the fleet keeps in Redis (the same on every proxy).
     pub redis_prefix: String,
+    /// In a fleet, how long a session of a backend down here, which the proxy cannot place on
+    /// either side of the loss, gets 503 before its 404 (`None`: while the backend is down;
+    /// see `RouterBuilder::down_grace`).
+    pub down_grace: Option<Duration>,
 }
 
 impl Default for Config {
@@ -141,6 +145,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(2),
             redis: None,
             redis_prefix: "mcpa".into(),
+            down_grace: None,
         }
     }
 }
@@ -224,6 +229,9 @@ impl Proxy {
             .table_config(table)
             .sse_path(config.sse_path.as_deref())
             .message_paths(message_paths(&config.message_path));
+        if let Some(grace) = config.down_grace {
+            builder = builder.down_grace(grace);
+        }
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_err(|e| e.to_string())?
