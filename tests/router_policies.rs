@@ -198,6 +198,34 @@ fn the_affinity_cookie_routes_keyless_requests_to_its_ready_backend() {
 }
 
 #[test]
+fn a_conversation_start_the_cookie_hints_counts_on_its_backend_until_answered() {
+    let router = Router::builder().affinity_cookie("mcp-affinity").build();
+    let _ = ["a", "b"].map(|l| router.add_backend(TenantId::DEFAULT, l, 1).unwrap());
+    let now = Clock::new().now();
+    // A cookie for one backend (its start learned no session: both backends stay at zero).
+    let (hinted, cookie) = initialize_with_cookie(&router, None);
+    let cookie = cookie.unwrap();
+    // Four starts that follow the cookie, not answered yet.
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| forward(router.route(&post("/mcp", &[("cookie", cookie.as_str())]), now)))
+        .collect();
+    assert!(in_flight.iter().all(|ex| ex.backend() == hinted));
+    // The least-sessions policy sees them: the next two starts without a cookie go to the
+    // other backend (with the hinted starts uncounted, the two backends tie, and round robin
+    // sends one of the two to the hinted one).
+    let others: Vec<_> = (0..2)
+        .map(|_| forward(router.route(&post("/mcp", &[]), now)))
+        .collect();
+    assert!(
+        others.iter().all(|ex| ex.backend() != hinted),
+        "a start went to the backend four hinted starts are waiting on"
+    );
+    for ex in in_flight.into_iter().chain(others) {
+        router.on_exchange_end(ex, End::Completed, now);
+    }
+}
+
+#[test]
 fn a_cookie_naming_a_draining_unhealthy_or_removed_backend_is_no_hint() {
     let router = Router::builder()
         .affinity_cookie("mcp-affinity")

@@ -241,6 +241,13 @@ impl<T: SessionTable> Router<T> {
                 self.counters.here().placed.incr();
                 let mut exchange = Exchange::new(tenant, backend, How::Placed, intent, principal);
                 exchange.term = self.fleet.term(backend);
+                // A conversation start counts on its backend until answered, as a placed one
+                // does: the least-sessions policy must see it.
+                if intent.starts_conversation()
+                    && self.config.placement != Placement::WeightedRoundRobin
+                {
+                    exchange.pending = self.fleet.start_pending(backend);
+                }
                 return Routed::Forward(exchange);
             }
             self.counters.here().vetoed.incr();
