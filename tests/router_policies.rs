@@ -332,16 +332,27 @@ fn an_id_minted_by_two_backends_is_refused() {
 fn the_embedder_can_replace_rejection_bodies() {
     let router = Router::builder()
         .rejection_body(|r| {
-            (r.status() == StatusCode::NOT_FOUND).then(|| Bytes::from_static(b"gone"))
+            let html = http::HeaderValue::from_static("text/html");
+            (r.status() == StatusCode::NOT_FOUND).then(|| (html, Bytes::from_static(b"<p>gone")))
         })
         .build();
     let now = Clock::new().now();
+    // A lost session, whose default body is JSON-RPC: the embedder's body and content type.
     let not_found = rejected(router.route(&post("/mcp", &[("mcp-session-id", "x")]), now));
-    assert_eq!(not_found.body(), "gone");
+    let response = not_found.to_response();
+    assert_eq!(response.body(), "<p>gone");
+    assert_eq!(response.headers()["content-type"], "text/html");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let unavailable = rejected(router.route(&post("/mcp", &[]), now));
+    let response = unavailable.to_response();
     assert_eq!(
-        unavailable.body(),
+        response.body(),
         "No backend available; retry later",
         "default kept"
     );
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(response.headers()["retry-after"], "1");
 }

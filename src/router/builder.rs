@@ -237,14 +237,12 @@ impl<T> RouterBuilder<T> {
         self
     }
 
-    /// Replaces rejection bodies: `body(&rejection)` returns the body to send, or `None` for
-    /// the default one (a JSON-RPC error for a lost legacy session, plain text otherwise: see
-    /// [`Rejection`]). The `Content-Type` of [`Rejection::headers`] still follows the reason
-    /// (`application/json` only where the default body is JSON-RPC): an embedder whose bodies
-    /// differ sets its own.
+    /// Replaces rejection bodies: `body(&rejection)` returns the `Content-Type` and the body
+    /// to send, or `None` for the default ones (a JSON-RPC error for a lost legacy session,
+    /// plain text otherwise: see [`Rejection`]). Status and `Retry-After` stay the router's.
     pub fn rejection_body(
         mut self,
-        body: impl Fn(&Rejection) -> Option<Bytes> + Send + Sync + 'static,
+        body: impl Fn(&Rejection) -> Option<(http::HeaderValue, Bytes)> + Send + Sync + 'static,
     ) -> Self {
         self.config.rejection_body = Some(Box::new(body));
         self

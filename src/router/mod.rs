@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hashbrown::HashMap;
-use http::header::{CONTENT_TYPE, HeaderMap};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use parking_lot::Mutex;
 
 pub use builder::RouterBuilder;
@@ -60,7 +60,7 @@ use metrics::Counters;
 use crate::BackendId;
 use crate::table::{KeyKind, MemoryTable};
 
-type BodyOverride = dyn Fn(&Rejection) -> Option<Bytes> + Send + Sync;
+type BodyOverride = dyn Fn(&Rejection) -> Option<(HeaderValue, Bytes)> + Send + Sync;
 
 /// The routing core: one per proxy, shared by every worker (`&self` everywhere; put it in an
 /// `Arc`), holding the fleet of backends, the [`SessionTable`](crate::table::SessionTable) of

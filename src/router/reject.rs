@@ -265,7 +265,8 @@ impl fmt::Display for BadEra {
 pub struct Rejection {
     reason: Reason,
     retry_after: u32,
-    body: Option<Bytes>,
+    /// The embedder's `Content-Type` and body ([`RouterBuilder::rejection_body`](super::RouterBuilder::rejection_body)).
+    custom: Option<(HeaderValue, Bytes)>,
 }
 
 impl Rejection {
@@ -273,12 +274,12 @@ impl Rejection {
         Rejection {
             reason,
             retry_after,
-            body: None,
+            custom: None,
         }
     }
 
-    pub(crate) fn with_body(mut self, body: Option<Bytes>) -> Self {
-        self.body = body;
+    pub(crate) fn with_custom(mut self, custom: Option<(HeaderValue, Bytes)>) -> Self {
+        self.custom = custom;
         self
     }
 
@@ -320,16 +321,16 @@ impl Rejection {
             )
     }
 
-    /// The response headers: `Content-Type` (`application/json` or `text/plain;
-    /// charset=utf-8`), and `Retry-After` on 503.
+    /// The response headers: `Content-Type` (the embedder's, with a body of its own; else
+    /// `application/json` or `text/plain; charset=utf-8`), and `Retry-After` on 503.
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(2);
-        let content_type = if self.is_jsonrpc() {
-            "application/json"
-        } else {
-            "text/plain; charset=utf-8"
+        let content_type = match &self.custom {
+            Some((content_type, _)) => content_type.clone(),
+            None if self.is_jsonrpc() => HeaderValue::from_static("application/json"),
+            None => HeaderValue::from_static("text/plain; charset=utf-8"),
         };
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(CONTENT_TYPE, content_type);
         if let Some(seconds) = self.retry_after() {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
@@ -380,7 +381,7 @@ impl Rejection {
     /// The response body: the embedder's, if it set one; else a JSON-RPC error for a lost
     /// legacy session and the [`message`](Rejection::message) for anything else.
     pub fn body(&self) -> Bytes {
-        if let Some(body) = &self.body {
+        if let Some((_, body)) = &self.custom {
             return body.clone();
         }
         if self.is_jsonrpc() {

@@ -539,7 +539,7 @@ impl<T: SessionTable> Router<T> {
         match &self.config.rejection_body {
             Some(body) => {
                 let custom = body(&rejection);
-                rejection.with_body(custom)
+                rejection.with_custom(custom)
             }
             None => rejection,
         }
