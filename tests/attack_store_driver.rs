@@ -174,6 +174,7 @@ struct World {
     /// The workspaces (and principals) clients used so far: checked at every settle point.
     used: std::collections::BTreeSet<(usize, usize)>,
     clock: Clock,
+    started: Instant,
     skip_known: bool,
     deaths: bool,
     incarnations: bool,
@@ -239,6 +240,7 @@ impl World {
             minted: 0,
             refused: 0,
             used: Default::default(),
+            started: now,
             clock,
             skip_known,
             deaths,
@@ -259,7 +261,9 @@ impl World {
 
     fn log(&self, what: impl FnOnce() -> String) {
         if self.trace {
-            eprintln!("  {}", what());
+            // Unix seconds, as the routers' clocks read them.
+            let unix = T0 + self.now().duration_since(self.started).as_secs();
+            eprintln!("  {unix} {}", what());
         }
     }
 
@@ -292,6 +296,7 @@ impl World {
             if self.real[name].alive {
                 return Some((ex, name));
             }
+            self.log(|| format!("R{r}: {} refused a delivery", NAMES[name]));
             match self.routers[r].on_undelivered(ex, Undelivered::Refused, now) {
                 Routed::Forward(next) => ex = next,
                 Routed::Reject(_) => return None,
@@ -416,6 +421,7 @@ impl World {
         }
         for key in keys {
             if let Some(before) = self.store.get(&key, now).and_then(|v| v.parse().ok()) {
+                self.log(|| format!("R{r} reads {key} = {before}"));
                 self.routers[r].on_lost(&key, before, now);
             }
         }
@@ -430,7 +436,8 @@ impl World {
         } else {
             Probe::Refused
         };
-        let _ = self.routers[r].report_health(self.ids[r][name], probe, self.now());
+        let health = self.routers[r].report_health(self.ids[r][name], probe, self.now());
+        self.log(|| format!("R{r} checks {}: {probe:?} -> {health:?}", NAMES[name]));
     }
 
     fn live(&self, id: &str) -> bool {
@@ -667,7 +674,44 @@ impl World {
         let store_down = self.store.down;
         let session = &self.sessions[id];
         let (owner, owner_process, owner_who) = (session.name, session.process, session.who);
-        match self.route(r, &req) {
+        if self.trace {
+            let local = self.routers[r].backends().iter().find_map(|b| {
+                self.routers[r]
+                    .keys_of(b.id, usize::MAX)
+                    .iter()
+                    .any(|k| k.id() == id)
+                    .then(|| format!("{} inc {} {:?}", b.name, b.incarnation, b.health))
+            });
+            let stored = self.store.get(&format!("mcp:b:0:2:{id}"), now);
+            let backend = self.routers[r]
+                .backends()
+                .into_iter()
+                .find(|b| &*b.name == NAMES[owner])
+                .map(|b| format!("inc {} {:?}", b.incarnation, b.health));
+            self.log(|| {
+                format!(
+                    "R{r}: {id} (process {owner_process}, real {}:{}) local {local:?}, \
+                     stored {stored:?}, here {} {backend:?}",
+                    self.real[owner].process, self.real[owner].incarnation, NAMES[owner]
+                )
+            });
+        }
+        let routed = self.route(r, &req);
+        self.log(|| match &routed {
+            Routed::Forward(ex) => format!(
+                "R{r}: {id} (live {live}) of {} -> {}",
+                WHO[who],
+                NAMES[self.name(r, ex.backend())]
+            ),
+            Routed::Reject(rej) => format!(
+                "R{r}: {id} (live {live}) of {} -> {} ({})",
+                WHO[who],
+                rej.status(),
+                rej.reason().as_str()
+            ),
+            Routed::Lookup(_) => format!("R{r}: {id} -> lookup"),
+        });
+        match routed {
             Routed::Forward(ex) => {
                 let to = self.name(r, ex.backend());
                 if to != owner {
@@ -755,6 +799,12 @@ impl World {
             return None;
         };
         let (mut ex, name) = self.deliver(r, ex)?;
+        self.log(|| {
+            format!(
+                "R{r}: {} of {} served by {}",
+                WORKSPACES[ws], WHO[who], NAMES[name]
+            )
+        });
         let _ = respond(&self.routers[r], &mut ex, 200, &[JSON], &[b"{}"], now);
         if ex.take_store_sync() {
             self.sync(r, now);
@@ -774,6 +824,7 @@ impl World {
     /// Writes performed in order, reseeds done, every router's checks agree on every
     /// backend, lost records read; then every router must send each workspace to one backend.
     fn settle(&mut self, rng: &mut Rng) -> Checked {
+        self.log(|| "settle".into());
         self.store.down = false;
         // The orchestrator's watch caught up on every router.
         for r in 0..ROUTERS {
