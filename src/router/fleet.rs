@@ -721,16 +721,29 @@ impl Fleet {
         Some(BackendId::new(slot, meta.generation))
     }
 
-    /// Every backend that lost a process, named with its current incarnation (as
-    /// [`store_lost`](super::Router::store_lost) names it, and every router that knows it polls),
+    /// Every backend that lost a process, named with the newest incarnation its loss covers,
     /// and the Unix second before which its lost processes' tokens and bindings are refused.
+    ///
+    /// A reader raises its loss to the incarnation a record is keyed by, so the key must
+    /// not name a newer incarnation than the loss covers: a loss of incarnation 0 keyed by
+    /// the current 1 would condemn the running process's bindings made before it (the
+    /// eighth review, R8-1). Routers that run a newer incarnation judge older bindings by
+    /// number and need no record. Only a count that started over (`upto` above the current
+    /// number) is keyed by the current incarnation, as routers poll it (R7-2): that loss
+    /// covers the current number already.
     pub(crate) fn lost_records(&self) -> Vec<(Identity, u32)> {
         let state = self.state.read();
         state
             .slots
             .iter()
             .filter(|m| m.occupied && m.lost.before > 0)
-            .map(|m| (m.identity(), m.lost.before))
+            .map(|m| {
+                let identity = Identity {
+                    incarnation: m.lost.upto.min(m.incarnation),
+                    ..m.identity()
+                };
+                (identity, m.lost.before)
+            })
             .collect()
     }
 

@@ -1,0 +1,131 @@
+//! Eighth review: the violations the store driver's orchestrator events
+//! (`ATTACK_STORE_INCARNATIONS=1` in tests/attack_store_driver.rs) still found on `c0c589a`,
+//! reduced. Each test states what should happen; each failed on `c0c589a`. Run with
+//! `cargo test --all-features --test attack_round8`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use mcp_affinity::TenantId;
+use mcp_affinity::router::store::ReseedCursor;
+use mcp_affinity::router::{End, HeadOutcome, NewBackend, Routed, Router, SharedStore, key_fn};
+
+const T0: u64 = 1_795_000_000;
+
+type Store = common::sim_store::SimStore;
+use common::sim_store::{flush, poll_lost, route_via};
+
+fn reseed(router: &Router, store: &mut Store, now: Instant) {
+    let mut cursor = ReseedCursor::default();
+    loop {
+        let writes = router.reseed_store(&mut cursor, 64, now);
+        if writes.is_empty() {
+            return;
+        }
+        for write in writes {
+            if let Some((key, found)) = store.apply(write, now) {
+                router.on_bind_taken(&key, &found, now);
+            }
+        }
+    }
+}
+
+fn backend(name: &str, incarnation: u32) -> NewBackend {
+    NewBackend::new(TenantId::DEFAULT, &format!("http://{name}"))
+        .name(name)
+        .incarnation(incarnation)
+}
+
+fn router(at: Instant) -> Router {
+    Router::builder()
+        .operator_key(key_fn(workspace))
+        .health_thresholds(2, 2)
+        .shared_store(SharedStore::new("mcp", at, T0))
+        .build()
+}
+
+/// Starts a Streamable session `id` through `router` (placed on whatever it picks) and
+/// writes its binding through.
+fn start(router: &Router, store: &mut Store, id: &str, now: Instant) {
+    let mut ex = forward(router.route(&post("/mcp", &[]), now));
+    let mut head = resp(200, &[("mcp-session-id", id), SSE]);
+    assert!(matches!(
+        router.on_response_head(&mut ex, &mut head, now),
+        HeadOutcome::Forward
+    ));
+    router.on_exchange_end(ex, End::Completed, now);
+    flush(router, store, now);
+}
+
+#[track_caller]
+fn assert_forwarded(routed: Routed, what: &str) {
+    match routed {
+        Routed::Forward(_) => {}
+        Routed::Reject(r) => panic!("{what}: answered {} ({})", r.status(), r.reason().as_str()),
+        Routed::Lookup(l) => panic!("{what}: {l:?}"),
+    }
+}
+
+// --- R8-1. A reseeded lost record condemns the current process ------------------------------
+
+/// Driver seeds 763 and 612 (and most of its `live404`s), reduced. x restarts as incarnation
+/// 1. Router A hears it at once (`set_incarnation(1)`) and starts session `s` on the new
+/// process. Router B's watch lags 33 s; it then applies the restart as `restart_backend` +
+/// `set_incarnation(1)`: the restart records the loss of incarnation 0 (`{ before: t33 - skew,
+/// upto: 0 }`, written as `mcp:lost:0:{x}:0`), which is true. Then B reseeds (after a store
+/// blip, as the store docs ask): `Fleet::lost_records` names the record by the incarnation x
+/// runs now, `mcp:lost:0:{x}:1 = t31` (the R7-2 fix, for a count that started over). That
+/// says incarnation 1's process was lost at t31, which nobody saw. A polls `x:1`, raises its
+/// loss to `{ t31, upto 1 }`, drops `s` from its table, and its next request finds the
+/// binding (incarnation 1, bound at t19) condemned: 404 to a live session. (In seed 612 the
+/// same record, merged with a router's own loss of an older incarnation dated later, gives a
+/// loss neither router saw: `{ 112, 0 }` and `x:4 = 51` make `{ 112, 4 }`.)
+/// Expected: a reseeded record speaks only of the incarnations its loss covers: keyed by the
+/// loss's `upto` when that is not above the current number (routers that run a newer one
+/// judge older bindings by number and need no record); by the current one only for a count
+/// that started over (R7-2).
+#[test]
+fn a_reseeded_lost_record_of_an_older_incarnation_does_not_condemn_the_current_one() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let (a, b) = (router(t0), router(t0));
+    let mut store = Store::default();
+    let xa = a.add(backend("x", 0)).unwrap();
+    let xb = b.add(backend("x", 0)).unwrap();
+    // A hears of the restart at once, and starts a session on the new process.
+    a.set_incarnation(xa, 1, t0).unwrap();
+    flush(&a, &mut store, t0);
+    let t19 = clock.advance(Duration::from_secs(19));
+    start(&a, &mut store, "s", t19);
+    let call = post("/mcp", &[("mcp-session-id", "s"), LEGACY]);
+    assert_forwarded(route_via(&a, &store, &call, t19), "A, before B caught up");
+    // B catches up 33 s after the restart, and reseeds.
+    let t33 = clock.advance(Duration::from_secs(14));
+    let xb = b.restart_backend(xb, t33).unwrap();
+    b.set_incarnation(xb, 1, t33).unwrap();
+    flush(&b, &mut store, t33);
+    reseed(&b, &mut store, t33);
+    // Every router polls its lost records.
+    poll_lost(&a, &store, t33);
+    poll_lost(&b, &store, t33);
+    for (name, r) in [("A", &a), ("B", &b)] {
+        match route_via(r, &store, &call, t33) {
+            Routed::Forward(_) => {}
+            Routed::Reject(rej) => panic!(
+                "{name} answered {} ({}) for a live session of x's incarnation 1, bound at t19; \
+                 the store holds {:?}",
+                rej.status(),
+                rej.reason().as_str(),
+                store
+                    .values
+                    .iter()
+                    .filter(|(k, _)| k.contains(":lost:"))
+                    .map(|(k, (v, _))| (k, v))
+                    .collect::<Vec<_>>()
+            ),
+            Routed::Lookup(l) => panic!("{l:?}"),
+        }
+    }
+}
