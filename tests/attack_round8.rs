@@ -129,3 +129,51 @@ fn a_reseeded_lost_record_of_an_older_incarnation_does_not_condemn_the_current_o
         }
     }
 }
+
+// --- R8-2. Two losses merged into one condemn a process neither saw die ---------------------
+
+/// Driver seed 2844, reduced. y runs as incarnation 2 on routers A and B; its count starts
+/// over at 1 (both apply `set_incarnation(1)` at t0: each one's loss of y is
+/// `{ before: t0 - skew, upto: 2 }`). Then y restarts as a new process numbered 2. A hears it
+/// at t15 (`set_incarnation(2)`) and starts session `s` on it (bound as incarnation 2 at
+/// t15). B hears it at t20, as `restart_backend` + `set_incarnation(2)`: the restart records
+/// the loss of incarnation 1 at t20 - skew, which is true. But `Loss` is one time and one
+/// incarnation: `raise` keeps the later time and the higher incarnation, `{ t18, upto 2 }`,
+/// a loss of incarnation 2 at t18 that nobody saw (what B knows is "up to 2 before t-2" and
+/// "up to 1 before t18"). B condemns `s` (incarnation 2, bound at t15 < t18): 404 to a live
+/// session, and its binding is forgotten in the store. Expected: B forwards `s`. Code:
+/// `Loss::raise` (src/router/fleet.rs), the bounding box of two losses that neither
+/// contains.
+#[test]
+fn a_loss_of_an_older_incarnation_does_not_extend_an_earlier_loss_of_a_newer_one() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let (a, b) = (router(t0), router(t0));
+    let mut store = Store::default();
+    let ya = a.add(backend("y", 2)).unwrap();
+    let yb = b.add(backend("y", 2)).unwrap();
+    // y's count started over.
+    a.set_incarnation(ya, 1, t0).unwrap();
+    b.set_incarnation(yb, 1, t0).unwrap();
+    flush(&a, &mut store, t0);
+    flush(&b, &mut store, t0);
+    // y restarts as a new process numbered 2: A hears it first and starts a session on it.
+    let t15 = clock.advance(Duration::from_secs(15));
+    a.set_incarnation(ya, 2, t15).unwrap();
+    start(&a, &mut store, "s", t15);
+    let call = post("/mcp", &[("mcp-session-id", "s"), LEGACY]);
+    assert_forwarded(route_via(&a, &store, &call, t15), "A");
+    // B hears it five seconds later, as a restart and the new number.
+    let t20 = clock.advance(Duration::from_secs(5));
+    let yb = b.restart_backend(yb, t20).unwrap();
+    b.set_incarnation(yb, 2, t20).unwrap();
+    flush(&b, &mut store, t20);
+    poll_lost(&a, &store, t20);
+    poll_lost(&b, &store, t20);
+    assert_forwarded(
+        route_via(&b, &store, &call, t20),
+        "B, for a live session of y's incarnation 2 bound at t15 (B knows incarnations up to 2 \
+         lost before t-2, and up to 1 before t18)",
+    );
+    assert_forwarded(route_via(&a, &store, &call, t20), "A, after B");
+}

@@ -113,28 +113,61 @@ pub struct NewBackend {
     pub(crate) lost: Loss,
 }
 
-/// What a router knows was lost of a backend's processes: tokens and bindings of incarnations
-/// up to `upto` made before `before` (Unix seconds) belong to a process that died. A newer
-/// incarnation's are not judged by it: the loss is not of their process.
+/// What a router knows was lost of a backend's processes: a few losses, each saying that
+/// tokens and bindings of incarnations up to `upto` made before `before` (Unix seconds)
+/// belong to a process that died. A newer incarnation's are not judged by a loss: it is not
+/// of their process.
+///
+/// The losses are kept apart, not merged into one with the latest time and the highest
+/// incarnation: a loss of incarnation 2 before t1 and one of incarnation 1 before a later t2
+/// (a count that started over, then a restart of the lower number) do not say that 2 was
+/// lost before t2, and merged they condemned the sessions of a new process numbered 2 made
+/// in between (the eighth review, R8-2). Only losses that no other one contains are kept
+/// (the higher the incarnation, the earlier the time), at most [`LOSSES`]; past that the
+/// oldest is forgotten, so that a router may take a binding of that process for live (the
+/// backend, which does not know it, answers 404 itself), never a live one for lost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Loss {
-    pub(crate) before: u32,
-    pub(crate) upto: u32,
+    /// `(upto, before)`, `upto` ascending and `before` descending; `before == 0` is none.
+    points: [(u32, u32); LOSSES],
 }
+
+/// The most separate losses a backend keeps (see [`Loss`]).
+const LOSSES: usize = 4;
 
 impl Loss {
     /// Whether a token or binding of `incarnation` made at `at` belongs to a lost process.
     pub(crate) fn condemns(self, incarnation: u32, at: u32) -> bool {
-        incarnation <= self.upto && at < self.before
+        self.points
+            .iter()
+            .any(|&(upto, before)| incarnation <= upto && at < before)
     }
 
     /// Adds the loss of `incarnation`'s process before `before`; whether that changed it.
     pub(crate) fn raise(&mut self, before: u32, incarnation: u32) -> bool {
-        let raised = Loss {
-            before: self.before.max(before),
-            upto: self.upto.max(incarnation),
-        };
-        std::mem::replace(self, raised) != raised
+        let known = |&(upto, was): &(u32, u32)| upto >= incarnation && was >= before;
+        if before == 0 || self.points.iter().any(known) {
+            return false;
+        }
+        // The losses the new one does not contain, and the new one, in order.
+        let mut points = [(0, 0); LOSSES + 1];
+        let mut n = 0;
+        for &(upto, was) in self.points() {
+            if upto > incarnation || was > before {
+                points[n] = (upto, was);
+                n += 1;
+            }
+        }
+        points[n] = (incarnation, before);
+        points[..=n].sort_unstable();
+        // Past the bound, the oldest (the last: the earliest time) is forgotten.
+        self.points.copy_from_slice(&points[..LOSSES]);
+        true
+    }
+
+    /// The losses, `(upto, before)`.
+    pub(crate) fn points(&self) -> impl Iterator<Item = &(u32, u32)> {
+        self.points.iter().filter(|(_, before)| *before > 0)
     }
 }
 
@@ -721,10 +754,11 @@ impl Fleet {
         Some(BackendId::new(slot, meta.generation))
     }
 
-    /// Every backend that lost a process, named with the newest incarnation its loss covers,
-    /// and the Unix second before which its lost processes' tokens and bindings are refused.
+    /// Every loss of every backend (see [`Loss`]), named with the newest incarnation it
+    /// covers, and the Unix second before which its lost processes' tokens and bindings are
+    /// refused.
     ///
-    /// A reader raises its loss to the incarnation a record is keyed by, so the key must
+    /// A reader takes a record for a loss of the incarnation it is keyed by, so the key must
     /// not name a newer incarnation than the loss covers: a loss of incarnation 0 keyed by
     /// the current 1 would condemn the running process's bindings made before it (the
     /// eighth review, R8-1). Routers that run a newer incarnation judge older bindings by
@@ -736,13 +770,15 @@ impl Fleet {
         state
             .slots
             .iter()
-            .filter(|m| m.occupied && m.lost.before > 0)
-            .map(|m| {
-                let identity = Identity {
-                    incarnation: m.lost.upto.min(m.incarnation),
-                    ..m.identity()
-                };
-                (identity, m.lost.before)
+            .filter(|m| m.occupied)
+            .flat_map(|m| {
+                m.lost.points().map(|&(upto, before)| {
+                    let identity = Identity {
+                        incarnation: upto.min(m.incarnation),
+                        ..m.identity()
+                    };
+                    (identity, before)
+                })
             })
             .collect()
     }
