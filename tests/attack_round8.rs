@@ -177,3 +177,42 @@ fn a_loss_of_an_older_incarnation_does_not_extend_an_earlier_loss_of_a_newer_one
     );
     assert_forwarded(route_via(&a, &store, &call, t20), "A, after B");
 }
+
+// --- R8-3. A key of a lost process is written back under the current incarnation -----------
+
+/// Driver seed 482 (its `split`), reduced. Router A learns session `s` on x (incarnation 2,
+/// bound at t0). x's count starts over: `set_incarnation(0)` at t60 records the loss of
+/// incarnations up to 2 before t58. `s` stays in A's table (the table keeps no incarnation
+/// per key), and a reseed writes it back under x's current incarnation and the time it was
+/// learned, `x:0:t0`: a binding A's own loss condemns. The bind is refused (the store holds
+/// `x:2:t0`), `on_bind_taken` finds that lost, clears it and binds A's `x:0:t0`; the next
+/// reseed or refresh pass finds `x:0:t0` lost in turn, clears it and binds it again: two
+/// writes per such key on every pass, for as long as the key stays in the table. In the
+/// driver they filled the write queue (8) and crowded out the repair of an operator key
+/// whose owner was removed: the other routers bound it afresh elsewhere, a split. Expected:
+/// a key this router's own losses condemn is not written back (and so not repaired either).
+#[test]
+fn a_key_of_a_lost_process_is_not_written_back_under_the_current_incarnation() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let a = router(t0);
+    let mut store = Store::default();
+    let x = a.add(backend("x", 2)).unwrap();
+    start(&a, &mut store, "s", t0);
+    let t60 = clock.advance(Duration::from_secs(60));
+    a.set_incarnation(x, 0, t60).unwrap();
+    flush(&a, &mut store, t60);
+    for pass in 0..3 {
+        reseed(&a, &mut store, t60);
+        let writes = a.take_store_writes(usize::MAX);
+        assert!(
+            writes.is_empty(),
+            "reseed {pass}: A queued {writes:?} for a session of x's lost incarnation 2"
+        );
+    }
+    let value = store.get("mcp:b:0:2:s", t60);
+    assert!(
+        value.is_none_or(|v| !v.contains(":0:")),
+        "the store names x's new process (incarnation 0) as s's owner: {value:?}"
+    );
+}

@@ -783,6 +783,17 @@ impl Fleet {
             .collect()
     }
 
+    /// Whether this router's losses condemn a token or binding of `id`'s current incarnation
+    /// made at `made` (Unix seconds): a key learned then is of a lost process.
+    pub(crate) fn condemns(&self, id: BackendId, made: u32) -> bool {
+        let state = self.state.read();
+        state
+            .slots
+            .get(usize::from(id.slot()))
+            .filter(|m| m.occupied && m.generation == id.generation())
+            .is_some_and(|m| m.lost.condemns(m.incarnation, made))
+    }
+
     /// The name fingerprint and incarnation a backend seals its tokens with.
     #[cfg_attr(not(feature = "seal"), allow(dead_code))]
     pub(crate) fn sealing_identity(&self, id: BackendId) -> Option<(u64, u32)> {

@@ -809,7 +809,7 @@ impl<T: SessionTable> Router<T> {
                     owner: found.exact_prefix(),
                 });
                 if let Some(write) =
-                    self.bind_write(&key, mine.owner, mine.principal, mine.learned_at())
+                    self.bind_back(&key, mine.owner, mine.principal, mine.learned_at())
                 {
                     self.enqueue(write);
                 }
@@ -945,7 +945,7 @@ impl<T: SessionTable> Router<T> {
                     return;
                 }
                 if let Some(write) =
-                    self.bind_write(key, entry.owner, entry.principal, entry.learned_at())
+                    self.bind_back(key, entry.owner, entry.principal, entry.learned_at())
                 {
                     writes.push(write);
                 }
@@ -992,7 +992,7 @@ impl<T: SessionTable> Router<T> {
                     return;
                 }
                 if let Some(StoreWrite::Bind { key, value, ttl }) =
-                    self.bind_write(key, entry.owner, entry.principal, entry.learned_at())
+                    self.bind_back(key, entry.owner, entry.principal, entry.learned_at())
                 {
                     refreshes.push(StoreWrite::Refresh { key, value, ttl });
                 }
@@ -1030,6 +1030,29 @@ impl<T: SessionTable> Router<T> {
             }
             None => Shared::Dropped,
         }
+    }
+
+    /// The bind that writes back a key this router holds (a reseed, the refresh pass, a
+    /// repair), learned at `learned`; none for a key of a lost process.
+    ///
+    /// The table keeps no incarnation per key: a key is written under its owner's current
+    /// incarnation and the time it was learned. One this router's own losses condemn so
+    /// (learned before a loss that covers the current number: a count that started over)
+    /// belongs to a lost process. Written back, it made a binding this router clears and
+    /// writes again on every pass, filling the write queue and crowding out other repairs
+    /// (the eighth review, R8-3).
+    fn bind_back(
+        &self,
+        key: &Key<'_>,
+        owner: BackendId,
+        principal: Option<Principal>,
+        learned: Instant,
+    ) -> Option<StoreWrite> {
+        let store = self.store.as_ref()?;
+        if self.fleet.condemns(owner, store.config.clock.unix(learned)) {
+            return None;
+        }
+        self.bind_write(key, owner, principal, learned)
     }
 
     fn bind_write(
