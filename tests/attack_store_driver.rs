@@ -71,6 +71,8 @@ const T0: u64 = 1_795_000_000;
 const NAMES: [&str; 3] = ["x", "y", "z"];
 const ROUTERS: usize = 3;
 const QUEUE: usize = 8;
+/// The routers' clock skew (`SharedStore::clock_skew`'s default).
+const SKEW: Duration = Duration::from_secs(2);
 const WHO: [&str; 2] = ["Bearer alice", "Bearer bob"];
 const WORKSPACES: [&str; 16] = [
     "acme",
@@ -113,6 +115,8 @@ struct Real {
     incarnation: u32,
     /// Taken out of the fleet by the orchestrator (its process stopped).
     removed: bool,
+    /// When it was last taken out.
+    removed_at: Option<Instant>,
 }
 
 /// What the orchestrator tells each router's embedder, through a watch that lags, router by
@@ -162,9 +166,12 @@ struct World {
     /// 404s of live sessions the protocol cannot promise (minted during a lag).
     exempt404: u64,
     /// Workspaces (and principals) placed on a backend while the fleet's watch lagged on it
-    /// in a way no router can see through (see [`World::promisable`]), since the last settle
-    /// point that found every router agreeing on them.
+    /// in a way no router can see through (see [`World::promisable`]), or within the clock
+    /// skew before its process ended for one numbered no higher (see [`World::orchestrate`]),
+    /// since the last settle point that found every router agreeing on them.
     lagged_ws: std::collections::BTreeSet<(usize, usize)>,
+    /// Each workspace's (and principal's) last placement: the backend, and when.
+    placed: HashMap<(usize, usize), (usize, Instant)>,
     /// Splits of such workspaces at settle points (not checked).
     exempt_splits: u64,
     store: Store,
@@ -231,6 +238,7 @@ impl World {
             pending: vec![Default::default(); ROUTERS],
             exempt404: 0,
             lagged_ws: Default::default(),
+            placed: HashMap::new(),
             exempt_splits: 0,
             store: Store::default(),
             in_flight: Vec::new(),
@@ -242,6 +250,7 @@ impl World {
                     process: 0,
                     incarnation: 0,
                     removed: false,
+                    removed_at: None,
                 })
                 .collect(),
             sessions: HashMap::new(),
@@ -553,7 +562,9 @@ impl World {
     fn orchestrate(&mut self, rng: &mut Rng) {
         let name = rng.below(NAMES.len());
         let removed = self.real.iter().filter(|r| r.removed).count();
+        let now = self.now();
         let real = &mut self.real[name];
+        let old = real.incarnation;
         let event = if real.removed {
             real.removed = false;
             real.alive = true;
@@ -565,6 +576,7 @@ impl World {
             }
         } else if removed == 0 && rng.chance(30) {
             real.removed = true;
+            real.removed_at = Some(now);
             real.alive = false;
             Event::Remove { name }
         } else {
@@ -582,6 +594,23 @@ impl World {
                 self.real[name].process
             )
         });
+        // A process that ended for one numbered no higher: a router that hears of it within
+        // the clock skew cuts its old bindings off at its time less the skew, and takes one
+        // made in that window for the new process's (it may come from a router whose clock
+        // is behind); one that hears later condemns it. A workspace placed on the old process
+        // within the skew before it ended may so end up bound two ways: not checked (counted).
+        let ended = match event {
+            Event::Restart { .. } => Some(now),
+            Event::Add { .. } => self.real[name].removed_at,
+            Event::Remove { .. } => None,
+        };
+        if let Some(ended) = ended.filter(|_| self.real[name].incarnation <= old) {
+            for (&ws, &(on, at)) in &self.placed {
+                if on == name && at + SKEW >= ended {
+                    self.lagged_ws.insert(ws);
+                }
+            }
+        }
         for pending in &mut self.pending {
             pending.push_back(event);
         }
@@ -807,6 +836,9 @@ impl World {
             return None;
         };
         let (mut ex, name) = self.deliver(r, ex)?;
+        if ex.how() == How::Placed {
+            self.placed.insert((ws, who), (name, now));
+        }
         if ex.how() == How::Placed && !self.promisable(r, name) {
             // Bound while a router lags on a same-number restart or a count that started
             // over: when it catches up, it dates the old process's loss by its own clock, and
@@ -843,6 +875,28 @@ impl World {
         Some(name)
     }
 
+    /// Router `r`'s queued writes performed, and a reseed after any it dropped, until nothing
+    /// is left. (A settle point's writes overflow the queue too, a refused bind's repair
+    /// among them: performing only what was queued once, with one reseed before, left the
+    /// store holding a binding the router had cleared and bound afresh, seed 482's split.)
+    fn write_all(&mut self, r: usize, now: Instant) {
+        for _ in 0..16 {
+            let dropped = self.routers[r].metrics().store_writes_dropped;
+            if dropped > self.dropped[r] {
+                self.dropped[r] = dropped;
+                self.needs_reseed[r] = true;
+            }
+            let writes = self.routers[r].take_store_writes(usize::MAX);
+            if writes.is_empty() && !self.needs_reseed[r] {
+                return;
+            }
+            for write in writes {
+                self.perform(r, write, now);
+            }
+            self.reseed(r);
+        }
+    }
+
     /// Writes performed in order, reseeds done, every router's checks agree on every
     /// backend, lost records read; then every router must send each workspace to one backend.
     fn settle(&mut self, rng: &mut Rng) -> Checked {
@@ -859,10 +913,7 @@ impl World {
             self.perform(r, write, now);
         }
         for r in 0..ROUTERS {
-            for write in self.routers[r].take_store_writes(usize::MAX) {
-                self.perform(r, write, now);
-            }
-            self.reseed(r);
+            self.write_all(r, now);
         }
         for r in 0..ROUTERS {
             for name in 0..NAMES.len() {
@@ -870,9 +921,7 @@ impl World {
                     self.probe(r, name);
                 }
             }
-            for write in self.routers[r].take_store_writes(usize::MAX) {
-                self.perform(r, write, now);
-            }
+            self.write_all(r, now);
         }
         for r in 0..ROUTERS {
             self.poll_lost(r);
