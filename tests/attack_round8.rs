@@ -70,8 +70,8 @@ fn assert_forwarded(routed: Routed, what: &str) {
 
 // --- R8-1. A reseeded lost record condemns the current process ------------------------------
 
-/// Driver seeds 763 and 612 (and most of its `live404`s), reduced. x restarts as incarnation
-/// 1. Router A hears it at once (`set_incarnation(1)`) and starts session `s` on the new
+/// Driver seeds 763 and 612 (and most of its `live404`s), reduced. x restarts as
+/// incarnation 1. Router A hears it at once (`set_incarnation(1)`) and starts session `s` on the new
 /// process. Router B's watch lags 33 s; it then applies the restart as `restart_backend` +
 /// `set_incarnation(1)`: the restart records the loss of incarnation 0 (`{ before: t33 - skew,
 /// upto: 0 }`, written as `mcp:lost:0:{x}:0`), which is true. Then B reseeds (after a store
