@@ -2,9 +2,9 @@
 //! losses, the oldest forgotten), lost records keyed by `min(upto, current)`, `bind_back`
 //! (a key this router's own losses condemn is not written back), the cookie-hinted start
 //! counted as pending, and `rejection_body` returning the content type. Each test states
-//! what should happen. Those marked `#[ignore = "finding R9-n"]` fail on `9ada156`; the
-//! others document attacks that found nothing and add coverage. Run with
-//! `cargo test --all-features --test attack_round9 -- --include-ignored`.
+//! what should happen. The findings (R9-1, R9-2) fail on `9ada156` and pass since their
+//! fixes; the others document attacks that found nothing and add coverage. Run with
+//! `cargo test --all-features --test attack_round9`.
 
 mod common;
 
@@ -95,13 +95,13 @@ fn outcome(routed: Routed) -> String {
 /// answers 404 to the live session once the warm-up is over. (The refresh pass skips it
 /// the same way, so even without a store restart its binding expires while A uses it.)
 ///
-/// Expected: a key A forwards as live is written back by its reseed. Actual: it is not, and
-/// B2 answers 404 (unknown_key). Code: `Router::bind_back` (src/router/store.rs) judging a
-/// key by `Entry::learned_at` rounded down to a tick, against a loss cut-off in whole
-/// seconds with no margin for that rounding; the lookup that cached it judged the stored
-/// second.
+/// Expected: a key A forwards as live is written back by its reseed. On `9ada156` it was
+/// not, and B2 answered 404 (unknown_key): `Router::bind_back` (src/router/store.rs) judged
+/// a key by `Entry::learned_at` rounded down to a tick, against a loss cut-off in whole
+/// seconds with no margin for that rounding, where the lookup that cached it judged the
+/// stored second. Fixed: keys are judged (and written back) by the latest time they may
+/// have been learned (`Entry::learned_by`).
 #[test]
-#[ignore = "finding R9-1"]
 fn a_live_key_cached_at_the_skew_boundary_is_written_back_by_the_reseed() {
     let mut clock = Clock::new();
     let s0 = clock.now();
@@ -321,13 +321,12 @@ fn call_ws(
 /// current one, for as long as its binding lives: the backend never gets to answer 404
 /// (the oracle test above counts both).
 ///
-/// Expected: A and B agree on `ws` (A keeps the loss of 9: a loss covering only
-/// incarnations below the current one is forgotten first, or dropped when the count climbs
-/// past it). Actual: A -> x, B -> y. Code: `Loss::raise` (src/router/fleet.rs), which forgets
-/// by `upto` order only, and `Fleet::set_incarnation`, which keeps losses the new number
-/// made moot.
+/// Expected: A and B agree on `ws`. Failed on `9ada156` (A -> x, B -> y): `Loss::raise`
+/// forgot the oldest loss, the highest incarnation's. Fixed: that one is always kept, and
+/// of the others the one whose time is the closest to the next one's is forgotten (here
+/// `(2, t38)` or `(1, t48)`: ten seconds of incarnation 1's or 2's bindings taken for live
+/// while the count is below them, 503 rather than 404).
 #[test]
-#[ignore = "finding R9-2"]
 fn forgetting_a_loss_keeps_dead_weight_and_splits_an_operator_key() {
     let mut clock = Clock::new();
     let t0 = clock.now();

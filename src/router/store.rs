@@ -809,7 +809,7 @@ impl<T: SessionTable> Router<T> {
                     owner: found.exact_prefix(),
                 });
                 if let Some(write) =
-                    self.bind_back(&key, mine.owner, mine.principal, mine.learned_at())
+                    self.bind_back(&key, mine.owner, mine.principal, mine.learned_by())
                 {
                     self.enqueue(write);
                 }
@@ -872,7 +872,7 @@ impl<T: SessionTable> Router<T> {
             let stale = self
                 .table
                 .get(&key, now)
-                .is_some_and(|e| e.owner == id && e.learned_at() < cutoff && e.streams == 0);
+                .is_some_and(|e| e.owner == id && e.learned_by() < cutoff && e.streams == 0);
             if stale && self.table.remove(&key, Some(id)).is_some() {
                 dropped += 1;
             }
@@ -945,7 +945,7 @@ impl<T: SessionTable> Router<T> {
                     return;
                 }
                 if let Some(write) =
-                    self.bind_back(key, entry.owner, entry.principal, entry.learned_at())
+                    self.bind_back(key, entry.owner, entry.principal, entry.learned_by())
                 {
                     writes.push(write);
                 }
@@ -992,7 +992,7 @@ impl<T: SessionTable> Router<T> {
                     return;
                 }
                 if let Some(StoreWrite::Bind { key, value, ttl }) =
-                    self.bind_back(key, entry.owner, entry.principal, entry.learned_at())
+                    self.bind_back(key, entry.owner, entry.principal, entry.learned_by())
                 {
                     refreshes.push(StoreWrite::Refresh { key, value, ttl });
                 }
@@ -1033,7 +1033,8 @@ impl<T: SessionTable> Router<T> {
     }
 
     /// The bind that writes back a key this router holds (a reseed, the refresh pass, a
-    /// repair), learned at `learned`; none for a key of a lost process.
+    /// repair), learned by `learned` (at the latest: see `Entry::learned_by`); none for a key
+    /// of a lost process.
     ///
     /// The table keeps no incarnation per key: a key is written under its owner's current
     /// incarnation and the time it was learned. One this router's own losses condemn so

@@ -140,6 +140,18 @@ impl Entry {
         }
     }
 
+    /// The latest the key may have been learned: [`learned_at`](Entry::learned_at) where the
+    /// table keeps exact times, one [`TICK`] later where it counts them in ticks rounded down
+    /// (`MemoryTable`). A key is judged learned before a time (a loss of its owner's process)
+    /// only if this is before it: rounded down, a key learned just after the time read as
+    /// before it (the ninth review, R9-1).
+    pub(crate) fn learned_by(&self) -> Instant {
+        match self.times {
+            Times::Exact { learned, .. } => learned,
+            Times::Ticked { epoch, learned, .. } => epoch + TICK * learned.saturating_add(1),
+        }
+    }
+
     /// When the key was last used (looked up, learned, or a stream opened or closed on it).
     pub fn last_used(&self) -> Instant {
         match self.times {
