@@ -123,9 +123,17 @@ pub struct NewBackend {
 /// (a count that started over, then a restart of the lower number) do not say that 2 was
 /// lost before t2, and merged they condemned the sessions of a new process numbered 2 made
 /// in between (the eighth review, R8-2). Only losses that no other one contains are kept
-/// (the higher the incarnation, the earlier the time), at most [`LOSSES`]; past that the
-/// oldest is forgotten, so that a router may take a binding of that process for live (the
-/// backend, which does not know it, answers 404 itself), never a live one for lost.
+/// (the higher the incarnation, the earlier the time), at most [`LOSSES`].
+///
+/// Past that, one is forgotten, and what it alone said is lost: a loss of incarnations up
+/// to `u` before `t`, forgotten, leaves those of them above the next lower loss's `upto`
+/// judged by the next higher loss (an earlier time), or by none. So the loss of the highest
+/// incarnation is always kept (forgetting it, a router took a binding that the routers
+/// that kept it refused for live: a split of an operator key, the ninth review's R9-2), and
+/// of the others the one whose time is the closest to the next higher one's is forgotten:
+/// the shortest stretch of time whose bindings are taken for live. A binding taken for live
+/// is forwarded (its backend answers 404) or answered 503 while this router waits for a
+/// process it has not seen; a live one is never taken for lost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Loss {
     /// `(upto, before)`, `upto` ascending and `before` descending; `before == 0` is none.
@@ -159,10 +167,21 @@ impl Loss {
             }
         }
         points[n] = (incarnation, before);
-        points[..=n].sort_unstable();
-        // Past the bound, the oldest (the last: the earliest time) is forgotten.
-        self.points.copy_from_slice(&points[..LOSSES]);
-        true
+        let points = &mut points[..=n];
+        points.sort_unstable();
+        if points.len() > LOSSES {
+            // Forget the loss, the last (the highest incarnation) aside, whose time is the
+            // closest to the next one's (each earlier than the one before).
+            let closest = (0..LOSSES)
+                .min_by_key(|&k| points[k].1 - points[k + 1].1)
+                .expect("LOSSES > 0");
+            points.copy_within(closest + 1.., closest);
+        }
+        let kept = points.len().min(LOSSES);
+        let mut raised = [(0, 0); LOSSES];
+        raised[..kept].copy_from_slice(&points[..kept]);
+        // (The new loss itself may be the one forgotten.)
+        std::mem::replace(&mut self.points, raised) != raised
     }
 
     /// The losses, `(upto, before)`.
@@ -1208,4 +1227,51 @@ fn splitmix(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LOSSES, Loss};
+
+    fn points(loss: &Loss) -> Vec<(u32, u32)> {
+        loss.points().copied().collect()
+    }
+
+    #[test]
+    fn a_loss_another_contains_is_not_kept() {
+        let mut loss = Loss::default();
+        assert!(loss.raise(100, 2));
+        assert!(!loss.raise(90, 1), "contained: nothing new");
+        assert!(!loss.raise(0, 5), "no time: no loss");
+        assert!(
+            loss.raise(200, 1),
+            "a later time of a lower incarnation is kept apart"
+        );
+        assert_eq!(points(&loss), [(1, 200), (2, 100)]);
+        assert!(loss.raise(300, 3), "contains both");
+        assert_eq!(points(&loss), [(3, 300)]);
+        assert!(loss.condemns(3, 299) && !loss.condemns(3, 300) && !loss.condemns(4, 0));
+    }
+
+    #[test]
+    fn past_the_bound_the_highest_incarnation_s_loss_is_kept_and_the_closest_in_time_forgotten() {
+        let mut loss = Loss::default();
+        // A count stepping down: 9 lost before 8, 4 before 18, 3 before 28, 2 before 38 …
+        for (upto, before) in [(9, 8), (4, 18), (3, 28), (2, 38)] {
+            assert!(loss.raise(before, upto));
+        }
+        assert_eq!(points(&loss).len(), LOSSES);
+        // … and 1 before 60: the loss of 2 (38, ten seconds from 3's) says the least.
+        assert!(loss.raise(60, 1));
+        assert_eq!(points(&loss), [(1, 60), (3, 28), (4, 18), (9, 8)]);
+        // What was forgotten is only ever taken for live, never the reverse.
+        assert!(!loss.condemns(2, 38) && loss.condemns(2, 27));
+        assert!(
+            loss.condemns(9, 7),
+            "the highest incarnation's loss is kept"
+        );
+        // A new loss that says the least is itself forgotten: nothing changed.
+        assert!(!loss.raise(29, 2));
+        assert_eq!(points(&loss), [(1, 60), (3, 28), (4, 18), (9, 8)]);
+    }
 }
