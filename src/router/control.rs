@@ -49,9 +49,21 @@ impl<T: SessionTable> Router<T> {
     /// With a higher incarnation the old process's tokens are refused by their incarnation,
     /// and the new one's, which another router may already have sealed, route. (A replica
     /// that restarts should come back with a higher incarnation: every router of a fleet
-    /// agrees on it, whenever each sees the restart.)
+    /// agrees on it, whenever each sees the restart.) Either way it keeps what this router
+    /// knew was lost of that name's processes (as [`restart_backend`](Router::restart_backend)
+    /// does): a count that started over before the removal still condemns the bindings of
+    /// the numbers it covers.
     pub fn add(&self, mut backend: NewBackend) -> Result<BackendId, FleetError> {
-        if let Some((removed_at, incarnation)) = self.fleet.removed(&backend) {
+        if let Some((removed_at, incarnation, lost)) = self.fleet.removed(&backend) {
+            // What this router knew was lost of the name's processes stays true of them:
+            // re-added under a higher number than the one removed, it forgot a loss that
+            // covers that number (a count that started over before the removal), took the
+            // lost process's bindings of that number for the new one's and kept an operator
+            // key there, while routers that restarted or renumbered the backend (which keeps
+            // its losses) bound it afresh: a split (the tenth review, R10-1).
+            for &(upto, before) in lost.points() {
+                backend.lost.raise(before, upto);
+            }
             if backend.incarnation <= incarnation {
                 backend
                     .lost

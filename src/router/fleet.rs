@@ -367,10 +367,10 @@ struct State {
     tenants: HashMap<TenantId, Tenant>,
     /// Live backends by tenant and name fingerprint.
     names: HashMap<(TenantId, u64), u16>,
-    /// Names of backends removed lately, when, and their incarnation: their tokens are
-    /// answered as gone, not as unknown (at most [`REMOVED_NAMES`], the oldest forgotten
-    /// first).
-    removed: HashMap<(TenantId, u64), (Instant, u32)>,
+    /// Names of backends removed lately, when, their incarnation, and what this router knew
+    /// was lost of their processes: their tokens are answered as gone, not as unknown, and a
+    /// re-add inherits the losses (at most [`REMOVED_NAMES`], the oldest forgotten first).
+    removed: HashMap<(TenantId, u64), (Instant, u32, Loss)>,
 }
 
 /// The most removed backends' names a fleet remembers.
@@ -733,7 +733,7 @@ impl Fleet {
                 }
             }
             None => match state.removed.get(&(tenant, owner)) {
-                Some(&(at, incarnation)) => Named::Removed { at, incarnation },
+                Some(&(at, incarnation, _)) => Named::Removed { at, incarnation },
                 None => Named::Unknown,
             },
         }
@@ -843,8 +843,8 @@ impl Fleet {
     }
 
     /// When a backend of `backend`'s tenant and name was removed, if lately (see
-    /// [`REMOVED_NAMES`]), and its incarnation.
-    pub(crate) fn removed(&self, backend: &NewBackend) -> Option<(Instant, u32)> {
+    /// [`REMOVED_NAMES`]), its incarnation, and the losses it knew.
+    pub(crate) fn removed(&self, backend: &NewBackend) -> Option<(Instant, u32, Loss)> {
         let owner = crate::backend::fnv1a(backend.name_or_label().as_bytes());
         self.state
             .read()
@@ -858,7 +858,8 @@ impl Fleet {
         let meta = state.live_mut(id)?;
         meta.occupied = false;
         meta.term = meta.term.wrapping_add(1);
-        let (tenant, owner, incarnation) = (meta.tenant, meta.owner, meta.incarnation);
+        let (tenant, owner, incarnation, lost) =
+            (meta.tenant, meta.owner, meta.incarnation, meta.lost);
         self.publish(id.slot(), meta);
         state.free.push(id.slot());
         if let Some(fleet) = state.tenants.get_mut(&tenant) {
@@ -869,13 +870,15 @@ impl Fleet {
             let oldest = state
                 .removed
                 .iter()
-                .min_by_key(|(_, (at, _))| *at)
+                .min_by_key(|(_, (at, _, _))| *at)
                 .map(|(k, _)| *k);
             if let Some(oldest) = oldest {
                 state.removed.remove(&oldest);
             }
         }
-        state.removed.insert((tenant, owner), (now, incarnation));
+        state
+            .removed
+            .insert((tenant, owner), (now, incarnation, lost));
         Ok(())
     }
 
