@@ -9,14 +9,36 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mcp_affinity::router::key_fn;
-use mcp_affinity::router::store::MAX_LOOKUPS;
-use mcp_affinity::router::{End, NewBackend, Routed, Router, SharedStore};
+use mcp_affinity::router::store::{MAX_LOOKUPS, ReseedCursor, StoreWrite};
+use mcp_affinity::router::{End, NewBackend, Probe, Routed, Router, SharedStore};
 use mcp_affinity::{BackendId, TenantId};
 
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-use common::sim_store::flush;
+use common::sim_store::{flush, poll_lost};
+
+/// A backend name's fingerprint, as the store names owners (FNV-1a 64).
+fn fingerprint(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn reseed(router: &Router, store: &mut Store, now: Instant) {
+    let mut cursor = ReseedCursor::default();
+    loop {
+        let writes = router.reseed_store(&mut cursor, 64, now);
+        if writes.is_empty() {
+            return;
+        }
+        for write in writes {
+            if let Some((key, found)) = store.apply(write, now) {
+                router.on_bind_taken(&key, &found, now);
+            }
+        }
+    }
+}
 
 fn backend(name: &str, incarnation: u32) -> NewBackend {
     NewBackend::new(TenantId::DEFAULT, &format!("http://{name}"))
@@ -138,4 +160,75 @@ fn a_re_add_under_a_removed_name_keeps_the_losses_known_of_that_name() {
                 .collect::<Vec<_>>()
         );
     }
+}
+
+// --- R10-2. An adopted binding keeps the date of the one it replaced --------------------------
+
+/// Driver seed 2609 (events off; known since the third review), reduced. Workspace `acme` is
+/// bound on y at t0 by router A. At t20 y's process dies: B sees it (two refused checks),
+/// finds `y:0:t0` lost, clears it and binds `acme` afresh on x (`x:0:t20`). A has not seen
+/// y die; its reseed binds `y:0:t0` again, is refused, finds `x:0:t20` live, and adopts x
+/// (`on_bind_taken`): `set_owner` moves the entry to x but keeps the time A learned it, t0.
+/// A now holds "x since t0", a binding nobody made. x's process ends right after serving
+/// (within the clock skew of t20): another router records its loss before t19. The store
+/// comes back empty; A's reseed writes back `x:0:t0` first (B's `x:0:t20` is refused: the
+/// same owner, nothing to do). Every router polls `x:0 = t19`: A drops its entry (t0 < t19)
+/// and its lookup finds `x:0:t0` condemned, so it binds `acme` afresh (on y); B keeps its
+/// own entry (t20 is after the cut-off) and sends `acme` to x: a split.
+/// Expected: a router that adopts the owner a refused bind found takes that binding as a
+/// lookup would cache it, dated when it was made: A holds "x since t20", writes back
+/// `x:0:t20`, and both routers keep `acme` on x. Code: `Router::on_bind_taken`
+/// (src/router/store.rs).
+#[test]
+fn an_adopted_binding_is_dated_when_the_binding_found_was_made() {
+    let mut clock = Clock::new();
+    let t0 = clock.now();
+    let (a, b) = (router(t0), router(t0));
+    let mut store = Store::default();
+    for r in [&a, &b] {
+        r.add(backend("x", 0)).unwrap();
+        r.add(backend("y", 0)).unwrap();
+    }
+    assert_eq!(
+        call_ws(&a, &mut store, "acme", Some("y"), t0),
+        Ok("y".into())
+    );
+    // y's process dies at t20: B sees it and binds acme afresh on x.
+    let t20 = clock.advance(Duration::from_secs(20));
+    for _ in 0..2 {
+        b.report_health(id_of(&b, "y"), Probe::Refused, t20)
+            .unwrap();
+    }
+    assert_eq!(
+        call_ws(&b, &mut store, "acme", Some("x"), t20),
+        Ok("x".into())
+    );
+    // A, which has not seen y die, reseeds: its y:0:t0 is refused, and it adopts x.
+    reseed(&a, &mut store, t20);
+    flush(&a, &mut store, t20);
+    // x's process ends right after (another router records it lost before t19), and the
+    // store comes back empty: A writes back first.
+    let t21 = clock.advance(Duration::from_secs(1));
+    store.values.clear();
+    for r in [&a, &b] {
+        r.on_store_restart(t21);
+        reseed(r, &mut store, t21);
+        flush(r, &mut store, t21);
+    }
+    let lost = StoreWrite::Lost {
+        key: format!("mcp:lost:0:{:016x}:0", fingerprint("x")),
+        before: 1_795_000_019,
+        ttl: Duration::from_secs(7200),
+    };
+    assert!(store.apply(lost, t21).is_none());
+    poll_lost(&a, &store, t21);
+    poll_lost(&b, &store, t21);
+    let on_a = call_ws(&a, &mut store, "acme", Some("y"), t21);
+    let on_b = call_ws(&b, &mut store, "acme", Some("y"), t21);
+    assert_eq!(
+        (on_a.clone(), on_b.clone()),
+        (Ok("x".into()), Ok("x".into())),
+        "A sends acme to {on_a:?}, B to {on_b:?}: x's binding of t20 is after the loss's \
+         cut-off (t19)"
+    );
 }
