@@ -797,8 +797,26 @@ impl<T: SessionTable> Router<T> {
         };
         match status {
             OwnerStatus::Live if !lost => {
-                if mine.owner != winner {
+                // The store's binding wins, its owner and its date, as a lookup caches it:
+                // moved to the winner, the entry kept the time this router learned its own
+                // owner, so its reseeds wrote back a binding of the winner dated before the
+                // winner was bound, and a loss between the two dates condemned that one
+                // while the router that made the real binding kept it (the tenth review,
+                // R10-2). (A key a stream holds open only changes owner: a legacy SSE
+                // session's stream count is not carried by a new entry.)
+                let bound_at = store.config.clock.instant(found.bound_at, now).min(now);
+                let dated = store.config.clock.unix(mine.learned_at()) == found.bound_at;
+                if (mine.owner != winner || !dated)
+                    && mine.streams == 0
+                    && self.table.remove(&key, Some(mine.owner)).is_some()
+                {
+                    let _ = self.table.insert(&key, winner, mine.principal, bound_at);
+                    // Used now, not when it was bound: an idle sweep must not take it at once.
+                    let _ = self.table.get(&key, now);
+                } else if mine.owner != winner {
                     let _ = self.table.set_owner(&key, mine.owner, winner, now);
+                }
+                if mine.owner != winner {
                     self.counters.here().store_adopted.incr();
                 }
             }
