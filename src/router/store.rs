@@ -739,8 +739,10 @@ impl<T: SessionTable> Router<T> {
 
     /// A [`StoreWrite::Bind`] found `key` bound already, to `value`.
     ///
-    /// - Another router bound it first, to an owner live here: the router adopts that owner
-    ///   (an operator key placed by two routers at once ends on one backend).
+    /// - Another router bound it first, to an owner live here: the router adopts that
+    ///   binding, its owner and the time it was made, as a lookup would cache it (an
+    ///   operator key placed by two routers at once ends on one backend, and a loss of that
+    ///   backend recorded later condemns it on every router or on none).
     /// - The binding found is lost (made before its owner was lost, or of an older
     ///   incarnation), or names an owner removed or revoked here: the router clears exactly
     ///   that binding and binds its own again (two routers repairing at once: one wins, the
