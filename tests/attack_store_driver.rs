@@ -30,7 +30,7 @@
 //! operator keys, late forgets). Since the fixes it passes; 8,000 seeds of 500 steps found
 //! one split (seed 2609: an operator key bound on two routers while its binds were dropped
 //! and the store restarted empty twice, each router's view of two backends' deaths
-//! different), recorded in the issue notes.
+//! different; R10-2 below).
 //!
 //! Seventh review: the orchestrator's events (see `Event`): restarts numbered higher, the
 //! same or lower (a count that started over), removals and re-adds by name, each router's
@@ -51,7 +51,14 @@
 //! last `live404`), R8-3 (a key of a lost process written back on every pass filled the write
 //! queue) and a settle point that left dropped writes unperformed (a driver gap): after them,
 //! three sweeps of 3,000 seeds found no violation (about 2,350 lagged 404s counted), and one
-//! of 12,000 seeds found two splits (seeds 5105 and 7824), not analysed yet. The
+//! of 12,000 seeds found two splits (seeds 5105 and 7824). Tenth review
+//! (tests/attack_round10.rs): both were R10-1 (a re-add under a removed name forgot the
+//! losses the router knew of it, a count that started over among them), and the old seed
+//! 2609 (events off) was R10-2 (an adopted binding kept the date of the entry it replaced).
+//! After them: 12,000 seeds of 400 steps with the events, 12,000 of 400 and 8,000 of 500
+//! without, no violation (with the events, ~9,600 lagged 404s and ~65 lagged splits counted
+//! per 12,000); 24,000 with the events found one split (seed 20460: R10-3, open, a binding
+//! cached from the store dated no earlier than the memory table's first use). The
 //! runs are not fully deterministic (the router's own hash maps order some writes): a trace
 //! may need a few tries. `ATTACK_STORE_LIST=1` lists every failing seed.
 //!
