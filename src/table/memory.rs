@@ -289,7 +289,8 @@ struct Padded<T>(T);
 ///   `BuildHasher` such as `std::collections::hash_map::RandomState` with
 ///   [`with_hasher`](MemoryTable::with_hasher)), takes one shard's read lock and allocates
 ///   nothing. Readers write only the entry's last-use time, and only when it moved by a tick
-///   (100 ms).
+///   (100 ms). Times are kept in ticks, rounded down, from about 6.8 years before the first
+///   instant the table is given to about 6.8 years after it.
 /// - **Lean**: entries are 64 bytes with ids up to 37 bytes inline (every SDK's session id
 ///   fits), stored densely, indexed by 4-byte slot numbers.
 /// - **Bounded**: capacity in total and per tenant, idle expiry, eviction policy: see
@@ -318,7 +319,7 @@ pub struct MemoryTable<S = FastHash> {
     shard_mask: usize,
     hasher: S,
     config: MemoryTableConfig,
-    /// The instant of tick 0: the first `now` the table was given.
+    /// The instant of tick 0: [`REACH_BACK`] before the first `now` the table was given.
     epoch: OnceLock<Instant>,
     len: AtomicUsize,
     /// Entries of [`KeyKind::Operator`].
@@ -404,7 +405,7 @@ impl<S: BuildHasher> MemoryTable<S> {
     }
 
     fn tick(&self, now: Instant) -> u32 {
-        let epoch = *self.epoch.get_or_init(|| now);
+        let epoch = *self.epoch.get_or_init(|| reach_back(now));
         let since = now.saturating_duration_since(epoch);
         // Integer math on u64 (`as_millis` is u128, and u128 division is slow).
         let ticks = since.as_secs() * 10 + u64::from(since.subsec_millis() / 100);
@@ -872,6 +873,26 @@ impl Shard {
             }
         }
         best.map(|(_, i)| i)
+    }
+}
+
+/// How long before the first instant it is given the table's clock starts: half the span of
+/// its `u32` ticks, about 6.8 years each way. A key may be learned at an earlier time than
+/// the table has seen (a binding cached from a shared store keeps the time it was made):
+/// with the clock starting at the first instant, such a key read as learned then, after a
+/// loss of its owner's process that condemns it, and was kept while other routers refused
+/// it (a split: the tenth review, R10-3). Times before the start read as the start; times
+/// past its end (6.8 years after the first instant) as the end.
+const REACH_BACK: Duration = Duration::from_millis(100 << 31);
+
+/// `now` less [`REACH_BACK`], or as far back as `Instant` goes on this platform.
+fn reach_back(now: Instant) -> Instant {
+    let mut back = REACH_BACK;
+    loop {
+        if let Some(start) = now.checked_sub(back) {
+            return start;
+        }
+        back /= 2;
     }
 }
 
