@@ -2,8 +2,12 @@
 //! losses (R10-1), the adoption that re-inserts a refused bind's winner with its date
 //! (R10-2), the memory table's clock that starts `REACH_BACK` before its first instant
 //! (R10-3), `Entry::learned_by` (R9-1) and the bounded `Loss` (R9-2). Each test states what
-//! should happen; the findings (R11-n) fail on `e8b7e2b` and are ignored so the branch stays
-//! green. Run with `cargo test --all-features --test attack_round11 -- --include-ignored`.
+//! should happen; the findings (R11-n) fail on `e8b7e2b`. R11-1 to R11-5 pass since their
+//! fixes (the table's clock aligned on the store's wall clock and reaching a year back,
+//! `Entry::learned_by` gone, keys judged against a loss by the second they were learned in;
+//! an adoption under another principal drops the entry; an adoption carries the streams of
+//! the entry it replaces). R11-6 is a limit of the bounded removed-name memory, ignored.
+//! Run with `cargo test --all-features --test attack_round11 -- --include-ignored`.
 
 mod common;
 
@@ -167,7 +171,6 @@ fn lost_record(name: &str, incarnation: u32, before: u32) -> StoreWrite {
 /// (by the second it was bound): A drops `acme` and both send it to y.
 /// Code: `Router::on_lost` (src/router/store.rs), `Entry::learned_by`, `WallClock::instant`.
 #[test]
-#[ignore = "finding R11-1"]
 fn a_key_learned_in_the_last_tick_before_a_loss_second_is_dropped_as_the_store_condemns_it() {
     let clock = Clock::new();
     let t0 = clock.now();
@@ -237,7 +240,6 @@ fn a_key_learned_in_the_last_tick_before_a_loss_second_is_dropped_as_the_store_c
 /// instant given, which may be a back-dated insert), `Router::looked_up` (no bound on how
 /// old a binding's date may be).
 #[test]
-#[ignore = "finding R11-2"]
 fn a_binding_dated_decades_ago_does_not_stop_the_tables_clock() {
     let mut clock = Clock::new();
     let t0 = clock.now();
@@ -317,7 +319,6 @@ fn a_binding_dated_decades_ago_does_not_stop_the_tables_clock() {
 /// Code: `Router::on_bind_taken` (src/router/store.rs: `insert(&key, winner, mine.principal,
 /// bound_at)`; the `set_owner` path keeps it too).
 #[test]
-#[ignore = "finding R11-3"]
 fn an_adopted_session_keeps_the_principal_of_the_binding_it_adopts() {
     let clock = Clock::new();
     let t0 = clock.now();
@@ -488,7 +489,6 @@ impl SessionTable for Hooked {
 /// sweep. Code: `Router::on_bind_taken` (remove + insert is not one step; the `streams == 0`
 /// check is made on a copy read before).
 #[test]
-#[ignore = "finding R11-4"]
 fn a_stream_opened_during_an_adoption_is_still_counted() {
     let clock = Clock::new();
     let t0 = clock.now();
@@ -574,7 +574,6 @@ fn a_stream_opened_during_an_adoption_is_still_counted() {
 /// but the embedder's `Instant`s are not always the process's uptime (a shared clock,
 /// a simulated one). Code: `MemoryTable::tick`, `REACH_BACK` (src/table/memory.rs).
 #[test]
-#[ignore = "finding R11-5"]
 fn idle_expiry_still_works_seven_years_after_the_first_instant() {
     let t0 = Clock::new().now();
     let table = MemoryTable::with_config(
@@ -731,7 +730,7 @@ fn the_bounded_loss_never_condemns_what_the_unbounded_one_does_not_with_re_adds(
 /// takes 4,096 removals between a removal and the re-add. Code: `Fleet::remove`
 /// (`REMOVED_NAMES`), `Router::add`.
 #[test]
-#[ignore = "finding R11-6"]
+#[ignore = "limit R11-6: a router remembers the last 4,096 removed names (README, fleet limits)"]
 fn a_re_add_after_many_other_removals_keeps_the_losses_known_of_that_name() {
     let mut clock = Clock::new();
     let t0 = clock.now();

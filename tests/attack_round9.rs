@@ -99,8 +99,10 @@ fn outcome(routed: Routed) -> String {
 /// not, and B2 answered 404 (unknown_key): `Router::bind_back` (src/router/store.rs) judged
 /// a key by `Entry::learned_at` rounded down to a tick, against a loss cut-off in whole
 /// seconds with no margin for that rounding, where the lookup that cached it judged the
-/// stored second. Fixed: keys are judged (and written back) by the latest time they may
-/// have been learned (`Entry::learned_by`).
+/// stored second. Fixed: the table's clock is aligned on the store's wall clock
+/// (`SessionTable::align_clock`), so the second a key was learned in is kept exactly, and
+/// keys are judged by that second, as the store's bindings are (a first fix, judging by the
+/// learned tick plus one, split the routers the other way: R11-1).
 #[test]
 fn a_live_key_cached_at_the_skew_boundary_is_written_back_by_the_reseed() {
     let mut clock = Clock::new();

@@ -273,6 +273,9 @@ impl<T> RouterBuilder<T> {
         T: SessionTable,
     {
         let idle_ttl = self.table.idle_ttl();
+        if let Some(store) = &self.store {
+            self.table.align_clock(store.clock().anchor());
+        }
         Router {
             table: self.table,
             fleet: Fleet::new(self.max_backends, self.unhealthy_after, self.healthy_after),

@@ -104,6 +104,10 @@ pub struct SharedStore {
 }
 
 impl SharedStore {
+    pub(crate) fn clock(&self) -> &WallClock {
+        &self.clock
+    }
+
     /// Sharing under the key prefix `prefix` (for example `mcp-affinity`; every router of a
     /// fleet must use the same), with the wall clock read once: `unix_secs` is the Unix time
     /// at `now` (the router reads no clock).
@@ -798,6 +802,9 @@ impl<T: SessionTable> Router<T> {
             self.fleet.owner_status(winner, now)
         };
         match status {
+            // Bound under another principal: not this router's to serve either way (a lookup
+            // caches the binding's principal, and refuses this one's requests).
+            OwnerStatus::Live if !lost && found.principal != mine.principal => drop_mine(),
             OwnerStatus::Live if !lost => {
                 // The store's binding wins, its owner and its date, as a lookup caches it:
                 // moved to the winner, the entry kept the time this router learned its own
@@ -808,13 +815,10 @@ impl<T: SessionTable> Router<T> {
                 // session's stream count is not carried by a new entry.)
                 let bound_at = store.config.clock.instant(found.bound_at, now).min(now);
                 let dated = store.config.clock.unix(mine.learned_at()) == found.bound_at;
-                if (mine.owner != winner || !dated)
-                    && mine.streams == 0
-                    && self.table.remove(&key, Some(mine.owner)).is_some()
-                {
-                    let _ = self.table.insert(&key, winner, mine.principal, bound_at);
-                    // Used now, not when it was bound: an idle sweep must not take it at once.
-                    let _ = self.table.get(&key, now);
+                if (mine.owner != winner || !dated) && mine.streams == 0 {
+                    if let Some(removed) = self.table.remove(&key, Some(mine.owner)) {
+                        self.rebind(&key, winner, removed, bound_at, now);
+                    }
                 } else if mine.owner != winner {
                     let _ = self.table.set_owner(&key, mine.owner, winner, now);
                 }
@@ -829,7 +833,7 @@ impl<T: SessionTable> Router<T> {
                     owner: found.exact_prefix(),
                 });
                 if let Some(write) =
-                    self.bind_back(&key, mine.owner, mine.principal, mine.learned_by())
+                    self.bind_back(&key, mine.owner, mine.principal, mine.learned_at())
                 {
                     self.enqueue(write);
                 }
@@ -885,14 +889,15 @@ impl<T: SessionTable> Router<T> {
         let Some(id) = self.fleet.raise_lost_before(lost, before) else {
             return;
         };
-        let cutoff = store.config.clock.instant(before, now);
+        // Judged by the second each key was learned in, as the store's bindings are judged
+        // (an instant inside the second `before` would split that second in two).
+        let clock = &store.config.clock;
         let mut dropped = 0;
         for owned in self.table.keys_of(id, usize::MAX) {
             let key = owned.as_key();
-            let stale = self
-                .table
-                .get(&key, now)
-                .is_some_and(|e| e.owner == id && e.learned_by() < cutoff && e.streams == 0);
+            let stale = self.table.get(&key, now).is_some_and(|e| {
+                e.owner == id && clock.unix(e.learned_at()) < before && e.streams == 0
+            });
             if stale && self.table.remove(&key, Some(id)).is_some() {
                 dropped += 1;
             }
@@ -965,7 +970,7 @@ impl<T: SessionTable> Router<T> {
                     return;
                 }
                 if let Some(write) =
-                    self.bind_back(key, entry.owner, entry.principal, entry.learned_by())
+                    self.bind_back(key, entry.owner, entry.principal, entry.learned_at())
                 {
                     writes.push(write);
                 }
@@ -1012,7 +1017,7 @@ impl<T: SessionTable> Router<T> {
                     return;
                 }
                 if let Some(StoreWrite::Bind { key, value, ttl }) =
-                    self.bind_back(key, entry.owner, entry.principal, entry.learned_by())
+                    self.bind_back(key, entry.owner, entry.principal, entry.learned_at())
                 {
                     refreshes.push(StoreWrite::Refresh { key, value, ttl });
                 }
@@ -1052,9 +1057,35 @@ impl<T: SessionTable> Router<T> {
         }
     }
 
+    /// `key`, just removed as `removed`, bound again to `owner` as learned at `learned`, used
+    /// `now`, with the streams `removed` had open (one may have opened since it was read:
+    /// the eleventh review, R11-4).
+    fn rebind(
+        &self,
+        key: &Key<'_>,
+        owner: BackendId,
+        removed: crate::table::Entry,
+        learned: Instant,
+        now: Instant,
+    ) {
+        let principal = removed.principal;
+        let inserted = if removed.streams == 0 {
+            self.table.insert(key, owner, principal, learned)
+        } else {
+            self.table.insert_streaming(key, owner, principal, learned)
+        };
+        if inserted.is_ok() {
+            for _ in 1..removed.streams {
+                let _ = self.table.open_stream(key, now);
+            }
+        }
+        // Used now, not when it was bound: an idle sweep must not take it at once.
+        let _ = self.table.get(key, now);
+    }
+
     /// The bind that writes back a key this router holds (a reseed, the refresh pass, a
-    /// repair), learned by `learned` (at the latest: see `Entry::learned_by`); none for a key
-    /// of a lost process.
+    /// repair), learned at `learned` (its second exact: see [`SessionTable::align_clock`]);
+    /// none for a key of a lost process.
     ///
     /// The table keeps no incarnation per key: a key is written under its owner's current
     /// incarnation and the time it was learned. One this router's own losses condemn so

@@ -16,6 +16,12 @@ impl WallClock {
         WallClock { at, unix }
     }
 
+    /// The instant the wall clock was read at: whole seconds after or before it are the
+    /// starts of Unix seconds, as this clock counts them.
+    pub(crate) fn anchor(&self) -> Instant {
+        self.at
+    }
+
     /// Unix seconds at `now` (saturating at the ends of `u32`: the year 2106).
     pub(crate) fn unix(&self, now: Instant) -> u32 {
         let unix = match now.checked_duration_since(self.at) {

@@ -289,8 +289,8 @@ struct Padded<T>(T);
 ///   `BuildHasher` such as `std::collections::hash_map::RandomState` with
 ///   [`with_hasher`](MemoryTable::with_hasher)), takes one shard's read lock and allocates
 ///   nothing. Readers write only the entry's last-use time, and only when it moved by a tick
-///   (100 ms). Times are kept in ticks, rounded down, from about 6.8 years before the first
-///   instant the table is given to about 6.8 years after it.
+///   (100 ms). Times are kept in ticks, rounded down, from a year before the first instant
+///   the table is given to about 12.6 years after it.
 /// - **Lean**: entries are 64 bytes with ids up to 37 bytes inline (every SDK's session id
 ///   fits), stored densely, indexed by 4-byte slot numbers.
 /// - **Bounded**: capacity in total and per tenant, idle expiry, eviction policy: see
@@ -319,7 +319,8 @@ pub struct MemoryTable<S = FastHash> {
     shard_mask: usize,
     hasher: S,
     config: MemoryTableConfig,
-    /// The instant of tick 0: [`REACH_BACK`] before the first `now` the table was given.
+    /// The instant of tick 0: [`REACH_BACK`] before the first `now` the table was given, or
+    /// the instant it was aligned on ([`SessionTable::align_clock`]).
     epoch: OnceLock<Instant>,
     len: AtomicUsize,
     /// Entries of [`KeyKind::Operator`].
@@ -876,20 +877,22 @@ impl Shard {
     }
 }
 
-/// How long before the first instant it is given the table's clock starts: half the span of
-/// its `u32` ticks, about 6.8 years each way. A key may be learned at an earlier time than
-/// the table has seen (a binding cached from a shared store keeps the time it was made):
-/// with the clock starting at the first instant, such a key read as learned then, after a
-/// loss of its owner's process that condemns it, and was kept while other routers refused
-/// it (a split: the tenth review, R10-3). Times before the start read as the start; times
-/// past its end (6.8 years after the first instant) as the end.
-const REACH_BACK: Duration = Duration::from_millis(100 << 31);
+/// How long before the first instant it is given (or the instant it is aligned on) the
+/// table's clock starts: a year, in whole seconds. A key may be learned at an earlier time
+/// than the table has seen (a binding cached from a shared store keeps the time it was
+/// made): with the clock starting at the first instant, such a key read as learned then,
+/// after a loss of its owner's process that condemns it, and was kept while other routers
+/// refused it (a split: the tenth review, R10-3). Earlier times read as the start (a
+/// binding over a year old is older than any loss a router judges it by); the clock's `u32`
+/// ticks run out about 12.6 years after the first instant.
+const REACH_BACK: Duration = Duration::from_secs(366 * 24 * 3600);
 
-/// `now` less [`REACH_BACK`], or as far back as `Instant` goes on this platform.
-fn reach_back(now: Instant) -> Instant {
-    let mut back = REACH_BACK;
+/// `from` less [`REACH_BACK`], or as far back as `Instant` goes on this platform, in whole
+/// seconds.
+fn reach_back(from: Instant) -> Instant {
+    let mut back = REACH_BACK.as_secs();
     loop {
-        if let Some(start) = now.checked_sub(back) {
+        if let Some(start) = from.checked_sub(Duration::from_secs(back)) {
             return start;
         }
         back /= 2;
@@ -1039,6 +1042,10 @@ impl<S: BuildHasher + Send + Sync> SessionTable for MemoryTable<S> {
             }
         }
         keys
+    }
+
+    fn align_clock(&self, anchor: Instant) {
+        let _ = self.epoch.get_or_init(|| reach_back(anchor));
     }
 
     fn scan(&self, cursor: &mut u64, max: usize, visit: &mut dyn FnMut(&Key<'_>, &Entry)) -> bool {

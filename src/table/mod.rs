@@ -140,18 +140,6 @@ impl Entry {
         }
     }
 
-    /// The latest the key may have been learned: [`learned_at`](Entry::learned_at) where the
-    /// table keeps exact times, one [`TICK`] later where it counts them in ticks rounded down
-    /// (`MemoryTable`). A key is judged learned before a time (a loss of its owner's process)
-    /// only if this is before it: rounded down, a key learned just after the time read as
-    /// before it (the ninth review, R9-1).
-    pub(crate) fn learned_by(&self) -> Instant {
-        match self.times {
-            Times::Exact { learned, .. } => learned,
-            Times::Ticked { epoch, learned, .. } => epoch + TICK * learned.saturating_add(1),
-        }
-    }
-
     /// When the key was last used (looked up, learned, or a stream opened or closed on it).
     pub fn last_used(&self) -> Instant {
         match self.times {
@@ -413,6 +401,19 @@ pub trait SessionTable: Send + Sync {
         *cursor = 0;
         true
     }
+
+    /// Aligns the table's clock on `anchor`, before any other call. A table that keeps times
+    /// coarser than an `Instant` (as [`MemoryTable`] keeps them in 100 ms ticks) then rounds
+    /// them on a grid through `anchor`, where whole seconds from it fall on the grid: the
+    /// second a key was learned in, counted from `anchor`, is kept exactly. A router with a
+    /// shared store passes the instant its wall clock was read at: it compares the Unix
+    /// second a key was learned in with the second before which a backend's process was
+    /// lost, as every router compares the store's bindings, and a key rounded into the
+    /// second before was judged lost here only (the ninth and eleventh reviews, R9-1 and
+    /// R11-1). The default does nothing (a table that keeps exact times needs nothing).
+    fn align_clock(&self, anchor: Instant) {
+        let _ = anchor;
+    }
 }
 
 impl Eviction {
@@ -495,5 +496,8 @@ impl<T: SessionTable + ?Sized> SessionTable for std::sync::Arc<T> {
     }
     fn scan(&self, cursor: &mut u64, max: usize, visit: &mut dyn FnMut(&Key<'_>, &Entry)) -> bool {
         (**self).scan(cursor, max, visit)
+    }
+    fn align_clock(&self, anchor: Instant) {
+        (**self).align_clock(anchor)
     }
 }
