@@ -9,42 +9,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mcp_affinity::router::key_fn;
-use mcp_affinity::router::store::{MAX_LOOKUPS, ReseedCursor, StoreWrite};
-use mcp_affinity::router::{End, NewBackend, Probe, Routed, Router, SharedStore};
-use mcp_affinity::{BackendId, TenantId};
+use mcp_affinity::router::store::StoreWrite;
+use mcp_affinity::router::{Probe, Router, SharedStore};
 
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-use common::sim_store::{flush, poll_lost};
-
-/// A backend name's fingerprint, as the store names owners (FNV-1a 64).
-fn fingerprint(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-fn reseed(router: &Router, store: &mut Store, now: Instant) {
-    let mut cursor = ReseedCursor::default();
-    loop {
-        let writes = router.reseed_store(&mut cursor, 64, now);
-        if writes.is_empty() {
-            return;
-        }
-        for write in writes {
-            if let Some((key, found)) = store.apply(write, now) {
-                router.on_bind_taken(&key, &found, now);
-            }
-        }
-    }
-}
-
-fn backend(name: &str, incarnation: u32) -> NewBackend {
-    NewBackend::new(TenantId::DEFAULT, &format!("http://{name}"))
-        .name(name)
-        .incarnation(incarnation)
-}
+use common::sim_store::{backend, call_ws, fingerprint, flush, poll_lost, reseed};
 
 fn router(at: Instant) -> Router {
     Router::builder()
@@ -52,39 +23,6 @@ fn router(at: Instant) -> Router {
         .health_thresholds(2, 2)
         .shared_store(SharedStore::new("mcp", at, T0))
         .build()
-}
-
-/// A workspace call through `router` (placements only on `choose`, if given), answered 200
-/// by whichever backend gets it: that backend's name, or the rejection's status. The router's
-/// writes are performed after it.
-fn call_ws(
-    router: &Router,
-    store: &mut Store,
-    ws: &str,
-    choose: Option<&str>,
-    now: Instant,
-) -> Result<String, u16> {
-    let ok = |id: BackendId| choose.is_none_or(|name| name_of(router, id) == name);
-    let mut routed = router.route_with(&ws_call(ws), now, ok);
-    for _ in 0..MAX_LOOKUPS {
-        let Routed::Lookup(lookup) = routed else {
-            break;
-        };
-        let found = store.answer(lookup.key(), now);
-        routed = router.on_lookup_with(lookup, found, now, ok);
-    }
-    let out = match routed {
-        Routed::Forward(mut ex) => {
-            let name = name_of(router, ex.backend());
-            let _ = respond(router, &mut ex, 200, &[JSON], &[b"{}"], now);
-            router.on_exchange_end(ex, End::Completed, now);
-            Ok(name)
-        }
-        Routed::Reject(r) => Err(r.status().as_u16()),
-        Routed::Lookup(_) => unreachable!(),
-    };
-    flush(router, store, now);
-    out
 }
 
 // --- R10-1. A re-add forgets what the router knew was lost of the name ----------------------

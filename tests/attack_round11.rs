@@ -15,45 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcp_affinity::router::store::{MAX_LOOKUPS, ReseedCursor, StoreWrite};
-use mcp_affinity::router::{End, HeadOutcome, NewBackend, Routed, Router, SharedStore, key_fn};
+use mcp_affinity::router::store::StoreWrite;
+use mcp_affinity::router::{End, HeadOutcome, Routed, Router, SharedStore, key_fn};
 use mcp_affinity::table::{Key, KeyKind, MemoryTable, MemoryTableConfig, SessionTable};
 use mcp_affinity::{BackendId, TenantId};
 
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-use common::sim_store::{flush, poll_lost, route_via};
-
-/// A backend name's fingerprint, as the store names owners (FNV-1a 64).
-fn fingerprint(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-fn reseed(router: &Router, store: &mut Store, now: Instant) -> Vec<StoreWrite> {
-    let mut cursor = ReseedCursor::default();
-    let mut all = Vec::new();
-    loop {
-        let writes = router.reseed_store(&mut cursor, 64, now);
-        if writes.is_empty() {
-            return all;
-        }
-        for write in writes {
-            all.push(write.clone());
-            if let Some((key, found)) = store.apply(write, now) {
-                router.on_bind_taken(&key, &found, now);
-            }
-        }
-    }
-}
-
-fn backend(name: &str, incarnation: u32) -> NewBackend {
-    NewBackend::new(TenantId::DEFAULT, &format!("http://{name}"))
-        .name(name)
-        .incarnation(incarnation)
-}
+use common::sim_store::{backend, call_ws, fingerprint, flush, poll_lost, reseed, route_via};
 
 /// A router whose wall clock reads `T0` at `at`.
 fn router(at: Instant) -> Router {
@@ -62,39 +32,6 @@ fn router(at: Instant) -> Router {
         .health_thresholds(2, 2)
         .shared_store(SharedStore::new("mcp", at, T0))
         .build()
-}
-
-/// A workspace call through `router` (placements only on `choose`, if given), answered 200
-/// by whichever backend gets it: that backend's name, or the rejection's status. The router's
-/// writes are performed after it.
-fn call_ws(
-    router: &Router,
-    store: &mut Store,
-    ws: &str,
-    choose: Option<&str>,
-    now: Instant,
-) -> Result<String, u16> {
-    let ok = |id: BackendId| choose.is_none_or(|name| name_of(router, id) == name);
-    let mut routed = router.route_with(&ws_call(ws), now, ok);
-    for _ in 0..MAX_LOOKUPS {
-        let Routed::Lookup(lookup) = routed else {
-            break;
-        };
-        let found = store.answer(lookup.key(), now);
-        routed = router.on_lookup_with(lookup, found, now, ok);
-    }
-    let out = match routed {
-        Routed::Forward(mut ex) => {
-            let name = name_of(router, ex.backend());
-            let _ = respond(router, &mut ex, 200, &[JSON], &[b"{}"], now);
-            router.on_exchange_end(ex, End::Completed, now);
-            Ok(name)
-        }
-        Routed::Reject(r) => Err(r.status().as_u16()),
-        Routed::Lookup(_) => unreachable!(),
-    };
-    flush(router, store, now);
-    out
 }
 
 /// Starts a Streamable session `id` through `router` on the backend named `on` (with the

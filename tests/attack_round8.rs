@@ -8,35 +8,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcp_affinity::TenantId;
-use mcp_affinity::router::store::ReseedCursor;
-use mcp_affinity::router::{End, HeadOutcome, NewBackend, Routed, Router, SharedStore, key_fn};
+use mcp_affinity::router::{End, HeadOutcome, Routed, Router, SharedStore, key_fn};
 
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-use common::sim_store::{flush, poll_lost, route_via};
-
-fn reseed(router: &Router, store: &mut Store, now: Instant) {
-    let mut cursor = ReseedCursor::default();
-    loop {
-        let writes = router.reseed_store(&mut cursor, 64, now);
-        if writes.is_empty() {
-            return;
-        }
-        for write in writes {
-            if let Some((key, found)) = store.apply(write, now) {
-                router.on_bind_taken(&key, &found, now);
-            }
-        }
-    }
-}
-
-fn backend(name: &str, incarnation: u32) -> NewBackend {
-    NewBackend::new(TenantId::DEFAULT, &format!("http://{name}"))
-        .name(name)
-        .incarnation(incarnation)
-}
+use common::sim_store::{backend, flush, poll_lost, reseed, route_via};
 
 fn router(at: Instant) -> Router {
     Router::builder()

@@ -11,39 +11,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcp_affinity::router::store::{MAX_LOOKUPS, ReseedCursor, StoreWrite};
-use mcp_affinity::router::{
-    End, HeadOutcome, NewBackend, Routed, Router, SharedStore, Undelivered, key_fn,
-};
-use mcp_affinity::{BackendId, TenantId};
+use mcp_affinity::TenantId;
+use mcp_affinity::router::store::StoreWrite;
+use mcp_affinity::router::{End, HeadOutcome, Routed, Router, SharedStore, Undelivered, key_fn};
 
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-use common::sim_store::{flush, poll_lost, route_via};
-
-fn reseed(router: &Router, store: &mut Store, now: Instant) -> Vec<StoreWrite> {
-    let mut cursor = ReseedCursor::default();
-    let mut all = Vec::new();
-    loop {
-        let writes = router.reseed_store(&mut cursor, 64, now);
-        if writes.is_empty() {
-            return all;
-        }
-        for write in writes {
-            all.push(write.clone());
-            if let Some((key, found)) = store.apply(write, now) {
-                router.on_bind_taken(&key, &found, now);
-            }
-        }
-    }
-}
-
-fn backend(name: &str, incarnation: u32) -> NewBackend {
-    NewBackend::new(TenantId::DEFAULT, &format!("http://{name}"))
-        .name(name)
-        .incarnation(incarnation)
-}
+use common::sim_store::{backend, call_ws, fingerprint, flush, poll_lost, reseed, route_via};
 
 /// A router whose wall clock reads `T0` at `base`.
 fn router(base: Instant) -> Router {
@@ -159,13 +134,6 @@ fn a_live_key_cached_at_the_skew_boundary_is_written_back_by_the_reseed() {
 
 // --- The bounded loss against an unbounded oracle (coverage: found nothing) ----------------
 
-/// FNV-1a 64 of a backend's name: how the store names its owner.
-fn fingerprint(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// Every loss a router was told of, kept apart and never forgotten.
 #[derive(Default)]
 struct Oracle {
@@ -269,39 +237,6 @@ fn the_bounded_loss_never_condemns_what_the_unbounded_one_does_not() {
         }
     }
     eprintln!("dead bindings taken for live after forgetting: {dead_taken_for_live}");
-}
-
-/// A workspace call through `router` (placements only on `choose`, if given), answered 200
-/// by whichever backend gets it: that backend's name, or the rejection's status. The router's
-/// writes are performed after it.
-fn call_ws(
-    router: &Router,
-    store: &mut Store,
-    ws: &str,
-    choose: Option<&str>,
-    now: Instant,
-) -> Result<String, u16> {
-    let ok = |id: BackendId| choose.is_none_or(|name| name_of(router, id) == name);
-    let mut routed = router.route_with(&ws_call(ws), now, ok);
-    for _ in 0..MAX_LOOKUPS {
-        let Routed::Lookup(lookup) = routed else {
-            break;
-        };
-        let found = store.answer(lookup.key(), now);
-        routed = router.on_lookup_with(lookup, found, now, ok);
-    }
-    let out = match routed {
-        Routed::Forward(mut ex) => {
-            let name = name_of(router, ex.backend());
-            let _ = respond(router, &mut ex, 200, &[JSON], &[b"{}"], now);
-            router.on_exchange_end(ex, End::Completed, now);
-            Ok(name)
-        }
-        Routed::Reject(r) => Err(r.status().as_u16()),
-        Routed::Lookup(_) => unreachable!(),
-    };
-    flush(router, store, now);
-    out
 }
 
 // --- R9-2. The fifth loss forgets the one that matters, keeping four that cover nothing ----

@@ -5,8 +5,11 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use mcp_affinity::router::store::{Looked, MAX_LOOKUPS, StoreWrite};
-use mcp_affinity::router::{Routed, Router};
+use mcp_affinity::router::store::{Looked, MAX_LOOKUPS, ReseedCursor, StoreWrite};
+use mcp_affinity::router::{End, NewBackend, Routed, Router};
+use mcp_affinity::{BackendId, TenantId};
+
+use super::{JSON, name_of, respond, ws_call};
 
 /// The store: each key's value and expiry; `down` for the tests that take it away.
 #[derive(Default)]
@@ -108,4 +111,70 @@ pub fn route_via(
         routed = router.on_lookup(lookup, found, now);
     }
     routed
+}
+
+/// A whole reseed pass of `router` performed on `store` (a refused bind answered with
+/// `on_bind_taken`); the writes it made.
+pub fn reseed(router: &Router, store: &mut SimStore, now: Instant) -> Vec<StoreWrite> {
+    let mut cursor = ReseedCursor::default();
+    let mut all = Vec::new();
+    loop {
+        let writes = router.reseed_store(&mut cursor, 64, now);
+        if writes.is_empty() {
+            return all;
+        }
+        for write in writes {
+            all.push(write.clone());
+            if let Some((key, found)) = store.apply(write, now) {
+                router.on_bind_taken(&key, &found, now);
+            }
+        }
+    }
+}
+
+/// A backend of the default tenant named `name`, at `http://name`, running as `incarnation`.
+pub fn backend(name: &str, incarnation: u32) -> NewBackend {
+    NewBackend::new(TenantId::DEFAULT, &format!("http://{name}"))
+        .name(name)
+        .incarnation(incarnation)
+}
+
+/// FNV-1a 64 of a backend's name: how the store names its owner.
+pub fn fingerprint(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A workspace call through `router` (placements only on `choose`, if given), its lookups
+/// answered by `store`, answered 200 by whichever backend gets it: that backend's name, or
+/// the rejection's status. The router's writes are performed after it.
+pub fn call_ws(
+    router: &Router,
+    store: &mut SimStore,
+    ws: &str,
+    choose: Option<&str>,
+    now: Instant,
+) -> Result<String, u16> {
+    let ok = |id: BackendId| choose.is_none_or(|name| name_of(router, id) == name);
+    let mut routed = router.route_with(&ws_call(ws), now, ok);
+    for _ in 0..MAX_LOOKUPS {
+        let Routed::Lookup(lookup) = routed else {
+            break;
+        };
+        let found = store.answer(lookup.key(), now);
+        routed = router.on_lookup_with(lookup, found, now, ok);
+    }
+    let out = match routed {
+        Routed::Forward(mut ex) => {
+            let name = name_of(router, ex.backend());
+            let _ = respond(router, &mut ex, 200, &[JSON], &[b"{}"], now);
+            router.on_exchange_end(ex, End::Completed, now);
+            Ok(name)
+        }
+        Routed::Reject(r) => Err(r.status().as_u16()),
+        Routed::Lookup(_) => unreachable!(),
+    };
+    flush(router, store, now);
+    out
 }
