@@ -262,6 +262,13 @@ impl<T> RouterBuilder<T> {
     /// Shares learned keys with the other routers of a fleet through a store (see
     /// [`store`](super::store) for the protocol the embedder drives, and the
     /// `mcp-affinity-redis` crate for Redis). Off by default.
+    ///
+    /// [`build`](RouterBuilder::build) aligns the table's clock on the store's wall clock
+    /// ([`SessionTable::align_clock`]), which a [`MemoryTable`] takes only before its first
+    /// use: give the router a fresh table. One already used (filled beforehand, or kept from
+    /// a router built before) keeps its own 100 ms grid, and a key learned within 100 ms of a
+    /// second's start may be dated in the second before (a loss of that second then drops
+    /// it here, and it is looked up again; written back, its binding reads a second early).
     pub fn shared_store(mut self, store: super::SharedStore) -> Self {
         self.store = Some(store);
         self

@@ -22,13 +22,20 @@ impl WallClock {
         self.at
     }
 
-    /// Unix seconds at `now` (saturating at the ends of `u32`: the year 2106).
+    /// Unix seconds at `now`, the second it falls in (saturating at the ends of `u32`: the
+    /// year 2106).
     pub(crate) fn unix(&self, now: Instant) -> u32 {
         let unix = match now.checked_duration_since(self.at) {
             Some(after) => self.unix.saturating_add(after.as_secs()),
-            None => self
-                .unix
-                .saturating_sub(self.at.saturating_duration_since(now).as_secs()),
+            // Before the reading, down too: 1.5 s before it is two seconds back, not one (a
+            // binding a router cached from before it started read a second late, escaped a
+            // loss that condemned it elsewhere and was written back misdated: the twelfth
+            // review, R12-1).
+            None => {
+                let before = self.at.saturating_duration_since(now);
+                let back = before.as_secs() + u64::from(before.subsec_nanos() > 0);
+                self.unix.saturating_sub(back)
+            }
         };
         u32::try_from(unix).unwrap_or(u32::MAX)
     }
@@ -43,6 +50,32 @@ impl WallClock {
         } else {
             let ahead = std::time::Duration::from_secs(u64::from(unix - here));
             now.checked_add(ahead).unwrap_or(now)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::WallClock;
+
+    #[test]
+    fn an_instant_counts_in_the_second_it_falls_in_on_either_side_of_the_reading() {
+        let at = Instant::now();
+        let clock = WallClock::new(at, 1_000);
+        let ms = Duration::from_millis;
+        assert_eq!(clock.unix(at), 1_000);
+        assert_eq!(clock.unix(at + ms(999)), 1_000);
+        assert_eq!(clock.unix(at + ms(1_000)), 1_001);
+        assert_eq!(clock.unix(at - ms(1)), 999);
+        assert_eq!(clock.unix(at - ms(1_000)), 999);
+        assert_eq!(clock.unix(at - ms(1_500)), 998);
+        // And back: the instant of a second is in that second.
+        for now in [at + ms(250), at + ms(3_700)] {
+            for second in [995, 999, 1_000, 1_002] {
+                assert_eq!(clock.unix(clock.instant(second, now)), second);
+            }
         }
     }
 }

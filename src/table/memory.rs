@@ -882,9 +882,10 @@ impl Shard {
 /// than the table has seen (a binding cached from a shared store keeps the time it was
 /// made): with the clock starting at the first instant, such a key read as learned then,
 /// after a loss of its owner's process that condemns it, and was kept while other routers
-/// refused it (a split: the tenth review, R10-3). Earlier times read as the start (a
-/// binding over a year old is older than any loss a router judges it by); the clock's `u32`
-/// ticks run out about 12.6 years after the first instant.
+/// refused it (a split: the tenth review, R10-3). Earlier times read as the start: a
+/// binding over a year old escapes a loss dated before the start (one recorded by a router
+/// whose clock is that far behind). The clock's `u32` ticks run out about 12.6 years after
+/// the first instant.
 const REACH_BACK: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// `from` less [`REACH_BACK`], or as far back as `Instant` goes on this platform, in whole
