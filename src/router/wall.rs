@@ -61,6 +61,7 @@ mod tests {
     use super::WallClock;
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // the test's one reading of the clock
     fn an_instant_counts_in_the_second_it_falls_in_on_either_side_of_the_reading() {
         let at = Instant::now();
         let clock = WallClock::new(at, 1_000);
