@@ -1,9 +1,8 @@
 //! Thirteenth review: the fleet driver (`tests/attack_store_driver.rs`) with each router
 //! reading its wall clock at its own instant, a little off the true time (within the skew),
 //! and router processes restarting mid-run with empty tables (`ATTACK_STORE_CLOCKS=1`).
-//! Each test states what should happen; the findings (R13-n) fail on `f06d528` and are
-//! ignored.
-//! Run with `cargo test --all-features --test attack_round13 -- --include-ignored`.
+//! Each test states what should happen; the findings (R13-n) fail on `f06d528` and pass
+//! since their fixes. Run with `cargo test --all-features --test attack_round13`.
 
 mod common;
 
@@ -68,9 +67,9 @@ fn id_of(router: &Router, name: &str) -> mcp_affinity::BackendId {
 /// over, back to a number a binding still in the store names, and a router process started
 /// after it).
 /// Code: `Router::set_incarnation` (src/router/control.rs), `Fleet::set_incarnation`,
-/// `Router::store_lost` (never called for it).
+/// `Router::store_lost` (never called for it). Fixed: `set_incarnation` to a lower number
+/// queues the lost record.
 #[test]
-#[ignore = "finding R13-1"]
 fn a_router_started_after_a_count_started_over_learns_the_old_process_was_lost() {
     let clock = Clock::new();
     let t0 = clock.now();

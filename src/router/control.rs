@@ -187,6 +187,7 @@ impl<T: SessionTable> Router<T> {
         incarnation: u32,
         now: Instant,
     ) -> Result<(), FleetError> {
+        let was = self.fleet.identity(id);
         if self
             .fleet
             .set_incarnation(id, incarnation, self.lost_cutoff(now))?
@@ -196,6 +197,14 @@ impl<T: SessionTable> Router<T> {
                 if key.kind() == KeyKind::Operator {
                     self.purge_key(&key, id);
                 }
+            }
+            // A count that started over lost the running process: published, as a removal
+            // or a backend found down is, under the new number (what routers at that number
+            // poll). Kept here only, it reached a router started later, which knows only the
+            // new number, at the next reseed, and that router took the lost process's
+            // bindings of the number for live (a split: the thirteenth review, R13-1).
+            if was.is_some_and(|was| incarnation < was.incarnation) {
+                self.store_lost(self.fleet.identity(id), now);
             }
         }
         Ok(())
