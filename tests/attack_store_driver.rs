@@ -64,7 +64,8 @@
 //! order some writes): a trace may need a few tries. `ATTACK_STORE_LIST=1` lists every
 //! failing seed.
 //!
-//! Thirteenth review: `ATTACK_STORE_CLOCKS=1` (off by default) has each router read its wall
+//! Thirteenth review: the clocks mode (odd seeds by default; `ATTACK_STORE_CLOCKS=1` or `=0`
+//! for every seed or none) has each router read its wall
 //! clock at its own instant (the routers start apart, and time moves in milliseconds), off
 //! the true time by up to half a second either way before the reading is truncated to the
 //! second (two routers' clocks less than the 2 s skew apart: see `World::reading`), and
@@ -74,7 +75,10 @@
 //! is what the routers hold): its 404s are counted, not checked. 3,000 seeds of 400 steps
 //! (both event modes) found one split, seed 2012 (R13-1 of tests/attack_round13.rs: a count
 //! that started over is not written to the store, and a router started after it keeps the
-//! old process's binding); with R12-1 undone, the same sweep found one split too.
+//! old process's binding); with R12-1 undone, the same sweep found one split too. With
+//! R13-1 fixed, 12,000 seeds of 400 steps in the clocks mode (both event modes): no
+//! violation (117,798 router restarts; 9,388 lagged 404s, 14 lagged splits and 6,224 404s
+//! of sessions no router held, counted).
 //!
 //! `ATTACK_STORE_SKIP_KNOWN=1` takes backend deaths out and makes bindings outlive the run.
 //! `ATTACK_STORE_DEATHS=0|1` forces deaths off or on. `ATTACK_STORE_TRACE=<seed>` prints the
@@ -1355,21 +1359,26 @@ fn a_fleet_sharing_an_unreliable_store_keeps_one_owner_per_key_and_never_404s_a_
     // `ATTACK_STORE_STRICT=1`: a 404 of a live session minted during a lag, and a split of a
     // workspace placed during one, are violations too.
     let strict = std::env::var("ATTACK_STORE_STRICT").is_ok_and(|v| v == "1");
-    // `ATTACK_STORE_CLOCKS=1`: each router reads its wall clock at its own instant (a little
-    // off the true time, within the skew), and routers restart mid-run.
-    let clocks = std::env::var("ATTACK_STORE_CLOCKS").is_ok_and(|v| v == "1");
-    let mode = |incarnations| Mode {
+    // Each router reads its wall clock at its own instant (a little off the true time, within
+    // the skew), and routers restart mid-run: in odd seeds, unless `ATTACK_STORE_CLOCKS=0` or
+    // `=1` asks for none or all.
+    let clocks = match std::env::var("ATTACK_STORE_CLOCKS").as_deref() {
+        Ok("1") => |_: u64| true,
+        Ok("0") => |_: u64| false,
+        _ => |seed: u64| seed % 2 == 1,
+    };
+    let mode = |incarnations, seed| Mode {
         skip_known,
         deaths,
         incarnations,
         strict,
-        clocks,
+        clocks: clocks(seed),
     };
     let trace = std::env::var("ATTACK_STORE_TRACE")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(seed) = trace {
-        let result = run(seed, steps, mode(*incarnations.last().unwrap()), true);
+        let result = run(seed, steps, mode(*incarnations.last().unwrap(), seed), true);
         panic!("seed {seed}: {result:?}");
     }
     let mut failures: HashMap<&'static str, (u64, usize, String, usize)> = HashMap::new();
@@ -1378,7 +1387,7 @@ fn a_fleet_sharing_an_unreliable_store_keeps_one_owner_per_key_and_never_404s_a_
     let list = std::env::var("ATTACK_STORE_LIST").is_ok_and(|v| v == "1");
     for seed in 0..seeds {
         for &events in incarnations {
-            match run(seed, steps, mode(events), false) {
+            match run(seed, steps, mode(events, seed), false) {
                 Ok([n, splits, orphans, restarted]) => {
                     lagged += n;
                     lagged_splits += splits;
