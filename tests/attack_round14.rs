@@ -72,7 +72,6 @@ fn id_of(router: &Router, name: &str) -> mcp_affinity::BackendId {
 /// (src/router/control.rs: the `incarnation < was.incarnation` branch only) and
 /// `Fleet::lost_records` (keys a loss by `min(upto, current)`, written only at a reseed).
 #[test]
-#[ignore = "finding R14-1"]
 fn a_router_started_after_the_count_climbed_back_learns_the_old_process_was_lost() {
     let clock = Clock::new();
     let t0 = clock.now();

@@ -329,9 +329,12 @@ impl World {
     /// The Unix second a router that starts at `at` reads: the true time (`T0` at
     /// `started`, whole seconds on from there), with `clocks`, off by up to half a second
     /// either way (in milliseconds; mostly the most either way), and truncated to the second
-    /// as an embedder's `SystemTime` reading is. So a router's clock is off the true one by
-    /// (-1.5 s, 0.5 s] and two routers' by less than 2 s: within the skew (`SKEW`, the
-    /// default), the bound under which the protocol makes its promises.
+    /// as an embedder's `SystemTime` reading is. So two routers' clocks are less than a
+    /// second apart and their readings less than 2 s: within the skew (`SKEW`, the default),
+    /// which must cover the clocks' distance plus the second a reading may lose
+    /// (`SharedStore::clock_skew`), the bound under which the protocol makes its promises. (At
+    /// the edge of 2 s apart, the fourteenth review found live sessions answered 404: R14-2,
+    /// since documented as outside that bound.)
     fn reading(clocks: bool, started: Instant, at: Instant, rng: &mut Rng) -> (Instant, u64) {
         let off = if clocks {
             match rng.below(5) {

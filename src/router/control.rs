@@ -187,7 +187,6 @@ impl<T: SessionTable> Router<T> {
         incarnation: u32,
         now: Instant,
     ) -> Result<(), FleetError> {
-        let was = self.fleet.identity(id);
         if self
             .fleet
             .set_incarnation(id, incarnation, self.lost_cutoff(now))?
@@ -198,14 +197,15 @@ impl<T: SessionTable> Router<T> {
                     self.purge_key(&key, id);
                 }
             }
-            // A count that started over lost the running process: published, as a removal
-            // or a backend found down is, under the new number (what routers at that number
-            // poll). Kept here only, it reached a router started later, which knows only the
-            // new number, at the next reseed, and that router took the lost process's
-            // bindings of the number for live (a split: the thirteenth review, R13-1).
-            if was.is_some_and(|was| incarnation < was.incarnation) {
-                self.store_lost(self.fleet.identity(id), now);
-            }
+            // The losses that cover the new number are published under it (what routers at
+            // that number poll), as a removal or a backend found down is: a count that
+            // started over lost the running process, and one that climbs back up to a number
+            // a loss covers runs again where old bindings of that number lie. Kept here
+            // only (or under another number), they reached a router started later, which
+            // knows only the new number, at best at the next reseed, and that router took
+            // the lost process's bindings of the number for live (a split: the thirteenth
+            // and fourteenth reviews, R13-1 and R14-1).
+            self.store_lost_records(id);
         }
         Ok(())
     }

@@ -802,6 +802,25 @@ impl Fleet {
             .collect()
     }
 
+    /// The losses of `id` that cover its current incarnation, keyed by it (as
+    /// [`lost_records`](Fleet::lost_records) keys them): what a router running that number
+    /// polls.
+    pub(crate) fn current_lost_records(&self, id: BackendId) -> Vec<(Identity, u32)> {
+        let state = self.state.read();
+        let Some(m) = state
+            .slots
+            .get(usize::from(id.slot()))
+            .filter(|m| m.occupied && m.generation == id.generation())
+        else {
+            return Vec::new();
+        };
+        m.lost
+            .points()
+            .filter(|&&(upto, _)| upto >= m.incarnation)
+            .map(|&(_, before)| (m.identity(), before))
+            .collect()
+    }
+
     /// Whether this router's losses condemn a token or binding of `id`'s current incarnation
     /// made at `made` (Unix seconds): a key learned then is of a lost process.
     pub(crate) fn condemns(&self, id: BackendId, made: u32) -> bool {

@@ -95,7 +95,11 @@ impl Sealing {
     /// How far apart the clocks of the fleet's routers may be (default 2 s): a token sealed
     /// that much in the future is still accepted, and the cut-off for tokens of a backend's
     /// lost incarnation is moved back by as much. The skew is kept in whole seconds, the
-    /// fraction dropped: `clock_skew(500 ms)` means 0, and 2.5 s means 2 s.
+    /// fraction dropped: `clock_skew(500 ms)` means 0, and 2.5 s means 2 s. Each router reads the wall clock once, in whole seconds (`unix_secs`), so
+    /// its seconds may run up to one behind its clock: the skew must cover how far apart the
+    /// clocks may be plus that second (the default, 2 s, covers clocks within a second of
+    /// each other; routers further apart judged a live session lost: the fourteenth
+    /// review's R14-2).
     pub fn clock_skew(mut self, skew: Duration) -> Self {
         self.skew = u32::try_from(skew.as_secs()).unwrap_or(u32::MAX);
         self

@@ -149,7 +149,11 @@ impl SharedStore {
     /// and one dated more than a minute beyond that is ignored (and counted): one router with
     /// a clock far ahead must not condemn every new binding of a backend. The skew is kept
     /// in whole seconds, the fraction dropped: `clock_skew(500 ms)` means 0, and 2.5 s means
-    /// 2 s.
+    /// 2 s. Each router reads the wall clock once, in whole seconds (`unix_secs`), so
+    /// its seconds may run up to one behind its clock: the skew must cover how far apart the
+    /// clocks may be plus that second (the default, 2 s, covers clocks within a second of
+    /// each other; routers further apart judged a live session lost: the fourteenth
+    /// review's R14-2).
     pub fn clock_skew(mut self, skew: Duration) -> Self {
         self.skew = u32::try_from(skew.as_secs()).unwrap_or(u32::MAX);
         self
@@ -1145,6 +1149,18 @@ impl<T: SessionTable> Router<T> {
 
     /// The process `identity` names was lost (removed, restarted, down) at `now`: every
     /// router that knows it must refuse its bindings from before.
+    /// Queues the records of `id`'s losses that cover its current incarnation.
+    pub(super) fn store_lost_records(&self, id: BackendId) {
+        let Some(store) = &self.store else { return };
+        for (identity, before) in self.fleet.current_lost_records(id) {
+            self.enqueue(StoreWrite::Lost {
+                key: store.lost_key(identity),
+                before,
+                ttl: store.ttl.saturating_mul(2),
+            });
+        }
+    }
+
     pub(super) fn store_lost(&self, identity: Option<Identity>, now: Instant) {
         let (Some(store), Some(identity)) = (&self.store, identity) else {
             return;
