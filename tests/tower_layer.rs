@@ -616,3 +616,45 @@ fn a_task_revealed_in_a_body_is_written_to_the_store_before_the_body_reaches_the
     assert_eq!(*written.lock().unwrap(), ["t:b:0:3:t-1"]);
     assert_eq!(router.store_queue_len(), 0);
 }
+
+#[test]
+fn a_request_not_delivered_for_no_telling_reason_asks_whether_its_backend_refuses() {
+    // Not delivered, and the classifier cannot tell why (a connection a dying process reset
+    // before the request was written): the refusal check decides between a dead owner (404)
+    // and "retry later" (503).
+    fn reset(failure: &Failure) -> Option<Undelivered> {
+        failure.0.then_some(Undelivered::Failed)
+    }
+    for refuses in [true, false] {
+        let (router, _) = router(&[A]);
+        let backends = Backends::new(&[(A, mints("s1"))]);
+        let mut service = AffinityLayer::new(router.clone(), Instant::now)
+            .undelivered(reset)
+            .refusal_check(move |_: &Upstream| std::future::ready(refuses))
+            .layer(backends.clone());
+        block_on(async {
+            let response = service.call(post(&[], "{}")).await.unwrap();
+            let _ = response.into_body().collect().await.unwrap();
+            backends
+                .acts
+                .lock()
+                .unwrap()
+                .insert(A.to_string(), Act::Refuse);
+            let call = post(
+                &[
+                    ("mcp-session-id", "s1"),
+                    ("mcp-protocol-version", "2025-11-25"),
+                ],
+                "{}",
+            );
+            let response = service.call(call).await.unwrap();
+            let expected = if refuses {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            assert_eq!(response.status(), expected, "refuses: {refuses}");
+            assert_eq!(router.metrics().owners_down, u64::from(refuses));
+        });
+    }
+}

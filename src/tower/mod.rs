@@ -203,7 +203,9 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
 
     /// Sets how to tell whether a backend refuses connections now (for example a TCP
     /// connect to its address), asked after a request to it failed in a way that does not
-    /// say whether it was delivered (a pooled connection reset by a backend that died). If
+    /// say whether it was delivered (a pooled connection reset by a backend that died), or
+    /// was not delivered for a reason that does not say whether the backend is gone
+    /// ([`Undelivered::Failed`]: a connection attempt reset by a dying process). If
     /// the request is [pinned](Upstream::is_pinned) or
     /// [starts a conversation](Upstream::starts_conversation) and the backend refuses, the
     /// failure is reported as [`Undelivered::Refused`]: the router declares the backend down
@@ -444,6 +446,13 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                         Err(error) => error,
                     };
                     match self.classify.undelivered(&error) {
+                        // Not delivered, for a reason that does not say whether the backend
+                        // is gone (a connection its dying process reset before the request
+                        // was written): asked as a failure after delivery is. (Answered 503
+                        // before, a crashed backend's session got "retry later", not 404.)
+                        Some(Undelivered::Failed) if self.died_with(&upstream).await => {
+                            (Undelivered::Refused, Some(error))
+                        }
                         Some(why) => (why, Some(error)),
                         None if self.died_with(&upstream).await => {
                             (Undelivered::Refused, Some(error))
