@@ -354,6 +354,18 @@ impl Meta {
         }
     }
 
+    /// Its losses as records (see [`Fleet::lost_records`]): each keyed by the newest
+    /// incarnation it covers, the current one at the most.
+    fn lost_records(&self) -> impl Iterator<Item = (Identity, u32)> + '_ {
+        self.lost.points().map(|&(upto, before)| {
+            let identity = Identity {
+                incarnation: upto.min(self.incarnation),
+                ..self.identity()
+            };
+            (identity, before)
+        })
+    }
+
     /// Ready for new conversations: present, healthy, not draining, weighted above zero.
     fn ready(&self) -> bool {
         self.occupied && !self.draining && self.health == Health::Healthy && self.weight > 0
@@ -453,6 +465,13 @@ impl State {
                 })
             });
         Some((ready, turn))
+    }
+
+    /// The metadata of `id` if it is the current generation of its slot.
+    fn live(&self, id: BackendId) -> Option<&Meta> {
+        self.slots
+            .get(usize::from(id.slot()))
+            .filter(|m| m.occupied && m.generation == id.generation())
     }
 
     /// The metadata of `id` if it is the current generation of its slot.
@@ -704,9 +723,7 @@ impl Fleet {
     pub(crate) fn describe(&self, id: BackendId) -> Result<NewBackend, FleetError> {
         let state = self.state.read();
         state
-            .slots
-            .get(usize::from(id.slot()))
-            .filter(|m| m.occupied && m.generation == id.generation())
+            .live(id)
             .map(|m| NewBackend {
                 tenant: m.tenant,
                 label: m.label.clone(),
@@ -751,12 +768,7 @@ impl Fleet {
 
     /// The tenant and name fingerprint of a live backend.
     pub(crate) fn identity(&self, id: BackendId) -> Option<Identity> {
-        let state = self.state.read();
-        state
-            .slots
-            .get(usize::from(id.slot()))
-            .filter(|m| m.occupied && m.generation == id.generation())
-            .map(Meta::identity)
+        self.state.read().live(id).map(Meta::identity)
     }
 
     /// Another router recorded that the backend `lost` names lost its process of that
@@ -790,15 +802,7 @@ impl Fleet {
             .slots
             .iter()
             .filter(|m| m.occupied)
-            .flat_map(|m| {
-                m.lost.points().map(|&(upto, before)| {
-                    let identity = Identity {
-                        incarnation: upto.min(m.incarnation),
-                        ..m.identity()
-                    };
-                    (identity, before)
-                })
-            })
+            .flat_map(Meta::lost_records)
             .collect()
     }
 
@@ -807,18 +811,11 @@ impl Fleet {
     /// polls.
     pub(crate) fn current_lost_records(&self, id: BackendId) -> Vec<(Identity, u32)> {
         let state = self.state.read();
-        let Some(m) = state
-            .slots
-            .get(usize::from(id.slot()))
-            .filter(|m| m.occupied && m.generation == id.generation())
-        else {
-            return Vec::new();
-        };
-        m.lost
-            .points()
-            .filter(|&&(upto, _)| upto >= m.incarnation)
-            .map(|&(_, before)| (m.identity(), before))
-            .collect()
+        state.live(id).map_or_else(Vec::new, |m| {
+            m.lost_records()
+                .filter(|(identity, _)| identity.incarnation == m.incarnation)
+                .collect()
+        })
     }
 
     /// Whether this router's losses condemn a token or binding of `id`'s current incarnation
@@ -826,9 +823,7 @@ impl Fleet {
     pub(crate) fn condemns(&self, id: BackendId, made: u32) -> bool {
         let state = self.state.read();
         state
-            .slots
-            .get(usize::from(id.slot()))
-            .filter(|m| m.occupied && m.generation == id.generation())
+            .live(id)
             .is_some_and(|m| m.lost.condemns(m.incarnation, made))
     }
 
@@ -836,11 +831,7 @@ impl Fleet {
     #[cfg_attr(not(feature = "seal"), allow(dead_code))]
     pub(crate) fn sealing_identity(&self, id: BackendId) -> Option<(u64, u32)> {
         let state = self.state.read();
-        state
-            .slots
-            .get(usize::from(id.slot()))
-            .filter(|m| m.occupied && m.generation == id.generation())
-            .map(|m| (m.owner, m.incarnation))
+        state.live(id).map(|m| (m.owner, m.incarnation))
     }
 
     /// The backend runs as `incarnation` now (whether that changed it). A higher one refuses

@@ -489,6 +489,16 @@ impl StoreState {
         )
     }
 
+    /// The record that `lost`'s bindings and tokens from before `before` are of a lost
+    /// process (kept twice a binding's life: longer than any binding it condemns).
+    fn lost_write(&self, lost: Identity, before: u32) -> StoreWrite {
+        StoreWrite::Lost {
+            key: self.lost_key(lost),
+            before,
+            ttl: self.ttl.saturating_mul(2),
+        }
+    }
+
     fn lost_key(&self, lost: Identity) -> String {
         format!(
             "{}:lost:{}:{:016x}:{}",
@@ -815,8 +825,8 @@ impl<T: SessionTable> Router<T> {
                 // owner, so its reseeds wrote back a binding of the winner dated before the
                 // winner was bound, and a loss between the two dates condemned that one
                 // while the router that made the real binding kept it (the tenth review,
-                // R10-2). (A key a stream holds open only changes owner: a legacy SSE
-                // session's stream count is not carried by a new entry.)
+                // R10-2). (A key a stream holds open, a legacy SSE session bound for its
+                // stream's life, is only moved.)
                 let bound_at = store.config.clock.instant(found.bound_at, now).min(now);
                 let dated = store.config.clock.unix(mine.learned_at()) == found.bound_at;
                 if (mine.owner != winner || !dated) && mine.streams == 0 {
@@ -944,11 +954,7 @@ impl<T: SessionTable> Router<T> {
         if !cursor.lost_done {
             let lost = self.fleet.lost_records();
             for &(identity, before) in lost.iter().skip(cursor.lost).take(max) {
-                writes.push(StoreWrite::Lost {
-                    key: store.lost_key(identity),
-                    before,
-                    ttl: store.ttl.saturating_mul(2),
-                });
+                writes.push(store.lost_write(identity, before));
             }
             cursor.lost += writes.len();
             cursor.lost_done = cursor.lost >= lost.len();
@@ -1147,29 +1153,21 @@ impl<T: SessionTable> Router<T> {
         }
     }
 
-    /// The process `identity` names was lost (removed, restarted, down) at `now`: every
-    /// router that knows it must refuse its bindings from before.
     /// Queues the records of `id`'s losses that cover its current incarnation.
     pub(super) fn store_lost_records(&self, id: BackendId) {
         let Some(store) = &self.store else { return };
         for (identity, before) in self.fleet.current_lost_records(id) {
-            self.enqueue(StoreWrite::Lost {
-                key: store.lost_key(identity),
-                before,
-                ttl: store.ttl.saturating_mul(2),
-            });
+            self.enqueue(store.lost_write(identity, before));
         }
     }
 
+    /// The process `identity` names was lost (removed, restarted, down) at `now`: every
+    /// router that knows it must refuse its bindings from before.
     pub(super) fn store_lost(&self, identity: Option<Identity>, now: Instant) {
         let (Some(store), Some(identity)) = (&self.store, identity) else {
             return;
         };
-        self.enqueue(StoreWrite::Lost {
-            key: store.lost_key(identity),
-            before: store.cutoff(now),
-            ttl: store.ttl.saturating_mul(2),
-        });
+        self.enqueue(store.lost_write(identity, store.cutoff(now)));
     }
 
     /// Queues a write; returns whether there was room. A full queue makes room for any
