@@ -11,121 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcp_affinity::router::store::{MAX_LOOKUPS, ReseedCursor, StoreWrite};
-use mcp_affinity::router::{End, NewBackend, Routed, Router, SharedStore, key_fn};
+use mcp_affinity::router::store::StoreWrite;
+use mcp_affinity::router::{Router, SharedStore, key_fn};
 use mcp_affinity::table::{MemoryTable, SessionTable};
-use mcp_affinity::{BackendId, TenantId};
 
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-use common::sim_store::SimStore;
-
-/// A backend name's fingerprint, as the store names owners (FNV-1a 64).
-fn fingerprint(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-fn backend(name: &str, incarnation: u32) -> NewBackend {
-    NewBackend::new(TenantId::DEFAULT, &format!("http://{name}"))
-        .name(name)
-        .incarnation(incarnation)
-}
-
-/// A router whose wall clock reads `unix` at `at`, routing by workspace.
-fn router_at(at: Instant, unix: u64) -> Router {
-    Router::builder()
-        .operator_key(key_fn(workspace))
-        .health_thresholds(2, 2)
-        .shared_store(SharedStore::new("mcp", at, unix))
-        .build()
-}
-
-fn name_in<T: SessionTable>(router: &Router<T>, id: BackendId) -> String {
-    router
-        .backends()
-        .into_iter()
-        .find(|b| b.id == id)
-        .unwrap()
-        .name
-        .to_string()
-}
-
-/// Performs every write `router` queued, reporting refused binds back.
-fn flush_any<T: SessionTable>(router: &Router<T>, store: &mut SimStore, now: Instant) {
-    for _ in 0..8 {
-        let writes = router.take_store_writes(usize::MAX);
-        if writes.is_empty() {
-            return;
-        }
-        for write in writes {
-            if let Some((key, found)) = store.apply(write, now) {
-                router.on_bind_taken(&key, &found, now);
-            }
-        }
-    }
-    panic!("the write queue never empties");
-}
-
-fn poll_lost_any<T: SessionTable>(router: &Router<T>, store: &SimStore, now: Instant) {
-    for key in router.lost_keys() {
-        if let Some(before) = store.get(&key, now).and_then(|v| v.parse().ok()) {
-            router.on_lost(&key, before, now);
-        }
-    }
-}
-
-/// A workspace call through `router` (placements only on `choose`, if given), answered 200:
-/// the backend's name, or the rejection's status. The router's writes are performed after.
-fn call_ws<T: SessionTable>(
-    router: &Router<T>,
-    store: &mut Store,
-    ws: &str,
-    choose: Option<&str>,
-    now: Instant,
-) -> Result<String, u16> {
-    let ok = |id: BackendId| choose.is_none_or(|name| name_in(router, id) == name);
-    let mut routed = router.route_with(&ws_call(ws), now, ok);
-    for _ in 0..MAX_LOOKUPS {
-        let Routed::Lookup(lookup) = routed else {
-            break;
-        };
-        let found = store.answer(lookup.key(), now);
-        routed = router.on_lookup_with(lookup, found, now, ok);
-    }
-    let out = match routed {
-        Routed::Forward(mut ex) => {
-            let name = name_in(router, ex.backend());
-            let _ = respond(router, &mut ex, 200, &[JSON], &[b"{}"], now);
-            router.on_exchange_end(ex, End::Completed, now);
-            Ok(name)
-        }
-        Routed::Reject(r) => Err(r.status().as_u16()),
-        Routed::Lookup(_) => unreachable!(),
-    };
-    flush_any(router, store, now);
-    out
-}
-
-/// Every write of a full reseed pass (performed on `store`, refused binds reported back).
-fn reseed<T: SessionTable>(router: &Router<T>, store: &mut Store, now: Instant) -> Vec<StoreWrite> {
-    let mut cursor = ReseedCursor::default();
-    let mut all = Vec::new();
-    loop {
-        let writes = router.reseed_store(&mut cursor, 64, now);
-        if writes.is_empty() {
-            return all;
-        }
-        for write in writes {
-            all.push(write.clone());
-            if let Some((key, found)) = store.apply(write, now) {
-                router.on_bind_taken(&key, &found, now);
-            }
-        }
-    }
-}
+use common::sim_store::{backend, binding, call_ws, fingerprint, poll_lost, reseed, router_at};
 
 /// The value a reseed writes back for workspace `ws`.
 fn reseeded<T: SessionTable>(router: &Router<T>, ws: &str, now: Instant) -> Option<String> {
@@ -135,10 +28,6 @@ fn reseeded<T: SessionTable>(router: &Router<T>, ws: &str, now: Instant) -> Opti
             StoreWrite::Bind { key, value, .. } if key.ends_with(&format!(":{ws}")) => Some(value),
             _ => None,
         })
-}
-
-fn binding(name: &str, incarnation: u32, at: u64) -> String {
-    format!("1:{:016x}:{incarnation}:{at}:-", fingerprint(name))
 }
 
 fn lost_record(name: &str, incarnation: u32, before: u32) -> StoreWrite {
@@ -200,8 +89,8 @@ fn a_binding_made_before_the_router_started_is_judged_by_its_own_second() {
             .apply(lost_record("x", 0, T0 as u32 - 1), ms(1_000))
             .is_none()
     );
-    poll_lost_any(&a, &store, ms(1_200));
-    poll_lost_any(&b, &store, ms(1_200));
+    poll_lost(&a, &store, ms(1_200));
+    poll_lost(&b, &store, ms(1_200));
     let on_a = call_ws(&a, &mut store, "acme", Some("y"), ms(1_300));
     let on_b = call_ws(&b, &mut store, "acme", Some("y"), ms(1_300));
     assert_eq!(
@@ -318,8 +207,8 @@ fn a_loss_dated_as_far_back_as_the_binding_condemns_the_cached_binding() {
     assert_eq!(call_ws(&a, &mut store, "acme", None, at(1)), Ok("x".into()));
     // R's record of x's loss, by its 1970 clock.
     assert!(store.apply(lost_record("x", 0, 1_000_500), at(5)).is_none());
-    poll_lost_any(&a, &store, at(6));
-    poll_lost_any(&b, &store, at(6));
+    poll_lost(&a, &store, at(6));
+    poll_lost(&b, &store, at(6));
     let on_a = call_ws(&a, &mut store, "acme", Some("y"), at(7));
     let on_b = call_ws(&b, &mut store, "acme", Some("y"), at(7));
     assert_eq!(
@@ -371,8 +260,8 @@ fn keys_learned_around_a_second_boundary_after_the_anchor_are_judged_as_the_stor
                     .apply(lost_record("x", 0, T0 as u32 + 21), ms(30_030))
                     .is_none()
             );
-            poll_lost_any(&a, &store, ms(30_030));
-            poll_lost_any(&b, &store, ms(30_030));
+            poll_lost(&a, &store, ms(30_030));
+            poll_lost(&b, &store, ms(30_030));
             let on_a = call_ws(&a, &mut store, "acme", Some("y"), ms(30_030));
             let on_b = call_ws(&b, &mut store, "acme", Some("y"), ms(30_030));
             let expect: Result<String, u16> = Ok(if bound < T0 + 21 { "y" } else { "x" }.into());

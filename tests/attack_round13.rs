@@ -6,35 +6,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::sim_store::{SimStore, backend, call_ws, fingerprint, flush, poll_lost};
+use common::sim_store::{SimStore, backend, binding, call_ws, flush, poll_lost, router_at};
 use common::*;
-use mcp_affinity::router::{Router, SharedStore, key_fn};
 
 const T0: u64 = 1_795_000_000;
-
-/// A router whose wall clock reads `unix` at `at`, routing by workspace.
-fn router_at(at: Instant, unix: u64) -> Router {
-    Router::builder()
-        .operator_key(key_fn(workspace))
-        .health_thresholds(2, 2)
-        .shared_store(SharedStore::new("mcp", at, unix))
-        .build()
-}
-
-fn binding(name: &str, incarnation: u32, at: u64) -> String {
-    format!("1:{:016x}:{incarnation}:{at}:-", fingerprint(name))
-}
-
-fn id_of(router: &Router, name: &str) -> mcp_affinity::BackendId {
-    router
-        .backends()
-        .into_iter()
-        .find(|b| &*b.name == name)
-        .unwrap()
-        .id
-}
 
 // --- R13-1. A count that started over is never written to the store ----------------------
 

@@ -298,7 +298,7 @@ pub fn id_of(router: &Router, name: &str) -> mcp_affinity::BackendId {
 }
 
 /// The name of `router`'s backend `id`.
-pub fn name_of(router: &Router, id: mcp_affinity::BackendId) -> String {
+pub fn name_of<T: SessionTable>(router: &Router<T>, id: mcp_affinity::BackendId) -> String {
     router
         .backends()
         .into_iter()

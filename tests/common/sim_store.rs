@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use mcp_affinity::router::store::{Looked, MAX_LOOKUPS, ReseedCursor, StoreWrite};
-use mcp_affinity::router::{End, NewBackend, Routed, Router};
+use mcp_affinity::router::{End, NewBackend, Routed, Router, SharedStore, key_fn};
+use mcp_affinity::table::SessionTable;
 use mcp_affinity::{BackendId, TenantId};
 
-use super::{JSON, name_of, respond, ws_call};
+use super::{JSON, name_of, respond, workspace, ws_call};
 
 /// The store: each key's value and expiry; `down` for the tests that take it away.
 #[derive(Default)]
@@ -71,7 +72,7 @@ impl SimStore {
 
 /// Performs every write `router` queued, reporting refused binds back, until its queue is
 /// empty (a refused bind may queue a repair), as an embedder's drain does.
-pub fn flush(router: &Router, store: &mut SimStore, now: Instant) {
+pub fn flush<T: SessionTable>(router: &Router<T>, store: &mut SimStore, now: Instant) {
     for _ in 0..8 {
         let writes = router.take_store_writes(usize::MAX);
         if writes.is_empty() {
@@ -87,7 +88,7 @@ pub fn flush(router: &Router, store: &mut SimStore, now: Instant) {
 }
 
 /// Hands `router` the lost records of the backends it knows, as an embedder's poll does.
-pub fn poll_lost(router: &Router, store: &SimStore, now: Instant) {
+pub fn poll_lost<T: SessionTable>(router: &Router<T>, store: &SimStore, now: Instant) {
     for key in router.lost_keys() {
         if let Some(before) = store.get(&key, now).and_then(|v| v.parse().ok()) {
             router.on_lost(&key, before, now);
@@ -96,8 +97,8 @@ pub fn poll_lost(router: &Router, store: &SimStore, now: Instant) {
 }
 
 /// Routes `request` through `router`, answering every lookup from `store`.
-pub fn route_via(
-    router: &Router,
+pub fn route_via<T: SessionTable>(
+    router: &Router<T>,
     store: &SimStore,
     request: &http::request::Parts,
     now: Instant,
@@ -115,7 +116,11 @@ pub fn route_via(
 
 /// A whole reseed pass of `router` performed on `store` (a refused bind answered with
 /// `on_bind_taken`); the writes it made.
-pub fn reseed(router: &Router, store: &mut SimStore, now: Instant) -> Vec<StoreWrite> {
+pub fn reseed<T: SessionTable>(
+    router: &Router<T>,
+    store: &mut SimStore,
+    now: Instant,
+) -> Vec<StoreWrite> {
     let mut cursor = ReseedCursor::default();
     let mut all = Vec::new();
     loop {
@@ -149,8 +154,8 @@ pub fn fingerprint(name: &str) -> u64 {
 /// A workspace call through `router` (placements only on `choose`, if given), its lookups
 /// answered by `store`, answered 200 by whichever backend gets it: that backend's name, or
 /// the rejection's status. The router's writes are performed after it.
-pub fn call_ws(
-    router: &Router,
+pub fn call_ws<T: SessionTable>(
+    router: &Router<T>,
     store: &mut SimStore,
     ws: &str,
     choose: Option<&str>,
@@ -177,4 +182,20 @@ pub fn call_ws(
     };
     flush(router, store, now);
     out
+}
+
+/// A router whose wall clock reads `unix` at `at` (`SharedStore` prefix `mcp`), routing by
+/// workspace, a backend down after two failed checks and up after two good ones.
+pub fn router_at(at: Instant, unix: u64) -> Router {
+    Router::builder()
+        .operator_key(key_fn(workspace))
+        .health_thresholds(2, 2)
+        .shared_store(SharedStore::new("mcp", at, unix))
+        .build()
+}
+
+/// A store binding's value: `name`'s process `incarnation`, bound at Unix second `at`, no
+/// principal.
+pub fn binding(name: &str, incarnation: u32, at: u64) -> String {
+    format!("1:{:016x}:{incarnation}:{at}:-", fingerprint(name))
 }
