@@ -23,7 +23,9 @@ use mcp_affinity::{BackendId, TenantId};
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-use common::sim_store::{backend, call_ws, fingerprint, flush, poll_lost, reseed, route_via};
+use common::sim_store::{
+    Oracle, backend, call_ws, fingerprint, flush, poll_lost, reseed, route_via,
+};
 
 /// A router whose wall clock reads `T0` at `at`.
 fn router(at: Instant) -> Router {
@@ -533,23 +535,6 @@ fn idle_expiry_still_works_seven_years_after_the_first_instant() {
 
 // --- The bounded loss against an unbounded oracle, with re-adds and lost records -----------
 // (coverage: found nothing)
-
-/// Every loss a router was told of, kept apart and never forgotten.
-#[derive(Default)]
-struct Oracle {
-    current: u32,
-    losses: Vec<(u32, u32)>,
-}
-
-impl Oracle {
-    fn lost(&self, incarnation: u32, made: u32) -> bool {
-        incarnation < self.current
-            || self
-                .losses
-                .iter()
-                .any(|&(upto, before)| incarnation <= upto && made < before)
-    }
-}
 
 /// The ninth review's oracle test (tests/attack_round9.rs), with the paths it left out:
 /// remove + re-add under the same name with a random incarnation (higher, equal, lower: a

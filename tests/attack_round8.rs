@@ -8,12 +8,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcp_affinity::router::{End, HeadOutcome, Routed, Router, SharedStore, key_fn};
+use mcp_affinity::router::{Routed, Router, SharedStore, key_fn};
 
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-use common::sim_store::{backend, flush, poll_lost, reseed, route_via};
+use common::sim_store::{backend, flush, poll_lost, reseed, route_via, start};
 
 fn router(at: Instant) -> Router {
     Router::builder()
@@ -21,19 +21,6 @@ fn router(at: Instant) -> Router {
         .health_thresholds(2, 2)
         .shared_store(SharedStore::new("mcp", at, T0))
         .build()
-}
-
-/// Starts a Streamable session `id` through `router` (placed on whatever it picks) and
-/// writes its binding through.
-fn start(router: &Router, store: &mut Store, id: &str, now: Instant) {
-    let mut ex = forward(router.route(&post("/mcp", &[]), now));
-    let mut head = resp(200, &[("mcp-session-id", id), SSE]);
-    assert!(matches!(
-        router.on_response_head(&mut ex, &mut head, now),
-        HeadOutcome::Forward
-    ));
-    router.on_exchange_end(ex, End::Completed, now);
-    flush(router, store, now);
 }
 
 #[track_caller]

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use common::*;
 use mcp_affinity::TenantId;
 use mcp_affinity::router::store::StoreWrite;
-use mcp_affinity::router::{End, HeadOutcome, Routed, Router, SharedStore, Undelivered, key_fn};
+use mcp_affinity::router::{End, Routed, Router, SharedStore, Undelivered, key_fn};
 
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-use common::sim_store::{backend, call_ws, fingerprint, flush, poll_lost, reseed, route_via};
+use common::sim_store::{
+    Oracle, backend, call_ws, fingerprint, flush, poll_lost, reseed, route_via, start,
+};
 
 /// A router whose wall clock reads `T0` at `base`.
 fn router(base: Instant) -> Router {
@@ -27,19 +29,6 @@ fn router(base: Instant) -> Router {
         .health_thresholds(2, 2)
         .shared_store(SharedStore::new("mcp", base, T0))
         .build()
-}
-
-/// Starts a Streamable session `id` through `router` (placed on whatever it picks) and
-/// writes its binding through.
-fn start(router: &Router, store: &mut Store, id: &str, now: Instant) {
-    let mut ex = forward(router.route(&post("/mcp", &[]), now));
-    let mut head = resp(200, &[("mcp-session-id", id), SSE]);
-    assert!(matches!(
-        router.on_response_head(&mut ex, &mut head, now),
-        HeadOutcome::Forward
-    ));
-    router.on_exchange_end(ex, End::Completed, now);
-    flush(router, store, now);
 }
 
 fn call(id: &str) -> http::request::Parts {
@@ -133,23 +122,6 @@ fn a_live_key_cached_at_the_skew_boundary_is_written_back_by_the_reseed() {
 }
 
 // --- The bounded loss against an unbounded oracle (coverage: found nothing) ----------------
-
-/// Every loss a router was told of, kept apart and never forgotten.
-#[derive(Default)]
-struct Oracle {
-    current: u32,
-    losses: Vec<(u32, u32)>,
-}
-
-impl Oracle {
-    fn lost(&self, incarnation: u32, made: u32) -> bool {
-        incarnation < self.current
-            || self
-                .losses
-                .iter()
-                .any(|&(upto, before)| incarnation <= upto && made < before)
-    }
-}
 
 /// Drives one router through random restarts and counts that start over (set_incarnation up
 /// and down, far more than four separate losses), and after each step presents store

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use mcp_affinity::router::store::{Looked, MAX_LOOKUPS, ReseedCursor, StoreWrite};
-use mcp_affinity::router::{End, NewBackend, Routed, Router, SharedStore, key_fn};
+use mcp_affinity::router::{End, HeadOutcome, NewBackend, Routed, Router, SharedStore, key_fn};
 use mcp_affinity::table::SessionTable;
 use mcp_affinity::{BackendId, TenantId};
 
-use super::{JSON, name_of, respond, workspace, ws_call};
+use super::{JSON, SSE, forward, name_of, post, resp, respond, workspace, ws_call};
 
 /// The store: each key's value and expiry; `down` for the tests that take it away.
 #[derive(Default)]
@@ -198,4 +198,36 @@ pub fn router_at(at: Instant, unix: u64) -> Router {
 /// principal.
 pub fn binding(name: &str, incarnation: u32, at: u64) -> String {
     format!("1:{:016x}:{incarnation}:{at}:-", fingerprint(name))
+}
+
+/// Starts a Streamable session `id` through `router` (placed on whatever it picks) and
+/// writes its binding through.
+pub fn start(router: &Router, store: &mut SimStore, id: &str, now: Instant) {
+    let mut ex = forward(router.route(&post("/mcp", &[]), now));
+    let mut head = resp(200, &[("mcp-session-id", id), SSE]);
+    assert!(matches!(
+        router.on_response_head(&mut ex, &mut head, now),
+        HeadOutcome::Forward
+    ));
+    router.on_exchange_end(ex, End::Completed, now);
+    flush(router, store, now);
+}
+
+/// Every loss a router was told of, kept apart and never forgotten: what the router's
+/// bounded `Loss` may forget, never contradict.
+#[derive(Default)]
+pub struct Oracle {
+    pub current: u32,
+    pub losses: Vec<(u32, u32)>,
+}
+
+impl Oracle {
+    /// Whether a binding of `incarnation` made at `made` is of a lost process.
+    pub fn lost(&self, incarnation: u32, made: u32) -> bool {
+        incarnation < self.current
+            || self
+                .losses
+                .iter()
+                .any(|&(upto, before)| incarnation <= upto && made < before)
+    }
 }
