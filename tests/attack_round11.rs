@@ -24,7 +24,7 @@ const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
 use common::sim_store::{
-    Oracle, backend, call_ws, fingerprint, flush, poll_lost, reseed, route_via,
+    Oracle, backend, call_ws, fingerprint, flush, lost_record, poll_lost, reseed, route_via,
 };
 
 /// A router whose wall clock reads `T0` at `at`.
@@ -76,14 +76,6 @@ fn outcome(router: &Router, routed: Routed, now: Instant) -> String {
         }
         Routed::Reject(r) => format!("{} ({})", r.status(), r.reason().as_str()),
         Routed::Lookup(l) => format!("{l:?}"),
-    }
-}
-
-fn lost_record(name: &str, incarnation: u32, before: u32) -> StoreWrite {
-    StoreWrite::Lost {
-        key: format!("mcp:lost:0:{:016x}:{incarnation}", fingerprint(name)),
-        before,
-        ttl: Duration::from_secs(7200),
     }
 }
 

@@ -18,7 +18,7 @@ use mcp_affinity::table::{MemoryTable, SessionTable};
 const T0: u64 = 1_795_000_000;
 
 type Store = common::sim_store::SimStore;
-use common::sim_store::{backend, binding, call_ws, fingerprint, poll_lost, reseed, router_at};
+use common::sim_store::{backend, binding, call_ws, lost_record, poll_lost, reseed, router_at};
 
 /// The value a reseed writes back for workspace `ws`.
 fn reseeded<T: SessionTable>(router: &Router<T>, ws: &str, now: Instant) -> Option<String> {
@@ -28,14 +28,6 @@ fn reseeded<T: SessionTable>(router: &Router<T>, ws: &str, now: Instant) -> Opti
             StoreWrite::Bind { key, value, .. } if key.ends_with(&format!(":{ws}")) => Some(value),
             _ => None,
         })
-}
-
-fn lost_record(name: &str, incarnation: u32, before: u32) -> StoreWrite {
-    StoreWrite::Lost {
-        key: format!("mcp:lost:0:{:016x}:{incarnation}", fingerprint(name)),
-        before,
-        ttl: Duration::from_secs(7200),
-    }
 }
 
 // --- R12-1. A binding made before the router's wall-clock reading is read a second late ----

@@ -231,3 +231,13 @@ impl Oracle {
                 .any(|&(upto, before)| incarnation <= upto && made < before)
     }
 }
+
+/// Another router's record that `name`'s process `incarnation` was lost before Unix second
+/// `before` (default tenant, prefix `mcp`).
+pub fn lost_record(name: &str, incarnation: u32, before: u32) -> StoreWrite {
+    StoreWrite::Lost {
+        key: format!("mcp:lost:0:{:016x}:{incarnation}", fingerprint(name)),
+        before,
+        ttl: std::time::Duration::from_secs(7200),
+    }
+}
