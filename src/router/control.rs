@@ -121,7 +121,7 @@ impl<T: SessionTable> Router<T> {
             event!(info, backend = %id, keys = gone, "drain deadline passed: keys revoked");
             revoked += gone;
         }
-        self.counters.here().revoked.add(revoked as u64);
+        self.counters.add(|s| &s.revoked, revoked as u64);
         revoked
     }
 
@@ -154,7 +154,7 @@ impl<T: SessionTable> Router<T> {
 
     fn purge(&self, id: BackendId) -> usize {
         let purged = self.table.remove_owner(id);
-        self.counters.here().purged.add(purged as u64);
+        self.counters.add(|s| &s.purged, purged as u64);
         if purged > 0 {
             event!(debug, backend = %id, keys = purged, "keys of a gone backend purged");
         }
@@ -279,11 +279,9 @@ impl<T: SessionTable> Router<T> {
     }
 
     fn count_down(&self, id: BackendId) {
-        self.counters.here().down.incr();
-        self.counters
-            .here()
-            .lost
-            .add(self.table.count_owner(id) as u64);
+        self.counters.incr(|s| &s.down);
+        let lost = self.table.count_owner(id) as u64;
+        self.counters.add(|s| &s.lost, lost);
     }
 
     /// Periodic upkeep (call it every second or so): expires idle keys, looking at no more
@@ -293,7 +291,7 @@ impl<T: SessionTable> Router<T> {
     pub fn maintain(&self, now: Instant, budget: usize) -> Maintenance {
         let eviction = self.table.evict_idle(now, budget);
         self.store_upkeep(now, budget);
-        self.counters.here().expired.add(eviction.evicted as u64);
+        self.counters.add(|s| &s.expired, eviction.evicted as u64);
         if eviction.evicted > 0 {
             event!(debug, keys = eviction.evicted, "idle keys expired");
         }
@@ -353,7 +351,7 @@ impl<T: SessionTable> Router<T> {
     pub fn evict_key(&self, key: &Key<'_>) -> Option<Entry> {
         let removed = self.table.remove(key, None);
         if let Some(entry) = &removed {
-            self.counters.here().forgotten.incr();
+            self.counters.incr(|s| &s.forgotten);
             if entry.owner != BackendId::CONTESTED {
                 self.store_forgotten(key, entry.owner);
             }

@@ -1,31 +1,26 @@
-//! Counters: per-thread stripes of atomics (no lock, and no cache line written by two threads
-//! on the hot path while there are no more threads than stripes), summed into a [`Metrics`]
-//! snapshot on demand.
+//! Counters: per-thread stripes of counters (no lock, no locked instruction, and no cache
+//! line written by two threads on the hot path while no more threads count at once than
+//! there are stripes), summed into a [`Metrics`] snapshot on demand.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 
 use super::fleet::BackendInfo;
 use super::reject::Reason;
 use crate::table::Occupancy;
 
-/// Stripes of counters: a thread takes the next in turn the first time it counts, so up to
-/// this many threads count without sharing a cache line.
-const STRIPES: usize = 64;
+/// Stripes a thread may own: a thread claims a free one the first time it counts and gives
+/// it back when it exits. While more threads count at once, the others share one more stripe
+/// (with atomic adds), and try to claim one again each time they count.
+const OWNED: usize = 64;
 
-/// One counter of one stripe.
+/// One counter of one stripe. A counter of an owned stripe is written by its owner only, with
+/// a plain load and store: an atomic read-modify-write (a locked instruction on x86) costs
+/// more than the rest of counting.
 #[derive(Default)]
 pub(crate) struct Counter(AtomicU64);
 
 impl Counter {
-    pub(crate) fn add(&self, n: u64) {
-        self.0.fetch_add(n, Relaxed);
-    }
-
-    pub(crate) fn incr(&self) {
-        self.add(1);
-    }
-
     fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
@@ -70,36 +65,101 @@ pub(crate) struct Stripe {
     pub(crate) token_refused: [Counter; TOKEN_REFUSALS.len()],
 }
 
-/// The router's counters: [`STRIPES`] stripes; [`here`](Counters::here) is the calling
-/// thread's.
+/// The router's counters: [`OWNED`] stripes, one per claiming thread, then the shared one.
+/// Counters are written only through [`add`](Counters::add), on the calling thread's stripe.
 pub(crate) struct Counters(Box<[Stripe]>);
 
 impl Default for Counters {
     fn default() -> Self {
-        Counters((0..STRIPES).map(|_| Stripe::default()).collect())
+        Counters((0..=OWNED).map(|_| Stripe::default()).collect())
     }
 }
 
 impl Counters {
-    /// The calling thread's stripe.
+    /// Adds one to `counter` of the calling thread's stripe.
     #[inline]
-    pub(crate) fn here(&self) -> &Stripe {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-        }
-        let stripe = STRIPE.with(|s| {
-            if s.get() == usize::MAX {
-                s.set(NEXT.fetch_add(1, Relaxed) % STRIPES);
+    pub(crate) fn incr(&self, counter: impl FnOnce(&Stripe) -> &Counter) {
+        self.add(counter, 1);
+    }
+
+    /// Adds `n` to `counter` of the calling thread's stripe.
+    #[inline]
+    pub(crate) fn add(&self, counter: impl FnOnce(&Stripe) -> &Counter, n: u64) {
+        match Claim::mine() {
+            Some(stripe) => {
+                // Only this thread writes this stripe while it owns it.
+                let counter = &counter(&self.0[stripe]).0;
+                counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
             }
-            s.get()
-        });
-        &self.0[stripe]
+            None => {
+                counter(&self.0[OWNED]).0.fetch_add(n, Relaxed);
+            }
+        }
     }
 
     /// One counter summed over the stripes.
     fn sum(&self, counter: impl Fn(&Stripe) -> &Counter) -> u64 {
         self.0.iter().map(|stripe| counter(stripe).get()).sum()
+    }
+}
+
+/// The owned stripes' claims, a bit each. An index is claimed for every router at once: a
+/// thread owns the same stripe in each.
+static CLAIMED: AtomicU64 = AtomicU64::new(0);
+const _: () = assert!(OWNED == u64::BITS as usize);
+
+/// A thread's claim on an owned stripe ([`OWNED`]: none yet, or none free), given back when
+/// the thread exits.
+struct Claim(Cell<u8>);
+
+thread_local! {
+    static CLAIM: Claim = const { Claim(Cell::new(OWNED as u8)) };
+}
+
+impl Claim {
+    /// The stripe the calling thread owns, claimed now if it owns none and one is free;
+    /// `None`: it shares the last (or its thread-local storage is being torn down).
+    #[inline]
+    fn mine() -> Option<usize> {
+        CLAIM
+            .try_with(|claim| {
+                let mut index = usize::from(claim.0.get());
+                if index == OWNED {
+                    index = Claim::take();
+                    claim.0.set(index as u8);
+                }
+                (index < OWNED).then_some(index)
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Claims a free stripe; [`OWNED`] if none is. (Acquire: the claimer continues the counts
+    /// of the thread that gave it back.)
+    #[cold]
+    fn take() -> usize {
+        let mut claimed = CLAIMED.load(Relaxed);
+        loop {
+            let free = !claimed;
+            if free == 0 {
+                return OWNED;
+            }
+            let index = free.trailing_zeros();
+            match CLAIMED.compare_exchange_weak(claimed, claimed | 1 << index, Acquire, Relaxed) {
+                Ok(_) => return index as usize,
+                Err(now) => claimed = now,
+            }
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let index = self.0.get();
+        if usize::from(index) < OWNED {
+            // Release: the next owner sees this thread's last counts.
+            CLAIMED.fetch_and(!(1 << index), Release);
+        }
     }
 }
 
@@ -266,5 +326,56 @@ impl Counters {
             backends,
             table,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+
+    // One test, not two: the stripes' claims are the process's, so the two parts must not
+    // run at once.
+    #[test]
+    fn threads_past_the_owned_stripes_share_one_and_exiting_threads_give_theirs_back() {
+        const THREADS: usize = OWNED + OWNED / 2;
+        const EACH: u64 = 20_000;
+        let counters = Counters::default();
+        let all_counting = Arc::new(Barrier::new(THREADS));
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                let (counters, all_counting) = (&counters, all_counting.clone());
+                s.spawn(move || {
+                    counters.incr(|s| &s.placed);
+                    // Every thread has counted once (and claimed a stripe or shared the
+                    // last) before any counts the rest.
+                    all_counting.wait();
+                    for _ in 1..EACH {
+                        counters.add(|s| &s.placed, 1);
+                    }
+                });
+            }
+        });
+        assert_eq!(counters.sum(|s| &s.placed), THREADS as u64 * EACH);
+        assert!(
+            counters.0[OWNED].placed.get() >= (THREADS - OWNED) as u64,
+            "the first counts of the threads past {OWNED} land on the shared stripe"
+        );
+
+        // One after another, far more threads than stripes: each finds one free (the other
+        // tests of this binary count on a few threads at a time).
+        for _ in 0..4 * OWNED {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    counters.incr(|s| &s.pinned);
+                    assert!(
+                        Claim::mine().is_some(),
+                        "no stripe free: one was not given back"
+                    );
+                });
+            });
+        }
+        assert_eq!(counters.sum(|s| &s.pinned), 4 * OWNED as u64);
     }
 }

@@ -127,7 +127,7 @@ impl<T: SessionTable> Router<T> {
             intent if ok && intent.reads_body() && !identity_encoded(headers) => {
                 // A compressed body cannot be read for its key (proxies should not ask
                 // backends for compression on these paths): counted, not observed.
-                self.counters.here().encoded.incr();
+                self.counters.incr(|s| &s.encoded);
                 if intent == Intent::SseConnect
                     && self.seals()
                     && content_type_is(headers, "text/event-stream")
@@ -144,7 +144,7 @@ impl<T: SessionTable> Router<T> {
                 let seals = self.seals();
                 exchange.observer = Some(Box::new(Observer::endpoint(max_observe, seals)));
                 exchange.rewriting = seals;
-                self.counters.here().observed.incr();
+                self.counters.incr(|s| &s.observed);
                 if seals {
                     // The body's length changes.
                     edits.push(HeadEdit::Remove(http::header::CONTENT_LENGTH));
@@ -179,7 +179,7 @@ impl<T: SessionTable> Router<T> {
                     return HeadOutcome::Forward;
                 };
                 exchange.observer = Some(Box::new(observer));
-                self.counters.here().observed.incr();
+                self.counters.incr(|s| &s.observed);
                 HeadOutcome::Observe
             }
             _ => HeadOutcome::Forward,
@@ -207,14 +207,14 @@ impl<T: SessionTable> Router<T> {
                 HeadOutcome::Forward
             }
             Err(Reason::UnroutableKey(kind)) => {
-                self.counters.here().unlearned.incr();
+                self.counters.incr(|s| &s.unlearned);
                 HeadOutcome::Replace(self.reject(Reason::UnroutableKey(kind)))
             }
             Err(_) => {
                 // Its backend was removed or went down meanwhile: nothing to seal for. Not
                 // forwarded: without an id the client would go on without a session, and
                 // with the backend's own it would be refused; it retries instead.
-                self.counters.here().unlearned.incr();
+                self.counters.incr(|s| &s.unlearned);
                 HeadOutcome::Replace(self.reject(Reason::UnroutableKey(KeyKind::Session)))
             }
         }
@@ -249,7 +249,7 @@ impl<T: SessionTable> Router<T> {
                 && self.table.get(&key, now).is_some_and(|e| e.streams > 0);
             if !streaming && self.table.remove(&key, Some(exchange.backend)).is_some() {
                 event!(debug, tenant = exchange.tenant.get(), kind = key.kind().as_str(), backend = %exchange.backend, status = status.as_u16(), "key forgotten: the conversation ended");
-                self.counters.here().forgotten.incr();
+                self.counters.incr(|s| &s.forgotten);
                 self.store_forgotten(&key, exchange.backend);
             }
             return;
@@ -259,7 +259,7 @@ impl<T: SessionTable> Router<T> {
             if let Some(id) = headers.get(&SESSION_HEADER) {
                 if id.as_bytes() != key.id_bytes() {
                     // Another id for an existing session: not learned.
-                    self.counters.here().id_mismatches.incr();
+                    self.counters.incr(|s| &s.id_mismatches);
                 }
             }
         }
@@ -288,7 +288,7 @@ impl<T: SessionTable> Router<T> {
     ) -> Learned {
         let Ok(key) = Key::with_max_len(exchange.tenant, kind, id, self.config.key_bound(kind))
         else {
-            self.counters.here().unlearned.incr();
+            self.counters.incr(|s| &s.unlearned);
             return Learned::Unroutable;
         };
         let (backend, principal) = (exchange.backend, exchange.principal);
@@ -297,7 +297,7 @@ impl<T: SessionTable> Router<T> {
         // binds nothing.
         let live = || self.fleet.live_in(backend, exchange.term, now);
         if !live() {
-            self.counters.here().unlearned.incr();
+            self.counters.incr(|s| &s.unlearned);
             return Learned::OwnerGone;
         }
         let insert = || {
@@ -318,7 +318,7 @@ impl<T: SessionTable> Router<T> {
                 && self.fleet.owner_status(stale.owner, now) != OwnerStatus::Live;
             if dead && self.purge_key(&key, stale.owner) {
                 if stale.streams > 0 {
-                    self.counters.here().conflicts.incr();
+                    self.counters.incr(|s| &s.conflicts);
                     return Learned::Conflict(BackendId::CONTESTED);
                 }
                 inserted = insert();
@@ -327,9 +327,9 @@ impl<T: SessionTable> Router<T> {
         let learned = match inserted {
             Ok(Insert::Added { evicted }) => {
                 event!(debug, tenant = exchange.tenant.get(), kind = kind.as_str(), backend = %backend, evicted, "key learned");
-                self.counters.here().learned.incr();
+                self.counters.incr(|s| &s.learned);
                 if evicted {
-                    self.counters.here().evicted.incr();
+                    self.counters.incr(|s| &s.evicted);
                 }
                 match self.store_learned(&key, backend, principal, now) {
                     Shared::Queued => exchange.revealed = true,
@@ -337,7 +337,7 @@ impl<T: SessionTable> Router<T> {
                     // every other router: refused instead, so that the client starts again.
                     Shared::Dropped if kind == KeyKind::Session => {
                         if self.table.remove(&key, Some(backend)).is_some() {
-                            self.counters.here().unlearned.incr();
+                            self.counters.incr(|s| &s.unlearned);
                         }
                         return Learned::Unshared;
                     }
@@ -348,12 +348,12 @@ impl<T: SessionTable> Router<T> {
             Ok(Insert::Exists(entry)) if entry.owner == backend => Learned::Bound,
             Ok(Insert::Exists(entry)) => {
                 event!(warn, tenant = exchange.tenant.get(), kind = kind.as_str(), backend = %backend, owner = %entry.owner, "key conflict: a backend minted a key another backend owns");
-                self.counters.here().conflicts.incr();
+                self.counters.incr(|s| &s.conflicts);
                 Learned::Conflict(entry.owner)
             }
             Err(InsertError::Full { scope }) => {
                 event!(warn, tenant = exchange.tenant.get(), kind = kind.as_str(), scope = ?scope, "session table full: key not learned");
-                self.counters.here().unlearned.incr();
+                self.counters.incr(|s| &s.unlearned);
                 Learned::Full(scope)
             }
             Err(_) => Learned::Refused,
@@ -397,7 +397,7 @@ impl<T: SessionTable> Router<T> {
                 self.learn_from_body(exchange, &id, now);
             }
             Seen::Endpoint { .. } | Seen::Nothing => {}
-            Seen::Limit => self.counters.here().observe_limit.incr(),
+            Seen::Limit => self.counters.incr(|s| &s.observe_limit),
         }
         exchange.observer = None;
         ChunkOutcome::Done
@@ -446,12 +446,12 @@ impl<T: SessionTable> Router<T> {
                 if spliced.is_none() {
                     // Not sealed (its backend went away, or the URL is not in the bytes as
                     // sent, e.g. split over `data:` lines): the client gets the backend's id.
-                    self.counters.here().unlearned.incr();
+                    self.counters.incr(|s| &s.unlearned);
                 }
                 spliced
             }
             Seen::Limit => {
-                self.counters.here().observe_limit.incr();
+                self.counters.incr(|s| &s.observe_limit);
                 None
             }
             _ => None,
@@ -496,7 +496,7 @@ impl<T: SessionTable> Router<T> {
             // Nothing is sealed for an id that only a failed answer names.
             None
         } else {
-            self.counters.here().id_mismatches.incr();
+            self.counters.incr(|s| &s.id_mismatches);
             let echo = echo.as_bytes().to_vec();
             self.seal_minted(exchange, KeyKind::Session, &echo, now)
                 .ok()
@@ -573,7 +573,7 @@ impl<T: SessionTable> Router<T> {
                     }
                 }
                 None => match self.table.insert(&key, BackendId::CONTESTED, None, now) {
-                    Ok(Insert::Added { .. }) => self.counters.here().learned.incr(),
+                    Ok(Insert::Added { .. }) => self.counters.incr(|s| &s.learned),
                     Ok(Insert::Exists(entry)) if entry.owner != BackendId::CONTESTED => {
                         holder = Some(entry.owner);
                         continue;
@@ -631,7 +631,7 @@ impl<T: SessionTable> Router<T> {
                     let released = self.table.release_stream(&key, exchange.backend, now);
                     if released.is_some_and(|entry| entry.streams == 0) {
                         event!(debug, tenant = exchange.tenant.get(), backend = %exchange.backend, "legacy SSE session ended with its stream");
-                        self.counters.here().released.incr();
+                        self.counters.incr(|s| &s.released);
                         self.store_forgotten(&key, exchange.backend);
                     }
                 }
@@ -639,13 +639,13 @@ impl<T: SessionTable> Router<T> {
                 Hold::Contest => {
                     let released = self.table.release_stream(&key, BackendId::CONTESTED, now);
                     if released.is_some_and(|entry| entry.streams == 0) {
-                        self.counters.here().released.incr();
+                        self.counters.incr(|s| &s.released);
                         if self
                             .table
                             .insert(&key, BackendId::CONTESTED, None, now)
                             .is_ok_and(|i| matches!(i, Insert::Added { .. }))
                         {
-                            self.counters.here().learned.incr();
+                            self.counters.incr(|s| &s.learned);
                         }
                     }
                 }

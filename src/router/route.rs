@@ -238,7 +238,7 @@ impl<T: SessionTable> Router<T> {
         // store), offered to the veto like any placement choice (and once only).
         if let Some(backend) = cookie.filter(|&id| self.fleet.is_ready_in(id, tenant)) {
             if accept(backend) {
-                self.counters.here().placed.incr();
+                self.counters.incr(|s| &s.placed);
                 let mut exchange = Exchange::new(tenant, backend, How::Placed, intent, principal);
                 exchange.term = self.fleet.term(backend);
                 // A conversation start counts on its backend until answered, as a placed one
@@ -250,7 +250,7 @@ impl<T: SessionTable> Router<T> {
                 }
                 return Routed::Forward(exchange);
             }
-            self.counters.here().vetoed.incr();
+            self.counters.incr(|s| &s.vetoed);
             vetoed = Some(backend);
         }
         let exchange = Exchange::new(tenant, BackendId::CONTESTED, How::Placed, intent, principal);
@@ -397,8 +397,8 @@ impl<T: SessionTable> Router<T> {
         };
         if self.table.remove(key, Some(entry.owner)).is_some() {
             match status {
-                OwnerStatus::Revoked => self.counters.here().revoked.incr(),
-                _ => self.counters.here().purged.incr(),
+                OwnerStatus::Revoked => self.counters.incr(|s| &s.revoked),
+                _ => self.counters.incr(|s| &s.purged),
             }
         }
         Routed::Reject(self.reject(reason))
@@ -416,7 +416,7 @@ impl<T: SessionTable> Router<T> {
         intent: Intent,
         principal: Option<Principal>,
     ) -> Exchange {
-        self.counters.here().pinned.incr();
+        self.counters.incr(|s| &s.pinned);
         Exchange::pinned(tenant, owner, term, key, intent, principal)
     }
 
@@ -455,7 +455,7 @@ impl<T: SessionTable> Router<T> {
         let Some(backend) = self.choose(exchange.tenant, policy, tried, vetoed, accept) else {
             return Routed::Reject(self.reject(Reason::NoReadyBackend));
         };
-        self.counters.here().placed.incr();
+        self.counters.incr(|s| &s.placed);
         exchange.backend = backend;
         exchange.term = self.fleet.term(backend);
         exchange.how = How::Placed;
@@ -485,7 +485,7 @@ impl<T: SessionTable> Router<T> {
                 if accept(first) {
                     return Some(first);
                 }
-                self.counters.here().vetoed.incr();
+                self.counters.incr(|s| &s.vetoed);
                 offered[1] = Some(first);
             }
         }
@@ -496,7 +496,7 @@ impl<T: SessionTable> Router<T> {
             if accept(id) {
                 return Some(id);
             }
-            self.counters.here().vetoed.incr();
+            self.counters.incr(|s| &s.vetoed);
         }
         None
     }
@@ -528,13 +528,13 @@ impl<T: SessionTable> Router<T> {
     pub(super) fn purge_key(&self, key: &Key<'_>, owner: BackendId) -> bool {
         let purged = self.table.remove(key, Some(owner)).is_some();
         if purged {
-            self.counters.here().purged.incr();
+            self.counters.incr(|s| &s.purged);
         }
         purged
     }
 
     pub(super) fn reject(&self, reason: Reason) -> Rejection {
-        self.counters.here().rejected[reason.index()].incr();
+        self.counters.incr(|s| &s.rejected[reason.index()]);
         let rejection = Rejection::new(reason, self.config.retry_after);
         match &self.config.rejection_body {
             Some(body) => {
@@ -632,7 +632,7 @@ impl<T: SessionTable> Router<T> {
                 if exchange.tried.len() >= self.config.placement_attempts {
                     return Routed::Reject(self.reject(Reason::NoReadyBackend));
                 }
-                self.counters.here().retried.incr();
+                self.counters.incr(|s| &s.retried);
                 self.place(exchange, None, accept)
             }
         }

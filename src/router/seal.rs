@@ -184,7 +184,7 @@ pub(super) enum Presented {
 
 impl Counters {
     fn refused(&self, why: Refusal) {
-        self.here().token_refused[why.index()].incr();
+        self.incr(|s| &s.token_refused[why.index()]);
     }
 }
 
@@ -274,7 +274,7 @@ impl<T: SessionTable> Router<T> {
         if lost {
             return gone(Reason::OwnerGone(kind));
         }
-        self.counters.here().tokens_opened.incr();
+        self.counters.incr(|s| &s.tokens_opened);
         let key = (kind, IdBuf::new(claims.id_bytes()));
         let mut exchange = self.pin(tenant, owner, term, key, intent, principal);
         exchange.token = Some(value.into());
@@ -305,7 +305,7 @@ impl<T: SessionTable> Router<T> {
         };
         let claims = Claims::new(owner, incarnation, sealing.unix(now), id)
             .map_err(|_| Reason::UnroutableKey(kind))?;
-        self.counters.here().tokens_sealed.incr();
+        self.counters.incr(|s| &s.tokens_sealed);
         let token = sealing.seal(&claims, &binding(kind, exchange.tenant, exchange.principal));
         Ok(Some(Bytes::copy_from_slice(token.as_bytes())))
     }

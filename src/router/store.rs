@@ -539,7 +539,7 @@ impl<T: SessionTable> Router<T> {
         principal: Option<Principal>,
     ) -> Option<Lookup> {
         let store = self.store.as_ref().filter(|_| self.shared(key.kind()))?;
-        self.counters.here().store_lookups.incr();
+        self.counters.incr(|s| &s.store_lookups);
         Some(Lookup {
             key: store.binding_key(key),
             tenant: key.tenant(),
@@ -589,7 +589,7 @@ impl<T: SessionTable> Router<T> {
             return reject(Reason::StoreUnavailable(kind));
         };
         let unavailable = || {
-            self.counters.here().store_unavailable.incr();
+            self.counters.incr(|s| &s.store_unavailable);
             reject(Reason::StoreUnavailable(kind))
         };
         if let Some(resume) = lookup.then {
@@ -704,7 +704,7 @@ impl<T: SessionTable> Router<T> {
                     .insert(&key, owner, binding.principal, bound_at.min(now));
                 // Used now, not when it was bound: an idle sweep must not take it at once.
                 let _ = self.table.get(&key, now);
-                self.counters.here().store_found.incr();
+                self.counters.incr(|s| &s.store_found);
                 return Routed::Forward(self.pin(
                     lookup.tenant,
                     owner,
@@ -837,7 +837,7 @@ impl<T: SessionTable> Router<T> {
                     let _ = self.table.set_owner(&key, mine.owner, winner, now);
                 }
                 if mine.owner != winner {
-                    self.counters.here().store_adopted.incr();
+                    self.counters.incr(|s| &s.store_adopted);
                 }
             }
             OwnerStatus::Down if !lost => drop_mine(),
@@ -889,7 +889,7 @@ impl<T: SessionTable> Router<T> {
             .unix(now)
             .saturating_add(store.config.skew);
         if before > latest.saturating_add(FUTURE_LOST) {
-            self.counters.here().store_lost_ignored.incr();
+            self.counters.incr(|s| &s.store_lost_ignored);
             event!(
                 warn,
                 key,
@@ -916,7 +916,7 @@ impl<T: SessionTable> Router<T> {
                 dropped += 1;
             }
         }
-        self.counters.here().purged.add(dropped);
+        self.counters.add(|s| &s.purged, dropped);
         event!(debug, backend = %id, keys = dropped, "lost record: cached keys of a lost incarnation dropped");
     }
 
@@ -928,7 +928,7 @@ impl<T: SessionTable> Router<T> {
     pub fn on_store_restart(&self, now: Instant) {
         let Some(store) = &self.store else { return };
         *store.warm_until.lock() = now.checked_add(store.config.warmup);
-        self.counters.here().store_restarts.incr();
+        self.counters.incr(|s| &s.store_restarts);
         event!(warn, "the shared store came back empty: warming up");
     }
 
@@ -1052,7 +1052,7 @@ impl<T: SessionTable> Router<T> {
         if key.kind() == KeyKind::Operator && !store.operator_bind_allowed(now) {
             // Client-chosen: past the budget, bound here only. (Not a dropped write: the
             // store misses nothing it should have, so nothing is written back for it.)
-            self.counters.here().store_operator_refused.incr();
+            self.counters.incr(|s| &s.store_operator_refused);
             return Shared::Dropped;
         }
         match self.bind_write(key, owner, principal, now) {
@@ -1186,7 +1186,7 @@ impl<T: SessionTable> Router<T> {
                         .position(|w| matches!(w, StoreWrite::Refresh { .. }))
                 })
                 .flatten();
-            self.counters.here().store_dropped.incr();
+            self.counters.incr(|s| &s.store_dropped);
             match refresh {
                 Some(at) => {
                     let _ = queue.remove(at);
