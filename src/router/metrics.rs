@@ -3,16 +3,25 @@
 //! there are stripes), summed into a [`Metrics`] snapshot on demand.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use super::fleet::BackendInfo;
 use super::reject::Reason;
 use crate::table::Occupancy;
 
 /// Stripes a thread may own: a thread claims a free one the first time it counts and gives
-/// it back when it exits. While more threads count at once, the others share one more stripe
-/// (with atomic adds), and try to claim one again each time they count.
+/// it back when it exits.
 const OWNED: usize = 64;
+
+/// Stripes for the threads that find none free (more than [`OWNED`] count at once, or
+/// long-lived threads that counted once hold the rest): handed out in turn, written with
+/// atomic adds. Such a thread tries to claim an owned stripe again every [`RETRY`] counts.
+const SHARED: usize = 16;
+
+/// Counts between a sharing thread's tries to claim an owned stripe.
+const RETRY: u16 = 1024;
 
 /// One counter of one stripe. A counter of an owned stripe is written by its owner only, with
 /// a plain load and store: an atomic read-modify-write (a locked instruction on x86) costs
@@ -65,13 +74,13 @@ pub(crate) struct Stripe {
     pub(crate) token_refused: [Counter; TOKEN_REFUSALS.len()],
 }
 
-/// The router's counters: [`OWNED`] stripes, one per claiming thread, then the shared one.
+/// The router's counters: [`OWNED`] stripes, one per claiming thread, then [`SHARED`] ones.
 /// Counters are written only through [`add`](Counters::add), on the calling thread's stripe.
 pub(crate) struct Counters(Box<[Stripe]>);
 
 impl Default for Counters {
     fn default() -> Self {
-        Counters((0..=OWNED).map(|_| Stripe::default()).collect())
+        Counters((0..OWNED + SHARED).map(|_| Stripe::default()).collect())
     }
 }
 
@@ -85,15 +94,13 @@ impl Counters {
     /// Adds `n` to `counter` of the calling thread's stripe.
     #[inline]
     pub(crate) fn add(&self, counter: impl FnOnce(&Stripe) -> &Counter, n: u64) {
-        match Claim::mine() {
-            Some(stripe) => {
-                // Only this thread writes this stripe while it owns it.
-                let counter = &counter(&self.0[stripe]).0;
-                counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
-            }
-            None => {
-                counter(&self.0[OWNED]).0.fetch_add(n, Relaxed);
-            }
+        let stripe = Claim::mine();
+        let counter = &counter(&self.0[stripe]).0;
+        if stripe < OWNED {
+            // Only this thread writes this stripe while it owns it.
+            counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+        } else {
+            counter.fetch_add(n, Relaxed);
         }
     }
 
@@ -108,45 +115,81 @@ impl Counters {
 static CLAIMED: AtomicU64 = AtomicU64::new(0);
 const _: () = assert!(OWNED == u64::BITS as usize);
 
-/// A thread's claim on an owned stripe ([`OWNED`]: none yet, or none free), given back when
-/// the thread exits.
-struct Claim(Cell<u8>);
+/// Which shared stripe the next thread that finds none free is given.
+static NEXT_SHARED: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread's stripe: an owned one (below [`OWNED`]), given back when the thread exits, or a
+/// shared one and the counts left until it tries to claim again; [`UNSET`](Claim::UNSET)
+/// before it first counts.
+///
+/// Counts are exact whatever the threads do. Speed has two limits: a stripe is held until its
+/// thread exits, however idle it is; and a process forked while other threads held stripes
+/// starts with those stripes taken, for good.
+struct Claim {
+    stripe: Cell<u8>,
+    retry: Cell<u16>,
+}
 
 thread_local! {
-    static CLAIM: Claim = const { Claim(Cell::new(OWNED as u8)) };
+    static CLAIM: Claim = const {
+        Claim {
+            stripe: Cell::new(Claim::UNSET),
+            retry: Cell::new(0),
+        }
+    };
 }
 
 impl Claim {
-    /// The stripe the calling thread owns, claimed now if it owns none and one is free;
-    /// `None`: it shares the last (or its thread-local storage is being torn down).
+    const UNSET: u8 = u8::MAX;
+
+    /// The calling thread's stripe: an owned one, claimed now if it has none (or is due to
+    /// try again) and one is free; else a shared one (also while its thread-local storage
+    /// is torn down: counts from other destructors are kept).
     #[inline]
-    fn mine() -> Option<usize> {
+    fn mine() -> usize {
         CLAIM
             .try_with(|claim| {
-                let mut index = usize::from(claim.0.get());
-                if index == OWNED {
-                    index = Claim::take();
-                    claim.0.set(index as u8);
+                let stripe = usize::from(claim.stripe.get());
+                if stripe < OWNED {
+                    return stripe;
                 }
-                (index < OWNED).then_some(index)
+                if stripe != usize::from(Claim::UNSET) {
+                    let retry = claim.retry.get();
+                    if retry > 0 {
+                        claim.retry.set(retry - 1);
+                        return stripe;
+                    }
+                }
+                claim.renew()
             })
-            .ok()
-            .flatten()
+            .unwrap_or(OWNED)
     }
 
-    /// Claims a free stripe; [`OWNED`] if none is. (Acquire: the claimer continues the counts
-    /// of the thread that gave it back.)
+    /// Claims a free owned stripe, or takes (or keeps) a shared one until the next try.
     #[cold]
-    fn take() -> usize {
+    fn renew(&self) -> usize {
+        let stripe = match Claim::take() {
+            Some(owned) => owned,
+            None if self.stripe.get() != Claim::UNSET => usize::from(self.stripe.get()),
+            None => OWNED + NEXT_SHARED.fetch_add(1, Relaxed) % SHARED,
+        };
+        self.stripe.set(stripe as u8);
+        self.retry.set(RETRY);
+        stripe
+    }
+
+    /// Claims a free owned stripe, if one is. (Acquire: the claimer continues the counts of
+    /// the thread that gave it back.)
+    fn take() -> Option<usize> {
         let mut claimed = CLAIMED.load(Relaxed);
         loop {
             let free = !claimed;
             if free == 0 {
-                return OWNED;
+                return None;
             }
             let index = free.trailing_zeros();
             match CLAIMED.compare_exchange_weak(claimed, claimed | 1 << index, Acquire, Relaxed) {
-                Ok(_) => return index as usize,
+                Ok(_) => return Some(index as usize),
                 Err(now) => claimed = now,
             }
         }
@@ -155,10 +198,10 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let index = self.0.get();
-        if usize::from(index) < OWNED {
+        let stripe = self.stripe.get();
+        if usize::from(stripe) < OWNED {
             // Release: the next owner sees this thread's last counts.
-            CLAIMED.fetch_and(!(1 << index), Release);
+            CLAIMED.fetch_and(!(1 << stripe), Release);
         }
     }
 }
@@ -330,52 +373,131 @@ impl Counters {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // the test starts threads of its own
 mod tests {
-    use std::sync::{Arc, Barrier};
+    use std::sync::{Arc, Barrier, LazyLock, mpsc};
+    use std::thread;
 
     use super::*;
 
-    // One test, not two: the stripes' claims are the process's, so the two parts must not
-    // run at once.
+    fn shared_sum(counters: &Counters, counter: impl Fn(&Stripe) -> &Counter) -> u64 {
+        counters.0[OWNED..].iter().map(|s| counter(s).get()).sum()
+    }
+
+    /// Counts `pinned` of [`EXITING`] when its thread's storage is torn down.
+    struct CountOnExit;
+
+    impl Drop for CountOnExit {
+        fn drop(&mut self) {
+            EXITING.incr(|s| &s.pinned);
+        }
+    }
+
+    static EXITING: LazyLock<Counters> = LazyLock::new(Counters::default);
+
+    thread_local! {
+        static BEFORE_CLAIM: CountOnExit = const { CountOnExit };
+        static AFTER_CLAIM: CountOnExit = const { CountOnExit };
+    }
+
+    // One test, not several: the stripes' claims are the process's, so the parts must not run
+    // at once. (Threads are joined by hand: a scope's end does not wait for their
+    // thread-local destructors, which give the stripes back.)
     #[test]
-    fn threads_past_the_owned_stripes_share_one_and_exiting_threads_give_theirs_back() {
+    fn stripes_are_owned_shared_given_back_and_no_count_is_lost() {
+        // More threads than owned stripes, all counting at once.
         const THREADS: usize = OWNED + OWNED / 2;
         const EACH: u64 = 20_000;
         let counters = Counters::default();
         let all_counting = Arc::new(Barrier::new(THREADS));
-        std::thread::scope(|s| {
-            for _ in 0..THREADS {
-                let (counters, all_counting) = (&counters, all_counting.clone());
-                s.spawn(move || {
-                    counters.incr(|s| &s.placed);
-                    // Every thread has counted once (and claimed a stripe or shared the
-                    // last) before any counts the rest.
-                    all_counting.wait();
-                    for _ in 1..EACH {
-                        counters.add(|s| &s.placed, 1);
-                    }
-                });
-            }
+        thread::scope(|s| {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    let (counters, all_counting) = (&counters, all_counting.clone());
+                    s.spawn(move || {
+                        counters.incr(|s| &s.placed);
+                        // Every thread has counted once (and claimed a stripe or taken a
+                        // shared one) before any counts the rest.
+                        all_counting.wait();
+                        for _ in 1..EACH {
+                            counters.add(|s| &s.placed, 1);
+                        }
+                    })
+                })
+                .collect();
+            threads.into_iter().for_each(|t| t.join().unwrap());
         });
         assert_eq!(counters.sum(|s| &s.placed), THREADS as u64 * EACH);
         assert!(
-            counters.0[OWNED].placed.get() >= (THREADS - OWNED) as u64,
-            "the first counts of the threads past {OWNED} land on the shared stripe"
+            shared_sum(&counters, |s| &s.placed) >= (THREADS - OWNED) as u64,
+            "the first counts of the threads past {OWNED} land on shared stripes"
         );
 
         // One after another, far more threads than stripes: each finds one free (the other
         // tests of this binary count on a few threads at a time).
         for _ in 0..4 * OWNED {
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    counters.incr(|s| &s.pinned);
-                    assert!(
-                        Claim::mine().is_some(),
-                        "no stripe free: one was not given back"
-                    );
-                });
-            });
+            thread::spawn(|| {
+                EXITING.incr(|s| &s.placed);
+                assert!(
+                    Claim::mine() < OWNED,
+                    "no stripe free: one was not given back"
+                );
+            })
+            .join()
+            .unwrap();
         }
-        assert_eq!(counters.sum(|s| &s.pinned), 4 * OWNED as u64);
+        assert_eq!(EXITING.sum(|s| &s.placed), 4 * OWNED as u64);
+
+        // Counts from other thread-local destructors, before and after the claim's own.
+        thread::spawn(|| {
+            BEFORE_CLAIM.with(|_| {});
+            EXITING.incr(|s| &s.learned);
+            AFTER_CLAIM.with(|_| {});
+        })
+        .join()
+        .unwrap();
+        assert_eq!(EXITING.sum(|s| &s.pinned), 2);
+
+        // A thread that found every stripe taken (64 threads hold them) claims one within
+        // `RETRY` counts of one coming free.
+        let (counted, holding) = mpsc::channel();
+        let release = Arc::new(Barrier::new(OWNED + 1));
+        let holders: Vec<_> = (0..OWNED)
+            .map(|_| {
+                let (counted, release) = (counted.clone(), release.clone());
+                thread::spawn(move || {
+                    EXITING.incr(|s| &s.forgotten);
+                    counted.send(()).unwrap();
+                    release.wait();
+                })
+            })
+            .collect();
+        (0..OWNED).for_each(|_| holding.recv().unwrap());
+        let (shared_tx, shared_rx) = mpsc::channel();
+        let (go, gone) = mpsc::channel::<()>();
+        let late = thread::spawn(move || {
+            EXITING.incr(|s| &s.forgotten);
+            shared_tx.send(Claim::mine() >= OWNED).unwrap();
+            gone.recv().unwrap();
+            for _ in 0..=RETRY {
+                EXITING.incr(|s| &s.forgotten);
+            }
+            Claim::mine() < OWNED
+        });
+        // (Unless a thread of another test gave one back in between: then there is nothing
+        // to wait for.)
+        let was_shared = shared_rx.recv().unwrap();
+        release.wait();
+        holders.into_iter().for_each(|t| t.join().unwrap());
+        go.send(()).unwrap();
+        let owns = late.join().unwrap();
+        assert!(
+            owns || !was_shared,
+            "no stripe claimed after {RETRY} counts"
+        );
+        assert_eq!(
+            EXITING.sum(|s| &s.forgotten),
+            OWNED as u64 + 2 + u64::from(RETRY)
+        );
     }
 }
