@@ -62,13 +62,24 @@
 //! made 2.9 times slower than on one thread. To reach 0.9x at 16 threads the decision would
 //! have to cost 31 ns on that machine; it costs 112.
 //!
-//! 2026-12-01, the 2-core machine, `hot-threads/route/1t`, this code against its parent in 12
-//! interleaved rounds (median of criterion medians): 117.7 ns against 120.4 (best 113.5
-//! against 117.8), the lookup alone ~70 ns. The change: a thread owns its stripe of counters
-//! and counts with a plain load and store, where the `lock xadd` it replaced was 3% of the
-//! decision. Two other tries made it slower and were not kept: inlining `classify` into the
-//! decision (+8 ns), and filling the routed id into the exchange in place (+10 ns: the
-//! constructor was no longer inlined, and the 208-byte exchange was copied once more).
+//! 2026-12-01, the 2-core machine, `hot-threads` (route then `on_exchange_end`, against the
+//! lookup), this code against `43a0ced` in 8 interleaved rounds (median of criterion medians,
+//! ns per decision):
+//!
+//! | threads | route | lookup | route / lookup | route, `43a0ced` | lookup, `43a0ced` | ratio, `43a0ced` |
+//! |---|---|---|---|---|---|---|
+//! | 1 | 111.1 | 68.9 | 0.62 | 119.1 | 69.3 | 0.58 |
+//! | 2 | 131.6 | 86.6 | 0.66 | 136.4 | 88.6 | 0.65 |
+//!
+//! What the decision adds to the lookup on one thread went from 50 ns to 42. Two changes: a
+//! thread owns its stripe of counters and counts with a plain load and store (the `lock xadd`
+//! it replaced was 3% of the decision), and the decision reads the classified request where
+//! `classify` wrote it (copying it out read it back in wider pieces than it was written: a
+//! store-forwarding stall, 4%). The same stall remains where the routed id is copied into the
+//! exchange (about 4%), but three ways around it were slower and not kept: inlining
+//! `classify` into the decision (+8 ns), filling the id into the exchange in place (+10 ns:
+//! the constructor was no longer inlined and the 208-byte exchange was copied once more), and
+//! the same with the constructor forced inline (+8 ns).
 #![allow(clippy::disallowed_methods)] // benches may read the clock
 
 use std::hint::black_box;
