@@ -1,6 +1,6 @@
 //! Counters: per-thread stripes of counters (no lock, no locked instruction, and no cache
-//! line written by two threads on the hot path while no more threads count at once than
-//! there are stripes), summed into a [`Metrics`] snapshot on demand.
+//! line written by two threads on the hot path while no more than 64 threads count at once),
+//! summed into a [`Metrics`] snapshot on demand.
 
 use std::cell::Cell;
 use std::sync::atomic::{
