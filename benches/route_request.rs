@@ -66,14 +66,14 @@
 //! lookup), this code against `43a0ced` in 8 interleaved rounds (median of criterion medians,
 //! ns per decision):
 //!
-//! | threads | route | lookup | route / lookup | route, `43a0ced` | lookup, `43a0ced` | ratio, `43a0ced` |
+//! | threads | route | lookup | lookup / route (throughput ratio) | route, `43a0ced` | lookup, `43a0ced` | ratio, `43a0ced` |
 //! |---|---|---|---|---|---|---|
 //! | 1 | 111.1 | 68.9 | 0.62 | 119.1 | 69.3 | 0.58 |
 //! | 2 | 131.6 | 86.6 | 0.66 | 136.4 | 88.6 | 0.65 |
 //!
 //! What the decision adds to the lookup on one thread went from 50 ns to 42. Two changes: a
 //! thread owns its stripe of counters and counts with a plain load and store (the `lock xadd`
-//! it replaced was 3% of the decision), and the decision reads the classified request where
+//! it replaced was about 2% of the decision), and the decision reads the classified request where
 //! `classify` wrote it (copying it out read it back in wider pieces than it was written: a
 //! store-forwarding stall, 4%). The same stall remains where the routed id is copied into the
 //! exchange (about 4%), but three ways around it were slower and not kept: inlining

@@ -1,6 +1,6 @@
 //! Counters: per-thread stripes of counters (no lock, no locked instruction, and no cache
-//! line written by two threads on the hot path while no more than 64 threads count at once),
-//! summed into a [`Metrics`] snapshot on demand.
+//! line written by two threads on the hot path while no more than [`OWNED`] (64) live
+//! threads have counted), summed into a [`Metrics`] snapshot on demand.
 
 use std::cell::Cell;
 use std::sync::atomic::{
@@ -93,14 +93,14 @@ impl Counters {
 
     /// Adds `n` to `counter` of the calling thread's stripe.
     #[inline]
-    pub(crate) fn add(&self, counter: impl FnOnce(&Stripe) -> &Counter, n: u64) {
+    pub(crate) fn add(&self, field: impl FnOnce(&Stripe) -> &Counter, n: u64) {
         let stripe = Claim::mine();
-        let counter = &counter(&self.0[stripe]).0;
+        let cell = &field(&self.0[stripe]).0;
         if stripe < OWNED {
             // Only this thread writes this stripe while it owns it.
-            counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+            cell.store(cell.load(Relaxed).wrapping_add(n), Relaxed);
         } else {
-            counter.fetch_add(n, Relaxed);
+            cell.fetch_add(n, Relaxed);
         }
     }
 
@@ -110,10 +110,11 @@ impl Counters {
     }
 }
 
-/// The owned stripes' claims, a bit each. An index is claimed for every router at once: a
-/// thread owns the same stripe in each.
+/// The owned stripes' claims, a bit each. Claims are process-wide: a thread owns the same
+/// index in every router's counters.
 static CLAIMED: AtomicU64 = AtomicU64::new(0);
 const _: () = assert!(OWNED == u64::BITS as usize);
+const _: () = assert!(OWNED + SHARED < Claim::UNSET as usize);
 
 /// Which shared stripe the next thread that finds none free is given.
 static NEXT_SHARED: AtomicUsize = AtomicUsize::new(0);
@@ -143,21 +144,21 @@ impl Claim {
     const UNSET: u8 = u8::MAX;
 
     /// The calling thread's stripe: an owned one, claimed now if it has none (or is due to
-    /// try again) and one is free; else a shared one (also while its thread-local storage
-    /// is torn down: counts from other destructors are kept).
+    /// try again) and one is free; else a shared one. Once the thread's `CLAIM` is torn down
+    /// (its other thread-locals' destructors may still count), the first shared stripe.
     #[inline]
     fn mine() -> usize {
         CLAIM
             .try_with(|claim| {
-                let stripe = usize::from(claim.stripe.get());
-                if stripe < OWNED {
-                    return stripe;
+                let stripe = claim.stripe.get();
+                if usize::from(stripe) < OWNED {
+                    return usize::from(stripe);
                 }
-                if stripe != usize::from(Claim::UNSET) {
+                if stripe != Claim::UNSET {
                     let retry = claim.retry.get();
                     if retry > 0 {
                         claim.retry.set(retry - 1);
-                        return stripe;
+                        return usize::from(stripe);
                     }
                 }
                 claim.renew()
@@ -168,11 +169,13 @@ impl Claim {
     /// Claims a free owned stripe, or takes (or keeps) a shared one until the next try.
     #[cold]
     fn renew(&self) -> usize {
-        let stripe = match Claim::take() {
+        let current = self.stripe.get();
+        let stripe = match Claim::claim_free() {
             Some(owned) => owned,
-            None if self.stripe.get() != Claim::UNSET => usize::from(self.stripe.get()),
+            None if current != Claim::UNSET => usize::from(current),
             None => OWNED + NEXT_SHARED.fetch_add(1, Relaxed) % SHARED,
         };
+        // (Below `UNSET`: asserted at `CLAIMED`.)
         self.stripe.set(stripe as u8);
         self.retry.set(RETRY);
         stripe
@@ -180,7 +183,7 @@ impl Claim {
 
     /// Claims a free owned stripe, if one is. (Acquire: the claimer continues the counts of
     /// the thread that gave it back.)
-    fn take() -> Option<usize> {
+    fn claim_free() -> Option<usize> {
         let mut claimed = CLAIMED.load(Relaxed);
         loop {
             let free = !claimed;
@@ -410,11 +413,11 @@ mod tests {
         const EACH: u64 = 20_000;
         let counters = Counters::default();
         let all_counting = Arc::new(Barrier::new(THREADS));
-        thread::scope(|s| {
+        thread::scope(|scope| {
             let threads: Vec<_> = (0..THREADS)
                 .map(|_| {
                     let (counters, all_counting) = (&counters, all_counting.clone());
-                    s.spawn(move || {
+                    scope.spawn(move || {
                         counters.incr(|s| &s.placed);
                         // Every thread has counted once (and claimed a stripe or taken a
                         // shared one) before any counts the rest.
@@ -460,25 +463,27 @@ mod tests {
 
         // A thread that found every stripe taken (64 threads hold them) claims one within
         // `RETRY` counts of one coming free.
-        let (counted, holding) = mpsc::channel();
+        let (counted_tx, counted_rx) = mpsc::channel();
         let release = Arc::new(Barrier::new(OWNED + 1));
         let holders: Vec<_> = (0..OWNED)
             .map(|_| {
-                let (counted, release) = (counted.clone(), release.clone());
+                let (counted_tx, release) = (counted_tx.clone(), release.clone());
                 thread::spawn(move || {
                     EXITING.incr(|s| &s.forgotten);
-                    counted.send(()).unwrap();
+                    counted_tx.send(()).unwrap();
                     release.wait();
                 })
             })
             .collect();
-        (0..OWNED).for_each(|_| holding.recv().unwrap());
+        (0..OWNED).for_each(|_| counted_rx.recv().unwrap());
         let (shared_tx, shared_rx) = mpsc::channel();
-        let (go, gone) = mpsc::channel::<()>();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
         let late = thread::spawn(move || {
             EXITING.incr(|s| &s.forgotten);
             shared_tx.send(Claim::mine() >= OWNED).unwrap();
-            gone.recv().unwrap();
+            go_rx.recv().unwrap();
+            // (The `mine` above used one count of the retry: this loop tries again within
+            // it, with one to spare.)
             for _ in 0..=RETRY {
                 EXITING.incr(|s| &s.forgotten);
             }
@@ -489,7 +494,7 @@ mod tests {
         let was_shared = shared_rx.recv().unwrap();
         release.wait();
         holders.into_iter().for_each(|t| t.join().unwrap());
-        go.send(()).unwrap();
+        go_tx.send(()).unwrap();
         let owns = late.join().unwrap();
         assert!(
             owns || !was_shared,
