@@ -230,6 +230,23 @@ impl Oracle {
                 .iter()
                 .any(|&(upto, before)| incarnation <= upto && made < before)
     }
+
+    /// Asserts that each lost record among `writes` (a reseed's) is one a loss told: its
+    /// incarnation lost before its second.
+    pub fn check_reseed(&self, seed: u64, writes: Vec<StoreWrite>) {
+        for write in writes {
+            if let StoreWrite::Lost { key, before, .. } = write {
+                let incarnation: u32 = key.rsplit(':').next().unwrap().parse().unwrap();
+                assert!(
+                    self.lost(incarnation, before - 1),
+                    "seed {seed}: reseeded {key} = {before}, which no loss told \
+                     ({:?}, current {})",
+                    self.losses,
+                    self.current
+                );
+            }
+        }
+    }
 }
 
 /// Another router's record that `name`'s process `incarnation` was lost before Unix second
