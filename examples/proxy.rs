@@ -81,6 +81,10 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
   --health-interval SECS     TCP health check period (default 1; 0 = off)
   --rewrite-host             send the backend's host:port as Host (default: the client's Host)
   --shutdown-grace SECS      on Ctrl-C or SIGTERM, time given to in-flight requests (default 2)
+  --header-timeout SECS      close a client connection that takes longer to send a request's head,
+                             counted from its start or from the end of the response before, so also
+                             one idle that long between requests (default 30; 0 = never); streaming
+                             responses are not cut
   --threads N                serve clients on N threads, each polling its own connections (default:
                              one per CPU); 0 = one tokio work-stealing runtime for everything
 ";
@@ -140,6 +144,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 config.health_interval = (!every.is_zero()).then_some(every);
             }
             "--shutdown-grace" => config.shutdown_grace = seconds(&flag, &value)?,
+            "--header-timeout" => {
+                let timeout = seconds(&flag, &value)?;
+                config.header_timeout = (!timeout.is_zero()).then_some(timeout);
+            }
             "--down-grace" => config.down_grace = Some(seconds(&flag, &value)?),
             "--threads" => {
                 threads = value

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::ProxyBody;
@@ -130,13 +130,16 @@ impl Acceptor {
 /// Accepts connections until `shutdown`, serving each with the handler `per_connection`
 /// makes for its peer (and polling, in the connection's task, the future it makes with it:
 /// the connection's dedicated backend connection); then tells every connection to finish its
-/// request in flight and close, and waits up to `grace` for them. The connections are owned by this future: those
+/// request in flight and close, and waits up to `grace` for them. A connection that takes
+/// longer than `header_timeout` to send a request's head (from its start, or from the end of
+/// the response before) is closed (hyper's header read timeout). The connections are owned by this future: those
 /// still open after the grace period, or when the future is dropped (its task aborted), are
 /// dropped with it.
 pub(super) async fn serve_with<M, H, F, D>(
     mut acceptor: Acceptor,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    header_timeout: Option<Duration>,
     per_connection: M,
 ) where
     M: Fn(SocketAddr) -> (H, D),
@@ -149,6 +152,12 @@ pub(super) async fn serve_with<M, H, F, D>(
     // poll of every connection.
     let mut stops = HashMap::new();
     let mut connections = tokio::task::JoinSet::new();
+    // The head's timer runs only while hyper waits for a request's head: never while a
+    // response streams (a legacy SSE stream may stay idle for as long as both ends like).
+    let mut http = hyper::server::conn::http1::Builder::new();
+    if let Some(timeout) = header_timeout {
+        http.timer(TokioTimer::new()).header_read_timeout(timeout);
+    }
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -179,9 +188,7 @@ pub(super) async fn serve_with<M, H, F, D>(
             let response = handler(req);
             async move { Ok::<_, Infallible>(response.await) }
         });
-        // No timer, so no timeout: an SSE stream may stay idle for as long as both ends like.
-        let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service);
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = connections.spawn(async move {
             tokio::pin!(connection, drive, stopped);

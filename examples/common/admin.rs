@@ -23,11 +23,13 @@ impl Proxy {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) {
+        let header_timeout = self.header_timeout;
         let proxy = self;
         serve_with(
             Acceptor::alone(listener),
             shutdown,
             Duration::ZERO,
+            header_timeout,
             move |_| {
                 let proxy = proxy.clone();
                 let handler = move |req| {

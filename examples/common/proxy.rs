@@ -118,6 +118,13 @@ pub struct Config {
     pub health_interval: Option<Duration>,
     /// On shutdown, how long in-flight requests get to finish.
     pub shutdown_grace: Duration,
+    /// How long a client connection may take to send a request's head, counted from when the
+    /// proxy is ready to read it: from the connection's start, then from the end of each
+    /// response (so a keep-alive connection idle this long between requests is closed, as
+    /// HAProxy's `timeout client` closes it). A response that streams (SSE) is never cut by
+    /// it. `None`: no bound, and a client that sends nothing, or one byte at a time, holds
+    /// its connection (and a file descriptor) for as long as it likes.
+    pub header_timeout: Option<Duration>,
     /// A Redis the proxies of a fleet share (`redis://host:port[/db]`): keys this proxy does
     /// not know are looked up there, and what it learns is written there. Connected lazily:
     /// the proxy starts (and routes what it knows) while Redis is down.
@@ -143,6 +150,7 @@ impl Default for Config {
             seal_key_file: None,
             health_interval: Some(Duration::from_secs(1)),
             shutdown_grace: Duration::from_secs(2),
+            header_timeout: Some(Duration::from_secs(30)),
             redis: None,
             redis_prefix: "mcpa".into(),
             down_grace: None,
@@ -173,6 +181,7 @@ pub struct Proxy {
     layer: AffinityLayer<MemoryTable, fn() -> Instant, Classifier>,
     health_interval: Option<Duration>,
     shutdown_grace: Duration,
+    header_timeout: Option<Duration>,
     /// 502 answers sent (the backend failed and the router could not decide for it).
     bad_gateways: std::sync::atomic::AtomicU64,
     /// Of those, the ones a backend failed, by backend.
@@ -294,6 +303,7 @@ impl Proxy {
             layer,
             health_interval: config.health_interval,
             shutdown_grace: config.shutdown_grace,
+            header_timeout: config.header_timeout,
             bad_gateways: Default::default(),
             bad_gateways_by: Default::default(),
             server_errors: Default::default(),
@@ -564,10 +574,10 @@ impl Proxy {
 
     /// [`serve`](Proxy::serve), with the connections `acceptor` accepts.
     async fn serve_from(self: Arc<Self>, acceptor: Acceptor, shutdown: impl Future<Output = ()>) {
-        let grace = self.shutdown_grace;
+        let (grace, header_timeout) = (self.shutdown_grace, self.header_timeout);
         let pool = self.backends.pool();
         let proxy = self;
-        serve_with(acceptor, shutdown, grace, move |peer| {
+        serve_with(acceptor, shutdown, grace, header_timeout, move |peer| {
             let (connection, drive) = proxy.connection(peer, &pool);
             (move |req| connection.handle(req), drive)
         })

@@ -1,0 +1,251 @@
+//! The proxy's header timeout (`Config::header_timeout`, `--header-timeout`): a client
+//! connection that takes longer than it to send a request's head (sending nothing, or one byte
+//! at a time) is closed, so idle and slow clients cannot hold the proxy's file descriptors
+//! for good; a connection idle that long between requests is closed too. Requests that
+//! follow each other on one connection are all answered, and a streaming response idle for
+//! longer than the timeout is not cut.
+
+#![allow(clippy::disallowed_methods)]
+
+mod e2e;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use e2e::proxy::{Config, Running};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+/// How long a test waits for what must happen well within it.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A backend on raw sockets: each request (a head, then a `content-length` body) to
+/// `/stream` is answered by an SSE stream of two events a second apart (more than three
+/// times the proxy's timeout), anything else by `ok` at once.
+async fn backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            connections.spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((head, _body)) = read_message(&mut stream, &mut buf).await {
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let answered = if path == "/stream" {
+                        stream_two_events(&mut stream).await
+                    } else {
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                      mcp-session-id: s-1\r\ncontent-length: 2\r\n\r\nok";
+                        stream.write_all(answer.as_bytes()).await
+                    };
+                    if answered.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, server)
+}
+
+async fn stream_two_events(stream: &mut TcpStream) -> std::io::Result<()> {
+    let chunk = |data: &str| format!("{:x}\r\n{data}\r\n", data.len());
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nmcp-session-id: s-1\r\n\
+                transfer-encoding: chunked\r\n\r\n";
+    stream.write_all(head.as_bytes()).await?;
+    stream
+        .write_all(chunk("data: first\n\n").as_bytes())
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stream
+        .write_all(chunk("data: second\n\n").as_bytes())
+        .await?;
+    stream.write_all(b"0\r\n\r\n").await
+}
+
+/// Reads one message (a head, then its `content-length` or chunked body) from `stream`,
+/// keeping what follows in `buf`; `None` at end of stream (or an error) before a whole one.
+async fn read_message(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    let end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        fill(stream, buf).await?;
+    };
+    let head = String::from_utf8(buf.drain(..end).collect()).ok()?;
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let mut body = Vec::new();
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let line_end = loop {
+                if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break at;
+                }
+                fill(stream, buf).await?;
+            };
+            let size = std::str::from_utf8(&buf[..line_end]).ok()?;
+            let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+            while buf.len() < line_end + 2 + size + 2 {
+                fill(stream, buf).await?;
+            }
+            body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+            buf.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        let len: usize = header("content-length").map_or(Some(0), |v| v.parse().ok())?;
+        while buf.len() < len {
+            fill(stream, buf).await?;
+        }
+        body.extend(buf.drain(..len));
+    }
+    Some((head, body))
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0; 4096];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+/// Whether the proxy closes `stream` (end of stream, or a reset) within [`PATIENCE`],
+/// having sent nothing on it.
+async fn closed_unanswered(stream: &mut TcpStream) -> bool {
+    let mut byte = [0; 1];
+    matches!(
+        tokio::time::timeout(PATIENCE, stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+fn post(path: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: proxy.test\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+    )
+}
+
+async fn proxy_in_front_of(backend: SocketAddr) -> Running {
+    let config = Config {
+        backends: vec![format!("http://{backend}")],
+        health_interval: None,
+        header_timeout: Some(TIMEOUT),
+        ..Config::default()
+    };
+    Running::start(&config).await.expect("the proxy starts")
+}
+
+#[tokio::test]
+async fn a_client_that_sends_no_head_in_time_is_closed() {
+    let (backend, server) = backend().await;
+    let running = proxy_in_front_of(backend).await;
+
+    // Connects and sends nothing.
+    let mut silent = TcpStream::connect(running.addr).await.unwrap();
+    // Sends the head one byte every 50 ms: it would take 4 s to finish.
+    let mut slow = TcpStream::connect(running.addr).await.unwrap();
+    let (mut reader, mut writer) = slow.split();
+    let trickle = async {
+        for byte in post("/mcp").bytes() {
+            if writer.write_all(&[byte]).await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    };
+    let closed = async {
+        let mut byte = [0; 1];
+        matches!(reader.read(&mut byte).await, Ok(0) | Err(_))
+    };
+    let slow_closed = tokio::select! {
+        finished = trickle => !finished,
+        closed = closed => closed,
+    };
+    assert!(
+        slow_closed,
+        "a head sent one byte at a time was let through"
+    );
+    assert!(
+        closed_unanswered(&mut silent).await,
+        "a silent client kept its connection"
+    );
+
+    server.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_in_a_row_are_answered_and_an_idle_connection_is_closed() {
+    let (backend, server) = backend().await;
+    let running = proxy_in_front_of(backend).await;
+
+    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let mut buf = Vec::new();
+    // Eight requests 100 ms apart: the connection lives well past the timeout, never idle for it.
+    for i in 0..8 {
+        client.write_all(post("/mcp").as_bytes()).await.unwrap();
+        let (head, body) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
+            .await
+            .expect("answered in time")
+            .unwrap_or_else(|| panic!("request {i}: the connection closed"));
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        assert_eq!(body, b"ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then idle: closed.
+    assert!(
+        closed_unanswered(&mut client).await,
+        "an idle client kept its connection"
+    );
+
+    server.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_streaming_response_idle_for_longer_than_the_timeout_is_not_cut() {
+    let (backend, server) = backend().await;
+    let running = proxy_in_front_of(backend).await;
+
+    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let request = post("/stream").replace(
+        "content-type",
+        "accept: application/json, text/event-stream\r\ncontent-type",
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, body) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
+        .await
+        .expect("the stream ends in time")
+        .expect("the stream was cut");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "data: first\n\ndata: second\n\n"
+    );
+    // The next request on the connection is answered too.
+    client.write_all(post("/mcp").as_bytes()).await.unwrap();
+    let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
+        .await
+        .expect("answered in time")
+        .expect("the connection was closed");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    server.abort();
+    running.shutdown().await;
+}
