@@ -3,7 +3,9 @@
 //! that owns it. Hop-by-hop headers are not passed on; every backend's port is probed once a
 //! second (a backend marked down by a refused connection comes back when it listens again);
 //! on SIGTERM or Ctrl-C, requests in flight get two seconds (an open event stream has no end
-//! of its own).
+//! of its own). `axum::serve` bounds no client's time to send a request head: in front of
+//! untrusted clients, serve the app with hyper's `header_read_timeout`, as `examples/proxy.rs`
+//! does (`--header-timeout`).
 //!
 //! ```text
 //! cargo run --example axum_gateway -- --listen 127.0.0.1:8080 \
