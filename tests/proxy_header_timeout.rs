@@ -133,6 +133,17 @@ async fn closed_unanswered(stream: &mut TcpStream) -> bool {
     )
 }
 
+/// The proxy's answer to `request`, sent on `client` (`buf` keeps what follows it).
+async fn ask(client: &mut TcpStream, buf: &mut Vec<u8>, request: &str) -> (String, Vec<u8>) {
+    client.write_all(request.as_bytes()).await.unwrap();
+    let (head, body) = tokio::time::timeout(PATIENCE, read_message(client, buf))
+        .await
+        .expect("answered in time")
+        .expect("answered before the connection closed");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (head, body)
+}
+
 fn post(path: &str) -> String {
     format!(
         "POST {path} HTTP/1.1\r\nhost: proxy.test\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
@@ -197,13 +208,8 @@ async fn requests_in_a_row_are_answered_and_an_idle_connection_is_closed() {
     let mut client = TcpStream::connect(running.addr).await.unwrap();
     let mut buf = Vec::new();
     // Eight requests 100 ms apart: the connection lives well past the timeout, never idle for it.
-    for i in 0..8 {
-        client.write_all(post("/mcp").as_bytes()).await.unwrap();
-        let (head, body) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
-            .await
-            .expect("answered in time")
-            .unwrap_or_else(|| panic!("request {i}: the connection closed"));
-        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+    for _ in 0..8 {
+        let (_, body) = ask(&mut client, &mut buf, &post("/mcp")).await;
         assert_eq!(body, b"ok");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -227,24 +233,14 @@ async fn a_streaming_response_idle_for_longer_than_the_timeout_is_not_cut() {
         "content-type",
         "accept: application/json, text/event-stream\r\ncontent-type",
     );
-    client.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    let (head, body) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
-        .await
-        .expect("the stream ends in time")
-        .expect("the stream was cut");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_, body) = ask(&mut client, &mut buf, &request).await;
     assert_eq!(
         String::from_utf8_lossy(&body),
         "data: first\n\ndata: second\n\n"
     );
     // The next request on the connection is answered too.
-    client.write_all(post("/mcp").as_bytes()).await.unwrap();
-    let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
-        .await
-        .expect("answered in time")
-        .expect("the connection was closed");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    ask(&mut client, &mut buf, &post("/mcp")).await;
 
     server.abort();
     running.shutdown().await;
