@@ -25,7 +25,12 @@
 # keep-alive client connection (examples/common/dedicated.rs); "pooled" is the same proxy with
 # --dedicated-connections 0, every request through its thread's pool; "shared" is the same
 # proxy on one tokio work-stealing runtime (--threads 0). The plain and pinned hops run on
-# threads of their own too (`load --threads`, the same default).
+# threads of their own too (`load --threads`, the same default). The proxies run with their
+# default header timeout (30 s, `--header-timeout`: hyper arms a timer for each request head,
+# as HAProxy's `timeout client` arms one); the plain and pinned hops have none. On 2 cores,
+# 2026-12-01, the proxy against itself with `--header-timeout 0` (4 rounds, in place of
+# "shared"): calls/s 1.03x, p50 at 8,000 calls/s 1.05x (rounds 0.76 to 0.86 ms against 0.72
+# to 0.90): within the noise.
 #
 # Measured 2026-11-30 on a 16-core machine (a lent x86-64 VM, kernel 6.18; prebuilt
 # binaries, `HOPS="pinned haproxy" BIN_DIR=… scripts/hop-bench.sh 128 3 6 half`), 128
