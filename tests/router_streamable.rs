@@ -330,6 +330,24 @@ fn a_request_naming_two_sessions_is_refused() {
     assert_eq!(rejection.status(), StatusCode::BAD_REQUEST);
 }
 
+/// CGI, WSGI and Rack servers read `Mcp_Session_Id` as `Mcp-Session-Id`: a request that
+/// names its session that way must not be placed as a conversation start (reaching, perhaps,
+/// the session's owner without the owner's principal check) or routed by another id.
+#[test]
+fn a_session_named_in_a_header_a_backend_may_read_as_mcp_session_id_is_refused() {
+    let (router, _) = two_backends();
+    let now = Clock::new().now();
+    initialize(&router, "mine", now);
+    for headers in [
+        &[("mcp_session_id", "victim")][..],
+        &[("mcp-session-id", "mine"), ("mcp_session-id", "victim")],
+    ] {
+        let rejection = rejected(router.route(&post("/mcp", headers), now));
+        assert_eq!(rejection.reason(), Reason::AmbiguousKey(KeyKind::Session));
+        assert_eq!(rejection.status(), StatusCode::BAD_REQUEST);
+    }
+}
+
 #[test]
 fn non_mcp_paths_neither_pin_nor_forget_sessions() {
     let (router, _) = two_backends();

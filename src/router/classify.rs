@@ -232,11 +232,44 @@ impl<'a> McpHeaders<'a> {
                 MCP_METHOD => &mut found.method,
                 MCP_NAME => &mut found.name,
                 MCP_PROTOCOL_VERSION => &mut found.version,
-                _ => continue,
+                _ => {
+                    // A name a backend may read as one of them counts as a second value.
+                    if let Some(single) = found.aliased(name) {
+                        single.repeated = true;
+                    }
+                    continue;
+                }
             };
             single.add(value.as_bytes());
         }
         found
+    }
+
+    /// The header `name` may stand for: an MCP header's name with `_` for some of its `-`
+    /// (CGI, WSGI and Rack servers read `Mcp_Session_Id` as `Mcp-Session-Id`: the router
+    /// must not route by one id while the backend reads another).
+    fn aliased(&mut self, name: &str) -> Option<&mut Single<'a>> {
+        if !name.starts_with("mcp") || !name.contains('_') {
+            return None;
+        }
+        let alias = |of: &str| {
+            of.len() == name.len()
+                && of
+                    .bytes()
+                    .zip(name.bytes())
+                    .all(|(o, n)| o == n || (o == b'-' && n == b'_'))
+        };
+        if alias(MCP_SESSION_ID) {
+            Some(&mut self.session)
+        } else if alias(MCP_METHOD) {
+            Some(&mut self.method)
+        } else if alias(MCP_NAME) {
+            Some(&mut self.name)
+        } else if alias(MCP_PROTOCOL_VERSION) {
+            Some(&mut self.version)
+        } else {
+            None
+        }
     }
 }
 
@@ -476,6 +509,45 @@ mod tests {
         );
         // A repeated Mcp-Name off a tasks call routes nothing and is not refused.
         assert_eq!(twice("mcp-name", "t1", "t2", &modern), None);
+    }
+
+    #[test]
+    fn names_a_backend_may_read_as_mcp_headers_count_as_repeats() {
+        let alone = |name, value, also: &[(&str, &str)]| {
+            classify(&head(&[&[(name, value)], also].concat()), &paths()).err()
+        };
+        let session = Some(Reason::AmbiguousKey(KeyKind::Session));
+        // Alone (the router would place the request while the backend reads the id), or
+        // beside the real header with another id.
+        assert_eq!(alone("mcp_session_id", "victim", &[]), session);
+        assert_eq!(alone("mcp-session_id", "victim", &[]), session);
+        assert_eq!(
+            alone("mcp_session-id", "victim", &[("mcp-session-id", "s1")]),
+            session
+        );
+        let modern = [("mcp-protocol-version", "2026-07-28")];
+        assert_eq!(
+            alone("mcp_method", "tasks/get", &modern),
+            Some(Reason::BadEra(BadEra::AmbiguousMethod))
+        );
+        let get = [("mcp-method", "tasks/get"), modern[0]];
+        assert_eq!(
+            alone("mcp_name", "t1", &get),
+            Some(Reason::AmbiguousKey(KeyKind::Task))
+        );
+        assert_eq!(
+            alone("mcp_protocol_version", "2025-11-25", &[]),
+            Some(Reason::BadEra(BadEra::AmbiguousProtocolVersion))
+        );
+        // Names that no backend reads as an MCP header pass.
+        for name in [
+            "mcp_session",
+            "x-mcp_session_id",
+            "mcp_session_idx",
+            "mcp-extra_thing",
+        ] {
+            assert_eq!(alone(name, "v", &[]), None, "{name}");
+        }
     }
 
     #[test]

@@ -76,9 +76,10 @@ pub enum Reason {
     InvalidKey(KeyKind, InvalidKey),
     /// The request does not fit the era of the path it was sent to.
     BadEra(BadEra),
-    /// The request names more than one key (a repeated `Mcp-Session-Id` or `Mcp-Name`, or
-    /// two session query parameters): backends differ on which one they use, so the router
-    /// does not guess.
+    /// The request names more than one key (a repeated `Mcp-Session-Id` or `Mcp-Name`, a
+    /// header some backends read as one of them, such as `Mcp_Session_Id`, or two session
+    /// query parameters): backends differ on which one they use, so the router does not
+    /// guess.
     AmbiguousKey(KeyKind),
     /// A new conversation could not be recorded: the session table is full.
     TableFull(Scope),
