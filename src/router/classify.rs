@@ -232,13 +232,15 @@ impl<'a> McpHeaders<'a> {
                 MCP_METHOD => &mut found.method,
                 MCP_NAME => &mut found.name,
                 MCP_PROTOCOL_VERSION => &mut found.version,
-                _ => {
-                    // A name a backend may read as one of them counts as a second value.
+                // A name a backend may read as one of them counts as a second value. (Most
+                // names differ in length or first letter: the rest is out of line.)
+                _ if matches!(name.len(), 8 | 10 | 14 | 20) && name.starts_with('m') => {
                     if let Some(single) = found.aliased(name) {
                         single.repeated = true;
                     }
                     continue;
                 }
+                _ => continue,
             };
             single.add(value.as_bytes());
         }
@@ -248,6 +250,8 @@ impl<'a> McpHeaders<'a> {
     /// The header `name` may stand for: an MCP header's name with `_` for some of its `-`
     /// (CGI, WSGI and Rack servers read `Mcp_Session_Id` as `Mcp-Session-Id`: the router
     /// must not route by one id while the backend reads another).
+    #[cold]
+    #[inline(never)]
     fn aliased(&mut self, name: &str) -> Option<&mut Single<'a>> {
         if !name.starts_with("mcp") || !name.contains('_') {
             return None;
