@@ -608,6 +608,16 @@ fn the_proxy_strips_hop_by_hop_headers_and_those_connection_names_and_keeps_the_
         ])
     );
 
+    // A `Content-Length` beside a `Transfer-Encoding` (a backend that sends both) goes with
+    // it: the body was decoded, and is sent on in the next hop's framing.
+    let mut both = headers(&[
+        ("content-length", "5"),
+        ("transfer-encoding", "chunked"),
+        ("mcp-session-id", "abc"),
+    ]);
+    e2e::proxy::strip_hop_by_hop(&mut both);
+    assert_eq!(both, headers(&[("mcp-session-id", "abc")]));
+
     // Many hop-by-hop names, and no `Connection`: all go.
     let mut many = headers(&[
         ("te", "trailers"),

@@ -44,6 +44,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for name in found.into_iter().flatten() {
+        if name == header::TRANSFER_ENCODING {
+            // The body was decoded by its transfer coding and goes on in this hop's own
+            // framing: a `Content-Length` received beside it is wrong, and must go (RFC 9112
+            // §6.3). Kept, it would have the client cut the body short, or wait for bytes
+            // that never come.
+            headers.remove(header::CONTENT_LENGTH);
+        }
         headers.remove(name);
     }
 }

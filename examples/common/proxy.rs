@@ -764,18 +764,24 @@ impl Connection {
         let mut gateway = self.gateway.clone();
         // The forwarder takes every request (a pooled client, or the dedicated connection), so
         // the gateway is ready at once.
-        let call = match gateway.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
-            Poll::Ready(Ok(())) => Ok(gateway.call(req)),
-            Poll::Ready(Err(error)) => Err(Some(error)),
-            // Never with this forwarder; a gateway that could be busy would shed the request.
-            Poll::Pending => Err(None),
+        let call = match check_target(&mut req) {
+            Err(refused) => Err(Unsent::Refused(refused)),
+            Ok(()) => {
+                match gateway.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+                    Poll::Ready(Ok(())) => Ok(gateway.call(req)),
+                    Poll::Ready(Err(error)) => Err(Unsent::Failed(error)),
+                    // Never with this forwarder; a gateway that could be busy would shed it.
+                    Poll::Pending => Err(Unsent::Busy),
+                }
+            }
         };
         let proxy = self.proxy.clone();
         async move {
             let response = match call {
                 Ok(call) => proxy.answer(call.await),
-                Err(Some(error)) => proxy.answer(Err(error)),
-                Err(None) => {
+                Err(Unsent::Failed(error)) => proxy.answer(Err(error)),
+                Err(Unsent::Refused((status, why))) => text(status, why.into()),
+                Err(Unsent::Busy) => {
                     let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
                     busy.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -790,6 +796,68 @@ impl Connection {
             response
         }
     }
+}
+
+/// Why a request was not handed to the gateway.
+enum Unsent {
+    /// The proxy answers it itself ([`check_target`]).
+    Refused((StatusCode, &'static str)),
+    Failed(ForwardError),
+    Busy,
+}
+
+/// Answers what no backend is sent, and puts the target's authority in `Host`:
+///
+/// - `CONNECT` (405): the proxy opens no tunnels;
+/// - a target that is not a path (`OPTIONS *`, 400): it would be sent as a path under the
+///   backend's prefix;
+/// - a path with a dot-segment (`/../admin`; also percent-encoded, or behind an encoded
+///   slash or a backslash; 400): a backend that removes them would serve what lies outside
+///   its prefix, or another path than the router classified (clients remove them before
+///   sending, RFC 3986 §5.2.4);
+/// - more than one `Host` (400, RFC 9112 §3.2);
+/// - an absolute-form target (`POST http://host/mcp`) has its authority put in `Host`, in place
+///   of the one received (RFC 9112 §3.2.2).
+fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static str)> {
+    if req.method() == Method::CONNECT {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied\n"));
+    }
+    let path = req.uri().path();
+    if !path.starts_with('/') {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "the request target is not a path\n",
+        ));
+    }
+    if has_dot_segment(path) {
+        return Err((StatusCode::BAD_REQUEST, "a dot-segment in the path\n"));
+    }
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Err((StatusCode::BAD_REQUEST, "more than one Host\n"));
+    }
+    if let Some(authority) = req.uri().authority() {
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| (StatusCode::BAD_REQUEST, "an invalid authority\n"))?;
+        req.headers_mut().insert(header::HOST, host);
+    }
+    Ok(())
+}
+
+/// Whether `path` has a `.` or `..` segment as a generous server reads it: `%2e` as `.`, and
+/// `%2f`, `%5c` and `\` as `/`.
+fn has_dot_segment(path: &str) -> bool {
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
+    let decoded = path
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace('\\', "/")
+        .replace("%2f", "/")
+        .replace("%5c", "/");
+    decoded
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
 }
 
 /// The client's address as an `X-Forwarded-For` value.

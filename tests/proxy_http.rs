@@ -1,15 +1,25 @@
-//! The proxy's header timeout (`Config::header_timeout`, `--header-timeout`): a client
-//! connection that takes longer than it to send a request's head (sending nothing, or one byte
-//! at a time) is closed, so idle and slow clients cannot hold the proxy's file descriptors
-//! for good; a connection idle that long between requests is closed too. Requests that
-//! follow each other on one connection are all answered, and a streaming response idle for
-//! longer than the timeout is not cut.
+//! The proxy at the HTTP layer, against a backend on raw sockets.
+//!
+//! - Its header timeout (`Config::header_timeout`, `--header-timeout`): a client connection
+//!   that takes longer than it to send a request's head (sending nothing, or one byte at a
+//!   time) is closed, so idle and slow clients cannot hold the proxy's file descriptors for
+//!   good; a connection idle that long between requests is closed too. Requests that follow
+//!   each other on one connection are all answered, and a streaming response idle for longer
+//!   than the timeout is not cut.
+//! - What it answers itself, before the router: `CONNECT`, targets that are not paths, paths
+//!   with dot-segments, two `Host`s; an absolute-form target's authority becomes the `Host`.
+//! - A backend's answer with both `Content-Length` and `Transfer-Encoding` reaches the client
+//!   whole.
+//!
+//! The hostile cases come from a helper's attack on the proxy (2026-12-01).
 
 #![allow(clippy::disallowed_methods)]
 
 mod e2e;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use e2e::proxy::{Config, Running};
@@ -21,24 +31,44 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 /// How long a test waits for what must happen well within it.
 const PATIENCE: Duration = Duration::from_secs(5);
 
-/// A backend on raw sockets: each request (a head, then a `content-length` body) to
-/// `/stream` is answered by an SSE stream of two events a second apart (more than three
-/// times the proxy's timeout), anything else by `ok` at once.
-async fn backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// A backend on raw sockets. Each request (a head, then a `content-length` body) is answered
+/// by its path: `/stream`, an SSE stream of two events a second apart (more than three times
+/// the proxy's timeout); a path that ends with `/echo`, the request's head as the body; `/both`,
+/// a 20-byte chunked body under a `Content-Length: 5`; anything else, `ok` at once.
+struct Backend {
+    addr: SocketAddr,
+    /// Requests it has read.
+    requests: Arc<AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn backend() -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
     let server = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
             connections.spawn(async move {
                 let mut buf = Vec::new();
                 while let Some((head, _body)) = read_message(&mut stream, &mut buf).await {
+                    counted.fetch_add(1, Ordering::SeqCst);
                     let path = head.split(' ').nth(1).unwrap_or("").to_owned();
                     let answered = if path == "/stream" {
                         stream_two_events(&mut stream).await
                     } else {
-                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                                      mcp-session-id: s-1\r\ncontent-length: 2\r\n\r\nok";
+                        let answer = if path.ends_with("/echo") {
+                            ok_with(&head)
+                        } else if path == "/both" {
+                            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\
+                             transfer-encoding: chunked\r\n\r\n\
+                             a\r\nAAAAABBBBB\r\na\r\nCCCCCDDDDD\r\n0\r\n\r\n"
+                                .to_owned()
+                        } else {
+                            ok_with("ok")
+                        };
                         stream.write_all(answer.as_bytes()).await
                     };
                     if answered.is_err() {
@@ -48,7 +78,19 @@ async fn backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             });
         }
     });
-    (addr, server)
+    Backend {
+        addr,
+        requests,
+        server,
+    }
+}
+
+fn ok_with(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: s-1\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 async fn stream_two_events(stream: &mut TcpStream) -> std::io::Result<()> {
@@ -151,8 +193,12 @@ fn post(path: &str) -> String {
 }
 
 async fn proxy_in_front_of(backend: SocketAddr) -> Running {
+    proxy_of(&format!("http://{backend}")).await
+}
+
+async fn proxy_of(backend: &str) -> Running {
     let config = Config {
-        backends: vec![format!("http://{backend}")],
+        backends: vec![backend.to_owned()],
         health_interval: None,
         header_timeout: Some(TIMEOUT),
         ..Config::default()
@@ -162,8 +208,8 @@ async fn proxy_in_front_of(backend: SocketAddr) -> Running {
 
 #[tokio::test]
 async fn a_client_that_sends_no_head_in_time_is_closed() {
-    let (backend, server) = backend().await;
-    let running = proxy_in_front_of(backend).await;
+    let backend = backend().await;
+    let running = proxy_in_front_of(backend.addr).await;
 
     // Connects and sends nothing.
     let mut silent = TcpStream::connect(running.addr).await.unwrap();
@@ -196,14 +242,14 @@ async fn a_client_that_sends_no_head_in_time_is_closed() {
         "a silent client kept its connection"
     );
 
-    server.abort();
+    backend.server.abort();
     running.shutdown().await;
 }
 
 #[tokio::test]
 async fn requests_in_a_row_are_answered_and_an_idle_connection_is_closed() {
-    let (backend, server) = backend().await;
-    let running = proxy_in_front_of(backend).await;
+    let backend = backend().await;
+    let running = proxy_in_front_of(backend.addr).await;
 
     let mut client = TcpStream::connect(running.addr).await.unwrap();
     let mut buf = Vec::new();
@@ -219,14 +265,14 @@ async fn requests_in_a_row_are_answered_and_an_idle_connection_is_closed() {
         "an idle client kept its connection"
     );
 
-    server.abort();
+    backend.server.abort();
     running.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_streaming_response_idle_for_longer_than_the_timeout_is_not_cut() {
-    let (backend, server) = backend().await;
-    let running = proxy_in_front_of(backend).await;
+    let backend = backend().await;
+    let running = proxy_in_front_of(backend.addr).await;
 
     let mut client = TcpStream::connect(running.addr).await.unwrap();
     let request = post("/stream").replace(
@@ -242,6 +288,102 @@ async fn a_streaming_response_idle_for_longer_than_the_timeout_is_not_cut() {
     // The next request on the connection is answered too.
     ask(&mut client, &mut buf, &post("/mcp")).await;
 
-    server.abort();
+    backend.server.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_answer_with_both_lengths_reaches_the_client_whole() {
+    let backend = backend().await;
+    let running = proxy_in_front_of(backend.addr).await;
+
+    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, body) = ask(&mut client, &mut buf, &post("/both")).await;
+    assert_eq!(body, b"AAAAABBBBBCCCCCDDDDD", "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length: 5"),
+        "{head}"
+    );
+    // The connection is still in step.
+    let (_, body) = ask(&mut client, &mut buf, &post("/mcp")).await;
+    assert_eq!(body, b"ok");
+
+    backend.server.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_proxy_answers_what_no_backend_is_sent_and_hosts_absolute_targets() {
+    let backend = backend().await;
+    // Under a prefix, which a dot-segment would climb out of.
+    let running = proxy_of(&format!("http://{}/base", backend.addr)).await;
+
+    let refused = [
+        (
+            "CONNECT 127.0.0.1:22 HTTP/1.1\r\nhost: 127.0.0.1:22\r\n\r\n",
+            "405",
+        ),
+        ("OPTIONS * HTTP/1.1\r\nhost: proxy.test\r\n\r\n", "400"),
+        (
+            "GET /../admin/echo HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET /%2e%2E/admin/echo HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET /mcp/.%2e%2fadmin/echo HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET /mcp/./echo HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET /echo HTTP/1.1\r\nhost: a.test\r\nhost: b.test\r\n\r\n",
+            "400",
+        ),
+    ];
+    for (request, status) in refused {
+        let mut client = TcpStream::connect(running.addr).await.unwrap();
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request:?}: {head}"
+        );
+    }
+    assert_eq!(
+        backend.requests.load(Ordering::SeqCst),
+        0,
+        "a refused request was sent"
+    );
+
+    // Names with dots that are not dot-segments pass.
+    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let (_, body) = ask(&mut client, &mut buf, &post("/.well-known/..x/echo")).await;
+    let seen = String::from_utf8(body).unwrap();
+    assert!(
+        seen.starts_with("POST /base/.well-known/..x/echo "),
+        "{seen}"
+    );
+
+    // An absolute-form target: its authority is the Host the backend sees, not the one sent.
+    let absolute =
+        post("http://mcp.example:8443/echo").replace("host: proxy.test", "host: evil.test");
+    let (_, body) = ask(&mut client, &mut buf, &absolute).await;
+    let seen = String::from_utf8(body).unwrap().to_ascii_lowercase();
+    assert!(seen.starts_with("post /base/echo "), "{seen}");
+    assert!(seen.contains("host: mcp.example:8443\r\n"), "{seen}");
+    assert!(!seen.contains("evil.test"), "{seen}");
+
+    backend.server.abort();
     running.shutdown().await;
 }
