@@ -85,6 +85,9 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
                              counted from its start or from the end of the response before, so also
                              one idle that long between requests (default 30; 0 = never); streaming
                              responses are not cut
+  --max-connections N        serve at most N client connections at once; more wait to be accepted
+                             (default: the open-file limit, raised to its hard limit first, less
+                             64, halved; 0 = no bound)
   --threads N                serve clients on N threads, each polling its own connections (default:
                              one per CPU); 0 = one tokio work-stealing runtime for everything
 ";
@@ -111,6 +114,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut admin = None;
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut config = Config::default();
+    let mut max_connections = None;
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
             return Err(String::new());
@@ -148,6 +152,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 let timeout = seconds(&flag, &value)?;
                 config.header_timeout = (!timeout.is_zero()).then_some(timeout);
             }
+            "--max-connections" => {
+                let most: usize = value
+                    .parse()
+                    .map_err(|_| format!("{flag}: not a count: {value:?}"))?;
+                max_connections = Some(most);
+            }
             "--down-grace" => config.down_grace = Some(seconds(&flag, &value)?),
             "--threads" => {
                 threads = value
@@ -161,12 +171,44 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if config.backends.is_empty() {
         return Err("at least one --backend is required".into());
     }
+    // Raised whether or not the bound is given.
+    let open_files = open_file_limit();
+    config.max_connections = match max_connections {
+        Some(0) => None,
+        Some(most) => Some(most),
+        None => Some(connections_within(open_files)),
+    };
     Ok(Args {
         listen,
         admin,
         threads,
         config,
     })
+}
+
+/// The process's open-file limit, raised first to as far as it may go (the soft limit is
+/// often 1,024, the hard one far higher). `None`: unknown.
+fn open_file_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            eprintln!("proxy: open-file limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// The client connections the proxy serves at once within `limit` open files: each may have
+/// a backend connection of its own, and 64 descriptors are kept for the pool, health checks,
+/// the admin API, the shared store and the process itself.
+fn connections_within(limit: Option<u64>) -> usize {
+    let Some(limit) = limit else {
+        return usize::MAX;
+    };
+    let clients = limit.saturating_sub(64) / 2;
+    usize::try_from(clients).unwrap_or(usize::MAX).max(1)
 }
 
 /// Re-reads the seal key file on SIGHUP, until `stop` completes.

@@ -10,6 +10,8 @@
 //!   with dot-segments, two `Host`s; an absolute-form target's authority becomes the `Host`.
 //! - A backend's answer with both `Content-Length` and `Transfer-Encoding` reaches the client
 //!   whole.
+//! - Its bound on connections (`Config::max_connections`, `--max-connections`): past it, a
+//!   connection waits in the backlog until another closes.
 //!
 //! The hostile cases come from a helper's attack on the proxy (2026-12-01).
 
@@ -197,13 +199,24 @@ async fn proxy_in_front_of(backend: SocketAddr) -> Running {
 }
 
 async fn proxy_of(backend: &str) -> Running {
-    let config = Config {
+    proxy_with(Config {
         backends: vec![backend.to_owned()],
+        ..config()
+    })
+    .await
+}
+
+async fn proxy_with(config: Config) -> Running {
+    Running::start(&config).await.expect("the proxy starts")
+}
+
+/// The configuration of these tests' proxies: no health checks, the short header timeout.
+fn config() -> Config {
+    Config {
         health_interval: None,
         header_timeout: Some(TIMEOUT),
         ..Config::default()
-    };
-    Running::start(&config).await.expect("the proxy starts")
+    }
 }
 
 #[tokio::test]
@@ -383,6 +396,46 @@ async fn the_proxy_answers_what_no_backend_is_sent_and_hosts_absolute_targets() 
     assert!(seen.starts_with("post /base/echo "), "{seen}");
     assert!(seen.contains("host: mcp.example:8443\r\n"), "{seen}");
     assert!(!seen.contains("evil.test"), "{seen}");
+
+    backend.server.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn past_its_bound_the_proxy_accepts_a_connection_only_when_another_closes() {
+    let backend = backend().await;
+    let running = proxy_with(Config {
+        backends: vec![format!("http://{}", backend.addr)],
+        max_connections: Some(2),
+        // Long enough for the connections held to stay open.
+        header_timeout: Some(Duration::from_secs(30)),
+        ..config()
+    })
+    .await;
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut client = TcpStream::connect(running.addr).await.unwrap();
+        let mut buf = Vec::new();
+        ask(&mut client, &mut buf, &post("/mcp")).await;
+        held.push(client);
+    }
+    // A third: the kernel completes its handshake, the proxy does not take it up.
+    let mut third = TcpStream::connect(running.addr).await.unwrap();
+    third.write_all(post("/mcp").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let early = tokio::time::timeout(
+        Duration::from_millis(500),
+        read_message(&mut third, &mut buf),
+    );
+    assert!(early.await.is_err(), "a third connection was served");
+    // One closes: the third is served.
+    drop(held.remove(0));
+    let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut third, &mut buf))
+        .await
+        .expect("served once a connection closed")
+        .expect("answered");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
     backend.server.abort();
     running.shutdown().await;

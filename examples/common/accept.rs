@@ -20,6 +20,9 @@ use super::ProxyBody;
 pub(super) struct Acceptor {
     pub(super) listener: TcpListener,
     pub(super) share: Option<Share>,
+    /// The most connections the loop serves at once; past it, it accepts no more until one
+    /// closes (they wait in the listening socket's backlog, as under HAProxy's `maxconn`).
+    pub(super) limit: usize,
 }
 
 /// A connection on its way from one serving thread to another.
@@ -80,10 +83,11 @@ impl Share {
 }
 
 impl Acceptor {
-    pub(super) fn alone(listener: TcpListener) -> Acceptor {
+    pub(super) fn alone(listener: TcpListener, limit: usize) -> Acceptor {
         Acceptor {
             listener,
             share: None,
+            limit,
         }
     }
 
@@ -129,7 +133,8 @@ impl Acceptor {
 
 /// Accepts connections until `shutdown`, serving each with the handler `per_connection`
 /// makes for its peer (and polling, in the connection's task, the future it makes with it:
-/// the connection's dedicated backend connection); then tells every connection to finish its
+/// the connection's dedicated backend connection), at most the acceptor's `limit` at once;
+/// then tells every connection to finish its
 /// request in flight and close, and waits up to `grace` for them. A connection that takes
 /// longer than `header_timeout` to send a request's head (from its start, or from the end of
 /// the response before) is closed (hyper's header read timeout). The connections are owned by this future: those
@@ -152,6 +157,8 @@ pub(super) async fn serve_with<M, H, F, D>(
     // poll of every connection.
     let mut stops = HashMap::new();
     let mut connections = tokio::task::JoinSet::new();
+    // Accept errors (out of file descriptors, mostly) come in runs: the first of each is told.
+    let mut failing = false;
     // The head's timer runs only while hyper waits for a request's head: never while a
     // response streams (a legacy SSE stream may stay idle for as long as both ends like).
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -171,15 +178,22 @@ pub(super) async fn serve_with<M, H, F, D>(
                 acceptor.closed();
                 continue;
             }
-            accepted = acceptor.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    eprintln!("proxy: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+            accepted = acceptor.accept(), if connections.len() < acceptor.limit => {
+                match accepted {
+                    Ok(accepted) => {
+                        failing = false;
+                        accepted
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        if !std::mem::replace(&mut failing, true) {
+                            eprintln!("proxy: accept: {e} (told once until an accept succeeds)");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 }
-            },
+            }
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);

@@ -16,8 +16,12 @@ use tokio::net::TcpListener;
 use super::accept::{Acceptor, serve_with};
 use super::{Proxy, ProxyBody, full, text};
 
+/// The most connections the admin API serves at once.
+const ADMIN_CONNECTIONS: usize = 64;
+
 impl Proxy {
-    /// Serves the admin API on `listener` until `shutdown` completes.
+    /// Serves the admin API on `listener` until `shutdown` completes (at most
+    /// [`ADMIN_CONNECTIONS`] connections at once).
     pub async fn serve_admin(
         self: Arc<Self>,
         listener: TcpListener,
@@ -26,7 +30,7 @@ impl Proxy {
         let header_timeout = self.header_timeout;
         let proxy = self;
         serve_with(
-            Acceptor::alone(listener),
+            Acceptor::alone(listener, ADMIN_CONNECTIONS),
             shutdown,
             Duration::ZERO,
             header_timeout,

@@ -125,6 +125,11 @@ pub struct Config {
     /// it. `None`: no bound, and a client that sends nothing, or one byte at a time, holds
     /// its connection (and a file descriptor) for as long as it likes.
     pub header_timeout: Option<Duration>,
+    /// The most client connections served at once (`None`: no bound); past it, new ones wait
+    /// in the listening socket's backlog until one closes. `examples/proxy.rs` sets it below
+    /// its open-file limit, so that backend connections, health checks and the admin API
+    /// always have descriptors left.
+    pub max_connections: Option<usize>,
     /// A Redis the proxies of a fleet share (`redis://host:port[/db]`): keys this proxy does
     /// not know are looked up there, and what it learns is written there. Connected lazily:
     /// the proxy starts (and routes what it knows) while Redis is down.
@@ -151,6 +156,7 @@ impl Default for Config {
             health_interval: Some(Duration::from_secs(1)),
             shutdown_grace: Duration::from_secs(2),
             header_timeout: Some(Duration::from_secs(30)),
+            max_connections: None,
             redis: None,
             redis_prefix: "mcpa".into(),
             down_grace: None,
@@ -182,6 +188,7 @@ pub struct Proxy {
     health_interval: Option<Duration>,
     shutdown_grace: Duration,
     header_timeout: Option<Duration>,
+    max_connections: usize,
     /// 502 answers sent (the backend failed and the router could not decide for it).
     bad_gateways: std::sync::atomic::AtomicU64,
     /// Of those, the ones a backend failed, by backend.
@@ -304,6 +311,7 @@ impl Proxy {
             health_interval: config.health_interval,
             shutdown_grace: config.shutdown_grace,
             header_timeout: config.header_timeout,
+            max_connections: config.max_connections.unwrap_or(usize::MAX),
             bad_gateways: Default::default(),
             bad_gateways_by: Default::default(),
             server_errors: Default::default(),
@@ -569,7 +577,9 @@ impl Proxy {
     /// gives in-flight requests the grace period. Its connections share a pool of backend
     /// connections of their own.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        self.serve_from(Acceptor::alone(listener), shutdown).await;
+        let limit = self.max_connections;
+        self.serve_from(Acceptor::alone(listener, limit), shutdown)
+            .await;
     }
 
     /// [`serve`](Proxy::serve), with the connections `acceptor` accepts.
@@ -620,6 +630,8 @@ impl Proxy {
             started.push((runtime, listener.try_clone()?, share));
         }
         let mut stopped = Vec::with_capacity(threads.get());
+        // Each thread's part of the bound (connections are shared evenly between them).
+        let limit = self.max_connections.div_ceil(threads.get());
         // What the threads share and one of them opened (a connection to the shared store) is
         // driven by that thread's runtime: so a thread that has stopped serving keeps its
         // runtime running until every thread has (each holds a sender until then; the
@@ -636,6 +648,7 @@ impl Proxy {
                             let acceptor = Acceptor {
                                 listener,
                                 share: Some(share),
+                                limit,
                             };
                             proxy.serve_from(acceptor, shutdown).await;
                         }
@@ -717,17 +730,22 @@ impl Proxy {
                 let probe = match tokio::time::timeout(Duration::from_millis(500), connect).await {
                     Ok(Ok(_)) => Probe::Up,
                     Ok(Err(e)) if refused(&e) => Probe::Refused,
+                    // Out of descriptors, buffers or local ports here: says nothing of the
+                    // backend, so nothing is reported.
+                    Ok(Err(e)) if local_shortage(&e) => return None,
                     _ => Probe::Failed,
                 };
-                (id, probe)
+                Some((id, probe))
             })
         });
         let mut set = tokio::task::JoinSet::new();
         for check in checks {
             set.spawn(check);
         }
-        while let Some(Ok((id, probe))) = set.join_next().await {
-            let _ = self.router.report_health(id, probe, Instant::now());
+        while let Some(Ok(checked)) = set.join_next().await {
+            if let Some((id, probe)) = checked {
+                let _ = self.router.report_health(id, probe, Instant::now());
+            }
         }
     }
 }
@@ -1208,6 +1226,15 @@ fn body_failed(error: &hyper::Error) -> bool {
 /// Nothing listens at the address: refused, or the host or network is unreachable.
 fn refused(error: &std::io::Error) -> bool {
     Undelivered::from_io(error) == Undelivered::Refused
+}
+
+/// Whether a connection attempt failed for want of something on this machine (descriptors,
+/// buffers, memory, a local port), not for anything the peer did.
+fn local_shortage(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 /// A keyring from a key file (one key per line, 64 hex digits; `#` comments), and when the
