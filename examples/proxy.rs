@@ -85,6 +85,9 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
                              counted from its start or from the end of the response before, so also
                              one idle that long between requests (default 30; 0 = never); streaming
                              responses are not cut
+  --response-timeout SECS    answer 504 for a backend that takes longer to answer a request's head
+                             (default 0 = never; a tool that runs for minutes before answering
+                             JSON needs more); bodies and event streams are not timed
   --max-connections N        serve at most N client connections at once; more wait to be accepted
                              (default: the open-file limit, raised to its hard limit first, less
                              64, halved; 0 = no bound)
@@ -157,6 +160,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("{flag}: not a count: {value:?}"))?;
                 max_connections = Some(most);
+            }
+            "--response-timeout" => {
+                let timeout = seconds(&flag, &value)?;
+                config.response_timeout = (!timeout.is_zero()).then_some(timeout);
             }
             "--down-grace" => config.down_grace = Some(seconds(&flag, &value)?),
             "--threads" => {

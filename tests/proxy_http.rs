@@ -12,6 +12,8 @@
 //!   whole.
 //! - Its bound on connections (`Config::max_connections`, `--max-connections`): past it, a
 //!   connection waits in the backlog until another closes.
+//! - Its response timeout (`Config::response_timeout`, `--response-timeout`): 504, and the
+//!   backend connection that held back its answer is closed.
 //!
 //! The hostile cases come from a helper's attack on the proxy (2026-12-01).
 
@@ -36,11 +38,14 @@ const PATIENCE: Duration = Duration::from_secs(5);
 /// A backend on raw sockets. Each request (a head, then a `content-length` body) is answered
 /// by its path: `/stream`, an SSE stream of two events a second apart (more than three times
 /// the proxy's timeout); a path that ends with `/echo`, the request's head as the body; `/both`,
-/// a 20-byte chunked body under a `Content-Length: 5`; anything else, `ok` at once.
+/// a 20-byte chunked body under a `Content-Length: 5`; `/hang`, never (it waits for the
+/// connection to close, and counts it then); anything else, `ok` at once.
 struct Backend {
     addr: SocketAddr,
     /// Requests it has read.
     requests: Arc<AtomicUsize>,
+    /// Connections closed on it while it held back an answer to `/hang`.
+    hung_closed: Arc<AtomicUsize>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -48,16 +53,26 @@ async fn backend() -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
+    let hung_closed = Arc::new(AtomicUsize::new(0));
+    let (counted, closed) = (requests.clone(), hung_closed.clone());
     let server = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         while let Ok((mut stream, _)) = listener.accept().await {
-            let counted = counted.clone();
+            let (counted, closed) = (counted.clone(), closed.clone());
             connections.spawn(async move {
                 let mut buf = Vec::new();
                 while let Some((head, _body)) = read_message(&mut stream, &mut buf).await {
                     counted.fetch_add(1, Ordering::SeqCst);
                     let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    if path == "/hang" {
+                        // The end of the connection, or another request on it (which the
+                        // proxy must never send: the answer to this one would come first).
+                        let mut byte = [0; 1];
+                        if matches!(stream.read(&mut byte).await, Ok(0) | Err(_)) {
+                            closed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        return;
+                    }
                     let answered = if path == "/stream" {
                         stream_two_events(&mut stream).await
                     } else {
@@ -83,6 +98,7 @@ async fn backend() -> Backend {
     Backend {
         addr,
         requests,
+        hung_closed,
         server,
     }
 }
@@ -436,6 +452,43 @@ async fn past_its_bound_the_proxy_accepts_a_connection_only_when_another_closes(
         .expect("served once a connection closed")
         .expect("answered");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    backend.server.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_that_does_not_answer_in_time_is_answered_for_with_504_and_left() {
+    let backend = backend().await;
+    let running = proxy_with(Config {
+        backends: vec![format!("http://{}", backend.addr)],
+        response_timeout: Some(TIMEOUT),
+        ..config()
+    })
+    .await;
+
+    // On one client connection: its first request goes through the pool, and from its second
+    // on it has a backend connection of its own (`examples/common/dedicated.rs`): the first
+    // `/hang` meets the one, the second the other.
+    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        client.write_all(post("/hang").as_bytes()).await.unwrap();
+        let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+        // The client's connection goes on.
+        let (_, body) = ask(&mut client, &mut buf, &post("/mcp")).await;
+        assert_eq!(body, b"ok");
+    }
+    // Each backend connection that held back an answer was closed, never sent another request.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while backend.hung_closed.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(backend.hung_closed.load(Ordering::SeqCst), 2);
 
     backend.server.abort();
     running.shutdown().await;

@@ -130,6 +130,12 @@ pub struct Config {
     /// its open-file limit, so that backend connections, health checks and the admin API
     /// always have descriptors left.
     pub max_connections: Option<usize>,
+    /// How long a backend may take to answer a request's head once it was sent (`None`: as
+    /// long as it likes). A backend that takes longer is answered for with 504; its
+    /// connection is closed, so a late answer reaches nobody. The body, an event stream
+    /// included, is not timed. A tool that works for minutes before answering JSON needs a
+    /// bound longer than that.
+    pub response_timeout: Option<Duration>,
     /// A Redis the proxies of a fleet share (`redis://host:port[/db]`): keys this proxy does
     /// not know are looked up there, and what it learns is written there. Connected lazily:
     /// the proxy starts (and routes what it knows) while Redis is down.
@@ -157,6 +163,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(2),
             header_timeout: Some(Duration::from_secs(30)),
             max_connections: None,
+            response_timeout: None,
             redis: None,
             redis_prefix: "mcpa".into(),
             down_grace: None,
@@ -232,6 +239,8 @@ struct Backends {
     by_slot: RwLock<Vec<Option<Backend>>>,
     /// How long the pools keep an idle backend connection.
     pool_idle_timeout: Duration,
+    /// How long a backend may take to answer a request's head.
+    response_timeout: Option<Duration>,
     /// The bounds of the dedicated backend connections.
     dedicated: Arc<Limits>,
     rewrite_host: bool,
@@ -271,6 +280,7 @@ impl Proxy {
         let backends = Arc::new(Backends {
             by_slot: RwLock::new(Vec::new()),
             pool_idle_timeout: config.pool_idle_timeout,
+            response_timeout: config.response_timeout,
             dedicated: Arc::new(Limits::new(
                 config.dedicated_connections,
                 config.pool_idle_timeout,
@@ -552,6 +562,13 @@ impl Proxy {
             // The client's own body failed (it went away mid-request): nobody to tell.
             Err(ForwardError::ClientBody) => {
                 text(StatusCode::BAD_REQUEST, "request body failed\n".into())
+            }
+            Err(error @ ForwardError::TimedOut(..)) => {
+                eprintln!("proxy: 504: {error}");
+                text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("Gateway timeout: {error}\n"),
+                )
             }
             Err(error) => self.bad_gateway(&error),
         }
@@ -893,6 +910,8 @@ pub enum ForwardError {
     ClientBody,
     /// The backend failed after the request may have run.
     Failed(BackendId, String),
+    /// The backend did not answer within the response timeout (the request may be running).
+    TimedOut(BackendId, Duration),
 }
 
 impl ForwardError {
@@ -912,6 +931,9 @@ impl std::fmt::Display for ForwardError {
             }
             ForwardError::ClientBody => f.write_str("request body failed"),
             ForwardError::Failed(_, detail) => f.write_str(detail),
+            ForwardError::TimedOut(backend, limit) => {
+                write!(f, "{backend} did not answer within {limit:?}")
+            }
         }
     }
 }
@@ -969,6 +991,7 @@ struct Sent {
     sending: Sending,
     backend: BackendId,
     gone: Option<watch::Receiver<bool>>,
+    response_timeout: Option<Duration>,
 }
 
 /// Where a request went.
@@ -985,8 +1008,20 @@ enum Sending {
 }
 
 impl Sent {
-    /// The backend's answer, or why there is none.
+    /// The backend's answer, or why there is none, within the response timeout. (At the
+    /// timeout the wait is dropped, and hyper closes the connection it was waiting on.)
     async fn answer(self) -> Result<Response<ForwardBody>, ForwardError> {
+        let (backend, limit) = (self.backend, self.response_timeout);
+        match limit {
+            Some(limit) => tokio::time::timeout(limit, self.receive())
+                .await
+                .unwrap_or(Err(ForwardError::TimedOut(backend, limit))),
+            None => self.receive().await,
+        }
+    }
+
+    /// The backend's answer, or why there is none.
+    async fn receive(self) -> Result<Response<ForwardBody>, ForwardError> {
         let backend = self.backend;
         let (response, connection) = match self.sending {
             Sending::Pooled(response) => {
@@ -1131,6 +1166,7 @@ impl Backends {
             sending,
             backend,
             gone,
+            response_timeout: self.response_timeout,
         })
     }
 
