@@ -85,12 +85,13 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
                              counted from its start or from the end of the response before, so also
                              one idle that long between requests (default 30; 0 = never); streaming
                              responses are not cut
-  --response-timeout SECS    answer 504 for a backend that takes longer to answer a request's head
-                             (default 0 = never; a tool that runs for minutes before answering
-                             JSON needs more); bodies and event streams are not timed
+  --response-timeout SECS    answer 504 for a backend that takes longer to answer a request's head,
+                             counted from when the request (and its body's upload) starts (default
+                             0 = never; a tool that runs for minutes before answering JSON needs
+                             more); response bodies and event streams are not timed
   --max-connections N        serve at most N client connections at once; more wait to be accepted
                              (default: the open-file limit, raised to its hard limit first, less
-                             64, halved; 0 = no bound)
+                             128, over 3; 0 = no bound); with --threads, N/threads each
   --threads N                serve clients on N threads, each polling its own connections (default:
                              one per CPU); 0 = one tokio work-stealing runtime for everything
 ";
@@ -208,13 +209,13 @@ fn open_file_limit() -> Option<u64> {
 }
 
 /// The client connections the proxy serves at once within `limit` open files: each may have
-/// a backend connection of its own, and 64 descriptors are kept for the pool, health checks,
-/// the admin API, the shared store and the process itself.
+/// a backend connection of its own and an idle one in the pool, and 128 descriptors are kept
+/// for the admin API (64), health checks, the shared store and the process itself.
 fn connections_within(limit: Option<u64>) -> usize {
     let Some(limit) = limit else {
         return usize::MAX;
     };
-    let clients = limit.saturating_sub(64) / 2;
+    let clients = limit.saturating_sub(128) / 3;
     usize::try_from(clients).unwrap_or(usize::MAX).max(1)
 }
 

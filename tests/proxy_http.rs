@@ -371,6 +371,26 @@ async fn the_proxy_answers_what_no_backend_is_sent_and_hosts_absolute_targets() 
             "400",
         ),
         (
+            "GET /..;/admin/echo HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET /%2e%2e%3bx/admin/echo HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET http://user:pw@evil.test/echo HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET http://good.test@evil.test/echo HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET http://:80/echo HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+            "400",
+        ),
+        (
             "GET /echo HTTP/1.1\r\nhost: a.test\r\nhost: b.test\r\n\r\n",
             "400",
         ),

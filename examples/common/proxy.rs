@@ -130,8 +130,9 @@ pub struct Config {
     /// its open-file limit, so that backend connections, health checks and the admin API
     /// always have descriptors left.
     pub max_connections: Option<usize>,
-    /// How long a backend may take to answer a request's head once it was sent (`None`: as
-    /// long as it likes). A backend that takes longer is answered for with 504; its
+    /// How long a backend may take to answer a request's head, counted from when the request
+    /// is handed to the connection, so a request body's upload counts in it (`None`: as long
+    /// as it likes). A backend that takes longer is answered for with 504; its
     /// connection is closed, so a late answer reaches nobody. The body, an event stream
     /// included, is not timed. A tool that works for minutes before answering JSON needs a
     /// bound longer than that.
@@ -563,6 +564,13 @@ impl Proxy {
             Err(ForwardError::ClientBody) => {
                 text(StatusCode::BAD_REQUEST, "request body failed\n".into())
             }
+            Err(error @ ForwardError::Local(_)) => {
+                eprintln!("proxy: 503: {error}");
+                let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
+                busy.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                busy
+            }
             Err(error @ ForwardError::TimedOut(..)) => {
                 eprintln!("proxy: 504: {error}");
                 text(
@@ -647,8 +655,9 @@ impl Proxy {
             started.push((runtime, listener.try_clone()?, share));
         }
         let mut stopped = Vec::with_capacity(threads.get());
-        // Each thread's part of the bound (connections are shared evenly between them).
-        let limit = self.max_connections.div_ceil(threads.get());
+        // Each thread's part of the bound (connections are shared evenly between them; at
+        // least one each, so a bound below the threads serves one a thread).
+        let limit = (self.max_connections / threads.get()).max(1);
         // What the threads share and one of them opened (a connection to the shared store) is
         // driven by that thread's runtime: so a thread that has stopped serving keeps its
         // runtime running until every thread has (each holds a sender until then; the
@@ -871,6 +880,11 @@ fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static str
         return Err((StatusCode::BAD_REQUEST, "more than one Host\n"));
     }
     if let Some(authority) = req.uri().authority() {
+        // Userinfo is an error in an http(s) URI, and a host must not be empty (RFC 9110
+        // §4.2.4): either would make a `Host` that means one thing here and another there.
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return Err((StatusCode::BAD_REQUEST, "an invalid authority\n"));
+        }
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| (StatusCode::BAD_REQUEST, "an invalid authority\n"))?;
         req.headers_mut().insert(header::HOST, host);
@@ -878,8 +892,9 @@ fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static str
     Ok(())
 }
 
-/// Whether `path` has a `.` or `..` segment as a generous server reads it: `%2e` as `.`, and
-/// `%2f`, `%5c` and `\` as `/`.
+/// Whether `path` has a `.` or `..` segment as a generous server reads it: `%2e` as `.`,
+/// `%2f`, `%5c` and `\` as `/`, and a segment's `;` parameters dropped (servlet containers
+/// drop them before resolving the segment: `/..;/`).
 fn has_dot_segment(path: &str) -> bool {
     if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
         return false;
@@ -887,12 +902,14 @@ fn has_dot_segment(path: &str) -> bool {
     let decoded = path
         .to_ascii_lowercase()
         .replace("%2e", ".")
+        .replace("%3b", ";")
         .replace('\\', "/")
         .replace("%2f", "/")
         .replace("%5c", "/");
-    decoded
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
+    decoded.split('/').any(|segment| {
+        let segment = segment.split(';').next().unwrap_or_default();
+        segment == "." || segment == ".."
+    })
 }
 
 /// The client's address as an `X-Forwarded-For` value.
@@ -912,6 +929,9 @@ pub enum ForwardError {
     Failed(BackendId, String),
     /// The backend did not answer within the response timeout (the request may be running).
     TimedOut(BackendId, Duration),
+    /// No connection could be opened for want of something on this machine (descriptors,
+    /// ports): 503, and the backend is not blamed.
+    Local(String),
 }
 
 impl ForwardError {
@@ -934,6 +954,7 @@ impl std::fmt::Display for ForwardError {
             ForwardError::TimedOut(backend, limit) => {
                 write!(f, "{backend} did not answer within {limit:?}")
             }
+            ForwardError::Local(detail) => write!(f, "no connection could be opened: {detail}"),
         }
     }
 }
@@ -1068,6 +1089,12 @@ impl Sent {
 /// What a failure of the pooled client says: not delivered (nothing was written), or
 /// [`written_and_failed`].
 fn pool_error(error: &hyper_util::client::legacy::Error, backend: BackendId) -> ForwardError {
+    let mut causes = std::iter::successors(std::error::Error::source(error), |e| e.source());
+    let io = causes.find_map(|cause| cause.downcast_ref::<std::io::Error>());
+    if error.is_connect() && io.is_some_and(local_shortage) {
+        // Out of descriptors or ports here: nothing the backend did, so the router is not told.
+        return ForwardError::Local(format!("{error:?}"));
+    }
     match undelivered(error) {
         Some(why) => {
             // A refusal is how a dead backend answers; anything else (a timeout, a reset) is
