@@ -134,12 +134,11 @@ impl Acceptor {
 /// Accepts connections until `shutdown`, serving each with the handler `per_connection`
 /// makes for its peer (and polling, in the connection's task, the future it makes with it:
 /// the connection's dedicated backend connection), at most the acceptor's `limit` at once;
-/// then tells every connection to finish its
-/// request in flight and close, and waits up to `grace` for them. A connection that takes
-/// longer than `header_timeout` to send a request's head (from its start, or from the end of
-/// the response before) is closed (hyper's header read timeout). The connections are owned by this future: those
-/// still open after the grace period, or when the future is dropped (its task aborted), are
-/// dropped with it.
+/// then tells every connection to finish its request in flight and close, and waits up to
+/// `grace` for them. A connection that takes longer than `header_timeout` to send a request's
+/// head (from its start, or from the end of the response before) is closed (hyper's header
+/// read timeout). The connections are owned by this future: those still open after the grace
+/// period, or when the future is dropped (its task aborted), are dropped with it.
 pub(super) async fn serve_with<M, H, F, D>(
     mut acceptor: Acceptor,
     shutdown: impl Future<Output = ()>,

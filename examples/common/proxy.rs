@@ -566,10 +566,7 @@ impl Proxy {
             }
             Err(error @ ForwardError::Local(_)) => {
                 eprintln!("proxy: 503: {error}");
-                let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
-                busy.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                busy
+                busy()
             }
             Err(error @ ForwardError::TimedOut(..)) => {
                 eprintln!("proxy: 504: {error}");
@@ -809,7 +806,7 @@ impl Connection {
         // The forwarder takes every request (a pooled client, or the dedicated connection), so
         // the gateway is ready at once.
         let call = match check_target(&mut req) {
-            Err(refused) => Err(Unsent::Refused(refused)),
+            Err((status, why)) => Err(Unsent::Refused(status, why)),
             Ok(()) => {
                 match gateway.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
                     Poll::Ready(Ok(())) => Ok(gateway.call(req)),
@@ -824,13 +821,8 @@ impl Connection {
             let response = match call {
                 Ok(call) => proxy.answer(call.await),
                 Err(Unsent::Failed(error)) => proxy.answer(Err(error)),
-                Err(Unsent::Refused((status, why))) => text(status, why.into()),
-                Err(Unsent::Busy) => {
-                    let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
-                    busy.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    busy
-                }
+                Err(Unsent::Refused(status, why)) => text(status, why.into()),
+                Err(Unsent::Busy) => busy(),
             };
             if response.status().is_server_error() {
                 proxy
@@ -845,7 +837,7 @@ impl Connection {
 /// Why a request was not handed to the gateway.
 enum Unsent {
     /// The proxy answers it itself ([`check_target`]).
-    Refused((StatusCode, &'static str)),
+    Refused(StatusCode, &'static str),
     Failed(ForwardError),
     Busy,
 }
@@ -1089,9 +1081,7 @@ impl Sent {
 /// What a failure of the pooled client says: not delivered (nothing was written), or
 /// [`written_and_failed`].
 fn pool_error(error: &hyper_util::client::legacy::Error, backend: BackendId) -> ForwardError {
-    let mut causes = std::iter::successors(std::error::Error::source(error), |e| e.source());
-    let io = causes.find_map(|cause| cause.downcast_ref::<std::io::Error>());
-    if error.is_connect() && io.is_some_and(local_shortage) {
+    if error.is_connect() && io_cause(error).is_some_and(local_shortage) {
         // Out of descriptors or ports here: nothing the backend did, so the router is not told.
         return ForwardError::Local(format!("{error:?}"));
     }
@@ -1259,11 +1249,15 @@ impl Backends {
 /// Why a request that failed never reached its backend, if it surely did not: hyper-util
 /// reports connection failures (nothing written) as connect errors.
 fn undelivered(error: &hyper_util::client::legacy::Error) -> Option<Undelivered> {
-    let mut causes = std::iter::successors(std::error::Error::source(error), |e| e.source());
-    let io = causes.find_map(|cause| cause.downcast_ref::<std::io::Error>());
     error
         .is_connect()
-        .then(|| io.map_or(Undelivered::Failed, Undelivered::from_io))
+        .then(|| io_cause(error).map_or(Undelivered::Failed, Undelivered::from_io))
+}
+
+/// The I/O error beneath a failure of the pooled client, if any.
+fn io_cause(error: &hyper_util::client::legacy::Error) -> Option<&std::io::Error> {
+    let mut causes = std::iter::successors(std::error::Error::source(error), |e| e.source());
+    causes.find_map(|cause| cause.downcast_ref::<std::io::Error>())
 }
 
 /// Whether a failed request failed on the client's side (its body), not the backend's.
@@ -1412,6 +1406,14 @@ pub fn rejection_response(rejection: &Rejection) -> Response<ProxyBody> {
 /// waiting for an answer to their request forever.
 fn bad_gateway(why: &str) -> Response<ProxyBody> {
     text(StatusCode::BAD_GATEWAY, format!("Bad gateway: {why}\n"))
+}
+
+/// 503 with `Retry-After: 1`: this proxy cannot take the request now.
+fn busy() -> Response<ProxyBody> {
+    let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, "busy\n".into());
+    busy.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    busy
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
