@@ -1,11 +1,15 @@
 //! An MCP gateway on axum: `/healthz` is answered here; everything else goes through
 //! [`AffinityLayer`] to a pooled hyper-util client, so each conversation stays on the backend
-//! that owns it. Hop-by-hop headers are not passed on; every backend's port is probed once a
-//! second (a backend marked down by a refused connection comes back when it listens again);
-//! on SIGTERM or Ctrl-C, requests in flight get two seconds (an open event stream has no end
-//! of its own). `axum::serve` bounds no client's time to send a request head: in front of
-//! untrusted clients, serve the app with hyper's `header_read_timeout`, as `examples/proxy.rs`
-//! does (`--header-timeout`).
+//! that owns it. What no backend should be sent (`CONNECT`, a target that is not a path, a
+//! dot-segment in the path, two `Host`s) is answered here, as the proxy answers it (the
+//! checks are shared: `examples/common/hop.rs`). Hop-by-hop headers are not passed on; every
+//! backend's port is probed once a second (a backend marked down by a refused connection
+//! comes back when it listens again); on SIGTERM or Ctrl-C, requests in flight get two
+//! seconds (an open event stream has no end of its own).
+//!
+//! `axum::serve` bounds no client's time, neither to send a request head nor its body: in
+//! front of untrusted clients, serve the app with hyper's `header_read_timeout` and a bound on
+//! bodies, as `examples/proxy.rs` does (`--header-timeout`, `--body-timeout`).
 //!
 //! ```text
 //! cargo run --example axum_gateway -- --listen 127.0.0.1:8080 \
@@ -19,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::error_handling::HandleError;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, StatusCode};
@@ -79,6 +85,15 @@ pub fn app(router: Arc<Router>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback_service(HandleError::new(gateway, bad_gateway))
+        .layer(middleware::from_fn(checked))
+}
+
+/// Answers what no backend is sent ([`hop::check_target`]), before the router classifies it.
+async fn checked(mut request: Request<Body>, next: Next) -> Response {
+    match hop::check_target(&mut request) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// A connection that failed before a byte was written: the router may place the request

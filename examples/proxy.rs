@@ -85,6 +85,9 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
                              counted from its start or from the end of the response before, so also
                              one idle that long between requests (default 30; 0 = never); streaming
                              responses are not cut
+  --body-timeout SECS        answer 408 and close a client connection whose request body takes longer
+                             to arrive, plus a millisecond for each byte that does (so an upload at
+                             1,000 bytes a second or faster is never cut; default 30; 0 = never)
   --response-timeout SECS    answer 504 for a backend that takes longer to answer a request's head,
                              counted from when the request (and its body's upload) starts (default
                              0 = never; a tool that runs for minutes before answering JSON needs
@@ -155,6 +158,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--header-timeout" => {
                 let timeout = seconds(&flag, &value)?;
                 config.header_timeout = (!timeout.is_zero()).then_some(timeout);
+            }
+            "--body-timeout" => {
+                let timeout = seconds(&flag, &value)?;
+                config.body_timeout = (!timeout.is_zero()).then_some(timeout);
             }
             "--max-connections" => {
                 let most: usize = value

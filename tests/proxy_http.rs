@@ -14,6 +14,11 @@
 //!   connection waits in the backlog until another closes.
 //! - Its response timeout (`Config::response_timeout`, `--response-timeout`): 504, and the
 //!   backend connection that held back its answer is closed.
+//! - Its body timeout (`Config::body_timeout`, `--body-timeout`): a request body that stops
+//!   arriving is answered 408, its connection closed, and the backend connection it was
+//!   streamed to closed, whether the router's layer read it whole (a small body) or it was
+//!   streamed, through the pool or a dedicated connection; a body that keeps coming at the
+//!   minimum rate is never cut.
 //!
 //! The hostile cases come from a helper's attack on the proxy (2026-12-01).
 
@@ -46,6 +51,8 @@ struct Backend {
     requests: Arc<AtomicUsize>,
     /// Connections closed on it while it held back an answer to `/hang`.
     hung_closed: Arc<AtomicUsize>,
+    /// Connections closed on it in the middle of a request.
+    cut_short: Arc<AtomicUsize>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -54,14 +61,19 @@ async fn backend() -> Backend {
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
     let hung_closed = Arc::new(AtomicUsize::new(0));
-    let (counted, closed) = (requests.clone(), hung_closed.clone());
+    let cut_short = Arc::new(AtomicUsize::new(0));
+    let (counted, closed, cut) = (requests.clone(), hung_closed.clone(), cut_short.clone());
     let server = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         while let Ok((mut stream, _)) = listener.accept().await {
-            let (counted, closed) = (counted.clone(), closed.clone());
+            let (counted, closed, cut) = (counted.clone(), closed.clone(), cut.clone());
             connections.spawn(async move {
                 let mut buf = Vec::new();
-                while let Some((head, _body)) = read_message(&mut stream, &mut buf).await {
+                while let Some(head) = read_head(&mut stream, &mut buf).await {
+                    if read_body(&mut stream, &mut buf, &head).await.is_none() {
+                        cut.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
                     counted.fetch_add(1, Ordering::SeqCst);
                     let path = head.split(' ').nth(1).unwrap_or("").to_owned();
                     if path == "/hang" {
@@ -99,6 +111,7 @@ async fn backend() -> Backend {
         addr,
         requests,
         hung_closed,
+        cut_short,
         server,
     }
 }
@@ -129,13 +142,24 @@ async fn stream_two_events(stream: &mut TcpStream) -> std::io::Result<()> {
 /// Reads one message (a head, then its `content-length` or chunked body) from `stream`,
 /// keeping what follows in `buf`; `None` at end of stream (or an error) before a whole one.
 async fn read_message(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    let head = read_head(stream, buf).await?;
+    let body = read_body(stream, buf, &head).await?;
+    Some((head, body))
+}
+
+/// Reads a message's head from `stream` ([`read_message`]).
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     let end = loop {
         if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
         }
         fill(stream, buf).await?;
     };
-    let head = String::from_utf8(buf.drain(..end).collect()).ok()?;
+    String::from_utf8(buf.drain(..end).collect()).ok()
+}
+
+/// Reads the body of the message whose head is `head` from `stream` ([`read_message`]).
+async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, head: &str) -> Option<Vec<u8>> {
     let header = |name: &str| {
         head.lines()
             .filter_map(|line| line.split_once(':'))
@@ -169,7 +193,7 @@ async fn read_message(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Stri
         }
         body.extend(buf.drain(..len));
     }
-    Some((head, body))
+    Some(body)
 }
 
 async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
@@ -347,7 +371,27 @@ async fn the_proxy_answers_what_no_backend_is_sent_and_hosts_absolute_targets() 
     let backend = backend().await;
     // Under a prefix, which a dot-segment would climb out of.
     let running = proxy_of(&format!("http://{}/base", backend.addr)).await;
+    answers_what_no_backend_is_sent(&running, &backend).await;
+    backend.server.abort();
+    running.shutdown().await;
+}
 
+#[tokio::test]
+async fn the_axum_gateway_answers_what_no_backend_is_sent_as_the_proxy_does() {
+    let backend = backend().await;
+    let config = Config {
+        backends: vec![format!("http://{}/base", backend.addr)],
+        ..config()
+    };
+    let running = e2e::start_axum(&config).await.expect("the gateway starts");
+    answers_what_no_backend_is_sent(&running, &backend).await;
+    backend.server.abort();
+    running.shutdown().await;
+}
+
+/// What `running` (in front of `backend`, under the prefix `/base`) answers itself, and the
+/// `Host` the backend sees of an absolute-form target.
+async fn answers_what_no_backend_is_sent(running: &Running, backend: &Backend) {
     let refused = [
         (
             "CONNECT 127.0.0.1:22 HTTP/1.1\r\nhost: 127.0.0.1:22\r\n\r\n",
@@ -432,9 +476,6 @@ async fn the_proxy_answers_what_no_backend_is_sent_and_hosts_absolute_targets() 
     assert!(seen.starts_with("post /base/echo "), "{seen}");
     assert!(seen.contains("host: mcp.example:8443\r\n"), "{seen}");
     assert!(!seen.contains("evil.test"), "{seen}");
-
-    backend.server.abort();
-    running.shutdown().await;
 }
 
 #[tokio::test]
@@ -509,6 +550,142 @@ async fn a_backend_that_does_not_answer_in_time_is_answered_for_with_504_and_lef
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(backend.hung_closed.load(Ordering::SeqCst), 2);
+
+    backend.server.abort();
+    running.shutdown().await;
+}
+
+/// How a test request's body is framed.
+#[derive(Clone, Copy, Debug)]
+enum Framing {
+    /// `Content-Length`: within the layer's replay limit, so the layer reads it whole before
+    /// it places the conversation's start.
+    Length,
+    /// Chunked: streamed to the backend as it comes.
+    Chunked,
+}
+
+/// Sends a `POST /mcp` head announcing `chunks` pieces of 100 bytes, then the first `sent` of
+/// them `gap` apart (the rest never come if `sent < chunks`).
+async fn post_slowly(
+    client: &mut TcpStream,
+    framing: Framing,
+    chunks: usize,
+    sent: usize,
+    gap: Duration,
+) {
+    let piece = "x".repeat(100);
+    let framing_header = match framing {
+        Framing::Length => format!("content-length: {}", chunks * piece.len()),
+        Framing::Chunked => "transfer-encoding: chunked".to_owned(),
+    };
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: proxy.test\r\ncontent-type: application/json\r\n\
+         {framing_header}\r\n\r\n"
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    for i in 0..sent {
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        let data = match framing {
+            Framing::Length => piece.clone(),
+            Framing::Chunked => format!("{:x}\r\n{piece}\r\n", piece.len()),
+        };
+        client.write_all(data.as_bytes()).await.unwrap();
+    }
+    if sent == chunks {
+        if let Framing::Chunked = framing {
+            client.write_all(b"0\r\n\r\n").await.unwrap();
+        }
+    }
+}
+
+/// The proxy of these tests, with the short timeout on request bodies too.
+async fn proxy_timing_bodies(backend: SocketAddr) -> Running {
+    proxy_with(Config {
+        backends: vec![format!("http://{backend}")],
+        body_timeout: Some(TIMEOUT),
+        ..config()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_answered_408_and_its_connections_closed() {
+    let backend = backend().await;
+    let running = proxy_timing_bodies(backend.addr).await;
+
+    // (framing, requests before it on the connection): read whole by the layer; streamed
+    // through the pool (a connection's first request); streamed on the connection's
+    // dedicated backend connection (its second in a row to one backend).
+    for (framing, before) in [
+        (Framing::Length, 0),
+        (Framing::Chunked, 0),
+        (Framing::Chunked, 1),
+    ] {
+        let mut client = TcpStream::connect(running.addr).await.unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..before {
+            ask(&mut client, &mut buf, &post("/mcp")).await;
+        }
+        let answered = backend.requests.load(Ordering::SeqCst);
+        // Two pieces of ten, then nothing.
+        post_slowly(&mut client, framing, 10, 2, Duration::from_millis(10)).await;
+        let (head, body) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
+            .await
+            .expect("answered in time")
+            .expect("answered before the connection closed");
+        assert!(head.starts_with("HTTP/1.1 408"), "{framing:?}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{framing:?}: {head}"
+        );
+        assert!(
+            String::from_utf8_lossy(&body).contains("did not arrive"),
+            "{framing:?}"
+        );
+        assert!(
+            closed_unanswered(&mut client).await,
+            "{framing:?}: the connection was kept"
+        );
+        assert_eq!(
+            backend.requests.load(Ordering::SeqCst),
+            answered,
+            "{framing:?}: a backend got the request whole"
+        );
+    }
+    // Both streamed bodies were cut on their backend connections, which were closed.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while backend.cut_short.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(backend.cut_short.load(Ordering::SeqCst), 2);
+
+    backend.server.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_body_that_keeps_coming_at_the_minimum_rate_is_not_cut() {
+    let backend = backend().await;
+    let running = proxy_timing_bodies(backend.addr).await;
+
+    // 100 bytes every 50 ms (2,000 bytes a second, twice the minimum rate): a second in all,
+    // more than three times the timeout.
+    for framing in [Framing::Length, Framing::Chunked] {
+        let mut client = TcpStream::connect(running.addr).await.unwrap();
+        let mut buf = Vec::new();
+        post_slowly(&mut client, framing, 20, 20, Duration::from_millis(50)).await;
+        let (head, body) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
+            .await
+            .expect("answered in time")
+            .expect("answered before the connection closed");
+        assert!(head.starts_with("HTTP/1.1 200"), "{framing:?}: {head}");
+        assert_eq!(body, b"ok", "{framing:?}");
+        // And the connection goes on.
+        ask(&mut client, &mut buf, &post("/mcp")).await;
+    }
 
     backend.server.abort();
     running.shutdown().await;

@@ -1,7 +1,9 @@
-//! The headers that concern one connection only, which a proxy must not pass on (shared by
-//! the proxy and the axum gateway).
+//! What a hop does to the messages it passes on, shared by the proxy and the axum gateway:
+//! the requests it refuses to pass on ([`check_target`]), and the headers that concern one
+//! connection only ([`strip_hop_by_hop`]).
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode};
 
 /// The hop-by-hop headers (RFC 9110 §7.6.1), and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -53,4 +55,66 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(name);
     }
+}
+
+/// What a hop answers itself, sending no backend, and the target's authority put in `Host`:
+///
+/// - `CONNECT` (405): the hop opens no tunnels;
+/// - a target that is not a path (`OPTIONS *`, 400): it would be sent as a path under the
+///   backend's prefix;
+/// - a path with a dot-segment (`/../admin`; also percent-encoded, or behind an encoded
+///   slash or a backslash; 400): a backend that removes them would serve what lies outside
+///   its prefix, or another path than the router classified (clients remove them before
+///   sending, RFC 3986 §5.2.4);
+/// - more than one `Host` (400, RFC 9112 §3.2);
+/// - an absolute-form target (`POST http://host/mcp`) has its authority put in `Host`, in place
+///   of the one received (RFC 9112 §3.2.2).
+pub fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static str)> {
+    if req.method() == Method::CONNECT {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied\n"));
+    }
+    let path = req.uri().path();
+    if !path.starts_with('/') {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "the request target is not a path\n",
+        ));
+    }
+    if has_dot_segment(path) {
+        return Err((StatusCode::BAD_REQUEST, "a dot-segment in the path\n"));
+    }
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Err((StatusCode::BAD_REQUEST, "more than one Host\n"));
+    }
+    if let Some(authority) = req.uri().authority() {
+        // Userinfo is an error in an http(s) URI, and a host must not be empty (RFC 9110
+        // §4.2.4): either would make a `Host` that means one thing here and another there.
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return Err((StatusCode::BAD_REQUEST, "an invalid authority\n"));
+        }
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| (StatusCode::BAD_REQUEST, "an invalid authority\n"))?;
+        req.headers_mut().insert(header::HOST, host);
+    }
+    Ok(())
+}
+
+/// Whether `path` has a `.` or `..` segment as a generous server reads it: `%2e` as `.`,
+/// `%2f`, `%5c` and `\` as `/`, and a segment's `;` parameters dropped (servlet containers
+/// drop them before resolving the segment: `/..;/`).
+fn has_dot_segment(path: &str) -> bool {
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
+    let decoded = path
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%3b", ";")
+        .replace('\\', "/")
+        .replace("%2f", "/")
+        .replace("%5c", "/");
+    decoded.split('/').any(|segment| {
+        let segment = segment.split(';').next().unwrap_or_default();
+        segment == "." || segment == ".."
+    })
 }

@@ -76,9 +76,13 @@ mod admin;
 pub mod dedicated;
 #[path = "hop.rs"]
 mod hop;
+#[path = "timed.rs"]
+pub mod timed;
 use accept::{Acceptor, Share, serve_with};
 use dedicated::{Dedicated, Limits, LookAhead};
+use hop::check_target;
 pub use hop::strip_hop_by_hop;
+use timed::{BodyTimer, Timed};
 
 /// The body of every response the proxy sends: the gateway's (the backend's, observed by the
 /// router, or the router's rejection), or one the proxy writes itself. Two variants, not a
@@ -125,6 +129,13 @@ pub struct Config {
     /// it. `None`: no bound, and a client that sends nothing, or one byte at a time, holds
     /// its connection (and a file descriptor) for as long as it likes.
     pub header_timeout: Option<Duration>,
+    /// How long a request's body may take to arrive once the proxy waits for it, plus a
+    /// millisecond for each byte that arrives meanwhile (`timed.rs`: an upload at 1,000 bytes
+    /// a second or faster is never cut). A body that takes longer fails: the client is
+    /// answered 408 and its connection closed, and the backend connection the body was
+    /// streamed to is closed. `None`: no bound, and a client that sends its body a byte at a
+    /// time holds its connection for as long as it likes.
+    pub body_timeout: Option<Duration>,
     /// The most client connections served at once (`None`: no bound); past it, new ones wait
     /// in the listening socket's backlog until one closes. `examples/proxy.rs` sets it below
     /// its open-file limit, so that backend connections, health checks and the admin API
@@ -163,6 +174,7 @@ impl Default for Config {
             health_interval: Some(Duration::from_secs(1)),
             shutdown_grace: Duration::from_secs(2),
             header_timeout: Some(Duration::from_secs(30)),
+            body_timeout: Some(Duration::from_secs(30)),
             max_connections: None,
             response_timeout: None,
             redis: None,
@@ -196,6 +208,7 @@ pub struct Proxy {
     health_interval: Option<Duration>,
     shutdown_grace: Duration,
     header_timeout: Option<Duration>,
+    body_timeout: Option<Duration>,
     max_connections: usize,
     /// 502 answers sent (the backend failed and the router could not decide for it).
     bad_gateways: std::sync::atomic::AtomicU64,
@@ -233,7 +246,7 @@ type Classifier = fn(&ForwardError) -> Option<Undelivered>;
 
 /// A pooled client to send to the backends (behind an `Arc`: a `Client` is large, and its
 /// handle travels with each request that may need it).
-type Pool = Arc<Client<HttpConnector, ReplayBody<Incoming>>>;
+type Pool = Arc<Client<HttpConnector, ReplayBody<Timed>>>;
 
 /// The backends' addresses by slot, and how to reach them.
 struct Backends {
@@ -322,6 +335,7 @@ impl Proxy {
             health_interval: config.health_interval,
             shutdown_grace: config.shutdown_grace,
             header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
             max_connections: config.max_connections.unwrap_or(usize::MAX),
             bad_gateways: Default::default(),
             bad_gateways_by: Default::default(),
@@ -527,6 +541,7 @@ impl Proxy {
             proxy: self.clone(),
             gateway: self.layer.layer(forwarder),
             forwarded_for: forwarded_for(peer),
+            body_timer: self.body_timeout.map(BodyTimer::new),
         };
         let drive = async move {
             match dedicated {
@@ -780,6 +795,8 @@ pub struct Connection {
     gateway: Gateway,
     /// The client's address as an `X-Forwarded-For` value.
     forwarded_for: Option<HeaderValue>,
+    /// The bound on its request bodies (`None`: none).
+    body_timer: Option<BodyTimer>,
 }
 
 impl Connection {
@@ -789,12 +806,19 @@ impl Connection {
     /// rejects it (a pinned request whose owner refused the connection: its session is gone,
     /// 404). The client's address is appended to `X-Forwarded-For`.
     ///
+    /// A request whose body does not arrive in time ([`Config::body_timeout`]) is answered 408
+    /// and its connection closed.
+    ///
     /// The request is handed to the gateway before this returns; the future only waits for
     /// the answer. It stays small that way (hyper moves it into its connection state).
     pub fn handle(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
+        let mut req = req.map(|body| match &self.body_timer {
+            Some(timer) => timer.time(body),
+            None => Timed::untimed(body),
+        });
         // Before the client's address is added: a client could name X-Forwarded-For in
         // `Connection` and have it removed.
         strip_hop_by_hop(req.headers_mut());
@@ -817,6 +841,7 @@ impl Connection {
             }
         };
         let proxy = self.proxy.clone();
+        let body_timer = self.body_timer.clone();
         async move {
             let response = match call {
                 Ok(call) => proxy.answer(call.await),
@@ -824,6 +849,10 @@ impl Connection {
                 Err(Unsent::Refused(status, why)) => text(status, why.into()),
                 Err(Unsent::Busy) => busy(),
             };
+            // Whoever noticed that the body failed (the layer, or the forwarder) answered 400.
+            if let Some(timer) = body_timer.filter(BodyTimer::expired) {
+                return body_timed_out(timer.limit());
+            }
             if response.status().is_server_error() {
                 proxy
                     .server_errors
@@ -840,68 +869,6 @@ enum Unsent {
     Refused(StatusCode, &'static str),
     Failed(ForwardError),
     Busy,
-}
-
-/// Answers what no backend is sent, and puts the target's authority in `Host`:
-///
-/// - `CONNECT` (405): the proxy opens no tunnels;
-/// - a target that is not a path (`OPTIONS *`, 400): it would be sent as a path under the
-///   backend's prefix;
-/// - a path with a dot-segment (`/../admin`; also percent-encoded, or behind an encoded
-///   slash or a backslash; 400): a backend that removes them would serve what lies outside
-///   its prefix, or another path than the router classified (clients remove them before
-///   sending, RFC 3986 §5.2.4);
-/// - more than one `Host` (400, RFC 9112 §3.2);
-/// - an absolute-form target (`POST http://host/mcp`) has its authority put in `Host`, in place
-///   of the one received (RFC 9112 §3.2.2).
-fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static str)> {
-    if req.method() == Method::CONNECT {
-        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied\n"));
-    }
-    let path = req.uri().path();
-    if !path.starts_with('/') {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "the request target is not a path\n",
-        ));
-    }
-    if has_dot_segment(path) {
-        return Err((StatusCode::BAD_REQUEST, "a dot-segment in the path\n"));
-    }
-    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
-        return Err((StatusCode::BAD_REQUEST, "more than one Host\n"));
-    }
-    if let Some(authority) = req.uri().authority() {
-        // Userinfo is an error in an http(s) URI, and a host must not be empty (RFC 9110
-        // §4.2.4): either would make a `Host` that means one thing here and another there.
-        if authority.as_str().contains('@') || authority.host().is_empty() {
-            return Err((StatusCode::BAD_REQUEST, "an invalid authority\n"));
-        }
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| (StatusCode::BAD_REQUEST, "an invalid authority\n"))?;
-        req.headers_mut().insert(header::HOST, host);
-    }
-    Ok(())
-}
-
-/// Whether `path` has a `.` or `..` segment as a generous server reads it: `%2e` as `.`,
-/// `%2f`, `%5c` and `\` as `/`, and a segment's `;` parameters dropped (servlet containers
-/// drop them before resolving the segment: `/..;/`).
-fn has_dot_segment(path: &str) -> bool {
-    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
-        return false;
-    }
-    let decoded = path
-        .to_ascii_lowercase()
-        .replace("%2e", ".")
-        .replace("%3b", ";")
-        .replace('\\', "/")
-        .replace("%2f", "/")
-        .replace("%5c", "/");
-    decoded.split('/').any(|segment| {
-        let segment = segment.split(';').next().unwrap_or_default();
-        segment == "." || segment == ".."
-    })
 }
 
 /// The client's address as an `X-Forwarded-For` value.
@@ -966,7 +933,7 @@ struct Forwarder {
     dedicated: Option<Arc<Dedicated>>,
 }
 
-impl Service<Request<ReplayBody<Incoming>>> for Forwarder {
+impl Service<Request<ReplayBody<Timed>>> for Forwarder {
     type Response = Response<ForwardBody>;
     type Error = ForwardError;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ForwardBody>, ForwardError>> + Send>>;
@@ -976,7 +943,7 @@ impl Service<Request<ReplayBody<Incoming>>> for Forwarder {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<ReplayBody<Incoming>>) -> Self::Future {
+    fn call(&mut self, request: Request<ReplayBody<Timed>>) -> Self::Future {
         // The request is made and handed to a connection here; the future only waits for the
         // answer, so it stays small (it is boxed and moved per request).
         match self
@@ -1130,7 +1097,7 @@ impl Backends {
     /// connection or the `pool` (`Err`: that backend is gone).
     fn send(
         &self,
-        request: Request<ReplayBody<Incoming>>,
+        request: Request<ReplayBody<Timed>>,
         pool: &Pool,
         dedicated: Option<&Arc<Dedicated>>,
     ) -> Result<Sent, ForwardError> {
@@ -1406,6 +1373,17 @@ pub fn rejection_response(rejection: &Rejection) -> Response<ProxyBody> {
 /// waiting for an answer to their request forever.
 fn bad_gateway(why: &str) -> Response<ProxyBody> {
     text(StatusCode::BAD_GATEWAY, format!("Bad gateway: {why}\n"))
+}
+
+/// 408 with `Connection: close`: the request's body did not arrive within `limit` (the rest of
+/// it is not read, so the connection cannot carry another request).
+fn body_timed_out(limit: Duration) -> Response<ProxyBody> {
+    let why = format!("the request body did not arrive within {limit:?}\n");
+    let mut timed_out = text(StatusCode::REQUEST_TIMEOUT, why);
+    timed_out
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    timed_out
 }
 
 /// 503 with `Retry-After: 1`: this proxy cannot take the request now.

@@ -20,28 +20,32 @@ pub mod rmcp_peers;
 /// plane on the same router (the admin API and maintenance stay the proxy's).
 pub async fn start(config: &proxy::Config) -> proxy::Running {
     let started = match std::env::var("MCP_AFFINITY_FRONT").as_deref() {
-        Ok("axum") => {
-            let grace = config.shutdown_grace;
-            proxy::Running::start_serving(config, move |proxy, listener, stopped| async move {
-                let app = axum_gateway::app(proxy.router().clone());
-                let stopped = futures_util::FutureExt::shared(stopped);
-                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped.clone());
-                // axum waits for every connection to close; an SSE stream may never do so on
-                // its own, so the grace period bounds the wait (the runtime ends the rest).
-                tokio::select! {
-                    _ = serve => {}
-                    _ = async {
-                        stopped.await;
-                        tokio::time::sleep(grace).await;
-                    } => {}
-                }
-            })
-            .await
-        }
+        Ok("axum") => start_axum(config).await,
         Ok("hyper") | Err(_) => proxy::Running::start(config).await,
         Ok(other) => panic!("MCP_AFFINITY_FRONT={other:?}: expected hyper or axum"),
     };
     started.expect("proxy starts")
+}
+
+/// The axum gateway of `examples/axum_gateway.rs` serving the data plane on the proxy's
+/// router (the admin API and maintenance stay the proxy's).
+pub async fn start_axum(config: &proxy::Config) -> Result<proxy::Running, String> {
+    let grace = config.shutdown_grace;
+    proxy::Running::start_serving(config, move |proxy, listener, stopped| async move {
+        let app = axum_gateway::app(proxy.router().clone());
+        let stopped = futures_util::FutureExt::shared(stopped);
+        let serve = axum::serve(listener, app).with_graceful_shutdown(stopped.clone());
+        // axum waits for every connection to close; an SSE stream may never do so on its
+        // own, so the grace period bounds the wait (the runtime ends the rest).
+        tokio::select! {
+            _ = serve => {}
+            _ = async {
+                stopped.await;
+                tokio::time::sleep(grace).await;
+            } => {}
+        }
+    })
+    .await
 }
 
 use std::io::{BufRead, BufReader, Read};
