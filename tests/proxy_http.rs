@@ -12,6 +12,7 @@
 //!   whole.
 //! - Its bound on connections (`Config::max_connections`, `--max-connections`): past it, a
 //!   connection waits in the backlog until another closes.
+//! - Its buffer limit (`BUFFER_LIMIT`): a request head well past it is refused with 431.
 //! - Its response timeout (`Config::response_timeout`, `--response-timeout`): 504, and the
 //!   backend connection that held back its answer is closed.
 //! - Its body timeout (`Config::body_timeout`, `--body-timeout`): a request body that stops
@@ -90,6 +91,10 @@ async fn backend() -> Backend {
                     } else {
                         let answer = if path.ends_with("/echo") {
                             ok_with(&head)
+                        } else if path == "/switch" {
+                            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
+                             upgrade: websocket\r\n\r\n"
+                                .to_owned()
                         } else if path == "/both" {
                             "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\
                              transfer-encoding: chunked\r\n\r\n\
@@ -686,6 +691,65 @@ async fn a_request_body_that_keeps_coming_at_the_minimum_rate_is_not_cut() {
         // And the connection goes on.
         ask(&mut client, &mut buf, &post("/mcp")).await;
     }
+
+    backend.server.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_that_switches_protocols_unasked_is_a_bad_gateway() {
+    let backend = backend().await;
+    let running = proxy_in_front_of(backend.addr).await;
+
+    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let mut buf = Vec::new();
+    // Twice: through the pool, then on the connection's dedicated backend connection.
+    for _ in 0..2 {
+        client.write_all(post("/switch").as_bytes()).await.unwrap();
+        let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+        let (_, body) = ask(&mut client, &mut buf, &post("/mcp")).await;
+        assert_eq!(body, b"ok");
+    }
+
+    backend.server.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_head_past_the_buffer_limit_is_refused_with_431() {
+    let backend = backend().await;
+    let running = proxy_in_front_of(backend.addr).await;
+    let limit = e2e::proxy::BUFFER_LIMIT;
+
+    // A head well within the limit passes.
+    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let padded = |len: usize| {
+        post("/mcp").replace(
+            "host: proxy.test\r\n",
+            &format!("host: proxy.test\r\nx-pad: {}\r\n", "p".repeat(len)),
+        )
+    };
+    let (_, body) = ask(&mut client, &mut buf, &padded(limit / 2)).await;
+    assert_eq!(body, b"ok");
+    // One of twice the limit is refused, and the connection closed. (hyper checks the limit
+    // between reads of the head: one that ends within the read that crosses it passes.)
+    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    client
+        .write_all(padded(2 * limit).as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    assert!(closed_unanswered(&mut client).await);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
 
     backend.server.abort();
     running.shutdown().await;

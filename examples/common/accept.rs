@@ -161,6 +161,7 @@ pub(super) async fn serve_with<M, H, F, D>(
     // The head's timer runs only while hyper waits for a request's head: never while a
     // response streams (a legacy SSE stream may stay idle for as long as both ends like).
     let mut http = hyper::server::conn::http1::Builder::new();
+    http.max_buf_size(super::BUFFER_LIMIT);
     if let Some(timeout) = header_timeout {
         http.timer(TokioTimer::new()).header_read_timeout(timeout);
     }

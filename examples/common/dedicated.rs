@@ -298,7 +298,9 @@ async fn connect(address: String) -> Result<Handshake, String> {
         .map_err(|_| format!("{address}: connect timed out"))?
         .map_err(|e| format!("{address}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    http1::handshake(TokioIo::new(stream))
+    http1::Builder::new()
+        .max_buf_size(super::BUFFER_LIMIT)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("{address}: {e}"))
 }

@@ -92,6 +92,26 @@ pub type ProxyBody = Either<GatewayBody, Full<Bytes>>;
 /// The body of the gateway's answers.
 type GatewayBody = AffinityBody<ForwardBody, fn() -> Instant, MemoryTable>;
 
+/// The most a connection of the proxy buffers each way (hyper's `max_buf_size`), client or
+/// backend: what an answer waits in when its client reads slower than its backend writes, and
+/// about the largest head the proxy reads (hyper checks it between reads, so a head that ends
+/// in the read that crosses it passes; one well past it is answered 431).
+///
+/// hyper's default is about 400 KiB. Measured on 2 cores, 2026-12-01 (`scripts/slow-readers.py`:
+/// 200 clients that never read an endless event stream; one 1 GB event stream through the
+/// proxy to curl, three rounds), against that default:
+///
+/// | limit | memory per slow reader | one stream's throughput |
+/// |---|---|---|
+/// | hyper's default | 550 to 600 KiB | 1.35 to 1.56 GB/s |
+/// | 64 KiB | 178 to 186 KiB | 1.07 to 1.19 GB/s |
+/// | 16 KiB (HAProxy's `tune.bufsize`) | 76 KiB | 0.77 to 0.83 GB/s |
+///
+/// MCP messages are small (the hop benchmark's calls never fill 8 KiB), so the limit costs
+/// only streams of many megabytes; 64 KiB keeps most of their throughput and a third of the
+/// memory a slow reader pins.
+pub const BUFFER_LIMIT: usize = 64 * 1024;
+
 /// How the proxy is set up.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -1028,6 +1048,14 @@ impl Sent {
                 },
             },
         };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // No request asks for an upgrade (`Upgrade` is not passed on), so the backend is
+            // out of step with the protocol. Passed on, the 101 would leave the client
+            // waiting for a protocol nobody speaks; hyper has given up the connection to the
+            // upgrade, and dropping the answer closes it.
+            let detail = format!("{backend} switched protocols unasked (101)");
+            return Err(ForwardError::Failed(backend, detail));
+        }
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         let gone = if is_event_stream(&head.headers) {
@@ -1087,6 +1115,7 @@ impl Backends {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let client = Client::builder(TokioExecutor::new())
+            .http1_max_buf_size(BUFFER_LIMIT)
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(self.pool_idle_timeout)
             .build(connector);
