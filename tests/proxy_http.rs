@@ -222,15 +222,33 @@ async fn closed_unanswered(stream: &mut TcpStream) -> bool {
     )
 }
 
-/// The proxy's answer to `request`, sent on `client` (`buf` keeps what follows it).
+/// The proxy's answer to `request`, sent on `client` (`buf` keeps what follows it): a 200.
 async fn ask(client: &mut TcpStream, buf: &mut Vec<u8>, request: &str) -> (String, Vec<u8>) {
+    ask_for(client, buf, request, "200").await
+}
+
+/// The proxy's answer to `request`, sent on `client`, which must have `status`.
+async fn ask_for(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    request: &str,
+    status: &str,
+) -> (String, Vec<u8>) {
     client.write_all(request.as_bytes()).await.unwrap();
-    let (head, body) = tokio::time::timeout(PATIENCE, read_message(client, buf))
+    let (head, body) = next_answer(client, buf).await;
+    assert!(
+        head.starts_with(&format!("HTTP/1.1 {status}")),
+        "{request:?}: {head}"
+    );
+    (head, body)
+}
+
+/// The next answer on `client`, within [`PATIENCE`].
+async fn next_answer(client: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    tokio::time::timeout(PATIENCE, read_message(client, buf))
         .await
         .expect("answered in time")
-        .expect("answered before the connection closed");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    (head, body)
+        .expect("answered before the connection closed")
 }
 
 fn post(path: &str) -> String {
@@ -446,16 +464,7 @@ async fn answers_what_no_backend_is_sent(running: &Running, backend: &Backend) {
     ];
     for (request, status) in refused {
         let mut client = TcpStream::connect(running.addr).await.unwrap();
-        client.write_all(request.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
-            .await
-            .expect("answered in time")
-            .expect("answered");
-        assert!(
-            head.starts_with(&format!("HTTP/1.1 {status}")),
-            "{request:?}: {head}"
-        );
+        ask_for(&mut client, &mut Vec::new(), request, status).await;
     }
     assert_eq!(
         backend.requests.load(Ordering::SeqCst),
@@ -513,10 +522,7 @@ async fn past_its_bound_the_proxy_accepts_a_connection_only_when_another_closes(
     assert!(early.await.is_err(), "a third connection was served");
     // One closes: the third is served.
     drop(held.remove(0));
-    let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut third, &mut buf))
-        .await
-        .expect("served once a connection closed")
-        .expect("answered");
+    let (head, _) = next_answer(&mut third, &mut buf).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
     backend.server.abort();
@@ -539,12 +545,7 @@ async fn a_backend_that_does_not_answer_in_time_is_answered_for_with_504_and_lef
     let mut client = TcpStream::connect(running.addr).await.unwrap();
     let mut buf = Vec::new();
     for _ in 0..2 {
-        client.write_all(post("/hang").as_bytes()).await.unwrap();
-        let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
-            .await
-            .expect("answered in time")
-            .expect("answered");
-        assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+        ask_for(&mut client, &mut buf, &post("/hang"), "504").await;
         // The client's connection goes on.
         let (_, body) = ask(&mut client, &mut buf, &post("/mcp")).await;
         assert_eq!(body, b"ok");
@@ -637,10 +638,7 @@ async fn a_request_body_that_stops_arriving_is_answered_408_and_its_connections_
         let answered = backend.requests.load(Ordering::SeqCst);
         // Two pieces of ten, then nothing.
         post_slowly(&mut client, framing, 10, 2, Duration::from_millis(10)).await;
-        let (head, body) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
-            .await
-            .expect("answered in time")
-            .expect("answered before the connection closed");
+        let (head, body) = next_answer(&mut client, &mut buf).await;
         assert!(head.starts_with("HTTP/1.1 408"), "{framing:?}: {head}");
         assert!(
             head.to_ascii_lowercase().contains("connection: close"),
@@ -682,10 +680,7 @@ async fn a_request_body_that_keeps_coming_at_the_minimum_rate_is_not_cut() {
         let mut client = TcpStream::connect(running.addr).await.unwrap();
         let mut buf = Vec::new();
         post_slowly(&mut client, framing, 20, 20, Duration::from_millis(50)).await;
-        let (head, body) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
-            .await
-            .expect("answered in time")
-            .expect("answered before the connection closed");
+        let (head, body) = next_answer(&mut client, &mut buf).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{framing:?}: {head}");
         assert_eq!(body, b"ok", "{framing:?}");
         // And the connection goes on.
@@ -705,12 +700,7 @@ async fn a_backend_that_switches_protocols_unasked_is_a_bad_gateway() {
     let mut buf = Vec::new();
     // Twice: through the pool, then on the connection's dedicated backend connection.
     for _ in 0..2 {
-        client.write_all(post("/switch").as_bytes()).await.unwrap();
-        let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
-            .await
-            .expect("answered in time")
-            .expect("answered");
-        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+        ask_for(&mut client, &mut buf, &post("/switch"), "502").await;
         let (_, body) = ask(&mut client, &mut buf, &post("/mcp")).await;
         assert_eq!(body, b"ok");
     }
@@ -739,15 +729,7 @@ async fn a_request_head_past_the_buffer_limit_is_refused_with_431() {
     // One of twice the limit is refused, and the connection closed. (hyper checks the limit
     // between reads of the head: one that ends within the read that crosses it passes.)
     let mut client = TcpStream::connect(running.addr).await.unwrap();
-    client
-        .write_all(padded(2 * limit).as_bytes())
-        .await
-        .unwrap();
-    let (head, _) = tokio::time::timeout(PATIENCE, read_message(&mut client, &mut buf))
-        .await
-        .expect("answered in time")
-        .expect("answered");
-    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    ask_for(&mut client, &mut buf, &padded(2 * limit), "431").await;
     assert!(closed_unanswered(&mut client).await);
     assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
 
