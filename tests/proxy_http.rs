@@ -19,7 +19,8 @@
 //!   arriving is answered 408, its connection closed, and the backend connection it was
 //!   streamed to closed, whether the router's layer read it whole (a small body) or it was
 //!   streamed, through the pool or a dedicated connection; a body that keeps coming at the
-//!   minimum rate is never cut.
+//!   minimum rate is never cut. Each request's ticket tells of its own body only, and the
+//!   bytes that came before the proxy first waited count toward the rate.
 //!
 //! The hostile cases come from a helper's attack on the proxy (2026-12-01).
 
@@ -461,6 +462,10 @@ async fn answers_what_no_backend_is_sent(running: &Running, backend: &Backend) {
             "GET /echo HTTP/1.1\r\nhost: a.test\r\nhost: b.test\r\n\r\n",
             "400",
         ),
+        ("GET /echo HTTP/1.1\r\n\r\n", "400"),
+        ("GET /echo HTTP/1.1\r\nhost: a/../x\r\n\r\n", "400"),
+        ("GET /echo HTTP/1.1\r\nhost: evil.test:1@x\r\n\r\n", "400"),
+        ("GET /echo HTTP/1.1\r\nhost: a.test, b.test\r\n\r\n", "400"),
     ];
     for (request, status) in refused {
         let mut client = TcpStream::connect(running.addr).await.unwrap();
@@ -735,4 +740,57 @@ async fn a_request_head_past_the_buffer_limit_is_refused_with_431() {
 
     backend.server.abort();
     running.shutdown().await;
+}
+
+/// A request body of `data` (one frame, if any), then nothing, ever.
+fn stalling_after(
+    data: &'static [u8],
+) -> impl hyper::body::Body<Data = bytes::Bytes, Error = std::io::Error> {
+    use futures_util::StreamExt;
+    let frames =
+        (!data.is_empty()).then(|| Ok(hyper::body::Frame::data(bytes::Bytes::from_static(data))));
+    http_body_util::StreamBody::new(
+        futures_util::stream::iter(frames).chain(futures_util::stream::pending()),
+    )
+}
+
+#[tokio::test]
+async fn a_body_that_times_out_after_its_answer_says_nothing_of_the_next_request() {
+    use http_body_util::BodyExt;
+    let timer = e2e::proxy::timed::BodyTimer::new(TIMEOUT);
+
+    // The first request was answered (a backend that answers before it reads the body); its
+    // body times out after.
+    let (first, first_ticket) = timer.time(stalling_after(b""));
+    let failed = tokio::time::timeout(PATIENCE, first.collect()).await;
+    assert!(
+        matches!(failed, Ok(Err(_))),
+        "the stalled body did not fail"
+    );
+    assert_eq!(first_ticket.missed(), Some(TIMEOUT));
+    // The next request on the connection has its body whole: its answer is its own.
+    let body =
+        http_body_util::Full::new(bytes::Bytes::from_static(b"{}")).map_err(|never| match never {});
+    let (second, second_ticket) = timer.time(body);
+    let whole = second.collect().await.expect("a whole body").to_bytes();
+    assert_eq!(&whole[..], b"{}");
+    assert_eq!(second_ticket.missed(), None);
+}
+
+#[tokio::test]
+async fn the_bytes_that_came_before_the_first_wait_count_toward_the_rate() {
+    use http_body_util::BodyExt;
+    let timer = e2e::proxy::timed::BodyTimer::new(TIMEOUT);
+
+    // 1,000 bytes, all there when the body is first read: they earn a second past the timeout.
+    let (mut body, ticket) = timer.time(stalling_after(&[b'x'; 1_000]));
+    let started = tokio::time::Instant::now();
+    let first = body.frame().await.expect("a frame").expect("data");
+    assert_eq!(first.data_ref().map(|d| d.len()), Some(1_000));
+    let early = tokio::time::timeout(Duration::from_millis(500), body.frame()).await;
+    assert!(early.is_err(), "cut before the time its bytes earned");
+    let late = tokio::time::timeout(PATIENCE, body.frame()).await;
+    assert!(matches!(late, Ok(Some(Err(_)))), "never cut");
+    assert!(started.elapsed() >= TIMEOUT + Duration::from_secs(1));
+    assert_eq!(ticket.missed(), Some(TIMEOUT));
 }

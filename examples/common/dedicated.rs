@@ -46,7 +46,7 @@ use mcp_affinity::BackendId;
 use mcp_affinity::tower::ReplayBody;
 use tokio::net::TcpStream;
 
-type RequestBody = ReplayBody<super::Timed>;
+type RequestBody = ReplayBody<super::RequestBody>;
 
 /// The answer of a request sent on a dedicated connection: the response, or the error with
 /// the request when it was not sent.

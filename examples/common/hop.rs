@@ -3,7 +3,8 @@
 //! connection only ([`strip_hop_by_hop`]).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode};
+use http::uri::Authority;
+use http::{Method, Request, StatusCode, Version};
 
 /// The hop-by-hop headers (RFC 9110 §7.6.1), and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -66,7 +67,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 ///   slash or a backslash; 400): a backend that removes them would serve what lies outside
 ///   its prefix, or another path than the router classified (clients remove them before
 ///   sending, RFC 3986 §5.2.4);
-/// - more than one `Host` (400, RFC 9112 §3.2);
+/// - more than one `Host`, none in an HTTP/1.1 request, or one that is not a `host[:port]`
+///   (400, RFC 9112 §3.2: `Host: a/../x` or `Host: a@b` mean one thing here and another to a
+///   backend or a log);
 /// - an absolute-form target (`POST http://host/mcp`) has its authority put in `Host`, in place
 ///   of the one received (RFC 9112 §3.2.2).
 pub fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static str)> {
@@ -83,8 +86,16 @@ pub fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static
     if has_dot_segment(path) {
         return Err((StatusCode::BAD_REQUEST, "a dot-segment in the path\n"));
     }
-    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
-        return Err((StatusCode::BAD_REQUEST, "more than one Host\n"));
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err((StatusCode::BAD_REQUEST, "more than one Host\n")),
+        (None, None) if req.version() == Version::HTTP_11 => {
+            return Err((StatusCode::BAD_REQUEST, "no Host\n"));
+        }
+        (Some(host), None) if !is_host(host.as_bytes()) => {
+            return Err((StatusCode::BAD_REQUEST, "an invalid Host\n"));
+        }
+        _ => {}
     }
     if let Some(authority) = req.uri().authority() {
         // Userinfo is an error in an http(s) URI, and a host must not be empty (RFC 9110
@@ -97,6 +108,12 @@ pub fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static
         req.headers_mut().insert(header::HOST, host);
     }
     Ok(())
+}
+
+/// Whether `value` is a valid `Host`: `host[:port]` without userinfo, or empty (RFC 9110 §7.2:
+/// the Host of a target without an authority).
+fn is_host(value: &[u8]) -> bool {
+    value.is_empty() || (!value.contains(&b'@') && Authority::try_from(value).is_ok())
 }
 
 /// Whether `path` has a `.` or `..` segment as a generous server reads it: `%2e` as `.`,

@@ -82,7 +82,10 @@ use accept::{Acceptor, Share, serve_with};
 use dedicated::{Dedicated, Limits, LookAhead};
 use hop::check_target;
 pub use hop::strip_hop_by_hop;
-use timed::{BodyTimer, Timed};
+use timed::{BodyTimer, Ticket};
+
+/// A client's request body, as the proxy passes it on.
+type RequestBody = timed::Timed<Incoming>;
 
 /// The body of every response the proxy sends: the gateway's (the backend's, observed by the
 /// router, or the router's rejection), or one the proxy writes itself. Two variants, not a
@@ -150,8 +153,8 @@ pub struct Config {
     /// its connection (and a file descriptor) for as long as it likes.
     pub header_timeout: Option<Duration>,
     /// How long a request's body may take to arrive once the proxy waits for it, plus a
-    /// millisecond for each byte that arrives meanwhile (`timed.rs`: an upload at 1,000 bytes
-    /// a second or faster is never cut). A body that takes longer fails: the client is
+    /// millisecond for each byte of it (`timed.rs`: an upload at 1,000 bytes a second or
+    /// faster, on average, is never cut). A body that takes longer fails: the client is
     /// answered 408 and its connection closed, and the backend connection the body was
     /// streamed to is closed. `None`: no bound, and a client that sends its body a byte at a
     /// time holds its connection for as long as it likes.
@@ -266,7 +269,7 @@ type Classifier = fn(&ForwardError) -> Option<Undelivered>;
 
 /// A pooled client to send to the backends (behind an `Arc`: a `Client` is large, and its
 /// handle travels with each request that may need it).
-type Pool = Arc<Client<HttpConnector, ReplayBody<Timed>>>;
+type Pool = Arc<Client<HttpConnector, ReplayBody<RequestBody>>>;
 
 /// The backends' addresses by slot, and how to reach them.
 struct Backends {
@@ -835,10 +838,9 @@ impl Connection {
         &self,
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
-        let mut req = req.map(|body| match &self.body_timer {
-            Some(timer) => timer.time(body),
-            None => Timed::untimed(body),
-        });
+        let (parts, body) = req.into_parts();
+        let (body, ticket) = timed::time(self.body_timer.as_ref(), body);
+        let mut req = Request::from_parts(parts, body);
         // Before the client's address is added: a client could name X-Forwarded-For in
         // `Connection` and have it removed.
         strip_hop_by_hop(req.headers_mut());
@@ -861,7 +863,6 @@ impl Connection {
             }
         };
         let proxy = self.proxy.clone();
-        let body_timer = self.body_timer.clone();
         async move {
             let response = match call {
                 Ok(call) => proxy.answer(call.await),
@@ -870,8 +871,8 @@ impl Connection {
                 Err(Unsent::Busy) => busy(),
             };
             // Whoever noticed that the body failed (the layer, or the forwarder) answered 400.
-            if let Some(timer) = body_timer.filter(BodyTimer::expired) {
-                return body_timed_out(timer.limit());
+            if let Some(limit) = ticket.as_ref().and_then(Ticket::missed) {
+                return body_timed_out(limit);
             }
             if response.status().is_server_error() {
                 proxy
@@ -953,7 +954,7 @@ struct Forwarder {
     dedicated: Option<Arc<Dedicated>>,
 }
 
-impl Service<Request<ReplayBody<Timed>>> for Forwarder {
+impl Service<Request<ReplayBody<RequestBody>>> for Forwarder {
     type Response = Response<ForwardBody>;
     type Error = ForwardError;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ForwardBody>, ForwardError>> + Send>>;
@@ -963,7 +964,7 @@ impl Service<Request<ReplayBody<Timed>>> for Forwarder {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<ReplayBody<Timed>>) -> Self::Future {
+    fn call(&mut self, request: Request<ReplayBody<RequestBody>>) -> Self::Future {
         // The request is made and handed to a connection here; the future only waits for the
         // answer, so it stays small (it is boxed and moved per request).
         match self
@@ -1126,7 +1127,7 @@ impl Backends {
     /// connection or the `pool` (`Err`: that backend is gone).
     fn send(
         &self,
-        request: Request<ReplayBody<Timed>>,
+        request: Request<ReplayBody<RequestBody>>,
         pool: &Pool,
         dedicated: Option<&Arc<Dedicated>>,
     ) -> Result<Sent, ForwardError> {
