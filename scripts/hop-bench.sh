@@ -30,7 +30,10 @@
 # as HAProxy's `timeout client` arms one); the plain and pinned hops have none. On 2 cores,
 # 2026-12-01, the proxy against itself with `--header-timeout 0` (4 rounds, in place of
 # "shared"): calls/s 1.03x, p50 at 8,000 calls/s 1.05x (rounds 0.76 to 0.86 ms against 0.72
-# to 0.90): within the noise.
+# to 0.90): within the noise. After the proxy's hardening (body timeout, 64 KiB buffers, Host
+# checks), 2026-12-02, the proxy against its build of a4acb0a (two runs of 4 rounds of 8 s,
+# in place of "shared"): calls/s 1.01x and 1.01x, p50 at 8,000 calls/s 1.12x and 1.04x, p99
+# 1.16x and 1.02x; against itself with `--body-timeout 0`: calls/s 1.00x, p50 1.05x.
 #
 # Measured 2026-11-30 on a 16-core machine (a lent x86-64 VM, kernel 6.18; prebuilt
 # binaries, `HOPS="pinned haproxy" BIN_DIR=… scripts/hop-bench.sh 128 3 6 half`), 128
