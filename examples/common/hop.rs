@@ -4,7 +4,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
-use http::{Method, Request, StatusCode, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 
 /// The hop-by-hop headers (RFC 9110 §7.6.1), and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -73,10 +73,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// - an absolute-form target (`POST http://host/mcp`) has its authority put in `Host`, in place
 ///   of the one received (RFC 9112 §3.2.2).
 pub fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static str)> {
-    if req.method() == Method::CONNECT {
+    let host = check_head(req.method(), req.uri(), req.version(), req.headers())?;
+    if let Some(host) = host {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    Ok(())
+}
+
+/// [`check_target`] on a request's parts, for a hop whose request type is not
+/// [`http::Request`] (pingora's `RequestHeader`): `Ok(Some(host))` is the `Host` to put in
+/// place of the one received (an absolute-form target's authority).
+pub fn check_head(
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, (StatusCode, &'static str)> {
+    if method == Method::CONNECT {
         return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied\n"));
     }
-    let path = req.uri().path();
+    let path = uri.path();
     if !path.starts_with('/') {
         return Err((
             StatusCode::BAD_REQUEST,
@@ -86,10 +102,10 @@ pub fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static
     if has_dot_segment(path) {
         return Err((StatusCode::BAD_REQUEST, "a dot-segment in the path\n"));
     }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => return Err((StatusCode::BAD_REQUEST, "more than one Host\n")),
-        (None, None) if req.version() == Version::HTTP_11 => {
+        (None, None) if version == Version::HTTP_11 => {
             return Err((StatusCode::BAD_REQUEST, "no Host\n"));
         }
         (Some(host), None) if !is_host(host.as_bytes()) => {
@@ -97,17 +113,17 @@ pub fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static
         }
         _ => {}
     }
-    if let Some(authority) = req.uri().authority() {
-        // Userinfo is an error in an http(s) URI, and a host must not be empty (RFC 9110
-        // §4.2.4): either would make a `Host` that means one thing here and another there.
-        if authority.as_str().contains('@') || authority.host().is_empty() {
-            return Err((StatusCode::BAD_REQUEST, "an invalid authority\n"));
-        }
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| (StatusCode::BAD_REQUEST, "an invalid authority\n"))?;
-        req.headers_mut().insert(header::HOST, host);
+    let Some(authority) = uri.authority() else {
+        return Ok(None);
+    };
+    // Userinfo is an error in an http(s) URI, and a host must not be empty (RFC 9110 §4.2.4):
+    // either would make a `Host` that means one thing here and another there.
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return Err((StatusCode::BAD_REQUEST, "an invalid authority\n"));
     }
-    Ok(())
+    HeaderValue::from_str(authority.as_str())
+        .map(Some)
+        .map_err(|_| (StatusCode::BAD_REQUEST, "an invalid authority\n"))
 }
 
 /// Whether `value` is a valid `Host`: `host[:port]` without userinfo, or empty (RFC 9110 §7.2:

@@ -20,6 +20,11 @@
     missing_debug_implementations
 )]
 
+// The requests a hop refuses to pass on, shared with the hyper proxy and the axum gateway
+// (pingora strips the hop-by-hop headers itself).
+#[allow(dead_code)]
+#[path = "../../common/hop.rs"]
+mod hop;
 mod proxy;
 
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -2,7 +2,7 @@
 //!
 //! | pingora hook | router call |
 //! |---|---|
-//! | `request_filter` | [`Router::route`]: `Forward` keeps the [`Exchange`] in the context; `Reject` is answered here, no backend is contacted |
+//! | `request_filter` | what no backend is sent is answered here (`hop::check_head`: `CONNECT`, a target that is not a path, a dot-segment, a missing, repeated or invalid `Host`); then [`Router::route`]: `Forward` keeps the [`Exchange`] in the context; `Reject` is answered here, no backend is contacted |
 //! | `upstream_peer` | [`Exchange::backend`] is the peer |
 //! | `upstream_request_filter` | [`Exchange::request_edits`] (a sealed id: the backend gets its own) |
 //! | `fail_to_connect` | [`Router::on_undelivered`]: `Forward` (placed again) retries on its backend; `Reject` is answered by `fail_to_proxy` |
@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::StatusCode;
+use http::header::{CONTENT_TYPE, HOST};
 use mcp_affinity::BackendId;
 use mcp_affinity::router::{
     Data, End, Exchange, HeadEdit, HeadEdits, HeadOutcome, Rejection, Routed, Router, Undelivered,
@@ -27,6 +29,8 @@ use mcp_affinity::router::{
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::hop::check_head;
 
 /// How long a connection attempt to a backend may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,6 +69,16 @@ impl ProxyHttp for McpProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let head = session.req_header();
+        match check_head(&head.method, &head.uri, head.version, &head.headers) {
+            Ok(None) => {}
+            // An absolute-form target's authority is the request's `Host`.
+            Ok(Some(host)) => session.req_header_mut().insert_header(HOST, host)?,
+            Err((status, why)) => {
+                refuse(session, status, why).await?;
+                return Ok(true);
+            }
+        }
         match self.router.route(session.req_header(), Instant::now()) {
             Routed::Forward(exchange) => {
                 ctx.exchange = Some(exchange);
@@ -306,6 +320,19 @@ impl McpProxy {
             Routed::Lookup(_) => None,
         }
     }
+}
+
+/// Answers a request the proxy refuses to pass on ([`check_head`]) with `why` as plain text,
+/// and closes the connection (its body, if any, is left unread).
+async fn refuse(session: &mut Session, status: StatusCode, why: &'static str) -> Result<()> {
+    let mut head = ResponseHeader::build(status, Some(3))?;
+    head.insert_header(CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    head.set_content_length(why.len())?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(head), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(why.as_bytes())), true)
+        .await
 }
 
 /// Sends the router's rejection: its status, headers and (JSON-RPC) body.

@@ -16,6 +16,7 @@ mod e2e;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::rmcp_peers::{self, Replica, Session, Track};
@@ -308,34 +309,36 @@ async fn python_legacy_sse_sessions_are_learned_from_the_stream_and_released_wit
     assert_eq!(m["table_len"], 0, "{m}");
 }
 
+/// Reads one request (head and `Content-Length` body) and returns its head, lowercased; `None`
+/// at the end of the stream.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Some(head);
+            }
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// A backend that answers an `initialize` with the session `s1`, and dies as the next request
 /// arrives: its port closes and its connections drop before it answers.
 async fn backend_that_dies_mid_request() -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// Reads one request (head and `Content-Length` body); `None` at the end of the stream.
-    async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<()> {
-        let mut buf = Vec::new();
-        let mut chunk = [0; 4096];
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + length {
-                    return Some(());
-                }
-            }
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    }
+    use tokio::io::AsyncWriteExt;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -468,4 +471,103 @@ async fn a_request_whose_backend_dies_with_it_gets_404_not_502() {
     assert_eq!(m["owners_down"], 1, "{m}");
     assert_eq!(m["rejected"]["owner_down"], 1, "{m}");
     assert_eq!(m["rejected_total"], 1, "{m}");
+}
+
+/// A backend that answers every request 200 with the session `s1`, and keeps the head of each
+/// request it was sent (lowercased).
+async fn recording_backend() -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let kept = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let heads = kept.clone();
+            tokio::spawn(async move {
+                while let Some(head) = read_request(&mut stream).await {
+                    heads.lock().unwrap().push(head);
+                    let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nmcp-session-id: s1\r\n\
+                         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, heads)
+}
+
+/// Sends `request` (bytes as they are) on a connection of its own, and reads what comes back
+/// until the proxy closes it (or 5 s pass).
+async fn raw_exchange(port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the proxy");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// What the proxy answers itself, sending no backend: the hyper proxy's and the axum gateway's
+/// checks (`examples/common/hop.rs`) in `request_filter`. A path with a dot-segment (plain,
+/// percent-encoded, or with `;` parameters) could reach what lies outside the backend's
+/// prefix; a missing, repeated or malformed `Host` means one thing here and another to a
+/// backend; `CONNECT` would open a tunnel. Pingora refuses some before any hook (two `Host`s,
+/// userinfo, `CONNECT`, an absolute-form target whose authority is not its `Host`); the
+/// dot-segments, the missing `Host`, `Host: a/../x` and `OPTIONS *` reached the backend
+/// before the check. An absolute-form target goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_no_backend_may_see_are_answered_by_the_proxy() {
+    let (backend, heads) = recording_backend().await;
+    let proxy = Pingora::start("refuses", &[backend], &[]).await;
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    let framing = format!(
+        "content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{init}",
+        init.len()
+    );
+    for (line_and_host, status) in [
+        ("POST /mcp/../admin HTTP/1.1\r\nhost: a\r\n", 400),
+        ("POST /mcp/%2E%2e/admin HTTP/1.1\r\nhost: a\r\n", 400),
+        ("POST /mcp/..;/admin HTTP/1.1\r\nhost: a\r\n", 400),
+        ("POST /mcp%2f..%2fadmin HTTP/1.1\r\nhost: a\r\n", 400),
+        ("POST /mcp HTTP/1.1\r\n", 400),
+        ("POST /mcp HTTP/1.1\r\nhost: a\r\nhost: b\r\n", 400),
+        ("POST /mcp HTTP/1.1\r\nhost: a@b\r\n", 400),
+        ("POST /mcp HTTP/1.1\r\nhost: a/../x\r\n", 400),
+        ("POST http://u@a/mcp HTTP/1.1\r\nhost: a\r\n", 400),
+        ("OPTIONS * HTTP/1.1\r\nhost: a\r\n", 400),
+        ("CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n", 405),
+    ] {
+        let answer = raw_exchange(proxy.port, &format!("{line_and_host}{framing}")).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{line_and_host:?}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        *heads.lock().unwrap(),
+        Vec::<String>::new(),
+        "the backend was sent none of them"
+    );
+
+    let absolute = "POST http://example.test:8080/mcp HTTP/1.1\r\nhost: example.test:8080\r\n";
+    let answer = raw_exchange(proxy.port, &format!("{absolute}{framing}")).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    let heads = heads.lock().unwrap();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let hosts: Vec<&str> = heads[0]
+        .lines()
+        .filter(|l| l.starts_with("host:"))
+        .collect();
+    assert_eq!(hosts, ["host: example.test:8080"], "{heads:?}");
 }
