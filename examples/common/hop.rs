@@ -35,14 +35,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flatten()
         .any(|name| name == header::CONNECTION)
     {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
+        for name in named_by_connection(headers) {
             headers.remove(name);
         }
     }
@@ -56,6 +49,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(name);
     }
+}
+
+/// The headers the `Connection` header names: they concern this connection only, whatever
+/// their names (`Connection: Mcp-Session-Id` makes the session header hop-by-hop).
+pub fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// What a hop answers itself, sending no backend, and the target's authority put in `Host`:

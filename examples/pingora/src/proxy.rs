@@ -2,7 +2,7 @@
 //!
 //! | pingora hook | router call |
 //! |---|---|
-//! | `request_filter` | what no backend is sent is answered here (`hop::check_head`: `CONNECT`, a target that is not a path, a dot-segment, a missing, repeated or invalid `Host`); then [`Router::route`]: `Forward` keeps the [`Exchange`] in the context; `Reject` is answered here, no backend is contacted |
+//! | `request_filter` | what no backend is sent is answered here (`hop::check_head`: `CONNECT`, a target that is not a path, a dot-segment, a missing, repeated or invalid `Host`), and the headers `Connection` names removed; then [`Router::route`]: `Forward` keeps the [`Exchange`] in the context; `Reject` is answered here, no backend is contacted |
 //! | `upstream_peer` | [`Exchange::backend`] is the peer |
 //! | `upstream_request_filter` | [`Exchange::request_edits`] (a sealed id: the backend gets its own) |
 //! | `fail_to_connect` | [`Router::on_undelivered`]: `Forward` (placed again) retries on its backend; `Reject` is answered by `fail_to_proxy` |
@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::StatusCode;
-use http::header::{CONTENT_TYPE, HOST};
+use http::header::{CONTENT_TYPE, HOST, HeaderName};
+use http::{StatusCode, Version};
 use mcp_affinity::BackendId;
 use mcp_affinity::router::{
     Data, End, Exchange, HeadEdit, HeadEdits, HeadOutcome, Rejection, Routed, Router, Undelivered,
@@ -30,7 +30,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::hop::check_head;
+use crate::hop::{check_head, named_by_connection};
 
 /// How long a connection attempt to a backend may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,13 +70,38 @@ impl ProxyHttp for McpProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let head = session.req_header();
-        match check_head(&head.method, &head.uri, head.version, &head.headers) {
+        // Pingora keeps a target that is neither origin-form nor absolute-form (`a/../x`,
+        // `?x`, `*`) as the bytes it received, for the wire, and as `/` in its `Uri`, which is
+        // all the checks and the router read: such a target would reach a backend unread.
+        let target = head.raw_path();
+        let checked = if !(target.starts_with(b"/") || is_absolute_http(target)) {
+            Err((
+                StatusCode::BAD_REQUEST,
+                "the request target is not a path\n",
+            ))
+        } else {
+            // Checked as HTTP/1.1, whatever it came as: pingora sends every request on as
+            // HTTP/1.1, which must have a `Host`.
+            check_head(&head.method, &head.uri, Version::HTTP_11, &head.headers)
+        };
+        match checked {
             Ok(None) => {}
-            // An absolute-form target's authority is the request's `Host`.
+            // (Never here: pingora leaves an absolute-form target's authority out of its
+            // `Uri`, and refuses one that is not the `Host`.)
             Ok(Some(host)) => session.req_header_mut().insert_header(HOST, host)?,
             Err((status, why)) => {
                 refuse(session, status, why).await?;
                 return Ok(true);
+            }
+        }
+        // The headers `Connection` names are this hop's alone: pingora does not pass them on,
+        // so the router must not route by them either (`Connection: Mcp-Session-Id` would have
+        // a request pinned by a session its backend never sees). Those pingora reads to frame
+        // and answer the request stay for it to read (a `Content-Length` removed here would
+        // leave the body in the stream, read as the next request); it removes them later.
+        for name in named_by_connection(&session.req_header().headers) {
+            if !pingora_reads(&name) {
+                session.req_header_mut().remove_header(&name);
             }
         }
         match self.router.route(session.req_header(), Instant::now()) {
@@ -333,6 +358,34 @@ async fn refuse(session: &mut Session, status: StatusCode, why: &'static str) ->
     session
         .write_response_body(Some(Bytes::from_static(why.as_bytes())), true)
         .await
+}
+
+/// Whether pingora reads the header `name` of a client's request to frame it or to answer it.
+fn pingora_reads(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "host"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "expect"
+    )
+}
+
+/// Whether `target` is absolute-form with an `http` or `https` scheme (its path is the `Uri`'s;
+/// pingora has checked its authority against `Host`).
+fn is_absolute_http(target: &[u8]) -> bool {
+    let starts = |prefix: &[u8]| {
+        target
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    starts(b"http://") || starts(b"https://")
 }
 
 /// Sends the router's rejection: its status, headers and (JSON-RPC) body.

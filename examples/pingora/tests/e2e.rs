@@ -530,11 +530,15 @@ async fn requests_no_backend_may_see_are_answered_by_the_proxy() {
     let (backend, heads) = recording_backend().await;
     let proxy = Pingora::start("refuses", &[backend], &[]).await;
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
-    let framing = format!(
-        "content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n{init}",
-        init.len()
-    );
+    // The rest of a request after its line and `Host`, asking for the connection's close.
+    let rest = |connection: &str| {
+        format!(
+            "content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
+             connection: {connection}\r\ncontent-length: {}\r\n\r\n{init}",
+            init.len()
+        )
+    };
+    let framing = rest("close");
     for (line_and_host, status) in [
         ("POST /mcp/../admin HTTP/1.1\r\nhost: a\r\n", 400),
         ("POST /mcp/%2E%2e/admin HTTP/1.1\r\nhost: a\r\n", 400),
@@ -546,6 +550,13 @@ async fn requests_no_backend_may_see_are_answered_by_the_proxy() {
         ("POST /mcp HTTP/1.1\r\nhost: a/../x\r\n", 400),
         ("POST http://u@a/mcp HTTP/1.1\r\nhost: a\r\n", 400),
         ("OPTIONS * HTTP/1.1\r\nhost: a\r\n", 400),
+        // Pingora sends on the bytes of a target that is neither origin- nor absolute-form,
+        // and shows the hooks `/`.
+        ("POST a/../x HTTP/1.1\r\nhost: a\r\n", 400),
+        ("POST ?/../x HTTP/1.1\r\nhost: a\r\n", 400),
+        ("POST x:y/../admin HTTP/1.1\r\nhost: a\r\n", 400),
+        // Sent on as HTTP/1.1, without a Host.
+        ("POST /mcp HTTP/1.0\r\n", 400),
         ("CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n", 405),
     ] {
         let answer = raw_exchange(proxy.port, &format!("{line_and_host}{framing}")).await;
@@ -563,11 +574,24 @@ async fn requests_no_backend_may_see_are_answered_by_the_proxy() {
     let absolute = "POST http://example.test:8080/mcp HTTP/1.1\r\nhost: example.test:8080\r\n";
     let answer = raw_exchange(proxy.port, &format!("{absolute}{framing}")).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    {
+        let heads = heads.lock().unwrap();
+        assert_eq!(heads.len(), 1, "{heads:?}");
+        let hosts: Vec<&str> = heads[0]
+            .lines()
+            .filter(|l| l.starts_with("host:"))
+            .collect();
+        assert_eq!(hosts, ["host: example.test:8080"], "{heads:?}");
+    }
+
+    // A session header `Connection` names is not passed on, and the router does not route by
+    // it either: it would have pinned the request to the session's owner (here, the unknown
+    // session's 404) with the backend never told of the session.
+    let hop_only = "POST /mcp HTTP/1.1\r\nhost: a\r\nmcp-session-id: nobody-minted-this\r\n";
+    let framing = rest("mcp-session-id, close");
+    let answer = raw_exchange(proxy.port, &format!("{hop_only}{framing}")).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
     let heads = heads.lock().unwrap();
-    assert_eq!(heads.len(), 1, "{heads:?}");
-    let hosts: Vec<&str> = heads[0]
-        .lines()
-        .filter(|l| l.starts_with("host:"))
-        .collect();
-    assert_eq!(hosts, ["host: example.test:8080"], "{heads:?}");
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(!heads[1].contains("mcp-session-id"), "{heads:?}");
 }
