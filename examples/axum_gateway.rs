@@ -62,7 +62,6 @@ pub fn app(router: Arc<Router>) -> axum::Router {
             let upstream = upstream.expect("set by the layer");
             // (Every backend's URL was checked at startup.)
             *request.uri_mut() = upstream.uri_for(request.uri()).expect("http:// backends");
-            hop::strip_hop_by_hop(request.headers_mut());
             let mut response = client.request(request).await?;
             hop::strip_hop_by_hop(response.headers_mut());
             if response
@@ -88,10 +87,15 @@ pub fn app(router: Arc<Router>) -> axum::Router {
         .layer(middleware::from_fn(checked))
 }
 
-/// Answers what no backend is sent ([`hop::check_target`]), before the router classifies it.
+/// Answers what no backend is sent ([`hop::check_target`]), and removes the hop-by-hop
+/// headers, before the router classifies the request: it routes by what the backend will see
+/// (`Connection: Mcp-Session-Id` makes the session header this hop's alone).
 async fn checked(mut request: Request<Body>, next: Next) -> Response {
     match hop::check_target(&mut request) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => {
+            hop::strip_hop_by_hop(request.headers_mut());
+            next.run(request).await
+        }
         Err(refused) => refused.into_response(),
     }
 }

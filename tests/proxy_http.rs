@@ -495,6 +495,17 @@ async fn answers_what_no_backend_is_sent(running: &Running, backend: &Backend) {
     assert!(seen.starts_with("post /base/echo "), "{seen}");
     assert!(seen.contains("host: mcp.example:8443\r\n"), "{seen}");
     assert!(!seen.contains("evil.test"), "{seen}");
+
+    // A header `Connection` names is removed before the router reads the request: a session
+    // the backend is never shown does not pin it (this one, unknown, would be a 404).
+    let hop_only = post("/echo").replace(
+        "host: proxy.test\r\n",
+        "host: proxy.test\r\nconnection: mcp-session-id\r\nmcp-session-id: nobody-minted-this\r\n",
+    );
+    let (_, body) = ask(&mut client, &mut buf, &hop_only).await;
+    let seen = String::from_utf8(body).unwrap().to_ascii_lowercase();
+    assert!(seen.starts_with("post /base/echo "), "{seen}");
+    assert!(!seen.contains("mcp-session-id"), "{seen}");
 }
 
 #[tokio::test]

@@ -67,6 +67,10 @@ enum Carry {
 
 impl<T: SessionTable> Router<T> {
     /// Decides where a request goes: see the [call protocol](Router#the-call-protocol).
+    ///
+    /// `req` is the head as the backend will get it: with the hop-by-hop headers, and those its
+    /// `Connection` header names, already removed (a session header the hop removes after
+    /// routing would pin the request to a session its backend is never told of).
     pub fn route(&self, req: &request::Parts, now: Instant) -> Routed {
         self.route_with(req, now, |_| true)
     }

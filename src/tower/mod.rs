@@ -35,6 +35,12 @@
 //!    know is looked up through the [`StoreLookup`] the embedder gives, and a key a response
 //!    reveals is written through its [`StoreSync`] before the client sees it.
 //!
+//! Remove the request's hop-by-hop headers, and those its `Connection` header names, before
+//! the layer, not in the forwarding service: the router routes by the headers it is shown, and
+//! a session header that `Connection: Mcp-Session-Id` makes hop-by-hop would pin a request to
+//! a session its backend is never told of (`examples/axum_gateway.rs` does it in a middleware
+//! in front of the layer).
+//!
 //! Backpressure and cancellation pass through: `poll_ready` is the inner service's, response
 //! bodies are polled only when the client polls (a request body kept for another placement,
 //! step 3, is read before the request is sent), and dropping the response future or body drops the
