@@ -33,7 +33,10 @@
 # to 0.90): within the noise. After the proxy's hardening (body timeout, 64 KiB buffers, Host
 # checks), 2026-12-02, the proxy against its build of a4acb0a (two runs of 4 rounds of 8 s,
 # in place of "shared"): calls/s 1.01x and 1.01x, p50 at 8,000 calls/s 1.12x and 1.04x, p99
-# 1.16x and 1.02x; against itself with `--body-timeout 0`: calls/s 1.00x, p50 1.05x.
+# 1.16x and 1.02x; against itself with `--body-timeout 0`: calls/s 1.00x, p50 1.05x. Then
+# `HOPS="pinned haproxy" scripts/hop-bench.sh 32 4 8 8000` (medians of paired ratios):
+# saturation calls/s 1.07x HAProxy (0.90 1.05 1.07 1.08), p50 1.02x, p99 0.69x; 0.97x pinned;
+# at 8,000 calls/s p50 1.08x HAProxy, p99 0.87x; p50 0.98x pinned, p99 1.05x.
 #
 # Measured 2026-11-30 on a 16-core machine (a lent x86-64 VM, kernel 6.18; prebuilt
 # binaries, `HOPS="pinned haproxy" BIN_DIR=… scripts/hop-bench.sh 128 3 6 half`), 128
