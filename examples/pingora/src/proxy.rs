@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, HeaderName};
+use http::header::{CONTENT_TYPE, HeaderName};
 use http::{StatusCode, Version};
 use mcp_affinity::BackendId;
 use mcp_affinity::router::{
@@ -69,41 +69,11 @@ impl ProxyHttp for McpProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let head = session.req_header();
-        // Pingora keeps a target that is neither origin-form nor absolute-form (`a/../x`,
-        // `?x`, `*`) as the bytes it received, for the wire, and as `/` in its `Uri`, which is
-        // all the checks and the router read: such a target would reach a backend unread.
-        let target = head.raw_path();
-        let checked = if !(target.starts_with(b"/") || is_absolute_http(target)) {
-            Err((
-                StatusCode::BAD_REQUEST,
-                "the request target is not a path\n",
-            ))
-        } else {
-            // Checked as HTTP/1.1, whatever it came as: pingora sends every request on as
-            // HTTP/1.1, which must have a `Host`.
-            check_head(&head.method, &head.uri, Version::HTTP_11, &head.headers)
-        };
-        match checked {
-            Ok(None) => {}
-            // (Never here: pingora leaves an absolute-form target's authority out of its
-            // `Uri`, and refuses one that is not the `Host`.)
-            Ok(Some(host)) => session.req_header_mut().insert_header(HOST, host)?,
-            Err((status, why)) => {
-                refuse(session, status, why).await?;
-                return Ok(true);
-            }
+        if let Some((status, why)) = refused(session.req_header()) {
+            refuse(session, status, why).await?;
+            return Ok(true);
         }
-        // The headers `Connection` names are this hop's alone: pingora does not pass them on,
-        // so the router must not route by them either (`Connection: Mcp-Session-Id` would have
-        // a request pinned by a session its backend never sees). Those pingora reads to frame
-        // and answer the request stay for it to read (a `Content-Length` removed here would
-        // leave the body in the stream, read as the next request); it removes them later.
-        for name in named_by_connection(&session.req_header().headers) {
-            if !pingora_reads(&name) {
-                session.req_header_mut().remove_header(&name);
-            }
-        }
+        remove_connection_named(session.req_header_mut());
         match self.router.route(session.req_header(), Instant::now()) {
             Routed::Forward(exchange) => {
                 ctx.exchange = Some(exchange);
@@ -347,7 +317,7 @@ impl McpProxy {
     }
 }
 
-/// Answers a request the proxy refuses to pass on ([`check_head`]) with `why` as plain text,
+/// Answers a request the proxy refuses to pass on ([`refused`]) with `why` as plain text,
 /// and closes the connection (its body, if any, is left unread).
 async fn refuse(session: &mut Session, status: StatusCode, why: &'static str) -> Result<()> {
     let mut head = ResponseHeader::build(status, Some(3))?;
@@ -358,6 +328,39 @@ async fn refuse(session: &mut Session, status: StatusCode, why: &'static str) ->
     session
         .write_response_body(Some(Bytes::from_static(why.as_bytes())), true)
         .await
+}
+
+/// What the proxy answers itself, sending no backend ([`check_head`], on what pingora shows
+/// the hooks of the request).
+fn refused(head: &RequestHeader) -> Option<(StatusCode, &'static str)> {
+    // Pingora keeps a target that is neither origin-form nor absolute-form (`a/../x`, `?x`,
+    // `*`) as the bytes it received, for the wire, and as `/` in its `Uri`, which is all
+    // `check_head` and the router read: such a target would reach a backend unchecked.
+    let target = head.raw_path();
+    if !(target.starts_with(b"/") || is_absolute_http(target)) {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "the request target is not a path\n",
+        ));
+    }
+    // Checked as HTTP/1.1, whatever it came as: pingora sends every request on as HTTP/1.1,
+    // which must have a `Host`. (No `Host` to put in place comes back: pingora leaves an
+    // absolute-form target's authority out of its `Uri`, and refuses one that is not the
+    // `Host`.)
+    check_head(&head.method, &head.uri, Version::HTTP_11, &head.headers).err()
+}
+
+/// Removes the headers `Connection` names: they are this hop's alone, and pingora does not
+/// pass them on, so the router must not route by them either (`Connection: Mcp-Session-Id`
+/// would have a request pinned by a session its backend never sees). Those pingora reads to
+/// frame and answer the request stay for it to read (a `Content-Length` removed here would
+/// leave the body in the stream, read as the next request); it removes them itself later.
+fn remove_connection_named(head: &mut RequestHeader) {
+    for name in named_by_connection(&head.headers) {
+        if !pingora_reads(&name) {
+            head.remove_header(&name);
+        }
+    }
 }
 
 /// Whether pingora reads the header `name` of a client's request to frame it or to answer it.
