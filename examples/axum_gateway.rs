@@ -1,11 +1,12 @@
 //! An MCP gateway on axum: `/healthz` is answered here; everything else goes through
 //! [`AffinityLayer`] to a pooled hyper-util client, so each conversation stays on the backend
 //! that owns it. What no backend should be sent (`CONNECT`, a target that is not a path, a
-//! dot-segment in the path, two `Host`s) is answered here, as the proxy answers it (the
-//! checks are shared: `examples/common/hop.rs`). Hop-by-hop headers are not passed on; every
-//! backend's port is probed once a second (a backend marked down by a refused connection
-//! comes back when it listens again); on SIGTERM or Ctrl-C, requests in flight get two
-//! seconds (an open event stream has no end of its own).
+//! dot-segment in the path, a missing, repeated or invalid `Host`) is answered here, as the
+//! proxy answers it (the checks are shared: `examples/common/hop.rs`). Hop-by-hop headers are
+//! not passed on (removed before the router reads the request); every backend's port is
+//! probed once a second (a backend marked down by a refused connection comes back when it
+//! listens again); on SIGTERM or Ctrl-C, requests in flight get two seconds (an open event
+//! stream has no end of its own).
 //!
 //! `axum::serve` bounds no client's time, neither to send a request head nor its body: in
 //! front of untrusted clients, serve the app with hyper's `header_read_timeout` and a bound on

@@ -86,8 +86,9 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
                              one idle that long between requests (default 30; 0 = never); streaming
                              responses are not cut
   --body-timeout SECS        answer 408 and close a client connection whose request body takes longer
-                             to arrive, plus a millisecond for each byte of it (so an upload at 1,000
-                             bytes a second or faster on average is never cut; default 30; 0 = never)
+                             than SECS, plus a millisecond for each byte of it, to arrive (so an upload
+                             at 1,000 bytes a second or faster on average is never cut; default 30;
+                             0 = never)
   --response-timeout SECS    answer 504 for a backend that takes longer to answer a request's head,
                              counted from when the request (and its body's upload) starts (default
                              0 = never; a tool that runs for minutes before answering JSON needs

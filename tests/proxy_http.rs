@@ -466,6 +466,13 @@ async fn answers_what_no_backend_is_sent(running: &Running, backend: &Backend) {
         ("GET /echo HTTP/1.1\r\nhost: a/../x\r\n\r\n", "400"),
         ("GET /echo HTTP/1.1\r\nhost: evil.test:1@x\r\n\r\n", "400"),
         ("GET /echo HTTP/1.1\r\nhost: a.test, b.test\r\n\r\n", "400"),
+        ("GET /echo HTTP/1.1\r\nhost: :80\r\n\r\n", "400"),
+        ("GET /echo HTTP/1.1\r\nhost: a.test:\r\n\r\n", "400"),
+        ("GET /echo HTTP/1.1\r\nhost: a.test:b\r\n\r\n", "400"),
+        (
+            "GET http://a.test:x/echo HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+            "400",
+        ),
     ];
     for (request, status) in refused {
         let mut client = TcpStream::connect(running.addr).await.unwrap();
@@ -506,6 +513,17 @@ async fn answers_what_no_backend_is_sent(running: &Running, backend: &Backend) {
     let seen = String::from_utf8(body).unwrap().to_ascii_lowercase();
     assert!(seen.starts_with("post /base/echo "), "{seen}");
     assert!(!seen.contains("mcp-session-id"), "{seen}");
+
+    // The checks read the request as it came, before `Connection` has a header removed: a
+    // `Host` it names was there (the backend gets its own).
+    let host_hop_only = post("/echo").replace(
+        "host: proxy.test\r\n",
+        "host: proxy.test\r\nconnection: host\r\n",
+    );
+    let (_, body) = ask(&mut client, &mut buf, &host_hop_only).await;
+    let seen = String::from_utf8(body).unwrap().to_ascii_lowercase();
+    assert!(seen.starts_with("post /base/echo "), "{seen}");
+    assert!(!seen.contains("proxy.test"), "{seen}");
 }
 
 #[tokio::test]
@@ -686,7 +704,7 @@ async fn a_request_body_that_stops_arriving_is_answered_408_and_its_connections_
 }
 
 #[tokio::test]
-async fn a_request_body_that_keeps_coming_at_the_minimum_rate_is_not_cut() {
+async fn a_request_body_that_keeps_coming_at_twice_the_minimum_rate_is_not_cut() {
     let backend = backend().await;
     let running = proxy_timing_bodies(backend.addr).await;
 

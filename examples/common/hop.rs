@@ -1,6 +1,6 @@
-//! What a hop does to the messages it passes on, shared by the proxy and the axum gateway:
-//! the requests it refuses to pass on ([`check_target`]), and the headers that concern one
-//! connection only ([`strip_hop_by_hop`]).
+//! What a hop does to the messages it passes on, shared by the proxy, the axum gateway and the
+//! pingora example: the requests it refuses to pass on ([`check_target`], [`check_head`]), and
+//! the headers that concern one connection only ([`strip_hop_by_hop`]).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
@@ -57,9 +57,8 @@ pub fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect()
 }
 
@@ -123,7 +122,7 @@ pub fn check_head(
     };
     // Userinfo is an error in an http(s) URI, and a host must not be empty (RFC 9110 §4.2.4):
     // either would make a `Host` that means one thing here and another there.
-    if authority.as_str().contains('@') || authority.host().is_empty() {
+    if authority.as_str().contains('@') || !is_host_port(authority) {
         return Err((StatusCode::BAD_REQUEST, "an invalid authority\n"));
     }
     HeaderValue::from_str(authority.as_str())
@@ -134,7 +133,16 @@ pub fn check_head(
 /// Whether `value` is a valid `Host`: `host[:port]` without userinfo, or empty (RFC 9110 §7.2:
 /// the Host of a target without an authority).
 fn is_host(value: &[u8]) -> bool {
-    value.is_empty() || (!value.contains(&b'@') && Authority::try_from(value).is_ok())
+    value.is_empty()
+        || (!value.contains(&b'@')
+            && Authority::try_from(value).is_ok_and(|authority| is_host_port(&authority)))
+}
+
+/// Whether `authority` is a non-empty host and, after a `:`, a port (`http` parses `:80`, `a:`
+/// and `a:b` as authorities).
+fn is_host_port(authority: &Authority) -> bool {
+    let host = authority.host();
+    !host.is_empty() && (authority.as_str().len() == host.len() || authority.port_u16().is_some())
 }
 
 /// Whether `path` has a `.` or `..` segment as a generous server reads it: `%2e` as `.`,

@@ -154,7 +154,8 @@ pub struct Config {
     pub header_timeout: Option<Duration>,
     /// How long a request's body may take to arrive once the proxy waits for it, plus a
     /// millisecond for each byte of it (`timed.rs`: an upload at 1,000 bytes a second or
-    /// faster, on average, is never cut). A body that takes longer fails: the client is
+    /// faster, on average, is never cut; the clock also runs while a backend that reads the
+    /// body slower than that holds it back). A body that takes longer fails: the client is
     /// answered 408 and its connection closed, and the backend connection the body was
     /// streamed to is closed. `None`: no bound, and a client that sends its body a byte at a
     /// time holds its connection for as long as it likes.
@@ -841,8 +842,10 @@ impl Connection {
         let (parts, body) = req.into_parts();
         let (body, ticket) = timed::time(self.body_timer.as_ref(), body);
         let mut req = Request::from_parts(parts, body);
-        // Before the client's address is added: a client could name X-Forwarded-For in
-        // `Connection` and have it removed.
+        // The request as it came (as the axum gateway checks it), then the headers that are
+        // this hop's removed, before the router reads it and before the client's address is
+        // added (a client could name X-Forwarded-For in `Connection` and have it removed).
+        let checked = check_target(&mut req);
         strip_hop_by_hop(req.headers_mut());
         if let Some(ip) = &self.forwarded_for {
             req.headers_mut()
@@ -851,7 +854,7 @@ impl Connection {
         let mut gateway = self.gateway.clone();
         // The forwarder takes every request (a pooled client, or the dedicated connection), so
         // the gateway is ready at once.
-        let call = match check_target(&mut req) {
+        let call = match checked {
             Err((status, why)) => Err(Unsent::Refused(status, why)),
             Ok(()) => {
                 match gateway.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {

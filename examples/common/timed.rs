@@ -11,7 +11,9 @@
 //! faster is never cut, however large; a body that trickles slower than that is cut at the
 //! timeout or later; a body that came with its head (most MCP requests) arms no timer at all.
 //! The rate is an average: bytes sent early pay for a slower end (a 64 KiB body that comes at
-//! once and then stalls is cut some 65 s later).
+//! once and then stalls is cut at the timeout plus some 65 s). The clock runs while the proxy
+//! is not reading too: a backend that reads the body slower than [`MIN_RATE`] holds it back,
+//! and the client's upload can time out for it.
 //!
 //! When the deadline passes, the body fails with [`BodyError::TimedOut`] (the backend
 //! connection it was streamed to is closed by hyper, as for any failed body), and its

@@ -548,6 +548,8 @@ async fn requests_no_backend_may_see_are_answered_by_the_proxy() {
         ("POST /mcp HTTP/1.1\r\nhost: a\r\nhost: b\r\n", 400),
         ("POST /mcp HTTP/1.1\r\nhost: a@b\r\n", 400),
         ("POST /mcp HTTP/1.1\r\nhost: a/../x\r\n", 400),
+        ("POST /mcp HTTP/1.1\r\nhost: :80\r\n", 400),
+        ("POST /mcp HTTP/1.1\r\nhost: a:b\r\n", 400),
         ("POST http://u@a/mcp HTTP/1.1\r\nhost: a\r\n", 400),
         ("OPTIONS * HTTP/1.1\r\nhost: a\r\n", 400),
         // Pingora sends on the bytes of a target that is neither origin- nor absolute-form,
