@@ -497,9 +497,7 @@ async fn answers_what_no_backend_is_sent(running: &Running, backend: &Backend) {
     // An absolute-form target: its authority is the Host the backend sees, not the one sent.
     let absolute =
         post("http://mcp.example:8443/echo").replace("host: proxy.test", "host: evil.test");
-    let (_, body) = ask(&mut client, &mut buf, &absolute).await;
-    let seen = String::from_utf8(body).unwrap().to_ascii_lowercase();
-    assert!(seen.starts_with("post /base/echo "), "{seen}");
+    let seen = echoed(&mut client, &mut buf, &absolute).await;
     assert!(seen.contains("host: mcp.example:8443\r\n"), "{seen}");
     assert!(!seen.contains("evil.test"), "{seen}");
 
@@ -509,9 +507,7 @@ async fn answers_what_no_backend_is_sent(running: &Running, backend: &Backend) {
         "host: proxy.test\r\n",
         "host: proxy.test\r\nconnection: mcp-session-id\r\nmcp-session-id: nobody-minted-this\r\n",
     );
-    let (_, body) = ask(&mut client, &mut buf, &hop_only).await;
-    let seen = String::from_utf8(body).unwrap().to_ascii_lowercase();
-    assert!(seen.starts_with("post /base/echo "), "{seen}");
+    let seen = echoed(&mut client, &mut buf, &hop_only).await;
     assert!(!seen.contains("mcp-session-id"), "{seen}");
 
     // The checks read the request as it came, before `Connection` has a header removed: a
@@ -520,10 +516,17 @@ async fn answers_what_no_backend_is_sent(running: &Running, backend: &Backend) {
         "host: proxy.test\r\n",
         "host: proxy.test\r\nconnection: host\r\n",
     );
-    let (_, body) = ask(&mut client, &mut buf, &host_hop_only).await;
+    let seen = echoed(&mut client, &mut buf, &host_hop_only).await;
+    assert!(!seen.contains("proxy.test"), "{seen}");
+}
+
+/// The head the backend saw of `request` (a `POST /echo`, lowercased), which must have gone to
+/// `/base/echo`.
+async fn echoed(client: &mut TcpStream, buf: &mut Vec<u8>, request: &str) -> String {
+    let (_, body) = ask(client, buf, request).await;
     let seen = String::from_utf8(body).unwrap().to_ascii_lowercase();
     assert!(seen.starts_with("post /base/echo "), "{seen}");
-    assert!(!seen.contains("proxy.test"), "{seen}");
+    seen
 }
 
 #[tokio::test]

@@ -377,59 +377,13 @@ async fn backend_that_dies_mid_request() -> String {
     url
 }
 
-/// A backend that answers every request 200 with a new session, `s-0`, `s-1`…
-async fn answering_backend() -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let minted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let minted = minted.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0; 4096];
-                while let Ok(n) = stream.read(&mut chunk).await {
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    // Each request here is a head and a small body that ends in `}`.
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    if !buf.ends_with(b"}") && buf.len() > end + 4 {
-                        continue;
-                    }
-                    buf.clear();
-                    let id = minted.fetch_add(1, Ordering::SeqCst);
-                    let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nmcp-session-id: s-{id}\r\n\
-                         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    if stream
-                        .write_all(format!("{head}{body}").as_bytes())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    url
-}
-
 /// A conversation start sent on a pooled connection to a backend that dies as it arrives is
 /// sent again, finds the backend refusing connections, and is placed on the other: no 502,
 /// and the backend is marked down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_start_whose_backend_dies_under_it_is_placed_elsewhere() {
     let dying = backend_that_dies_mid_request().await;
-    let answering = answering_backend().await;
+    let (answering, _) = answering_backend().await;
     let proxy = Pingora::start("start-dies", &[dying, answering], &[]).await;
     let url = proxy.url("/mcp");
     let raw = raw_client();
@@ -473,9 +427,9 @@ async fn a_request_whose_backend_dies_with_it_gets_404_not_502() {
     assert_eq!(m["rejected_total"], 1, "{m}");
 }
 
-/// A backend that answers every request 200 with the session `s1`, and keeps the head of each
-/// request it was sent (lowercased).
-async fn recording_backend() -> (String, Arc<Mutex<Vec<String>>>) {
+/// A backend that answers every request 200 with a new session, `s-0`, `s-1`…, and keeps the
+/// head of each request it was sent (lowercased).
+async fn answering_backend() -> (String, Arc<Mutex<Vec<String>>>) {
     use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -486,10 +440,14 @@ async fn recording_backend() -> (String, Arc<Mutex<Vec<String>>>) {
             let heads = kept.clone();
             tokio::spawn(async move {
                 while let Some(head) = read_request(&mut stream).await {
-                    heads.lock().unwrap().push(head);
+                    let id = {
+                        let mut heads = heads.lock().unwrap();
+                        heads.push(head);
+                        heads.len() - 1
+                    };
                     let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
                     let answer = format!(
-                        "HTTP/1.1 200 OK\r\nmcp-session-id: s1\r\n\
+                        "HTTP/1.1 200 OK\r\nmcp-session-id: s-{id}\r\n\
                          content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                         body.len()
                     );
@@ -527,7 +485,7 @@ async fn raw_exchange(port: u16, request: &str) -> String {
 /// before the check. An absolute-form target goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_no_backend_may_see_are_answered_by_the_proxy() {
-    let (backend, heads) = recording_backend().await;
+    let (backend, heads) = answering_backend().await;
     let proxy = Pingora::start("refuses", &[backend], &[]).await;
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
     // The rest of a request after its line and `Host`, asking for the connection's close.
