@@ -10,15 +10,17 @@
 //! cargo run --release --example load -- --serve-replica 127.0.0.1:9001   # a replica alone
 //! cargo run --release --example load -- --serve-plain 127.0.0.1:8090 --to 127.0.0.1:9001
 //! cargo run --release --example load -- --serve-pinned 127.0.0.1:8091 --to 127.0.0.1:9001
+//! cargo run --release --example load -- --serve-relay 127.0.0.1:8093 --to 127.0.0.1:9001
 //! ```
 //!
 //! `scripts/hop-bench.sh` runs the side-by-side hop benchmark with these: one replica, and in
 //! front of it the router's proxy as it runs by default, `pooled` (the same proxy with
 //! `--dedicated-connections 0`), `shared` (the same proxy with `--threads 0`), `plain` (the
 //! plain hop, `--serve-plain`), `pinned` (the plain hop with a backend connection per client
-//! connection, `--serve-pinned`) and HAProxy (skipped, loudly, when it is not installed),
-//! each its own process, rounds alternated. `HOPS` picks which of them run beside the
-//! router's proxy (by default, all).
+//! connection, `--serve-pinned`), `relay` (a TCP byte relay with no HTTP, `--serve-relay`),
+//! optionally the router in pingora (`examples/pingora`) and HAProxy (skipped, loudly, when it
+//! is not installed), each its own process, rounds alternated. `HOPS` picks which of them run
+//! beside the router's proxy (by default, all but pingora).
 //!
 //! Each session is a real Streamable HTTP session opened by hand: raw HTTP POSTs (hyper-util,
 //! pooled keep-alive connections) of `initialize`, `notifications/initialized`, then
@@ -52,6 +54,7 @@ usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--rate CA
        load --serve-replica ADDR
        load --serve-plain ADDR --to HOST:PORT [--threads N]
        load --serve-pinned ADDR --to HOST:PORT [--threads N]
+       load --serve-relay ADDR --to HOST:PORT [--threads N]
 
   --sessions N       concurrent sessions per phase (default 32)
   --calls C          whoami calls per session (default 1000)
@@ -69,6 +72,7 @@ usage: load [--sessions N] [--calls C] [--max-seconds S] [--rounds R] [--rate CA
   --serve-plain ADDR --to HOST:PORT  serve the plain hyper hop (no router) until SIGINT/SIGTERM
   --serve-pinned ADDR --to HOST:PORT the plain hop with a backend connection per client
                                      connection, in its task (the hyper ceiling; not a proxy)
+  --serve-relay ADDR --to HOST:PORT  a TCP byte relay, no HTTP (the floor of a tokio hop)
   --threads N        the hop's threads, each polling its own connections, as the proxy's
                      --threads (default: one per CPU; 0 = one tokio work-stealing runtime)
 ";
@@ -83,8 +87,7 @@ struct Args {
     proxy: Option<String>,
     targets: Vec<(String, String)>,
     serve_replica: Option<String>,
-    serve_plain: Option<String>,
-    serve_pinned: Option<String>,
+    serve: Option<(Hop, String)>,
     to: Option<String>,
     threads: usize,
 }
@@ -100,8 +103,7 @@ fn parse() -> Result<Args, String> {
         proxy: None,
         targets: Vec::new(),
         serve_replica: None,
-        serve_plain: None,
-        serve_pinned: None,
+        serve: None,
         to: None,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
@@ -133,8 +135,16 @@ fn parse() -> Result<Args, String> {
                 None => return Err(format!("--target {value}: expected NAME=URL")),
             },
             "--serve-replica" => args.serve_replica = Some(value),
-            "--serve-plain" => args.serve_plain = Some(value),
-            "--serve-pinned" => args.serve_pinned = Some(value),
+            "--serve-plain" | "--serve-pinned" | "--serve-relay" => {
+                let hop = match flag.as_str() {
+                    "--serve-plain" => Hop::Plain,
+                    "--serve-pinned" => Hop::Pinned,
+                    _ => Hop::Relay,
+                };
+                if args.serve.replace((hop, value)).is_some() {
+                    return Err("one of --serve-plain, --serve-pinned, --serve-relay".into());
+                }
+            }
             "--to" => args.to = Some(value),
             "--threads" => args.threads = number()?,
             _ => return Err(format!("unknown flag {flag}")),
@@ -144,6 +154,24 @@ fn parse() -> Result<Args, String> {
         return Err("--direct and --proxy go together".into());
     }
     Ok(args)
+}
+
+/// The hops `load` serves without a router, beside the proxy, to measure it against.
+#[derive(Clone, Copy)]
+enum Hop {
+    Plain,
+    Pinned,
+    Relay,
+}
+
+impl Hop {
+    fn name(self) -> &'static str {
+        match self {
+            Hop::Plain => "plain",
+            Hop::Pinned => "pinned",
+            Hop::Relay => "relay",
+        }
+    }
 }
 
 /// What one phase measured.
@@ -456,6 +484,29 @@ async fn pinned_connection(stream: tokio::net::TcpStream, backend: &'static str)
     }
 }
 
+/// A TCP relay: each client connection gets its own backend connection, and bytes are copied
+/// both ways as they come, with no HTTP at all (no parsing, no routing, no header rewriting).
+/// Not a proxy (nothing is checked or learned), but the least work any hop on tokio can do per
+/// call: the floor under the pinned hop. Serves until the process exits, on `threads` threads
+/// ([`accept_on`]).
+fn relay(listen: &str, backend: &'static str, threads: usize) -> std::io::Result<String> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    let addr = listener.local_addr()?;
+    accept_on(listener, threads, move |listener| async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = upstream.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+            });
+        }
+    })?;
+    Ok(format!("http://{addr}/mcp"))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -483,7 +534,8 @@ async fn stopped() {
     }
 }
 
-/// `--serve-replica`, `--serve-plain` and `--serve-pinned`: one server, until a signal.
+/// `--serve-replica`, `--serve-plain`, `--serve-pinned` and `--serve-relay`: one server, until
+/// a signal.
 async fn serve_alone(args: &Args) -> Option<ExitCode> {
     if let Some(addr) = &args.serve_replica {
         let addr = match addr.parse() {
@@ -505,32 +557,21 @@ async fn serve_alone(args: &Args) -> Option<ExitCode> {
         replica.kill().await;
         return Some(ExitCode::SUCCESS);
     }
-    let (listen, pinned) = match (&args.serve_plain, &args.serve_pinned) {
-        (Some(listen), None) => (listen, false),
-        (None, Some(listen)) => (listen, true),
-        (None, None) => return None,
-        (Some(_), Some(_)) => {
-            eprintln!("load: --serve-plain or --serve-pinned, not both");
-            return Some(ExitCode::from(2));
-        }
-    };
+    let (hop, listen) = args.serve.as_ref()?;
     let Some(to) = args.to.clone() else {
-        eprintln!("load: --serve-plain and --serve-pinned need --to HOST:PORT");
+        eprintln!("load: --serve-{} needs --to HOST:PORT", hop.name());
         return Some(ExitCode::from(2));
     };
     let to: &'static str = Box::leak(to.into_boxed_str());
-    let served = if pinned {
-        pinned_proxy(listen, to, args.threads)
-    } else {
-        plain_proxy(listen, to, args.threads)
+    let served = match hop {
+        Hop::Plain => plain_proxy(listen, to, args.threads),
+        Hop::Pinned => pinned_proxy(listen, to, args.threads),
+        Hop::Relay => relay(listen, to, args.threads),
     };
     match served {
-        Ok(url) => println!(
-            "{} hop at {url} -> {to}",
-            if pinned { "pinned" } else { "plain" }
-        ),
+        Ok(url) => println!("{} hop at {url} -> {to}", hop.name()),
         Err(e) => {
-            eprintln!("load: plain hop on {listen}: {e}");
+            eprintln!("load: {} hop on {listen}: {e}", hop.name());
             return Some(ExitCode::FAILURE);
         }
     }

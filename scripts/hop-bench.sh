@@ -2,8 +2,10 @@
 # The hop benchmark (issue #13): one rmcp replica, and in front of it, each as its own process,
 # the router's proxy (examples/proxy.rs), the same hyper hop without a router ("plain"), the
 # plain hop with a backend connection per client connection in its own task ("pinned": the
-# ceiling for a hop on hyper, not a usable proxy), and HAProxy (two threads, its default
-# here) with a stick table on
+# ceiling for a hop on hyper, not a usable proxy), a TCP byte relay on tokio with no HTTP at
+# all ("relay": the floor under any hop on tokio), optionally the router in Cloudflare's
+# pingora (examples/pingora, "pingora": the Rust proxy framework a proxy author would
+# otherwise build on), and HAProxy (two threads, its default here) with a stick table on
 # Mcp-Session-Id. `examples/load` drives the same load through
 # each, rounds alternated, and prints calls/s, p50 and p99 per hop and the ratios.
 #
@@ -16,8 +18,10 @@
 # RATE "half" offers half the calls/s of the slowest hop at saturation (any machine).
 # Needs haproxy (Debian: apt-get install -y haproxy); without it, HAProxy is skipped, loudly.
 # HOPS="pinned haproxy" measures only those beside the router's proxy (default: pooled shared
-# plain pinned haproxy); BIN_DIR=dir runs the `load` and `proxy` binaries found there instead
-# of building them (a machine without cargo).
+# plain pinned relay haproxy; "pingora" is measured only when named, and built first unless
+# BIN_DIR is set: it needs cmake); BIN_DIR=dir runs the `load` and `proxy` binaries found there
+# instead of building them (a machine without cargo), and PINGORA_BIN the pingora proxy
+# (default target/release/mcp-pingora-proxy).
 # Every server listens on 127.0.0.1 and is stopped when the script exits.
 #
 # "proxied" is the router's proxy as it runs by default: on threads of its own (one per CPU,
@@ -37,6 +41,29 @@
 # `HOPS="pinned haproxy" scripts/hop-bench.sh 32 4 8 8000` (medians of paired ratios):
 # saturation calls/s 1.07x HAProxy (0.90 1.05 1.07 1.08), p50 1.02x, p99 0.69x; 0.97x pinned;
 # at 8,000 calls/s p50 1.08x HAProxy, p99 0.87x; p50 0.98x pinned, p99 1.05x.
+#
+# Measured 2026-12-02, 2 cores, `HOPS="pinned relay pingora haproxy" scripts/hop-bench.sh 32 4 8
+# 8000` (medians of the rounds' paired ratios; two runs, the first without pingora):
+#   saturation, calls/s  proxied / HAProxy: 1.09x, 1.09x; p50 1.09x, 1.03x; p99 0.59x, 0.58x
+#                        proxied / relay:   0.94x, 0.99x      proxied / pinned: 0.96x, 0.97x
+#                        proxied / pingora: 1.40x (1.34 to 1.42); p50 0.73x; p99 0.78x
+#   8000 calls/s, p50    proxied / HAProxy: 1.13x, 1.11x; p99 1.18x, 1.15x
+#                        proxied / pinned:  1.02x, 0.98x      proxied / relay: 1.24x, 1.21x
+#                        proxied / pingora: 0.85x; p99 0.79x
+#                        relay / HAProxy, round by round: 0.87 to 0.99 (medians 0.94x, 0.92x)
+#   So a hop on tokio can beat HAProxy's p50 here: the relay, which parses nothing, does by
+#   6 to 8%. What the proxy adds over it is HTTP work. CPU per call at 8,000 calls/s (`perf
+#   stat` on each hop alone, 6 to 8 s, the same replica): relay 14.0 us, pinned 25.0 to 29.2,
+#   HAProxy 25.4, the proxy 32.6 to 35.0 (1.2x pinned, 1.3x HAProxy; the same with its header
+#   and body timers off). `perf record` of pinned and the proxy in turn: the same kernel time
+#   per call (though pinned writes each answer's head and body in two `writev`s, 4 writes per
+#   call against the proxy's 2 and HAProxy's 2 `sendto`s: the proxy's look-ahead, which
+#   pinned lacks); user time 1.7x pinned's, the difference spread over the router and the
+#   layer (about 20% of it), the proxy's own code (17%), and the extra hyper, tokio, `http`
+#   header, allocator and `memmove` work that the layer, the dedicated connection and the
+#   proxy's checks bring (`memmove` 3.0% of the proxy's CPU against 1.3% of pinned's, malloc
+#   and free 3.7% against 2.0%; no function of ours above 1.3%). Pingora, the Rust peer, is slower than
+#   every hyper hop here: 0.71x the proxy's calls/s and 1.17x its p50 at 8,000 calls/s.
 #
 # Measured 2026-11-30 on a 16-core machine (a lent x86-64 VM, kernel 6.18; prebuilt
 # binaries, `HOPS="pinned haproxy" BIN_DIR=… scripts/hop-bench.sh 128 3 6 half`), 128
@@ -121,7 +148,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sessions="${1:-32}" rounds="${2:-4}" seconds="${3:-10}" rate="${4:-8000}"
 
-hops=" ${HOPS:-pooled shared plain pinned haproxy} "
+hops=" ${HOPS:-pooled shared plain pinned relay haproxy} "
 measured() { [[ "$hops" == *" $1 "* ]]; }
 if [[ -n "${BIN_DIR:-}" ]]; then
     bin="$BIN_DIR"
@@ -131,7 +158,7 @@ else
 fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 replica=$(port) proxy=$(port) admin=$(port) pooled=$(port) admin2=$(port) shared=$(port) admin3=$(port)
-plain=$(port) pinned=$(port) haproxy=$(port)
+plain=$(port) pinned=$(port) relay=$(port) pingora=$(port) haproxy=$(port)
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$tmp"; }
@@ -169,6 +196,17 @@ if measured pinned; then
     "$bin/load" --serve-pinned "127.0.0.1:$pinned" --to "127.0.0.1:$replica" & pids+=($!)
     targets+=(--target "pinned=http://127.0.0.1:$pinned/mcp")
 fi
+if measured pingora; then
+    # The router in Cloudflare's pingora (examples/pingora), built apart: its own crate.
+    if [[ -z "${BIN_DIR:-}" ]]; then cargo build --release -p mcp-affinity-pingora-example; fi
+    "${PINGORA_BIN:-target/release/mcp-pingora-proxy}" --listen "127.0.0.1:$pingora" \
+        --backend "http://127.0.0.1:$replica" & pids+=($!)
+    targets+=(--target "pingora=http://127.0.0.1:$pingora/mcp")
+fi
+if measured relay; then
+    "$bin/load" --serve-relay "127.0.0.1:$relay" --to "127.0.0.1:$replica" & pids+=($!)
+    targets+=(--target "relay=http://127.0.0.1:$relay/mcp")
+fi
 
 if ! measured haproxy; then
     haproxy=""
@@ -201,7 +239,7 @@ else
     haproxy=""
 fi
 wait_port "$proxy"
-for hop in pooled shared plain pinned; do
+for hop in pooled shared plain pinned relay pingora; do
     if measured "$hop"; then wait_port "${!hop}"; fi
 done
 if [[ -n "$haproxy" ]]; then wait_port "$haproxy"; fi
