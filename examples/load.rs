@@ -45,6 +45,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use proxy::dedicated::{Drive, LookAhead};
 
 type Http = Client<HttpConnector, Full<Bytes>>;
 
@@ -434,10 +435,12 @@ fn plain_proxy(
 
 /// The plain hop with one backend connection per client connection, driven in the client
 /// connection's own task (hyper's low-level `client::conn::http1`), where the pooled client
-/// hands each request to the backend connection's task and the answer back. Not a proxy
-/// anyone should run (one backend connection per client connection, opened at accept, none
-/// shared), but what a hyper hop costs without that hand-off: the ceiling for one built on
-/// hyper. Serves until the process exits, on `threads` threads ([`accept_on`]).
+/// hands each request to the backend connection's task and the answer back; its answers are
+/// looked ahead in as the proxy's dedicated connections' are ([`LookAhead`]), so an answer's
+/// last chunk and the end of its body go in one write. Not a proxy anyone should run (one
+/// backend connection per client connection, opened at accept, none shared), but what a
+/// hyper hop costs without that hand-off: the ceiling for one built on hyper. Serves until
+/// the process exits, on `threads` threads ([`accept_on`]).
 fn pinned_proxy(listen: &str, backend: &'static str, threads: usize) -> std::io::Result<String> {
     let listener = std::net::TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
@@ -450,6 +453,29 @@ fn pinned_proxy(listen: &str, backend: &'static str, threads: usize) -> std::io:
     Ok(format!("http://{addr}/mcp"))
 }
 
+type PinnedConnection = hyper::client::conn::http1::Connection<
+    hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+    hyper::body::Incoming,
+>;
+
+/// The pinned hop's backend connection: driven by its client connection's task, and by the
+/// bodies of its answers as they look ahead (in the same task).
+struct PinnedUpstream(std::sync::Mutex<Option<std::pin::Pin<Box<PinnedConnection>>>>);
+
+impl Drive for PinnedUpstream {
+    fn poll_drive(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::future::Future;
+        let mut connection = self.0.lock().expect("never poisoned");
+        match connection.as_mut().map(|open| open.as_mut().poll(cx)) {
+            Some(std::task::Poll::Pending) => std::task::Poll::Pending,
+            _ => {
+                *connection = None;
+                std::task::Poll::Ready(())
+            }
+        }
+    }
+}
+
 /// One client connection of the pinned hop, with its own backend connection.
 async fn pinned_connection(stream: tokio::net::TcpStream, backend: &'static str) {
     use hyper_util::rt::TokioIo;
@@ -457,29 +483,40 @@ async fn pinned_connection(stream: tokio::net::TcpStream, backend: &'static str)
         return;
     };
     let _ = upstream.set_nodelay(true);
-    let io = TokioIo::new(upstream);
-    let Ok((sender, upstream)) =
-        hyper::client::conn::http1::handshake::<_, hyper::body::Incoming>(io).await
+    let Ok((sender, connection)) =
+        hyper::client::conn::http1::handshake::<_, hyper::body::Incoming>(TokioIo::new(upstream))
+            .await
     else {
         return;
     };
+    let upstream = Arc::new(PinnedUpstream(std::sync::Mutex::new(Some(Box::pin(
+        connection,
+    )))));
     // HTTP/1: one request at a time per client connection, so the lock is never contended,
     // and never held across an await.
     let sender = std::sync::Mutex::new(sender);
+    let answers = upstream.clone();
     let service =
         hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             *req.uri_mut() = path.parse().expect("a path");
-            sender.lock().expect("never poisoned").send_request(req)
+            let answer = sender.lock().expect("never poisoned").send_request(req);
+            let upstream = answers.clone();
+            async move {
+                let response = answer.await?;
+                Ok::<_, hyper::Error>(response.map(|body| LookAhead::new(body, Some(upstream))))
+            }
         });
     let server =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(server, upstream);
+    tokio::pin!(server);
     let mut upstream_open = true;
     loop {
         tokio::select! {
             _ = &mut server => break,
-            _ = &mut upstream, if upstream_open => upstream_open = false,
+            _ = std::future::poll_fn(|cx| upstream.poll_drive(cx)), if upstream_open => {
+                upstream_open = false;
+            }
         }
     }
 }

@@ -316,7 +316,7 @@ pin_project_lite::pin_project! {
     /// and writes the end of the body in a second write: a second system call here, and a
     /// second read and wake-up at the client (issue #13). So after each data frame, this lets
     /// the connection read on and looks at what comes next, without waiting for it.
-    pub struct LookAhead<B: Body> {
+    pub struct LookAhead<B: Body, D = Dedicated> {
         #[pin]
         inner: B,
         // A frame that came while looking ahead: returned next.
@@ -324,13 +324,27 @@ pin_project_lite::pin_project! {
         // The inner body ended while looking ahead.
         ended: bool,
         // The connection the body comes on (`None`: no looking ahead).
-        connection: Option<std::sync::Arc<Dedicated>>,
+        connection: Option<std::sync::Arc<D>>,
     }
 }
 
-impl<B: Body> LookAhead<B> {
+/// A backend connection driven in the task of the client connection it serves: what a
+/// [`LookAhead`] body lets read on.
+pub trait Drive {
+    /// Drives the connection; never ready while it is open, and it registers the task to be
+    /// woken as the connection's own polling does.
+    fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+impl Drive for Dedicated {
+    fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()> {
+        Dedicated::poll_drive(self, cx)
+    }
+}
+
+impl<B: Body, D> LookAhead<B, D> {
     /// `inner`, coming on `connection` (`None`: passed on as it is).
-    pub fn new(inner: B, connection: Option<std::sync::Arc<Dedicated>>) -> Self {
+    pub fn new(inner: B, connection: Option<std::sync::Arc<D>>) -> Self {
         LookAhead {
             inner,
             next: None,
@@ -340,7 +354,7 @@ impl<B: Body> LookAhead<B> {
     }
 }
 
-impl<B: Body> Body for LookAhead<B> {
+impl<B: Body, D: Drive> Body for LookAhead<B, D> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -363,7 +377,8 @@ impl<B: Body> Body for LookAhead<B> {
         let data = frame.as_ref().is_ok_and(Frame::is_data);
         if let Some(connection) = this.connection.as_ref().filter(|_| data) {
             if !*this.ended && !this.inner.is_end_stream() {
-                // Never ready: it registers this task to be woken, as the body does.
+                // Ready only once closed; it registers this task to be woken, as the body
+                // does.
                 let _ = connection.poll_drive(cx);
                 match this.inner.as_mut().poll_frame(cx) {
                     Poll::Ready(None) => *this.ended = true,
