@@ -78,7 +78,10 @@
 #   and 23.5 us, HAProxy 26.4 and 30.2, the proxy 35.2 and 36.0. The best hop on hyper spends
 #   what HAProxy spends per call and still answers later at the median: at a fixed load the
 #   p50 target is out of reach of a hop on hyper on this machine; the relay shows it is not
-#   out of reach of tokio.
+#   out of reach of tokio. Threads are not where it goes: all 32 of pinned's connections
+#   landed on one of its two threads (both accept from one socket), where the proxy shares
+#   them out, but the proxy with `--threads 1` had a p50 at 8,000 calls/s 1.01x its default's
+#   (4 rounds of 6 s, beside pinned and HAProxy).
 #
 # Measured 2026-11-30 on a 16-core machine (a lent x86-64 VM, kernel 6.18; prebuilt
 # binaries, `HOPS="pinned haproxy" BIN_DIR=… scripts/hop-bench.sh 128 3 6 half`), 128
