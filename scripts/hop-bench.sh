@@ -82,6 +82,29 @@
 #   landed on one of its two threads (both accept from one socket), where the proxy shares
 #   them out, but the proxy with `--threads 1` had a p50 at 8,000 calls/s 1.01x its default's
 #   (4 rounds of 6 s, beside pinned and HAProxy).
+#   Later the same day, on another 2-core VM (slower: every hop spent about 3x the CPU per
+#   call it spent above), the proxy and pinned both on one thread (`--threads 1`), beside the
+#   default of each, 4 rounds of 6 s, alternated (ad hoc, by hand): at saturation the proxy
+#   made 0.86x pinned's calls/s (rounds 0.76 to 0.90) and 0.94x its own default's; at 5,000
+#   calls/s it spent 1.20x pinned's CPU per call (95 and 97 us against 79 and 81, /proc
+#   ticks), and on its default two threads 1.18x what it spent on one (112 and 115 us), where
+#   pinned, its connections all on one thread, spent about the same either way. So of the
+#   default proxy's 1.2x to 1.4x pinned's CPU per call at a fixed load, about half is work
+#   per request and half is sharing the connections out over both threads (each thread
+#   sleeps and wakes for fewer calls). The work per request, by `perf record` (cpu-clock
+#   samples: this VM has no PMU) of each on one thread at saturation: the proxy took 1.35x
+#   pinned's samples per call. Of the difference, 20% was kernel time (the same system calls:
+#   2.05 `writev`s and 2.04 `recvfrom`s per call for both, by strace; but the two ran at
+#   6,200 and 7,357 calls/s, and the faster one batches more), 16% the router and its layer
+#   (`mcp_affinity`: 4.1% of the proxy's samples), 11% the proxy's own code, 10% malloc and
+#   free, 10% `memmove` (the layer's request future is 2,760 bytes and the forwarder's
+#   2,176, each boxed per request and copied in; a third of the proxy's `memmove` is there),
+#   8% `http` headers, 8% tokio, 7% hyper. Not timers: the proxy's thread always sleeps in
+#   `epoll_wait` with a timeout (a timer is always armed), pinned's with none, but pinned
+#   with a timer armed spent the same CPU per call (72.3 to 73.5 us against 68.8 to 74.1).
+#   So the router's own cost over this hop is about 4% to 6% of the proxy's CPU; the rest of
+#   the gap to pinned is the proxy's hop (its checks, the forwarder with its pool fallback,
+#   the timers, the copies and allocations they bring), spread over many small pieces.
 #
 # Measured 2026-11-30 on a 16-core machine (a lent x86-64 VM, kernel 6.18; prebuilt
 # binaries, `HOPS="pinned haproxy" BIN_DIR=… scripts/hop-bench.sh 128 3 6 half`), 128
