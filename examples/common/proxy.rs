@@ -974,7 +974,7 @@ impl Service<Request<ReplayBody<RequestBody>>> for Forwarder {
             .backends
             .send(request, &self.pool, self.dedicated.as_ref())
         {
-            Ok(sent) => Box::pin(sent.answer()),
+            Ok(sent) => sent.answer(),
             Err(error) => Box::pin(std::future::ready(Err(error))),
         }
     }
@@ -1014,66 +1014,99 @@ enum Sending {
 impl Sent {
     /// The backend's answer, or why there is none, within the response timeout. (At the
     /// timeout the wait is dropped, and hyper closes the connection it was waiting on.)
-    async fn answer(self) -> Result<Response<ForwardBody>, ForwardError> {
-        let (backend, limit) = (self.backend, self.response_timeout);
-        match limit {
-            Some(limit) => tokio::time::timeout(limit, self.receive())
-                .await
-                .unwrap_or(Err(ForwardError::TimedOut(backend, limit))),
-            None => self.receive().await,
+    ///
+    /// Boxed for every request, so kept small: no `async fn` (its future would keep its
+    /// arguments twice), and the rare resend through the pool boxed apart.
+    fn answer(
+        self,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<ForwardBody>, ForwardError>> + Send>> {
+        use futures_util::FutureExt;
+        let backend = self.backend;
+        match self.response_timeout {
+            Some(limit) => Box::pin(
+                tokio::time::timeout(limit, self.receive()).map(move |answer| {
+                    answer.unwrap_or(Err(ForwardError::TimedOut(backend, limit)))
+                }),
+            ),
+            None => Box::pin(self.receive()),
         }
     }
 
     /// The backend's answer, or why there is none.
-    async fn receive(self) -> Result<Response<ForwardBody>, ForwardError> {
-        let backend = self.backend;
-        let (response, connection) = match self.sending {
-            Sending::Pooled(response) => {
-                (response.await.map_err(|e| pool_error(&e, backend))?, None)
-            }
-            Sending::Dedicated {
-                answer,
-                connection,
-                absolute,
-                pool,
-            } => match answer.await {
-                Ok(response) => (response, Some(connection)),
-                Err(mut unsent) => match unsent.take_message() {
-                    Some(mut request) => {
-                        *request.uri_mut() = absolute;
-                        let pooled = pool.request(request);
-                        (pooled.await.map_err(|e| pool_error(&e, backend))?, None)
-                    }
-                    // Written, at least in part, as when a pooled connection fails.
-                    None => {
-                        let error = unsent.into_error();
-                        return Err(written_and_failed(&error, body_failed(&error), backend));
-                    }
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn's future keeps each of its arguments twice"
+    )]
+    fn receive(self) -> impl Future<Output = Result<Response<ForwardBody>, ForwardError>> + Send {
+        let Sent {
+            sending,
+            backend,
+            gone,
+            ..
+        } = self;
+        async move {
+            let (response, connection) = match sending {
+                Sending::Pooled(response) => {
+                    (response.await.map_err(|e| pool_error(&e, backend))?, None)
+                }
+                Sending::Dedicated {
+                    answer,
+                    connection,
+                    absolute,
+                    pool,
+                } => match answer.await {
+                    Ok(response) => (response, Some(connection)),
+                    Err(unsent) => (
+                        Box::pin(resend(unsent, absolute, pool, backend)).await?,
+                        None,
+                    ),
                 },
-            },
-        };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // No request asks for an upgrade (`Upgrade` is not passed on), so the backend is
-            // out of step with the protocol. Passed on, the 101 would leave the client
-            // waiting for a protocol nobody speaks; hyper has given up the connection to the
-            // upgrade, and dropping the answer closes it.
-            let detail = format!("{backend} switched protocols unasked (101)");
-            return Err(ForwardError::Failed(backend, detail));
+            };
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // No request asks for an upgrade (`Upgrade` is not passed on), so the backend
+                // is out of step with the protocol. Passed on, the 101 would leave the client
+                // waiting for a protocol nobody speaks; hyper has given up the connection to
+                // the upgrade, and dropping the answer closes it.
+                let detail = format!("{backend} switched protocols unasked (101)");
+                return Err(ForwardError::Failed(backend, detail));
+            }
+            let (mut head, body) = response.into_parts();
+            strip_hop_by_hop(&mut head.headers);
+            let gone = if is_event_stream(&head.headers) {
+                head.headers.insert(
+                    HeaderName::from_static("x-accel-buffering"),
+                    HeaderValue::from_static("no"),
+                );
+                // A stream may live for hours: end it when its backend is removed.
+                gone
+            } else {
+                None
+            };
+            let body = LookAhead::new(body, connection);
+            Ok(Response::from_parts(head, UntilGone::new(body, gone)))
         }
-        let (mut head, body) = response.into_parts();
-        strip_hop_by_hop(&mut head.headers);
-        let gone = if is_event_stream(&head.headers) {
-            head.headers.insert(
-                HeaderName::from_static("x-accel-buffering"),
-                HeaderValue::from_static("no"),
-            );
-            // A stream may live for hours: end it when its backend is removed.
-            self.gone
-        } else {
-            None
-        };
-        let body = LookAhead::new(body, connection);
-        Ok(Response::from_parts(head, UntilGone::new(body, gone)))
+    }
+}
+
+/// A request its dedicated connection handed back (it closed a moment ago): sent through the
+/// pool, to `absolute`, unless some of it was written.
+async fn resend(
+    mut unsent: hyper::client::conn::TrySendError<Request<ReplayBody<RequestBody>>>,
+    absolute: Uri,
+    pool: Pool,
+    backend: BackendId,
+) -> Result<Response<Incoming>, ForwardError> {
+    match unsent.take_message() {
+        Some(mut request) => {
+            *request.uri_mut() = absolute;
+            let pooled = pool.request(request);
+            pooled.await.map_err(|e| pool_error(&e, backend))
+        }
+        // Written, at least in part, as when a pooled connection fails.
+        None => {
+            let error = unsent.into_error();
+            Err(written_and_failed(&error, body_failed(&error), backend))
+        }
     }
 }
 

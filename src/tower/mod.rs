@@ -116,7 +116,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{Clock, ObservedBody};
-use crate::router::store::{MAX_LOOKUPS, StoreSync};
+use crate::router::store::{Lookup, MAX_LOOKUPS, StoreSync};
 use crate::router::{End, Exchange, HeadOutcome, Rejection, Routed, Router, Undelivered};
 use crate::table::{MemoryTable, SessionTable};
 
@@ -353,59 +353,87 @@ where
         // The service that was polled ready takes this request; its clone waits for the next.
         let ready = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, ready);
-        Box::pin(self.shared.clone().serve(inner, request))
+        let (parts, body) = request.into_parts();
+        let attempts = Attempts::once(body);
+        Box::pin(self.shared.clone().serve(inner, parts, attempts))
     }
 }
 
 impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
     /// One request through the layer: decided, delivered (and placed again while it is not),
     /// answered.
-    async fn serve<S, ReqB, ResB>(
+    ///
+    /// Its future is boxed for every request, so it is kept small (within what the allocator
+    /// keeps at hand per thread, about 1 KiB), and moved once: not an `async fn`, whose future
+    /// would keep each argument twice; the request's parts lent to the steps, not moved into
+    /// theirs; a wait on the shared store, rare and large, boxed apart.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn's future keeps each of its arguments twice"
+    )]
+    fn serve<S, ReqB, ResB>(
         self: Arc<Self>,
         mut inner: S,
-        request: Request<ReqB>,
-    ) -> Result<Response<AffinityBody<ResB, C, T>>, S::Error>
+        mut parts: http::request::Parts,
+        mut attempts: Attempts<ReqB>,
+    ) -> impl Future<Output = Result<Response<AffinityBody<ResB, C, T>>, S::Error>>
     where
         S: Service<Request<ReplayBody<ReqB>>, Response = Response<ResB>>,
         ReqB: Body<Data = Bytes>,
         ResB: Body<Data = Bytes>,
         U: Classify<S::Error>,
     {
-        let (mut parts, body) = request.into_parts();
-        let exchange = match self.decide(&parts).await {
-            Ok(exchange) => exchange,
-            Err(rejection) => return Ok(reject(&rejection)),
-        };
-        // A sealed session id: the backend gets its own id back.
-        exchange.rewrite_request(&mut parts);
-        let placeable = exchange.is_placeable();
-        let mut pending = Pending {
-            shared: &self,
-            exchange: Some(exchange),
-        };
-        let Some(body) = self.attempts(body, placeable).await else {
-            return Ok(local(StatusCode::BAD_REQUEST, "request body failed\n"));
-        };
-        Ok(
-            match self.deliver(&mut inner, &mut pending, parts, body).await? {
-                Delivery::Answered(response) => self.answer(pending, response).await,
-                Delivery::Rejected(rejection) => reject(&rejection),
-                Delivery::Failed(status) => local(status, "not delivered\n"),
-            },
-        )
-    }
-
-    /// The request body of each delivery attempt: a request that may be placed again keeps a
-    /// small body (within the replay limit) to send it again; `None` if reading it failed.
-    async fn attempts<B: Body<Data = Bytes>>(
-        &self,
-        body: B,
-        placeable: bool,
-    ) -> Option<Attempts<B>> {
-        let announced = body.size_hint().upper();
-        match announced.filter(|&upper| placeable && upper <= self.replay_limit) {
-            Some(upper) => keep(body, upper).await.map(Attempts::Kept),
-            None => Some(Attempts::Once(Some(body))),
+        async move {
+            // (Each step in a block of its own, so that the future does not keep what the
+            // step was given or made across the next wait.)
+            let mut pending = {
+                let decided = match self.router.route(&parts, self.clock.now()) {
+                    Routed::Forward(exchange) => Ok(exchange),
+                    Routed::Reject(rejection) => Err(rejection),
+                    Routed::Lookup(lookup) => Box::pin(self.look_up(lookup)).await,
+                };
+                match decided {
+                    Ok(exchange) => {
+                        // A sealed session id: the backend gets its own id back.
+                        exchange.rewrite_request(&mut parts);
+                        Pending {
+                            shared: &self,
+                            exchange: Some(exchange),
+                        }
+                    }
+                    Err(rejection) => return Ok(reject(&rejection)),
+                }
+            };
+            // A request that may be placed again keeps a small body (within the replay
+            // limit), to send it again.
+            if pending.exchange().is_placeable() {
+                if let Some(body) = attempts.take_streamed() {
+                    match body
+                        .size_hint()
+                        .upper()
+                        .filter(|&up| up <= self.replay_limit)
+                    {
+                        Some(upper) => match keep(body, upper).await {
+                            Some(kept) => attempts = Attempts::Kept(kept),
+                            None => {
+                                return Ok(local(StatusCode::BAD_REQUEST, "request body failed\n"));
+                            }
+                        },
+                        None => attempts = Attempts::once(body),
+                    }
+                }
+            }
+            let answer = {
+                let delivered = self.deliver(&mut inner, &mut pending, &mut parts, &mut attempts);
+                let response = match delivered.await? {
+                    Delivery::Answered(response) => response,
+                    Delivery::Rejected(rejection) => return Ok(reject(&rejection)),
+                    Delivery::Failed(status) => return Ok(local(status, "not delivered\n")),
+                };
+                let (head, body) = response.into_parts();
+                self.answer(&mut pending, head, body)
+            };
+            Ok(answer.await)
         }
     }
 
@@ -415,8 +443,8 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         &self,
         inner: &mut S,
         pending: &mut Pending<'_, T, C, U>,
-        mut parts: http::request::Parts,
-        mut body: Attempts<ReqB>,
+        parts: &mut http::request::Parts,
+        body: &mut Attempts<ReqB>,
     ) -> Result<Delivery<Response<ResB>>, S::Error>
     where
         S: Service<Request<ReplayBody<ReqB>>, Response = Response<ResB>>,
@@ -430,10 +458,10 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                 // Removed between the decision and here: nothing listens for it any more.
                 None => (Undelivered::Refused, None),
                 Some(label) => {
-                    // (Never `None`: a spent body is not tried again, see below.)
-                    let Some((head, attempt)) = body.next(&mut parts) else {
-                        return not_delivered();
-                    };
+                    if !first {
+                        poll_fn(|cx| inner.poll_ready(cx)).await?;
+                    }
+                    first = false;
                     let exchange = pending.exchange();
                     let upstream = Upstream {
                         backend,
@@ -441,13 +469,18 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                         pinned: !exchange.is_placeable(),
                         starts_conversation: exchange.starts_conversation(),
                     };
-                    let mut request = Request::from_parts(head, attempt);
-                    request.extensions_mut().insert(upstream.clone());
-                    if !first {
-                        poll_fn(|cx| inner.poll_ready(cx)).await?;
-                    }
-                    first = false;
-                    let error = match inner.call(request).await {
+                    // The request is made and handed over between two waits, so that the
+                    // future does not keep it across either. (Never `None`: a spent body is
+                    // not tried again, see below.)
+                    let Some((head, attempt)) = body.next(parts) else {
+                        return not_delivered();
+                    };
+                    let call = {
+                        let mut request = Request::from_parts(head, attempt);
+                        request.extensions_mut().insert(upstream.clone());
+                        inner.call(request)
+                    };
+                    let error = match call.await {
                         Ok(response) => return Ok(Delivery::Answered(response)),
                         Err(error) => error,
                     };
@@ -489,36 +522,51 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
 
     /// A backend's response, shown to the router (which may replace it by a rejection): when
     /// its head reveals a key the store must have first, the store is synced before the client
-    /// gets it; its body is observed by the router to the end.
-    async fn answer<B: Body<Data = Bytes>>(
+    /// gets it; its body is observed by the router to the end. (Not an `async fn`, whose
+    /// future would keep the head and the body twice.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn's future keeps each of its arguments twice"
+    )]
+    fn answer<B: Body<Data = Bytes>>(
         &self,
-        mut pending: Pending<'_, T, C, U>,
-        response: Response<B>,
-    ) -> Response<AffinityBody<B, C, T>> {
-        let (mut head, body) = response.into_parts();
-        let mut exchange = pending.take();
-        let now = self.clock.now();
-        if let HeadOutcome::Replace(rejection) =
-            self.router.on_response_head(&mut exchange, &mut head, now)
-        {
-            drop(body);
-            self.router.on_exchange_end(exchange, End::Aborted, now);
-            return reject(&rejection);
-        }
-        if let Some(sync) = &self.sync {
-            if exchange.take_store_sync() {
+        pending: &mut Pending<'_, T, C, U>,
+        mut head: http::response::Parts,
+        body: B,
+    ) -> impl Future<Output = Response<AffinityBody<B, C, T>>> {
+        async move {
+            // (In a block, so that the future does not keep the exchange across the wait.)
+            let sync = {
+                let mut exchange = pending.take();
+                let now = self.clock.now();
+                if let HeadOutcome::Replace(rejection) =
+                    self.router.on_response_head(&mut exchange, &mut head, now)
+                {
+                    drop(body);
+                    self.router.on_exchange_end(exchange, End::Aborted, now);
+                    return reject(&rejection);
+                }
+                let wants_sync = self.sync.is_some() && exchange.take_store_sync();
+                // Back in the guard before the store's code runs (`sync()` may run it).
+                pending.exchange = Some(exchange);
+                self.sync
+                    .as_ref()
+                    .filter(|_| wants_sync)
+                    .map(|sync| sync.sync())
+            };
+            if let Some(sync) = sync {
                 // The head names a key the store must have before the client does. (The guard
                 // holds the exchange meanwhile: a client that goes away still ends it.)
-                pending.exchange = Some(exchange);
-                sync.sync().await;
-                exchange = pending.take();
+                sync.await;
             }
+            let exchange = pending.take();
+            let clock = self.clock.clone();
+            let mut body = ObservedBody::new(body, self.router.clone(), exchange, clock);
+            if let Some(sync) = &self.sync {
+                body = body.with_store_sync(sync.clone());
+            }
+            Response::from_parts(head, AffinityBody::backend(body))
         }
-        let mut body = ObservedBody::new(body, self.router.clone(), exchange, self.clock.clone());
-        if let Some(sync) = &self.sync {
-            body = body.with_store_sync(sync.clone());
-        }
-        Response::from_parts(head, AffinityBody::backend(body))
     }
 
     /// Whether a request that failed on its way can be reported as refused: its backend
@@ -532,27 +580,24 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         }
     }
 
-    /// Routes a request, looking its key up in the shared store if the router asks.
-    async fn decide(&self, parts: &http::request::Parts) -> Result<Exchange, Rejection> {
-        let mut routed = self.router.route(parts, self.clock.now());
+    /// Answers the router's lookups in the shared store until it decides.
+    async fn look_up(&self, mut lookup: Lookup) -> Result<Exchange, Rejection> {
         let mut asked = 0;
         loop {
-            routed = match routed {
+            // The router asks once for each key the request names; were it ever to ask more,
+            // the answer is "unavailable", which it must refuse.
+            let answer = match &self.store {
+                Some(store) if asked < MAX_LOOKUPS => store.lookup(lookup.key().to_owned()).await,
+                _ => StoreAnswer::Unavailable,
+            };
+            asked += 1;
+            match self
+                .router
+                .on_lookup(lookup, answer.looked(), self.clock.now())
+            {
                 Routed::Forward(exchange) => return Ok(exchange),
                 Routed::Reject(rejection) => return Err(rejection),
-                Routed::Lookup(lookup) => {
-                    // The router asks once for each key the request names; were it ever to
-                    // ask more, the answer is "unavailable", which it must refuse.
-                    let answer = match &self.store {
-                        Some(store) if asked < MAX_LOOKUPS => {
-                            store.lookup(lookup.key().to_owned()).await
-                        }
-                        _ => StoreAnswer::Unavailable,
-                    };
-                    asked += 1;
-                    self.router
-                        .on_lookup(lookup, answer.looked(), self.clock.now())
-                }
+                Routed::Lookup(next) => lookup = next,
             }
         }
     }

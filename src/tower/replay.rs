@@ -22,6 +22,19 @@ pub(super) enum Attempts<B> {
 }
 
 impl<B> Attempts<B> {
+    /// The client's body, to be streamed on the one attempt it is kept for.
+    pub(super) fn once(body: B) -> Self {
+        Attempts::Once(Some(body))
+    }
+
+    /// The streamed body, taken to be read whole instead (`None`: read already, or sent).
+    pub(super) fn take_streamed(&mut self) -> Option<B> {
+        match self {
+            Attempts::Once(once) => once.take(),
+            Attempts::Kept(_) => None,
+        }
+    }
+
     /// Whether another attempt can send the body.
     pub(super) fn can_send(&self) -> bool {
         match self {
@@ -47,7 +60,8 @@ impl<B> Attempts<B> {
 /// A request body read whole, to be sent again.
 pub(super) struct Kept {
     data: Bytes,
-    trailers: Option<HeaderMap>,
+    /// Boxed: rare, and large for what every request carries.
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl Kept {
@@ -82,7 +96,7 @@ pub(super) async fn keep<B: Body<Data = Bytes>>(body: B, limit: u64) -> Option<K
                     }
                 }
             }
-            Err(frame) => trailers = frame.into_trailers().ok(),
+            Err(frame) => trailers = frame.into_trailers().ok().map(Box::new),
         }
         let len = single.as_ref().map_or(data.len(), Bytes::len);
         if len as u64 > limit {
@@ -108,7 +122,7 @@ pin_project! {
 pin_project! {
     #[project = ReplayProj]
     enum Replay<B> {
-        Kept { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Kept { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
         Streamed { #[pin] body: B },
     }
 }
@@ -137,7 +151,7 @@ impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
         match self.project().inner.project() {
             ReplayProj::Kept { data, trailers } => match data.take() {
                 Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t)))),
             },
             ReplayProj::Streamed { body } => body.poll_frame(cx),
         }
