@@ -53,7 +53,8 @@ use http_body::Body;
 use http_body_util::Full;
 use mcp_affinity::TenantId;
 use mcp_affinity::router::Router;
-use mcp_affinity::tower::{AffinityLayer, Upstream};
+use mcp_affinity::table::MemoryTable;
+use mcp_affinity::tower::{Affinity, AffinityLayer, PassErrors, Upstream};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -142,22 +143,30 @@ fn call() -> Request<Full<Bytes>> {
         .expect("a valid request")
 }
 
+/// The layer around a [`Backend`] answering in `sse` or JSON, with the session `s-bench-1`
+/// made as a client makes it (`initialize` through the layer), and its router.
+fn layered(sse: bool) -> (Layered, Arc<Router>) {
+    let router = Arc::new(Router::builder().build());
+    router
+        .add_backend(TenantId::DEFAULT, "http://127.0.0.1:9001", 1)
+        .unwrap();
+    let clock: fn() -> Instant = Instant::now;
+    let mut service = AffinityLayer::new(router.clone(), clock).layer(Backend { sse });
+    let initialize = Request::post("/mcp")
+        .header("host", "127.0.0.1:8080")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    drain(now(service.call(initialize)).unwrap().into_body());
+    assert_eq!(router.metrics().keys_learned, 1, "the session is known");
+    (service, router)
+}
+
+type Layered = Affinity<Backend, MemoryTable, fn() -> Instant, PassErrors>;
+
 fn layer(c: &mut Criterion) {
     let mut group = c.benchmark_group("tower");
     for (name, sse, len) in [("sse", true, SSE.len()), ("json", false, JSON.len())] {
-        let router = Arc::new(Router::builder().build());
-        router
-            .add_backend(TenantId::DEFAULT, "http://127.0.0.1:9001", 1)
-            .unwrap();
-        let mut service = AffinityLayer::new(router.clone(), Instant::now).layer(Backend { sse });
-        // The session is made as a client makes it: `initialize` through the layer.
-        let initialize = Request::post("/mcp")
-            .header("host", "127.0.0.1:8080")
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap();
-        let answer = now(service.call(initialize)).unwrap();
-        drain(answer.into_body());
-        assert_eq!(router.metrics().keys_learned, 1, "the session is known");
+        let (mut service, router) = layered(sse);
         // Both paths give the whole answer, or the comparison means nothing.
         let answer = now(service.call(call())).unwrap();
         assert_eq!(answer.status(), StatusCode::OK);
@@ -192,16 +201,7 @@ fn layer(c: &mut Criterion) {
 fn interleaved(rounds: usize) {
     const BATCH: usize = 20_000;
     for (name, sse) in [("sse", true), ("json", false)] {
-        let router = Arc::new(Router::builder().build());
-        router
-            .add_backend(TenantId::DEFAULT, "http://127.0.0.1:9001", 1)
-            .unwrap();
-        let mut layered = AffinityLayer::new(router.clone(), Instant::now).layer(Backend { sse });
-        let initialize = Request::post("/mcp")
-            .header("host", "127.0.0.1:8080")
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap();
-        drain(now(layered.call(initialize)).unwrap().into_body());
+        let (mut service, router) = layered(sse);
         let mut bare = Backend { sse };
         let (mut bare_ns, mut layer_ns) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
@@ -211,7 +211,7 @@ fn interleaved(rounds: usize) {
                 for _ in 0..BATCH {
                     let request = call();
                     let answer = match through_layer {
-                        true => drain(now(layered.call(request)).unwrap().into_body()),
+                        true => drain(now(service.call(request)).unwrap().into_body()),
                         false => drain(now(bare.call(request)).unwrap().into_body()),
                     };
                     black_box(answer);
