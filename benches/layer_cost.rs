@@ -27,7 +27,7 @@
 //! `examples/proxy`, where the forwarder's own was 2,176 more): `async fn`s keep each
 //! argument twice, and what a step was given stayed in the future across the later waits.
 //! Reshaped (the steps in blocks of their own, the request's parts lent rather than moved,
-//! the rare wait on the shared store boxed apart), it is 784 bytes (1,016 in the proxy, under
+//! the rare wait on the shared store boxed apart), it is 784 bytes (912 in the proxy, under
 //! the 1,032 bytes glibc keeps per-thread caches for; the forwarder's 584). Against its parent
 //! in the same session: the instructions the layer adds per request, by callgrind (exact, and
 //! deaf to the machine's noise), went from about 6,900 to about 5,000 (1,917 fewer per request,

@@ -99,7 +99,7 @@
 #   (`mcp_affinity`: 4.1% of the proxy's samples), 11% the proxy's own code, 10% malloc and
 #   free, 10% `memmove` (the layer's request future was 2,760 bytes and the forwarder's
 #   2,176, each boxed per request and copied in: a third of the proxy's `memmove`; since
-#   1,016 and 584, see benches/layer_cost.rs),
+#   912 and 584, see benches/layer_cost.rs),
 #   8% `http` headers, 8% tokio, 7% hyper. Not timers: the proxy's thread always sleeps in
 #   `epoll_wait` with a timeout (a timer is always armed), pinned's with none, but pinned
 #   with a timer armed spent the same CPU per call (72.3 to 73.5 us against 68.8 to 74.1).

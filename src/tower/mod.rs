@@ -406,21 +406,16 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
             };
             // A request that may be placed again keeps a small body (within the replay
             // limit), to send it again.
-            if pending.exchange().is_placeable() {
-                if let Some(body) = attempts.take_streamed() {
-                    match body
-                        .size_hint()
-                        .upper()
-                        .filter(|&up| up <= self.replay_limit)
-                    {
-                        Some(upper) => match keep(body, upper).await {
-                            Some(kept) => attempts = Attempts::Kept(kept),
-                            None => {
-                                return Ok(local(StatusCode::BAD_REQUEST, "request body failed\n"));
-                            }
-                        },
-                        None => attempts = Attempts::once(body),
-                    }
+            let placeable = pending.exchange().is_placeable();
+            let keepable = attempts
+                .announced()
+                .filter(|&upper| placeable && upper <= self.replay_limit);
+            if let Some(upper) = keepable
+                && let Some(body) = attempts.take_streamed()
+            {
+                match keep(body, upper).await {
+                    Some(kept) => attempts = Attempts::Kept(kept),
+                    None => return Ok(local(StatusCode::BAD_REQUEST, "request body failed\n")),
                 }
             }
             let answer = {

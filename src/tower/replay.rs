@@ -27,6 +27,17 @@ impl<B> Attempts<B> {
         Attempts::Once(Some(body))
     }
 
+    /// The most bytes the streamed body announces (`None`: no bound, or not streamed).
+    pub(super) fn announced(&self) -> Option<u64>
+    where
+        B: Body,
+    {
+        match self {
+            Attempts::Once(Some(body)) => body.size_hint().upper(),
+            _ => None,
+        }
+    }
+
     /// The streamed body, taken to be read whole instead (`None`: read already, or sent).
     pub(super) fn take_streamed(&mut self) -> Option<B> {
         match self {
