@@ -98,6 +98,8 @@ usage: proxy --listen ADDR --backend URL [--backend URL ...] [options]
                              128, over 3; 0 = no bound); with --threads, N/threads each
   --threads N                serve clients on N threads, each polling its own connections (default:
                              one per CPU); 0 = one tokio work-stealing runtime for everything
+  --bypass-router            send every request to the first backend without the router (no
+                             affinity: only to measure what the router costs, scripts/hop-bench.sh)
 ";
 
 struct Args {
@@ -129,6 +131,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         }
         if flag == "--rewrite-host" {
             config.rewrite_host = true;
+            continue;
+        }
+        if flag == "--bypass-router" {
+            config.bypass_router = true;
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;

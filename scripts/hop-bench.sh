@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The hop benchmark (issue #13): one rmcp replica, and in front of it, each as its own process,
-# the router's proxy (examples/proxy.rs), the same hyper hop without a router ("plain"), the
+# the router's proxy (examples/proxy.rs), the same proxy with the router bypassed ("bypass":
+# every request to the replica, the rest of the proxy as it is), a hyper hop without a router
+# written apart ("plain"), the
 # plain hop with a backend connection per client connection in its own task, its answers
 # looked ahead as the proxy's are ("pinned": the ceiling for a hop on hyper, not a usable
 # proxy), a TCP byte relay on tokio with no HTTP at
@@ -19,7 +21,7 @@
 # RATE "half" offers half the calls/s of the slowest hop at saturation (any machine).
 # Needs haproxy (Debian: apt-get install -y haproxy); without it, HAProxy is skipped, loudly.
 # HOPS="pinned haproxy" measures only those beside the router's proxy (default: pooled shared
-# plain pinned relay haproxy; "pingora" is measured only when named, and built first unless
+# bypass plain pinned relay haproxy; "pingora" is measured only when named, and built first unless
 # BIN_DIR is set: it needs cmake); BIN_DIR=dir runs the `load` and `proxy` binaries found there
 # instead of building them (a machine without cargo), and PINGORA_BIN the pingora proxy
 # (default target/release/mcp-pingora-proxy).
@@ -190,7 +192,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sessions="${1:-32}" rounds="${2:-4}" seconds="${3:-10}" rate="${4:-8000}"
 
-hops=" ${HOPS:-pooled shared plain pinned relay haproxy} "
+hops=" ${HOPS:-pooled shared bypass plain pinned relay haproxy} "
 measured() { [[ "$hops" == *" $1 "* ]]; }
 if [[ -n "${BIN_DIR:-}" ]]; then
     bin="$BIN_DIR"
@@ -200,6 +202,7 @@ else
 fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 replica=$(port) proxy=$(port) admin=$(port) pooled=$(port) admin2=$(port) shared=$(port) admin3=$(port)
+bypass=$(port) admin4=$(port)
 plain=$(port) pinned=$(port) relay=$(port) pingora=$(port) haproxy=$(port)
 tmp=$(mktemp -d)
 pids=()
@@ -229,6 +232,11 @@ if measured shared; then
     "$bin/proxy" --listen "127.0.0.1:$shared" --admin "127.0.0.1:$admin3" --threads 0 \
         --backend "http://127.0.0.1:$replica" & pids+=($!)
     targets+=(--target "shared=http://127.0.0.1:$shared/mcp")
+fi
+if measured bypass; then
+    "$bin/proxy" --listen "127.0.0.1:$bypass" --admin "127.0.0.1:$admin4" --bypass-router \
+        --backend "http://127.0.0.1:$replica" & pids+=($!)
+    targets+=(--target "bypass=http://127.0.0.1:$bypass/mcp")
 fi
 if measured plain; then
     "$bin/load" --serve-plain "127.0.0.1:$plain" --to "127.0.0.1:$replica" & pids+=($!)
@@ -281,7 +289,7 @@ else
     haproxy=""
 fi
 wait_port "$proxy"
-for hop in pooled shared plain pinned relay pingora; do
+for hop in pooled shared bypass plain pinned relay pingora; do
     if measured "$hop"; then wait_port "${!hop}"; fi
 done
 if [[ -n "$haproxy" ]]; then wait_port "$haproxy"; fi

@@ -826,3 +826,52 @@ async fn the_bytes_that_came_before_the_first_wait_count_toward_the_rate() {
     assert!(started.elapsed() >= TIMEOUT + Duration::from_secs(1));
     assert_eq!(ticket.missed(), Some(TIMEOUT));
 }
+
+/// `--bypass-router` (the hop benchmark's `bypass` hop, what the router costs a hop measured
+/// against): every request goes to the first backend, the router sees none of them, and the
+/// rest of the proxy (its checks of what no backend is sent) stays as it is.
+#[tokio::test]
+async fn with_the_router_bypassed_every_request_reaches_the_first_backend_unseen() {
+    let (first, second) = (backend().await, backend().await);
+    let running = proxy_with(Config {
+        backends: vec![
+            format!("http://{}", first.addr),
+            format!("http://{}", second.addr),
+        ],
+        bypass_router: true,
+        ..config()
+    })
+    .await;
+    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let mut buf = Vec::new();
+    // A session no backend made (the router would answer 404), new conversations (the router
+    // would place them on both backends in turn) and a GET.
+    let unknown = "POST /mcp HTTP/1.1\r\nhost: proxy.test\r\nmcp-session-id: s-nobody\r\n\
+                   content-length: 2\r\n\r\n{}";
+    ask(&mut client, &mut buf, unknown).await;
+    for _ in 0..4 {
+        ask(&mut client, &mut buf, &post("/mcp")).await;
+    }
+    ask(
+        &mut client,
+        &mut buf,
+        "GET /other HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(first.requests.load(Ordering::SeqCst), 6);
+    assert_eq!(second.requests.load(Ordering::SeqCst), 0);
+    let metrics = running.proxy.router().metrics();
+    assert_eq!(
+        metrics.pinned + metrics.placed + metrics.rejected_total(),
+        0
+    );
+    // What the proxy answers itself is still answered before any backend sees it.
+    ask_for(
+        &mut client,
+        &mut buf,
+        "GET /a/../mcp HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
+        "400",
+    )
+    .await;
+    assert_eq!(first.requests.load(Ordering::SeqCst), 6);
+}

@@ -88,9 +88,9 @@ use timed::{BodyTimer, Ticket};
 type RequestBody = timed::Timed<Incoming>;
 
 /// The body of every response the proxy sends: the gateway's (the backend's, observed by the
-/// router, or the router's rejection), or one the proxy writes itself. Two variants, not a
-/// boxed body: no allocation per response.
-pub type ProxyBody = Either<GatewayBody, Full<Bytes>>;
+/// router, or the router's rejection), the backend's as it came ([`Config::bypass_router`]),
+/// or one the proxy writes itself. Variants, not a boxed body: no allocation per response.
+pub type ProxyBody = Either<Either<GatewayBody, ForwardBody>, Full<Bytes>>;
 
 /// The body of the gateway's answers.
 type GatewayBody = AffinityBody<ForwardBody, fn() -> Instant, MemoryTable>;
@@ -182,6 +182,10 @@ pub struct Config {
     /// either side of the loss, gets 503 before its 404 (`None`: while the backend is down;
     /// see `RouterBuilder::down_grace`).
     pub down_grace: Option<Duration>,
+    /// Send every request to the first backend, without the router: no routing, no
+    /// affinity, no rejections; the rest of the proxy as it is. Only for measuring what the
+    /// router costs a hop (`scripts/hop-bench.sh`, the `bypass` hop).
+    pub bypass_router: bool,
 }
 
 impl Default for Config {
@@ -204,6 +208,7 @@ impl Default for Config {
             redis: None,
             redis_prefix: "mcpa".into(),
             down_grace: None,
+            bypass_router: false,
         }
     }
 }
@@ -229,6 +234,8 @@ pub struct Proxy {
     backends: Arc<Backends>,
     /// Makes each client connection's gateway.
     layer: AffinityLayer<MemoryTable, fn() -> Instant, Classifier>,
+    /// Requests go to the forwarder without the layer ([`Config::bypass_router`]).
+    bypass_router: bool,
     health_interval: Option<Duration>,
     shutdown_grace: Duration,
     header_timeout: Option<Duration>,
@@ -356,6 +363,7 @@ impl Proxy {
             router,
             backends,
             layer,
+            bypass_router: config.bypass_router,
             health_interval: config.health_interval,
             shutdown_grace: config.shutdown_grace,
             header_timeout: config.header_timeout,
@@ -563,7 +571,10 @@ impl Proxy {
         };
         let connection = Connection {
             proxy: self.clone(),
-            gateway: self.layer.layer(forwarder),
+            gate: match self.bypass_router {
+                false => Gate::Routed(self.layer.layer(forwarder)),
+                true => Gate::Bypass(forwarder),
+            },
             forwarded_for: forwarded_for(peer),
             body_timer: self.body_timeout.map(BodyTimer::new),
         };
@@ -596,25 +607,36 @@ impl Proxy {
     }
 
     /// The answer to the client for what the gateway made of its request.
-    fn answer(&self, made: Result<Response<GatewayBody>, ForwardError>) -> Response<ProxyBody> {
+    fn answer<B>(
+        &self,
+        made: Result<Response<B>, ForwardError>,
+        body: fn(B) -> Either<GatewayBody, ForwardBody>,
+    ) -> Response<ProxyBody> {
         match made {
-            Ok(response) => response.map(Either::Left),
+            Ok(response) => response.map(|b| Either::Left(body(b))),
+            Err(error) => self.failed(error),
+        }
+    }
+
+    /// The answer to the client for a request the forwarder could not answer.
+    fn failed(&self, error: ForwardError) -> Response<ProxyBody> {
+        match error {
             // The client's own body failed (it went away mid-request): nobody to tell.
-            Err(ForwardError::ClientBody) => {
+            ForwardError::ClientBody => {
                 text(StatusCode::BAD_REQUEST, "request body failed\n".into())
             }
-            Err(error @ ForwardError::Local(_)) => {
+            error @ ForwardError::Local(_) => {
                 eprintln!("proxy: 503: {error}");
                 busy()
             }
-            Err(error @ ForwardError::TimedOut(..)) => {
+            error @ ForwardError::TimedOut(..) => {
                 eprintln!("proxy: 504: {error}");
                 text(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("Gateway timeout: {error}\n"),
                 )
             }
-            Err(error) => self.bad_gateway(&error),
+            error => self.bad_gateway(&error),
         }
     }
 
@@ -816,7 +838,7 @@ impl Proxy {
 /// forwarder has the connection's dedicated backend connection, and its client's address.
 pub struct Connection {
     proxy: Arc<Proxy>,
-    gateway: Gateway,
+    gate: Gate,
     /// The client's address as an `X-Forwarded-For` value.
     forwarded_for: Option<HeaderValue>,
     /// The bound on its request bodies (`None`: none).
@@ -851,25 +873,29 @@ impl Connection {
             req.headers_mut()
                 .append(HeaderName::from_static("x-forwarded-for"), ip.clone());
         }
-        let mut gateway = self.gateway.clone();
         // The forwarder takes every request (a pooled client, or the dedicated connection), so
         // the gateway is ready at once.
-        let call = match checked {
-            Err((status, why)) => Err(Unsent::Refused(status, why)),
-            Ok(()) => {
+        let call = match (checked, &self.gate) {
+            (Err((status, why)), _) => Err(Unsent::Refused(status, why)),
+            (Ok(()), Gate::Routed(gateway)) => {
+                let mut gateway = gateway.clone();
                 match gateway.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
-                    Poll::Ready(Ok(())) => Ok(gateway.call(req)),
+                    Poll::Ready(Ok(())) => Ok(Call::Routed(gateway.call(req))),
                     Poll::Ready(Err(error)) => Err(Unsent::Failed(error)),
                     // Never with this forwarder; a gateway that could be busy would shed it.
                     Poll::Pending => Err(Unsent::Busy),
                 }
             }
+            (Ok(()), Gate::Bypass(forwarder)) => Ok(Call::Bypass(
+                forwarder.clone().call(req.map(ReplayBody::streamed)),
+            )),
         };
         let proxy = self.proxy.clone();
         async move {
             let response = match call {
-                Ok(call) => proxy.answer(call.await),
-                Err(Unsent::Failed(error)) => proxy.answer(Err(error)),
+                Ok(Call::Routed(call)) => proxy.answer(call.await, Either::Left),
+                Ok(Call::Bypass(call)) => proxy.answer(call.await, Either::Right),
+                Err(Unsent::Failed(error)) => proxy.failed(error),
                 Err(Unsent::Refused(status, why)) => text(status, why.into()),
                 Err(Unsent::Busy) => busy(),
             };
@@ -885,6 +911,20 @@ impl Connection {
             response
         }
     }
+}
+
+/// What a connection hands its requests to.
+enum Gate {
+    /// The router's layer around the forwarder.
+    Routed(Gateway),
+    /// The forwarder alone ([`Config::bypass_router`]).
+    Bypass(Forwarder),
+}
+
+/// A request handed to the [`Gate`].
+enum Call<R, B> {
+    Routed(R),
+    Bypass(B),
 }
 
 /// Why a request was not handed to the gateway.
@@ -1168,24 +1208,25 @@ impl Backends {
         dedicated: Option<&Arc<Dedicated>>,
     ) -> Result<Sent, ForwardError> {
         let (mut parts, body) = request.into_parts();
-        let upstream = parts
-            .extensions
-            .remove::<Upstream>()
-            .expect("the layer names the backend");
+        let backend = match parts.extensions.remove::<Upstream>() {
+            Some(upstream) => upstream.backend(),
+            // Without the layer (`Config::bypass_router`): the first backend.
+            None => self.first().ok_or_else(|| {
+                ForwardError::Undelivered(Undelivered::Refused, "no backend".into())
+            })?,
+        };
         // Only a GET stream is ended when its backend goes: it has no end of its own. A POST's
         // answer ends with the call, as a draining proxy lets it.
         let stream = parts.method == Method::GET;
-        let Some(Target { uri, host, gone }) = self.target(upstream.backend(), &parts.uri, stream)
-        else {
+        let Some(Target { uri, host, gone }) = self.target(backend, &parts.uri, stream) else {
             // Removed between the router's decision and here: nothing listens for it now.
-            let detail = format!("{} removed", upstream.backend());
+            let detail = format!("{backend} removed");
             return Err(ForwardError::Undelivered(Undelivered::Refused, detail));
         };
         parts.version = http::Version::HTTP_11;
         if self.rewrite_host || !parts.headers.contains_key(header::HOST) {
             parts.headers.insert(header::HOST, host);
         }
-        let backend = upstream.backend();
         let sending = match dedicated.filter(|_| uri.scheme() == Some(&Scheme::HTTP)) {
             Some(dedicated) => {
                 // A connection of its own is sent the origin form (`/path?query`).
@@ -1218,6 +1259,12 @@ impl Backends {
             gone,
             response_timeout: self.response_timeout,
         })
+    }
+
+    /// The backend in the lowest slot, if any.
+    fn first(&self) -> Option<BackendId> {
+        let by_slot = self.by_slot.read().unwrap();
+        by_slot.iter().flatten().map(|backend| backend.id).next()
     }
 
     /// Where a request for backend `id` goes (`None`: the backend is gone); with its removal

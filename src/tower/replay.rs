@@ -139,7 +139,10 @@ pin_project! {
 }
 
 impl<B> ReplayBody<B> {
-    pub(super) fn streamed(body: B) -> Self {
+    /// `body`, streamed as it comes and never kept: what the inner service gets for a
+    /// request the layer did not keep. For calling that service without the layer (a route
+    /// the router should not see, a test).
+    pub fn streamed(body: B) -> Self {
         ReplayBody {
             inner: Replay::Streamed { body },
         }
