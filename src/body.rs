@@ -3,7 +3,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -45,10 +45,13 @@ pin_project! {
     /// - The end of the body ends the exchange as [`End::Completed`]; an error from the inner
     ///   body, or dropping the wrapper first (a client that went away), as [`End::Aborted`].
     ///   Dropping the wrapper drops the inner body at once: the backend sees the cancellation.
+    ///   The inner body's [`is_end_stream`](Body::is_end_stream) is trusted: once it says a
+    ///   frame was its last, the exchange ends with that frame, and nothing past it is read.
     /// - Trailers pass through. [`size_hint`](Body::size_hint) is the inner body's, plus the
     ///   bytes taken from it and not yet sent (unknown while the body is being rewritten: it
-    ///   will have another length); [`is_end_stream`](Body::is_end_stream) is the inner
-    ///   body's once nothing is held.
+    ///   will have another length); [`is_end_stream`](Body::is_end_stream) is true once the
+    ///   exchange has ended and nothing held is left to send (with the last frame, when the
+    ///   inner body knows it is the last).
     ///
     /// ```
     /// # futures_executor::block_on(async {
@@ -159,16 +162,31 @@ impl<B, C: Clock, T: SessionTable> ObservedBody<B, C, T> {
     }
 }
 
-impl<B, C, T> Body for ObservedBody<B, C, T>
+/// Ends `exchange`, if still held, `how`; what the router held back of the body, to send last.
+fn end_exchange<T: SessionTable, C: Clock>(
+    router: &Router<T>,
+    exchange: &mut Option<Exchange>,
+    clock: &C,
+    how: End,
+) -> Option<Bytes> {
+    let mut exchange = exchange.take()?;
+    // An error drops what was held: the stream is broken anyway.
+    let rest = match how {
+        End::Completed => router.on_response_data_end(&mut exchange),
+        End::Aborted => None,
+    };
+    router.on_exchange_end(exchange, how, clock.now());
+    rest
+}
+
+impl<B, C, T> ObservedBody<B, C, T>
 where
     B: Body<Data = Bytes>,
     C: Clock,
     T: SessionTable,
 {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
+    /// The next frame to send: the inner body's, seen by the router, or what it held back.
+    fn poll_next(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
@@ -197,14 +215,7 @@ where
                         Some(_) => End::Aborted,
                     };
                     *this.observing = false;
-                    let mut rest = None;
-                    if let Some(mut exchange) = this.exchange.take() {
-                        // An error drops what was held: the stream is broken anyway.
-                        if how == End::Completed {
-                            rest = this.router.on_response_data_end(&mut exchange);
-                        }
-                        this.router.on_exchange_end(exchange, how, this.clock.now());
-                    }
+                    let rest = end_exchange(this.router, this.exchange, this.clock, how);
                     return match (rest, end) {
                         (Some(rest), None) => {
                             *this.ended = true;
@@ -252,11 +263,46 @@ where
             }
         }
     }
+}
+
+impl<B, C, T> Body for ObservedBody<B, C, T>
+where
+    B: Body<Data = Bytes>,
+    C: Clock,
+    T: SessionTable,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let frame = ready!(self.as_mut().poll_next(cx));
+        let this = self.project();
+        if matches!(frame, Some(Ok(_)))
+            && this.exchange.is_some()
+            && this.pending.is_none()
+            && this.syncing.is_none()
+            && this.inner.is_end_stream()
+        {
+            // The inner body's last frame (one of a known length, or read ahead to its end):
+            // the exchange ends with it, and what the router held back goes next, so that this
+            // body's end is known with its last frame and its reader need not poll again (hyper
+            // then writes the answer's end with it, and lets the body go at once).
+            *this.observing = false;
+            *this.ended = true;
+            *this.pending = end_exchange(this.router, this.exchange, this.clock, End::Completed)
+                .map(Frame::data);
+        }
+        Poll::Ready(frame)
+    }
 
     fn is_end_stream(&self) -> bool {
-        // Held bytes, a pending frame or a chunk waiting for its store writes are still to
-        // come.
-        !self.observing
+        // Not while the exchange is held (it ends with the last frame, or at the end, which
+        // the reader then polls for): held bytes, a pending frame or a chunk waiting for its
+        // store writes are still to come.
+        self.exchange.is_none()
             && self.pending.is_none()
             && self.syncing.is_none()
             && (self.ended || self.inner.is_end_stream())

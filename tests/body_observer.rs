@@ -130,11 +130,238 @@ fn frames_pass_through_unchanged_one_per_poll_and_are_never_held_back() {
         panic!()
     };
     assert!(matches!(poll(&mut body), Poll::Ready(None)));
+    // The backend said it had ended with its last frame: it is not asked again.
     assert_eq!(
         polls.load(Ordering::SeqCst),
-        5,
-        "no poll ahead of the consumer"
+        4,
+        "no poll ahead of the consumer, none past the end"
     );
+}
+
+/// A body that knows its last frame is its last (read ahead to its end, or of a known length)
+/// ends with it: the exchange ends as the frame goes, and the wrapper says it has ended, so
+/// that its reader (hyper) need not poll again for the end and lets it go at once. Without
+/// that, a reader that stops at `is_end_stream` dropped it, and the exchange ended as aborted.
+#[test]
+fn the_last_frame_ends_the_exchange_and_the_body_when_the_backend_knows_it_is_the_last() {
+    for observed in [true, false] {
+        let (router, mut ex) = sse_stream();
+        // An SSE stream is read for its endpoint; a JSON answer is not read at all.
+        if !observed {
+            let now = clock();
+            ex = forward(router.route(&post("/mcp", &[]), now));
+            let _ = router.on_response_head(&mut ex, &mut resp(200, &[JSON]), now);
+        }
+        let (script, polls, _) = Script::new(vec![data(ENDPOINT)]);
+        let mut body = ObservedBody::new(script, router.clone(), ex, clock);
+        assert!(!body.is_end_stream());
+        let Poll::Ready(Some(Ok(frame))) = poll(&mut body) else {
+            panic!()
+        };
+        assert_eq!(&frame.into_data().unwrap()[..], ENDPOINT, "passed on whole");
+        assert!(body.is_end_stream(), "ended with its last frame");
+        assert!(!body.is_observing());
+        if observed {
+            // The legacy session was learned, and its stream has ended with the body.
+            assert_eq!(router.metrics().keys_learned, 1);
+            assert_eq!(router.metrics().keys_released, 1);
+        }
+        assert!(matches!(poll(&mut body), Poll::Ready(None)));
+        assert_eq!(polls.load(Ordering::SeqCst), 1, "never asked past its end");
+        drop(body);
+        if observed {
+            assert_eq!(router.metrics().keys_released, 1, "and ended once");
+        }
+    }
+}
+
+/// A sealing router rewrites the legacy endpoint event, holding its bytes until the event
+/// is whole. With a backend that knows its last frame, the body still gives what the router's
+/// own calls give for the same chunks, cut anywhere: the rewritten event when it is whole, and
+/// what was held, last, when the body ends inside it.
+#[test]
+fn what_the_router_holds_goes_after_the_last_frame_in_order() {
+    use mcp_affinity::router::{Data, Sealing};
+    use mcp_affinity::seal::{Keyring, SealKey};
+    let whole: &[u8] = b": ping\r\n\r\nevent: endpoint\r\ndata: /messages/?session_id=\
+fd15ff9f769d4acd9a944aa18b923c61\r\n\r\nevent: message\r\ndata: {}";
+    // Cut short inside the endpoint event: the router holds it when the body ends.
+    let cut_short = &whole[..60];
+    let sealing_router = || {
+        let keys = Keyring::new([SealKey::new([7; 32])]).unwrap();
+        let router = Router::builder()
+            .sealing(Sealing::new(keys, [9; 12], clock(), 1_795_000_000))
+            .build();
+        router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+        let router = Arc::new(router);
+        let mut ex = forward(router.route(&get("/sse", &[]), clock()));
+        let _ = router.on_response_head(&mut ex, &mut resp(200, &[SSE]), clock());
+        (router, ex)
+    };
+    let mut cases: Vec<Vec<&[u8]>> = vec![vec![whole], vec![cut_short]];
+    for cut in [8, 20, 40, 60, 80, whole.len() - 3] {
+        cases.push(vec![&whole[..cut], &whole[cut..]]);
+    }
+    for cut in [8, 20, 40] {
+        cases.push(vec![&cut_short[..cut], &cut_short[cut..]]);
+    }
+    for chunks in cases {
+        // The router's calls, one after the other.
+        let (router, mut ex) = sealing_router();
+        let mut expected = Vec::new();
+        for chunk in &chunks {
+            let data = router.on_response_data(&mut ex, Bytes::copy_from_slice(chunk), clock());
+            if let Data::Send(bytes) = data {
+                expected.extend_from_slice(&bytes);
+            }
+        }
+        expected.extend(router.on_response_data_end(&mut ex).unwrap_or_default());
+        // The same through the body, whose backend knows its last frame.
+        let (router, ex) = sealing_router();
+        let (script, _, _) = Script::new(
+            chunks
+                .iter()
+                .map(|c| Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(c))))))
+                .collect(),
+        );
+        let mut body = ObservedBody::new(script, router.clone(), ex, clock);
+        let mut out = Vec::new();
+        loop {
+            match poll(&mut body) {
+                Poll::Ready(Some(Ok(frame))) => out.extend_from_slice(&frame.into_data().unwrap()),
+                Poll::Ready(None) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(body.is_end_stream());
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&expected),
+            "{chunks:?}"
+        );
+        if chunks.concat() == whole {
+            assert!(
+                !out.windows(8).any(|w| w == b"fd15ff9f"),
+                "the id was sealed"
+            );
+        }
+    }
+}
+
+/// A chunk that waits for the shared store's writes before it goes (a legacy SSE session the
+/// fleet must know first) may be the last: the exchange still ends with it once the writes are
+/// done, not when the reader, told the body has ended, drops it.
+#[test]
+fn the_last_chunk_after_the_store_writes_still_ends_the_exchange_with_it() {
+    use mcp_affinity::router::store::SharedStore;
+    /// Not done the first time it is polled.
+    struct Once(bool);
+    impl std::future::Future for Once {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+    let now = clock();
+    let router = Router::builder()
+        .shared_store(SharedStore::new("mcp", now, 1_795_000_000))
+        .build();
+    router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    let router = Arc::new(router);
+    let mut ex = forward(router.route(&get("/sse", &[]), now));
+    let _ = router.on_response_head(&mut ex, &mut resp(200, &[SSE]), now);
+    let (script, polls, _) = Script::new(vec![data(ENDPOINT)]);
+    let synced = Arc::new(AtomicUsize::new(0));
+    let count = synced.clone();
+    let mut body =
+        ObservedBody::new(script, router.clone(), ex, clock).with_store_sync(Arc::new(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+            Once(false)
+        }));
+    assert!(
+        poll(&mut body).is_pending(),
+        "the chunk waits for the writes"
+    );
+    assert_eq!(synced.load(Ordering::SeqCst), 1);
+    assert!(!body.is_end_stream());
+    let Poll::Ready(Some(Ok(frame))) = poll(&mut body) else {
+        panic!()
+    };
+    assert_eq!(&frame.into_data().unwrap()[..], ENDPOINT);
+    assert!(body.is_end_stream(), "ended with its last chunk");
+    assert_eq!(router.metrics().keys_learned, 1);
+    assert_eq!(
+        router.metrics().keys_released,
+        1,
+        "the session ended with its stream"
+    );
+    assert!(matches!(poll(&mut body), Poll::Ready(None)));
+    assert_eq!(polls.load(Ordering::SeqCst), 1, "never asked past its end");
+}
+
+/// Trailers that come while the router still holds bytes back (a sealed endpoint event cut
+/// short) go after those bytes, and end the body: nothing is asked of the backend after them.
+#[test]
+fn trailers_end_the_body_after_what_the_router_held() {
+    use mcp_affinity::router::Sealing;
+    use mcp_affinity::seal::{Keyring, SealKey};
+    let keys = Keyring::new([SealKey::new([7; 32])]).unwrap();
+    let router = Router::builder()
+        .sealing(Sealing::new(keys, [9; 12], clock(), 1_795_000_000))
+        .build();
+    router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    let router = Arc::new(router);
+    let mut ex = forward(router.route(&get("/sse", &[]), clock()));
+    let _ = router.on_response_head(&mut ex, &mut resp(200, &[SSE]), clock());
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-done", "1".parse().unwrap());
+    let cut: &'static [u8] = b"event: endpoint\r\ndata: /messa";
+    let (script, polls, _) = Script::new(vec![
+        data(cut),
+        Poll::Ready(Some(Ok(Frame::trailers(trailers.clone())))),
+    ]);
+    let mut body = ObservedBody::new(script, router, ex, clock);
+    let Poll::Ready(Some(Ok(held))) = poll(&mut body) else {
+        panic!()
+    };
+    assert_eq!(
+        &held.into_data().unwrap()[..],
+        cut,
+        "what was held goes first, as it came"
+    );
+    assert!(!body.is_end_stream(), "the trailers are still to come");
+    let Poll::Ready(Some(Ok(frame))) = poll(&mut body) else {
+        panic!()
+    };
+    assert_eq!(frame.into_trailers().unwrap(), trailers);
+    assert!(body.is_end_stream());
+    assert!(matches!(poll(&mut body), Poll::Ready(None)));
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        2,
+        "never asked past the trailers"
+    );
+}
+
+/// An empty body is not said to have ended before it is polled once: the exchange ends as the
+/// reader finds the end, not when it drops a body it was told had ended.
+#[test]
+fn an_empty_body_is_polled_once_for_its_end() {
+    // A JSON answer: the router does not read it.
+    let (router, _) = sse_stream();
+    let now = clock();
+    let mut ex = forward(router.route(&post("/mcp", &[]), now));
+    let _ = router.on_response_head(&mut ex, &mut resp(202, &[JSON]), now);
+    let (script, polls, _) = Script::new(vec![]);
+    let mut body = ObservedBody::new(script, router, ex, clock);
+    assert!(!body.is_end_stream(), "the exchange is still held");
+    assert!(matches!(poll(&mut body), Poll::Ready(None)));
+    assert!(body.is_end_stream());
+    assert_eq!(polls.load(Ordering::SeqCst), 1);
 }
 
 #[test]
