@@ -75,6 +75,30 @@ fn poll<B: Body + Unpin>(body: &mut B) -> Polled<B> {
     Pin::new(body).poll_frame(&mut Context::from_waker(Waker::noop()))
 }
 
+/// The next frame, which must be ready.
+fn next<B: Body + Unpin>(body: &mut B) -> Frame<B::Data>
+where
+    B::Error: std::fmt::Debug,
+{
+    match poll(body) {
+        Poll::Ready(Some(Ok(frame))) => frame,
+        other => panic!(
+            "expected a frame: {:?}",
+            other.map(|f| f.map(|r| r.map(|_| ())))
+        ),
+    }
+}
+
+/// A JSON answer to a call on a router with one backend: the router does not read its body.
+fn json_answer(status: u16) -> (Arc<Router>, mcp_affinity::router::Exchange) {
+    let router = Arc::new(Router::builder().build());
+    router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    let now = clock();
+    let mut ex = forward(router.route(&post("/mcp", &[]), now));
+    let _ = router.on_response_head(&mut ex, &mut resp(status, &[JSON]), now);
+    (router, ex)
+}
+
 /// A router with one backend and an open legacy SSE stream, observing its body.
 fn sse_stream() -> (Arc<Router>, mcp_affinity::router::Exchange) {
     let router = Arc::new(Router::builder().build());
@@ -117,18 +141,14 @@ fn frames_pass_through_unchanged_one_per_poll_and_are_never_held_back() {
     );
     assert_eq!(polls.load(Ordering::SeqCst), 2);
     assert!(body.is_observing());
-    let Poll::Ready(Some(Ok(frame))) = poll(&mut body) else {
-        panic!()
-    };
+    let frame = next(&mut body);
     assert_eq!(&frame.into_data().unwrap()[..], b"ion_id=s1\r\n\r\n");
     assert!(
         !body.is_observing(),
         "learned: the body is no longer inspected"
     );
     assert_eq!(router.metrics().keys_learned, 1);
-    let Poll::Ready(Some(Ok(_))) = poll(&mut body) else {
-        panic!()
-    };
+    next(&mut body);
     assert!(matches!(poll(&mut body), Poll::Ready(None)));
     // The backend said it had ended with its last frame: it is not asked again.
     assert_eq!(
@@ -145,19 +165,16 @@ fn frames_pass_through_unchanged_one_per_poll_and_are_never_held_back() {
 #[test]
 fn the_last_frame_ends_the_exchange_and_the_body_when_the_backend_knows_it_is_the_last() {
     for observed in [true, false] {
-        let (router, mut ex) = sse_stream();
         // An SSE stream is read for its endpoint; a JSON answer is not read at all.
-        if !observed {
-            let now = clock();
-            ex = forward(router.route(&post("/mcp", &[]), now));
-            let _ = router.on_response_head(&mut ex, &mut resp(200, &[JSON]), now);
-        }
+        let (router, ex) = if observed {
+            sse_stream()
+        } else {
+            json_answer(200)
+        };
         let (script, polls, _) = Script::new(vec![data(ENDPOINT)]);
         let mut body = ObservedBody::new(script, router.clone(), ex, clock);
         assert!(!body.is_end_stream());
-        let Poll::Ready(Some(Ok(frame))) = poll(&mut body) else {
-            panic!()
-        };
+        let frame = next(&mut body);
         assert_eq!(&frame.into_data().unwrap()[..], ENDPOINT, "passed on whole");
         assert!(body.is_end_stream(), "ended with its last frame");
         assert!(!body.is_observing());
@@ -288,9 +305,7 @@ fn the_last_chunk_after_the_store_writes_still_ends_the_exchange_with_it() {
     );
     assert_eq!(synced.load(Ordering::SeqCst), 1);
     assert!(!body.is_end_stream());
-    let Poll::Ready(Some(Ok(frame))) = poll(&mut body) else {
-        panic!()
-    };
+    let frame = next(&mut body);
     assert_eq!(&frame.into_data().unwrap()[..], ENDPOINT);
     assert!(body.is_end_stream(), "ended with its last chunk");
     assert_eq!(router.metrics().keys_learned, 1);
@@ -325,18 +340,14 @@ fn trailers_end_the_body_after_what_the_router_held() {
         Poll::Ready(Some(Ok(Frame::trailers(trailers.clone())))),
     ]);
     let mut body = ObservedBody::new(script, router, ex, clock);
-    let Poll::Ready(Some(Ok(held))) = poll(&mut body) else {
-        panic!()
-    };
+    let held = next(&mut body);
     assert_eq!(
         &held.into_data().unwrap()[..],
         cut,
         "what was held goes first, as it came"
     );
     assert!(!body.is_end_stream(), "the trailers are still to come");
-    let Poll::Ready(Some(Ok(frame))) = poll(&mut body) else {
-        panic!()
-    };
+    let frame = next(&mut body);
     assert_eq!(frame.into_trailers().unwrap(), trailers);
     assert!(body.is_end_stream());
     assert!(matches!(poll(&mut body), Poll::Ready(None)));
@@ -351,11 +362,7 @@ fn trailers_end_the_body_after_what_the_router_held() {
 /// reader finds the end, not when it drops a body it was told had ended.
 #[test]
 fn an_empty_body_is_polled_once_for_its_end() {
-    // A JSON answer: the router does not read it.
-    let (router, _) = sse_stream();
-    let now = clock();
-    let mut ex = forward(router.route(&post("/mcp", &[]), now));
-    let _ = router.on_response_head(&mut ex, &mut resp(202, &[JSON]), now);
+    let (router, ex) = json_answer(202);
     let (script, polls, _) = Script::new(vec![]);
     let mut body = ObservedBody::new(script, router, ex, clock);
     assert!(!body.is_end_stream(), "the exchange is still held");
@@ -370,9 +377,7 @@ fn data_is_not_copied() {
     let chunk = Bytes::from_static(ENDPOINT);
     let (script, _, _) = Script::new(vec![Poll::Ready(Some(Ok(Frame::data(chunk.clone()))))]);
     let mut body = ObservedBody::new(script, router, ex, clock);
-    let Poll::Ready(Some(Ok(frame))) = poll(&mut body) else {
-        panic!()
-    };
+    let frame = next(&mut body);
     assert_eq!(frame.into_data().unwrap().as_ptr(), chunk.as_ptr());
 }
 
@@ -440,11 +445,7 @@ fn a_body_that_fails_mid_stream_ends_the_exchange_as_aborted() {
 
 #[test]
 fn trailers_size_hints_and_end_of_stream_pass_through() {
-    let router = Arc::new(Router::builder().build());
-    router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
-    let now = clock();
-    let mut ex = forward(router.route(&post("/mcp", &[]), now));
-    let _ = router.on_response_head(&mut ex, &mut resp(200, &[JSON]), now);
+    let (router, ex) = json_answer(200);
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", "0".parse().unwrap());
     let (mut script, _, _) = Script::new(vec![
@@ -456,9 +457,7 @@ fn trailers_size_hints_and_end_of_stream_pass_through() {
     assert_eq!(body.size_hint().exact(), Some(2));
     assert!(!body.is_end_stream());
     let _ = poll(&mut body);
-    let Poll::Ready(Some(Ok(frame))) = poll(&mut body) else {
-        panic!()
-    };
+    let frame = next(&mut body);
     assert_eq!(frame.into_trailers().unwrap(), trailers);
     assert!(body.is_end_stream());
 }
