@@ -89,6 +89,12 @@ where
     }
 }
 
+/// The body has ended, and its backend was asked `polls` times in all.
+fn assert_done<B: Body + Unpin>(body: &mut B, polls: &AtomicUsize, expected: usize, why: &str) {
+    assert!(matches!(poll(body), Poll::Ready(None)), "{why}: ended");
+    assert_eq!(polls.load(Ordering::SeqCst), expected, "{why}");
+}
+
 /// A JSON answer to a call on a router with one backend: the router does not read its body.
 fn json_answer(status: u16) -> (Arc<Router>, mcp_affinity::router::Exchange) {
     let router = Arc::new(Router::builder().build());
@@ -107,6 +113,22 @@ fn sse_stream() -> (Arc<Router>, mcp_affinity::router::Exchange) {
     let mut ex = forward(router.route(&get("/sse", &[]), now));
     let outcome = router.on_response_head(&mut ex, &mut resp(200, &[SSE]), now);
     assert!(matches!(outcome, HeadOutcome::Observe));
+    (router, ex)
+}
+
+/// The same with a router that seals legacy sessions: it rewrites the endpoint event, holding
+/// its bytes until the event is whole.
+fn sealed_sse_stream() -> (Arc<Router>, mcp_affinity::router::Exchange) {
+    use mcp_affinity::router::Sealing;
+    use mcp_affinity::seal::{Keyring, SealKey};
+    let keys = Keyring::new([SealKey::new([7; 32])]).unwrap();
+    let router = Router::builder()
+        .sealing(Sealing::new(keys, [9; 12], clock(), 1_795_000_000))
+        .build();
+    router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
+    let router = Arc::new(router);
+    let mut ex = forward(router.route(&get("/sse", &[]), clock()));
+    let _ = router.on_response_head(&mut ex, &mut resp(200, &[SSE]), clock());
     (router, ex)
 }
 
@@ -149,12 +171,12 @@ fn frames_pass_through_unchanged_one_per_poll_and_are_never_held_back() {
     );
     assert_eq!(router.metrics().keys_learned, 1);
     next(&mut body);
-    assert!(matches!(poll(&mut body), Poll::Ready(None)));
     // The backend said it had ended with its last frame: it is not asked again.
-    assert_eq!(
-        polls.load(Ordering::SeqCst),
+    assert_done(
+        &mut body,
+        &polls,
         4,
-        "no poll ahead of the consumer, none past the end"
+        "no poll ahead of the consumer, none past the end",
     );
 }
 
@@ -183,8 +205,7 @@ fn the_last_frame_ends_the_exchange_and_the_body_when_the_backend_knows_it_is_th
             assert_eq!(router.metrics().keys_learned, 1);
             assert_eq!(router.metrics().keys_released, 1);
         }
-        assert!(matches!(poll(&mut body), Poll::Ready(None)));
-        assert_eq!(polls.load(Ordering::SeqCst), 1, "never asked past its end");
+        assert_done(&mut body, &polls, 1, "never asked past its end");
         drop(body);
         if observed {
             assert_eq!(router.metrics().keys_released, 1, "and ended once");
@@ -198,23 +219,11 @@ fn the_last_frame_ends_the_exchange_and_the_body_when_the_backend_knows_it_is_th
 /// what was held, last, when the body ends inside it.
 #[test]
 fn what_the_router_holds_goes_after_the_last_frame_in_order() {
-    use mcp_affinity::router::{Data, Sealing};
-    use mcp_affinity::seal::{Keyring, SealKey};
+    use mcp_affinity::router::Data;
     let whole: &[u8] = b": ping\r\n\r\nevent: endpoint\r\ndata: /messages/?session_id=\
 fd15ff9f769d4acd9a944aa18b923c61\r\n\r\nevent: message\r\ndata: {}";
     // Cut short inside the endpoint event: the router holds it when the body ends.
     let cut_short = &whole[..60];
-    let sealing_router = || {
-        let keys = Keyring::new([SealKey::new([7; 32])]).unwrap();
-        let router = Router::builder()
-            .sealing(Sealing::new(keys, [9; 12], clock(), 1_795_000_000))
-            .build();
-        router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
-        let router = Arc::new(router);
-        let mut ex = forward(router.route(&get("/sse", &[]), clock()));
-        let _ = router.on_response_head(&mut ex, &mut resp(200, &[SSE]), clock());
-        (router, ex)
-    };
     let mut cases: Vec<Vec<&[u8]>> = vec![vec![whole], vec![cut_short]];
     for cut in [8, 20, 40, 60, 80, whole.len() - 3] {
         cases.push(vec![&whole[..cut], &whole[cut..]]);
@@ -224,7 +233,7 @@ fd15ff9f769d4acd9a944aa18b923c61\r\n\r\nevent: message\r\ndata: {}";
     }
     for chunks in cases {
         // The router's calls, one after the other.
-        let (router, mut ex) = sealing_router();
+        let (router, mut ex) = sealed_sse_stream();
         let mut expected = Vec::new();
         for chunk in &chunks {
             let data = router.on_response_data(&mut ex, Bytes::copy_from_slice(chunk), clock());
@@ -234,7 +243,7 @@ fd15ff9f769d4acd9a944aa18b923c61\r\n\r\nevent: message\r\ndata: {}";
         }
         expected.extend(router.on_response_data_end(&mut ex).unwrap_or_default());
         // The same through the body, whose backend knows its last frame.
-        let (router, ex) = sealing_router();
+        let (router, ex) = sealed_sse_stream();
         let (script, _, _) = Script::new(
             chunks
                 .iter()
@@ -314,24 +323,14 @@ fn the_last_chunk_after_the_store_writes_still_ends_the_exchange_with_it() {
         1,
         "the session ended with its stream"
     );
-    assert!(matches!(poll(&mut body), Poll::Ready(None)));
-    assert_eq!(polls.load(Ordering::SeqCst), 1, "never asked past its end");
+    assert_done(&mut body, &polls, 1, "never asked past its end");
 }
 
 /// Trailers that come while the router still holds bytes back (a sealed endpoint event cut
 /// short) go after those bytes, and end the body: nothing is asked of the backend after them.
 #[test]
 fn trailers_end_the_body_after_what_the_router_held() {
-    use mcp_affinity::router::Sealing;
-    use mcp_affinity::seal::{Keyring, SealKey};
-    let keys = Keyring::new([SealKey::new([7; 32])]).unwrap();
-    let router = Router::builder()
-        .sealing(Sealing::new(keys, [9; 12], clock(), 1_795_000_000))
-        .build();
-    router.add_backend(TenantId::DEFAULT, "a", 1).unwrap();
-    let router = Arc::new(router);
-    let mut ex = forward(router.route(&get("/sse", &[]), clock()));
-    let _ = router.on_response_head(&mut ex, &mut resp(200, &[SSE]), clock());
+    let (router, ex) = sealed_sse_stream();
     let mut trailers = HeaderMap::new();
     trailers.insert("x-done", "1".parse().unwrap());
     let cut: &'static [u8] = b"event: endpoint\r\ndata: /messa";
@@ -350,12 +349,7 @@ fn trailers_end_the_body_after_what_the_router_held() {
     let frame = next(&mut body);
     assert_eq!(frame.into_trailers().unwrap(), trailers);
     assert!(body.is_end_stream());
-    assert!(matches!(poll(&mut body), Poll::Ready(None)));
-    assert_eq!(
-        polls.load(Ordering::SeqCst),
-        2,
-        "never asked past the trailers"
-    );
+    assert_done(&mut body, &polls, 2, "never asked past the trailers");
 }
 
 /// An empty body is not said to have ended before it is polled once: the exchange ends as the
@@ -366,9 +360,8 @@ fn an_empty_body_is_polled_once_for_its_end() {
     let (script, polls, _) = Script::new(vec![]);
     let mut body = ObservedBody::new(script, router, ex, clock);
     assert!(!body.is_end_stream(), "the exchange is still held");
-    assert!(matches!(poll(&mut body), Poll::Ready(None)));
+    assert_done(&mut body, &polls, 1, "polled once, for its end");
     assert!(body.is_end_stream());
-    assert_eq!(polls.load(Ordering::SeqCst), 1);
 }
 
 #[test]
