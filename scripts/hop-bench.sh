@@ -115,7 +115,13 @@
 #   8000 calls/s         proxied / bypass: p50 1.00x, p99 0.88x
 #                        (same run: proxied / HAProxy calls/s 1.06x, p50 at 8000/s 1.21x)
 #   CPU per call at 5,000 calls/s (/proc ticks, 8 rounds alternated): 61.2 us against 58.3,
-#   1.05x (rounds 0.94x to 1.14x). Instructions (callgrind on the proxy, `--threads 1`, 8
+#   1.05x (rounds 0.94x to 1.14x). On 2026-12-03, a disturbed day (every hop's p50 at 8,000
+#   calls/s near twice its usual, one round's 234 ms): the same script, `HOPS="bypass pinned
+#   haproxy" … 32 4 8 8000` and `HOPS="bypass haproxy" … 32 4 6 8000`, and `load` alone (6
+#   rounds of 6 s): at saturation proxied / bypass 0.89x, 0.93x and 0.96x (rounds 0.79x to
+#   1.09x); at 8,000 calls/s p50 0.96x and 0.96x. CPU per call in two runs of 12 and 8
+#   rounds, the one measured first in a round swapped between them (it pays about 2%):
+#   1.05x and 1.08x. Instructions (callgrind on the proxy, `--threads 1`, 8
 #   sessions of 250 calls at 100 calls/s after a warm-up; 2026-12-03, pooled backend
 #   connections so that both take the same path; 2,116 requests each): 71,000 instructions
 #   per request through the proxy against 64,800 bypassed (four runs against two, each within
