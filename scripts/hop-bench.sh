@@ -120,8 +120,9 @@
 #   haproxy" … 32 4 8 8000` and `HOPS="bypass haproxy" … 32 4 6 8000`, and `load` alone (6
 #   rounds of 6 s): at saturation proxied / bypass 0.89x, 0.93x and 0.96x (rounds 0.79x to
 #   1.09x); at 8,000 calls/s p50 0.96x and 0.96x. CPU per call in two runs of 12 and 8
-#   rounds, the one measured first in a round swapped between them (it pays about 2%):
-#   1.05x and 1.08x. Instructions (callgrind on the proxy, `--threads 1`, 8
+#   rounds, which of the two was started first swapped between them (in an A/A check the
+#   proxy started first spent about 2% more): 1.05x and 1.08x. `scripts/router-cost.sh`
+#   measures both ways, and with INSTRUCTIONS=1 the instructions below. Instructions (callgrind on the proxy, `--threads 1`, 8
 #   sessions of 250 calls at 100 calls/s after a warm-up; 2026-12-03, pooled backend
 #   connections so that both take the same path; 2,116 requests each): 71,000 instructions
 #   per request through the proxy against 64,800 bypassed (four runs against two, each within
