@@ -289,6 +289,9 @@ struct Backends {
     /// The bounds of the dedicated backend connections.
     dedicated: Arc<Limits>,
     rewrite_host: bool,
+    /// Requests come without the layer, so without an [`Upstream`]: they go to the first
+    /// backend ([`Config::bypass_router`]).
+    bypass_router: bool,
 }
 
 impl Proxy {
@@ -331,6 +334,7 @@ impl Proxy {
                 config.pool_idle_timeout,
             )),
             rewrite_host: config.rewrite_host,
+            bypass_router: config.bypass_router,
         });
         let probed = backends.clone();
         let mut layer = AffinityLayer::new(router.clone(), Instant::now as fn() -> Instant)
@@ -1211,9 +1215,16 @@ impl Backends {
         let backend = match parts.extensions.remove::<Upstream>() {
             Some(upstream) => upstream.backend(),
             // Without the layer (`Config::bypass_router`): the first backend.
-            None => self.first().ok_or_else(|| {
+            None if self.bypass_router => self.first().ok_or_else(|| {
                 ForwardError::Undelivered(Undelivered::Refused, "no backend".into())
             })?,
+            // Never: the layer names the backend of every request it passes on. Sent nowhere
+            // rather than to a backend the router did not choose.
+            None => {
+                return Err(ForwardError::Local(
+                    "no backend named for the request".into(),
+                ));
+            }
         };
         // Only a GET stream is ended when its backend goes: it has no end of its own. A POST's
         // answer ends with the call, as a draining proxy lets it.
