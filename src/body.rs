@@ -113,9 +113,7 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(exchange) = this.exchange.take() {
-                this.router.on_exchange_end(exchange, End::Aborted, this.clock.now());
-            }
+            let _ = end_exchange(this.router, this.exchange, this.clock, End::Aborted);
         }
     }
 }
