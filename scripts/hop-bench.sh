@@ -222,13 +222,8 @@ sessions="${1:-32}" rounds="${2:-4}" seconds="${3:-10}" rate="${4:-8000}"
 
 hops=" ${HOPS:-pooled shared bypass plain pinned relay haproxy} "
 measured() { [[ "$hops" == *" $1 "* ]]; }
-if [[ -n "${BIN_DIR:-}" ]]; then
-    bin="$BIN_DIR"
-else
-    cargo build --release --example load --example proxy
-    bin=target/release/examples
-fi
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source scripts/common.sh
+find_binaries
 replica=$(port) proxy=$(port) admin=$(port) pooled=$(port) admin2=$(port) shared=$(port) admin3=$(port)
 bypass=$(port) admin4=$(port)
 plain=$(port) pinned=$(port) relay=$(port) pingora=$(port) haproxy=$(port)
@@ -236,15 +231,6 @@ tmp=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
 
 "$bin/load" --serve-replica "127.0.0.1:$replica" & pids+=($!)
 wait_port "$replica"

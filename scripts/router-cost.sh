@@ -24,12 +24,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rate="${1:-5000}" rounds="${2:-8}" seconds="${3:-5}"
 
-if [[ -n "${BIN_DIR:-}" ]]; then
-    bin="$BIN_DIR"
-else
-    cargo build --release --example load --example proxy
-    bin=target/release/examples
-fi
+source scripts/common.sh
+find_binaries
 
 # The proxies running now, and the replica.
 proxies=() replica_pid=""
@@ -42,24 +38,13 @@ stop_proxies() {
 }
 trap 'stop_proxies; [[ -z "$replica_pid" ]] || kill "$replica_pid" 2>/dev/null || true' EXIT
 
-# A free loopback port.
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# Waits (5 s at most) until something listens on 127.0.0.1:$1.
-listening() {
-    for _ in $(seq 50); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
 replica=$(port)
 "$bin/load" --serve-replica "127.0.0.1:$replica" >/dev/null &
 replica_pid=$!
-listening "$replica"
+wait_port "$replica"
 
 # Starts the proxy ("routed" or "bypass") on a fresh port; sets proxy_pid and proxy_url.
 start() {
@@ -71,7 +56,7 @@ start() {
     proxy_pid=$!
     proxies+=("$proxy_pid")
     proxy_url="http://127.0.0.1:$listen/mcp"
-    listening "$listen"
+    wait_port "$listen"
 }
 
 echo "== CPU per call at $rate calls/s, $rounds rounds of $seconds s (32 sessions)"
@@ -135,10 +120,7 @@ for hop in routed bypass; do
         >/dev/null 2>&1 &
     vg=$!
     proxies+=("$vg")
-    for _ in $(seq 300); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$listen") 2>/dev/null; then break; fi
-        sleep 0.1
-    done
+    wait_port "$listen" 300 # valgrind starts slowly
     u="http://127.0.0.1:$listen/mcp"
     "$bin/load" --sessions 8 --calls 50 --rounds 1 --max-seconds 60 --direct "$u" --proxy "$u" >/dev/null
     callgrind_control -z "$vg" >/dev/null 2>&1
