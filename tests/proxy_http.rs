@@ -21,6 +21,9 @@
 //!   streamed, through the pool or a dedicated connection; a body that keeps coming at the
 //!   minimum rate is never cut. Each request's ticket tells of its own body only, and the
 //!   bytes that came before the proxy first waited count toward the rate.
+//! - A conversation start whose backend sends its answer's head and dies before the first
+//!   event is answered by another backend (the layer reads a start's first frame before its
+//!   head goes on), through the hyper proxy and the axum gateway alike.
 //!
 //! The hostile cases come from a helper's attack on the proxy (2026-12-01).
 
@@ -874,4 +877,67 @@ async fn with_the_router_bypassed_every_request_reaches_the_first_backend_unseen
     )
     .await;
     assert_eq!(first.requests.load(Ordering::SeqCst), 6);
+}
+
+/// A backend that answers its first request with the head of an event stream (200, a new
+/// session, chunked) and dies before any event: its port closes, then the connection. Its
+/// address, and how many requests it read.
+async fn backend_that_dies_after_a_head() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        let head = read_head(&mut stream, &mut buf).await.unwrap();
+        read_body(&mut stream, &mut buf, &head).await.unwrap();
+        counted.fetch_add(1, Ordering::SeqCst);
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                    mcp-session-id: s-dead\r\ntransfer-encoding: chunked\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        // Time for the head to reach the proxy alone.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(listener);
+        drop(stream);
+    });
+    (addr, requests)
+}
+
+/// A conversation start whose backend sends the head of its answer and dies before the first
+/// event is placed on another backend, through either front: the client gets the other's
+/// answer, never a head and a cut stream.
+#[tokio::test]
+async fn a_start_whose_backend_dies_between_the_head_and_the_first_event_is_answered_elsewhere() {
+    for axum in [false, true] {
+        let (dying, dying_requests) = backend_that_dies_after_a_head().await;
+        let live = backend().await;
+        let config = Config {
+            backends: vec![format!("http://{dying}"), format!("http://{}", live.addr)],
+            ..config()
+        };
+        let running = match axum {
+            false => proxy_with(config).await,
+            true => e2e::start_axum(&config).await.expect("the gateway starts"),
+        };
+        let mut client = TcpStream::connect(running.addr).await.unwrap();
+        let mut buf = Vec::new();
+        // Least sessions: a start goes to the dying backend while it has no more than the
+        // other, so the first or the second does.
+        for _ in 0..4 {
+            let (head, body) = ask(&mut client, &mut buf, &post("/mcp")).await;
+            assert!(head.contains("mcp-session-id: s-1"), "axum {axum}: {head}");
+            assert_eq!(body, b"ok");
+        }
+        assert_eq!(dying_requests.load(Ordering::SeqCst), 1, "axum {axum}");
+        assert_eq!(live.requests.load(Ordering::SeqCst), 4, "axum {axum}");
+        let m = running.proxy.router().metrics();
+        assert_eq!((m.placements_retried, m.owners_down), (1, 1), "axum {axum}");
+        assert_eq!(m.rejected_total(), 0, "axum {axum}");
+        live.server.abort();
+        running.shutdown().await;
+    }
 }

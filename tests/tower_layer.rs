@@ -38,6 +38,51 @@ enum Act {
     Break,
     /// Never answers.
     Hang,
+    /// Answers 200 with the session `s-a` and an event stream of these chunks, then fails
+    /// (`true`) or ends.
+    Stream(Vec<&'static str>, bool),
+}
+
+/// A response body: `chunks`, then an error (`fails`, a connection cut) or the end.
+struct Chunks {
+    chunks: std::collections::VecDeque<&'static str>,
+    fails: bool,
+}
+
+impl Chunks {
+    /// (Empty chunks are left out, as a body leaves them out.)
+    fn new(chunks: Vec<&'static str>, fails: bool) -> Self {
+        let chunks = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        Chunks { chunks, fails }
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Failure;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Failure>>> {
+        let next = match self.chunks.pop_front() {
+            Some(chunk) => Some(Ok(http_body::Frame::data(Bytes::from(chunk)))),
+            None => std::mem::take(&mut self.fails).then_some(Err(Failure(false))),
+        };
+        Poll::Ready(next)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty() && !self.fails
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let len = self.chunks.iter().map(|c| c.len() as u64).sum();
+        match self.fails {
+            false => http_body::SizeHint::with_exact(len),
+            true => http_body::SizeHint::default(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -70,7 +115,7 @@ impl Backends {
 }
 
 impl Service<Request<ReplayBody<In>>> for Backends {
-    type Response = Response<Full<Bytes>>;
+    type Response = Response<Chunks>;
     type Error = Failure;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Failure>> + Send>>;
 
@@ -98,7 +143,13 @@ impl Service<Request<ReplayBody<In>>> for Backends {
                     for (name, value) in headers {
                         response = response.header(name, value);
                     }
-                    Ok(response.body(Full::new(Bytes::from(body))).unwrap())
+                    Ok(response.body(Chunks::new(vec![body], false)).unwrap())
+                }
+                Act::Stream(chunks, fails) => {
+                    let response = Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .header("mcp-session-id", "s-a");
+                    Ok(response.body(Chunks::new(chunks, fails)).unwrap())
                 }
                 Act::Refuse => Err(Failure(true)),
                 Act::Break => Err(Failure(false)),
@@ -657,4 +708,100 @@ fn a_request_not_delivered_for_no_telling_reason_asks_whether_its_backend_refuse
             assert_eq!(router.metrics().owners_down, u64::from(refuses));
         });
     }
+}
+
+/// A start placed on A (which does `a`) with B (which mints `s-b`) to fall back on, through a
+/// layer with a refusal check that says whether A refuses connections now (`a_died`), or
+/// without one (`None`): its status, session and body (or the body's error).
+fn start_on_a(a: Act, a_died: Option<bool>) -> (Arc<Router>, Backends, Answered) {
+    let (router, _) = router(&[A, B]);
+    let backends = Backends::new(&[(A, a), (B, mints("s-b"))]);
+    let mut layer = AffinityLayer::new(router.clone(), Instant::now).undelivered(classify);
+    if let Some(died) = a_died {
+        layer = layer.refusal_check(move |u: &Upstream| std::future::ready(died && u.label() == A));
+    }
+    let mut service = layer.layer(backends.clone());
+    let answered = block_on(async {
+        let response = service.call(post(&[], "{\"init\":1}")).await.unwrap();
+        let session = response
+            .headers()
+            .get("mcp-session-id")
+            .map(|v| v.to_str().unwrap().to_string());
+        let status = response.status();
+        let body = response.into_body().collect().await.map(|c| c.to_bytes());
+        (status, session, body)
+    });
+    (router, backends, answered)
+}
+
+type Answered = (StatusCode, Option<String>, Result<Bytes, Failure>);
+
+fn labels(backends: &Backends) -> Vec<String> {
+    backends.seen().into_iter().map(|(l, _, _)| l).collect()
+}
+
+#[test]
+fn a_start_whose_backend_dies_between_the_head_and_the_first_event_is_placed_again() {
+    // The head came (200, an event stream, a session), then the connection was cut before
+    // any event, and A refuses connections now: the client is shown nothing of A's answer.
+    let (router, backends, (status, session, body)) =
+        start_on_a(Act::Stream(vec![], true), Some(true));
+    assert_eq!(labels(&backends), [A, B]);
+    assert_eq!((status, session.as_deref()), (StatusCode::OK, Some("s-b")));
+    assert_eq!(&body.unwrap()[..], b"{}");
+    assert!(
+        backends
+            .seen()
+            .iter()
+            .all(|(_, _, b)| &b[..] == b"{\"init\":1}")
+    );
+    let m = router.metrics();
+    assert_eq!((m.placements_retried, m.owners_down), (1, 1));
+    // Only B's session is known: A's head was never shown to the router.
+    assert_eq!(m.keys_learned, 1);
+    assert_eq!(m.rejected_total(), 0);
+}
+
+#[test]
+fn a_start_cut_by_a_backend_that_still_listens_gets_the_cut_as_it_came() {
+    // A listens still: what the start did there may survive, so it is not sent again.
+    let (router, backends, (status, session, body)) =
+        start_on_a(Act::Stream(vec![], true), Some(false));
+    assert_eq!(labels(&backends), [A]);
+    assert_eq!((status, session.as_deref()), (StatusCode::OK, Some("s-a")));
+    assert!(matches!(body, Err(Failure(false))));
+    assert_eq!(router.metrics().placements_retried, 0);
+}
+
+#[test]
+fn a_start_cut_after_its_first_event_is_not_placed_again() {
+    // The client has had the first event: the rest of the stream is A's, cut or not.
+    let event = "event: message\ndata: {}\n\n";
+    let (router, backends, (status, session, body)) =
+        start_on_a(Act::Stream(vec![event], true), Some(true));
+    assert_eq!(labels(&backends), [A]);
+    assert_eq!((status, session.as_deref()), (StatusCode::OK, Some("s-a")));
+    assert!(matches!(body, Err(Failure(false))));
+    let m = router.metrics();
+    assert_eq!((m.placements_retried, m.owners_down), (0, 0));
+}
+
+#[test]
+fn a_start_read_ahead_reaches_the_client_whole_and_a_start_without_a_refusal_check_is_not_read_ahead()
+ {
+    let events = vec!["event: message\n", "data: {}\n\n", ": more\n\n"];
+    for check in [Some(true), None] {
+        let (router, backends, (status, session, body)) =
+            start_on_a(Act::Stream(events.clone(), false), check);
+        assert_eq!(labels(&backends), [A]);
+        assert_eq!((status, session.as_deref()), (StatusCode::OK, Some("s-a")));
+        assert_eq!(&body.unwrap()[..], events.concat().as_bytes());
+        let m = router.metrics();
+        assert_eq!((m.keys_learned, m.placements_retried), (1, 0));
+    }
+    // No refusal check: nothing tells a dead backend from a live one, so the cut passes on.
+    let (_, backends, (_, session, body)) = start_on_a(Act::Stream(vec![], true), None);
+    assert_eq!(labels(&backends), [A]);
+    assert_eq!(session.as_deref(), Some("s-a"));
+    assert!(matches!(body, Err(Failure(false))));
 }

@@ -15,14 +15,14 @@ use crate::router::Rejection;
 use crate::table::SessionTable;
 
 /// The router's rejection as a response.
-pub(super) fn reject<B, C: Clock, T: SessionTable>(
+pub(super) fn reject<B: Body, C: Clock, T: SessionTable>(
     rejection: &Rejection,
 ) -> Response<AffinityBody<B, C, T>> {
     rejection.to_response().map(AffinityBody::local)
 }
 
 /// A plain-text answer of the layer's own.
-pub(super) fn local<B, C: Clock, T: SessionTable>(
+pub(super) fn local<B: Body, C: Clock, T: SessionTable>(
     status: StatusCode,
     text: &'static str,
 ) -> Response<AffinityBody<B, C, T>> {
@@ -40,6 +40,7 @@ pin_project! {
     /// router ([`ObservedBody`]), or one the layer answered itself (a rejection).
     pub struct AffinityBody<B, C, T>
     where
+        B: Body,
         C: Clock,
         T: SessionTable,
     {
@@ -52,16 +53,109 @@ pin_project! {
     #[project = AnswerProj]
     enum Answer<B, C, T>
     where
+        B: Body,
         C: Clock,
         T: SessionTable,
     {
-        Backend { #[pin] body: ObservedBody<B, C, T> },
+        Backend { #[pin] body: ObservedBody<FromBackend<B>, C, T> },
         Local { data: Option<Bytes> },
     }
 }
 
-impl<B, C: Clock, T: SessionTable> AffinityBody<B, C, T> {
-    pub(super) fn backend(body: ObservedBody<B, C, T>) -> Self {
+pin_project! {
+    /// A backend's response body as the router reads it: as it comes, or with its first frame
+    /// read ahead (a conversation start's: see `Shared::deliver`), in a box, so that reading
+    /// it did not pin it where it was. (The box keeps this as small as the body itself.)
+    #[project = FromBackendProj]
+    pub(super) enum FromBackend<B: Body> {
+        Direct { #[pin] body: B },
+        ReadAhead { ahead: Pin<Box<ReadAhead<B>>> },
+    }
+}
+
+pin_project! {
+    /// A body and its first frame, read ahead: a frame, an error, or its end.
+    pub(super) struct ReadAhead<B: Body> {
+        first: Option<Option<Result<Frame<Bytes>, B::Error>>>,
+        #[pin]
+        body: B,
+    }
+}
+
+impl<B: Body<Data = Bytes>> FromBackend<B> {
+    /// `body` as it comes.
+    pub(super) fn direct(body: B) -> Self {
+        FromBackend::Direct { body }
+    }
+
+    /// Reads `body`'s first frame (or its end, or its error).
+    pub(super) async fn read_ahead(body: B) -> Self {
+        let mut ahead = Box::pin(ReadAhead { first: None, body });
+        let first = std::future::poll_fn(|cx| ahead.as_mut().project().body.poll_frame(cx)).await;
+        *ahead.as_mut().project().first = Some(first);
+        FromBackend::ReadAhead { ahead }
+    }
+
+    /// Whether the body failed before its first frame.
+    pub(super) fn failed_first(&self) -> bool {
+        matches!(self, FromBackend::ReadAhead { ahead } if matches!(ahead.first, Some(Some(Err(_)))))
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for FromBackend<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project() {
+            FromBackendProj::Direct { body } => body.poll_frame(cx),
+            FromBackendProj::ReadAhead { ahead } => {
+                let ahead = ahead.as_mut().project();
+                match ahead.first.take() {
+                    Some(first) => Poll::Ready(first),
+                    None => ahead.body.poll_frame(cx),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            FromBackend::Direct { body } => body.is_end_stream(),
+            FromBackend::ReadAhead { ahead } => match &ahead.first {
+                Some(first) => first.is_none(),
+                None => ahead.body.is_end_stream(),
+            },
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            FromBackend::Direct { body } => body.size_hint(),
+            FromBackend::ReadAhead { ahead } => {
+                let first = match &ahead.first {
+                    Some(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),
+                    // The body ended (or failed) with what was read.
+                    Some(_) => return SizeHint::with_exact(0),
+                    None => 0,
+                };
+                let rest = ahead.body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(first));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(first));
+                }
+                hint
+            }
+        }
+    }
+}
+
+impl<B: Body, C: Clock, T: SessionTable> AffinityBody<B, C, T> {
+    pub(super) fn backend(body: ObservedBody<FromBackend<B>, C, T>) -> Self {
         AffinityBody {
             inner: Answer::Backend { body },
         }
@@ -117,7 +211,7 @@ where
     }
 }
 
-impl<B, C: Clock, T: SessionTable> fmt::Debug for AffinityBody<B, C, T> {
+impl<B: Body, C: Clock, T: SessionTable> fmt::Debug for AffinityBody<B, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AffinityBody")
             .field("local", &self.is_local())

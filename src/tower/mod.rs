@@ -24,7 +24,13 @@
 //!    a pinned session died with its backend, a conversation start left nothing behind.
 //!    A request that may be placed again keeps its body for that when it is small (at most
 //!    [`replay_limit`](AffinityLayer::replay_limit) bytes, 64 KiB by default, announced by
-//!    its size hint); any other body is streamed once;
+//!    its size hint); any other body is streamed once.
+//!    A conversation start's answer waits for the first frame of its body before its head
+//!    goes on (when a refusal check is set and the start's body was kept): a backend that
+//!    sent the head and died before any event (the process crashed under an `initialize`
+//!    answered by an event stream) has shown the client nothing, and the start is placed
+//!    again as one refused would be. A body cut after its first frame, or by a backend that
+//!    still accepts connections, reaches the client as it came;
 //!    The layer's own answers: 400 `request body failed` when a body it keeps fails or grows
 //!    past its size hint; 502 `not delivered` when a failed request cannot be sent again
 //!    (its body was streamed) and the inner service gave no error to return;
@@ -121,6 +127,7 @@ use crate::router::{End, Exchange, HeadOutcome, Rejection, Routed, Router, Undel
 use crate::table::{MemoryTable, SessionTable};
 
 pub use body::AffinityBody;
+use body::FromBackend;
 pub use hooks::{
     Classify, LookupFuture, PassErrors, RefusalCheck, RefusalFuture, StoreAnswer, StoreLookup,
 };
@@ -216,7 +223,10 @@ impl<T: SessionTable, C: Clock + Clone, U> AffinityLayer<T, C, U> {
     /// [starts a conversation](Upstream::starts_conversation) and the backend refuses, the
     /// failure is reported as [`Undelivered::Refused`]: the router declares the backend down
     /// and answers 404 for the dead session, or places the conversation start elsewhere.
-    /// Any other request may have run: its error is returned as it is.
+    /// Any other request may have run: its error is returned as it is. With a check set, a
+    /// conversation start's response head also waits for its body's first frame, so that a
+    /// start whose backend died between the two is placed again too (see the
+    /// [module docs](self), step 3).
     pub fn refusal_check(mut self, check: impl RefusalCheck) -> Self {
         self.shared.refusals = Some(Arc::new(check));
         self
@@ -337,6 +347,7 @@ where
     S::Error: Send + 'static,
     ReqB: Body<Data = Bytes> + Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Send,
     T: SessionTable + 'static,
     C: Clock + Clone,
     U: Classify<S::Error> + Send + Sync + 'static,
@@ -440,9 +451,10 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         pending: &mut Pending<'_, T, C, U>,
         parts: &mut http::request::Parts,
         body: &mut Attempts<ReqB>,
-    ) -> Result<Delivery<Response<ResB>>, S::Error>
+    ) -> Result<Delivery<Response<FromBackend<ResB>>>, S::Error>
     where
         S: Service<Request<ReplayBody<ReqB>>, Response = Response<ResB>>,
+        ResB: Body<Data = Bytes>,
         U: Classify<S::Error>,
     {
         let not_delivered = || Ok(Delivery::Failed(StatusCode::BAD_GATEWAY));
@@ -475,23 +487,39 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                         request.extensions_mut().insert(upstream.clone());
                         inner.call(request)
                     };
-                    let error = match call.await {
-                        Ok(response) => return Ok(Delivery::Answered(response)),
-                        Err(error) => error,
+                    let error = {
+                        let answered = if self.reads_ahead(&upstream, body) {
+                            // (Boxed: rare, and it keeps the head across the wait for the body.)
+                            Box::pin(self.call_reading_ahead(call, &upstream)).await
+                        } else {
+                            call.await
+                                .map(|response| Some(response.map(FromBackend::direct)))
+                        };
+                        match answered {
+                            Ok(Some(response)) => return Ok(Delivery::Answered(response)),
+                            // Cut before its first frame by a backend that died: the client
+                            // has seen nothing of it, and the start left nothing behind.
+                            Ok(None) => None,
+                            Err(error) => Some(error),
+                        }
                     };
-                    match self.classify.undelivered(&error) {
-                        // Not delivered, for a reason that does not say whether the backend
-                        // is gone (a connection its dying process reset before the request
-                        // was written): asked as a failure after delivery is. (Answered 503
-                        // before, a crashed backend's session got "retry later", not 404.)
-                        Some(Undelivered::Failed) if self.died_with(&upstream).await => {
-                            (Undelivered::Refused, Some(error))
-                        }
-                        Some(why) => (why, Some(error)),
-                        None if self.died_with(&upstream).await => {
-                            (Undelivered::Refused, Some(error))
-                        }
-                        None => return Err(error),
+                    match error {
+                        None => (Undelivered::Refused, None),
+                        Some(error) => match self.classify.undelivered(&error) {
+                            // Not delivered, for a reason that does not say whether the
+                            // backend is gone (a connection its dying process reset before
+                            // the request was written): asked as a failure after delivery is.
+                            // (Answered 503 before, a crashed backend's session got "retry
+                            // later", not 404.)
+                            Some(Undelivered::Failed) if self.died_with(&upstream).await => {
+                                (Undelivered::Refused, Some(error))
+                            }
+                            Some(why) => (why, Some(error)),
+                            None if self.died_with(&upstream).await => {
+                                (Undelivered::Refused, Some(error))
+                            }
+                            None => return Err(error),
+                        },
                     }
                 }
             };
@@ -527,7 +555,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         &self,
         pending: &mut Pending<'_, T, C, U>,
         mut head: http::response::Parts,
-        body: B,
+        body: FromBackend<B>,
     ) -> impl Future<Output = Response<AffinityBody<B, C, T>>> {
         async move {
             // (In a block, so that the future does not keep the exchange across the wait.)
@@ -562,6 +590,34 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
             }
             Response::from_parts(head, AffinityBody::backend(body))
         }
+    }
+
+    /// Whether the response's head is to wait for its body's first frame: a conversation
+    /// start's, where the start could be placed again (a refusal check is set, its body is
+    /// kept). A backend that sent the head and died before any of the body would otherwise
+    /// leave the client with a head and a broken stream: a new conversation failed with the
+    /// replica that crashed under it (an `initialize` answered by an event stream cut before
+    /// its event).
+    fn reads_ahead<ReqB>(&self, upstream: &Upstream, body: &Attempts<ReqB>) -> bool {
+        upstream.starts_conversation() && self.refusals.is_some() && body.can_send()
+    }
+
+    /// The response to `call` with its body's first frame read; `None` if the body failed
+    /// before it and its backend refuses connections now: it died under the request.
+    async fn call_reading_ahead<B, E>(
+        &self,
+        call: impl Future<Output = Result<Response<B>, E>>,
+        upstream: &Upstream,
+    ) -> Result<Option<Response<FromBackend<B>>>, E>
+    where
+        B: Body<Data = Bytes>,
+    {
+        let (head, body) = call.await?.into_parts();
+        let body = FromBackend::read_ahead(body).await;
+        if body.failed_first() && self.died_with(upstream).await {
+            return Ok(None);
+        }
+        Ok(Some(Response::from_parts(head, body)))
     }
 
     /// Whether a request that failed on its way can be reported as refused: its backend

@@ -67,11 +67,7 @@ impl Pingora {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        Pingora {
-            proc,
-            port,
-            admin,
-        }
+        Pingora { proc, port, admin }
     }
 
     fn url(&self, path: &str) -> String {
