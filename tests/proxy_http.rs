@@ -879,10 +879,18 @@ async fn with_the_router_bypassed_every_request_reaches_the_first_backend_unseen
     assert_eq!(first.requests.load(Ordering::SeqCst), 6);
 }
 
-/// A backend that answers its first request with the head of an event stream (200, a new
-/// session, chunked) and dies before any event: its port closes, then the connection. Its
-/// address, and how many requests it read.
-async fn backend_that_dies_after_a_head() -> (SocketAddr, Arc<AtomicUsize>) {
+/// The head of an event stream with a new session, chunked.
+const CHUNKED_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                            mcp-session-id: s-cut\r\ntransfer-encoding: chunked\r\n\r\n";
+
+/// The same, its body delimited by the connection's close.
+const CLOSE_DELIMITED_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                                    mcp-session-id: s-cut\r\nconnection: close\r\n\r\n";
+
+/// A backend that answers its first request with `head` alone and closes the connection before
+/// any of the body; with `dies`, its port closes first (a process that died). Its address, and
+/// how many requests it read.
+async fn backend_that_cuts_after(head: &'static str, dies: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
@@ -892,52 +900,103 @@ async fn backend_that_dies_after_a_head() -> (SocketAddr, Arc<AtomicUsize>) {
             return;
         };
         let mut buf = Vec::new();
-        let head = read_head(&mut stream, &mut buf).await.unwrap();
-        read_body(&mut stream, &mut buf, &head).await.unwrap();
+        let request = read_head(&mut stream, &mut buf).await.unwrap();
+        read_body(&mut stream, &mut buf, &request).await.unwrap();
         counted.fetch_add(1, Ordering::SeqCst);
-        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
-                    mcp-session-id: s-dead\r\ntransfer-encoding: chunked\r\n\r\n";
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.flush().await.unwrap();
         // Time for the head to reach the proxy alone.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        drop(listener);
-        drop(stream);
+        if dies {
+            drop(listener);
+            drop(stream);
+        } else {
+            drop(stream);
+            // Alive: it goes on accepting (and never answers) until the test ends.
+            while let Ok((stream, _)) = listener.accept().await {
+                std::mem::forget(stream);
+            }
+        }
     });
     (addr, requests)
 }
 
-/// A conversation start whose backend sends the head of its answer and dies before the first
-/// event is placed on another backend, through either front: the client gets the other's
-/// answer, never a head and a cut stream.
+/// The proxy of these tests in front of `backends`, the hyper proxy or the axum gateway.
+async fn front(axum: bool, backends: Vec<String>) -> Running {
+    let config = Config {
+        backends,
+        ..config()
+    };
+    match axum {
+        false => proxy_with(config).await,
+        true => e2e::start_axum(&config).await.expect("the gateway starts"),
+    }
+}
+
+/// A conversation start whose backend sends the head of its answer and dies before any of the
+/// body (chunked, or delimited by the close) is placed on another backend, through either
+/// front: the client gets the other's answer, never a head and a cut stream (or an empty 200).
 #[tokio::test]
-async fn a_start_whose_backend_dies_between_the_head_and_the_first_event_is_answered_elsewhere() {
-    for axum in [false, true] {
-        let (dying, dying_requests) = backend_that_dies_after_a_head().await;
+async fn a_start_whose_backend_dies_between_the_head_and_the_first_frame_is_answered_elsewhere() {
+    for (axum, head) in [
+        (false, CHUNKED_HEAD),
+        (true, CHUNKED_HEAD),
+        (false, CLOSE_DELIMITED_HEAD),
+        (true, CLOSE_DELIMITED_HEAD),
+    ] {
+        let case = format!("axum {axum}, {head:?}");
+        let (dying, dying_requests) = backend_that_cuts_after(head, true).await;
         let live = backend().await;
-        let config = Config {
-            backends: vec![format!("http://{dying}"), format!("http://{}", live.addr)],
-            ..config()
-        };
-        let running = match axum {
-            false => proxy_with(config).await,
-            true => e2e::start_axum(&config).await.expect("the gateway starts"),
-        };
+        let running = front(
+            axum,
+            vec![format!("http://{dying}"), format!("http://{}", live.addr)],
+        )
+        .await;
         let mut client = TcpStream::connect(running.addr).await.unwrap();
         let mut buf = Vec::new();
         // Least sessions: a start goes to the dying backend while it has no more than the
         // other, so the first or the second does.
         for _ in 0..4 {
             let (head, body) = ask(&mut client, &mut buf, &post("/mcp")).await;
-            assert!(head.contains("mcp-session-id: s-1"), "axum {axum}: {head}");
-            assert_eq!(body, b"ok");
+            assert!(head.contains("mcp-session-id: s-1"), "{case}: {head}");
+            assert_eq!(body, b"ok", "{case}");
         }
-        assert_eq!(dying_requests.load(Ordering::SeqCst), 1, "axum {axum}");
-        assert_eq!(live.requests.load(Ordering::SeqCst), 4, "axum {axum}");
+        assert_eq!(dying_requests.load(Ordering::SeqCst), 1, "{case}");
+        assert_eq!(live.requests.load(Ordering::SeqCst), 4, "{case}");
         let m = running.proxy.router().metrics();
-        assert_eq!((m.placements_retried, m.owners_down), (1, 1), "axum {axum}");
-        assert_eq!(m.rejected_total(), 0, "axum {axum}");
+        assert_eq!((m.placements_retried, m.owners_down), (1, 1), "{case}");
+        assert_eq!(m.rejected_total(), 0, "{case}");
         live.server.abort();
+        running.shutdown().await;
+    }
+}
+
+/// A start cut before the first frame by a backend that still accepts connections is not sent
+/// again (what it did there may live on), and its client sees the cut: the head, then the end
+/// of the connection before a whole answer (not an empty answer that looks whole).
+#[tokio::test]
+async fn a_start_cut_by_a_backend_that_still_listens_reaches_the_client_cut() {
+    for axum in [false, true] {
+        let (cutting, requests) = backend_that_cuts_after(CHUNKED_HEAD, false).await;
+        let running = front(axum, vec![format!("http://{cutting}")]).await;
+        let mut client = TcpStream::connect(running.addr).await.unwrap();
+        client.write_all(post("/mcp").as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(PATIENCE, client.read_to_end(&mut raw))
+            .await
+            .expect("the proxy closes in time")
+            .ok();
+        let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        // Closed unanswered, or the head, chunked, and no last chunk: a cut the client can
+        // tell (hyper writes the head with the body's first bytes, so it may have none).
+        let cut = raw.is_empty()
+            || raw.starts_with("http/1.1 200 ok\r\n")
+                && raw.contains("transfer-encoding: chunked\r\n")
+                && !raw.ends_with("0\r\n\r\n");
+        assert!(cut, "axum {axum}: {raw:?}");
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        let m = running.proxy.router().metrics();
+        assert_eq!((m.placements_retried, m.owners_down), (0, 0), "axum {axum}");
         running.shutdown().await;
     }
 }

@@ -50,10 +50,11 @@ struct Chunks {
 }
 
 impl Chunks {
-    /// (Empty chunks are left out, as a body leaves them out.)
     fn new(chunks: Vec<&'static str>, fails: bool) -> Self {
-        let chunks = chunks.into_iter().filter(|c| !c.is_empty()).collect();
-        Chunks { chunks, fails }
+        Chunks {
+            chunks: chunks.into(),
+            fails,
+        }
     }
 }
 
@@ -143,7 +144,9 @@ impl Service<Request<ReplayBody<In>>> for Backends {
                     for (name, value) in headers {
                         response = response.header(name, value);
                     }
-                    Ok(response.body(Chunks::new(vec![body], false)).unwrap())
+                    // (An empty body has no frame.)
+                    let chunks = Some(body).filter(|b| !b.is_empty()).into_iter().collect();
+                    Ok(response.body(Chunks::new(chunks, false)).unwrap())
                 }
                 Act::Stream(chunks, fails) => {
                     let response = Response::builder()
@@ -741,7 +744,7 @@ fn labels(backends: &Backends) -> Vec<String> {
 }
 
 #[test]
-fn a_start_whose_backend_dies_between_the_head_and_the_first_event_is_placed_again() {
+fn a_start_whose_backend_dies_between_the_head_and_the_first_frame_is_placed_again() {
     // The head came (200, an event stream, a session), then the connection was cut before
     // any event, and A refuses connections now: the client is shown nothing of A's answer.
     let (router, backends, (status, session, body)) =
@@ -774,7 +777,47 @@ fn a_start_cut_by_a_backend_that_still_listens_gets_the_cut_as_it_came() {
 }
 
 #[test]
-fn a_start_cut_after_its_first_event_is_not_placed_again() {
+fn a_body_read_ahead_that_failed_does_not_look_empty() {
+    // An exact size of 0 would have hyper write an empty answer that looks whole, and never
+    // poll for the error.
+    let (router, _) = router(&[A]);
+    let backends = Backends::new(&[(A, Act::Stream(vec![], true))]);
+    let mut service = AffinityLayer::new(router, Instant::now)
+        .refusal_check(|_: &Upstream| std::future::ready(false))
+        .layer(backends);
+    let response = block_on(service.call(post(&[], "{}"))).unwrap();
+    let body = response.into_body();
+    assert!(!body.is_end_stream());
+    assert_eq!(body.size_hint().exact(), None);
+    assert!(matches!(block_on(body.collect()), Err(Failure(false))));
+}
+
+#[test]
+fn a_start_that_dies_with_no_frame_or_only_empty_ones_is_placed_again() {
+    // A close-delimited body ends cleanly when its backend dies; empty data frames tell
+    // nothing of whether it lives.
+    for (chunks, cut) in [(vec![], false), (vec!["", ""], true), (vec![""], false)] {
+        let case = format!("{chunks:?}, cut {cut}");
+        let (router, backends, (status, session, body)) =
+            start_on_a(Act::Stream(chunks, cut), Some(true));
+        assert_eq!(labels(&backends), [A, B], "{case}");
+        assert_eq!(
+            (status, session.as_deref()),
+            (StatusCode::OK, Some("s-b")),
+            "{case}"
+        );
+        assert_eq!(&body.unwrap()[..], b"{}", "{case}");
+        let m = router.metrics();
+        assert_eq!(
+            (m.placements_retried, m.owners_down, m.keys_learned),
+            (1, 1, 1),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn a_start_cut_after_its_first_frame_is_not_placed_again() {
     // The client has had the first event: the rest of the stream is A's, cut or not.
     let event = "event: message\ndata: {}\n\n";
     let (router, backends, (status, session, body)) =

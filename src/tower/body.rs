@@ -88,19 +88,40 @@ impl<B: Body<Data = Bytes>> FromBackend<B> {
         FromBackend::Direct { body }
     }
 
-    /// Reads `body`'s first frame (or its end, or its error).
+    /// Reads `body`'s first frame that is not an empty data frame (at most
+    /// [`EMPTY_FRAMES_SKIPPED`] of those are passed over, then the next frame is the first),
+    /// or its end, or its error.
     pub(super) async fn read_ahead(body: B) -> Self {
         let mut ahead = Box::pin(ReadAhead { first: None, body });
-        let first = std::future::poll_fn(|cx| ahead.as_mut().project().body.poll_frame(cx)).await;
+        let mut skipped = 0;
+        let first = loop {
+            let frame =
+                std::future::poll_fn(|cx| ahead.as_mut().project().body.poll_frame(cx)).await;
+            match &frame {
+                Some(Ok(f))
+                    if skipped < EMPTY_FRAMES_SKIPPED
+                        && f.data_ref().is_some_and(Bytes::is_empty) =>
+                {
+                    skipped += 1;
+                }
+                _ => break frame,
+            }
+        };
         *ahead.as_mut().project().first = Some(first);
         FromBackend::ReadAhead { ahead }
     }
 
-    /// Whether the body failed before its first frame.
-    pub(super) fn failed_first(&self) -> bool {
-        matches!(self, FromBackend::ReadAhead { ahead } if matches!(ahead.first, Some(Some(Err(_)))))
+    /// Whether the body failed, or ended, before its first frame: nothing of it reached
+    /// anyone. (An empty answer to a conversation start is no answer: a close-delimited body
+    /// ends that way when its backend dies.)
+    pub(super) fn nothing_came(&self) -> bool {
+        matches!(self, FromBackend::ReadAhead { ahead } if matches!(ahead.first, Some(Some(Err(_)) | None)))
     }
 }
+
+/// How many empty data frames reading a body's first frame passes over (they carry nothing
+/// to tell a live stream by), before it takes the next frame as the first.
+const EMPTY_FRAMES_SKIPPED: usize = 16;
 
 impl<B: Body<Data = Bytes>> Body for FromBackend<B> {
     type Data = Bytes;
@@ -138,8 +159,11 @@ impl<B: Body<Data = Bytes>> Body for FromBackend<B> {
             FromBackend::ReadAhead { ahead } => {
                 let first = match &ahead.first {
                     Some(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),
-                    // The body ended (or failed) with what was read.
-                    Some(_) => return SizeHint::with_exact(0),
+                    // The body ended with what was read.
+                    Some(None) => return SizeHint::with_exact(0),
+                    // It failed: its reader must poll for the error (with an exact 0, hyper
+                    // would write an empty answer and never poll).
+                    Some(Some(Err(_))) => return SizeHint::default(),
                     None => 0,
                 };
                 let rest = ahead.body.size_hint();

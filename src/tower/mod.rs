@@ -26,11 +26,15 @@
 //!    [`replay_limit`](AffinityLayer::replay_limit) bytes, 64 KiB by default, announced by
 //!    its size hint); any other body is streamed once.
 //!    A conversation start's answer waits for the first frame of its body before its head
-//!    goes on (when a refusal check is set and the start's body was kept): a backend that
-//!    sent the head and died before any event (the process crashed under an `initialize`
-//!    answered by an event stream) has shown the client nothing, and the start is placed
-//!    again as one refused would be. A body cut after its first frame, or by a backend that
-//!    still accepts connections, reaches the client as it came;
+//!    goes on (when a refusal check is set and the start's body was kept; empty data frames
+//!    are passed over): a backend that sent the head and died before any of the body (the
+//!    process crashed under an `initialize` answered by an event stream) has shown the
+//!    client nothing, and if the body failed or ended there and the backend refuses
+//!    connections, the start is placed again as one refused would be. A body cut after its
+//!    first frame, or by a backend that still accepts connections, reaches the client as it
+//!    came. The layer does not bound the wait (the forwarding service's body timeouts do);
+//!    a server that sends an event at once (a 2025-11-25 priming event) ends it there, and
+//!    is covered only until then;
 //!    The layer's own answers: 400 `request body failed` when a body it keeps fails or grows
 //!    past its size hint; 502 `not delivered` when a failed request cannot be sent again
 //!    (its body was streamed) and the inner service gave no error to return;
@@ -49,7 +53,8 @@
 //!
 //! Backpressure and cancellation pass through: `poll_ready` is the inner service's, response
 //! bodies are polled only when the client polls (a request body kept for another placement,
-//! step 3, is read before the request is sent), and dropping the response future or body drops the
+//! step 3, is read before the request is sent, and a conversation start's first frame
+//! before its head goes on), and dropping the response future or body drops the
 //! inner one (the backend sees the client go). The layer needs no runtime; its response
 //! future is boxed (`Send`).
 //!
@@ -602,8 +607,8 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         upstream.starts_conversation() && self.refusals.is_some() && body.can_send()
     }
 
-    /// The response to `call` with its body's first frame read; `None` if the body failed
-    /// before it and its backend refuses connections now: it died under the request.
+    /// The response to `call` with its body's first frame read; `None` if the body failed or
+    /// ended before it and its backend refuses connections now: it died under the request.
     async fn call_reading_ahead<B, E>(
         &self,
         call: impl Future<Output = Result<Response<B>, E>>,
@@ -614,7 +619,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
     {
         let (head, body) = call.await?.into_parts();
         let body = FromBackend::read_ahead(body).await;
-        if body.failed_first() && self.died_with(upstream).await {
+        if body.nothing_came() && self.died_with(upstream).await {
             return Ok(None);
         }
         Ok(Some(Response::from_parts(head, body)))
