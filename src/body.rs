@@ -318,15 +318,18 @@ where
                 .as_ref()
                 .and_then(Frame::data_ref)
                 .map_or(0, Bytes::len);
-        let inner = self.inner.size_hint();
-        let waiting = waiting as u64;
-        let mut hint = SizeHint::new();
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper.saturating_add(waiting));
-        }
-        hint.set_lower(inner.lower().saturating_add(waiting));
-        hint
+        hint_plus(self.inner.size_hint(), waiting as u64)
     }
+}
+
+/// `hint` with `bytes` more at both ends: a body's, with bytes taken from it but not sent yet.
+pub(crate) fn hint_plus(hint: SizeHint, bytes: u64) -> SizeHint {
+    let mut plus = SizeHint::new();
+    if let Some(upper) = hint.upper() {
+        plus.set_upper(upper.saturating_add(bytes));
+    }
+    plus.set_lower(hint.lower().saturating_add(bytes));
+    plus
 }
 
 impl<B: fmt::Debug, C: Clock, T: SessionTable> fmt::Debug for ObservedBody<B, C, T> {

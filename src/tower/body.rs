@@ -10,7 +10,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::body::{Clock, ObservedBody};
+use crate::body::{Clock, ObservedBody, hint_plus};
 use crate::router::Rejection;
 use crate::table::SessionTable;
 
@@ -166,13 +166,7 @@ impl<B: Body<Data = Bytes>> Body for FromBackend<B> {
                     Some(Some(Err(_))) => return SizeHint::default(),
                     None => 0,
                 };
-                let rest = ahead.body.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower().saturating_add(first));
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper.saturating_add(first));
-                }
-                hint
+                hint_plus(ahead.body.size_hint(), first)
             }
         }
     }
