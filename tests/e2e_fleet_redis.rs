@@ -190,6 +190,7 @@ async fn fleet_on_redis(sdk: Sdk) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let recovered_in = killed.elapsed();
+    let front_at_mark = front.log().len();
     soak.mark(&lines);
     until(
         &lines,
@@ -209,9 +210,10 @@ async fn fleet_on_redis(sdk: Sdk) {
     let lines = lines.lock().unwrap().clone();
     // The outage: from the kill to the mark, the new sessions started before the mark that
     // finished after it, and the worker sessions whose run of failures began before the mark
-    // (the Python soak says when, in `marks`: its legacy SSE client gives a session up after
-    // one failed POST, so a 503 before the mark shows as a timeout after it). After that,
-    // nothing may fail.
+    // (each soak says when, in `marks`: Python's legacy SSE client gives a session up after
+    // one failed POST, so a 503 before the mark shows as a timeout after it; a TypeScript
+    // client reads a 503's body after its head, and the mark can come in between). After
+    // that, nothing may fail.
     let (recovered_at, mark) = last_mark(&lines).expect("the mark");
     let marks_before = lines[..recovered_at]
         .iter()
@@ -245,11 +247,15 @@ async fn fleet_on_redis(sdk: Sdk) {
         .iter()
         .filter(|l| parse(l).get("starter").is_some())
         .count();
+    let late_503s = front.log()[front_at_mark..]
+        .iter()
+        .filter(|e| matches!(e, Event::Answered(_, 503, ..)))
+        .count();
     let restarts = store_sum(&proxies, |s| s.store_restarts);
     let reseeded = store_sum(&proxies, |s| s.reseed_writes);
     eprintln!(
         "{sdk:?} redis restart: recovered {recovered_in:.1?} after the kill (down 1 s), {} \
-         lines meanwhile ({started_in_outage} new sessions), answers by status {during:?}, client errors {:#?}; store restarts seen \
+         lines meanwhile ({started_in_outage} new sessions), answers by status {during:?} ({late_503s} 503s answered after the mark), client errors {:#?}; store restarts seen \
          {restarts}, bindings re-seeded {reseeded}; {:.1} s",
         recovered_at - killed_at,
         gists(&outage),

@@ -104,6 +104,7 @@ pub enum Soak {
     Tasks {
         stop: Arc<AtomicBool>,
         next_starter: Arc<AtomicU64>,
+        marks: Arc<AtomicU64>,
         tasks: tokio::task::JoinSet<()>,
     },
 }
@@ -151,7 +152,12 @@ impl Soak {
     pub fn mark(&mut self, lines: &Lines) {
         match self {
             Soak::Process(proc) => proc.send_line("mark"),
-            Soak::Tasks { next_starter, .. } => {
+            Soak::Tasks {
+                next_starter,
+                marks,
+                ..
+            } => {
+                marks.fetch_add(1, Ordering::SeqCst);
                 let mark = json!({"mark": next_starter.load(Ordering::SeqCst)});
                 lines.lock().unwrap().push(mark.to_string());
             }
@@ -189,19 +195,28 @@ impl Soak {
 pub fn rmcp_soak(url: &str, lines: Lines) -> Soak {
     let stop = Arc::new(AtomicBool::new(false));
     let next_starter = Arc::new(AtomicU64::new(0));
+    // How many marks were asked for: each error line says how many when its session's run of
+    // failures began, as the soak scripts' do.
+    let marks = Arc::new(AtomicU64::new(0));
     let ready = Arc::new(AtomicUsize::new(9));
     let mut tasks = tokio::task::JoinSet::new();
     let emit = |lines: &Lines, value: Value| lines.lock().unwrap().push(value.to_string());
     for worker in 0..9 {
-        let (url, lines, stop, ready) =
-            (url.to_string(), lines.clone(), stop.clone(), ready.clone());
+        let (url, lines, stop, ready, marks) = (
+            url.to_string(),
+            lines.clone(),
+            stop.clone(),
+            ready.clone(),
+            marks.clone(),
+        );
         tasks.spawn(async move {
             let mut session_no = 0;
             while !stop.load(Ordering::SeqCst) {
+                let mut since = marks.load(Ordering::SeqCst);
                 let session = match rmcp_peers::connect(&url, true).await {
                     Ok(session) => session,
                     Err(e) => {
-                        emit(&lines, json!({"worker": worker, "session": session_no, "error": e, "kind": "other"}));
+                        emit(&lines, json!({"worker": worker, "session": session_no, "error": e, "kind": "other", "marks": since}));
                         session_no += 1;
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
@@ -209,6 +224,9 @@ pub fn rmcp_soak(url: &str, lines: Lines) -> Soak {
                 };
                 let (mut replica, mut call, mut failures) = (None::<String>, 0, 0);
                 while !stop.load(Ordering::SeqCst) {
+                    if failures == 0 {
+                        since = marks.load(Ordering::SeqCst);
+                    }
                     match whoami(&session).await {
                         Ok(reply) => {
                             if replica.as_ref().is_some_and(|r| *r != reply.replica) && reply.count == 1 {
@@ -225,7 +243,7 @@ pub fn rmcp_soak(url: &str, lines: Lines) -> Soak {
                             call += 1;
                         }
                         Err(e) if !stop.load(Ordering::SeqCst) => {
-                            emit(&lines, json!({"worker": worker, "session": session_no, "error": e, "kind": "other"}));
+                            emit(&lines, json!({"worker": worker, "session": session_no, "error": e, "kind": "other", "marks": since}));
                             failures += 1;
                             if failures >= 3 {
                                 session_no += 1;
@@ -275,6 +293,7 @@ pub fn rmcp_soak(url: &str, lines: Lines) -> Soak {
     Soak::Tasks {
         stop,
         next_starter,
+        marks,
         tasks,
     }
 }

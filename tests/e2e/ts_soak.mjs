@@ -10,7 +10,10 @@
 // MS milliseconds. It runs until its stdin closes, then prints a summary and exits 0; a line
 // `mark` on stdin is answered {"mark": n}: starters numbered n and up start after it. Lines,
 // as JSON: {"worker", "session", "call", "replica", "count"}; {"worker", "session", "error",
-// "kind"} with kind "gone" (404: the session is over; a closed SSE stream) or "other";
+// "kind", "marks"} with kind "gone" (404: the session is over; a closed SSE stream) or "other",
+// and `marks` how many `mark` lines had come when the session's run of failures began (a
+// failure that shows after a mark may come from a request made before it: the answer's body is
+// read after its head, and a `mark` can be read in between);
 // {"starter", "replica"} or {"starter", "error", "kind", "phase"} (phase "initialize": it failed
 // to start; "call": its replica died after minting it); with --tokens, {"worker", "session",
 // "token"}: the session id a worker's session was given (again, with the next session number,
@@ -34,6 +37,7 @@ const timeout = Number(flag('--timeout', '10000'));
 const summary = { ok: 0, errors: 0, started: 0 };
 const emit = (fields) => process.stdout.write(JSON.stringify(fields) + '\n');
 let stopping = false;
+let marks = 0;
 
 const kindOf = (e) => {
   const text = `${e?.constructor?.name}: ${e?.message}`;
@@ -72,18 +76,21 @@ async function worker(no) {
   for (let session = 0; !stopping; session++) {
     let client;
     let transport;
+    // When this session's run of failures began (or, before any call, its start).
+    let since = marks;
     try {
       client = await open((t) => { transport = t; });
       let token = sessionOf(transport);
       if (tokens) emit({ worker: no, session, token });
       for (let call = 0, failures = 0; !stopping; call++) {
         let reply;
+        if (failures === 0) since = marks;
         try {
           reply = await whoami(client);
         } catch (e) {
           if (!keep || stopping || ++failures >= 3) throw e;
           summary.errors++;
-          emit({ worker: no, session, error: `${e?.constructor?.name}: ${e?.message}`, kind: kindOf(e) });
+          emit({ worker: no, session, error: `${e?.constructor?.name}: ${e?.message}`, kind: kindOf(e), marks: since });
           call--;
           await sleep(20);
           continue;
@@ -105,7 +112,7 @@ async function worker(no) {
     } catch (e) {
       if (stopping) return;
       summary.errors++;
-      emit({ worker: no, session, error: `${e?.constructor?.name}: ${e?.message}`, kind: kindOf(e) });
+      emit({ worker: no, session, error: `${e?.constructor?.name}: ${e?.message}`, kind: kindOf(e), marks: since });
     } finally {
       await client?.close().catch(() => {});
     }
@@ -141,7 +148,12 @@ await new Promise((resolve) => {
   process.stdin.on('data', (chunk) => {
     const lines = (pendingInput + chunk).split('\n');
     pendingInput = lines.pop();
-    for (const line of lines) if (line.trim() === 'mark') emit({ mark: no });
+    for (const line of lines) {
+      if (line.trim() === 'mark') {
+        marks++;
+        emit({ mark: no });
+      }
+    }
   });
   process.stdin.on('end', resolve);
   process.stdin.on('close', resolve);
