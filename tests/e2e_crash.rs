@@ -376,13 +376,14 @@ struct Failure {
     /// `gone` when the client was told its session is over (see the soaks); `inferred` when
     /// rmcp's words do not say what it was told (see [`call_failure`]).
     kind: String,
-    /// After the test's `{"killed": true}` line.
+    /// After the test's `{"killing": true}` line (pushed just before the kill).
     after_kill: bool,
     /// Its handshake failed after `initialize` was answered (see [`init_failure`]).
     handshake: bool,
     /// The replica that answered its `initialize`, if the line says (rmcp).
     on: Option<String>,
-    /// Whether the session began before the kill, if the line says (rmcp).
+    /// Whether the session began before the kill, if the line says (rmcp): before the test's
+    /// `{"killed": true}` line, pushed once the victim was reaped.
     began_before_kill: Option<bool>,
 }
 
@@ -425,23 +426,29 @@ type Session = (Vec<(String, u64)>, Option<Failure>);
 fn analyze(lines: &[String], victim: &str) -> Outcome {
     let mut outcome = Outcome::default();
     let mut sessions: BTreeMap<(u64, u64), Session> = BTreeMap::new();
-    let mut kill_line = None;
+    let (mut killing, mut kill_line) = (false, None);
     for (index, line) in lines.iter().enumerate() {
         let value: Value = serde_json::from_str(line.trim())
             .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        if value["killing"] == true {
+            killing = true;
+            continue;
+        }
         if value["killed"] == true {
-            kill_line = Some(index);
+            (killing, kill_line) = (true, Some(index));
             continue;
         }
         let failure = value.get("error").map(|error| Failure {
             text: error.to_string(),
             kind: value["kind"].as_str().unwrap_or("other").to_string(),
-            after_kill: kill_line.is_some(),
+            after_kill: killing,
             handshake: value["phase"] == "handshake",
             on: value["on"].as_str().map(str::to_string),
-            began_before_kill: value["since"]
-                .as_u64()
-                .map(|since| kill_line.is_some_and(|kill| since as usize <= kill)),
+            // (A line before `killed` is of a session that began before it.)
+            began_before_kill: value["since"].as_u64().map(|since| match kill_line {
+                Some(kill) => since as usize <= kill,
+                None => killing,
+            }),
         });
         if let Some(failure) = &failure {
             outcome.inferred += usize::from(failure.kind == "inferred");
@@ -615,11 +622,11 @@ async fn scenario(sdk: Sdk) {
         .find(|b| *b.label == urls[victim_index])
         .expect("the victim's backend")
         .id;
-    lines
-        .lock()
-        .unwrap()
-        .push(json!({"killed": true}).to_string());
+    // Two lines: a session may begin between the first and the kill, on the victim.
+    let mark = |line: Value| lines.lock().unwrap().push(line.to_string());
+    mark(json!({"killing": true}));
     procs[victim_index].take().expect("running").kill();
+    mark(json!({"killed": true}));
     until_health(&running, &urls[victim_index], Health::Down).await;
     // Let the load run on the two live replicas, then start the victim again on its port.
     let at_kill = lines.lock().unwrap().len();
@@ -784,4 +791,35 @@ fn a_wordless_rmcp_failure_is_excused_only_on_a_victim_session_cut_by_the_kill()
         (1, 0),
         "{late_worker:?}"
     );
+    // Begun between the line before the kill and the one after it: before the kill, told
+    // gone; its failure may show before the `killed` line or after it.
+    let killing = json!({"killing": true}).to_string();
+    for lines in [
+        vec![
+            reply(1, "x2"),
+            killing.clone(),
+            closed(3, "x2", 2),
+            killed.clone(),
+        ],
+        vec![
+            reply(1, "x2"),
+            killing.clone(),
+            killed.clone(),
+            closed(3, "x2", 2),
+        ],
+    ] {
+        let between = analyze(&lines, "x2");
+        assert!(between.faults.is_empty(), "{between:?}");
+        assert_eq!((between.victims, between.told_gone), (1, 1), "{between:?}");
+    }
+    // And one begun after the `killed` line is not.
+    let lines = vec![
+        reply(1, "x2"),
+        killing.clone(),
+        killed.clone(),
+        closed(3, "x2", 4),
+    ];
+    let after = analyze(&lines, "x2");
+    assert_eq!((after.victims, after.told_gone), (1, 0), "{after:?}");
+    assert!(after.faults[0].contains("begun after it"), "{after:?}");
 }

@@ -9,7 +9,7 @@ mod e2e;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use e2e::proxy::{Config, Running};
 use e2e::rmcp_peers::{self, Replica, Session, Track};
@@ -534,10 +534,13 @@ async fn a_drain_deadline_revokes_the_sessions_left_and_rmcp_clients_move() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_expire_after_the_idle_ttl() {
+    // Long against the 200 ms between the busy session's calls, so that a stall of a loaded
+    // machine does not expire it too.
+    const IDLE_TTL: Duration = Duration::from_secs(3);
     let replica = Replica::start("r1").await.expect("replica");
     let config = Config {
         backends: vec![replica.url()],
-        idle_ttl: Some(Duration::from_millis(500)),
+        idle_ttl: Some(IDLE_TTL),
         shutdown_grace: Duration::from_millis(100),
         ..Config::default()
     };
@@ -545,13 +548,24 @@ async fn idle_sessions_expire_after_the_idle_ttl() {
     let url = running.url("/mcp");
     let raw = raw_client();
     let idle = raw_session(&raw, &url).await;
+    let idle_since = Instant::now();
     let busy = raw_session(&raw, &url).await;
-    // `busy` is used every 200 ms; `idle` is not used for 2 s (maintenance runs every second).
-    for _ in 0..10 {
+    // `busy` is used every 200 ms, `idle` not at all, until maintenance (every second) has
+    // expired a key; a stall of the machine can delay that, not make it come early.
+    let deadline = idle_since + Duration::from_secs(15);
+    while running.proxy.metrics().keys_expired == 0 {
+        assert!(Instant::now() < deadline, "no key expired within 15 s");
         let (status, _, body) = raw_whoami(&raw, &url, &busy).await;
         assert_eq!(status, 200, "{body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Use times count in ticks of 100 ms, so a key may go up to one tick before its TTL is
+    // whole (and `idle_since` is a little after its last use).
+    let expired_after = idle_since.elapsed();
+    assert!(
+        expired_after >= IDLE_TTL - Duration::from_millis(200),
+        "expired after {expired_after:?}, before its idle TTL"
+    );
     let (status, _, body) = raw_whoami(&raw, &url, &idle).await;
     assert_eq!(status, 404, "the idle session expired: {body}");
     let (status, _, body) = raw_whoami(&raw, &url, &busy).await;
@@ -793,7 +807,7 @@ async fn shutdown_lets_the_answer_in_flight_finish_and_stops_at_the_grace() {
     let slow = tokio::spawn(get(slow_url));
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     running.shutdown().await;
     let took = started.elapsed();
     // The endless stream holds its connection open until the grace ends it, and no longer.

@@ -329,15 +329,24 @@ async fn a_client_that_sends_no_head_in_time_is_closed() {
 #[tokio::test]
 async fn requests_in_a_row_are_answered_and_an_idle_connection_is_closed() {
     let backend = backend().await;
-    let running = proxy_in_front_of(backend.addr).await;
+    // A longer header timeout than the other tests': one thread runs the client, the proxy
+    // and the backend here, and a stall of it as long as the timeout less the gap between
+    // requests would fire the proxy's timer with the client's.
+    let timeout = Duration::from_millis(1500);
+    let running = proxy_with(Config {
+        backends: vec![format!("http://{}", backend.addr)],
+        header_timeout: Some(timeout),
+        ..config()
+    })
+    .await;
 
     let mut client = TcpStream::connect(running.addr).await.unwrap();
     let mut buf = Vec::new();
-    // Eight requests 100 ms apart: the connection lives well past the timeout, never idle for it.
-    for _ in 0..8 {
+    // Twelve requests 250 ms apart: the connection lives twice the timeout, never idle for it.
+    for _ in 0..12 {
         let (_, body) = ask(&mut client, &mut buf, &post("/mcp")).await;
         assert_eq!(body, b"ok");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // Then idle: closed.
     assert!(

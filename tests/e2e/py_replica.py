@@ -13,7 +13,9 @@ Tools:
 - whoami: {"replica", "count", "session"}; `count` counts the calls of this session here.
 - slow_job: with a client that declares the io.modelcontextprotocol/tasks extension (2026-07-28
   era), answers at once with a task handle (resultType "task", taskId "<replica>-<hex>") and
-  finishes in the background; `tasks/get` on any other replica does not know the task.
+  finishes in the background (no sooner than --task-seconds, and not before `tasks/get` has
+  answered it twice, so that every client polls it at least twice however slow the machine);
+  `tasks/get` on any other replica does not know the task.
 """
 
 import argparse
@@ -48,6 +50,9 @@ NAME = args.name
 
 calls: dict[str, int] = collections.defaultdict(int)
 tasks: dict[str, dict[str, Any]] = {}
+# Per task: set once `tasks/get` has answered it twice.
+polled_twice: dict[str, asyncio.Event] = {}
+polls: dict[str, int] = collections.defaultdict(int)
 
 
 def timestamp() -> str:
@@ -64,7 +69,11 @@ async def get_task(ctx: Any, params: TaskIdParams) -> dict[str, Any]:
     task = tasks.get(params.taskId)
     if task is None:
         raise MCPError(code=-32602, message=f"task {params.taskId} unknown on replica {NAME}")
-    return {**task, "servedBy": NAME}
+    answer = {**task, "servedBy": NAME}
+    polls[params.taskId] += 1
+    if polls[params.taskId] >= 2:
+        polled_twice[params.taskId].set()
+    return answer
 
 
 class Tasks(Extension):
@@ -94,9 +103,14 @@ class Tasks(Extension):
             "pollIntervalMs": 150,
         }
         tasks[task_id] = task
+        polled_twice[task_id] = asyncio.Event()
 
         async def finish():
             await asyncio.sleep(args.task_seconds)
+            try:
+                await asyncio.wait_for(polled_twice[task_id].wait(), timeout=30)
+            except asyncio.TimeoutError:
+                pass  # nobody polls it: finish anyway
             result = await call_next(ctx)
             if isinstance(result, BaseModel):
                 result = result.model_dump(by_alias=True, exclude_none=True)
