@@ -3,7 +3,7 @@
 //! | pingora hook | router call |
 //! |---|---|
 //! | `request_filter` | what no backend is sent is answered here (`hop::check_head`: `CONNECT`, a target that is not a path, a dot-segment, a missing, repeated or invalid `Host`), and the headers `Connection` names removed; then [`Router::route`]: `Forward` keeps the [`Exchange`] in the context; `Reject` is answered here, no backend is contacted |
-//! | `upstream_peer` | [`Exchange::backend`] is the peer |
+//! | `upstream_peer` | [`Exchange::backend`] is the peer; a conversation start that failed on a fresh connection (`error_while_proxy`) first finds whether its backend refuses connections now: then [`Router::on_undelivered`] places it on another, else it fails (502) |
 //! | `upstream_request_filter` | [`Exchange::request_edits`] (a sealed id: the backend gets its own) |
 //! | `fail_to_connect` | [`Router::on_undelivered`]: `Forward` (placed again) retries on its backend; `Reject` is answered by `fail_to_proxy` |
 //! | `fail_to_proxy` | answers a rejection; a pinned request that failed on its way to a backend that refuses connections now is [`Router::on_undelivered`] too (its owner died with it: 404, not 502) |
@@ -52,6 +52,9 @@ pub struct Ctx {
     exchange: Option<Exchange>,
     /// The answer to send instead of a backend's (set where pingora cannot answer itself).
     rejection: Option<Rejection>,
+    /// A conversation start failed on a fresh connection to its backend: before it goes
+    /// again, `upstream_peer` finds whether that backend died ([`McpProxy::recheck`]).
+    recheck: bool,
 }
 
 impl McpProxy {
@@ -90,6 +93,9 @@ impl ProxyHttp for McpProxy {
     }
 
     async fn upstream_peer(&self, _: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if std::mem::take(&mut ctx.recheck) {
+            self.recheck(ctx).await?;
+        }
         let backend = ctx.exchange.as_ref().map(Exchange::backend);
         let Some(addr) = backend.and_then(|id| self.addr_of(id)) else {
             return Error::e_explain(InternalError, "no backend for the request");
@@ -148,7 +154,9 @@ impl ProxyHttp for McpProxy {
     /// leaves nothing behind that outlives its backend. Sent again to the same backend, it
     /// finds whether that backend died: if the connection is refused, `fail_to_connect`
     /// reports it and the router places the start on another (a new conversation does not
-    /// fail with the replica that crashed under it).
+    /// fail with the replica that crashed under it). A start that failed on a fresh
+    /// connection goes again only if its backend refuses connections now
+    /// ([`recheck`](McpProxy::recheck)): a live backend may have run it.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -163,8 +171,15 @@ impl ProxyHttp for McpProxy {
             .as_ref()
             .is_some_and(Exchange::starts_conversation);
         let again = starts || session.req_header().method.is_idempotent();
-        if again && !session.as_ref().retry_buffer_truncated() {
-            e.retry.decide_reuse(client_reused);
+        // (Never once the client has a head: pingora would write it a second.)
+        let unanswered = session.response_written().is_none();
+        if again && unanswered && !session.as_ref().retry_buffer_truncated() {
+            if starts && !client_reused {
+                ctx.recheck = true;
+                e.set_retry(true);
+            } else {
+                e.retry.decide_reuse(client_reused);
+            }
         } else {
             e.set_retry(false);
         }
@@ -292,13 +307,7 @@ impl McpProxy {
         {
             return None;
         }
-        let addr = self.addr_of(exchange.backend())?;
-        let connect = tokio::net::TcpStream::connect(addr);
-        let refused = matches!(
-            tokio::time::timeout(CONNECT_TIMEOUT, connect).await,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
-        );
-        if !refused {
+        if !self.refuses(exchange.backend()).await {
             return None;
         }
         let exchange = ctx.exchange.take()?;
@@ -313,6 +322,53 @@ impl McpProxy {
                 None
             }
             Routed::Lookup(_) => None,
+        }
+    }
+}
+
+impl McpProxy {
+    /// Whether `backend` refuses connections now (it died).
+    async fn refuses(&self, backend: BackendId) -> bool {
+        let Some(addr) = self.addr_of(backend) else {
+            return false;
+        };
+        let connect = tokio::net::TcpStream::connect(addr);
+        matches!(
+            tokio::time::timeout(CONNECT_TIMEOUT, connect).await,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    }
+
+    /// A conversation start that failed on a fresh connection, before it goes again: if its
+    /// backend refuses connections now, it died under the start, which the router places on
+    /// another (or rejects: `fail_to_proxy` answers). If the backend still accepts them, the
+    /// start may have run there, and fails (502), as through the hyper proxy.
+    async fn recheck(&self, ctx: &mut Ctx) -> Result<()> {
+        let Some(exchange) = ctx.exchange.take() else {
+            return Ok(());
+        };
+        if !self.refuses(exchange.backend()).await {
+            ctx.exchange = Some(exchange);
+            let mut e = Error::new_up(ConnectionClosed);
+            e.context =
+                Some("the backend failed under a conversation start, and still listens".into());
+            return Err(e);
+        }
+        match self
+            .router
+            .on_undelivered(exchange, Undelivered::Refused, Instant::now())
+        {
+            Routed::Forward(next) => {
+                ctx.exchange = Some(next);
+                Ok(())
+            }
+            Routed::Reject(rejection) => {
+                ctx.rejection = Some(rejection);
+                Error::e_explain(InternalError, "the router rejected the start placed again")
+            }
+            Routed::Lookup(_) => {
+                Error::e_explain(InternalError, "the router asked for a shared store")
+            }
         }
     }
 }
