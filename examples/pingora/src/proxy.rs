@@ -174,7 +174,9 @@ impl ProxyHttp for McpProxy {
         // (Never once the client has a head: pingora would write it a second.)
         let unanswered = session.response_written().is_none();
         if again && unanswered && !session.as_ref().retry_buffer_truncated() {
-            if starts && !client_reused {
+            // (Only the backend's failure: not the client's, nor a rejection of ours.)
+            let upstream = *e.esource() == ErrorSource::Upstream && ctx.rejection.is_none();
+            if starts && !client_reused && upstream {
                 ctx.recheck = true;
                 e.set_retry(true);
             } else {
