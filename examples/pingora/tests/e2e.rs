@@ -391,58 +391,53 @@ async fn backend_that_dies_mid_request(answers: usize) -> String {
     url
 }
 
+/// `starts` conversation starts through a proxy before a backend that answers `answers`
+/// requests and dies under the next, and one that answers: every start gets 200, the dying
+/// backend is marked down, nothing is rejected. The proxy's metrics after.
+async fn starts_outlive_a_backend_dying_under_one(
+    name: &str,
+    answers: usize,
+    starts: usize,
+) -> serde_json::Value {
+    let dying = backend_that_dies_mid_request(answers).await;
+    let (answering, _) = answering_backend().await;
+    let proxy = Pingora::start(name, &[dying, answering], &[]).await;
+    let url = proxy.url("/mcp");
+    let raw = raw_client();
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    for i in 0..starts {
+        let (status, _, body) = e2e::raw_post(&raw, &url, None, init).await;
+        assert_eq!(status, 200, "start {i}: {body}");
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m["owners_down"], 1,
+        "the dying backend died under a start: {m}"
+    );
+    assert_eq!(m["rejected_total"], 0, "{m}");
+    m
+}
+
 /// A conversation start sent on a pooled connection to a backend that dies as it arrives is
 /// sent again, finds the backend refusing connections, and is placed on the other: no 502,
 /// and the backend is marked down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_start_whose_backend_dies_under_it_is_placed_elsewhere() {
-    let dying = backend_that_dies_mid_request(1).await;
-    let (answering, _) = answering_backend().await;
-    let proxy = Pingora::start("start-dies", &[dying, answering], &[]).await;
-    let url = proxy.url("/mcp");
-    let raw = raw_client();
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
     // Least sessions: the dying backend gets a start whenever it has no more than the other,
     // so its second (the one it dies with) comes within a few.
-    for i in 0..8 {
-        let (status, _, body) = e2e::raw_post(&raw, &url, None, init).await;
-        assert_eq!(status, 200, "start {i}: {body}");
-    }
-    let m = proxy.metrics().await;
-    assert_eq!(
-        m["owners_down"], 1,
-        "the dying backend died under a start: {m}"
-    );
-    assert_eq!(m["rejected_total"], 0, "{m}");
-    drop(proxy);
+    starts_outlive_a_backend_dying_under_one("start-dies", 1, 8).await;
 }
 
 /// The same on a fresh connection: the backend dies under the first request it gets. pingora
 /// sends a request that failed on a fresh connection again only if told; the proxy finds
-/// first that the backend refuses connections now. (Before, such a start got 502: one run
-/// of the test above in about ten on a loaded machine, where pingora opened a new
-/// connection for the start the backend died with.)
+/// first that the backend refuses connections now. (Before, such a start got 502: the test
+/// above failed so in one of four runs of the suite on a loaded machine, where pingora had
+/// opened a new connection for the start the backend died with.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_start_whose_backend_dies_on_a_fresh_connection_is_placed_elsewhere() {
-    let dying = backend_that_dies_mid_request(0).await;
-    let (answering, _) = answering_backend().await;
-    let proxy = Pingora::start("start-dies-fresh", &[dying, answering], &[]).await;
-    let url = proxy.url("/mcp");
-    let raw = raw_client();
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
     // The first or the second start goes to the dying backend (least sessions).
-    for i in 0..4 {
-        let (status, _, body) = e2e::raw_post(&raw, &url, None, init).await;
-        assert_eq!(status, 200, "start {i}: {body}");
-    }
-    let m = proxy.metrics().await;
-    assert_eq!(
-        m["owners_down"], 1,
-        "the dying backend died under a start: {m}"
-    );
+    let m = starts_outlive_a_backend_dying_under_one("start-dies-fresh", 0, 4).await;
     assert_eq!(m["placements_retried"], 1, "{m}");
-    assert_eq!(m["rejected_total"], 0, "{m}");
-    drop(proxy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
