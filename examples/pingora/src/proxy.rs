@@ -134,18 +134,9 @@ impl ProxyHttp for McpProxy {
             ConnectTimedout => Undelivered::TimedOut,
             _ => Undelivered::Failed,
         };
-        match self.router.on_undelivered(exchange, why, Instant::now()) {
-            // Placed again: pingora asks `upstream_peer` for the new backend.
-            Routed::Forward(next) => {
-                ctx.exchange = Some(next);
-                e.set_retry(true);
-            }
-            Routed::Reject(rejection) => {
-                ctx.rejection = Some(rejection);
-                e.set_retry(false);
-            }
-            Routed::Lookup(_) => e.set_retry(false),
-        }
+        ctx.rejection = self.undelivered(ctx, exchange, why);
+        // Placed again: pingora asks `upstream_peer` for the new backend.
+        e.set_retry(ctx.exchange.is_some());
         e
     }
 
@@ -313,22 +304,29 @@ impl McpProxy {
             return None;
         }
         let exchange = ctx.exchange.take()?;
-        match self
-            .router
-            .on_undelivered(exchange, Undelivered::Refused, Instant::now())
-        {
-            Routed::Reject(rejection) => Some(rejection),
-            // (Never for a session's request: it is not moved.)
+        // (Never placed again: a session's request is not moved.)
+        self.undelivered(ctx, exchange, Undelivered::Refused)
+    }
+
+    /// Reports `exchange` undelivered for `why`: placed again, the next exchange goes back in
+    /// `ctx`; else the rejection to answer, if any.
+    fn undelivered(
+        &self,
+        ctx: &mut Ctx,
+        exchange: Exchange,
+        why: Undelivered,
+    ) -> Option<Rejection> {
+        match self.router.on_undelivered(exchange, why, Instant::now()) {
             Routed::Forward(next) => {
                 ctx.exchange = Some(next);
                 None
             }
+            Routed::Reject(rejection) => Some(rejection),
+            // (Never: the answer of a router with a shared store, and this one has none.)
             Routed::Lookup(_) => None,
         }
     }
-}
 
-impl McpProxy {
     /// Whether `backend` refuses connections now (it died).
     async fn refuses(&self, backend: BackendId) -> bool {
         let Some(addr) = self.addr_of(backend) else {
@@ -356,22 +354,11 @@ impl McpProxy {
                 Some("the backend failed under a conversation start, and still listens".into());
             return Err(e);
         }
-        match self
-            .router
-            .on_undelivered(exchange, Undelivered::Refused, Instant::now())
-        {
-            Routed::Forward(next) => {
-                ctx.exchange = Some(next);
-                Ok(())
-            }
-            Routed::Reject(rejection) => {
-                ctx.rejection = Some(rejection);
-                Error::e_explain(InternalError, "the router rejected the start placed again")
-            }
-            Routed::Lookup(_) => {
-                Error::e_explain(InternalError, "the router asked for a shared store")
-            }
+        ctx.rejection = self.undelivered(ctx, exchange, Undelivered::Refused);
+        if ctx.exchange.is_none() {
+            return Error::e_explain(InternalError, "the router did not place the start again");
         }
+        Ok(())
     }
 }
 
