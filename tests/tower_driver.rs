@@ -2,23 +2,28 @@
 //! in front of three backends that crash and come back: a plain loop over a seeded RNG. A
 //! backend answers, or dies under a request at one of four points (before its head, after its
 //! head and before the body's first frame, after that frame, or fails a request while it lives
-//! on); a dead one refuses connections until it comes back as a new process (the router hears
-//! of it from a health checker). Clients start conversations and call their sessions.
+//! on); a dead one refuses connections, and its legacy SSE streams fail, until it comes back as
+//! a new process (the router hears of it from a health checker). Clients start Streamable HTTP
+//! conversations and call their sessions, and open legacy SSE streams, send messages on them,
+//! read them and close them.
 //!
 //! After every request it checks what a proxy author is promised:
 //!
-//! - `misroute`: a request with a session reaches only the backend that minted it, at most
-//!   once;
-//! - `start`: a conversation start is answered by a live backend with a session that backend
-//!   minted; it fails only if the backend that took it failed it while alive (the request may
-//!   have run), died after the first frame of its answer, or every backend is dead;
+//! - `misroute`: a request with a session (header or legacy query parameter) reaches only the
+//!   backend that minted it, at most once;
+//! - `start`: a conversation start (an `initialize`, a legacy connect) is answered by a live
+//!   backend with a session that backend minted; it fails only if the backend that took it
+//!   failed it while alive (the request may have run), died after the first frame of its
+//!   answer, or every backend is dead;
 //! - `at-most-once`: a start is sent again only after a backend refused it or died before its
 //!   answer's first frame;
-//! - `live`: a call of a session whose backend lives (the same process) gets that backend's
-//!   answer, never a 404 or 503 of the router's, unless the backend failed it;
-//! - `gone`: a call of a session whose process is gone is never answered 200.
+//! - `live`: a call of a session whose backend lives (the same process), or a message on a
+//!   legacy stream its client holds open, gets that backend's answer, never a 404 or 503 of
+//!   the router's, unless the backend failed it;
+//! - `gone`: a request of a session whose process is gone is never answered with a success.
 //!
-//! Run more seeds with `TOWER_DRIVER_SEEDS=N` (default 1,000, of 80 steps each).
+//! It also asserts that the run took each of those paths. Run more seeds with
+//! `TOWER_DRIVER_SEEDS=N` (default 1,000, of 80 steps each).
 #![cfg(feature = "tower")]
 #![allow(clippy::disallowed_methods)] // tests may read the clock; the crate may not
 
@@ -26,12 +31,14 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_executor::block_on;
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use mcp_affinity::router::{Probe, Router, Undelivered};
 use mcp_affinity::tower::{AffinityLayer, ReplayBody, Upstream};
@@ -108,10 +115,12 @@ fn classify(failure: &Failure) -> Option<Undelivered> {
     }
 }
 
-/// A response body: frames, then an error or the end.
+/// A response body: frames, then, for a legacy SSE stream, nothing more for as long as its
+/// backend's process lives (an error once it is gone), else an error or the end.
 struct Frames {
     frames: VecDeque<Bytes>,
     fails: bool,
+    open: Option<(Arc<Mutex<World>>, usize, u32)>,
 }
 
 impl http_body::Body for Frames {
@@ -122,10 +131,20 @@ impl http_body::Body for Frames {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Failure>>> {
-        Poll::Ready(match self.frames.pop_front() {
-            Some(frame) => Some(Ok(http_body::Frame::data(frame))),
-            None => std::mem::take(&mut self.fails).then_some(Err(Failure::Reset)),
-        })
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(frame))));
+        }
+        if let Some((world, backend, incarnation)) = &self.open {
+            let w = world.lock().unwrap();
+            if w.alive[*backend] && w.incarnation[*backend] == *incarnation {
+                // (Polled again by hand, never woken.)
+                return Poll::Pending;
+            }
+            drop(w);
+            self.open = None;
+            self.fails = true;
+        }
+        Poll::Ready(std::mem::take(&mut self.fails).then_some(Err(Failure::Reset)))
     }
 }
 
@@ -135,6 +154,19 @@ struct Backends(Arc<Mutex<World>>);
 
 fn backend_of(upstream: &Upstream) -> usize {
     LABELS.iter().position(|l| *l == upstream.label()).unwrap()
+}
+
+/// The session a request names: its header, or a legacy message's query parameter.
+fn session_of<B>(request: &Request<B>) -> Option<String> {
+    let header = request.headers().get("mcp-session-id");
+    let query = request
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("session_id="));
+    header
+        .map(|v| v.to_str().unwrap())
+        .or(query)
+        .map(str::to_string)
 }
 
 impl Service<Request<ReplayBody<Full<Bytes>>>> for Backends {
@@ -153,10 +185,8 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Backends {
             .unwrap()
             .parse()
             .unwrap();
-        let session = request
-            .headers()
-            .get("mcp-session-id")
-            .map(|v| v.to_str().unwrap().to_string());
+        let session = session_of(&request);
+        let connect = request.uri().path() == "/sse";
         let mut world = self.0.lock().unwrap();
         let alive = world.alive[backend];
         let act = match world.rng.below(20) {
@@ -178,38 +208,48 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Backends {
         }
         let incarnation = world.incarnation[backend];
         let mut head = Response::builder().header("content-type", "text/event-stream");
+        let mut first = Bytes::from_static(b"event: message\ndata: {\"result\":{}}\n\n");
         let status = match &session {
             None => {
                 world.minted_count += 1;
                 let id = format!("{backend}-{incarnation}-{}", world.minted_count);
                 world.minted.insert(id.clone(), (backend, incarnation));
-                head = head.header("mcp-session-id", id);
+                if connect {
+                    let endpoint = format!("event: endpoint\ndata: /messages/?session_id={id}\n\n");
+                    first = Bytes::from(endpoint);
+                } else {
+                    head = head.header("mcp-session-id", id);
+                }
                 StatusCode::OK
             }
             // The backend's own answer to a session it does not hold.
             Some(id) if world.minted.get(id) != Some(&(backend, incarnation)) => {
                 StatusCode::NOT_FOUND
             }
+            // A legacy message is answered on its stream.
+            Some(_) if request.uri().path() == "/messages/" => StatusCode::ACCEPTED,
             Some(_) => StatusCode::OK,
         };
-        let event = Bytes::from_static(b"event: message\ndata: {\"result\":{}}\n\n");
         let (frames, fails) = match act {
-            Act::Answer => (vec![event], false),
+            Act::Answer => (vec![first], false),
             Act::DiesBeforeHead | Act::Fails => {
                 world.alive[backend] &= act == Act::Fails;
                 return Box::pin(std::future::ready(Err(Failure::Reset)));
             }
             Act::DiesAfterHead => (vec![], true),
-            Act::DiesAfterFrame => (vec![event], true),
+            Act::DiesAfterFrame => (vec![first], true),
         };
         if act != Act::Answer {
             world.alive[backend] = false;
         }
+        let open =
+            (connect && status == StatusCode::OK).then(|| (self.0.clone(), backend, incarnation));
         let response = head
             .status(status)
             .body(Frames {
                 frames: frames.into(),
                 fails,
+                open,
             })
             .unwrap();
         Box::pin(std::future::ready(Ok(response)))
@@ -224,8 +264,10 @@ struct Paths {
     replaced_refused: u64,
     replaced_before_head: u64,
     replaced_after_head: u64,
-    /// Calls answered by their live backend, and calls of a gone process the router refused.
+    /// Calls answered by their live backend, legacy messages too, and calls of a gone process
+    /// the router refused.
     live_answered: u64,
+    messages_answered: u64,
     gone_refused: u64,
 }
 
@@ -235,6 +277,44 @@ enum Answered {
     /// A status, the session header, whether the whole body came.
     Status(StatusCode, Option<String>, bool),
     Failed,
+}
+
+/// A response body as the client holds it.
+type ClientBody = UnsyncBoxBody<Bytes, Failure>;
+
+/// Reads what `body` has now (polled by hand: a legacy stream stays open); whether it failed.
+fn drain(body: &mut ClientBody, into: &mut Vec<u8>) -> Result<(), Failure> {
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        match Pin::new(&mut *body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    into.extend_from_slice(&data);
+                }
+            }
+            Poll::Ready(Some(Err(failure))) => return Err(failure),
+            Poll::Ready(None) | Poll::Pending => return Ok(()),
+        }
+    }
+}
+
+/// A client's request.
+#[derive(Clone, Debug)]
+enum Ask {
+    /// An `initialize`, and a Streamable HTTP session's call.
+    Start,
+    Call(String),
+    /// A legacy SSE connect, and a message of its session.
+    Connect,
+    Message(String),
+}
+
+/// A legacy SSE stream a client holds open.
+struct Stream {
+    id: String,
+    body: ClientBody,
+    /// Its body failed (its backend died).
+    cut: bool,
 }
 
 fn run(seed: u64, steps: usize, paths: &mut Paths) {
@@ -263,15 +343,17 @@ fn run(seed: u64, steps: usize, paths: &mut Paths) {
         .refusal_check(refuses)
         .layer(Backends(world.clone()));
     let mut rng = Rng(seed | 1);
-    // The sessions clients hold.
+    // The Streamable HTTP sessions clients hold, and their legacy SSE streams (open or not).
     let mut sessions: Vec<String> = Vec::new();
+    let mut streams: Vec<Stream> = Vec::new();
     let mut number = 0u64;
     for step in 0..steps {
         let at = format!("seed {seed} step {step}");
-        match rng.below(10) {
+        let ask = match rng.below(12) {
             0 => {
                 let backend = rng.below(3);
                 world.lock().unwrap().alive[backend] = false;
+                continue;
             }
             1 => {
                 let backend = rng.below(3);
@@ -287,67 +369,115 @@ fn run(seed: u64, steps: usize, paths: &mut Paths) {
                             .unwrap();
                     }
                 }
+                continue;
             }
-            op => {
-                number += 1;
-                let session = (op >= 5 && !sessions.is_empty())
-                    .then(|| sessions[rng.below(sessions.len())].clone());
-                let mut request = Request::post("/mcp").header("x-request", number.to_string());
-                if let Some(id) = &session {
-                    request = request
-                        .header("mcp-session-id", id)
-                        .header("mcp-protocol-version", "2025-11-25");
-                }
-                let body = if session.is_some() {
-                    "{\"call\":1}"
+            2 => {
+                // A client closes a stream, or reads what its streams have (and finds the
+                // ones whose backend died cut).
+                if !streams.is_empty() && rng.below(2) == 0 {
+                    streams.swap_remove(rng.below(streams.len()));
                 } else {
-                    "{\"init\":1}"
-                };
-                let request = request.body(Full::new(Bytes::from(body))).unwrap();
-                let before = world.lock().unwrap().deliveries.len();
-                let answered = block_on(async {
-                    match service.call(request).await {
-                        Err(_) => Answered::Failed,
-                        Ok(response) => {
-                            let status = response.status();
-                            let id = response
-                                .headers()
-                                .get("mcp-session-id")
-                                .map(|v| v.to_str().unwrap().to_string());
-                            let whole = response.into_body().collect().await.is_ok();
-                            Answered::Status(status, id, whole)
-                        }
+                    for stream in &mut streams {
+                        stream.cut |= drain(&mut stream.body, &mut Vec::new()).is_err();
                     }
-                });
-                let w = world.lock().unwrap();
-                let deliveries = &w.deliveries[before..];
-                let health: Vec<String> = router
-                    .backends()
-                    .iter()
-                    .map(|b| format!("{:?}/{}", b.health, b.ready()))
-                    .collect();
-                let at = format!(
-                    "{at} (router: {health:?}, history: {:?})",
-                    &w.deliveries[w.deliveries.len().saturating_sub(6)..]
-                );
-                assert!(deliveries.iter().all(|d| d.request == number), "{at}");
-                match &session {
-                    None => check_start(&w, deliveries, &answered, &at, &mut sessions),
-                    Some(id) => check_call(&w, id, deliveries, &answered, &at),
                 }
-                count(&w, session.as_deref(), deliveries, &answered, paths);
+                continue;
             }
+            3 | 4 => Ask::Start,
+            5 | 6 if !sessions.is_empty() => Ask::Call(sessions[rng.below(sessions.len())].clone()),
+            7 | 8 => Ask::Connect,
+            _ if !streams.is_empty() => Ask::Message(streams[rng.below(streams.len())].id.clone()),
+            _ => Ask::Start,
+        };
+        number += 1;
+        let request = match &ask {
+            Ask::Start => Request::post("/mcp"),
+            Ask::Call(id) => Request::post("/mcp")
+                .header("mcp-session-id", id)
+                .header("mcp-protocol-version", "2025-11-25"),
+            Ask::Connect => Request::get("/sse"),
+            Ask::Message(id) => Request::post(format!("/messages/?session_id={id}")),
+        };
+        let body = if matches!(ask, Ask::Connect) {
+            ""
+        } else {
+            "{\"jsonrpc\":\"2.0\"}"
+        };
+        let request = request
+            .header("x-request", number.to_string())
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        // An open legacy stream stays open: only what it has now is read.
+        let open = streams
+            .iter()
+            .find(|s| matches!(&ask, Ask::Message(id) if *id == s.id))
+            .is_some_and(|s| !s.cut);
+        let before = world.lock().unwrap().deliveries.len();
+        let answered = match block_on(service.call(request)) {
+            Err(_) => Answered::Failed,
+            Ok(response) => {
+                let status = response.status();
+                let id = response
+                    .headers()
+                    .get("mcp-session-id")
+                    .map(|v| v.to_str().unwrap().to_string());
+                let mut body = response.into_body().boxed_unsync();
+                let mut bytes = Vec::new();
+                let whole = drain(&mut body, &mut bytes).is_ok();
+                // A legacy session's id is in its endpoint event.
+                let endpoint = std::str::from_utf8(&bytes).ok().and_then(|text| {
+                    let (_, rest) = text.split_once("session_id=")?;
+                    Some(rest.split_once('\n')?.0.to_string())
+                });
+                if let (Ask::Connect, Some(id), true) = (&ask, &endpoint, whole) {
+                    streams.push(Stream {
+                        id: id.clone(),
+                        body,
+                        cut: false,
+                    });
+                }
+                Answered::Status(status, id.or(endpoint), whole)
+            }
+        };
+        let w = world.lock().unwrap();
+        let deliveries = &w.deliveries[before..];
+        let health: Vec<String> = router
+            .backends()
+            .iter()
+            .map(|b| format!("{:?}/{}", b.health, b.ready()))
+            .collect();
+        let at = format!(
+            "{at} {ask:?} (router: {health:?}, history: {:?})",
+            &w.deliveries[w.deliveries.len().saturating_sub(6)..]
+        );
+        assert!(deliveries.iter().all(|d| d.request == number), "{at}");
+        match &ask {
+            Ask::Start | Ask::Connect => {
+                if let Some(id) = check_start(&w, deliveries, &answered, &at) {
+                    if matches!(ask, Ask::Start) {
+                        sessions.push(id);
+                    }
+                }
+            }
+            // A call, or a message on a stream the client still holds open.
+            Ask::Call(id) => check_call(&w, id, true, deliveries, &answered, &at),
+            Ask::Message(id) => check_call(&w, id, open, deliveries, &answered, &at),
         }
+        let session = match &ask {
+            Ask::Call(id) | Ask::Message(id) => Some(id.as_str()),
+            _ => None,
+        };
+        count(&w, session, deliveries, &answered, paths);
     }
 }
 
+/// Checks a conversation start; the session it began, if the client got all of its answer.
 fn check_start(
     world: &World,
     deliveries: &[Delivery],
     answered: &Answered,
     at: &str,
-    sessions: &mut Vec<String>,
-) {
+) -> Option<String> {
     // at-most-once: every delivery but the last was refused, or its backend died before its
     // answer's first frame.
     if let Some((_, earlier)) = deliveries.split_last() {
@@ -375,24 +505,37 @@ fn check_start(
                 *whole || last.act == Act::DiesAfterFrame,
                 "{at}: start cut: {deliveries:?}"
             );
-            if *whole {
-                sessions.push(id.clone());
-            }
+            whole.then(|| id.clone())
         }
         // Failed by a backend that lives on (the request may have run).
-        Answered::Failed => assert!(
-            last.is_some_and(|d| d.alive && d.act == Act::Fails),
-            "{at}: start failed: {deliveries:?}"
-        ),
-        Answered::Status(status, _, _) => assert!(
-            status.is_server_error() && world.alive.iter().all(|a| !a),
-            "{at}: start answered {status} with a backend alive {:?}: {deliveries:?}",
-            world.alive
-        ),
+        Answered::Failed => {
+            assert!(
+                last.is_some_and(|d| d.alive && d.act == Act::Fails),
+                "{at}: start failed: {deliveries:?}"
+            );
+            None
+        }
+        Answered::Status(status, _, _) => {
+            assert!(
+                status.is_server_error() && world.alive.iter().all(|a| !a),
+                "{at}: start answered {status} with a backend alive {:?}: {deliveries:?}",
+                world.alive
+            );
+            None
+        }
     }
 }
 
-fn check_call(world: &World, id: &str, deliveries: &[Delivery], answered: &Answered, at: &str) {
+/// Checks a call of a session, or a message of a legacy one (`open`: whether the client
+/// still holds its stream open).
+fn check_call(
+    world: &World,
+    id: &str,
+    open: bool,
+    deliveries: &[Delivery],
+    answered: &Answered,
+    at: &str,
+) {
     let (owner, incarnation) = world.minted[id];
     // misroute: only the owner, at most once.
     assert!(
@@ -405,11 +548,11 @@ fn check_call(world: &World, id: &str, deliveries: &[Delivery], answered: &Answe
     }
     let same_process = world.incarnation[owner] == incarnation;
     match answered {
-        Answered::Status(StatusCode::OK, _, _) => {
-            let d = deliveries.first().expect("a 200 comes from a backend");
+        Answered::Status(status, _, _) if status.is_success() => {
+            let d = deliveries.first().expect("a success comes from a backend");
             assert!(
                 d.alive && same_process,
-                "{at}: {id} answered 200 by a gone process"
+                "{at}: {id} answered {status} by a gone process"
             );
         }
         Answered::Failed => assert!(
@@ -419,8 +562,9 @@ fn check_call(world: &World, id: &str, deliveries: &[Delivery], answered: &Answe
             "{at}: {id} failed: {deliveries:?}"
         ),
         Answered::Status(status, _, _) => {
-            // live: a live session is answered by its backend unless the backend failed it.
-            let live = world.alive[owner] && same_process;
+            // live: a live session is answered by its backend unless the backend failed it
+            // (a legacy one while its stream is open).
+            let live = open && world.alive[owner] && same_process;
             let failed_it = deliveries.first().is_some_and(|d| d.act != Act::Answer);
             assert!(
                 !live || failed_it,
@@ -456,6 +600,7 @@ fn count(
             let live = world.incarnation[owner] == incarnation;
             match answered {
                 Answered::Status(StatusCode::OK, ..) => paths.live_answered += 1,
+                Answered::Status(StatusCode::ACCEPTED, ..) => paths.messages_answered += 1,
                 Answered::Status(StatusCode::NOT_FOUND, ..) if !live || !deliveries[0].alive => {
                     paths.gone_refused += 1
                 }
@@ -481,6 +626,7 @@ fn the_layer_keeps_its_promises_while_backends_crash() {
         replaced_before_head,
         replaced_after_head,
         live_answered,
+        messages_answered,
         gone_refused,
     } = paths;
     for (path, n) in [
@@ -494,6 +640,10 @@ fn the_layer_keeps_its_promises_while_backends_crash() {
             replaced_after_head,
         ),
         ("a live session's call answered", live_answered),
+        (
+            "a live legacy session's message answered",
+            messages_answered,
+        ),
         ("a gone session's call refused", gone_refused),
     ] {
         assert!(n > 0, "the driver never took this path: {path}");
