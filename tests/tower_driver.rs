@@ -4,8 +4,8 @@
 //! head and before the body's first frame, after that frame, or fails a request while it lives
 //! on); a dead one refuses connections, and its legacy SSE streams fail, until it comes back as
 //! a new process (the router hears of it from a health checker). Clients start Streamable HTTP
-//! conversations and call their sessions, and open legacy SSE streams, send messages on them,
-//! read them and close them.
+//! conversations and call their sessions; open legacy SSE streams, send messages on them, read
+//! them and close them; and make 2026-07-28 calls that create tasks, and poll the tasks.
 //!
 //! After every request it checks what a proxy author is promised:
 //!
@@ -16,9 +16,10 @@
 //!   failed it while alive (the request may have run), died after the first frame of its
 //!   answer, or every backend is dead;
 //! - `at-most-once`: a start is sent again only after a backend refused it or died before its
-//!   answer's first frame;
-//! - `live`: a call of a session whose backend lives (the same process), or a message on a
-//!   legacy stream its client holds open, gets that backend's answer, never a 404 or 503 of
+//!   answer's first frame; a task-creating call (which may have run wherever its backend died)
+//!   only after a refusal;
+//! - `live`: a call of a session or a poll of a task whose backend lives (the same process),
+//!   or a message on a legacy stream its client holds open, gets that backend's answer, never a 404 or 503 of
 //!   the router's, unless the backend failed it;
 //! - `gone`: a request of a session whose process is gone is never answered with a success.
 //!
@@ -87,6 +88,8 @@ struct Delivery {
     act: Act,
     /// Whether the backend was alive when it got the request.
     alive: bool,
+    /// A 2026-07-28 call that creates a task.
+    task_call: bool,
 }
 
 /// The backends' world, shared by the service and the driver.
@@ -156,16 +159,18 @@ fn backend_of(upstream: &Upstream) -> usize {
     LABELS.iter().position(|l| *l == upstream.label()).unwrap()
 }
 
-/// The session a request names: its header, or a legacy message's query parameter.
+/// The key a request names: its session header, a legacy message's query parameter, or a
+/// task poll's `Mcp-Name`.
 fn session_of<B>(request: &Request<B>) -> Option<String> {
-    let header = request.headers().get("mcp-session-id");
+    let header = |name| request.headers().get(name).map(|v| v.to_str().unwrap());
     let query = request
         .uri()
         .query()
         .and_then(|q| q.strip_prefix("session_id="));
-    header
-        .map(|v| v.to_str().unwrap())
+    let task = header("mcp-name").filter(|_| header("mcp-method") == Some("tasks/get"));
+    header("mcp-session-id")
         .or(query)
+        .or(task)
         .map(str::to_string)
 }
 
@@ -187,6 +192,7 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Backends {
             .unwrap();
         let session = session_of(&request);
         let connect = request.uri().path() == "/sse";
+        let task_call = request.headers().contains_key("mcp-method") && session.is_none();
         let mut world = self.0.lock().unwrap();
         let alive = world.alive[backend];
         let act = match world.rng.below(20) {
@@ -202,6 +208,7 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Backends {
             session: session.clone(),
             act,
             alive,
+            task_call,
         });
         if !alive {
             return Box::pin(std::future::ready(Err(Failure::Refused)));
@@ -217,6 +224,11 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Backends {
                 if connect {
                     let endpoint = format!("event: endpoint\ndata: /messages/?session_id={id}\n\n");
                     first = Bytes::from(endpoint);
+                } else if task_call {
+                    head = Response::builder().header("content-type", "application/json");
+                    first = Bytes::from(format!(
+                        r#"{{"jsonrpc":"2.0","id":1,"result":{{"resultType":"task","taskId":"{id}","status":"working"}}}}"#
+                    ));
                 } else {
                     head = head.header("mcp-session-id", id);
                 }
@@ -268,6 +280,8 @@ struct Paths {
     /// the router refused.
     live_answered: u64,
     messages_answered: u64,
+    /// Task-creating calls placed again after a refusal.
+    tools_replaced: u64,
     gone_refused: u64,
 }
 
@@ -307,6 +321,9 @@ enum Ask {
     /// A legacy SSE connect, and a message of its session.
     Connect,
     Message(String),
+    /// A 2026-07-28 `tools/call` answered with a task, and a `tasks/get` of that task.
+    Tool,
+    Poll(String),
 }
 
 /// A legacy SSE stream a client holds open.
@@ -346,10 +363,11 @@ fn run(seed: u64, steps: usize, paths: &mut Paths) {
     // The Streamable HTTP sessions clients hold, and their legacy SSE streams (open or not).
     let mut sessions: Vec<String> = Vec::new();
     let mut streams: Vec<Stream> = Vec::new();
+    let mut tasks: Vec<String> = Vec::new();
     let mut number = 0u64;
     for step in 0..steps {
         let at = format!("seed {seed} step {step}");
-        let ask = match rng.below(12) {
+        let ask = match rng.below(15) {
             0 => {
                 let backend = rng.below(3);
                 world.lock().unwrap().alive[backend] = false;
@@ -386,7 +404,11 @@ fn run(seed: u64, steps: usize, paths: &mut Paths) {
             3 | 4 => Ask::Start,
             5 | 6 if !sessions.is_empty() => Ask::Call(sessions[rng.below(sessions.len())].clone()),
             7 | 8 => Ask::Connect,
-            _ if !streams.is_empty() => Ask::Message(streams[rng.below(streams.len())].id.clone()),
+            9..=11 if !streams.is_empty() => {
+                Ask::Message(streams[rng.below(streams.len())].id.clone())
+            }
+            12 => Ask::Tool,
+            13 | 14 if !tasks.is_empty() => Ask::Poll(tasks[rng.below(tasks.len())].clone()),
             _ => Ask::Start,
         };
         number += 1;
@@ -397,6 +419,14 @@ fn run(seed: u64, steps: usize, paths: &mut Paths) {
                 .header("mcp-protocol-version", "2025-11-25"),
             Ask::Connect => Request::get("/sse"),
             Ask::Message(id) => Request::post(format!("/messages/?session_id={id}")),
+            Ask::Tool => Request::post("/mcp")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "job"),
+            Ask::Poll(id) => Request::post("/mcp")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tasks/get")
+                .header("mcp-name", id),
         };
         let body = if matches!(ask, Ask::Connect) {
             ""
@@ -424,10 +454,13 @@ fn run(seed: u64, steps: usize, paths: &mut Paths) {
                 let mut body = response.into_body().boxed_unsync();
                 let mut bytes = Vec::new();
                 let whole = drain(&mut body, &mut bytes).is_ok();
-                // A legacy session's id is in its endpoint event.
+                // A legacy session's id is in its endpoint event, a task's in its result.
                 let endpoint = std::str::from_utf8(&bytes).ok().and_then(|text| {
-                    let (_, rest) = text.split_once("session_id=")?;
-                    Some(rest.split_once('\n')?.0.to_string())
+                    if let Some((_, rest)) = text.split_once("session_id=") {
+                        return Some(rest.split_once('\n')?.0.to_string());
+                    }
+                    let (_, rest) = text.split_once(r#""taskId":""#)?;
+                    Some(rest.split_once('"')?.0.to_string())
                 });
                 if let (Ask::Connect, Some(id), true) = (&ask, &endpoint, whole) {
                     streams.push(Stream {
@@ -459,12 +492,18 @@ fn run(seed: u64, steps: usize, paths: &mut Paths) {
                     }
                 }
             }
+            Ask::Tool => {
+                if let Some(id) = check_tool(&w, deliveries, &answered, &at) {
+                    tasks.push(id);
+                }
+            }
+            Ask::Poll(id) => check_call(&w, id, true, deliveries, &answered, &at),
             // A call, or a message on a stream the client still holds open.
             Ask::Call(id) => check_call(&w, id, true, deliveries, &answered, &at),
             Ask::Message(id) => check_call(&w, id, open, deliveries, &answered, &at),
         }
         let session = match &ask {
-            Ask::Call(id) | Ask::Message(id) => Some(id.as_str()),
+            Ask::Call(id) | Ask::Message(id) | Ask::Poll(id) => Some(id.as_str()),
             _ => None,
         };
         count(&w, session, deliveries, &answered, paths);
@@ -526,6 +565,57 @@ fn check_start(
     }
 }
 
+/// Checks a 2026-07-28 call that creates a task: placed again only after a refusal (it is
+/// not a conversation start: a backend that died under it may have run it), answered by a
+/// live backend that minted the task; the task it created, if the client got all of its answer.
+fn check_tool(
+    world: &World,
+    deliveries: &[Delivery],
+    answered: &Answered,
+    at: &str,
+) -> Option<String> {
+    if let Some((_, earlier)) = deliveries.split_last() {
+        for d in earlier {
+            assert!(
+                !d.alive,
+                "{at}: a call sent again after {d:?}: {deliveries:?}"
+            );
+        }
+    }
+    let last = deliveries.last();
+    match answered {
+        Answered::Status(StatusCode::OK, Some(id), whole) => {
+            let last = last.expect("answered by a backend");
+            assert!(
+                last.alive,
+                "{at}: answered by a dead backend: {deliveries:?}"
+            );
+            assert_eq!(
+                world.minted.get(id).map(|m| m.0),
+                Some(last.backend),
+                "{at}"
+            );
+            whole.then(|| id.clone())
+        }
+        // Failed, or cut, by the backend that took it (it may have run it).
+        Answered::Failed | Answered::Status(StatusCode::OK, None, false) => {
+            assert!(
+                last.is_some_and(|d| d.alive && d.act != Act::Answer),
+                "{at}: call failed: {deliveries:?}"
+            );
+            None
+        }
+        Answered::Status(status, _, _) => {
+            assert!(
+                status.is_server_error() && world.alive.iter().all(|a| !a),
+                "{at}: call answered {status} with a backend alive {:?}: {deliveries:?}",
+                world.alive
+            );
+            None
+        }
+    }
+}
+
 /// Checks a call of a session, or a message of a legacy one (`open`: whether the client
 /// still holds its stream open).
 fn check_call(
@@ -544,7 +634,7 @@ fn check_call(
     );
     if let Some(d) = deliveries.first() {
         assert_eq!(d.backend, owner, "{at}: {id} misrouted: {d:?}");
-        assert_eq!(d.session.as_deref(), Some(id));
+        assert_eq!(d.session.as_deref(), Some(id), "{at}");
     }
     let same_process = world.incarnation[owner] == incarnation;
     match answered {
@@ -585,6 +675,9 @@ fn count(
         return;
     };
     match session {
+        None if deliveries.last().is_some_and(|d| d.task_call) => {
+            paths.tools_replaced += earlier.len() as u64;
+        }
         None => {
             for d in earlier {
                 match (d.alive, d.act) {
@@ -627,6 +720,7 @@ fn the_layer_keeps_its_promises_while_backends_crash() {
         replaced_after_head,
         live_answered,
         messages_answered,
+        tools_replaced,
         gone_refused,
     } = paths;
     for (path, n) in [
@@ -643,6 +737,10 @@ fn the_layer_keeps_its_promises_while_backends_crash() {
         (
             "a live legacy session's message answered",
             messages_answered,
+        ),
+        (
+            "a task-creating call placed again after a refusal",
+            tools_replaced,
         ),
         ("a gone session's call refused", gone_refused),
     ] {
