@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use mcp_affinity::router::{Metrics, Probe, Router, Sealing};
+use mcp_affinity::router::{Metrics, Probe, Router, Sealing, Undelivered};
 use mcp_affinity::seal::Keyring;
 use mcp_affinity::{BackendId, TenantId};
 use pingora::apps::http_app::ServeHttp;
@@ -248,7 +248,8 @@ impl BackgroundService for Upkeep {
                     let connect = tokio::net::TcpStream::connect(addr);
                     let probe = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
                         Ok(Ok(_)) => Probe::Up,
-                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        // Refused, or its host or network unreachable: nothing listens.
+                        Ok(Err(e)) if Undelivered::from_io(&e) == Undelivered::Refused => {
                             Probe::Refused
                         }
                         _ => Probe::Failed,
