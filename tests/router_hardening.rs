@@ -121,6 +121,46 @@ fn an_sse_session_id_minted_by_two_live_backends_reaches_neither() {
     assert_eq!(router.table().occupancy().len, 0);
 }
 
+/// A start answered with two session ids (the second another client's): a client may adopt
+/// either, or both joined, so neither is learned and the start is answered 502, as a request
+/// naming two is refused. The other client's session stays where it was.
+#[test]
+fn a_start_answered_with_two_session_ids_learns_neither() {
+    let router = Router::builder().build();
+    let _ = ["a", "b"].map(|l| router.add_backend(TenantId::DEFAULT, l, 1).unwrap());
+    let now = Clock::new().now();
+    let (victim_owner, _) = exchange(
+        &router,
+        &post("/mcp", &[]),
+        200,
+        &[("mcp-session-id", "victim")],
+        &[],
+        now,
+    );
+    let mut start = forward(router.route(&post("/mcp", &[]), now));
+    assert_ne!(start.backend(), victim_owner);
+    let mut head = resp(200, &[]);
+    for id in ["own", "victim"] {
+        head.headers.append("mcp-session-id", id.parse().unwrap());
+    }
+    let outcome = router.on_response_head(&mut start, &mut head, now);
+    router.on_exchange_end(start, End::Completed, now);
+    let HeadOutcome::Replace(rejection) = outcome else {
+        panic!("two ids forwarded: {outcome:?}");
+    };
+    assert_eq!(rejection.reason(), Reason::UnroutableKey(KeyKind::Session));
+    assert_eq!(rejection.status(), StatusCode::BAD_GATEWAY);
+    let call = |id: &str| post("/mcp", &[("mcp-session-id", id), LEGACY]);
+    assert_eq!(
+        rejected(router.route(&call("own"), now)).reason(),
+        Reason::UnknownKey(KeyKind::Session)
+    );
+    let ex = forward(router.route(&call("victim"), now));
+    assert_eq!(ex.backend(), victim_owner);
+    router.on_exchange_end(ex, End::Completed, now);
+    assert_eq!(router.metrics().keys_learned, 1);
+}
+
 #[test]
 fn a_task_id_minted_by_two_live_backends_reaches_neither() {
     let router = Router::builder().build();

@@ -817,6 +817,28 @@ fn a_start_that_dies_with_no_frame_or_only_empty_ones_is_placed_again() {
 }
 
 #[test]
+fn sixteen_empty_frames_are_passed_over_and_the_seventeenth_counts_as_the_first() {
+    // The bound keeps a body of endless empty frames from holding the head (and from keeping
+    // the task polling): past it, the start is the backend's, cut or not.
+    for (empty, placed_again) in [(16, true), (17, false)] {
+        let (router, backends, (status, session, body)) =
+            start_on_a(Act::Stream(vec![""; empty], true), Some(true));
+        let m = router.metrics();
+        if placed_again {
+            assert_eq!(labels(&backends), [A, B]);
+            assert_eq!((status, session.as_deref()), (StatusCode::OK, Some("s-b")));
+            assert_eq!(&body.unwrap()[..], b"{}");
+            assert_eq!(m.placements_retried, 1);
+        } else {
+            assert_eq!(labels(&backends), [A]);
+            assert_eq!((status, session.as_deref()), (StatusCode::OK, Some("s-a")));
+            assert!(matches!(body, Err(Failure(false))));
+            assert_eq!(m.placements_retried, 0);
+        }
+    }
+}
+
+#[test]
 fn a_start_cut_after_its_first_frame_is_not_placed_again() {
     // The client has had the first event: the rest of the stream is A's, cut or not.
     let event = "event: message\ndata: {}\n\n";

@@ -87,7 +87,7 @@ pub enum Reason {
     /// forwarded, so the client retries and gets a fresh id.
     KeyConflict(KeyKind),
     /// A backend minted a key this router cannot route by (longer than its bound, or not
-    /// visible ASCII; with sealed ids, in a compressed legacy SSE stream, whose `endpoint`
+    /// visible ASCII; two session ids in one answer to a conversation start; with sealed ids, in a compressed legacy SSE stream, whose `endpoint`
     /// cannot be sealed, or for a backend removed or found down before its answer came, for
     /// which nothing is sealed): the conversation could never be routed, so a response head
     /// that names it is refused at once. (A key revealed in a body has already reached the client: it

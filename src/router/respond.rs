@@ -153,10 +153,20 @@ impl<T: SessionTable> Router<T> {
                     HeadOutcome::Observe
                 }
             }
-            Intent::SessionStart { .. } if ok => match headers.get(&SESSION_HEADER) {
-                Some(id) => self.session_started(exchange, id.as_bytes(), edits, now),
-                None => HeadOutcome::Forward,
-            },
+            Intent::SessionStart { .. } if ok => {
+                let mut ids = headers.get_all(&SESSION_HEADER).iter();
+                match (ids.next(), ids.next()) {
+                    (Some(id), None) => self.session_started(exchange, id.as_bytes(), edits, now),
+                    (None, _) => HeadOutcome::Forward,
+                    // Two ids: which one a client adopts is its HTTP library's choice (the
+                    // first, the last, or both joined by a comma), so no one is learned, and
+                    // the client is told the start failed, as for a request that names two.
+                    (Some(_), Some(_)) => {
+                        self.counters.incr(|s| &s.unlearned);
+                        HeadOutcome::Replace(self.reject(Reason::UnroutableKey(KeyKind::Session)))
+                    }
+                }
+            }
             Intent::SessionPost
             | Intent::SessionStream
             | Intent::SessionDelete

@@ -120,7 +120,9 @@ impl<B: Body<Data = Bytes>> FromBackend<B> {
 }
 
 /// How many empty data frames reading a body's first frame passes over (they carry nothing
-/// to tell a live stream by), before it takes the next frame as the first.
+/// to tell a live stream by), before it takes the next frame as the first: a body that
+/// yields empty frames without end, each at once, would otherwise hold the head and keep
+/// the task polling.
 const EMPTY_FRAMES_SKIPPED: usize = 16;
 
 impl<B: Body<Data = Bytes>> Body for FromBackend<B> {

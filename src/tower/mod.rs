@@ -26,8 +26,9 @@
 //!    [`replay_limit`](AffinityLayer::replay_limit) bytes, 64 KiB by default, announced by
 //!    its size hint); any other body is streamed once.
 //!    A conversation start's answer waits for the first frame of its body before its head
-//!    goes on (when a refusal check is set and the start's body was kept; empty data frames
-//!    are passed over): a backend that sent the head and died before any of the body (the
+//!    goes on (when a refusal check is set and the start's body was kept; up to 16 empty
+//!    data frames are passed over, and the next frame, empty or not, counts as the first, so
+//!    that a body of endless empty frames cannot hold the head, nor spin the task): a backend that sent the head and died before any of the body (the
 //!    process crashed under an `initialize` answered by an event stream) has shown the
 //!    client nothing, and if the body failed or ended there and the backend refuses
 //!    connections, the start is placed again as one refused would be. A body cut after its
