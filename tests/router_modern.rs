@@ -285,3 +285,32 @@ fn a_compressed_response_is_not_observed() {
     }
     assert_eq!(router.metrics().keys_learned, 0);
 }
+
+#[test]
+fn a_task_answer_is_read_by_its_media_type_not_a_prefix_of_it() {
+    let (router, _) = router();
+    let now = Clock::new().now();
+    for (content_type, read) in [
+        ("Application/JSON; charset=utf-8", true),
+        (" application/json ", true),
+        ("TEXT/EVENT-STREAM;charset=utf-8", true),
+        ("application/jsonl", false),
+        ("application/json-seq", false),
+        ("text/event-streams", false),
+        ("application/jsonx; charset=utf-8", false),
+    ] {
+        let (_, outcome) = exchange(
+            &router,
+            &call("tools/call", "job"),
+            200,
+            &[("content-type", content_type)],
+            &[],
+            now,
+        );
+        assert_eq!(
+            matches!(outcome, HeadOutcome::Observe),
+            read,
+            "{content_type}: {outcome:?}"
+        );
+    }
+}

@@ -25,7 +25,7 @@
 //!
 //! It also asserts that the run took each of those paths. Run more seeds with
 //! `TOWER_DRIVER_SEEDS=N` (default 1,000, of 80 steps each).
-#![cfg(feature = "tower")]
+#![cfg(all(feature = "tower", feature = "tasks"))]
 #![allow(clippy::disallowed_methods)] // tests may read the clock; the crate may not
 
 use std::collections::{HashMap, VecDeque};

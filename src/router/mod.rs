@@ -419,11 +419,17 @@ fn identity_encoded(headers: &HeaderMap) -> bool {
         .all(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
-fn content_type_is(headers: &HeaderMap, prefix: &str) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix))
+/// Whether the `Content-Type` is the media type `essence` (`type/subtype`, any case), with or
+/// without parameters: `text/event-stream; charset=utf-8` is an event stream,
+/// `application/jsonl` is not JSON.
+fn content_type_is(headers: &HeaderMap, essence: &str) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| {
+        let value = v.as_bytes();
+        let end = value.iter().position(|&b| b == b';').unwrap_or(value.len());
+        value[..end]
+            .trim_ascii()
+            .eq_ignore_ascii_case(essence.as_bytes())
+    })
 }
 
 impl<T> fmt::Debug for Router<T> {

@@ -86,12 +86,13 @@ pub enum Reason {
     /// A backend minted a key that another backend already owns; the response was not
     /// forwarded, so the client retries and gets a fresh id.
     KeyConflict(KeyKind),
-    /// A backend minted a key this router cannot route by (longer than its bound, or not
-    /// visible ASCII; two session ids in one answer to a conversation start; with sealed ids, in a compressed legacy SSE stream, whose `endpoint`
-    /// cannot be sealed, or for a backend removed or found down before its answer came, for
-    /// which nothing is sealed): the conversation could never be routed, so a response head
-    /// that names it is refused at once. (A key revealed in a body has already reached the client: it
-    /// is only counted, and the client's next request is answered as an unknown key.)
+    /// A backend minted a key this router cannot route by (longer than its bound, or not visible
+    /// ASCII; two session ids in one answer to a conversation start; with sealed ids, in a
+    /// compressed legacy SSE stream, whose `endpoint` cannot be sealed, or for a backend removed or
+    /// found down before its answer came, for which nothing is sealed): the conversation could
+    /// never be routed, so a response head that names it is refused at once. (A key revealed in a
+    /// body has already reached the client: it is only counted, and the client's next request is
+    /// answered as an unknown key.)
     UnroutableKey(KeyKind),
     /// A new conversation found no ready backend in its tenant's fleet.
     NoReadyBackend,

@@ -25,17 +25,17 @@
 //!    A request that may be placed again keeps its body for that when it is small (at most
 //!    [`replay_limit`](AffinityLayer::replay_limit) bytes, 64 KiB by default, announced by
 //!    its size hint); any other body is streamed once.
-//!    A conversation start's answer waits for the first frame of its body before its head
-//!    goes on (when a refusal check is set and the start's body was kept; up to 16 empty
-//!    data frames are passed over, and the next frame, empty or not, counts as the first, so
-//!    that a body of endless empty frames cannot hold the head, nor spin the task): a backend that sent the head and died before any of the body (the
-//!    process crashed under an `initialize` answered by an event stream) has shown the
-//!    client nothing, and if the body failed or ended there and the backend refuses
-//!    connections, the start is placed again as one refused would be. A body cut after its
-//!    first frame, or by a backend that still accepts connections, reaches the client as it
-//!    came. The layer does not bound the wait (the forwarding service's body timeouts do);
-//!    a server that sends an event at once (a 2025-11-25 priming event) ends it there, and
-//!    is covered only until then;
+//!    A conversation start's answer waits for the first frame of its body before its head goes on
+//!    (when a refusal check is set and the start's body was kept; up to 16 empty data frames are
+//!    passed over, and the next frame, empty or not, counts as the first, so that a body of endless
+//!    empty frames cannot hold the head, nor spin the task): a backend that sent the head and died
+//!    before any of the body (the process crashed under an `initialize` answered by an event
+//!    stream) has shown the client nothing, and if the body failed or ended there and the backend
+//!    refuses connections, the start is placed again as one refused would be. A body cut after its
+//!    first frame, or by a backend that still accepts connections, reaches the client as it came.
+//!    The layer does not bound the wait (the forwarding service's body timeouts do); a server that
+//!    sends an event at once (a 2025-11-25 priming event) ends it there, and is covered only until
+//!    then;
 //!    The layer's own answers: 400 `request body failed` when a body it keeps fails or grows
 //!    past its size hint; 502 `not delivered` when a failed request cannot be sent again
 //!    (its body was streamed) and the inner service gave no error to return;
