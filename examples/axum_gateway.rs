@@ -1,11 +1,11 @@
 //! An MCP gateway on axum: `/healthz` is answered here; everything else goes through
-//! [`AffinityLayer`] to a pooled hyper-util client, so each conversation stays on the backend
-//! that owns it. What no backend should be sent (`CONNECT`, a target that is not a path, a
-//! dot-segment in the path, a missing, repeated or invalid `Host`) is answered here, as the
-//! proxy answers it (the checks are shared: `examples/common/hop.rs`). Hop-by-hop headers are
-//! not passed on (removed before the router reads the request); every backend's port is
-//! probed once a second (a backend marked down by a refused connection comes back when it
-//! listens again); on SIGTERM or Ctrl-C, requests in flight get two seconds (an open event
+//! [`AffinityLayer`] to a pooled hyper-util client, so each conversation stays on the backend that
+//! owns it. What no backend should be sent (`CONNECT`, a target that is not a path, a dot-segment
+//! in the path, a missing, repeated or invalid `Host`, a transfer coding other than `chunked`) is
+//! answered here, as the proxy answers it (the checks are shared: `examples/common/hop.rs`).
+//! Hop-by-hop headers are not passed on (removed before the router reads the request); every
+//! backend's port is probed once a second (a backend marked down by a refused connection comes back
+//! when it listens again); on SIGTERM or Ctrl-C, requests in flight get two seconds (an open event
 //! stream has no end of its own).
 //!
 //! `axum::serve` bounds no client's time, neither to send a request head nor its body: in
@@ -63,8 +63,15 @@ pub fn app(router: Arc<Router>) -> axum::Router {
             let upstream = upstream.expect("set by the layer");
             // (Every backend's URL was checked at startup.)
             *request.uri_mut() = upstream.uri_for(request.uri()).expect("http:// backends");
-            let mut response = client.request(request).await?;
-            hop::strip_hop_by_hop(response.headers_mut());
+            let response = client.request(request).await?;
+            if hop::other_transfer_coding(response.headers()) {
+                // Decoded from `chunked` only, its body would reach the client still encoded.
+                let refused = "the backend used a transfer coding other than chunked\n";
+                return Ok((StatusCode::BAD_GATEWAY, refused).into_response());
+            }
+            let mut response = response.map(Body::new);
+            let status = response.status();
+            hop::strip_response_head(status, response.headers_mut());
             if response
                 .headers()
                 .get(CONTENT_TYPE)

@@ -9,7 +9,8 @@
 //! - What it answers itself, before the router: `CONNECT`, targets that are not paths, paths
 //!   with dot-segments, two `Host`s; an absolute-form target's authority becomes the `Host`.
 //! - A backend's answer with both `Content-Length` and `Transfer-Encoding` reaches the client
-//!   whole.
+//!   whole; a 304 or 204 that carries a `Content-Length` is passed on without it; one in a
+//!   transfer coding other than `chunked` is a 502, and a request in one is answered 501.
 //! - Its bound on connections (`Config::max_connections`, `--max-connections`): past it, a
 //!   connection waits in the backlog until another closes.
 //! - Its buffer limit (`BUFFER_LIMIT`): a request head well past it is refused with 431.
@@ -98,6 +99,19 @@ async fn backend() -> Backend {
                         } else if path == "/switch" {
                             "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
                              upgrade: websocket\r\n\r\n"
+                                .to_owned()
+                        } else if path == "/notmodified" {
+                            // A length a 304 may carry (its 200's), with no body.
+                            "HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\
+                             content-length: 1234\r\n\r\n"
+                                .to_owned()
+                        } else if path == "/nocontent" {
+                            // A length a 204 must not carry (RFC 9110 §8.6), with no body.
+                            "HTTP/1.1 204 No Content\r\ncontent-length: 33\r\n\r\n".to_owned()
+                        } else if path == "/gzipped" {
+                            // A transfer coding hyper does not decode.
+                            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n\
+                             5\r\nhello\r\n0\r\n\r\n"
                                 .to_owned()
                         } else if path == "/both" {
                             "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\
@@ -485,6 +499,18 @@ async fn answers_what_no_backend_is_sent(running: &Running, backend: &Backend) {
             "GET http://a.test:x/echo HTTP/1.1\r\nhost: proxy.test\r\n\r\n",
             "400",
         ),
+        // A transfer coding the hop cannot decode (it would pass the body on still encoded,
+        // its coding dropped with the hop-by-hop header).
+        (
+            "POST /echo HTTP/1.1\r\nhost: proxy.test\r\ntransfer-encoding: gzip, chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n",
+            "501",
+        ),
+        (
+            "POST /echo HTTP/1.1\r\nhost: proxy.test\r\ntransfer-encoding: gzip\r\n\
+             transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "501",
+        ),
     ];
     for (request, status) in refused {
         let mut client = TcpStream::connect(running.addr).await.unwrap();
@@ -738,6 +764,41 @@ async fn a_request_body_that_keeps_coming_at_twice_the_minimum_rate_is_not_cut()
 
     backend.server.abort();
     running.shutdown().await;
+}
+
+/// A backend's 304 or 204 that carries a `Content-Length` (a 304 may, a 204 must not) is
+/// passed on without it, through either front, and the connection stays in step: hyper's
+/// server (in debug builds) refused a length its empty body contradicts, and dropped the
+/// connection with the requests behind it. An answer in a transfer coding other than
+/// `chunked` is a 502: passed on, its body reached the client still encoded, the coding
+/// dropped. (Both found by a helper's attack on the proxy.)
+#[tokio::test]
+async fn bodiless_answers_lose_their_length_and_other_transfer_codings_are_refused() {
+    let backend = backend().await;
+    for axum in [false, true] {
+        let running = front(axum, vec![format!("http://{}", backend.addr)]).await;
+        let mut client = TcpStream::connect(running.addr).await.unwrap();
+        let mut buf = Vec::new();
+        for (path, status) in [
+            ("/notmodified", "304"),
+            ("/nocontent", "204"),
+            ("/gzipped", "502"),
+        ] {
+            let (head, body) = ask_for(&mut client, &mut buf, &post(path), status).await;
+            let case = format!("axum {axum}, {path}: {head}");
+            if status == "502" {
+                assert!(!body.windows(5).any(|w| w == b"hello"), "{case}");
+            } else {
+                let head = head.to_ascii_lowercase();
+                assert!(!head.contains("content-length"), "{case}");
+                assert!(body.is_empty(), "{case}");
+            }
+            let (_, body) = ask(&mut client, &mut buf, &post("/mcp")).await;
+            assert_eq!(body, b"ok", "{case}");
+        }
+        running.shutdown().await;
+    }
+    backend.server.abort();
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! What a hop does to the messages it passes on, shared by the proxy, the axum gateway and the
 //! pingora example: the requests it refuses to pass on ([`check_target`], [`check_head`]), and
-//! the headers that concern one connection only ([`strip_hop_by_hop`]).
+//! the headers that concern one connection only ([`strip_hop_by_hop`], and for a response
+//! [`strip_response_head`]).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
@@ -51,6 +52,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// What a response's head must not carry on to the client: its hop-by-hop headers
+/// ([`strip_hop_by_hop`]), and the `Content-Length` of an answer that has no body, whatever
+/// it says: 1xx and 204 must not carry one (RFC 9110 §8.6), and a 304 may carry the length
+/// its 200 would have had, which this hop drops as it may, since the body it passes on is
+/// empty and hyper's server (in debug builds) refuses a length its body contradicts.
+pub fn strip_response_head(status: StatusCode, headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+}
+
+/// Whether a message's `Transfer-Encoding` names a coding other than `chunked`: hyper decodes
+/// `chunked` only, and a hop that passed such a body on (the header is hop-by-hop) would hand
+/// over encoded bytes as plain ones. A request is answered 501 ([`check_head`]); a response,
+/// 502.
+pub fn other_transfer_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
 /// The headers the `Connection` header names: they concern this connection only, whatever
 /// their names (`Connection: Mcp-Session-Id` makes the session header hop-by-hop).
 pub fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
@@ -74,6 +102,9 @@ pub fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 /// - more than one `Host`, none in an HTTP/1.1 request, or one that is not a `host[:port]`
 ///   (400, RFC 9112 §3.2: `Host: a/../x` or `Host: a@b` mean one thing here and another to a
 ///   backend or a log);
+/// - a transfer coding other than `chunked` (`Transfer-Encoding: gzip, chunked`; 501, RFC 9112
+///   §6.1): the hop decodes `chunked` only, and would pass the body on still encoded, its
+///   coding dropped with the header;
 /// - an absolute-form target (`POST http://host/mcp`) has its authority put in `Host`, in place
 ///   of the one received (RFC 9112 §3.2.2).
 pub fn check_target<B>(req: &mut Request<B>) -> Result<(), (StatusCode, &'static str)> {
@@ -105,6 +136,12 @@ pub fn check_head(
     }
     if has_dot_segment(path) {
         return Err((StatusCode::BAD_REQUEST, "a dot-segment in the path\n"));
+    }
+    if other_transfer_coding(headers) {
+        return Err((
+            StatusCode::NOT_IMPLEMENTED,
+            "a transfer coding other than chunked\n",
+        ));
     }
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {

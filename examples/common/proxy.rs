@@ -81,7 +81,7 @@ pub mod timed;
 use accept::{Acceptor, Share, serve_with};
 use dedicated::{Dedicated, Limits, LookAhead};
 use hop::check_target;
-pub use hop::strip_hop_by_hop;
+pub use hop::{other_transfer_coding, strip_hop_by_hop, strip_response_head};
 use timed::{BodyTimer, Ticket};
 
 /// A client's request body, as the proxy passes it on.
@@ -1114,8 +1114,14 @@ impl Sent {
                 let detail = format!("{backend} switched protocols unasked (101)");
                 return Err(ForwardError::Failed(backend, detail));
             }
+            if other_transfer_coding(response.headers()) {
+                // Decoded from `chunked` only, its body would reach the client still encoded,
+                // its coding dropped with the hop-by-hop header.
+                let detail = format!("{backend} used a transfer coding other than chunked");
+                return Err(ForwardError::Failed(backend, detail));
+            }
             let (mut head, body) = response.into_parts();
-            strip_hop_by_hop(&mut head.headers);
+            strip_response_head(head.status, &mut head.headers);
             let gone = if is_event_stream(&head.headers) {
                 head.headers.insert(
                     HeaderName::from_static("x-accel-buffering"),
