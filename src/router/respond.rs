@@ -159,7 +159,7 @@ impl<T: SessionTable> Router<T> {
                     (Some(id), None) => self.session_started(exchange, id.as_bytes(), edits, now),
                     (None, _) => HeadOutcome::Forward,
                     // Two ids: which one a client adopts is its HTTP library's choice (the
-                    // first, the last, or both joined by a comma), so no one is learned, and
+                    // first, the last, or both joined by a comma), so neither is learned, and
                     // the client is told the start failed, as for a request that names two.
                     (Some(_), Some(_)) => {
                         self.counters.incr(|s| &s.unlearned);
