@@ -567,6 +567,18 @@ async fn requests_no_backend_may_see_are_answered_by_the_proxy() {
             "{line_and_host:?}: {answer:?}"
         );
     }
+    // A transfer coding other than chunked: passed on, the body would go still encoded.
+    for coding in ["gzip, chunked", "gzip\r\ntransfer-encoding: chunked"] {
+        let request = format!(
+            "POST /mcp HTTP/1.1\r\nhost: a\r\ncontent-type: application/json\r\n\
+             transfer-encoding: {coding}\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let answer = raw_exchange(proxy.port, &request).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 501 "),
+            "{coding:?}: {answer:?}"
+        );
+    }
     assert_eq!(
         *heads.lock().unwrap(),
         Vec::<String>::new(),
