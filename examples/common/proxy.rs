@@ -76,12 +76,15 @@ mod admin;
 pub mod dedicated;
 #[path = "hop.rs"]
 mod hop;
+#[path = "probe.rs"]
+mod probe;
 #[path = "timed.rs"]
 pub mod timed;
 use accept::{Acceptor, Share, serve_with};
 use dedicated::{Dedicated, Limits, LookAhead};
 use hop::check_target;
-pub use hop::{other_transfer_coding, strip_hop_by_hop, strip_response_head};
+pub use hop::strip_hop_by_hop;
+use hop::{other_transfer_coding, strip_response_head};
 use timed::{BodyTimer, Ticket};
 
 /// A client's request body, as the proxy passes it on.
@@ -1310,25 +1313,12 @@ impl Backends {
         })
     }
 
-    /// Whether the backend refuses connections right now: a few quick TCP connects, 50 ms
-    /// apart (a process killed a moment ago may still have its listening socket while its
-    /// connections are reset).
+    /// Whether the backend refuses connections right now ([`probe::refuses`]).
     async fn refuses(&self, id: BackendId) -> bool {
-        let Some(addr) = self.address_of(id) else {
-            return false;
-        };
-        for attempt in 0..3 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let connect = TcpStream::connect(&addr);
-            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_millis(250), connect).await {
-                if refused(&e) {
-                    return true;
-                }
-            }
+        match self.address_of(id) {
+            Some(addr) => probe::refuses(addr).await,
+            None => false,
         }
-        false
     }
 
     /// `host:port` of a backend (`None`: it is gone).

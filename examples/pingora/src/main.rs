@@ -25,6 +25,9 @@
 #[allow(dead_code)]
 #[path = "../../common/hop.rs"]
 mod hop;
+// Whether a backend died, probed as the hyper proxy probes it.
+#[path = "../../common/probe.rs"]
+mod probe;
 mod proxy;
 
 use std::net::{SocketAddr, ToSocketAddrs};

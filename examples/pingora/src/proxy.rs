@@ -31,11 +31,10 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::hop::{check_head, named_by_connection};
+use crate::probe;
 
 /// How long a connection attempt to a backend may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one connect of a refusal probe may take ([`McpProxy::refuses`]).
-const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long an idle backend connection is pooled: below the 5 s keep-alive of uvicorn (Python
 /// MCP servers), so that the proxy never reuses a connection the backend is closing.
 const POOL_IDLE: Duration = Duration::from_secs(4);
@@ -329,25 +328,13 @@ impl McpProxy {
         }
     }
 
-    /// Whether `backend` refuses connections now (it died): a few quick connects, 50 ms apart,
-    /// as the hyper proxy probes (a process killed a moment ago may still have its listening
-    /// socket while its connections are reset); refused, or its host or network unreachable.
+    /// Whether `backend` refuses connections now: it died ([`probe::refuses`], the hyper
+    /// proxy's probe).
     async fn refuses(&self, backend: BackendId) -> bool {
-        let Some(addr) = self.addr_of(backend) else {
-            return false;
-        };
-        for attempt in 0..3 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let connect = tokio::net::TcpStream::connect(addr);
-            if let Ok(Err(e)) = tokio::time::timeout(PROBE_TIMEOUT, connect).await {
-                if Undelivered::from_io(&e) == Undelivered::Refused {
-                    return true;
-                }
-            }
+        match self.addr_of(backend) {
+            Some(addr) => probe::refuses(addr).await,
+            None => false,
         }
-        false
     }
 
     /// A conversation start that failed on a fresh connection, before it goes again: if its
