@@ -51,8 +51,15 @@ impl<T: SessionTable> Router<T> {
         response: &mut response::Parts,
         now: Instant,
     ) -> HeadOutcome {
-        let (outcome, edits) =
-            self.on_response_head_edits(exchange, response.status, &response.headers, now);
+        // (The edits are made here, not returned: the inline list is a few hundred bytes.)
+        let mut edits = HeadEdits::default();
+        let outcome = self.head_traced(
+            exchange,
+            response.status,
+            &response.headers,
+            &mut edits,
+            now,
+        );
         edits.apply_to_response(response);
         outcome
     }
@@ -71,11 +78,24 @@ impl<T: SessionTable> Router<T> {
         now: Instant,
     ) -> (HeadOutcome, HeadEdits) {
         let mut edits = HeadEdits::default();
-        let outcome = self.head(exchange, status, headers, &mut edits, now);
+        let outcome = self.head_traced(exchange, status, headers, &mut edits, now);
+        (outcome, edits)
+    }
+
+    /// [`head`](Router::head), its rejection traced.
+    fn head_traced(
+        &self,
+        exchange: &mut Exchange,
+        status: StatusCode,
+        headers: &HeaderMap,
+        edits: &mut HeadEdits,
+        now: Instant,
+    ) -> HeadOutcome {
+        let outcome = self.head(exchange, status, headers, edits, now);
         if let HeadOutcome::Replace(rejection) = &outcome {
             self.trace_rejection(Some(exchange.tenant), rejection);
         }
-        (outcome, edits)
+        outcome
     }
 
     /// The work of [`on_response_head_edits`](Router::on_response_head_edits). Every read is
@@ -266,7 +286,9 @@ impl<T: SessionTable> Router<T> {
         }
         // (An answer to a sealed request had its echo sealed already.)
         if key.kind() == KeyKind::Session && exchange.token.is_none() {
-            if let Some(id) = headers.get(&SESSION_HEADER) {
+            // (Found by walking the answer's few headers: `HeaderMap` would hash the name byte
+            // by byte.)
+            if let Some((_, id)) = headers.iter().find(|(name, _)| *name == SESSION_HEADER) {
                 if id.as_bytes() != key.id_bytes() {
                     // Another id for an existing session: not learned.
                     self.counters.incr(|s| &s.id_mismatches);

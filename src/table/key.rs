@@ -179,6 +179,12 @@ impl<'a> Key<'a> {
         Ok(Key { tenant, kind, id })
     }
 
+    /// A key of an id validated before (one the router holds): not checked again.
+    pub(crate) fn revalidated_in_debug(tenant: TenantId, kind: KeyKind, id: &'a [u8]) -> Self {
+        debug_assert!(Key::with_max_len(tenant, kind, id, usize::MAX).is_ok());
+        Key { tenant, kind, id }
+    }
+
     /// The tenant.
     pub fn tenant(&self) -> TenantId {
         self.tenant
