@@ -54,7 +54,7 @@ use http_body_util::Full;
 use mcp_affinity::TenantId;
 use mcp_affinity::router::Router;
 use mcp_affinity::table::MemoryTable;
-use mcp_affinity::tower::{Affinity, AffinityLayer, PassErrors, Upstream};
+use mcp_affinity::tower::{Affinity, AffinityLayer, PassErrors, ReplayBody, Upstream};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -71,7 +71,24 @@ struct Backend {
     sse: bool,
 }
 
-impl<B> Service<Request<B>> for Backend {
+/// Where a request goes: the layer's body names it; a body without the layer names nothing.
+trait Destination {
+    fn upstream(&self) -> Option<&Upstream>;
+}
+
+impl<B> Destination for ReplayBody<B> {
+    fn upstream(&self) -> Option<&Upstream> {
+        ReplayBody::upstream(self)
+    }
+}
+
+impl Destination for Full<Bytes> {
+    fn upstream(&self) -> Option<&Upstream> {
+        None
+    }
+}
+
+impl<B: Destination> Service<Request<B>> for Backend {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
     type Future = std::future::Ready<Result<Self::Response, Infallible>>;
@@ -81,12 +98,7 @@ impl<B> Service<Request<B>> for Backend {
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        black_box(
-            request
-                .extensions()
-                .get::<Upstream>()
-                .map(Upstream::backend),
-        );
+        black_box(request.body().upstream().map(Upstream::backend));
         let mut response = Response::builder();
         if !request.headers().contains_key("mcp-session-id") {
             response = response.header("mcp-session-id", "s-bench-1");

@@ -58,7 +58,7 @@ pub fn app(router: Arc<Router>) -> axum::Router {
     let forward = tower::service_fn(move |mut request: Request<ReplayBody<Body>>| {
         let client = client.clone();
         // The layer says where to: the backend's base URL joined with the request's path.
-        let upstream = request.extensions().get::<Upstream>().cloned();
+        let upstream = request.body().upstream().cloned();
         async move {
             let upstream = upstream.expect("set by the layer");
             // (Every backend's URL was checked at startup.)

@@ -53,13 +53,8 @@ impl Service<Request<ReplayBody<In>>> for Runs {
     fn call(&mut self, request: Request<ReplayBody<In>>) -> Self::Future {
         let (ran, answer, break_first) = (self.ran.clone(), self.answer.clone(), self.break_first);
         Box::pin(async move {
+            let label = request.body().upstream().unwrap().label().to_owned();
             let (parts, body) = request.into_parts();
-            let label = parts
-                .extensions
-                .get::<Upstream>()
-                .unwrap()
-                .label()
-                .to_owned();
             let body = body.collect().await.unwrap().to_bytes();
             let first = {
                 let mut ran = ran.lock().unwrap();

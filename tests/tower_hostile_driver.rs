@@ -726,7 +726,7 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Backends {
 
     fn call(&mut self, request: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
         let Backends(shared, router) = self;
-        let backend = backend_of(request.extensions().get::<Upstream>().unwrap());
+        let backend = backend_of(request.body().upstream().unwrap());
         let number: u64 = request.headers()["x-request"]
             .to_str()
             .unwrap()

@@ -129,7 +129,7 @@ impl Service<Request<ReplayBody<In>>> for Backends {
     }
 
     fn call(&mut self, request: Request<ReplayBody<In>>) -> Self::Future {
-        let upstream = request.extensions().get::<Upstream>().unwrap().clone();
+        let upstream = request.body().upstream().unwrap().clone();
         let uri = upstream.uri_for(request.uri()).unwrap().to_string();
         let act = self.acts.lock().unwrap()[upstream.label()].clone();
         let seen = self.seen.clone();

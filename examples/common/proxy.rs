@@ -1220,8 +1220,7 @@ impl Backends {
         pool: &Pool,
         dedicated: Option<&Arc<Dedicated>>,
     ) -> Result<Sent, ForwardError> {
-        let (mut parts, body) = request.into_parts();
-        let backend = match parts.extensions.remove::<Upstream>() {
+        let backend = match request.body().upstream() {
             Some(upstream) => upstream.backend(),
             // Without the layer (`Config::bypass_router`): the first backend.
             None if self.bypass_router => self.first().ok_or_else(|| {
@@ -1235,6 +1234,7 @@ impl Backends {
                 ));
             }
         };
+        let (mut parts, body) = request.into_parts();
         // Only a GET stream is ended when its backend goes: it has no end of its own. A POST's
         // answer ends with the call, as a draining proxy lets it.
         let stream = parts.method == Method::GET;

@@ -10,9 +10,9 @@
 //!    503; a JSON-RPC body for a lost legacy session, plain text otherwise; `Retry-After` on
 //!    503) and the inner service is not called;
 //! 2. it applies the rewrite the router asks for (a sealed session id becomes the backend's
-//!    own) and tells the inner service where to send: an [`Upstream`] request extension with
-//!    the backend's id and label (its base URL, by convention; [`Upstream::uri_for`] joins
-//!    it with the request's path);
+//!    own) and tells the inner service where to send: the request's body, a [`ReplayBody`],
+//!    carries an [`Upstream`] ([`ReplayBody::upstream`]) with the backend's id and label (its
+//!    base URL, by convention; [`Upstream::uri_for`] joins it with the request's path);
 //! 3. when the inner service fails and its error says nothing of the request was written
 //!    (the [`Classify`] function the embedder gives, see
 //!    [`AffinityLayer::undelivered`]), it reports the failure to the router, which marks a
@@ -69,7 +69,7 @@
 //! use http_body_util::{BodyExt, Full};
 //! use mcp_affinity::TenantId;
 //! use mcp_affinity::router::Router;
-//! use mcp_affinity::tower::{AffinityLayer, ReplayBody, Upstream};
+//! use mcp_affinity::tower::{AffinityLayer, ReplayBody};
 //! use tower_layer::Layer;
 //! use tower_service::Service;
 //!
@@ -87,7 +87,7 @@
 //!         std::task::Poll::Ready(Ok(()))
 //!     }
 //!     fn call(&mut self, request: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
-//!         let upstream = request.extensions().get::<Upstream>().expect("set by the layer");
+//!         let upstream = request.body().upstream().expect("set by the layer");
 //!         assert_eq!(upstream.uri_for(request.uri()).unwrap(), "http://127.0.0.1:9001/mcp");
 //!         let response = Response::builder().header("mcp-session-id", "s1");
 //!         std::future::ready(Ok(response.body(Full::new(Bytes::from("{}"))).unwrap()))
@@ -485,14 +485,10 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                     // The request is made and handed over between two waits, so that the
                     // future does not keep it across either. (Never `None`: a spent body is
                     // not tried again, see below.)
-                    let Some((head, attempt)) = body.next(parts) else {
+                    let Some((head, attempt)) = body.next(parts, upstream.clone()) else {
                         return not_delivered();
                     };
-                    let call = {
-                        let mut request = Request::from_parts(head, attempt);
-                        request.extensions_mut().insert(upstream.clone());
-                        inner.call(request)
-                    };
+                    let call = inner.call(Request::from_parts(head, attempt));
                     let error = {
                         let answered = if self.reads_ahead(&upstream, body) {
                             // (Boxed: rare, and it keeps the head across the wait for the body.)

@@ -1,4 +1,4 @@
-//! Where the layer sends a request: the extension the inner service reads.
+//! Where the layer sends a request: what the inner service reads from the request's body.
 
 use std::sync::Arc;
 
@@ -6,7 +6,8 @@ use http::uri::{PathAndQuery, Uri};
 
 use crate::BackendId;
 
-/// Where the layer sends a request: the request extension the inner service reads.
+/// Where the layer sends a request: what the inner service reads from the request's body,
+/// [`ReplayBody::upstream`](super::ReplayBody::upstream).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
     pub(super) backend: BackendId,
