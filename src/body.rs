@@ -158,6 +158,15 @@ impl<B, C: Clock, T: SessionTable> ObservedBody<B, C, T> {
     pub fn is_observing(&self) -> bool {
         self.observing
     }
+
+    /// Whether the body's frames pass untouched: the exchange is still held, the router reads
+    /// no more of the body, and no frame, held bytes or store write waits to go first.
+    fn passes(&self) -> bool {
+        self.exchange.as_ref().is_some_and(|e| !e.is_observing())
+            && self.pending.is_none()
+            && self.syncing.is_none()
+            && !self.ended
+    }
 }
 
 /// Ends `exchange`, if still held, `how`; what the router held back of the body, to send last.
@@ -276,6 +285,28 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if self.passes() {
+            // The router reads nothing of this body, and nothing waits to go first: its frames
+            // pass as they come (not copied through `poll_next`), and its end ends the exchange.
+            let mut this = self.project();
+            let frame = this.inner.as_mut().poll_frame(cx);
+            let end = match &frame {
+                Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                    // Its last frame: the end is known with it (see below).
+                    *this.ended = true;
+                    End::Completed
+                }
+                Poll::Ready(None) => End::Completed,
+                Poll::Ready(Some(Err(_))) => End::Aborted,
+                _ => return frame,
+            };
+            let rest = end_exchange(this.router, this.exchange, this.clock, end);
+            debug_assert!(
+                rest.is_none(),
+                "nothing is held of a body the router does not read"
+            );
+            return frame;
+        }
         let frame = ready!(self.as_mut().poll_next(cx));
         let this = self.project();
         if matches!(frame, Some(Ok(_)))
