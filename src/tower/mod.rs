@@ -128,7 +128,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{Clock, ObservedBody};
-use crate::router::store::{Lookup, MAX_LOOKUPS, StoreSync};
+use crate::router::store::{Lookup, MAX_LOOKUPS, StoreSync, SyncFuture};
 use crate::router::{End, Exchange, HeadOutcome, Rejection, Routed, Router, Undelivered};
 use crate::table::{MemoryTable, SessionTable};
 
@@ -372,7 +372,7 @@ where
         let inner = std::mem::replace(&mut self.inner, ready);
         let (parts, body) = request.into_parts();
         let attempts = Attempts::once(body);
-        Box::pin(self.shared.clone().serve(inner, parts, attempts))
+        Box::pin(self.shared.clone().serve(inner, Some(parts), attempts))
     }
 }
 
@@ -391,7 +391,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
     fn serve<S, ReqB, ResB>(
         self: Arc<Self>,
         mut inner: S,
-        mut parts: http::request::Parts,
+        mut parts: Option<http::request::Parts>,
         mut attempts: Attempts<ReqB>,
     ) -> impl Future<Output = Result<Response<AffinityBody<ResB, C, T>>, S::Error>>
     where
@@ -404,7 +404,9 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
             // (Each step in a block of its own, so that the future does not keep what the
             // step was given or made across the next wait.)
             let mut pending = {
-                let decided = match self.router.route(&parts, self.clock.now()) {
+                // (In an `Option` for the attempt that sends the request to take it.)
+                let head = parts.as_mut().expect("taken only by an attempt");
+                let decided = match self.router.route(head, self.clock.now()) {
                     Routed::Forward(exchange) => Ok(exchange),
                     Routed::Reject(rejection) => Err(rejection),
                     Routed::Lookup(lookup) => Box::pin(self.look_up(lookup)).await,
@@ -412,7 +414,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                 match decided {
                     Ok(exchange) => {
                         // A sealed session id: the backend gets its own id back.
-                        exchange.rewrite_request(&mut parts);
+                        exchange.rewrite_request(head);
                         Pending {
                             shared: &self,
                             exchange: Some(exchange),
@@ -435,17 +437,34 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
                     None => return Ok(local(StatusCode::BAD_REQUEST, "request body failed\n")),
                 }
             }
-            let answer = {
+            let (head, body, sync) = {
                 let delivered = self.deliver(&mut inner, &mut pending, &mut parts, &mut attempts);
                 let response = match delivered.await? {
                     Delivery::Answered(response) => response,
                     Delivery::Rejected(rejection) => return Ok(reject(&rejection)),
                     Delivery::Failed(status) => return Ok(local(status, "not delivered\n")),
                 };
-                let (head, body) = response.into_parts();
-                self.answer(&mut pending, head, body)
+                let (mut head, body) = response.into_parts();
+                match self.show_head(&mut pending, &mut head) {
+                    Ok(sync) => (head, body, sync),
+                    Err(rejection) => return Ok(reject(&rejection)),
+                }
             };
-            Ok(answer.await)
+            if let Some(sync) = sync {
+                // The head names a key the store must have before the client does. (The guard
+                // holds the exchange meanwhile: a client that goes away still ends it.)
+                sync.await;
+            }
+            let mut body = ObservedBody::new(
+                body,
+                self.router.clone(),
+                pending.take(),
+                self.clock.clone(),
+            );
+            if let Some(sync) = &self.sync {
+                body = body.with_store_sync(sync.clone());
+            }
+            Ok(Response::from_parts(head, AffinityBody::backend(body)))
         }
     }
 
@@ -455,7 +474,7 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         &self,
         inner: &mut S,
         pending: &mut Pending<'_, T, C, U>,
-        parts: &mut http::request::Parts,
+        parts: &mut Option<http::request::Parts>,
         body: &mut Attempts<ReqB>,
     ) -> Result<Delivery<Response<FromBackend<ResB>>>, S::Error>
     where
@@ -545,53 +564,29 @@ impl<T: SessionTable + 'static, C: Clock + Clone, U> Shared<T, C, U> {
         }
     }
 
-    /// A backend's response, shown to the router (which may replace it by a rejection): when
-    /// its head reveals a key the store must have first, the store is synced before the client
-    /// gets it; its body is observed by the router to the end. (Not an `async fn`, whose
-    /// future would keep the head and the body twice.)
-    #[allow(
-        clippy::manual_async_fn,
-        reason = "an async fn's future keeps each of its arguments twice"
-    )]
-    fn answer<B: Body<Data = Bytes>>(
+    /// Shows a backend's response head to the router, which may replace the response by a
+    /// rejection (`Err`); `Ok` with the store writes to wait for before
+    /// the client sees the head, when it reveals a key the store must have first. (Not
+    /// `async`: most answers wait for nothing, and a future of its own would be moved into the
+    /// request's, and its answer out of it.)
+    fn show_head(
         &self,
         pending: &mut Pending<'_, T, C, U>,
-        mut head: http::response::Parts,
-        body: FromBackend<B>,
-    ) -> impl Future<Output = Response<AffinityBody<B, C, T>>> {
-        async move {
-            // (In a block, so that the future does not keep the exchange across the wait.)
-            let sync = {
-                let mut exchange = pending.take();
-                let now = self.clock.now();
-                if let HeadOutcome::Replace(rejection) =
-                    self.router.on_response_head(&mut exchange, &mut head, now)
-                {
-                    drop(body);
-                    self.router.on_exchange_end(exchange, End::Aborted, now);
-                    return reject(&rejection);
-                }
-                let wants_sync = self.sync.is_some() && exchange.take_store_sync();
-                // Back in the guard before the store's code runs (`sync()` may run it).
-                pending.exchange = Some(exchange);
-                self.sync
-                    .as_ref()
-                    .filter(|_| wants_sync)
-                    .map(|sync| sync.sync())
-            };
-            if let Some(sync) = sync {
-                // The head names a key the store must have before the client does. (The guard
-                // holds the exchange meanwhile: a client that goes away still ends it.)
-                sync.await;
-            }
-            let exchange = pending.take();
-            let clock = self.clock.clone();
-            let mut body = ObservedBody::new(body, self.router.clone(), exchange, clock);
-            if let Some(sync) = &self.sync {
-                body = body.with_store_sync(sync.clone());
-            }
-            Response::from_parts(head, AffinityBody::backend(body))
+        head: &mut http::response::Parts,
+    ) -> Result<Option<SyncFuture>, Rejection> {
+        let exchange = pending.exchange.as_mut().expect("present until taken");
+        let now = self.clock.now();
+        if let HeadOutcome::Replace(rejection) = self.router.on_response_head(exchange, head, now) {
+            // (The guard ends the exchange, once the backend's body is dropped.)
+            return Err(rejection);
         }
+        let wants_sync = self.sync.is_some() && exchange.take_store_sync();
+        // (`sync()` may run the store's code: the exchange is in the guard.)
+        Ok(self
+            .sync
+            .as_ref()
+            .filter(|_| wants_sync)
+            .map(|sync| sync.sync()))
     }
 
     /// Whether the response's head is to wait for its body's first frame: a conversation

@@ -57,19 +57,15 @@ impl<B> Attempts<B> {
     }
 
     /// The head and body of the next attempt, to `upstream`: a copy of `head` and the kept
-    /// body, or `head` itself and the streamed body (`None` once that was sent).
+    /// body, or `head` itself, taken, and the streamed body (`None` once that was sent).
     pub(super) fn next(
         &mut self,
-        head: &mut Parts,
+        head: &mut Option<Parts>,
         upstream: Upstream,
     ) -> Option<(Parts, ReplayBody<B>)> {
         let (head, inner) = match self {
-            Attempts::Kept(kept) => (head.clone(), kept.body()),
-            Attempts::Once(once) => {
-                let body = once.take()?;
-                let head = std::mem::replace(head, http::Request::new(()).into_parts().0);
-                (head, Replay::Streamed { body })
-            }
+            Attempts::Kept(kept) => (head.clone()?, kept.body()),
+            Attempts::Once(once) => (head.take()?, Replay::Streamed { body: once.take()? }),
         };
         Some((
             head,
