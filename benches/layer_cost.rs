@@ -4,9 +4,10 @@
 //! - `bare`: the forwarding service alone, called with the request, its answer's body drained;
 //! - `layer`: the same service behind [`AffinityLayer`], for a session the router knows
 //!   (`POST /mcp` with `Mcp-Session-Id` and `MCP-Protocol-Version`): the decision, the
-//!   `Upstream` extension, the response head shown to the router, the body observed to its
-//!   end (an SSE answer, parsed as it passes) and the exchange ended;
-//! - `layer/json`: the same with a JSON answer (`application/json`, not parsed).
+//!   `Upstream` the body carries, the response head shown to the router, the body watched to
+//!   its end (an SSE answer; a call's answer teaches the router nothing, so it is not parsed)
+//!   and the exchange ended;
+//! - `layer/json`: the same with a JSON answer (`application/json`).
 //!
 //! The service answers at once, as a stand-in backend: what is measured is what the layer adds
 //! around a forwarder, without sockets, HTTP codecs or a runtime (futures are polled by hand

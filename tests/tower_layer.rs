@@ -1,5 +1,5 @@
 //! The tower layer drives the call protocol around a forwarding service: rejections without a
-//! backend, the backend in a request extension, failed deliveries placed again or rejected,
+//! backend, the backend named by the request's body, failed deliveries placed again or rejected,
 //! response heads that replace the answer, store lookups, and exchanges ended however the
 //! request ends.
 #![cfg(feature = "tower")]

@@ -65,7 +65,11 @@ impl<B> Attempts<B> {
     ) -> Option<(Parts, ReplayBody<B>)> {
         let (head, inner) = match self {
             Attempts::Kept(kept) => (head.clone()?, kept.body()),
-            Attempts::Once(once) => (head.take()?, Replay::Streamed { body: once.take()? }),
+            Attempts::Once(once) => {
+                // (The body first: a spent one leaves the head where it is.)
+                let body = once.take()?;
+                (head.take()?, Replay::Streamed { body })
+            }
         };
         Some((
             head,
