@@ -24,8 +24,10 @@
 # four smaller changes (CHANGELOG), three runs of each build in turn, medians: the routed proxy
 # 69,751 instructions per request against 71,431 at fb3a8c7 (-1,680, -2.4%); the bypassed one
 # 65,400 (six runs, 64,957 to 65,627: a run's count moves by a few hundred with how polls fall),
-# so the router adds about 4,350 where it added about 6,000 (-28%). CPU per call, one run of 8
-# rounds at 5,000 calls/s: 1.045x (rounds 0.97x to 1.11x).
+# so the router adds about 4,350 where it added about 6,000 (-28%). CPU per call (8 rounds at
+# 5,000 calls/s), three runs: 1.045x, 1.077x and 1.022x (medians of the rounds 1.039x, 1.048x,
+# 1.023x); fb3a8c7, run between them: 1.062x (1.069x). Per run the ratio moves by a few percent
+# on this machine: the instruction counts are what shows the change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate="${1:-5000}" rounds="${2:-8}" seconds="${3:-5}"
